@@ -1,0 +1,256 @@
+/* libvdisk public API: engine, disk handles, I/O, and image management.
+ * Every call that can fail returns a negative errno; control calls also fill a vd_error
+ * (set only on failure) that names the object and the value at fault. */
+#ifndef VDISK_VDISK_H
+#define VDISK_VDISK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- errors ------------------------------------------------------------------------- */
+
+typedef enum vd_error_class {
+    VD_ERR_GENERIC = 0,  /* QMP "GenericError" */
+    VD_ERR_IO,
+    VD_ERR_INVALID,      /* bad argument or option */
+    VD_ERR_UNSUPPORTED,  /* valid but not implemented / unknown feature */
+    VD_ERR_CORRUPT,      /* image metadata is damaged */
+    VD_ERR_NOT_FOUND,
+    VD_ERR_BUSY,
+    VD_ERR_NOMEM,
+} vd_error_class;
+
+typedef struct vd_error {
+    vd_error_class cls;
+    int errnum;  /* positive errno */
+    char *msg;
+} vd_error;
+
+/* Sets *errp (if errp and !*errp) and returns -errnum, so callers can write
+ * `return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "...", ...);` */
+int vd_error_set(vd_error **errp, vd_error_class cls, int errnum, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Prefixes an existing error's message with "prefix: ". */
+void vd_error_prepend(vd_error **errp, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void vd_error_free(vd_error *err);
+void vd_error_freep(vd_error **errp);
+const char *vd_error_msg(const vd_error *err);
+
+/* ---- options: "key=value,key=value" lists (qemu-img -o syntax, ",," escapes a comma) --- */
+
+typedef struct vd_opts vd_opts;
+
+vd_opts *vd_opts_new(void);
+void vd_opts_free(vd_opts *o);
+/* Parses and appends; a later key overrides an earlier one. "help" parses as key "help". */
+int vd_opts_parse(vd_opts *o, const char *text, vd_error **errp);
+int vd_opts_set(vd_opts *o, const char *key, const char *value);
+const char *vd_opts_get(const vd_opts *o, const char *key);  /* NULL if absent */
+int vd_opts_del(vd_opts *o, const char *key);
+size_t vd_opts_count(const vd_opts *o);
+const char *vd_opts_key(const vd_opts *o, size_t i);
+const char *vd_opts_value(const vd_opts *o, size_t i);
+/* Typed getters: absent -> *out = def, returns 0. Bad value -> error naming the key. */
+int vd_opts_get_bool(const vd_opts *o, const char *key, bool def, bool *out, vd_error **errp);
+int vd_opts_get_size(const vd_opts *o, const char *key, uint64_t def, uint64_t *out,
+                     vd_error **errp);
+
+/* Size with optional k/K, M, G, T, P, E suffix (binary units; a plain number is bytes;
+ * "b" suffix allowed). Returns -EINVAL on bad syntax, -ERANGE on overflow. */
+int vd_parse_size(const char *s, uint64_t *out);
+/* Human size as qemu-img prints it: "64 KiB", "1 GiB", "1.5 MiB", "0 B". */
+void vd_format_size(uint64_t v, char *buf, size_t len);
+
+/* ---- engine ---------------------------------------------------------------------------- */
+
+/* An explicit context (node table, future worker pool and event bus). No global state. */
+typedef struct vd_engine vd_engine;
+
+vd_engine *vd_engine_new(void);
+void vd_engine_free(vd_engine *e);
+
+/* ---- opening disks --------------------------------------------------------------------- */
+
+typedef struct vd_disk vd_disk;
+
+enum {
+    VD_OPEN_RDWR = 1 << 0,
+    VD_OPEN_NO_BACKING = 1 << 1,  /* do not open the backing chain (info, rebase -u) */
+    VD_OPEN_NOCACHE = 1 << 2,     /* O_DIRECT on the file ("-t none") */
+    VD_OPEN_WRITETHROUGH = 1 << 3,/* flush after every write ("-t writethrough") */
+    VD_OPEN_CHECK = 1 << 4,       /* open for check/repair: tolerate what check reports */
+    VD_OPEN_NO_REPAIR = 1 << 5,   /* do not auto-repair a dirty lazy-refcounts image */
+    VD_OPEN_UNMAP = 1 << 6,       /* discard requests reach the file (punch holes) */
+};
+
+typedef struct vd_open_opts {
+    const char *format;  /* "qcow2", "raw", or NULL to probe as qemu-img does */
+    unsigned flags;      /* VD_OPEN_* */
+} vd_open_opts;
+
+int vd_open(vd_engine *e, const char *filename, const vd_open_opts *opts, vd_disk **out,
+            vd_error **errp);
+/* Flushes and closes; returns the first error met while flushing (the handle is freed
+ * regardless). */
+int vd_close(vd_disk *d);
+
+/* Detects the format of a file's first bytes as qemu-img does: "qcow2" or "raw". */
+int vd_probe_format(const char *filename, const char **fmt, vd_error **errp);
+
+/* ---- I/O (thread-safe; any byte offset and length inside the disk) --------------------- */
+
+enum {
+    VD_REQ_MAY_UNMAP = 1 << 0,    /* write_zeroes may deallocate (qemu-io write -z -u) */
+    VD_REQ_FUA = 1 << 1,
+    VD_REQ_NO_FALLBACK = 1 << 2,  /* write_zeroes: fail -ENOTSUP instead of writing zeros */
+};
+
+uint64_t vd_disk_size(const vd_disk *d);
+const char *vd_disk_filename(const vd_disk *d);
+const char *vd_disk_format(const vd_disk *d);
+int vd_pread(vd_disk *d, void *buf, uint64_t len, uint64_t off);
+int vd_pwrite(vd_disk *d, const void *buf, uint64_t len, uint64_t off, unsigned flags);
+int vd_pwrite_zeroes(vd_disk *d, uint64_t off, uint64_t len, unsigned flags);
+int vd_pdiscard(vd_disk *d, uint64_t off, uint64_t len);
+int vd_flush(vd_disk *d);
+/* Last error message of a failed I/O on this handle's thread, or NULL. I/O returns bare
+ * -errno for speed; drivers leave a message here when they have one worth showing. */
+const char *vd_disk_last_error(vd_disk *d);
+
+/* Block status of [off, off+len) through the whole chain. Fills *st for the longest
+ * prefix with uniform status (st->length >= 1 unless off == size). */
+enum {
+    VD_BS_DATA = 1 << 0,       /* reads come from stored data (not known zero) */
+    VD_BS_ZERO = 1 << 1,       /* reads as zeros */
+    VD_BS_OFFSET = 1 << 2,     /* st->offset is a valid offset in st->file */
+    VD_BS_ALLOCATED = 1 << 3,  /* allocated in some layer of the chain (present) */
+    VD_BS_COMPRESSED = 1 << 4, /* data stored compressed (no offset) */
+};
+/* (The type is vd_extent; vd_block_status is the function.) */
+typedef struct vd_extent {
+    uint64_t length;
+    unsigned flags;
+    uint64_t offset;   /* host offset, when VD_BS_OFFSET */
+    int depth;         /* chain depth of the layer that answered (0 = top); when nothing
+                        * is allocated anywhere: the chain length */
+    const char *file;  /* filename that holds offset */
+} vd_extent;
+int vd_block_status(vd_disk *d, uint64_t off, uint64_t len, vd_extent *st);
+/* Same, but only the top layer: VD_BS_ALLOCATED means "allocated in this layer". */
+int vd_block_status_top(vd_disk *d, uint64_t off, uint64_t len, vd_extent *st);
+
+/* ---- information ----------------------------------------------------------------------- */
+
+typedef struct vd_image_info {
+    char *filename;
+    char *format;
+    uint64_t virtual_size;
+    uint64_t actual_size;   /* allocated bytes on the host (st_blocks * 512) */
+    bool has_cluster_size;
+    uint64_t cluster_size;
+    bool dirty_flag;        /* only for formats that have one */
+    bool has_dirty_flag;
+    char *backing_filename;        /* as stored in the image, or NULL */
+    char *full_backing_filename;   /* resolved relative to the image */
+    char *backing_format;          /* or NULL */
+    bool encrypted;
+    /* qcow2 specifics (format_specific "qcow2" in qemu-img info) */
+    bool is_qcow2;
+    char compat[8];          /* "0.10" or "1.1" */
+    char compression_type[8];/* "zlib" or "zstd" */
+    bool lazy_refcounts;
+    unsigned refcount_bits;
+    bool corrupt;
+    bool extended_l2;
+    int nb_snapshots;
+} vd_image_info;
+
+int vd_get_info(vd_disk *d, vd_image_info *info, vd_error **errp);
+void vd_image_info_clear(vd_image_info *info);
+/* The backing disk of d (NULL for the bottom of the chain); owned by d. */
+vd_disk *vd_disk_backing(vd_disk *d);
+
+/* ---- check ----------------------------------------------------------------------------- */
+
+enum { VD_FIX_LEAKS = 1 << 0, VD_FIX_ERRORS = 1 << 1 };
+
+typedef struct vd_check_result {
+    int64_t corruptions;
+    int64_t leaks;
+    int64_t check_errors;
+    int64_t corruptions_fixed;
+    int64_t leaks_fixed;
+    int64_t image_end_offset;
+    int64_t total_clusters;
+    int64_t allocated_clusters;
+    int64_t fragmented_clusters;
+    int64_t compressed_clusters;
+    /* Messages as qemu-img prints them on stderr ("Leaked cluster 5 refcount=1 reference=0",
+     * "Repairing ...", "ERROR ..."), one per line; NULL if none. Caller frees. */
+    char *log;
+} vd_check_result;
+
+/* Runs a consistency check (and repair with VD_FIX_*) on an image opened with
+ * VD_OPEN_CHECK (and RDWR for repair). After a repair the result is that of a second,
+ * read-only pass, as qemu-img does; corruptions_fixed/leaks_fixed are from the first.
+ * Returns -ENOTSUP for formats without a check. */
+int vd_check(vd_disk *d, unsigned fix, vd_check_result *res, vd_error **errp);
+void vd_check_result_clear(vd_check_result *res);
+
+/* ---- create, measure, amend, resize ---------------------------------------------------- */
+
+/* Creates an image. opts: the -o options of that format (qcow2: cluster_size, compat,
+ * refcount_bits, lazy_refcounts, preallocation, backing_file, backing_fmt, extended_l2,
+ * compression_type, size; raw: preallocation, size). size may be given in opts or as
+ * `size` (UINT64_MAX = take it from the backing file). Unknown options are refused.
+ * With backing and no -u (VD_CREATE_UNSAFE unset), the backing file is opened to check
+ * it and to take its size. */
+enum { VD_CREATE_UNSAFE = 1 << 0 };
+int vd_create(vd_engine *e, const char *filename, const char *fmt, uint64_t size,
+              const vd_opts *opts, unsigned flags, vd_error **errp);
+
+/* One line per option for `-o help`: "name=<type>  - description". */
+typedef struct vd_create_option {
+    const char *name;
+    const char *type;  /* "bool", "size", "str", "num" */
+    const char *help;
+    const char *def;   /* default as printed by qemu-img, or NULL */
+} vd_create_option;
+const vd_create_option *vd_create_options(const char *fmt, size_t *count);
+
+/* Space needed to convert to fmt with opts: required = the size with the given
+ * preallocation for a source whose allocated map is src (or an empty one of `size` when
+ * src is NULL); fully_allocated = every cluster allocated. Bitmaps: 0 (none yet). */
+typedef struct vd_measure_result {
+    uint64_t required;
+    uint64_t fully_allocated;
+} vd_measure_result;
+int vd_measure(const char *fmt, const vd_opts *opts, uint64_t size, vd_disk *src,
+               vd_measure_result *res, vd_error **errp);
+
+/* Changes format options in place (compat, lazy_refcounts, backing_file, backing_fmt...);
+ * refuses the ones it cannot change with an error naming them. */
+int vd_amend(vd_disk *d, const vd_opts *opts, vd_error **errp);
+
+/* Resizes the disk. Shrinking requires shrink=true. prealloc: NULL/"off", "metadata",
+ * "falloc", "full" for the added range. */
+int vd_truncate(vd_disk *d, uint64_t size, bool shrink, const char *prealloc,
+                vd_error **errp);
+
+/* Rewrites the backing file name and format stored in the image (rebase -u, commit).
+ * backing NULL removes the backing file. Does not reopen the chain. */
+int vd_set_backing(vd_disk *d, const char *backing, const char *backing_fmt,
+                   vd_error **errp);
+
+/* Makes the image empty (all clusters unallocated), as commit does to the top. */
+int vd_make_empty(vd_disk *d, vd_error **errp);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages vdisk needs to build, test and benchmark.
+# Run as root (or with sudo available). Skips apt entirely when everything is present.
+set -euo pipefail
+
+pkgs=(
+    build-essential meson ninja-build pkg-config clang libclang-rt-14-dev
+    zlib1g-dev libzstd-dev libjson-c-dev libcmocka-dev
+    qemu-utils libnbd-bin python3
+)
+
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "install-deps: installing ${missing[*]}"
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

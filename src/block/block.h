@@ -1,0 +1,135 @@
+/* The node graph and the driver interface. Drivers include this; the CLI and servers use
+ * only include/vdisk/vdisk.h. The generic request path (io.c) checks bounds and alignment
+ * before it calls a driver, so drivers never re-check what is promised here. */
+#ifndef VD_BLOCK_H
+#define VD_BLOCK_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "vdisk/vdisk.h"
+
+typedef struct vd_node vd_node;
+typedef struct vd_driver vd_driver;
+
+/* Block status answered by one node for [off, off+len). */
+typedef struct vd_node_status {
+    uint64_t pnum;       /* bytes with this status, >= 1 */
+    unsigned flags;      /* VD_BS_DATA | VD_BS_ZERO | VD_BS_OFFSET | VD_BS_ALLOCATED | ... */
+    uint64_t offset;     /* offset in `file` when VD_BS_OFFSET */
+    vd_node *file;       /* node that holds `offset` */
+} vd_node_status;
+
+struct vd_driver {
+    const char *name;
+    bool is_format;       /* a format driver needs a `file` child */
+
+    /* Score 0..100 for the first bytes of a file (up to 2048, fewer if the file is
+     * shorter). NULL: never probed. */
+    int (*probe)(const uint8_t *buf, size_t len);
+
+    /* Opens node (node->file is already open for a format driver; node->filename set).
+     * Sets node->size. May open a backing chain with vd_node_open_backing(). */
+    int (*open)(vd_node *node, unsigned flags, vd_error **errp);
+    /* Releases everything; called once, after a final flush. */
+    void (*close)(vd_node *node);
+
+    /* Data ops. The core guarantees: off + len <= node->size, len > 0, off and len
+     * multiples of node->request_alignment, len <= node->max_transfer (if non-zero).
+     * May be called concurrently from many threads. Return 0 or -errno. */
+    int (*pread)(vd_node *node, void *buf, uint64_t len, uint64_t off);
+    int (*pwrite)(vd_node *node, const void *buf, uint64_t len, uint64_t off, unsigned flags);
+    /* Zero [off, off+len). VD_REQ_MAY_UNMAP may deallocate. Return -ENOTSUP to make the
+     * core write a zero buffer (unless VD_REQ_NO_FALLBACK). Alignment: any. */
+    int (*pwrite_zeroes)(vd_node *node, uint64_t off, uint64_t len, unsigned flags);
+    /* Discard, advisory: may do nothing for partial clusters. Alignment: any. */
+    int (*pdiscard)(vd_node *node, uint64_t off, uint64_t len);
+    /* Makes every completed write durable (and the driver's metadata). */
+    int (*flush)(vd_node *node);
+    /* Status of the longest uniform prefix of [off, off+len) in this node only.
+     * VD_BS_ALLOCATED = allocated in this node (format) / always set (protocol). For a
+     * format node, data not allocated here comes from node->backing. */
+    int (*block_status)(vd_node *node, uint64_t off, uint64_t len, vd_node_status *st);
+    /* Changes the size. prealloc is "off"/"metadata"/"falloc"/"full". */
+    int (*truncate)(vd_node *node, uint64_t size, bool shrink, const char *prealloc,
+                    vd_error **errp);
+
+    /* Control ops, all optional. */
+    int (*get_info)(vd_node *node, vd_image_info *info, vd_error **errp);
+    int (*check)(vd_node *node, unsigned fix, vd_check_result *res, vd_error **errp);
+    int (*amend)(vd_node *node, const vd_opts *opts, vd_error **errp);
+    int (*set_backing)(vd_node *node, const char *backing, const char *fmt,
+                       vd_error **errp);
+    int (*make_empty)(vd_node *node, vd_error **errp);
+    /* Bytes allocated on the host for this node and its file child. */
+    int64_t (*allocated_size)(vd_node *node);
+
+    /* Image creation (format drivers create through a protocol node they open). */
+    int (*create)(vd_engine *e, const char *filename, uint64_t size, const vd_opts *opts,
+                  unsigned flags, vd_error **errp);
+    const vd_create_option *create_options;
+    size_t nb_create_options;
+    int (*measure)(const vd_opts *opts, uint64_t size, vd_disk *src, vd_measure_result *res,
+                   vd_error **errp);
+};
+
+struct vd_node {
+    const vd_driver *drv;
+    void *opaque;           /* the driver's state */
+    vd_engine *engine;
+    char *filename;
+    unsigned open_flags;    /* VD_OPEN_* */
+    uint64_t size;          /* virtual size in bytes */
+    uint32_t request_alignment; /* 1 unless O_DIRECT etc. */
+    uint64_t max_transfer;  /* 0 = unlimited */
+    vd_node *file;          /* child "file" (format drivers) */
+    vd_node *backing;       /* child "backing" (NULL if none or not opened) */
+    char *backing_filename; /* as stored in the image */
+    char *backing_format;   /* as stored, or NULL */
+    int fd;                 /* protocol file nodes: the file descriptor, else -1 */
+    char *realpath;         /* canonical path, for backing-loop detection */
+    vd_node *overlay;       /* the node that opened this one as its backing, if any */
+};
+
+/* Opens a node graph for filename: a file node, then the format node (probed when
+ * format is NULL), then its backing chain (unless VD_OPEN_NO_BACKING). */
+int vd_node_open(vd_engine *e, const char *filename, const char *format, unsigned flags,
+                 vd_node **out, vd_error **errp);
+/* Opens the file protocol node alone. */
+int vd_node_open_file(vd_engine *e, const char *filename, unsigned flags, vd_node **out,
+                      vd_error **errp);
+/* For format drivers: opens node->backing from name/format as stored in the image,
+ * resolving a relative name against the directory of node->filename. Detects loops and
+ * limits the chain depth. Respects VD_OPEN_NO_BACKING (then does nothing). The backing
+ * is always opened read-only. */
+int vd_node_open_backing(vd_node *node, const char *name, const char *format,
+                         vd_error **errp);
+/* Resolves a backing name relative to the image that refers to it (caller frees). */
+char *vd_backing_path(const char *image, const char *backing);
+/* Flushes, closes and frees a node and its children. */
+int vd_node_close(vd_node *node);
+
+const vd_driver *vd_driver_find(const char *name);
+
+/* The generic request path: bounds checks, alignment (read-modify-write), fallbacks. */
+int vd_node_pread(vd_node *n, void *buf, uint64_t len, uint64_t off);
+int vd_node_pwrite(vd_node *n, const void *buf, uint64_t len, uint64_t off, unsigned flags);
+int vd_node_pwrite_zeroes(vd_node *n, uint64_t off, uint64_t len, unsigned flags);
+int vd_node_pdiscard(vd_node *n, uint64_t off, uint64_t len);
+int vd_node_flush(vd_node *n);
+int vd_node_block_status(vd_node *n, uint64_t off, uint64_t len, vd_node_status *st);
+int vd_node_truncate(vd_node *n, uint64_t size, bool shrink, const char *prealloc,
+                     vd_error **errp);
+/* Reads through a node that may be shorter than the range: bytes past its size read as
+ * zeros (used for backing files smaller than the overlay). */
+int vd_node_pread_zero_pad(vd_node *n, void *buf, uint64_t len, uint64_t off);
+/* Size of the underlying host file for a protocol node (fstat), or -errno. */
+int64_t vd_node_file_length(vd_node *n);
+
+/* Per-thread last I/O error message (drivers set it before returning -errno). */
+void vd_set_io_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+const char *vd_get_io_error(void);
+
+#endif

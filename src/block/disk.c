@@ -1,0 +1,352 @@
+/* The public API: disk handles over node graphs, chain-wide block status, and dispatch of
+ * control operations (info, check, create, measure, amend, resize) to the drivers. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "block/block.h"
+
+struct vd_disk {
+    vd_engine *engine;
+    vd_node *node;
+    bool owns_node;         /* false for the handles vd_disk_backing() hands out */
+    struct vd_disk *backing;
+};
+
+static vd_disk *disk_wrap(vd_engine *e, vd_node *n, bool owns)
+{
+    vd_disk *d = calloc(1, sizeof(*d));
+    if (!d) {
+        abort();
+    }
+    d->engine = e;
+    d->node = n;
+    d->owns_node = owns;
+    return d;
+}
+
+int vd_open(vd_engine *e, const char *filename, const vd_open_opts *opts, vd_disk **out,
+            vd_error **errp)
+{
+    vd_node *n = NULL;
+    int ret = vd_node_open(e, filename, opts ? opts->format : NULL, opts ? opts->flags : 0,
+                           &n, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    *out = disk_wrap(e, n, true);
+    return 0;
+}
+
+static void disk_free_wrappers(vd_disk *d)
+{
+    while (d) {
+        vd_disk *next = d->backing;
+        free(d);
+        d = next;
+    }
+}
+
+int vd_close(vd_disk *d)
+{
+    if (!d) {
+        return 0;
+    }
+    int ret = d->owns_node ? vd_node_close(d->node) : 0;
+    disk_free_wrappers(d->backing);
+    free(d);
+    return ret;
+}
+
+vd_disk *vd_disk_backing(vd_disk *d)
+{
+    if (!d->node->backing) {
+        return NULL;
+    }
+    if (!d->backing) {
+        d->backing = disk_wrap(d->engine, d->node->backing, false);
+    }
+    return d->backing;
+}
+
+uint64_t vd_disk_size(const vd_disk *d)
+{
+    return d->node->size;
+}
+
+const char *vd_disk_filename(const vd_disk *d)
+{
+    return d->node->filename;
+}
+
+const char *vd_disk_format(const vd_disk *d)
+{
+    return d->node->drv->name;
+}
+
+const char *vd_disk_last_error(vd_disk *d)
+{
+    (void)d;
+    return vd_get_io_error();
+}
+
+int vd_pread(vd_disk *d, void *buf, uint64_t len, uint64_t off)
+{
+    return vd_node_pread(d->node, buf, len, off);
+}
+
+static int after_write(vd_disk *d, int ret)
+{
+    if (ret == 0 && (d->node->open_flags & VD_OPEN_WRITETHROUGH)) {
+        ret = vd_node_flush(d->node);
+    }
+    return ret;
+}
+
+int vd_pwrite(vd_disk *d, const void *buf, uint64_t len, uint64_t off, unsigned flags)
+{
+    return after_write(d, vd_node_pwrite(d->node, buf, len, off, flags));
+}
+
+int vd_pwrite_zeroes(vd_disk *d, uint64_t off, uint64_t len, unsigned flags)
+{
+    return after_write(d, vd_node_pwrite_zeroes(d->node, off, len, flags));
+}
+
+int vd_pdiscard(vd_disk *d, uint64_t off, uint64_t len)
+{
+    return after_write(d, vd_node_pdiscard(d->node, off, len));
+}
+
+int vd_flush(vd_disk *d)
+{
+    return vd_node_flush(d->node);
+}
+
+/* A format node's data may sit in a hole of its file: then it reads as zeros, which
+ * qemu-img map reports as zero=true (preallocation=metadata shows this). */
+static int refine_with_file(vd_node_status *s)
+{
+    if (!(s->flags & VD_BS_OFFSET) || !(s->flags & VD_BS_DATA) || !s->file ||
+        s->file->drv->is_format || !s->file->drv->block_status) {
+        return 0;
+    }
+    vd_node_status fs;
+    memset(&fs, 0, sizeof(fs));
+    int ret = s->file->drv->block_status(s->file, s->offset, s->pnum, &fs);
+    if (ret < 0) {
+        return 0;  /* the answer without refinement is still right */
+    }
+    if (fs.pnum > 0 && fs.pnum < s->pnum) {
+        s->pnum = fs.pnum;
+    }
+    if (fs.flags & VD_BS_ZERO) {
+        s->flags |= VD_BS_ZERO;
+    }
+    return 0;
+}
+
+static void fill_status(vd_extent *st, const vd_node_status *s, int depth)
+{
+    st->length = s->pnum;
+    st->flags = s->flags;
+    st->offset = s->offset;
+    st->depth = depth;
+    st->file = s->file ? s->file->filename : NULL;
+}
+
+int vd_block_status_top(vd_disk *d, uint64_t off, uint64_t len, vd_extent *st)
+{
+    memset(st, 0, sizeof(*st));
+    if (off >= d->node->size || len == 0) {
+        return 0;
+    }
+    vd_node_status s;
+    int ret = vd_node_block_status(d->node, off, len, &s);
+    if (ret < 0) {
+        return ret;
+    }
+    refine_with_file(&s);
+    fill_status(st, &s, 0);
+    return 0;
+}
+
+int vd_block_status(vd_disk *d, uint64_t off, uint64_t len, vd_extent *st)
+{
+    memset(st, 0, sizeof(*st));
+    if (off >= d->node->size || len == 0) {
+        return 0;
+    }
+    if (len > d->node->size - off) {
+        len = d->node->size - off;
+    }
+    int depth = 0;
+    for (vd_node *n = d->node; n; n = n->backing, depth++) {
+        vd_node_status s;
+        if (off >= n->size) {
+            /* Past the end of a shorter backing file: reads as zeros, nothing allocated. */
+            st->length = len;
+            st->flags = VD_BS_ZERO;
+            st->depth = depth;
+            return 0;
+        }
+        int ret = vd_node_block_status(n, off, len, &s);
+        if (ret < 0) {
+            return ret;
+        }
+        len = s.pnum;
+        if ((s.flags & VD_BS_ALLOCATED) || !n->backing) {
+            refine_with_file(&s);
+            fill_status(st, &s, depth);
+            if (!(s.flags & VD_BS_ALLOCATED)) {
+                st->flags = (st->flags & ~VD_BS_DATA) | VD_BS_ZERO;
+            }
+            return 0;
+        }
+    }
+    return -EIO;  /* not reached: the loop returns at the bottom of the chain */
+}
+
+int vd_get_info(vd_disk *d, vd_image_info *info, vd_error **errp)
+{
+    memset(info, 0, sizeof(*info));
+    vd_node *n = d->node;
+    info->filename = strdup(n->filename);
+    info->format = strdup(n->drv->name);
+    info->virtual_size = n->size;
+    int64_t alloc = n->drv->allocated_size ? n->drv->allocated_size(n) : -1;
+    info->actual_size = alloc > 0 ? (uint64_t)alloc : 0;
+    if (n->backing_filename) {
+        info->backing_filename = strdup(n->backing_filename);
+        info->full_backing_filename = vd_backing_path(n->filename, n->backing_filename);
+    }
+    if (n->backing_format) {
+        info->backing_format = strdup(n->backing_format);
+    }
+    if (n->drv->get_info) {
+        int ret = n->drv->get_info(n, info, errp);
+        if (ret < 0) {
+            vd_image_info_clear(info);
+            return ret;
+        }
+    }
+    return 0;
+}
+
+void vd_image_info_clear(vd_image_info *info)
+{
+    free(info->filename);
+    free(info->format);
+    free(info->backing_filename);
+    free(info->full_backing_filename);
+    free(info->backing_format);
+    memset(info, 0, sizeof(*info));
+}
+
+int vd_check(vd_disk *d, unsigned fix, vd_check_result *res, vd_error **errp)
+{
+    memset(res, 0, sizeof(*res));
+    if (!d->node->drv->check) {
+        return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP,
+                            "This image format does not support checks");
+    }
+    if (fix && !(d->node->open_flags & VD_OPEN_RDWR)) {
+        return vd_error_set(errp, VD_ERR_INVALID, EACCES, "%s: repair needs a writable image",
+                            d->node->filename);
+    }
+    return d->node->drv->check(d->node, fix, res, errp);
+}
+
+void vd_check_result_clear(vd_check_result *res)
+{
+    free(res->log);
+    memset(res, 0, sizeof(*res));
+}
+
+static const vd_driver *format_driver(const char *fmt, vd_error **errp)
+{
+    const vd_driver *drv = fmt ? vd_driver_find(fmt) : NULL;
+    if (!drv || !drv->is_format) {
+        vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Unknown file format '%s'",
+                     fmt ? fmt : "(null)");
+        return NULL;
+    }
+    return drv;
+}
+
+int vd_create(vd_engine *e, const char *filename, const char *fmt, uint64_t size,
+              const vd_opts *opts, unsigned flags, vd_error **errp)
+{
+    const vd_driver *drv = format_driver(fmt, errp);
+    if (!drv) {
+        return -EINVAL;
+    }
+    if (!drv->create) {
+        return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP, "Format driver '%s' does not "
+                            "support image creation", fmt);
+    }
+    return drv->create(e, filename, size, opts, flags, errp);
+}
+
+const vd_create_option *vd_create_options(const char *fmt, size_t *count)
+{
+    const vd_driver *drv = fmt ? vd_driver_find(fmt) : NULL;
+    if (!drv || !drv->is_format) {
+        *count = 0;
+        return NULL;
+    }
+    *count = drv->nb_create_options;
+    return drv->create_options;
+}
+
+int vd_measure(const char *fmt, const vd_opts *opts, uint64_t size, vd_disk *src,
+               vd_measure_result *res, vd_error **errp)
+{
+    memset(res, 0, sizeof(*res));
+    const vd_driver *drv = format_driver(fmt, errp);
+    if (!drv) {
+        return -EINVAL;
+    }
+    if (!drv->measure) {
+        return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP, "Format driver '%s' does not "
+                            "support measure", fmt);
+    }
+    return drv->measure(opts, size, src, res, errp);
+}
+
+static int need_op(vd_disk *d, const void *op, const char *what, vd_error **errp)
+{
+    if (!op) {
+        return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP, "Format driver '%s' does not "
+                            "support %s", d->node->drv->name, what);
+    }
+    if (!(d->node->open_flags & VD_OPEN_RDWR)) {
+        return vd_error_set(errp, VD_ERR_INVALID, EACCES, "%s: image is opened read-only",
+                            d->node->filename);
+    }
+    return 0;
+}
+
+int vd_amend(vd_disk *d, const vd_opts *opts, vd_error **errp)
+{
+    int ret = need_op(d, (const void *)d->node->drv->amend, "option amendment", errp);
+    return ret < 0 ? ret : d->node->drv->amend(d->node, opts, errp);
+}
+
+int vd_truncate(vd_disk *d, uint64_t size, bool shrink, const char *prealloc, vd_error **errp)
+{
+    return vd_node_truncate(d->node, size, shrink, prealloc, errp);
+}
+
+int vd_set_backing(vd_disk *d, const char *backing, const char *backing_fmt, vd_error **errp)
+{
+    int ret = need_op(d, (const void *)d->node->drv->set_backing, "changing the backing file",
+                      errp);
+    return ret < 0 ? ret : d->node->drv->set_backing(d->node, backing, backing_fmt, errp);
+}
+
+int vd_make_empty(vd_disk *d, vd_error **errp)
+{
+    int ret = need_op(d, (const void *)d->node->drv->make_empty, "emptying the image", errp);
+    return ret < 0 ? ret : d->node->drv->make_empty(d->node, errp);
+}

@@ -1,0 +1,246 @@
+/* The file protocol driver: a host file or block device, with pread/pwrite, fallocate for
+ * zeroing and discard, SEEK_DATA/SEEK_HOLE for block status, fdatasync for flush. */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "block/block.h"
+
+static int file_open(vd_node *n, unsigned flags, vd_error **errp)
+{
+    int oflags = O_CLOEXEC | ((flags & VD_OPEN_RDWR) ? O_RDWR : O_RDONLY);
+    if (flags & VD_OPEN_NOCACHE) {
+        oflags |= O_DIRECT;
+    }
+    int fd = open(n->filename, oflags);
+    if (fd < 0) {
+        int err = errno;
+        return vd_error_set(errp, err == ENOENT ? VD_ERR_NOT_FOUND : VD_ERR_IO, err,
+                            "Could not open '%s': %s", n->filename, strerror(err));
+    }
+    struct stat st;
+    if (fstat(fd, &st) < 0 || S_ISDIR(st.st_mode)) {
+        int err = S_ISDIR(st.st_mode) ? EISDIR : errno;
+        close(fd);
+        return vd_error_set(errp, VD_ERR_IO, err, "Could not open '%s': %s", n->filename,
+                            strerror(err));
+    }
+    n->fd = fd;
+    n->size = (uint64_t)st.st_size;
+    if (flags & VD_OPEN_NOCACHE) {
+        n->request_alignment = 4096;
+    }
+    n->max_transfer = 1u << 30;
+    return 0;
+}
+
+static void file_close(vd_node *n)
+{
+    if (n->fd >= 0) {
+        close(n->fd);
+        n->fd = -1;
+    }
+}
+
+static int file_pread(vd_node *n, void *buf, uint64_t len, uint64_t off)
+{
+    char *p = buf;
+    while (len > 0) {
+        ssize_t r = pread(n->fd, p, len, (off_t)off);
+        if (r < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return -errno;
+        }
+        if (r == 0) {
+            memset(p, 0, len);  /* past the end of the file reads as zeros */
+            return 0;
+        }
+        p += r;
+        off += (uint64_t)r;
+        len -= (uint64_t)r;
+    }
+    return 0;
+}
+
+static int file_pwrite(vd_node *n, const void *buf, uint64_t len, uint64_t off,
+                       unsigned flags)
+{
+    const char *p = buf;
+    uint64_t start = off, total = len;
+    while (len > 0) {
+        ssize_t r = pwrite(n->fd, p, len, (off_t)off);
+        if (r < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return -errno;
+        }
+        p += r;
+        off += (uint64_t)r;
+        len -= (uint64_t)r;
+    }
+    if (flags & VD_REQ_FUA) {
+        (void)start;
+        (void)total;
+        if (fdatasync(n->fd) < 0) {
+            return -errno;
+        }
+    }
+    return 0;
+}
+
+static int file_pwrite_zeroes(vd_node *n, uint64_t off, uint64_t len, unsigned flags)
+{
+    int mode = (flags & VD_REQ_MAY_UNMAP) ? FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+                                          : FALLOC_FL_ZERO_RANGE;
+    struct stat st;
+    if (fstat(n->fd, &st) < 0) {
+        return -errno;
+    }
+    /* Punching past the end does not extend the file; zero-range does. */
+    if (fallocate(n->fd, mode, (off_t)off, (off_t)len) == 0) {
+        if ((mode & FALLOC_FL_KEEP_SIZE) && off + len > (uint64_t)st.st_size &&
+            ftruncate(n->fd, (off_t)(off + len)) < 0) {
+            return -errno;
+        }
+        return 0;
+    }
+    if (mode != FALLOC_FL_ZERO_RANGE &&
+        fallocate(n->fd, FALLOC_FL_ZERO_RANGE, (off_t)off, (off_t)len) == 0) {
+        return 0;
+    }
+    return -ENOTSUP;
+}
+
+static int file_pdiscard(vd_node *n, uint64_t off, uint64_t len)
+{
+    if (fallocate(n->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
+                  (off_t)len) < 0) {
+        return errno == EOPNOTSUPP ? -ENOTSUP : -errno;
+    }
+    return 0;
+}
+
+static int file_flush(vd_node *n)
+{
+    return fdatasync(n->fd) < 0 ? -errno : 0;
+}
+
+static int file_block_status(vd_node *n, uint64_t off, uint64_t len, vd_node_status *st)
+{
+    st->file = n;
+    st->offset = off;
+    st->flags = VD_BS_ALLOCATED | VD_BS_OFFSET;
+    off_t data = lseek(n->fd, (off_t)off, SEEK_DATA);
+    if (data < 0) {
+        if (errno == ENXIO) {  /* hole up to the end of the file */
+            st->flags |= VD_BS_ZERO;
+            st->pnum = len;
+            return 0;
+        }
+        st->flags |= VD_BS_DATA;  /* SEEK_DATA unsupported: assume data */
+        st->pnum = len;
+        return 0;
+    }
+    if ((uint64_t)data > off) {
+        st->flags |= VD_BS_ZERO;
+        st->pnum = (uint64_t)data - off < len ? (uint64_t)data - off : len;
+        return 0;
+    }
+    off_t hole = lseek(n->fd, (off_t)off, SEEK_HOLE);
+    st->flags |= VD_BS_DATA;
+    st->pnum = hole > (off_t)off && (uint64_t)hole - off < len ? (uint64_t)hole - off : len;
+    return 0;
+}
+
+static int file_truncate(vd_node *n, uint64_t size, bool shrink, const char *prealloc,
+                         vd_error **errp)
+{
+    (void)shrink;
+    struct stat st;
+    if (fstat(n->fd, &st) < 0) {
+        return vd_error_set(errp, VD_ERR_IO, errno, "%s: %s", n->filename, strerror(errno));
+    }
+    uint64_t old = (uint64_t)st.st_size;
+    if (ftruncate(n->fd, (off_t)size) < 0) {
+        return vd_error_set(errp, VD_ERR_IO, errno, "%s: Could not resize file: %s",
+                            n->filename, strerror(errno));
+    }
+    n->size = size;
+    if (size <= old || !strcmp(prealloc, "off")) {
+        return 0;
+    }
+    if (!strcmp(prealloc, "falloc")) {
+        int r = posix_fallocate(n->fd, (off_t)old, (off_t)(size - old));
+        if (r != 0) {
+            return vd_error_set(errp, VD_ERR_IO, r, "%s: Could not preallocate data for the "
+                                "new area: %s", n->filename, strerror(r));
+        }
+        return 0;
+    }
+    if (!strcmp(prealloc, "full")) {
+        size_t chunk = 1u << 20;
+        char *zeros = calloc(1, chunk);
+        if (!zeros) {
+            return vd_error_set(errp, VD_ERR_NOMEM, ENOMEM, "out of memory");
+        }
+        int ret = 0;
+        for (uint64_t o = old; o < size && ret == 0; o += chunk) {
+            uint64_t now = size - o < chunk ? size - o : chunk;
+            ret = file_pwrite(n, zeros, now, o, 0);
+        }
+        free(zeros);
+        if (ret < 0) {
+            return vd_error_set(errp, VD_ERR_IO, -ret, "%s: Could not write zeros for "
+                                "preallocation: %s", n->filename, strerror(-ret));
+        }
+        return 0;
+    }
+    return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Unsupported preallocation mode '%s'",
+                        prealloc);
+}
+
+static int64_t file_allocated_size(vd_node *n)
+{
+    struct stat st;
+    if (fstat(n->fd, &st) < 0) {
+        return -errno;
+    }
+    return (int64_t)st.st_blocks * 512;
+}
+
+int64_t vd_node_file_length(vd_node *n)
+{
+    while (n && n->fd < 0) {
+        n = n->file;
+    }
+    if (!n) {
+        return -ENOTSUP;
+    }
+    struct stat st;
+    if (fstat(n->fd, &st) < 0) {
+        return -errno;
+    }
+    return st.st_size;
+}
+
+const vd_driver vd_file_driver = {
+    .name = "file",
+    .is_format = false,
+    .open = file_open,
+    .close = file_close,
+    .pread = file_pread,
+    .pwrite = file_pwrite,
+    .pwrite_zeroes = file_pwrite_zeroes,
+    .pdiscard = file_pdiscard,
+    .flush = file_flush,
+    .block_status = file_block_status,
+    .truncate = file_truncate,
+    .allocated_size = file_allocated_size,
+};

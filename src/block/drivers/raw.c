@@ -1,0 +1,172 @@
+/* The raw format driver: guest offset = file offset. Also creates raw images with
+ * preallocation off, falloc or full. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "block/block.h"
+
+static int raw_open(vd_node *n, unsigned flags, vd_error **errp)
+{
+    (void)flags;
+    (void)errp;
+    int64_t len = vd_node_file_length(n->file);
+    if (len < 0) {
+        return vd_error_set(errp, VD_ERR_IO, (int)-len, "%s: %s", n->filename,
+                            strerror((int)-len));
+    }
+    n->size = (uint64_t)len;
+    n->request_alignment = n->file->request_alignment;
+    return 0;
+}
+
+static int raw_pread(vd_node *n, void *buf, uint64_t len, uint64_t off)
+{
+    return vd_node_pread(n->file, buf, len, off);
+}
+
+static int raw_pwrite(vd_node *n, const void *buf, uint64_t len, uint64_t off, unsigned flags)
+{
+    return vd_node_pwrite(n->file, buf, len, off, flags);
+}
+
+static int raw_pwrite_zeroes(vd_node *n, uint64_t off, uint64_t len, unsigned flags)
+{
+    return vd_node_pwrite_zeroes(n->file, off, len, flags);
+}
+
+static int raw_pdiscard(vd_node *n, uint64_t off, uint64_t len)
+{
+    return vd_node_pdiscard(n->file, off, len);
+}
+
+static int raw_flush(vd_node *n)
+{
+    return vd_node_flush(n->file);
+}
+
+static int raw_block_status(vd_node *n, uint64_t off, uint64_t len, vd_node_status *st)
+{
+    int ret = n->file->drv->block_status(n->file, off, len, st);
+    st->flags |= VD_BS_ALLOCATED;
+    return ret;
+}
+
+static int raw_truncate(vd_node *n, uint64_t size, bool shrink, const char *prealloc,
+                        vd_error **errp)
+{
+    if (strcmp(prealloc, "off") && strcmp(prealloc, "falloc") && strcmp(prealloc, "full")) {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL,
+                            "Unsupported preallocation mode '%s' (allowed: off, falloc, full)",
+                            prealloc);
+    }
+    int ret = vd_node_truncate(n->file, size, shrink, prealloc, errp);
+    if (ret == 0) {
+        n->size = size;
+    }
+    return ret;
+}
+
+static int64_t raw_allocated_size(vd_node *n)
+{
+    return n->file->drv->allocated_size(n->file);
+}
+
+static const vd_create_option raw_options[] = {
+    {"size", "size", "Virtual disk size", NULL},
+    {"preallocation", "str", "Preallocation mode (allowed values: off, falloc, full)", "off"},
+};
+
+static int raw_create(vd_engine *e, const char *filename, uint64_t size, const vd_opts *opts,
+                      unsigned flags, vd_error **errp)
+{
+    (void)flags;
+    for (size_t i = 0; i < vd_opts_count(opts); i++) {
+        const char *k = vd_opts_key(opts, i);
+        if (strcmp(k, "size") && strcmp(k, "preallocation")) {
+            return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Invalid parameter '%s'", k);
+        }
+    }
+    const char *prealloc = vd_opts_get(opts, "preallocation");
+    if (!prealloc) {
+        prealloc = "off";
+    }
+    if (strcmp(prealloc, "off") && strcmp(prealloc, "falloc") && strcmp(prealloc, "full")) {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL,
+                            "Parameter 'preallocation' does not accept value '%s' "
+                            "(allowed values: off, falloc, full)", prealloc);
+    }
+    if (vd_opts_get(opts, "size")) {
+        int ret = vd_opts_get_size(opts, "size", 0, &size, errp);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    if (size == UINT64_MAX) {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Image creation needs a size "
+                            "parameter");
+    }
+    size = (size + 511) & ~511ull;
+    int fd = open(filename, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        return vd_error_set(errp, VD_ERR_IO, errno, "%s: Could not create '%s': %s", filename,
+                            filename, strerror(errno));
+    }
+    close(fd);
+    vd_node *file = NULL;
+    int ret = vd_node_open_file(e, filename, VD_OPEN_RDWR, &file, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = vd_node_truncate(file, size, false, prealloc, errp);
+    if (ret == 0) {
+        ret = vd_node_flush(file);
+        if (ret < 0) {
+            vd_error_set(errp, VD_ERR_IO, -ret, "%s: %s", filename, strerror(-ret));
+        }
+    }
+    vd_node_close(file);
+    return ret;
+}
+
+static int raw_measure(const vd_opts *opts, uint64_t size, vd_disk *src, vd_measure_result *res,
+                       vd_error **errp)
+{
+    (void)opts;
+    (void)errp;
+    if (src) {
+        size = vd_disk_size(src);
+    }
+    size = (size + 511) & ~511ull;
+    res->required = size;
+    res->fully_allocated = size;
+    return 0;
+}
+
+static int raw_probe(const uint8_t *buf, size_t len)
+{
+    (void)buf;
+    (void)len;
+    return 1;  /* anything is raw, as a last resort */
+}
+
+const vd_driver vd_raw_driver = {
+    .name = "raw",
+    .is_format = true,
+    .probe = raw_probe,
+    .open = raw_open,
+    .pread = raw_pread,
+    .pwrite = raw_pwrite,
+    .pwrite_zeroes = raw_pwrite_zeroes,
+    .pdiscard = raw_pdiscard,
+    .flush = raw_flush,
+    .block_status = raw_block_status,
+    .truncate = raw_truncate,
+    .allocated_size = raw_allocated_size,
+    .create = raw_create,
+    .create_options = raw_options,
+    .nb_create_options = sizeof(raw_options) / sizeof(raw_options[0]),
+    .measure = raw_measure,
+};

@@ -1,0 +1,29 @@
+/* The engine context and the list of built-in drivers. */
+#include <stdlib.h>
+
+#include "block/engine.h"
+
+extern const vd_driver vd_file_driver;
+extern const vd_driver vd_raw_driver;
+extern const vd_driver vd_qcow2_driver;
+
+const vd_driver *const vd_drivers[] = {
+    &vd_file_driver,
+    &vd_raw_driver,
+    &vd_qcow2_driver,
+    NULL,
+};
+
+vd_engine *vd_engine_new(void)
+{
+    vd_engine *e = calloc(1, sizeof(*e));
+    if (!e) {
+        abort();
+    }
+    return e;
+}
+
+void vd_engine_free(vd_engine *e)
+{
+    free(e);
+}

@@ -1,0 +1,264 @@
+/* The generic request path: every node op passes here once. It checks bounds, splits by
+ * max_transfer, does read-modify-write for nodes that need aligned requests, and supplies
+ * the write-zeroes fallback, so drivers never re-check what block.h promises them. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "block/block.h"
+
+#define ZERO_CHUNK (1u << 20)
+
+static __thread char io_error[512];
+
+void vd_set_io_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(io_error, sizeof(io_error), fmt, ap);
+    va_end(ap);
+}
+
+const char *vd_get_io_error(void)
+{
+    return io_error[0] ? io_error : NULL;
+}
+
+/* Format nodes have a fixed virtual size; protocol nodes (files) grow with writes, and
+ * reads past their end return zeros, so only format nodes are bounds-checked. */
+static int check_range(vd_node *n, uint64_t off, uint64_t len)
+{
+    if (off + len < off) {
+        return -EINVAL;
+    }
+    if (n->drv->is_format && off + len > n->size) {
+        vd_set_io_error("%s: request [%llu, +%llu) is beyond the end of the disk (%llu)",
+                        n->filename, (unsigned long long)off, (unsigned long long)len,
+                        (unsigned long long)n->size);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static void *aligned_buf(size_t align, size_t len)
+{
+    void *p = NULL;
+    if (posix_memalign(&p, align < 4096 ? 4096 : align, len ? len : 1) != 0) {
+        return NULL;
+    }
+    return p;
+}
+
+static bool is_aligned(vd_node *n, uint64_t off, uint64_t len, const void *buf)
+{
+    uint64_t a = n->request_alignment;
+    return a <= 1 || ((off | len | (uintptr_t)buf) & (a - 1)) == 0;
+}
+
+static int split_pread(vd_node *n, void *buf, uint64_t len, uint64_t off)
+{
+    uint64_t max = n->max_transfer ? n->max_transfer : len;
+    while (len > 0) {
+        uint64_t chunk = len < max ? len : max;
+        int ret = n->drv->pread(n, buf, chunk, off);
+        if (ret < 0) {
+            return ret;
+        }
+        buf = (char *)buf + chunk;
+        off += chunk;
+        len -= chunk;
+    }
+    return 0;
+}
+
+static int split_pwrite(vd_node *n, const void *buf, uint64_t len, uint64_t off,
+                        unsigned flags)
+{
+    uint64_t max = n->max_transfer ? n->max_transfer : len;
+    while (len > 0) {
+        uint64_t chunk = len < max ? len : max;
+        int ret = n->drv->pwrite(n, buf, chunk, off, flags);
+        if (ret < 0) {
+            return ret;
+        }
+        buf = (const char *)buf + chunk;
+        off += chunk;
+        len -= chunk;
+    }
+    return 0;
+}
+
+int vd_node_pread(vd_node *n, void *buf, uint64_t len, uint64_t off)
+{
+    if (len == 0) {
+        return 0;
+    }
+    int ret = check_range(n, off, len);
+    if (ret < 0) {
+        return ret;
+    }
+    if (is_aligned(n, off, len, buf)) {
+        return split_pread(n, buf, len, off);
+    }
+    uint64_t a = n->request_alignment;
+    uint64_t start = off & ~(a - 1);
+    uint64_t end = (off + len + a - 1) & ~(a - 1);
+    char *bounce = aligned_buf(a, end - start);
+    if (!bounce) {
+        return -ENOMEM;
+    }
+    ret = split_pread(n, bounce, end - start, start);
+    if (ret == 0) {
+        memcpy(buf, bounce + (off - start), len);
+    }
+    free(bounce);
+    return ret;
+}
+
+int vd_node_pwrite(vd_node *n, const void *buf, uint64_t len, uint64_t off, unsigned flags)
+{
+    if (!(n->open_flags & VD_OPEN_RDWR)) {
+        return -EACCES;
+    }
+    if (len == 0) {
+        return 0;
+    }
+    int ret = check_range(n, off, len);
+    if (ret < 0) {
+        return ret;
+    }
+    if (is_aligned(n, off, len, buf)) {
+        return split_pwrite(n, buf, len, off, flags);
+    }
+    /* Read-modify-write of the aligned span around the request. */
+    uint64_t a = n->request_alignment;
+    uint64_t start = off & ~(a - 1);
+    uint64_t end = (off + len + a - 1) & ~(a - 1);
+    char *bounce = aligned_buf(a, end - start);
+    if (!bounce) {
+        return -ENOMEM;
+    }
+    if (start != off || end != off + len) {
+        ret = split_pread(n, bounce, end - start, start);
+    }
+    if (ret == 0) {
+        memcpy(bounce + (off - start), buf, len);
+        ret = split_pwrite(n, bounce, end - start, start, flags);
+    }
+    free(bounce);
+    return ret;
+}
+
+int vd_node_pwrite_zeroes(vd_node *n, uint64_t off, uint64_t len, unsigned flags)
+{
+    if (!(n->open_flags & VD_OPEN_RDWR)) {
+        return -EACCES;
+    }
+    if (len == 0) {
+        return 0;
+    }
+    int ret = check_range(n, off, len);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = -ENOTSUP;
+    if (n->drv->pwrite_zeroes) {
+        ret = n->drv->pwrite_zeroes(n, off, len, flags);
+    }
+    if (ret != -ENOTSUP || (flags & VD_REQ_NO_FALLBACK)) {
+        return ret;
+    }
+    size_t chunk = len < ZERO_CHUNK ? (size_t)len : ZERO_CHUNK;
+    void *zeros = aligned_buf(n->request_alignment, chunk);
+    if (!zeros) {
+        return -ENOMEM;
+    }
+    memset(zeros, 0, chunk);
+    ret = 0;
+    while (len > 0 && ret == 0) {
+        uint64_t now = len < chunk ? len : chunk;
+        ret = vd_node_pwrite(n, zeros, now, off, flags & VD_REQ_FUA);
+        off += now;
+        len -= now;
+    }
+    free(zeros);
+    return ret;
+}
+
+int vd_node_pdiscard(vd_node *n, uint64_t off, uint64_t len)
+{
+    if (!(n->open_flags & VD_OPEN_RDWR)) {
+        return -EACCES;
+    }
+    if (len == 0) {
+        return 0;
+    }
+    int ret = check_range(n, off, len);
+    if (ret < 0) {
+        return ret;
+    }
+    if (!n->drv->pdiscard) {
+        return 0;  /* discard is advisory */
+    }
+    ret = n->drv->pdiscard(n, off, len);
+    return ret == -ENOTSUP ? 0 : ret;
+}
+
+int vd_node_flush(vd_node *n)
+{
+    if (!(n->open_flags & VD_OPEN_RDWR) || !n->drv->flush) {
+        return 0;
+    }
+    return n->drv->flush(n);
+}
+
+int vd_node_block_status(vd_node *n, uint64_t off, uint64_t len, vd_node_status *st)
+{
+    memset(st, 0, sizeof(*st));
+    if (off >= n->size || len == 0) {
+        return -EINVAL;
+    }
+    if (len > n->size - off) {
+        len = n->size - off;
+    }
+    if (!n->drv->block_status) {
+        st->pnum = len;
+        st->flags = VD_BS_DATA | VD_BS_ALLOCATED;
+        return 0;
+    }
+    int ret = n->drv->block_status(n, off, len, st);
+    if (ret == 0 && (st->pnum == 0 || st->pnum > len)) {
+        st->pnum = len;  /* a driver bug must not make callers loop forever */
+    }
+    return ret;
+}
+
+int vd_node_truncate(vd_node *n, uint64_t size, bool shrink, const char *prealloc,
+                     vd_error **errp)
+{
+    if (!(n->open_flags & VD_OPEN_RDWR)) {
+        return vd_error_set(errp, VD_ERR_INVALID, EACCES, "%s: image is read-only",
+                            n->filename);
+    }
+    if (!n->drv->truncate) {
+        return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP,
+                            "%s: this driver does not support resizing", n->filename);
+    }
+    if (size < n->size && !shrink && n->drv->is_format) {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL,
+                            "Use the --shrink option to perform a shrink operation.");
+    }
+    return n->drv->truncate(n, size, shrink, prealloc ? prealloc : "off", errp);
+}
+
+int vd_node_pread_zero_pad(vd_node *n, void *buf, uint64_t len, uint64_t off)
+{
+    uint64_t avail = off >= n->size ? 0 : n->size - off;
+    uint64_t now = len < avail ? len : avail;
+    if (now < len) {
+        memset((char *)buf + now, 0, len - now);
+    }
+    return now ? vd_node_pread(n, buf, now, off) : 0;
+}

@@ -1,0 +1,244 @@
+/* Opening and closing node graphs: the file node, format probing, the format node and its
+ * backing chain (with loop detection and a depth limit). */
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "block/block.h"
+#include "block/engine.h"
+
+#define VD_MAX_CHAIN_DEPTH 256
+#define VD_PROBE_BYTES 2048
+
+const vd_driver *vd_driver_find(const char *name)
+{
+    for (size_t i = 0; vd_drivers[i]; i++) {
+        if (strcmp(vd_drivers[i]->name, name) == 0) {
+            return vd_drivers[i];
+        }
+    }
+    return NULL;
+}
+
+static vd_node *node_new(vd_engine *e, const vd_driver *drv, const char *filename,
+                         unsigned flags)
+{
+    vd_node *n = calloc(1, sizeof(*n));
+    if (!n) {
+        abort();
+    }
+    n->drv = drv;
+    n->engine = e;
+    n->filename = strdup(filename);
+    n->open_flags = flags;
+    n->request_alignment = 1;
+    n->fd = -1;
+    if (!n->filename) {
+        abort();
+    }
+    return n;
+}
+
+static void node_free(vd_node *n)
+{
+    free(n->filename);
+    free(n->realpath);
+    free(n->backing_filename);
+    free(n->backing_format);
+    free(n);
+}
+
+int vd_node_open_file(vd_engine *e, const char *filename, unsigned flags, vd_node **out,
+                      vd_error **errp)
+{
+    const vd_driver *drv = vd_driver_find("file");
+    vd_node *n = node_new(e, drv, filename, flags);
+    int ret = drv->open(n, flags, errp);
+    if (ret < 0) {
+        node_free(n);
+        return ret;
+    }
+    n->realpath = realpath(filename, NULL);
+    *out = n;
+    return 0;
+}
+
+static const char *probe_buf(const uint8_t *buf, size_t len)
+{
+    const char *best = "raw";
+    int best_score = 0;
+    for (size_t i = 0; vd_drivers[i]; i++) {
+        if (vd_drivers[i]->probe) {
+            int score = vd_drivers[i]->probe(buf, len);
+            if (score > best_score) {
+                best_score = score;
+                best = vd_drivers[i]->name;
+            }
+        }
+    }
+    return best;
+}
+
+static int probe_node(vd_node *file, const char **fmt, vd_error **errp)
+{
+    uint8_t buf[VD_PROBE_BYTES];
+    int64_t flen = vd_node_file_length(file);
+    if (flen < 0) {
+        return vd_error_set(errp, VD_ERR_IO, (int)-flen, "Could not open '%s': %s",
+                            file->filename, strerror((int)-flen));
+    }
+    size_t len = flen < VD_PROBE_BYTES ? (size_t)flen : VD_PROBE_BYTES;
+    if (len > 0) {
+        int ret = vd_node_pread(file, buf, len, 0);
+        if (ret < 0) {
+            return vd_error_set(errp, VD_ERR_IO, -ret, "Could not read image for determining "
+                                "its format: %s", strerror(-ret));
+        }
+    }
+    *fmt = probe_buf(buf, len);
+    return 0;
+}
+
+int vd_probe_format(const char *filename, const char **fmt, vd_error **errp)
+{
+    vd_node *file = NULL;
+    int ret = vd_node_open_file(NULL, filename, 0, &file, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = probe_node(file, fmt, errp);
+    vd_node_close(file);
+    return ret;
+}
+
+static int node_open(vd_engine *e, const char *filename, const char *format, unsigned flags,
+                     vd_node *overlay, vd_node **out, vd_error **errp)
+{
+    vd_node *file = NULL;
+    int ret = vd_node_open_file(e, filename, flags, &file, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    if (!format) {
+        ret = probe_node(file, &format, errp);
+        if (ret < 0) {
+            vd_node_close(file);
+            return ret;
+        }
+    }
+    const vd_driver *drv = vd_driver_find(format);
+    if (!drv || !drv->is_format) {
+        vd_node_close(file);
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Unknown driver '%s'", format);
+    }
+    vd_node *n = node_new(e, drv, filename, flags);
+    n->file = file;
+    n->overlay = overlay;
+    n->realpath = file->realpath ? strdup(file->realpath) : NULL;
+    ret = drv->open(n, flags, errp);
+    if (ret < 0) {
+        vd_node_close(file);
+        node_free(n);
+        return ret;
+    }
+    *out = n;
+    return 0;
+}
+
+int vd_node_open(vd_engine *e, const char *filename, const char *format, unsigned flags,
+                 vd_node **out, vd_error **errp)
+{
+    return node_open(e, filename, format, flags, NULL, out, errp);
+}
+
+char *vd_backing_path(const char *image, const char *backing)
+{
+    char *r = NULL;
+    if (backing[0] == '/' || strchr(image, '/') == NULL) {
+        r = strdup(backing);
+    } else {
+        char *copy = strdup(image);
+        if (!copy) {
+            abort();
+        }
+        if (asprintf(&r, "%s/%s", dirname(copy), backing) < 0) {
+            r = NULL;
+        }
+        free(copy);
+    }
+    if (!r) {
+        abort();
+    }
+    return r;
+}
+
+int vd_node_open_backing(vd_node *node, const char *name, const char *format,
+                         vd_error **errp)
+{
+    if (!name || (node->open_flags & VD_OPEN_NO_BACKING)) {
+        return 0;
+    }
+    char *path = vd_backing_path(node->filename, name);
+    char *real = realpath(path, NULL);
+    int depth = 0;
+    for (vd_node *p = node; p; p = p->overlay) {
+        if (real && p->realpath && strcmp(real, p->realpath) == 0) {
+            int ret = vd_error_set(errp, VD_ERR_INVALID, ELOOP,
+                                   "Could not open backing file '%s' of '%s': backing "
+                                   "chain loop detected", name, node->filename);
+            free(real);
+            free(path);
+            return ret;
+        }
+        depth++;
+    }
+    free(real);
+    if (depth >= VD_MAX_CHAIN_DEPTH) {
+        free(path);
+        return vd_error_set(errp, VD_ERR_INVALID, EMLINK, "Could not open backing file '%s' "
+                            "of '%s': backing chain deeper than %d", name, node->filename,
+                            VD_MAX_CHAIN_DEPTH);
+    }
+    /* Backing files are read-only; the check/repair flags apply to the top image only. */
+    unsigned flags = node->open_flags & (VD_OPEN_NOCACHE);
+    flags |= VD_OPEN_NO_REPAIR;
+    vd_node *b = NULL;
+    int ret = node_open(node->engine, path, format, flags, node, &b, errp);
+    if (ret < 0) {
+        vd_error_prepend(errp, "Could not open backing file '%s'", path);
+        free(path);
+        return ret;
+    }
+    free(path);
+    node->backing = b;
+    return 0;
+}
+
+int vd_node_close(vd_node *n)
+{
+    if (!n) {
+        return 0;
+    }
+    int ret = 0;
+    if ((n->open_flags & VD_OPEN_RDWR) && n->drv->flush) {
+        ret = n->drv->flush(n);
+    }
+    if (n->drv->close) {
+        n->drv->close(n);
+    }
+    int r = vd_node_close(n->backing);
+    if (ret == 0) {
+        ret = r;
+    }
+    r = vd_node_close(n->file);
+    if (ret == 0) {
+        ret = r;
+    }
+    node_free(n);
+    return ret;
+}

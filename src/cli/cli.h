@@ -1,0 +1,32 @@
+/* Shared declarations of the vdisk command: one entry point per verb, and the helpers
+ * every verb uses to report errors the way qemu-img does. */
+#ifndef VD_CLI_H
+#define VD_CLI_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "vdisk/vdisk.h"
+
+/* Each verb gets argv with argv[0] = verb name and returns the process exit code. */
+int cmd_create(int argc, char **argv);
+int cmd_info(int argc, char **argv);
+int cmd_check(int argc, char **argv);
+int cmd_map(int argc, char **argv);
+int cmd_measure(int argc, char **argv);
+int cmd_compare(int argc, char **argv);
+int cmd_convert(int argc, char **argv);
+int cmd_resize(int argc, char **argv);
+int cmd_commit(int argc, char **argv);
+int cmd_rebase(int argc, char **argv);
+int cmd_amend(int argc, char **argv);
+int cmd_io(int argc, char **argv);     /* src/cli/io.c: qemu-io compatible */
+int cmd_bench(int argc, char **argv);  /* src/cli/bench.c: qemu-img bench compatible */
+
+/* "vdisk: " + formatted message + newline on stderr. */
+void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Parses a -t cache mode (none, writeback, writethrough, directsync, unsafe) into
+ * VD_OPEN_* flags; returns -1 for an unknown mode. */
+int cli_parse_cache(const char *mode, unsigned *flags);
+
+#endif
