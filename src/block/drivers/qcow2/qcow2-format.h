@@ -199,6 +199,29 @@ int qcow2_snapshots_decode(const uint8_t *buf, size_t len, uint32_t nb,
                            uint64_t *table_len, vd_error **errp);
 void qcow2_snapshots_free(qcow2_snapshot *s, uint32_t nb);
 
+/* Tolerant decoding for `check` (QEMU opens such tables; only check reports them). */
+typedef struct qcow2_snapshot_decode_opts {
+    /* Leave L1 offset alignment and L1 size to the caller: QEMU opens images with a bad
+     * snapshot L1 and reports it in check, or refuses only when the snapshot is used. */
+    bool no_l1_checks;
+    /* As `qemu-img check -r all`: keep only 1 KiB of oversized extra data, and drop the
+     * entries from the one that makes the table too big, instead of failing. */
+    bool repair;
+    /* Receives the messages QEMU prints while repairing ("Discarding ..."); may be NULL. */
+    void (*note)(void *opaque, const char *msg);
+    void *opaque;
+} qcow2_snapshot_decode_opts;
+
+/* As qcow2_snapshots_decode, with opts (NULL = strict). *nb_out gets the number of entries
+ * kept, *table_len the on-disk extent of those entries (QEMU's snapshots_size, what check
+ * refcounts), *nb_extra_truncated (may be NULL) how many had extra data cut to 1 KiB.
+ * Fails with -ERANGE when an entry runs past len, so a caller may retry with more bytes. */
+int qcow2_snapshots_decode_ex(const uint8_t *buf, size_t len, uint32_t nb,
+                              const qcow2_header *h, const char *what,
+                              const qcow2_snapshot_decode_opts *opts, qcow2_snapshot **out,
+                              uint32_t *nb_out, uint64_t *table_len,
+                              uint32_t *nb_extra_truncated, vd_error **errp);
+
 /* ---- Check and repair (qcow2-check.c): works on the image file directly ---------------- */
 struct vd_node;
 /* Checks the qcow2 image stored in `file` (a protocol node), as `qemu-img check` does,
@@ -213,7 +236,10 @@ int qcow2_create(vd_engine *e, const char *filename, uint64_t size, const vd_opt
                  unsigned flags, vd_error **errp);
 int qcow2_measure(const vd_opts *opts, uint64_t size, vd_disk *src, vd_measure_result *res,
                   vd_error **errp);
-extern const vd_create_option qcow2_create_options[];
+/* The count is a constant so that the const driver table can hold it; declaring the array
+ * with it makes the compiler check it against the definition in qcow2-create.c. */
+#define QCOW2_NB_CREATE_OPTIONS 10
+extern const vd_create_option qcow2_create_options[QCOW2_NB_CREATE_OPTIONS];
 extern const size_t qcow2_nb_create_options;
 
 #endif

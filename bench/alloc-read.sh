@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Case alloc-read: the alloc-write pattern (4 KiB reads, qd32, one per 64 KiB cluster) over
+# an image whose clusters are all allocated. One image, written by qemu-img beforehand
+# (untimed), is read by both tools; -t writeback and an untimed warm-up read by each tool
+# mean both read from the page cache, so this measures the engine, not the disk.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+clusters=$(bench_size 20480 1024)
+size=$((clusters * 64 * 1024))
+count=$((clusters * 10))              # ten passes over the image
+opts=(-t writeback -d 32 -s 4k -S 64k -c "$count")
+bench_case alloc-read time vdisk qemu-img 1.0 \
+    "4 KiB reads, qd32, one per 64 KiB cluster, allocated qcow2, page cache warm" \
+    "bench ${opts[*]}"
+
+img="$BENCH_DIR/alloc-read.qcow2"
+rm -f "$img"
+"$QEMU_IMG" create -q -f qcow2 "$img" "$size"
+"$QEMU_IMG" bench -w -t writeback -d 32 -s 4k -S 64k -c "$clusters" --pattern=165 "$img" >/dev/null
+bench_settle
+for who in vdisk qemu-img; do
+    "$(bench_tool "$who")" bench -t writeback -d 32 -s 4k -S 64k -c "$clusters" "$img" \
+        >/dev/null 2>&1 || true
+done
+
+for ((round = 1; round <= BENCH_ROUNDS; round++)); do
+    for who in $(bench_order "$round" vdisk qemu-img); do
+        bench_run alloc-read "$who" "$round" "$(bench_tool "$who")" bench "${opts[@]}" "$img" \
+            || true
+    done
+done
+rm -f "$img"

@@ -1,0 +1,131 @@
+# shellcheck shell=bash
+# Shared helpers for the vdisk benchmark cases: settings, timing of one run, and the
+# records (runs.tsv) that bench/report.py turns into the results table. Source, don't run.
+
+BENCH_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$BENCH_SRC/.." && pwd)
+
+: "${VDISK:=$REPO/build/vdisk}"
+: "${QEMU_IMG:=qemu-img}"
+: "${BENCH_QUICK:=0}"
+export BENCH_ROUNDS_GIVEN=${BENCH_ROUNDS:-}  # run.sh --quick needs to know
+if [ "$BENCH_QUICK" = 1 ]; then
+    : "${BENCH_ROUNDS:=1}"
+else
+    : "${BENCH_ROUNDS:=5}"
+fi
+# Work files must live on a real disk filesystem (O_DIRECT, fallocate), so not /tmp, which
+# may be tmpfs. The generated source image for convert is cached between runs.
+: "${BENCH_DIR:=/var/tmp/vdisk-bench}"
+: "${BENCH_CACHE:=$BENCH_DIR/cache}"
+: "${BENCH_RUNS:=$BENCH_DIR/runs.tsv}"
+export VDISK QEMU_IMG BENCH_QUICK BENCH_ROUNDS BENCH_DIR BENCH_CACHE BENCH_RUNS
+
+bench_die() {
+    echo "bench: $*" >&2
+    exit 2
+}
+
+# bench_size NORMAL QUICK: picks the size (or count) for the current mode.
+bench_size() {
+    if [ "$BENCH_QUICK" = 1 ]; then echo "$2"; else echo "$1"; fi
+}
+
+# bench_case ID METRIC VDISK_LABEL BASE_LABEL MIN_RATIO TITLE COMMAND
+# Declares one row of the results table. METRIC is "time" or "rss"; the ratio is
+# baseline / vdisk for both, so above 1 is better for vdisk. MIN_RATIO "-" means no target.
+bench_case() {
+    printf 'case\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$BENCH_RUNS"
+}
+
+# bench_note CASE TEXT: a line for the "Notes" section (failed checks, skipped work).
+bench_note() {
+    printf 'note\t%s\t%s\n' "$1" "$2" >>"$BENCH_RUNS"
+    echo "bench: $1: $2" >&2
+}
+
+# bench_measure CASE WHO ROUND CMD...: runs CMD once, timed, output to a per-run log.
+# Returns CMD's success or failure.
+bench_measure() {
+    local case=$1 who=$2 round=$3
+    shift 3
+    mkdir -p "$BENCH_DIR/logs"
+    local log="$BENCH_DIR/logs/$case.$who.r$round.log"
+    : >"$log"
+    python3 "$BENCH_SRC/measure.py" --runs "$BENCH_RUNS" --case "$case" --who "$who" \
+        --round "$round" --log "$log" -- "$@"
+}
+
+# bench_order ROUND A B: prints the contenders in this round's order. Rounds alternate who
+# goes first (AB, BA, AB...) so that neither side always runs right after the other's
+# writeback or always finds the caches in the same state.
+bench_order() {
+    local round=$1
+    shift
+    if [ $((round % 2)) = 1 ]; then
+        echo "$@"
+    else
+        local rev=() i
+        for ((i = $#; i >= 1; i--)); do rev+=("${!i}"); done
+        echo "${rev[@]}"
+    fi
+}
+
+# bench_settle: write back dirty pages outside the timed region, so one run's writeback
+# does not slow the next one down.
+bench_settle() {
+    sync
+}
+
+# bench_tool WHO: the binary for a contender label.
+bench_tool() {
+    case $1 in
+        vdisk*) echo "$VDISK" ;;
+        *) echo "$QEMU_IMG" ;;
+    esac
+}
+
+# bench_failed CASE WHO: true when an earlier round of WHO in CASE failed; later rounds are
+# skipped then, since a broken command only wastes time.
+bench_failed() {
+    [ -f "$BENCH_DIR/failed.$1.$2" ]
+}
+bench_mark_failed() {
+    : >"$BENCH_DIR/failed.$1.$2"
+    local log="$BENCH_DIR/logs/$1.$2.r$3.log" said
+    said=$(grep -v -e '^\$ ' -e '^measure: ' "$log" | tail -2 | tr '\n' ' ' | cut -c1-200)
+    bench_note "$1" "$2 failed in round $3: ${said:-no output} (log: $log)"
+}
+
+# bench_run CASE WHO ROUND CMD...: bench_measure, unless WHO already failed in CASE; a
+# failure is remembered and noted. Returns 1 when the run failed or was skipped.
+bench_run() {
+    local case=$1 who=$2 round=$3
+    bench_failed "$case" "$who" && return 1
+    if ! bench_measure "$@"; then
+        bench_mark_failed "$case" "$who" "$round"
+        return 1
+    fi
+}
+
+# bench_check CASE WHO IMAGE: qemu-img check of an image a contender wrote (untimed); a
+# speed result from a tool that writes broken images is noted next to the table.
+bench_check() {
+    local out
+    if ! out=$("$QEMU_IMG" check -q "$3" 2>&1); then
+        out=$(echo "$out" | head -3 | tr '\n' ' ')
+        bench_note "$1" "qemu-img check of $2's image failed: $out"
+        return 1
+    fi
+}
+
+# bench_compare CASE WHAT A B: qemu-img compare of two images that must have the same guest
+# contents (untimed).
+bench_compare() {
+    local out
+    if ! out=$("$QEMU_IMG" compare -q "$3" "$4" 2>&1); then
+        out=$(echo "$out" | head -2 | tr '\n' ' ')
+        bench_note "$1" "$2: $(basename "$3") and $(basename "$4") differ: $out"
+        return 1
+    fi
+}

@@ -1,0 +1,683 @@
+/* qcow2 refcounts: reading and updating refcount entries through the refcount cache, the
+ * first-fit cluster allocator (new refcount blocks, refcount table growth), the metadata
+ * overlap check and the queue of deferred frees. All calls hold the metadata lock. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "block/drivers/qcow2/qcow2.h"
+
+/* Host offsets are 56-bit in L1/L2 entries. */
+#define MAX_HOST_OFFSET (1ull << 56)
+
+static uint64_t rb_slice_entries(const qcow2_state *s)
+{
+    return ((uint64_t)s->slice_size * 8) >> s->refcount_order;
+}
+
+static void refblocks_insert(qcow2_state *s, uint64_t off)
+{
+    size_t lo = 0, hi = s->nb_refblocks;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (s->refblocks[mid] < off) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    if (lo < s->nb_refblocks && s->refblocks[lo] == off) {
+        return;
+    }
+    uint64_t *n = realloc(s->refblocks, (s->nb_refblocks + 1) * sizeof(*n));
+    if (!n) {
+        abort();
+    }
+    s->refblocks = n;
+    memmove(n + lo + 1, n + lo, (s->nb_refblocks - lo) * sizeof(*n));
+    n[lo] = off;
+    s->nb_refblocks++;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+void qcow2_refblocks_free(qcow2_state *s)
+{
+    free(s->refblocks);
+    s->refblocks = NULL;
+    s->nb_refblocks = 0;
+}
+
+int qcow2_refcount_load(qcow2_state *s, vd_error **errp)
+{
+    uint64_t bytes = (uint64_t)s->h.refcount_table_clusters * s->cluster_size;
+    uint8_t *raw = malloc(bytes);
+    if (!raw) {
+        return vd_error_set(errp, VD_ERR_NOMEM, ENOMEM, "%s: out of memory for the refcount "
+                            "table (%" PRIu64 " bytes)", s->name, bytes);
+    }
+    int ret = vd_node_pread(s->file, raw, bytes, s->h.refcount_table_offset);
+    if (ret < 0) {
+        free(raw);
+        return vd_error_set(errp, VD_ERR_IO, -ret, "%s: could not read the refcount table at "
+                            "0x%" PRIx64 ": %s", s->name, s->h.refcount_table_offset,
+                            strerror(-ret));
+    }
+    uint64_t n = bytes / 8;
+    uint64_t *t = malloc(n * sizeof(*t));
+    if (!t) {
+        abort();
+    }
+    qcow2_refblocks_free(s);
+    s->refblocks = malloc(n * sizeof(*s->refblocks));
+    if (!s->refblocks) {
+        abort();
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        t[i] = vd_be64(raw + i * 8);
+        uint64_t off = t[i] & QCOW2_REFT_OFFSET_MASK;
+        if (off) {
+            s->refblocks[s->nb_refblocks++] = off;
+        }
+    }
+    free(raw);
+    qsort(s->refblocks, s->nb_refblocks, sizeof(*s->refblocks), cmp_u64);
+    free(s->reftable);
+    s->reftable = t;
+    s->reftable_entries = n;
+    s->reftable_offset = s->h.refcount_table_offset;
+    s->reftable_clusters = s->h.refcount_table_clusters;
+    return 0;
+}
+
+/* The refcount block of block index bi: 0 when there is none. */
+static int refblock_of(qcow2_state *s, uint64_t bi, uint64_t *rb)
+{
+    *rb = 0;
+    if (bi >= s->reftable_entries) {
+        return 0;
+    }
+    uint64_t off = s->reftable[bi] & QCOW2_REFT_OFFSET_MASK;
+    if (off & (s->cluster_size - 1)) {
+        return qcow2_signal_corruption(s, "Refblock offset %#" PRIx64 " unaligned (reftable "
+                                       "index: %#" PRIx64 ")", off, bi);
+    }
+    if (off >= MAX_HOST_OFFSET) {
+        return qcow2_signal_corruption(s, "Refblock offset %#" PRIx64 " is beyond the "
+                                       "maximum host offset (reftable index: %#" PRIx64 ")",
+                                       off, bi);
+    }
+    *rb = off;
+    return 0;
+}
+
+/* The cached slice holding the refcount of cluster c inside refblock rb. */
+static int rb_slice(qcow2_state *s, uint64_t rb, uint64_t c, qcow2_slice **sl,
+                    uint64_t *idx)
+{
+    uint64_t in_block = c & ((1ull << s->rb_bits) - 1);
+    uint64_t per = rb_slice_entries(s);
+    *idx = in_block % per;
+    return qcow2_cache_get(s, s->rb_cache, rb + (in_block / per) * s->slice_size, sl);
+}
+
+int qcow2_get_refcount(qcow2_state *s, uint64_t cluster, uint64_t *rc)
+{
+    uint64_t rb;
+    *rc = 0;
+    int ret = refblock_of(s, cluster >> s->rb_bits, &rb);
+    if (ret < 0 || rb == 0) {
+        return ret;
+    }
+    qcow2_slice *sl;
+    uint64_t idx;
+    ret = rb_slice(s, rb, cluster, &sl, &idx);
+    if (ret < 0) {
+        return ret;
+    }
+    *rc = qcow2_refcount_get(sl->data, s->refcount_order, idx);
+    qcow2_cache_put(s->rb_cache, sl);
+    return 0;
+}
+
+/* First fit: the lowest run of n clusters with refcount 0 at or after the free hint.
+ * Clusters without a refcount block (or beyond the table) are free. Moves the hint to the
+ * first free cluster seen. */
+static int find_free_run(qcow2_state *s, uint64_t n, uint64_t *start)
+{
+    uint64_t c = s->free_hint;
+    uint64_t run_start = c, run_len = 0, first_free = UINT64_MAX;
+    uint64_t per_block = 1ull << s->rb_bits;
+    uint64_t max_cluster = MAX_HOST_OFFSET >> s->cluster_bits;
+
+    while (run_len < n) {
+        if (c >= max_cluster) {
+            vd_set_io_error("%s: no room for %" PRIu64 " more clusters below the maximum host "
+                            "offset", s->name, n);
+            return -EFBIG;
+        }
+        uint64_t rb;
+        int ret = refblock_of(s, c >> s->rb_bits, &rb);
+        if (ret < 0) {
+            return ret;
+        }
+        if (rb == 0) {
+            uint64_t end = ((c >> s->rb_bits) + 1) * per_block;
+            if (run_len == 0) {
+                run_start = c;
+            }
+            if (first_free == UINT64_MAX) {
+                first_free = c;
+            }
+            run_len += end - c;
+            c = end;
+            continue;
+        }
+        qcow2_slice *sl;
+        uint64_t idx;
+        ret = rb_slice(s, rb, c, &sl, &idx);
+        if (ret < 0) {
+            return ret;
+        }
+        uint64_t per = rb_slice_entries(s);
+        for (; idx < per && run_len < n; idx++, c++) {
+            if (qcow2_refcount_get(sl->data, s->refcount_order, idx) == 0) {
+                if (run_len == 0) {
+                    run_start = c;
+                }
+                if (first_free == UINT64_MAX) {
+                    first_free = c;
+                }
+                run_len++;
+            } else {
+                run_len = 0;
+            }
+        }
+        qcow2_cache_put(s->rb_cache, sl);
+    }
+    if (first_free != UINT64_MAX) {
+        s->free_hint = first_free;
+    }
+    *start = run_start;
+    return 0;
+}
+
+static int pwrite_sync_err(qcow2_state *s, const char *what, uint64_t off, int ret)
+{
+    vd_set_io_error("%s: could not write the %s at 0x%" PRIx64 ": %s", s->name, what, off,
+                    strerror(-ret));
+    return ret;
+}
+
+/* Grows the refcount table so that block index bi_needed exists. The new table and the
+ * refcount blocks describing it go right after the area the old table covers (the file
+ * cannot have anything there); the header switches to it; the old table is freed. */
+static int grow_reftable(qcow2_state *s, uint64_t bi_needed)
+{
+    uint64_t cs = s->cluster_size;
+    uint64_t old = s->reftable_entries;
+    uint64_t per_block = 1ull << s->rb_bits;
+    uint64_t area = old << s->rb_bits;
+    uint64_t new_entries = old + old / 2;
+    uint64_t t_clusters, nb_blocks;
+    int ret;
+
+    if (new_entries < bi_needed + 1) {
+        new_entries = bi_needed + 1;
+    }
+    for (;;) {
+        t_clusters = (new_entries * 8 + cs - 1) / cs;
+        nb_blocks = 1;
+        while (nb_blocks * per_block < nb_blocks + t_clusters) {
+            nb_blocks++;
+        }
+        if (new_entries < old + nb_blocks) {
+            new_entries = old + nb_blocks;
+            continue;
+        }
+        break;
+    }
+    if (t_clusters * cs > QCOW2_MAX_REFTABLE_BYTES) {
+        vd_set_io_error("%s: the refcount table would exceed %u bytes", s->name,
+                        QCOW2_MAX_REFTABLE_BYTES);
+        return -EFBIG;
+    }
+    uint64_t end = area + nb_blocks + t_clusters;
+    if (end > (MAX_HOST_OFFSET >> s->cluster_bits)) {
+        vd_set_io_error("%s: the refcount table would lie beyond the maximum host offset",
+                        s->name);
+        return -EFBIG;
+    }
+
+    uint8_t *blocks = calloc(nb_blocks, cs);
+    uint8_t *table = calloc(t_clusters, cs);
+    if (!blocks || !table) {
+        abort();
+    }
+    for (uint64_t k = area; k < end; k++) {
+        uint64_t j = (k - area) / per_block;
+        qcow2_refcount_set(blocks + j * cs, s->refcount_order, (k - area) % per_block, 1);
+    }
+    for (uint64_t i = 0; i < old; i++) {
+        vd_put_be64(table + i * 8, s->reftable[i]);
+    }
+    for (uint64_t j = 0; j < nb_blocks; j++) {
+        vd_put_be64(table + (old + j) * 8, (area + j) * cs);
+    }
+    qcow2_cache_discard_range(s->l2_cache, area * cs, (end - area) * cs);
+    ret = vd_node_pwrite(s->file, blocks, nb_blocks * cs, area * cs, 0);
+    if (ret < 0) {
+        pwrite_sync_err(s, "new refcount blocks", area * cs, ret);
+        goto out;
+    }
+    ret = vd_node_pwrite(s->file, table, t_clusters * cs, (area + nb_blocks) * cs, 0);
+    if (ret < 0) {
+        pwrite_sync_err(s, "new refcount table", (area + nb_blocks) * cs, ret);
+        goto out;
+    }
+    /* The new blocks count refcounts that dirty cached slices of the old blocks do not
+     * touch, so only the new structures need to be durable before the header moves. */
+    ret = qcow2_sync(s);
+    if (ret < 0) {
+        goto out;
+    }
+    uint8_t hdr[12];
+    vd_put_be64(hdr, (area + nb_blocks) * cs);
+    vd_put_be32(hdr + 8, (uint32_t)t_clusters);
+    ret = vd_node_pwrite(s->file, hdr, sizeof(hdr), 48, 0);
+    if (ret < 0) {
+        pwrite_sync_err(s, "header", 48, ret);
+        goto out;
+    }
+    ret = qcow2_sync(s);
+    if (ret < 0) {
+        goto out;
+    }
+
+    uint64_t old_off = s->reftable_offset;
+    uint64_t old_clusters = s->reftable_clusters;
+    uint64_t n = t_clusters * cs / 8;
+    uint64_t *t = calloc(n, sizeof(*t));
+    if (!t) {
+        abort();
+    }
+    memcpy(t, s->reftable, old * sizeof(*t));
+    for (uint64_t j = 0; j < nb_blocks; j++) {
+        t[old + j] = (area + j) * cs;
+        refblocks_insert(s, (area + j) * cs);
+    }
+    free(s->reftable);
+    s->reftable = t;
+    s->reftable_entries = n;
+    s->reftable_offset = (area + nb_blocks) * cs;
+    s->reftable_clusters = (uint32_t)t_clusters;
+    s->h.refcount_table_offset = s->reftable_offset;
+    s->h.refcount_table_clusters = s->reftable_clusters;
+    if (s->zero_from < end * cs) {
+        s->zero_from = end * cs;
+    }
+    /* The header no longer points at the old table: it can go at once. */
+    ret = qcow2_update_refcount(s, old_off, old_clusters * cs, -1, false);
+out:
+    free(blocks);
+    free(table);
+    return ret;
+}
+
+/* Creates the refcount block for block index bi. It goes to the first free cluster and
+ * counts itself when that cluster is in its own range; otherwise its refcount lives in an
+ * existing block and must be durable before the table points at it. */
+static int create_refblock(qcow2_state *s, uint64_t bi)
+{
+    uint64_t cs = s->cluster_size;
+    uint64_t r;
+    int ret;
+
+    if (bi >= s->reftable_entries) {
+        return grow_reftable(s, bi);
+    }
+    ret = find_free_run(s, 1, &r);
+    if (ret < 0) {
+        return ret;
+    }
+    uint64_t br = r >> s->rb_bits;
+    if (br != bi) {
+        uint64_t rb;
+        ret = refblock_of(s, br, &rb);
+        if (ret < 0) {
+            return ret;
+        }
+        if (rb == 0) {
+            /* Lower blocks first; the caller retries and comes back for bi. */
+            return create_refblock(s, br);
+        }
+    }
+    const char *ov = qcow2_metadata_overlap(s, r * cs, cs);
+    if (ov) {
+        return qcow2_signal_corruption(s, "Preventing invalid allocation of refcount block "
+                                       "at offset %#" PRIx64 " (overlaps with %s)", r * cs, ov);
+    }
+    uint8_t *block = calloc(1, cs);
+    if (!block) {
+        abort();
+    }
+    if (br == bi) {
+        qcow2_refcount_set(block, s->refcount_order, r & ((1ull << s->rb_bits) - 1), 1);
+    } else {
+        ret = qcow2_update_refcount(s, r * cs, cs, 1, false);
+        if (ret == 0) {
+            ret = qcow2_cache_writeback(s, s->rb_cache);
+        }
+        if (ret < 0) {
+            free(block);
+            return ret;
+        }
+    }
+    qcow2_cache_discard_range(s->rb_cache, r * cs, cs);
+    qcow2_cache_discard_range(s->l2_cache, r * cs, cs);
+    ret = vd_node_pwrite(s->file, block, cs, r * cs, 0);
+    free(block);
+    if (ret < 0) {
+        return pwrite_sync_err(s, "new refcount block", r * cs, ret);
+    }
+    ret = qcow2_sync(s);
+    if (ret < 0) {
+        return ret;
+    }
+    uint8_t ent[8];
+    vd_put_be64(ent, r * cs);
+    ret = vd_node_pwrite(s->file, ent, 8, s->reftable_offset + bi * 8, 0);
+    if (ret < 0) {
+        return pwrite_sync_err(s, "refcount table entry", s->reftable_offset + bi * 8, ret);
+    }
+    s->rb_unsynced = true;
+    s->reftable[bi] = r * cs;
+    refblocks_insert(s, r * cs);
+    if (s->zero_from < (r + 1) * cs) {
+        s->zero_from = (r + 1) * cs;
+    }
+    if (s->free_hint == r) {
+        s->free_hint = r + 1;
+    }
+    return 0;
+}
+
+int qcow2_update_refcount(qcow2_state *s, uint64_t offset, uint64_t len, int64_t addend,
+                          bool punch)
+{
+    if (len == 0 || addend == 0) {
+        return 0;
+    }
+    uint64_t cs = s->cluster_size;
+    uint64_t c = offset >> s->cluster_bits;
+    uint64_t last = (offset + len - 1) >> s->cluster_bits;
+    uint64_t punch_start = 0, punch_len = 0;
+    int ret = 0;
+
+    while (c <= last) {
+        uint64_t rb;
+        ret = refblock_of(s, c >> s->rb_bits, &rb);
+        if (ret < 0) {
+            break;
+        }
+        if (rb == 0) {
+            if (addend < 0) {
+                vd_set_io_error("%s: refcount of cluster %" PRIu64 " is already 0", s->name, c);
+                ret = -EINVAL;
+                break;
+            }
+            ret = create_refblock(s, c >> s->rb_bits);
+            if (ret < 0) {
+                break;
+            }
+            continue;
+        }
+        qcow2_slice *sl;
+        uint64_t idx;
+        ret = rb_slice(s, rb, c, &sl, &idx);
+        if (ret < 0) {
+            break;
+        }
+        uint64_t per = rb_slice_entries(s);
+        bool changed = false;
+        for (; idx < per && c <= last; idx++, c++) {
+            uint64_t v = qcow2_refcount_get(sl->data, s->refcount_order, idx);
+            uint64_t nv;
+            if (addend < 0) {
+                if (v < (uint64_t)-addend) {
+                    vd_set_io_error("%s: refcount of cluster %" PRIu64 " would drop below 0",
+                                    s->name, c);
+                    ret = -EINVAL;
+                    break;
+                }
+                nv = v - (uint64_t)-addend;
+            } else {
+                if (s->refcount_max - v < (uint64_t)addend) {
+                    vd_set_io_error("%s: refcount of cluster %" PRIu64 " would overflow "
+                                    "(maximum %" PRIu64 ")", s->name, c, s->refcount_max);
+                    ret = -ERANGE;
+                    break;
+                }
+                nv = v + (uint64_t)addend;
+            }
+            qcow2_refcount_set(sl->data, s->refcount_order, idx, nv);
+            changed = true;
+            if (nv == 0) {
+                if (c < s->free_hint) {
+                    s->free_hint = c;
+                }
+                qcow2_cache_discard_range(s->l2_cache, c * cs, cs);
+                if (punch) {
+                    if (punch_len && punch_start + punch_len == c * cs) {
+                        punch_len += cs;
+                    } else {
+                        if (punch_len) {
+                            vd_node_pdiscard(s->file, punch_start, punch_len);
+                        }
+                        punch_start = c * cs;
+                        punch_len = cs;
+                    }
+                }
+            }
+        }
+        if (changed) {
+            qcow2_cache_mark_dirty(s->rb_cache, sl);
+        }
+        qcow2_cache_put(s->rb_cache, sl);
+        if (ret < 0) {
+            break;
+        }
+    }
+    if (punch_len) {
+        /* Advisory: a failed punch only costs space. */
+        vd_node_pdiscard(s->file, punch_start, punch_len);
+    }
+    return ret;
+}
+
+int qcow2_alloc_clusters(qcow2_state *s, uint64_t n, uint64_t *offset, bool *fresh)
+{
+    uint64_t cs = s->cluster_size;
+    uint64_t start;
+    int ret;
+
+    if (n == 0) {
+        return -EINVAL;
+    }
+    for (;;) {
+        ret = find_free_run(s, n, &start);
+        if (ret < 0) {
+            return ret;
+        }
+        if (start + n > (MAX_HOST_OFFSET >> s->cluster_bits)) {
+            vd_set_io_error("%s: no room for %" PRIu64 " clusters below the maximum host "
+                            "offset", s->name, n);
+            return -EFBIG;
+        }
+        /* Every block of the run must exist before the refcounts are set; creating one
+         * may take a cluster of the run, so search again afterwards. */
+        bool created = false;
+        for (uint64_t bi = start >> s->rb_bits; bi <= (start + n - 1) >> s->rb_bits; bi++) {
+            uint64_t rb;
+            ret = refblock_of(s, bi, &rb);
+            if (ret < 0) {
+                return ret;
+            }
+            if (rb == 0) {
+                ret = create_refblock(s, bi);
+                if (ret < 0) {
+                    return ret;
+                }
+                created = true;
+                break;
+            }
+        }
+        if (!created) {
+            break;
+        }
+    }
+    const char *ov = qcow2_metadata_overlap(s, start * cs, n * cs);
+    if (ov) {
+        return qcow2_signal_corruption(s, "Preventing invalid allocation of %" PRIu64
+                                       " clusters at offset %#" PRIx64 " (overlaps with %s)",
+                                       n, start * cs, ov);
+    }
+    ret = qcow2_update_refcount(s, start * cs, n * cs, 1, false);
+    if (ret < 0) {
+        return ret;
+    }
+    if (fresh) {
+        *fresh = start * cs >= s->zero_from;
+    }
+    if (s->zero_from < (start + n) * cs) {
+        s->zero_from = (start + n) * cs;
+    }
+    if (s->free_hint == start) {
+        s->free_hint = start + n;
+    }
+    /* Stale cached slices of a cluster that was an L2 table before it was freed. */
+    qcow2_cache_discard_range(s->l2_cache, start * cs, n * cs);
+    *offset = start * cs;
+    return 0;
+}
+
+void qcow2_free_deferred(qcow2_state *s, uint64_t offset, uint64_t len, bool punch)
+{
+    if (s->nb_frees == s->cap_frees) {
+        size_t cap = s->cap_frees ? s->cap_frees * 2 : 64;
+        qcow2_free *n = realloc(s->frees, cap * sizeof(*n));
+        if (!n) {
+            abort();
+        }
+        s->frees = n;
+        s->cap_frees = cap;
+    }
+    s->frees[s->nb_frees++] = (qcow2_free){
+        .offset = offset, .len = len, .seq = s->io_seq, .punch = punch, .synced = false,
+    };
+    s->nb_unsynced_frees++;
+}
+
+void qcow2_frees_mark_synced(qcow2_state *s)
+{
+    for (size_t i = 0; i < s->nb_frees; i++) {
+        s->frees[i].synced = true;
+    }
+    s->nb_unsynced_frees = 0;
+}
+
+bool qcow2_frees_apply(qcow2_state *s)
+{
+    if (s->nb_frees == 0) {
+        return false;
+    }
+    uint64_t oldest = s->io_head ? s->io_head->seq : UINT64_MAX;
+    bool applied = false;
+    size_t j = 0;
+    for (size_t i = 0; i < s->nb_frees; i++) {
+        qcow2_free f = s->frees[i];
+        if (f.synced && f.seq < oldest) {
+            /* A failure leaks the clusters, which check -r repairs; nothing is lost. */
+            qcow2_update_refcount(s, f.offset, f.len, -1, f.punch);
+            applied = true;
+        } else {
+            s->frees[j++] = f;
+        }
+    }
+    s->nb_frees = j;
+    return applied;
+}
+
+static bool ranges_overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
+{
+    return alen && blen && a < b + blen && b < a + alen;
+}
+
+const char *qcow2_metadata_overlap(qcow2_state *s, uint64_t offset, uint64_t len)
+{
+    uint64_t cs = s->cluster_size;
+    /* Whole clusters: metadata owns every cluster it touches. */
+    uint64_t start = offset & ~(cs - 1);
+    uint64_t end = (offset + len + cs - 1) & ~(cs - 1);
+    uint64_t rlen = end - start;
+
+    if (start < cs) {
+        return "qcow2_header";
+    }
+    if (s->l1_size && ranges_overlap(start, rlen, s->l1_offset & ~(cs - 1),
+                                     (uint64_t)s->l1_size * 8 + (s->l1_offset & (cs - 1)))) {
+        return "active L1 table";
+    }
+    if (ranges_overlap(start, rlen, s->reftable_offset, (uint64_t)s->reftable_clusters * cs)) {
+        return "refcount table";
+    }
+    size_t lo = 0, hi = s->nb_refblocks;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (s->refblocks[mid] < start) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    if (lo < s->nb_refblocks && s->refblocks[lo] < end) {
+        return "refcount block";
+    }
+    if (s->nb_snapshots && ranges_overlap(start, rlen, s->snapshots_offset & ~(cs - 1),
+                                          s->snapshots_len + (s->snapshots_offset & (cs - 1)))) {
+        return "snapshot table";
+    }
+    for (uint32_t i = 0; i < s->nb_snap_l1; i++) {
+        if (ranges_overlap(start, rlen, s->snap_l1[i].offset, s->snap_l1[i].len)) {
+            return "inactive L1 table";
+        }
+    }
+    return NULL;
+}
+
+int64_t qcow2_last_used_cluster(qcow2_state *s)
+{
+    uint64_t per_block = 1ull << s->rb_bits;
+    for (uint64_t bi = s->reftable_entries; bi-- > 0;) {
+        uint64_t rb;
+        if (refblock_of(s, bi, &rb) < 0 || rb == 0) {
+            continue;
+        }
+        for (uint64_t c = (bi + 1) * per_block; c-- > bi * per_block;) {
+            uint64_t rc;
+            int ret = qcow2_get_refcount(s, c, &rc);
+            if (ret < 0) {
+                return ret;
+            }
+            if (rc) {
+                return (int64_t)c;
+            }
+        }
+    }
+    return -1;
+}

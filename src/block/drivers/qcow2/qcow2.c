@@ -1,0 +1,994 @@
+/* The qcow2 driver: open (validation, dirty-image repair, backing chain), close, header
+ * rewrites, flush ordering, corruption handling, and the control ops (info, check, amend,
+ * set_backing, make_empty), plus the driver table. Data paths live in qcow2-io.c. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "block/drivers/qcow2/qcow2.h"
+
+/* ---- header writes ------------------------------------------------------------------- */
+
+int qcow2_sync(qcow2_state *s)
+{
+    int ret = vd_node_flush(s->file);
+    if (ret < 0) {
+        vd_set_io_error("%s: could not flush the image file: %s", s->name, strerror(-ret));
+        return ret;
+    }
+    s->rb_unsynced = false;
+    return 0;
+}
+
+int qcow2_write_header(qcow2_state *s)
+{
+    uint8_t *buf = calloc(1, s->cluster_size);
+    if (!buf) {
+        return -ENOMEM;
+    }
+    int ret = qcow2_header_encode(&s->h, buf, s->cluster_size);
+    if (ret < 0) {
+        vd_set_io_error("%s: the header and its extensions do not fit in one cluster",
+                        s->name);
+        free(buf);
+        return ret;
+    }
+    ret = vd_node_pwrite(s->file, buf, s->cluster_size, 0, 0);
+    free(buf);
+    if (ret < 0) {
+        vd_set_io_error("%s: could not write the header: %s", s->name, strerror(-ret));
+        return ret;
+    }
+    return qcow2_sync(s);
+}
+
+int qcow2_write_incompat(qcow2_state *s, uint64_t bits)
+{
+    uint8_t b[8];
+    vd_put_be64(b, bits);
+    int ret = vd_node_pwrite(s->file, b, sizeof(b), 72, 0);
+    if (ret < 0) {
+        vd_set_io_error("%s: could not write the header: %s", s->name, strerror(-ret));
+        return ret;
+    }
+    return qcow2_sync(s);
+}
+
+int qcow2_mark_dirty_locked(qcow2_state *s)
+{
+    if (s->dirty_on_disk || s->h.version < 3 ||
+        !(s->h.compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS)) {
+        return 0;
+    }
+    int ret = qcow2_write_incompat(s, s->h.incompatible_features | QCOW2_INCOMPAT_DIRTY);
+    if (ret < 0) {
+        return ret;
+    }
+    s->h.incompatible_features |= QCOW2_INCOMPAT_DIRTY;
+    s->dirty_on_disk = true;
+    s->dirty_ours = true;
+    return 0;
+}
+
+/* Flushes everything and clears the dirty bit (a full header rewrite, as QEMU does). */
+static int mark_clean_locked(qcow2_state *s)
+{
+    int ret = qcow2_flush_locked(s);
+    if (ret < 0 || !(s->h.incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
+        return ret;
+    }
+    s->h.incompatible_features &= ~QCOW2_INCOMPAT_DIRTY;
+    ret = qcow2_write_header(s);
+    if (ret < 0) {
+        s->h.incompatible_features |= QCOW2_INCOMPAT_DIRTY;
+        return ret;
+    }
+    s->dirty_on_disk = false;
+    s->dirty_ours = false;
+    return 0;
+}
+
+int qcow2_signal_corruption(qcow2_state *s, const char *fmt, ...)
+{
+    char msg[400];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+
+    bool first = !s->broken;
+    s->broken = true;
+    if (first && s->writable && !(s->h.incompatible_features & QCOW2_INCOMPAT_CORRUPT)) {
+        s->h.incompatible_features |= QCOW2_INCOMPAT_CORRUPT;
+        qcow2_write_header(s);
+    }
+    if (s->writable) {
+        vd_set_io_error("%s: qcow2: Marking image as corrupt: %s; further corruption events "
+                        "will be suppressed", s->name, msg);
+    } else {
+        vd_set_io_error("%s: qcow2: Image is corrupt: %s", s->name, msg);
+    }
+    return -EIO;
+}
+
+/* ---- flush and drain ----------------------------------------------------------------- */
+
+int qcow2_flush_locked(qcow2_state *s)
+{
+    if (!s->writable) {
+        return 0;
+    }
+    if (s->broken) {
+        /* The metadata may be wrong: keep it off the disk, but make data durable. */
+        return qcow2_sync(s);
+    }
+    bool tables = s->l2_cache->nb_dirty || s->l1_nb_dirty;
+    int ret = qcow2_cache_writeback(s, s->rb_cache);
+    if (ret < 0) {
+        return ret;
+    }
+    /* Data and refcount increases before the tables that reference them. */
+    if (tables || s->nb_unsynced_frees) {
+        ret = qcow2_sync(s);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    ret = qcow2_cache_writeback(s, s->l2_cache);
+    if (ret < 0) {
+        return ret;
+    }
+    if (s->l1_nb_dirty) {
+        /* New L2 tables before the L1 entries pointing at them. */
+        ret = qcow2_sync(s);
+        if (ret == 0) {
+            ret = qcow2_write_l1_dirty(s);
+        }
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    ret = qcow2_sync(s);
+    if (ret < 0) {
+        return ret;
+    }
+    /* Every dropped reference is durable now; decrease the refcounts. */
+    qcow2_frees_mark_synced(s);
+    if (qcow2_frees_apply(s) && s->rb_cache->nb_dirty) {
+        ret = qcow2_cache_writeback(s, s->rb_cache);
+        if (ret == 0) {
+            ret = qcow2_sync(s);
+        }
+    }
+    return ret;
+}
+
+static int qcow2_flush(vd_node *node)
+{
+    qcow2_state *s = node->opaque;
+    pthread_mutex_lock(&s->lock);
+    int ret = qcow2_flush_locked(s);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+void qcow2_drain_locked(qcow2_state *s)
+{
+    while (s->draining && !pthread_equal(s->drain_owner, pthread_self())) {
+        pthread_cond_wait(&s->cond, &s->lock);
+    }
+    s->draining++;
+    s->drain_owner = pthread_self();
+    while (s->io_head || s->allocs) {
+        pthread_cond_wait(&s->cond, &s->lock);
+    }
+}
+
+void qcow2_undrain_locked(qcow2_state *s)
+{
+    s->draining--;
+    pthread_cond_broadcast(&s->cond);
+}
+
+const uint8_t *qcow2_zeros(qcow2_state *s)
+{
+    if (!s->zero_buf) {
+        s->zero_buf = calloc(1, QCOW2_MAX_BOUNCE_BYTES);
+        if (!s->zero_buf) {
+            abort();
+        }
+    }
+    return s->zero_buf;
+}
+
+/* ---- loading the image --------------------------------------------------------------- */
+
+static void free_tables(qcow2_state *s)
+{
+    if (s->l2_cache) {
+        qcow2_cache_free(s->l2_cache);
+        s->l2_cache = NULL;
+    }
+    if (s->rb_cache) {
+        qcow2_cache_free(s->rb_cache);
+        s->rb_cache = NULL;
+    }
+    free(s->l1);
+    s->l1 = NULL;
+    free(s->l1_dirty);
+    s->l1_dirty = NULL;
+    s->l1_nb_dirty = 0;
+    free(s->reftable);
+    s->reftable = NULL;
+    qcow2_refblocks_free(s);
+    free(s->snap_l1);
+    s->snap_l1 = NULL;
+    s->nb_snap_l1 = 0;
+    qcow2_header_clear(&s->h);
+}
+
+static int read_header(qcow2_state *s, uint64_t file_len, vd_error **errp)
+{
+    uint8_t first[512] = {0};
+    size_t n = file_len < sizeof(first) ? (size_t)file_len : sizeof(first);
+    int ret = n ? vd_node_pread(s->file, first, n, 0) : 0;
+    if (ret < 0) {
+        return vd_error_set(errp, VD_ERR_IO, -ret, "%s: could not read the header: %s", s->name,
+                            strerror(-ret));
+    }
+    uint32_t bits = vd_be32(first + 20);
+    uint64_t want = n;
+    if (n >= 24 && bits >= QCOW2_MIN_CLUSTER_BITS && bits <= QCOW2_MAX_CLUSTER_BITS) {
+        want = 1ull << bits;
+        if (want > file_len) {
+            want = file_len;
+        }
+    }
+    if (want <= n) {
+        return qcow2_header_decode(first, n, file_len, s->name, &s->h, errp);
+    }
+    uint8_t *buf = malloc(want);
+    if (!buf) {
+        return vd_error_set(errp, VD_ERR_NOMEM, ENOMEM, "%s: out of memory", s->name);
+    }
+    ret = vd_node_pread(s->file, buf, want, 0);
+    if (ret < 0) {
+        free(buf);
+        return vd_error_set(errp, VD_ERR_IO, -ret, "%s: could not read the header: %s", s->name,
+                            strerror(-ret));
+    }
+    ret = qcow2_header_decode(buf, want, file_len, s->name, &s->h, errp);
+    free(buf);
+    return ret;
+}
+
+/* Reads and validates the snapshot table; keeps what protects its metadata from writes. */
+static int load_snapshots(qcow2_state *s, uint64_t file_len, vd_error **errp)
+{
+    s->nb_snapshots = s->h.nb_snapshots;
+    s->snapshots_offset = s->h.snapshots_offset;
+    s->snapshots_len = 0;
+    s->min_snap_extra = UINT32_MAX;
+    if (s->nb_snapshots == 0) {
+        return 0;
+    }
+    uint64_t avail = file_len > s->snapshots_offset ? file_len - s->snapshots_offset : 0;
+    if (avail > QCOW2_MAX_SNAPSHOT_TABLE_BYTES) {
+        avail = QCOW2_MAX_SNAPSHOT_TABLE_BYTES;
+    }
+    uint64_t len = (uint64_t)s->nb_snapshots * 256;
+    qcow2_snapshot_decode_opts opts = {.no_l1_checks = true};
+    for (;;) {
+        if (len > avail) {
+            len = avail;
+        }
+        uint8_t *buf = malloc(len ? len : 1);
+        if (!buf) {
+            return vd_error_set(errp, VD_ERR_NOMEM, ENOMEM, "%s: out of memory", s->name);
+        }
+        int ret = len ? vd_node_pread(s->file, buf, len, s->snapshots_offset) : 0;
+        if (ret < 0) {
+            free(buf);
+            return vd_error_set(errp, VD_ERR_IO, -ret, "%s: could not read the snapshot "
+                                "table: %s", s->name, strerror(-ret));
+        }
+        qcow2_snapshot *snaps = NULL;
+        uint32_t nb = 0;
+        vd_error *err = NULL;
+        ret = qcow2_snapshots_decode_ex(buf, len, s->nb_snapshots, &s->h, s->name, &opts,
+                                        &snaps, &nb, &s->snapshots_len, NULL, &err);
+        free(buf);
+        if (ret == -ERANGE && len < avail) {
+            vd_error_free(err);
+            len *= 4;
+            continue;
+        }
+        if (ret < 0) {
+            if (errp && !*errp) {
+                *errp = err;
+            } else {
+                vd_error_free(err);
+            }
+            return ret;
+        }
+        s->snap_l1 = calloc(nb ? nb : 1, sizeof(*s->snap_l1));
+        if (!s->snap_l1) {
+            abort();
+        }
+        s->nb_snap_l1 = 0;
+        for (uint32_t i = 0; i < nb; i++) {
+            uint64_t off = snaps[i].l1_table_offset;
+            uint64_t bytes = (uint64_t)snaps[i].l1_size * 8;
+            if (snaps[i].extra_data_size < s->min_snap_extra) {
+                s->min_snap_extra = snaps[i].extra_data_size;
+            }
+            if ((off & (s->cluster_size - 1)) || bytes > QCOW2_MAX_L1_BYTES || !bytes) {
+                continue;
+            }
+            s->snap_l1[s->nb_snap_l1].offset = off;
+            s->snap_l1[s->nb_snap_l1].len = bytes;
+            s->nb_snap_l1++;
+        }
+        qcow2_snapshots_free(snaps, nb);
+        return 0;
+    }
+}
+
+static int load_l1(qcow2_state *s, vd_error **errp)
+{
+    uint64_t n = s->h.l1_size;
+    uint64_t bytes = n * 8;
+    size_t chunks = (size_t)((bytes + 4095) / 4096);
+    s->l1 = calloc(n ? n : 1, sizeof(*s->l1));
+    s->l1_dirty = calloc(chunks ? chunks : 1, 1);
+    if (!s->l1 || !s->l1_dirty) {
+        abort();
+    }
+    s->l1_size = (uint32_t)n;
+    s->l1_offset = s->h.l1_table_offset;
+    s->l1_nb_dirty = 0;
+    if (!n) {
+        return 0;
+    }
+    uint8_t *raw = malloc(bytes);
+    if (!raw) {
+        abort();
+    }
+    int ret = vd_node_pread(s->file, raw, bytes, s->l1_offset);
+    if (ret < 0) {
+        free(raw);
+        return vd_error_set(errp, VD_ERR_IO, -ret, "%s: could not read the L1 table at 0x%"
+                            PRIx64 ": %s", s->name, s->l1_offset, strerror(-ret));
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        s->l1[i] = vd_be64(raw + i * 8);
+    }
+    free(raw);
+    return 0;
+}
+
+/* Reads header and tables and sets up the geometry and caches. */
+static int load_image(qcow2_state *s, vd_error **errp)
+{
+    free_tables(s);
+    int64_t flen = vd_node_file_length(s->file);
+    if (flen < 0) {
+        return vd_error_set(errp, VD_ERR_IO, (int)-flen, "%s: could not get the file length: "
+                            "%s", s->name, strerror((int)-flen));
+    }
+    uint64_t file_len = (uint64_t)flen;
+    int ret = read_header(s, file_len, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    qcow2_header *h = &s->h;
+    s->cluster_bits = h->cluster_bits;
+    s->cluster_size = 1ull << h->cluster_bits;
+    s->extl2 = qcow2_has_extl2(h);
+    s->l2e_size = s->extl2 ? 16 : 8;
+    s->l2_bits = h->cluster_bits - (s->extl2 ? 4 : 3);
+    s->l2_entries = 1ull << s->l2_bits;
+    s->sc_bits = s->extl2 ? h->cluster_bits - 5 : h->cluster_bits;
+    s->sc_size = 1ull << s->sc_bits;
+    s->slice_size = s->cluster_size < QCOW2_SLICE_MAX ? (uint32_t)s->cluster_size
+                                                       : QCOW2_SLICE_MAX;
+    s->l2_slice_entries = s->slice_size / s->l2e_size;
+    s->refcount_order = h->refcount_order;
+    s->rb_bits = h->cluster_bits + 3 - h->refcount_order;
+    s->refcount_max = h->refcount_order == 6 ? UINT64_MAX : (1ull << (1u << h->refcount_order)) - 1;
+    s->dirty_on_disk = (h->incompatible_features & QCOW2_INCOMPAT_DIRTY) != 0;
+    s->dirty_ours = false;
+
+    ret = load_snapshots(s, file_len, errp);
+    if (ret == 0) {
+        ret = load_l1(s, errp);
+    }
+    if (ret == 0) {
+        ret = qcow2_refcount_load(s, errp);
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    s->l2_cache = qcow2_cache_new("L2", true, s->slice_size, QCOW2_L2_CACHE_BYTES);
+    s->rb_cache = qcow2_cache_new("refcount", false, s->slice_size, QCOW2_RB_CACHE_BYTES);
+    s->rb_unsynced = false;
+    s->free_hint = 0;
+    s->zero_from = (file_len + s->cluster_size - 1) & ~(s->cluster_size - 1);
+    return 0;
+}
+
+/* ---- open / close -------------------------------------------------------------------- */
+
+static int qcow2_probe(const uint8_t *buf, size_t len)
+{
+    if (len >= 8 && vd_be32(buf) == QCOW2_MAGIC && vd_be32(buf + 4) >= 2) {
+        return 100;
+    }
+    return 0;
+}
+
+static void state_free(qcow2_state *s)
+{
+    free_tables(s);
+    free(s->frees);
+    free(s->zero_buf);
+    pthread_mutex_destroy(&s->lock);
+    pthread_cond_destroy(&s->cond);
+    free(s);
+}
+
+static char *xstrdup(const char *p)
+{
+    if (!p) {
+        return NULL;
+    }
+    char *r = strdup(p);
+    if (!r) {
+        abort();
+    }
+    return r;
+}
+
+static void set_node_backing_names(qcow2_state *s)
+{
+    free(s->node->backing_filename);
+    free(s->node->backing_format);
+    s->node->backing_filename = xstrdup(s->h.backing_file);
+    s->node->backing_format = xstrdup(s->h.backing_format);
+}
+
+static int qcow2_open(vd_node *node, unsigned flags, vd_error **errp)
+{
+    qcow2_state *s = calloc(1, sizeof(*s));
+    if (!s) {
+        abort();
+    }
+    s->node = node;
+    s->file = node->file;
+    s->name = node->filename;
+    s->writable = (flags & VD_OPEN_RDWR) != 0;
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->cond, NULL);
+
+    int ret = load_image(s, errp);
+    if (ret < 0) {
+        goto fail;
+    }
+    if ((s->h.incompatible_features & QCOW2_INCOMPAT_CORRUPT) && s->writable &&
+        !(flags & VD_OPEN_CHECK)) {
+        ret = vd_error_set(errp, VD_ERR_CORRUPT, EACCES,
+                           "qcow2: Image is corrupt; cannot be opened read/write");
+        goto fail;
+    }
+    if ((s->h.incompatible_features & QCOW2_INCOMPAT_DIRTY) && s->writable &&
+        !(flags & (VD_OPEN_CHECK | VD_OPEN_NO_REPAIR))) {
+        /* Lazy refcounts were not written back: rebuild them, as QEMU does silently. */
+        vd_check_result res;
+        memset(&res, 0, sizeof(res));
+        free_tables(s);
+        ret = qcow2_check_image(s->file, s->name, VD_FIX_LEAKS | VD_FIX_ERRORS, &res, errp);
+        vd_check_result_clear(&res);
+        if (ret < 0) {
+            vd_error_prepend(errp, "%s: Could not repair dirty image", s->name);
+            goto fail;
+        }
+        ret = load_image(s, errp);
+        if (ret < 0) {
+            goto fail;
+        }
+        if (s->h.incompatible_features & QCOW2_INCOMPAT_DIRTY) {
+            ret = vd_error_set(errp, VD_ERR_CORRUPT, EIO, "%s: Could not repair dirty image: "
+                               "the dirty bit is still set", s->name);
+            goto fail;
+        }
+    }
+    if (s->writable && !(flags & VD_OPEN_CHECK) &&
+        (s->h.autoclear_features & ~QCOW2_AUTOCLEAR_KNOWN)) {
+        s->h.autoclear_features &= QCOW2_AUTOCLEAR_KNOWN;
+        ret = qcow2_write_header(s);
+        if (ret < 0) {
+            ret = vd_error_set(errp, VD_ERR_IO, -ret, "%s: could not update the header: %s",
+                               s->name, strerror(-ret));
+            goto fail;
+        }
+    }
+    node->size = s->h.size;
+    node->request_alignment = 1;
+    node->opaque = s;
+    set_node_backing_names(s);
+    if (s->h.backing_file) {
+        ret = vd_node_open_backing(node, s->h.backing_file, s->h.backing_format, errp);
+        if (ret < 0) {
+            node->opaque = NULL;
+            goto fail;
+        }
+    }
+    return 0;
+
+fail:
+    state_free(s);
+    return ret;
+}
+
+static void qcow2_close(vd_node *node)
+{
+    qcow2_state *s = node->opaque;
+    if (!s) {
+        return;
+    }
+    pthread_mutex_lock(&s->lock);
+    if (s->writable && !s->broken) {
+        int ret = qcow2_flush_locked(s);
+        if (ret == 0 && s->dirty_ours) {
+            mark_clean_locked(s);
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    state_free(s);
+    node->opaque = NULL;
+}
+
+/* ---- control ops --------------------------------------------------------------------- */
+
+static int qcow2_get_info(vd_node *node, vd_image_info *info, vd_error **errp)
+{
+    (void)errp;
+    qcow2_state *s = node->opaque;
+    pthread_mutex_lock(&s->lock);
+    info->has_cluster_size = true;
+    info->cluster_size = s->cluster_size;
+    info->has_dirty_flag = true;
+    info->dirty_flag = (s->h.incompatible_features & QCOW2_INCOMPAT_DIRTY) != 0;
+    info->encrypted = s->h.crypt_method != 0;
+    info->is_qcow2 = true;
+    snprintf(info->compat, sizeof(info->compat), "%s", s->h.version >= 3 ? "1.1" : "0.10");
+    snprintf(info->compression_type, sizeof(info->compression_type), "%s",
+             s->h.compression_type == QCOW2_COMPRESSION_ZSTD ? "zstd" : "zlib");
+    info->lazy_refcounts = (s->h.compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS) != 0;
+    info->refcount_bits = 1u << s->refcount_order;
+    info->corrupt = (s->h.incompatible_features & QCOW2_INCOMPAT_CORRUPT) != 0;
+    info->extended_l2 = s->extl2;
+    info->nb_snapshots = (int)s->nb_snapshots;
+    pthread_mutex_unlock(&s->lock);
+    return 0;
+}
+
+static int64_t qcow2_allocated_size(vd_node *node)
+{
+    vd_node *f = node->file;
+    if (!f || !f->drv->allocated_size) {
+        return -ENOTSUP;
+    }
+    return f->drv->allocated_size(f);
+}
+
+static int qcow2_check(vd_node *node, unsigned fix, vd_check_result *res, vd_error **errp)
+{
+    qcow2_state *s = node->opaque;
+    if (fix && !s->writable) {
+        return vd_error_set(errp, VD_ERR_INVALID, EACCES, "%s: the image must be opened "
+                            "read/write to repair it", s->name);
+    }
+    pthread_mutex_lock(&s->lock);
+    qcow2_drain_locked(s);
+    int ret = 0;
+    if (s->writable && !s->broken) {
+        ret = qcow2_flush_locked(s);
+    }
+    if (ret < 0) {
+        ret = vd_error_set(errp, VD_ERR_IO, -ret, "%s: could not flush before the check: %s",
+                           s->name, strerror(-ret));
+        goto out;
+    }
+    qcow2_cache_drop_all(s->l2_cache);
+    qcow2_cache_drop_all(s->rb_cache);
+    ret = qcow2_check_image(s->file, s->name, fix, res, errp);
+    /* Whatever happened, the file is the truth now. */
+    vd_error *err = NULL;
+    int r = load_image(s, &err);
+    if (r < 0) {
+        s->broken = true;
+        if (ret == 0) {
+            ret = r;
+            if (errp && !*errp) {
+                *errp = err;
+                err = NULL;
+            }
+        }
+        vd_error_free(err);
+    } else {
+        s->broken = false;
+        node->size = s->h.size;
+    }
+out:
+    qcow2_undrain_locked(s);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+static int set_backing_locked(qcow2_state *s, const char *backing, const char *fmt,
+                              vd_error **errp)
+{
+    if (backing && strlen(backing) > QCOW2_MAX_BACKING_NAME) {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "%s: backing file name too long "
+                            "(%zu bytes, at most %d)", s->name, strlen(backing),
+                            QCOW2_MAX_BACKING_NAME);
+    }
+    if (fmt && !backing) {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "%s: a backing format needs a "
+                            "backing file", s->name);
+    }
+    if (fmt && strlen(fmt) > QCOW2_MAX_BACKING_FMT) {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "%s: backing format name '%s' is "
+                            "too long", s->name, fmt);
+    }
+    char *old_file = s->h.backing_file;
+    char *old_fmt = s->h.backing_format;
+    s->h.backing_file = xstrdup(backing);
+    s->h.backing_format = xstrdup(fmt);
+    int ret = qcow2_write_header(s);
+    if (ret < 0) {
+        free(s->h.backing_file);
+        free(s->h.backing_format);
+        s->h.backing_file = old_file;
+        s->h.backing_format = old_fmt;
+        if (ret == -EFBIG) {
+            return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "%s: the backing file name "
+                                "does not fit in the header cluster", s->name);
+        }
+        return vd_error_set(errp, VD_ERR_IO, -ret, "%s: could not update the header: %s",
+                            s->name, strerror(-ret));
+    }
+    free(old_file);
+    free(old_fmt);
+    set_node_backing_names(s);
+    return 0;
+}
+
+static int qcow2_set_backing(vd_node *node, const char *backing, const char *fmt,
+                             vd_error **errp)
+{
+    qcow2_state *s = node->opaque;
+    if (!s->writable || s->broken) {
+        return vd_error_set(errp, VD_ERR_INVALID, EACCES, "%s: image is read-only", s->name);
+    }
+    pthread_mutex_lock(&s->lock);
+    qcow2_drain_locked(s);
+    int ret = set_backing_locked(s, backing, fmt, errp);
+    qcow2_undrain_locked(s);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+static int qcow2_truncate(vd_node *node, uint64_t size, bool shrink, const char *prealloc,
+                          vd_error **errp)
+{
+    qcow2_state *s = node->opaque;
+    if (!s->writable || s->broken) {
+        return vd_error_set(errp, VD_ERR_INVALID, EACCES, "%s: image is read-only", s->name);
+    }
+    pthread_mutex_lock(&s->lock);
+    qcow2_drain_locked(s);
+    int ret = qcow2_truncate_locked(s, size, shrink, prealloc, errp);
+    qcow2_undrain_locked(s);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+static int qcow2_make_empty(vd_node *node, vd_error **errp)
+{
+    qcow2_state *s = node->opaque;
+    if (!s->writable || s->broken) {
+        return vd_error_set(errp, VD_ERR_INVALID, EACCES, "%s: image is read-only", s->name);
+    }
+    pthread_mutex_lock(&s->lock);
+    qcow2_drain_locked(s);
+    int ret = qcow2_make_empty_locked(s, errp);
+    qcow2_undrain_locked(s);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+/* ---- amend ----------------------------------------------------------------------------- */
+
+typedef struct amend_req {
+    int version;                 /* 0 = unchanged */
+    int lazy;                    /* -1 = unchanged */
+    const char *backing_file;
+    const char *backing_fmt;
+    bool has_size;
+    uint64_t size;
+} amend_req;
+
+static int amend_parse(qcow2_state *s, const vd_opts *opts, amend_req *r, vd_error **errp)
+{
+    r->version = 0;
+    r->lazy = -1;
+    for (size_t i = 0; i < vd_opts_count(opts); i++) {
+        const char *k = vd_opts_key(opts, i);
+        const char *v = vd_opts_value(opts, i);
+        if (!strcmp(k, "compat")) {
+            if (!strcmp(v, "0.10") || !strcmp(v, "v2")) {
+                r->version = 2;
+            } else if (!strcmp(v, "1.1") || !strcmp(v, "v3")) {
+                r->version = 3;
+            } else {
+                return vd_error_set(errp, VD_ERR_INVALID, EINVAL,
+                                    "Unknown compatibility level %s", v);
+            }
+        } else if (!strcmp(k, "lazy_refcounts")) {
+            bool b;
+            int ret = vd_opts_get_bool(opts, k, false, &b, errp);
+            if (ret < 0) {
+                return ret;
+            }
+            r->lazy = b;
+        } else if (!strcmp(k, "backing_file")) {
+            r->backing_file = v;
+        } else if (!strcmp(k, "backing_fmt")) {
+            r->backing_fmt = v;
+        } else if (!strcmp(k, "size")) {
+            int ret = vd_opts_get_size(opts, k, 0, &r->size, errp);
+            if (ret < 0) {
+                return ret;
+            }
+            r->has_size = true;
+        } else if (!strcmp(k, "cluster_size")) {
+            uint64_t cs;
+            int ret = vd_opts_get_size(opts, k, s->cluster_size, &cs, errp);
+            if (ret < 0) {
+                return ret;
+            }
+            if (cs != s->cluster_size) {
+                return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP,
+                                    "Changing the cluster size is not supported");
+            }
+        } else if (!strcmp(k, "refcount_bits")) {
+            uint64_t bits;
+            int ret = vd_opts_get_size(opts, k, 0, &bits, errp);
+            if (ret < 0) {
+                return ret;
+            }
+            if (bits == 0 || bits > 64 || (bits & (bits - 1))) {
+                return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Refcount width must be a "
+                                    "power of two and may not exceed 64 bits");
+            }
+            if (bits != (1ull << s->refcount_order)) {
+                return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP,
+                                    "Changing the refcount width (refcount_bits) is not "
+                                    "supported yet");
+            }
+        } else if (!strcmp(k, "preallocation")) {
+            return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP,
+                                "Cannot change preallocation mode");
+        } else if (!strcmp(k, "extended_l2")) {
+            bool b;
+            int ret = vd_opts_get_bool(opts, k, false, &b, errp);
+            if (ret < 0) {
+                return ret;
+            }
+            if (b != s->extl2) {
+                return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP,
+                                    "Changing extended_l2 is not supported");
+            }
+        } else if (!strcmp(k, "compression_type")) {
+            const char *cur = s->h.compression_type == QCOW2_COMPRESSION_ZSTD ? "zstd" : "zlib";
+            if (strcmp(v, cur)) {
+                return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP,
+                                    "Changing the compression type is not supported");
+            }
+        } else if (!strcmp(k, "data_file") || !strcmp(k, "data_file_raw")) {
+            return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP, "%s can only be set for "
+                                "images that use an external data file", k);
+        } else if (!strncmp(k, "encrypt", 7)) {
+            return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP,
+                                "Changing the encryption option '%s' is not supported", k);
+        } else {
+            return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Invalid parameter '%s'", k);
+        }
+    }
+    return 0;
+}
+
+static int amend_upgrade(qcow2_state *s, vd_error **errp)
+{
+    if (s->nb_snapshots && s->min_snap_extra < 16) {
+        return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP, "%s: upgrading an image whose "
+                            "internal snapshots lack v3 extra data is not supported yet",
+                            s->name);
+    }
+    s->h.version = 3;
+    s->h.refcount_order = 4;
+    s->h.incompatible_features = 0;
+    s->h.compatible_features = 0;
+    s->h.autoclear_features = 0;
+    s->h.compression_type = QCOW2_COMPRESSION_ZLIB;
+    int ret = qcow2_write_header(s);
+    if (ret < 0) {
+        s->h.version = 2;
+        return vd_error_set(errp, VD_ERR_IO, -ret, "%s: could not update the header: %s",
+                            s->name, strerror(-ret));
+    }
+    return 0;
+}
+
+static int amend_downgrade(qcow2_state *s, vd_error **errp)
+{
+    if (s->refcount_order != 4) {
+        return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP,
+                            "compat=0.10 requires refcount_bits=16");
+    }
+    if (s->h.has_bitmaps_ext) {
+        return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP,
+                            "Cannot downgrade an image with persistent bitmaps");
+    }
+    int ret = mark_clean_locked(s);
+    if (ret < 0) {
+        return vd_error_set(errp, VD_ERR_IO, -ret, "%s: failed to make the image clean: %s",
+                            s->name, strerror(-ret));
+    }
+    uint64_t incompat = s->h.incompatible_features & ~QCOW2_INCOMPAT_COMPRESSION;
+    if (incompat) {
+        return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP, "Cannot downgrade an image "
+                            "with incompatible features 0x%" PRIx64 " set", incompat);
+    }
+    if (s->h.compression_type != QCOW2_COMPRESSION_ZLIB) {
+        return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP, "Cannot downgrade an image "
+                            "with zstd compression type");
+    }
+    ret = qcow2_expand_zero_clusters_locked(s, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    qcow2_header old = s->h;
+    s->h.version = 2;
+    s->h.compatible_features = 0;
+    s->h.autoclear_features = 0;
+    s->h.incompatible_features = 0;
+    s->h.refcount_order = 4;
+    ret = qcow2_write_header(s);
+    if (ret < 0) {
+        s->h.version = old.version;
+        s->h.compatible_features = old.compatible_features;
+        s->h.autoclear_features = old.autoclear_features;
+        return vd_error_set(errp, VD_ERR_IO, -ret, "%s: could not update the header: %s",
+                            s->name, strerror(-ret));
+    }
+    return 0;
+}
+
+static int amend_locked(qcow2_state *s, const amend_req *r, vd_error **errp)
+{
+    int old_version = (int)s->h.version;
+    int new_version = r->version ? r->version : old_version;
+    int ret;
+
+    if (new_version > old_version) {
+        ret = amend_upgrade(s, errp);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    if (r->backing_file || r->backing_fmt) {
+        const char *bf = r->backing_file ? r->backing_file : s->h.backing_file;
+        const char *fmt = r->backing_fmt ? r->backing_fmt : s->h.backing_format;
+        char *bf_copy = xstrdup(bf);
+        char *fmt_copy = xstrdup(fmt);
+        ret = set_backing_locked(s, bf_copy, fmt_copy, errp);
+        free(bf_copy);
+        free(fmt_copy);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    bool lazy_now = (s->h.compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS) != 0;
+    if (r->lazy >= 0 && (bool)r->lazy != lazy_now) {
+        if (r->lazy) {
+            if (new_version < 3) {
+                return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Lazy refcounts only "
+                                    "supported with compatibility level 1.1 and above (use "
+                                    "compat=1.1 or greater)");
+            }
+            s->h.compatible_features |= QCOW2_COMPAT_LAZY_REFCOUNTS;
+        } else {
+            ret = mark_clean_locked(s);
+            if (ret < 0) {
+                return vd_error_set(errp, VD_ERR_IO, -ret, "%s: failed to make the image "
+                                    "clean: %s", s->name, strerror(-ret));
+            }
+            s->h.compatible_features &= ~QCOW2_COMPAT_LAZY_REFCOUNTS;
+        }
+        ret = qcow2_write_header(s);
+        if (ret < 0) {
+            return vd_error_set(errp, VD_ERR_IO, -ret, "%s: could not update the header: %s",
+                                s->name, strerror(-ret));
+        }
+    }
+    if (r->has_size && r->size != s->h.size) {
+        ret = qcow2_truncate_locked(s, r->size, true, "off", errp);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    if (new_version < old_version) {
+        ret = amend_downgrade(s, errp);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    return qcow2_flush_locked(s);
+}
+
+static int qcow2_amend(vd_node *node, const vd_opts *opts, vd_error **errp)
+{
+    qcow2_state *s = node->opaque;
+    amend_req r;
+    memset(&r, 0, sizeof(r));
+    int ret = amend_parse(s, opts, &r, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    if (!s->writable || s->broken) {
+        return vd_error_set(errp, VD_ERR_INVALID, EACCES, "%s: image is read-only", s->name);
+    }
+    pthread_mutex_lock(&s->lock);
+    qcow2_drain_locked(s);
+    ret = amend_locked(s, &r, errp);
+    if (ret < 0 && errp && !*errp) {
+        ret = vd_error_set(errp, VD_ERR_IO, -ret, "%s: %s", s->name,
+                           vd_get_io_error() ? vd_get_io_error() : strerror(-ret));
+    }
+    qcow2_undrain_locked(s);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+/* ---- driver table ---------------------------------------------------------------------- */
+
+const vd_driver vd_qcow2_driver = {
+    .name = "qcow2",
+    .is_format = true,
+    .probe = qcow2_probe,
+    .open = qcow2_open,
+    .close = qcow2_close,
+    .pread = qcow2_co_pread,
+    .pwrite = qcow2_co_pwrite,
+    .pwrite_zeroes = qcow2_co_pwrite_zeroes,
+    .pdiscard = qcow2_co_pdiscard,
+    .flush = qcow2_flush,
+    .block_status = qcow2_co_block_status,
+    .truncate = qcow2_truncate,
+    .get_info = qcow2_get_info,
+    .check = qcow2_check,
+    .amend = qcow2_amend,
+    .set_backing = qcow2_set_backing,
+    .make_empty = qcow2_make_empty,
+    .allocated_size = qcow2_allocated_size,
+    .create = qcow2_create,
+    .create_options = qcow2_create_options,
+    .nb_create_options = QCOW2_NB_CREATE_OPTIONS,
+    .measure = qcow2_measure,
+};

@@ -1,0 +1,142 @@
+/* Helpers shared by the qemu-img compatible verbs: argument errors worded as qemu-img words
+ * them, -o option lists checked against a format's option table, a JSON writer that orders
+ * keys exactly as qemu-img's QDict output does, the progress line, and image opening. */
+#ifndef VD_CLI_UTIL_H
+#define VD_CLI_UTIL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "cli/cli.h"
+
+#ifndef VDISK_VERSION
+#define VDISK_VERSION "0.1.0"
+#endif
+
+/* Long-option values above the range of short options, shared by the verbs. */
+enum {
+    OPT_OUTPUT = 256,
+    OPT_BACKING_CHAIN,
+    OPT_SIZE,
+    OPT_PREALLOCATION,
+    OPT_SHRINK,
+    OPT_START_OFFSET,
+    OPT_MAX_LENGTH,
+    OPT_TARGET_IS_ZERO,
+    OPT_FORCE,
+};
+
+/* ---- errors ----------------------------------------------------------------------------- */
+
+/* Prints "vdisk: msg", then "Try 'vdisk --help' for more information", and exits 1: the
+ * reply to a malformed command line (qemu-img's error_exit). */
+void cli_error_exit(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+/* The getopt ':' and '?' cases. */
+void cli_missing_argument(const char *option) __attribute__((noreturn));
+void cli_unrecognized_option(const char *option) __attribute__((noreturn));
+/* Reports an unknown getopt result: call from the verbs' switch defaults. */
+void cli_bad_option(int c, char **argv) __attribute__((noreturn));
+/* Prints the global help text and exits 0. */
+void cli_help(void) __attribute__((noreturn));
+/* "vdisk: <prefix><error message>" and any continuation lines, then frees the error. */
+void cli_report_err(vd_error *err, const char *prefix_fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Same, for a prefix that already names `name`: a library message that starts with
+ * "name: " loses that start so the file is not named twice. */
+void cli_report_err_for(vd_error *err, const char *name, const char *prefix_fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* ---- numbers and option lists ----------------------------------------------------------- */
+
+/* Parses a size argument as qemu-img's cvtnum does; on failure prints the qemu-img message
+ * naming `what` ("image size", "start offset") and returns -1. */
+int cli_cvtnum(const char *what, const char *value, int64_t *out);
+/* --output=human|json: returns 0 (human), 1 (json); -1 after printing the error. */
+int cli_parse_output(const char *s);
+/* Rejects empty lists and odd trailing commas (qemu-img's is_valid_option_list). */
+bool cli_valid_option_list(const char *s);
+/* Appends one -o argument to *list ("a,b"), checking it; prints and returns -1 if bad. */
+int cli_add_option_list(char **list, const char *arg);
+/* True when the list asks for help ("help" or "?"). */
+bool cli_has_help_option(const char *list);
+
+/* One entry of a format's option table, with the type the CLI needs to check values. */
+typedef enum { CLI_OPT_STR, CLI_OPT_BOOL, CLI_OPT_SIZE, CLI_OPT_NUM } cli_opt_type;
+
+/* Parses an option list ("k=v,k2,k3=a,,b") into `o`. A bare key means "on". Every key must be
+ * in the format's option table (vd_create_options) unless `allowed` is given, in which case
+ * the key must be in that NULL-terminated list too; values are checked by type. Errors are
+ * printed as qemu-img prints them, prefixed by `prefix` (e.g. "file.qcow2: ") and return -1.
+ * create_only_hint: add "This option is only supported for image creation" for keys that
+ * are in the table but not in `allowed` (amend). */
+int cli_parse_options(const char *fmt, const char *list, const char *const *allowed,
+                      bool create_only_hint, const char *prefix, vd_opts *o);
+/* Does the format's option table have this option? */
+bool cli_has_option(const char *fmt, const char *name);
+/* The type of a format's option, from the library's table (CLI_OPT_STR if unknown). */
+cli_opt_type cli_option_type(const char *fmt, const char *key);
+/* Prints `-o help` for a format: "Supported qcow2 options:" when filename is NULL. Returns the
+ * exit code (1 for an unknown format). amend_title: print qemu-img amend's layout instead. */
+int cli_print_option_help(const char *fmt, const char *filename, const char *const *only,
+                          bool amend_title);
+
+/* ---- JSON in qemu-img's layout ---------------------------------------------------------- */
+
+typedef struct cli_json cli_json;
+
+cli_json *cli_json_object(void);
+cli_json *cli_json_array(void);
+void cli_json_free(cli_json *j);
+/* Add members. `key` is NULL when adding to an array. The child is owned by the parent. */
+void cli_json_add(cli_json *parent, const char *key, cli_json *child);
+void cli_json_add_str(cli_json *parent, const char *key, const char *v);
+void cli_json_add_int(cli_json *parent, const char *key, int64_t v);
+void cli_json_add_bool(cli_json *parent, const char *key, bool v);
+/* Pretty prints (4-space indent, keys in qemu's hash-bucket order) plus a newline. */
+void cli_json_print(FILE *f, const cli_json *j);
+/* Prints an object the way qemu-img prints "Format specific information": one "key: value"
+ * per line with dashes in keys shown as spaces, nested values indented by 4 more. */
+void cli_json_dump_human(FILE *f, const cli_json *obj, int indent);
+/* Writes a JSON string literal with qemu's escaping (non-ASCII as \uXXXX). */
+void cli_json_write_string(FILE *f, const char *s);
+
+/* ---- progress ------------------------------------------------------------------------- */
+
+/* qemu-img's "    (12.34/100%)\r" progress line on stdout. */
+typedef struct cli_progress {
+    bool enabled;
+    float min_skip;
+    float current;
+    float last_print;
+} cli_progress;
+
+void cli_progress_init(cli_progress *p, bool enabled, float min_skip);
+/* max == 0: set the value to `delta`; otherwise add delta/100*max. */
+void cli_progress_print(cli_progress *p, float delta, int max);
+void cli_progress_end(cli_progress *p);
+
+/* ---- images ----------------------------------------------------------------------------- */
+
+/* Opens an image; prints "Could not open 'FILE': why" and returns -1 on failure. Opening a
+ * probed raw image for writing prints qemu's warning about format probing first. */
+int cli_open(vd_engine *e, const char *filename, const char *fmt, unsigned flags,
+             vd_disk **out);
+/* Is `fmt` a format the library knows (has an option table)? */
+bool cli_format_known(const char *fmt);
+/* The backing file path as qemu resolves it: relative names are taken relative to the
+ * directory of `image`. Caller frees. */
+char *cli_backing_path(const char *image, const char *backing);
+/* Number of layers in d's open backing chain (1 = no backing). */
+int cli_chain_length(vd_disk *d);
+
+/* printf to stdout unless quiet. */
+void cli_qprintf(bool quiet, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Allocation that aborts on failure (small internal allocations only). */
+void *cli_xmalloc(size_t n);
+void *cli_xcalloc(size_t n, size_t size);
+char *cli_xstrdup(const char *s);
+/* A buffer aligned for O_DIRECT I/O (4096), freed with free(). */
+void *cli_alloc_io_buffer(size_t n);
+
+#endif

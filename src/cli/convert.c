@@ -1,0 +1,772 @@
+/* `vdisk convert`: qemu-img convert. Sources (concatenated when several) are walked by
+ * block status; data ranges are read and written by a pool of worker threads with bounded
+ * buffers, zero and unallocated ranges are skipped or written as zeroes, and runs of zero
+ * sectors inside data are detected (-S) so the target stays sparse. Writes reach the target
+ * in order unless -W allows any order. */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli-util.h"
+
+#define SECTOR 512
+#define IO_BUF_SECTORS 4096           /* 2 MiB per worker, as qemu-img */
+#define MAX_BUF_SECTORS 32768         /* the largest -S */
+#define REQUEST_MAX_SECTORS 2097152   /* 1 GiB per block status step */
+#define MAX_WORKERS 16
+
+typedef enum { BLK_DATA, BLK_ZERO, BLK_BACKING_FILE } blk_status;
+
+typedef struct convert_state {
+    vd_disk **src;
+    const char **src_names;
+    int64_t *src_sectors;  /* sizes rounded up to whole sectors, as qemu counts them */
+    uint64_t *src_bytes;
+    int src_num;
+    int64_t total_sectors;
+    int64_t allocated_sectors;
+    int64_t allocated_done;
+    vd_disk *target;
+    bool has_zero_init;
+    bool target_has_backing;
+    int64_t target_backing_sectors;  /* negative if unknown */
+    bool wr_in_order;
+    bool quiet;
+    int min_sparse;   /* sectors; 0 disables zero detection */
+    int alignment;    /* sectors */
+    int64_t buf_sectors;
+    int num_workers;
+    cli_progress *prog;
+
+    /* Everything below is guarded by lock. */
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int64_t sector_num;          /* next sector to hand out */
+    int64_t wr_offs;             /* in-order writes: next sector that may be written */
+    blk_status status;           /* status of [.., sector_next_status) */
+    int64_t sector_next_status;
+    int running;
+    int ret;                     /* -EINPROGRESS while copying */
+} convert_state;
+
+/* ---- zero detection ------------------------------------------------------------------- */
+
+static bool is_zero(const uint8_t *p, size_t len)
+{
+    /* Word-at-a-time OR; memcpy keeps it alignment-safe and compiles to plain loads. */
+    uint64_t acc = 0;
+    size_t i = 0;
+    for (; i + 64 <= len; i += 64) {
+        uint64_t w[8];
+        memcpy(w, p + i, sizeof(w));
+        acc |= w[0] | w[1] | w[2] | w[3] | w[4] | w[5] | w[6] | w[7];
+        if (acc) {
+            return false;
+        }
+    }
+    for (; i < len; i++) {
+        acc |= p[i];
+    }
+    return acc == 0;
+}
+
+/* Does the first sector hold data? *pnum: sectors from the start with the same state,
+ * with the end moved to an `alignment` boundary (data runs grow, zero runs shrink) so that
+ * writes stay aligned. Mirrors qemu-img's sparse detection so targets come out alike. */
+static bool allocated_sectors(const uint8_t *buf, int64_t n, int64_t *pnum, int64_t sector_num,
+                              int alignment)
+{
+    if (n <= 0) {
+        *pnum = 0;
+        return false;
+    }
+    bool zero = is_zero(buf, SECTOR);
+    int64_t i;
+    for (i = 1; i < n; i++) {
+        buf += SECTOR;
+        if (zero != is_zero(buf, SECTOR)) {
+            break;
+        }
+    }
+    int64_t tail = (sector_num + i) & (alignment - 1);
+    if (tail) {
+        if (zero && i <= tail) {
+            /* A zero run too short to reach the next boundary is written as data. */
+            zero = false;
+        }
+        if (!zero) {
+            i += alignment - tail;
+            if (i > n) {
+                i = n;
+            }
+        } else {
+            i -= tail;
+        }
+    }
+    *pnum = i;
+    return !zero;
+}
+
+/* Like allocated_sectors, but a data run swallows zero runs shorter than `min` sectors so
+ * that small holes do not split writes. */
+static bool allocated_sectors_min(const uint8_t *buf, int64_t n, int64_t *pnum, int64_t min,
+                                  int64_t sector_num, int alignment)
+{
+    if (n < min) {
+        min = n;
+    }
+    if (!allocated_sectors(buf, n, pnum, sector_num, alignment)) {
+        return false;
+    }
+    int64_t used = *pnum, checked = *pnum;
+    buf += SECTOR * *pnum;
+    n -= *pnum;
+    sector_num += *pnum;
+    while (n > 0) {
+        bool data = allocated_sectors(buf, n, pnum, sector_num, alignment);
+        buf += SECTOR * *pnum;
+        n -= *pnum;
+        sector_num += *pnum;
+        checked += *pnum;
+        if (data) {
+            used = checked;
+        } else if (*pnum >= min) {
+            break;
+        }
+    }
+    *pnum = used;
+    return true;
+}
+
+/* ---- the walk over the sources -------------------------------------------------------- */
+
+static void select_part(const convert_state *s, int64_t sector_num, int *cur, int64_t *cur_off)
+{
+    *cur = 0;
+    *cur_off = 0;
+    while (*cur < s->src_num - 1 && sector_num - *cur_off >= s->src_sectors[*cur]) {
+        *cur_off += s->src_sectors[*cur];
+        (*cur)++;
+    }
+}
+
+/* How many sectors from sector_num share one status (kept in s->status); called with the
+ * lock held. Returns a count > 0 or -errno. */
+static int64_t iteration_sectors(convert_state *s, int64_t sector_num)
+{
+    int cur;
+    int64_t cur_off;
+    bool post_backing_zero = false;
+    select_part(s, sector_num, &cur, &cur_off);
+
+    int64_t n = s->total_sectors - sector_num;
+    if (n > REQUEST_MAX_SECTORS) {
+        n = REQUEST_MAX_SECTORS;
+    }
+    if (s->target_backing_sectors >= 0) {
+        if (sector_num >= s->target_backing_sectors) {
+            /* Past the end of the target's backing file the target reads zeros anyway. */
+            post_backing_zero = true;
+        } else if (sector_num + n > s->target_backing_sectors) {
+            n = s->target_backing_sectors - sector_num;
+        }
+    }
+
+    if (s->sector_next_status <= sector_num) {
+        uint64_t offset = (uint64_t)(sector_num - cur_off) * SECTOR;
+        uint64_t count = (uint64_t)n * SECTOR;
+        unsigned flags;
+        if (offset >= s->src_bytes[cur]) {
+            /* The padding up to a whole sector past the end of a source. */
+            count = (uint64_t)(s->src_sectors[cur] - (sector_num - cur_off)) * SECTOR;
+            flags = VD_BS_ZERO;
+        } else {
+            if (count > s->src_bytes[cur] - offset) {
+                count = s->src_bytes[cur] - offset;
+            }
+            vd_extent st;
+            int ret = s->target_has_backing
+                          ? vd_block_status_top(s->src[cur], offset, count, &st)
+                          : vd_block_status(s->src[cur], offset, count, &st);
+            if (ret < 0 || st.length == 0) {
+                ret = ret < 0 ? ret : -EIO;
+                cli_error("error while reading block status at offset %" PRIu64 ": %s",
+                          offset, strerror(-ret));
+                return ret;
+            }
+            count = st.length;
+            flags = st.flags;
+        }
+        n = (int64_t)((count + SECTOR - 1) / SECTOR);
+        if (flags & VD_BS_ZERO) {
+            s->status = post_backing_zero ? BLK_BACKING_FILE : BLK_ZERO;
+        } else if (flags & VD_BS_DATA) {
+            s->status = BLK_DATA;
+        } else {
+            s->status = s->target_has_backing ? BLK_BACKING_FILE : BLK_DATA;
+        }
+        s->sector_next_status = sector_num + n;
+    }
+    if (n > s->sector_next_status - sector_num) {
+        n = s->sector_next_status - sector_num;
+    }
+    if (s->status == BLK_DATA && n > s->buf_sectors) {
+        n = s->buf_sectors;
+    }
+    return n;
+}
+
+/* Reads n sectors of the concatenated sources; the bytes past a source's end read as zero. */
+static int convert_read(convert_state *s, int64_t sector_num, int64_t nb, uint8_t *buf)
+{
+    while (nb > 0) {
+        int cur;
+        int64_t cur_off;
+        select_part(s, sector_num, &cur, &cur_off);
+        int64_t n = s->src_sectors[cur] - (sector_num - cur_off);
+        if (n > nb) {
+            n = nb;
+        }
+        uint64_t off = (uint64_t)(sector_num - cur_off) * SECTOR;
+        uint64_t len = (uint64_t)n * SECTOR;
+        uint64_t avail = off < s->src_bytes[cur] ? s->src_bytes[cur] - off : 0;
+        if (avail > len) {
+            avail = len;
+        }
+        if (avail > 0) {
+            int ret = vd_pread(s->src[cur], buf, avail, off);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+        if (avail < len) {
+            memset(buf + avail, 0, len - avail);
+        }
+        sector_num += n;
+        nb -= n;
+        buf += len;
+    }
+    return 0;
+}
+
+static int convert_write(convert_state *s, int64_t sector_num, int64_t nb, const uint8_t *buf,
+                         blk_status status)
+{
+    while (nb > 0) {
+        int64_t n = nb;
+        int ret;
+        switch (status) {
+        case BLK_BACKING_FILE:
+            /* Left unallocated so that the target's backing file shows through. */
+            break;
+        case BLK_DATA:
+            if (!s->min_sparse ||
+                allocated_sectors_min(buf, n, &n, s->min_sparse, sector_num, s->alignment)) {
+                ret = vd_pwrite(s->target, buf, (uint64_t)n * SECTOR,
+                                (uint64_t)sector_num * SECTOR, 0);
+                if (ret < 0) {
+                    return ret;
+                }
+                break;
+            }
+            /* A zero run: handled like a zero range. */
+            /* fall through */
+        case BLK_ZERO:
+            if (s->has_zero_init) {
+                break;
+            }
+            ret = vd_pwrite_zeroes(s->target, (uint64_t)sector_num * SECTOR,
+                                   (uint64_t)n * SECTOR,
+                                   s->target_has_backing ? 0 : VD_REQ_MAY_UNMAP);
+            if (ret < 0) {
+                return ret;
+            }
+            break;
+        }
+        sector_num += n;
+        nb -= n;
+        buf += n * SECTOR;
+    }
+    return 0;
+}
+
+static void fail_locked(convert_state *s, int ret)
+{
+    if (s->ret == -EINPROGRESS) {
+        s->ret = ret;
+    }
+    pthread_cond_broadcast(&s->cond);
+}
+
+static void *convert_worker(void *opaque)
+{
+    convert_state *s = opaque;
+    uint8_t *buf = cli_alloc_io_buffer((size_t)s->buf_sectors * SECTOR);
+
+    for (;;) {
+        pthread_mutex_lock(&s->lock);
+        if (s->ret != -EINPROGRESS || s->sector_num >= s->total_sectors) {
+            pthread_mutex_unlock(&s->lock);
+            break;
+        }
+        int64_t n = iteration_sectors(s, s->sector_num);
+        if (n < 0) {
+            fail_locked(s, (int)n);
+            pthread_mutex_unlock(&s->lock);
+            break;
+        }
+        int64_t sector_num = s->sector_num;
+        blk_status status = s->status;
+        if (!s->min_sparse && status == BLK_ZERO && n > s->buf_sectors) {
+            n = s->buf_sectors;
+        }
+        /* Hand the next range out now so other workers read while this one does. */
+        s->sector_num += n;
+        if (status == BLK_DATA || (!s->min_sparse && status == BLK_ZERO)) {
+            s->allocated_done += n;
+            cli_progress_print(s->prog, 100.0f * (float)s->allocated_done /
+                               (float)s->allocated_sectors, 0);
+        }
+        pthread_mutex_unlock(&s->lock);
+
+        int ret = 0;
+        if (status == BLK_DATA) {
+            ret = convert_read(s, sector_num, n, buf);
+            if (ret < 0) {
+                pthread_mutex_lock(&s->lock);
+                cli_error("error while reading at byte %" PRId64 ": %s", sector_num * SECTOR,
+                          strerror(-ret));
+                fail_locked(s, ret);
+                pthread_mutex_unlock(&s->lock);
+            }
+        } else if (!s->min_sparse && status == BLK_ZERO) {
+            /* -S 0: zeros are written as data so the target is fully allocated. */
+            status = BLK_DATA;
+            memset(buf, 0, (size_t)n * SECTOR);
+        }
+
+        if (s->wr_in_order) {
+            pthread_mutex_lock(&s->lock);
+            while (s->wr_offs != sector_num && s->ret == -EINPROGRESS) {
+                pthread_cond_wait(&s->cond, &s->lock);
+            }
+            pthread_mutex_unlock(&s->lock);
+        }
+
+        pthread_mutex_lock(&s->lock);
+        bool go = s->ret == -EINPROGRESS;
+        pthread_mutex_unlock(&s->lock);
+        if (go) {
+            ret = convert_write(s, sector_num, n, buf, status);
+            if (ret < 0) {
+                pthread_mutex_lock(&s->lock);
+                cli_error("error while writing at byte %" PRId64 ": %s", sector_num * SECTOR,
+                          strerror(-ret));
+                fail_locked(s, ret);
+                pthread_mutex_unlock(&s->lock);
+            }
+        }
+
+        if (s->wr_in_order) {
+            pthread_mutex_lock(&s->lock);
+            s->wr_offs = sector_num + n;
+            pthread_cond_broadcast(&s->cond);
+            pthread_mutex_unlock(&s->lock);
+        }
+    }
+
+    free(buf);
+    pthread_mutex_lock(&s->lock);
+    s->running--;
+    if (s->running == 0 && s->ret == -EINPROGRESS) {
+        s->ret = 0;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return NULL;
+}
+
+static int convert_do_copy(convert_state *s)
+{
+    /* First pass: how much will be written, for the progress line. */
+    for (int64_t sector = 0; sector < s->total_sectors;) {
+        int64_t n = iteration_sectors(s, sector);
+        if (n < 0) {
+            return (int)n;
+        }
+        if (s->status == BLK_DATA || (!s->min_sparse && s->status == BLK_ZERO)) {
+            s->allocated_sectors += n;
+        }
+        sector += n;
+    }
+
+    s->sector_next_status = 0;
+    s->sector_num = 0;
+    s->wr_offs = 0;
+    s->ret = -EINPROGRESS;
+    s->running = s->num_workers;
+
+    pthread_t threads[MAX_WORKERS];
+    int started = 0;
+    for (int i = 0; i < s->num_workers; i++) {
+        if (pthread_create(&threads[i], NULL, convert_worker, s) != 0) {
+            pthread_mutex_lock(&s->lock);
+            s->running -= s->num_workers - i;
+            if (i == 0) {
+                s->ret = -EAGAIN;
+                cli_error("Could not start a worker thread");
+            }
+            pthread_mutex_unlock(&s->lock);
+            break;
+        }
+        started++;
+    }
+    for (int i = 0; i < started; i++) {
+        pthread_join(threads[i], NULL);
+    }
+    return s->ret;
+}
+
+/* ---- command line --------------------------------------------------------------------- */
+
+typedef struct convert_args {
+    const char *fmt, *out_fmt, *cache, *src_cache, *out_base, *out_basefmt;
+    char *options;
+    bool compress, progress, skip_create, target_is_zero, force_share;
+    int min_sparse;
+    bool explicit_min_sparse;
+    long num_workers;
+    bool wr_in_order;
+    bool quiet;
+} convert_args;
+
+/* Builds the target's creation options as qemu-img convert does. Returns 0 or 1 after
+ * printing the error. */
+static int target_options(const convert_args *a, const char **backing,
+                          const char **backing_fmt, vd_opts **optsp)
+{
+    vd_opts *o = vd_opts_new();
+    *optsp = o;
+    if (!cli_format_known(a->out_fmt)) {
+        cli_error("Unknown file format '%s'", a->out_fmt);
+        return 1;
+    }
+    if (a->options && cli_parse_options(a->out_fmt, a->options, NULL, false, "", o) < 0) {
+        return 1;
+    }
+    /* The size always comes from the sources. */
+    vd_opts_del(o, "size");
+    if (a->out_base) {
+        if (!cli_has_option(a->out_fmt, "backing_file")) {
+            cli_error("Backing file not supported for file format '%s'", a->out_fmt);
+            return 1;
+        }
+        vd_opts_set(o, "backing_file", a->out_base);
+    }
+    if (a->out_basefmt) {
+        if (!cli_has_option(a->out_fmt, "backing_fmt")) {
+            cli_error("Backing file format not supported for file format '%s'", a->out_fmt);
+            return 1;
+        }
+        vd_opts_set(o, "backing_fmt", a->out_basefmt);
+    }
+    *backing = vd_opts_get(o, "backing_file");
+    *backing_fmt = vd_opts_get(o, "backing_fmt");
+    return 0;
+}
+
+int cmd_convert(int argc, char **argv)
+{
+    static const struct option long_options[] = {
+        {"help", no_argument, NULL, 'h'},
+        {"force-share", no_argument, NULL, 'U'},
+        {"target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO},
+        {"bitmaps", no_argument, NULL, OPT_FORCE},
+        {NULL, 0, NULL, 0},
+    };
+    convert_args a = {
+        .cache = "unsafe",
+        .src_cache = "writeback",
+        .min_sparse = 8,  /* 4 KiB of zeros make a hole */
+        .num_workers = 8,
+        .wr_in_order = true,
+    };
+    int c;
+    int ret = 1;
+
+    while ((c = getopt_long(argc, argv, ":hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:", long_options,
+                            NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            cli_help();
+        case 'f':
+            a.fmt = optarg;
+            break;
+        case 'O':
+            a.out_fmt = optarg;
+            break;
+        case 'B':
+            a.out_base = optarg;
+            break;
+        case 'F':
+            a.out_basefmt = optarg;
+            break;
+        case 'C':
+            /* Copy offloading is an optimisation; the plain copy gives the same result. */
+            break;
+        case 'c':
+            a.compress = true;
+            break;
+        case 'o':
+            if (cli_add_option_list(&a.options, optarg) < 0) {
+                goto fail_getopt;
+            }
+            break;
+        case 'l':
+            cli_error("Failed to load snapshot: internal snapshots are not supported");
+            goto fail_getopt;
+        case 'S': {
+            int64_t sval;
+            if (cli_cvtnum("buffer size for sparse output", optarg, &sval) < 0) {
+                goto fail_getopt;
+            }
+            if (sval % SECTOR || sval / SECTOR > MAX_BUF_SECTORS) {
+                cli_error("Invalid buffer size for sparse output specified. Valid sizes are "
+                          "multiples of %d up to %d. Select 0 to disable sparse detection "
+                          "(fully allocates output).", SECTOR, MAX_BUF_SECTORS * SECTOR);
+                goto fail_getopt;
+            }
+            a.min_sparse = (int)(sval / SECTOR);
+            a.explicit_min_sparse = true;
+            break;
+        }
+        case 'p':
+            a.progress = true;
+            break;
+        case 't':
+            a.cache = optarg;
+            break;
+        case 'T':
+            a.src_cache = optarg;
+            break;
+        case 'q':
+            a.quiet = true;
+            break;
+        case 'n':
+            a.skip_create = true;
+            break;
+        case 'm': {
+            char *end = NULL;
+            errno = 0;
+            a.num_workers = strtol(optarg, &end, 0);
+            if (errno || end == optarg || *end || a.num_workers < 1 ||
+                a.num_workers > MAX_WORKERS) {
+                cli_error("Invalid number of coroutines. Allowed number of coroutines is "
+                          "between 1 and %d", MAX_WORKERS);
+                goto fail_getopt;
+            }
+            break;
+        }
+        case 'W':
+            a.wr_in_order = false;
+            break;
+        case 'U':
+            a.force_share = true;
+            break;
+        case 'r': {
+            int64_t rate;
+            if (cli_cvtnum("rate limit", optarg, &rate) < 0) {
+                goto fail_getopt;
+            }
+            break;
+        }
+        case OPT_TARGET_IS_ZERO:
+            a.target_is_zero = true;
+            break;
+        case OPT_FORCE:
+            /* --bitmaps: the library keeps no persistent bitmaps, so there are none. */
+            break;
+        default:
+            cli_bad_option(c, argv);
+        }
+    }
+    if (!a.out_fmt) {
+        a.out_fmt = "raw";
+    }
+    if (a.target_is_zero && !a.skip_create) {
+        cli_error("--target-is-zero requires use of -n flag");
+        goto fail_getopt;
+    }
+
+    int src_num = argc - optind - 1;
+    const char *out_filename = src_num >= 1 ? argv[argc - 1] : NULL;
+    if (a.options && cli_has_help_option(a.options)) {
+        ret = cli_print_option_help(a.out_fmt, out_filename, NULL, false);
+        goto fail_getopt;
+    }
+    if (src_num < 1) {
+        cli_error("Must specify image file name");
+        goto fail_getopt;
+    }
+    unsigned src_flags = 0;
+    if (cli_parse_cache(a.src_cache, &src_flags) < 0) {
+        cli_error("Invalid source cache option: %s", a.src_cache);
+        goto fail_getopt;
+    }
+    if (a.quiet) {
+        a.progress = false;
+    }
+
+    cli_progress prog;
+    cli_progress_init(&prog, a.progress, 1.0f);
+    cli_progress_print(&prog, 0, 100);
+
+    vd_engine *e = vd_engine_new();
+    convert_state s = {
+        .src_num = src_num,
+        .min_sparse = a.min_sparse,
+        .wr_in_order = a.wr_in_order,
+        .num_workers = (int)a.num_workers,
+        .quiet = a.quiet,
+        .buf_sectors = IO_BUF_SECTORS,
+        .prog = &prog,
+        .target_backing_sectors = -1,
+    };
+    pthread_mutex_init(&s.lock, NULL);
+    pthread_cond_init(&s.cond, NULL);
+    s.src = cli_xcalloc((size_t)src_num, sizeof(*s.src));
+    s.src_names = cli_xcalloc((size_t)src_num, sizeof(*s.src_names));
+    s.src_sectors = cli_xcalloc((size_t)src_num, sizeof(*s.src_sectors));
+    s.src_bytes = cli_xcalloc((size_t)src_num, sizeof(*s.src_bytes));
+    vd_opts *o = NULL;
+    ret = 1;
+
+    for (int i = 0; i < src_num; i++) {
+        s.src_names[i] = argv[optind + i];
+        if (cli_open(e, s.src_names[i], a.fmt, src_flags, &s.src[i]) < 0) {
+            goto out;
+        }
+        s.src_bytes[i] = vd_disk_size(s.src[i]);
+        s.src_sectors[i] = (int64_t)((s.src_bytes[i] + SECTOR - 1) / SECTOR);
+        s.total_sectors += s.src_sectors[i];
+    }
+
+    const char *backing = a.out_base, *backing_fmt = a.out_basefmt;
+    if (!a.skip_create) {
+        if (target_options(&a, &backing, &backing_fmt, &o)) {
+            goto out;
+        }
+    }
+    s.target_has_backing = backing != NULL;
+    if (src_num > 1 && backing) {
+        cli_error("Having a backing file for the target makes no sense when concatenating "
+                  "multiple input images");
+        goto out;
+    }
+    if (backing && !backing_fmt && !a.skip_create) {
+        cli_error("Use of backing file requires explicit backing format");
+        goto out;
+    }
+    if (a.compress) {
+        const char *prealloc = o ? vd_opts_get(o, "preallocation") : NULL;
+        if (strcmp(a.out_fmt, "qcow2") != 0) {
+            cli_error("Compression not supported for this file format");
+            goto out;
+        }
+        if (prealloc && strcmp(prealloc, "off") != 0) {
+            cli_error("Compression and preallocation not supported at the same time");
+            goto out;
+        }
+        cli_error("Compression is not supported yet");
+        goto out;
+    }
+
+    unsigned flags = VD_OPEN_RDWR | (s.min_sparse ? VD_OPEN_UNMAP : 0);
+    if (cli_parse_cache(a.cache, &flags) < 0) {
+        cli_error("Invalid cache option: %s", a.cache);
+        goto out;
+    }
+    if (!a.skip_create) {
+        vd_error *err = NULL;
+        /* The size is known, so the backing file need not be opened to create the target;
+         * opening the target below checks it. */
+        if (vd_create(e, out_filename, a.out_fmt, (uint64_t)s.total_sectors * SECTOR, o,
+                      backing ? VD_CREATE_UNSAFE : 0, &err) < 0) {
+            cli_report_err_for(err, out_filename, "%s: error while converting %s: ",
+                               out_filename, a.out_fmt);
+            goto out;
+        }
+    }
+    if (cli_open(e, out_filename, a.out_fmt, flags, &s.target) < 0) {
+        goto out;
+    }
+    if (a.skip_create) {
+        int64_t out_sectors = (int64_t)(vd_disk_size(s.target) / SECTOR);
+        if (out_sectors < s.total_sectors) {
+            cli_error("output file is smaller than input file");
+            goto out;
+        }
+    }
+    if (a.target_is_zero) {
+        if (s.target_has_backing) {
+            cli_error("Cannot use --target-is-zero when the destination image has a backing "
+                      "file");
+            goto out;
+        }
+        s.has_zero_init = true;
+    }
+    if (s.target_has_backing) {
+        vd_disk *tb = vd_disk_backing(s.target);
+        if (tb) {
+            s.target_backing_sectors = (int64_t)((vd_disk_size(tb) + SECTOR - 1) / SECTOR);
+        }
+    }
+    /* A new target reads as zeros everywhere, so zero ranges need no writes. */
+    if (!a.skip_create && s.min_sparse && !s.target_has_backing) {
+        s.has_zero_init = true;
+    }
+    /* Aligning writes to the sparse granularity avoids read-modify-write in the target. */
+    s.alignment = 1;
+    while (s.alignment * 2 <= s.min_sparse) {
+        s.alignment *= 2;
+    }
+
+    int r = convert_do_copy(&s);
+    if (r == 0) {
+        r = vd_flush(s.target);
+        if (r < 0) {
+            cli_error("error while flushing %s: %s", out_filename, strerror(-r));
+        }
+    }
+    if (r == 0) {
+        ret = 0;
+    }
+out:
+    if (ret == 0) {
+        cli_progress_print(&prog, 100, 0);
+    }
+    cli_progress_end(&prog);
+    if (s.target && vd_close(s.target) < 0 && ret == 0) {
+        cli_error("error while closing %s", out_filename);
+        ret = 1;
+    }
+    for (int i = 0; i < src_num; i++) {
+        if (s.src[i]) {
+            vd_close(s.src[i]);
+        }
+    }
+    free(s.src);
+    free(s.src_names);
+    free(s.src_sectors);
+    free(s.src_bytes);
+    vd_opts_free(o);
+    pthread_mutex_destroy(&s.lock);
+    pthread_cond_destroy(&s.cond);
+    vd_engine_free(e);
+fail_getopt:
+    free(a.options);
+    return ret;
+}

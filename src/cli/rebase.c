@@ -1,0 +1,282 @@
+/* `vdisk rebase`: qemu-img rebase. Safe mode copies into the image every range it does not
+ * allocate itself where the old and the new backing file differ, so that its contents stay
+ * the same; then (in both modes) the backing file name and format in the image change. */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli-util.h"
+
+#define IO_BUF_SIZE (2u << 20)
+#define SECTOR 512
+
+/* Length of the prefix of the two buffers (whole sectors, or up to the end) that has the
+ * same equal/different status as the first sector; returns that status (true: differ). */
+static bool sectors_differ(const uint8_t *a, const uint8_t *b, uint64_t bytes, uint64_t *pnum)
+{
+    uint64_t i = bytes < SECTOR ? bytes : SECTOR;
+    bool res = memcmp(a, b, i) != 0;
+    while (i < bytes) {
+        uint64_t len = bytes - i < SECTOR ? bytes - i : SECTOR;
+        if ((memcmp(a + i, b + i, len) != 0) != res) {
+            break;
+        }
+        i += len;
+    }
+    *pnum = i;
+    return res;
+}
+
+/* Depth at which the file `path` sits in top's chain, or -1. A new backing file that is
+ * already in the chain only needs the ranges the layers above it allocate. */
+static int chain_depth_of(vd_disk *top, const char *path)
+{
+    char want[PATH_MAX], have[PATH_MAX];
+    if (!realpath(path, want)) {
+        return -1;
+    }
+    int k = 1;
+    for (vd_disk *b = vd_disk_backing(top); b; b = vd_disk_backing(b), k++) {
+        const char *name = vd_disk_filename(b);
+        if (name && realpath(name, have) && !strcmp(want, have)) {
+            return k;
+        }
+    }
+    return -1;
+}
+
+static int read_or_zero(vd_disk *d, uint64_t dsize, uint8_t *buf, uint64_t *n, uint64_t off,
+                        bool *is_zero)
+{
+    if (!d || off >= dsize) {
+        memset(buf, 0, *n);
+        if (is_zero) {
+            *is_zero = true;
+        }
+        return 0;
+    }
+    if (off + *n > dsize) {
+        *n = dsize - off;
+    }
+    return vd_pread(d, buf, *n, off);
+}
+
+/* The safe-mode copy. Returns 0 or 1 after printing the error. */
+static int copy_differences(vd_disk *top, vd_disk *old_b, vd_disk *new_b, int new_depth,
+                            cli_progress *prog)
+{
+    uint64_t size = vd_disk_size(top);
+    uint64_t old_size = old_b ? vd_disk_size(old_b) : 0;
+    uint64_t new_size = new_b ? vd_disk_size(new_b) : 0;
+    uint8_t *buf_old = cli_alloc_io_buffer(IO_BUF_SIZE);
+    uint8_t *buf_new = cli_alloc_io_buffer(IO_BUF_SIZE);
+    float step = 0;
+    int ret = 1;
+
+    if (size != 0) {
+        uint64_t chunks = size / (size < IO_BUF_SIZE ? size : IO_BUF_SIZE);
+        step = 100.f / (float)chunks;
+    }
+    uint64_t n;
+    for (uint64_t off = 0; off < size; off += n) {
+        bool old_is_zero = false;
+        n = size - off < IO_BUF_SIZE ? size - off : IO_BUF_SIZE;
+
+        vd_extent st;
+        int r = vd_block_status_top(top, off, n, &st);
+        if (r < 0 || st.length == 0) {
+            cli_error("error while reading image metadata: %s", strerror(r < 0 ? -r : EIO));
+            goto out;
+        }
+        n = st.length;
+        if (st.flags & VD_BS_ALLOCATED) {
+            continue;
+        }
+        if (new_depth > 0) {
+            /* Ranges the new backing file already provides through the old chain stay. */
+            r = vd_block_status(top, off, n, &st);
+            if (r < 0 || st.length == 0) {
+                cli_error("error while reading image metadata: %s",
+                          strerror(r < 0 ? -r : EIO));
+                goto out;
+            }
+            n = st.length;
+            if (!(st.flags & VD_BS_ALLOCATED) || st.depth >= new_depth) {
+                continue;
+            }
+        }
+
+        r = read_or_zero(old_b, old_size, buf_old, &n, off, &old_is_zero);
+        if (r < 0) {
+            cli_error("error while reading from old backing file");
+            goto out;
+        }
+        r = read_or_zero(new_b, new_size, buf_new, &n, off, NULL);
+        if (r < 0) {
+            cli_error("error while reading from new backing file");
+            goto out;
+        }
+        for (uint64_t done = 0; done < n;) {
+            uint64_t pnum;
+            if (sectors_differ(buf_old + done, buf_new + done, n - done, &pnum)) {
+                r = old_is_zero ? vd_pwrite_zeroes(top, off + done, pnum, 0)
+                                : vd_pwrite(top, buf_old + done, pnum, off + done, 0);
+                if (r < 0) {
+                    cli_error("Error while writing to COW image: %s", strerror(-r));
+                    goto out;
+                }
+            }
+            done += pnum;
+        }
+        cli_progress_print(prog, step, 100);
+    }
+    ret = 0;
+out:
+    free(buf_old);
+    free(buf_new);
+    return ret;
+}
+
+int cmd_rebase(int argc, char **argv)
+{
+    static const struct option long_options[] = {
+        {"help", no_argument, NULL, 'h'},
+        {"force-share", no_argument, NULL, 'U'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *fmt = NULL, *cache = "writeback", *src_cache = "writeback";
+    const char *out_base = NULL, *out_basefmt = NULL;
+    bool progress = false, quiet = false, unsafe = false;
+    int c;
+
+    while ((c = getopt_long(argc, argv, ":hf:F:b:upt:T:qU", long_options, NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            cli_help();
+        case 'f':
+            fmt = optarg;
+            break;
+        case 'F':
+            out_basefmt = optarg;
+            break;
+        case 'b':
+            out_base = optarg;
+            break;
+        case 'u':
+            unsafe = true;
+            break;
+        case 'p':
+            progress = true;
+            break;
+        case 't':
+            cache = optarg;
+            break;
+        case 'T':
+            src_cache = optarg;
+            break;
+        case 'q':
+            quiet = true;
+            break;
+        case 'U':
+            break;
+        default:
+            cli_bad_option(c, argv);
+        }
+    }
+    if (quiet) {
+        progress = false;
+    }
+    if (optind != argc - 1) {
+        cli_error_exit("Expecting one image file name");
+    }
+    if (!unsafe && !out_base) {
+        cli_error_exit("Must specify backing file (-b) or use unsafe mode (-u)");
+    }
+    const char *filename = argv[optind];
+
+    cli_progress prog;
+    cli_progress_init(&prog, progress, 2.0f);
+    cli_progress_print(&prog, 0, 100);
+
+    vd_engine *e = vd_engine_new();
+    vd_disk *top = NULL, *new_b = NULL;
+    int ret = 1;
+    unsigned flags = VD_OPEN_RDWR | (unsafe ? VD_OPEN_NO_BACKING : 0);
+    unsigned src_flags = 0;
+    if (cli_parse_cache(cache, &flags) < 0) {
+        cli_error("Invalid cache option: %s", cache);
+        goto out;
+    }
+    if (cli_parse_cache(src_cache, &src_flags) < 0) {
+        cli_error("Invalid source cache option: %s", src_cache);
+        goto out;
+    }
+    if (cli_open(e, filename, fmt, flags, &top) < 0) {
+        goto out;
+    }
+    if (out_basefmt && !cli_format_known(out_basefmt)) {
+        cli_error("Invalid format name: '%s'", out_basefmt);
+        goto out;
+    }
+    bool new_backing = out_base && out_base[0];
+    /* qemu-img refuses a backing file without a format only when it rewrites the header;
+     * refusing before the copy gives the same result without the wasted work. */
+    if (new_backing && !out_basefmt) {
+        cli_error("Could not change the backing file to '%s': backing format must be "
+                  "specified", out_base);
+        goto out;
+    }
+
+    if (!unsafe) {
+        int new_depth = -1;
+        if (new_backing) {
+            char *path = cli_backing_path(filename, out_base);
+            vd_open_opts no = {.format = out_basefmt, .flags = src_flags};
+            vd_error *err = NULL;
+            new_depth = chain_depth_of(top, path);
+            int r = vd_open(e, path, &no, &new_b, &err);
+            if (r < 0) {
+                cli_report_err_for(err, path, "Could not open new backing file '%s': ",
+                                   out_base);
+                free(path);
+                goto out;
+            }
+            free(path);
+        }
+        if (copy_differences(top, vd_disk_backing(top), new_b, new_depth, &prog)) {
+            goto out;
+        }
+    }
+
+    vd_error *err = NULL;
+    int r = vd_set_backing(top, new_backing ? out_base : NULL, new_backing ? out_basefmt : NULL,
+                           &err);
+    if (r == -ENOSPC) {
+        cli_error("Could not change the backing file to '%s': No space left in the file "
+                  "header", out_base ? out_base : "");
+        vd_error_free(err);
+        goto out;
+    } else if (r < 0) {
+        cli_error("Could not change the backing file to '%s': %s", out_base ? out_base : "",
+                  strerror(-r));
+        vd_error_free(err);
+        goto out;
+    }
+    cli_progress_print(&prog, 100, 0);
+    ret = 0;
+out:
+    cli_progress_end(&prog);
+    if (new_b) {
+        vd_close(new_b);
+    }
+    if (top && vd_close(top) < 0 && ret == 0) {
+        cli_error("%s: error while writing the image", filename);
+        ret = 1;
+    }
+    vd_engine_free(e);
+    return ret;
+}

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Builds the image-opener fuzzer, replays its seed corpus (the corrupt-image corpus plus
+# valid images made by qemu-img), then fuzzes for FUZZ_TIME seconds (default 40).
+# Crashing inputs are kept in build-fuzz/artifacts/ and named in the FAIL line.
+. "$(dirname "$0")/../lib.sh"
+vd_init
+need_tool clang
+
+fuzz_time=${FUZZ_TIME:-40}
+artifacts=${FUZZ_ARTIFACTS:-$VD_REPO/build-fuzz/artifacts}
+unset ASAN_OPTIONS UBSAN_OPTIONS  # libFuzzer sets its own; keep leak detection on
+export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+
+if bash "$VD_TESTS/fuzz/build.sh" >build.out 2>&1; then
+    pass fuzz/build
+else
+    fail fuzz/build "building the fuzz targets failed" build.out
+    fail fuzz/seeds "not run: build failed"
+    fail fuzz/run "not run: build failed"
+    vd_finish
+fi
+fuzzer=$(grep '/fuzz-qcow2-open$' build.out | tail -n 1)
+
+# Seeds: every corrupt image, plus small valid images of many kinds.
+mkdir seeds work
+"$PYTHON" "$VD_TESTS/corrupt/make-corpus.py" corpus >/dev/null
+for d in corpus/*/; do
+    cp "$d/image.qcow2" "seeds/$(basename "$d").qcow2"
+done
+rm -rf corpus
+n=0
+for o in cluster_size=512 cluster_size=4096 compat=0.10,cluster_size=4096 \
+    extended_l2=on,cluster_size=16384 lazy_refcounts=on,cluster_size=4096 \
+    refcount_bits=1,cluster_size=4096 refcount_bits=64,cluster_size=1024 \
+    compression_type=zstd,cluster_size=4096; do
+    n=$((n + 1))
+    "$QEMU_IMG" create -f qcow2 -o "$o" "seeds/valid-$n.qcow2" 4M >/dev/null
+    "$QEMU_IO" -f qcow2 -c 'write -P 0x41 0 5k' -c 'write -z 64k 8k' -c 'write -P 0x42 1M 1k' \
+        -c 'discard 0 4k' "seeds/valid-$n.qcow2" >/dev/null
+done
+"$QEMU_IMG" create -f qcow2 -o cluster_size=4096 -b valid-2.qcow2 -F qcow2 \
+    seeds/valid-overlay.qcow2 >/dev/null
+head -c 65536 /dev/urandom | tr -d '\000' | head -c 20000 >seeds/raw.bin
+"$QEMU_IMG" convert -c -f raw -O qcow2 -o cluster_size=4096 seeds/raw.bin \
+    seeds/valid-compressed.qcow2 >/dev/null
+"$QEMU_IMG" snapshot -c s1 seeds/valid-2.qcow2
+
+mkdir -p "$artifacts"
+opts=(-rss_limit_mb=2048 -timeout=10 -max_len=1048576 "-artifact_prefix=$artifacts/")
+
+# Replay: every seed once.
+if timeout 600 "$fuzzer" "${opts[@]}" -runs=0 seeds >replay.out 2>&1; then
+    pass fuzz/seeds
+else
+    tail -n 60 replay.out >replay.tail
+    VD_DETAIL_LINES=60 fail fuzz/seeds "a seed image crashes the opener; see $artifacts" \
+        replay.tail
+fi
+
+if timeout $((fuzz_time + 120)) "$fuzzer" "${opts[@]}" -max_total_time="$fuzz_time" \
+    -print_final_stats=1 work seeds >fuzz.out 2>&1; then
+    pass fuzz/run
+    grep -E '^stat::number_of_executed_units|^stat::peak_rss_mb' fuzz.out | sed 's/^/    /'
+else
+    crash=$(grep -o "Test unit written to [^ ]*" fuzz.out | tail -n 1)
+    tail -n 60 fuzz.out >fuzz.tail
+    VD_DETAIL_LINES=60 fail fuzz/run "fuzzing found a problem (${crash:-no artifact})" fuzz.tail
+fi
+vd_finish
