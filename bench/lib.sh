@@ -115,6 +115,7 @@ bench_check() {
     if ! out=$("$QEMU_IMG" check -q "$3" 2>&1); then
         out=$(echo "$out" | head -3 | tr '\n' ' ')
         bench_note "$1" "qemu-img check of $2's image failed: $out"
+        : >"$BENCH_DIR/failed.check.$1"
         return 1
     fi
 }
@@ -123,9 +124,10 @@ bench_check() {
 # contents (untimed).
 bench_compare() {
     local out
-    if ! out=$("$QEMU_IMG" compare -q "$3" "$4" 2>&1); then
+    if ! out=$("$QEMU_IMG" compare "$3" "$4" 2>&1); then
         out=$(echo "$out" | head -2 | tr '\n' ' ')
         bench_note "$1" "$2: $(basename "$3") and $(basename "$4") differ: $out"
+        : >"$BENCH_DIR/failed.compare.$1"
         return 1
     fi
 }

@@ -100,11 +100,12 @@ def main():
         w("- %s: %s" % (k, v))
     w("")
     w("Each number is the median over the rounds; runs alternate between the contenders. "
-      "ratio = baseline / vdisk (time or peak RSS), so above 1.00x means vdisk is faster or "
-      "smaller. Commands and method: bench/README.md.")
+      "ratio = baseline / vdisk (wall time or peak RSS), so above 1.00x means vdisk is faster "
+      "or smaller. CPU ratio = the same for user + system CPU time: not a target, but steadier "
+      "than wall time when the machine is busy. Commands and method: bench/README.md.")
     w("")
-    w("| case | what | vdisk | baseline | ratio | target | met? |")
-    w("|---|---|---|---|---|---|---|")
+    w("| case | what | vdisk | baseline | ratio | target | met? | CPU ratio |")
+    w("|---|---|---|---|---|---|---|---|")
     missed = 0
     for c in cases:
         vrs = ok_runs(runs, c["id"], c["vd"])
@@ -122,9 +123,14 @@ def main():
         else:
             met = "**no**"
             missed += 1
-        w("| %s | %s | %s | %s (%s) | %s | %s | %s |" % (
+        cpu_ratio = "-"
+        if c["metric"] == "time" and vrs and brs:
+            vc = statistics.median(r["cpu"] for r in vrs)
+            bc = statistics.median(r["cpu"] for r in brs)
+            cpu_ratio = "%.2fx" % (bc / vc) if vc > 0 else "-"
+        w("| %s | %s | %s | %s (%s) | %s | %s | %s | %s |" % (
             c["id"], c["title"], show(c, v, vrs), show(c, b, brs), c["base"],
-            "%.2fx" % ratio if ratio else "-", target, met))
+            "%.2fx" % ratio if ratio else "-", target, met, cpu_ratio))
     w("")
 
     summary_end = len(out)

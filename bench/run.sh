@@ -71,7 +71,7 @@ src_rev=$(git -C "$REPO" describe --always --dirty 2>/dev/null || echo unknown)
 if [ "$standin" = 1 ]; then
     meta vdisk "**qemu-img standing in for vdisk (dry run of the harness)**"
 else
-    meta vdisk "$vdisk_src (source $src_rev)"
+    meta vdisk "${vdisk_src#"$REPO"/} (source $src_rev)"
 fi
 meta qemu-img "$("$QEMU_IMG" --version | head -1)"
 meta date "$(date -u '+%Y-%m-%d %H:%M UTC')"
@@ -114,7 +114,7 @@ python3 "$BENCH_SRC/report.py" "$BENCH_RUNS" --out "$BENCH_OUT" "${readme[@]}" "
     status=$?
 echo "bench: results written to $BENCH_OUT" >&2
 if [ "$failed" = 1 ]; then
-    echo "bench: some runs failed (see Notes)" >&2
+    echo "bench: some runs or output checks failed (see Notes)" >&2
     exit 1
 fi
 if [ "$status" = 3 ] && [ "${BENCH_STRICT:-0}" = 1 ]; then

@@ -85,7 +85,8 @@ enum {
     VD_OPEN_WRITETHROUGH = 1 << 3,/* flush after every write ("-t writethrough") */
     VD_OPEN_CHECK = 1 << 4,       /* open for check/repair: tolerate what check reports */
     VD_OPEN_NO_REPAIR = 1 << 5,   /* do not auto-repair a dirty lazy-refcounts image */
-    VD_OPEN_UNMAP = 1 << 6,       /* discard requests reach the file (punch holes) */
+    VD_OPEN_UNMAP = 1 << 6,       /* honour discards and MAY_UNMAP (QEMU discard=unmap); without
+                                   * it vd_pdiscard does nothing, as in QEMU */
     VD_OPEN_NO_FLUSH = 1 << 7,    /* flush requests (and the flush at close) are ignored:
                                    * qemu's "-t unsafe", the default for convert */
 };

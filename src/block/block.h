@@ -14,7 +14,10 @@
 typedef struct vd_node vd_node;
 typedef struct vd_driver vd_driver;
 
-/* Block status answered by one node for [off, off+len). */
+/* Block status answered by one node for [off, off+len). Besides the public VD_BS_* flags a
+ * format driver may set VD_BS_RECURSE: "look at the file for holes too" — qcow2 does this
+ * for metadata-preallocated images, whose data clusters may be holes that read as zeros. */
+#define VD_BS_RECURSE (1u << 16)
 typedef struct vd_node_status {
     uint64_t pnum;       /* bytes with this status, >= 1 */
     unsigned flags;      /* VD_BS_DATA | VD_BS_ZERO | VD_BS_OFFSET | VD_BS_ALLOCATED | ... */

@@ -110,11 +110,17 @@ int vd_pwrite(vd_disk *d, const void *buf, uint64_t len, uint64_t off, unsigned 
 
 int vd_pwrite_zeroes(vd_disk *d, uint64_t off, uint64_t len, unsigned flags)
 {
+    if (!(d->node->open_flags & VD_OPEN_UNMAP)) {
+        flags &= ~VD_REQ_MAY_UNMAP;  /* as QEMU without discard=unmap */
+    }
     return after_write(d, vd_node_pwrite_zeroes(d->node, off, len, flags));
 }
 
 int vd_pdiscard(vd_disk *d, uint64_t off, uint64_t len)
 {
+    if (!(d->node->open_flags & VD_OPEN_UNMAP)) {
+        return 0;  /* discard is advisory; QEMU ignores it unless opened with discard=unmap */
+    }
     return after_write(d, vd_node_pdiscard(d->node, off, len));
 }
 
@@ -127,6 +133,10 @@ int vd_flush(vd_disk *d)
  * qemu-img map reports as zero=true (preallocation=metadata shows this). */
 static int refine_with_file(vd_node_status *s)
 {
+    if (!(s->flags & VD_BS_RECURSE)) {
+        return 0;
+    }
+    s->flags &= ~VD_BS_RECURSE;
     if (!(s->flags & VD_BS_OFFSET) || !(s->flags & VD_BS_DATA) || !s->file ||
         s->file->drv->is_format || !s->file->drv->block_status) {
         return 0;
@@ -149,7 +159,7 @@ static int refine_with_file(vd_node_status *s)
 static void fill_status(vd_extent *st, const vd_node_status *s, int depth)
 {
     st->length = s->pnum;
-    st->flags = s->flags;
+    st->flags = s->flags & ~VD_BS_RECURSE;
     st->offset = s->offset;
     st->depth = depth;
     st->file = s->file ? s->file->filename : NULL;

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -205,12 +206,12 @@ int vd_node_open_backing(vd_node *node, const char *name, const char *format,
                             VD_MAX_CHAIN_DEPTH);
     }
     /* Backing files are read-only; the check/repair flags apply to the top image only. */
-    unsigned flags = node->open_flags & (VD_OPEN_NOCACHE);
+    unsigned flags = node->open_flags & (VD_OPEN_NOCACHE | VD_OPEN_NO_FLUSH);
     flags |= VD_OPEN_NO_REPAIR;
     vd_node *b = NULL;
     int ret = node_open(node->engine, path, format, flags, node, &b, errp);
     if (ret < 0) {
-        vd_error_prepend(errp, "Could not open backing file '%s'", path);
+        vd_error_prepend(errp, "Could not open backing file");
         free(path);
         return ret;
     }
@@ -219,26 +220,27 @@ int vd_node_open_backing(vd_node *node, const char *name, const char *format,
     return 0;
 }
 
-int vd_node_close(vd_node *n)
+/* Closes a node; with `flush`, flushes it first. A format driver's flush covers its file
+ * child, so children are closed without a second flush. */
+static int node_close(vd_node *n, bool flush)
 {
     if (!n) {
         return 0;
     }
     int ret = 0;
-    if ((n->open_flags & VD_OPEN_RDWR) && n->drv->flush) {
+    if (flush && (n->open_flags & VD_OPEN_RDWR) && n->drv->flush) {
         ret = n->drv->flush(n);
     }
     if (n->drv->close) {
         n->drv->close(n);
     }
-    int r = vd_node_close(n->backing);
-    if (ret == 0) {
-        ret = r;
-    }
-    r = vd_node_close(n->file);
-    if (ret == 0) {
-        ret = r;
-    }
+    node_close(n->backing, false);
+    node_close(n->file, false);
     node_free(n);
     return ret;
+}
+
+int vd_node_close(vd_node *n)
+{
+    return node_close(n, true);
 }

@@ -58,7 +58,8 @@ static int do_amend(vd_disk *d, vd_opts *o, cli_progress *prog, vd_error **errp)
     if (amend_first && vd_opts_count(o) > 0) {
         ret = vd_amend(d, o, errp);
     }
-    if (ret == 0 && size_s && size != vd_disk_size(d)) {
+    /* size=0 means "unchanged" to qemu's amend. */
+    if (ret == 0 && size_s && size != 0 && size != vd_disk_size(d)) {
         ret = vd_truncate(d, size, true, "off", errp);
     }
     if (ret == 0 && !amend_first && vd_opts_count(o) > 0) {
@@ -156,6 +157,7 @@ int cmd_amend(int argc, char **argv)
     if (cli_parse_options(fmt, options, qcow2_amendable, true, "", o) < 0) {
         goto out;
     }
+    cli_normalize_bools(fmt, o);
     if (vd_opts_get(o, "backing_file") || vd_opts_get(o, "backing_fmt")) {
         cli_error("Cannot amend the backing file");
         fprintf(stderr, "You can use 'vdisk rebase' instead.\n");

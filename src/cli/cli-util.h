@@ -74,6 +74,9 @@ int cli_parse_options(const char *fmt, const char *list, const char *const *allo
                       bool create_only_hint, const char *prefix, vd_opts *o);
 /* Does the format's option table have this option? */
 bool cli_has_option(const char *fmt, const char *name);
+/* Rewrites boolean values in their canonical form ("on"/"off"): qemu accepts spellings
+ * such as "yes" or "y" that the library need not know. */
+void cli_normalize_bools(const char *fmt, vd_opts *o);
 /* The type of a format's option, from the library's table (CLI_OPT_STR if unknown). */
 cli_opt_type cli_option_type(const char *fmt, const char *key);
 /* Prints `-o help` for a format: "Supported qcow2 options:" when filename is NULL. Returns the
@@ -127,6 +130,10 @@ bool cli_format_known(const char *fmt);
 /* The backing file path as qemu resolves it: relative names are taken relative to the
  * directory of `image`. Caller frees. */
 char *cli_backing_path(const char *image, const char *backing);
+/* After a failed I/O or block status call on d (same thread): prints the driver's note when
+ * it is one qemu would also have printed at that point (a "qcow2: ..." corruption event),
+ * without the image name the library puts in front. */
+void cli_print_io_detail(vd_disk *d);
 /* Number of layers in d's open backing chain (1 = no backing). */
 int cli_chain_length(vd_disk *d);
 

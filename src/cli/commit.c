@@ -13,22 +13,15 @@
 
 #define COMMIT_BUF_SIZE (2u << 20)
 
-/* Does `name` (as the user wrote it) designate layer `layer`, whose parent names it
- * `stored`? qemu accepts the stored backing name or any path to the same file. */
-static bool names_layer(const char *top_name, const char *name, vd_disk *layer,
-                        const char *stored)
+/* Does `name` (as the user wrote it) designate `layer`, the backing file of the image
+ * called `parent_name`? As in qemu, a relative name is taken relative to the directory of
+ * that image, and the two paths must resolve to the same file. */
+static bool names_layer(const char *parent_name, const char *name, vd_disk *layer)
 {
-    if (stored && !strcmp(name, stored)) {
-        return true;
-    }
     const char *lname = vd_disk_filename(layer);
-    if (lname && !strcmp(name, lname)) {
-        return true;
-    }
-    char *rel = cli_backing_path(top_name, name);
+    char *rel = cli_backing_path(parent_name, name);
     char a[PATH_MAX], b[PATH_MAX];
-    bool same = (realpath(name, a) || realpath(rel, a)) && lname && realpath(lname, b) &&
-                !strcmp(a, b);
+    bool same = lname && realpath(rel, a) && realpath(lname, b) && !strcmp(a, b);
     free(rel);
     return same;
 }
@@ -36,24 +29,14 @@ static bool names_layer(const char *top_name, const char *name, vd_disk *layer,
 /* Finds the layer the user named with -b and its depth; NULL if it is not in the chain. */
 static vd_disk *find_base(vd_disk *top, const char *top_name, const char *name, int *depth)
 {
-    vd_disk *parent = top;
+    const char *parent_name = top_name;
     int k = 1;
-    for (vd_disk *b = vd_disk_backing(top); b; parent = b, b = vd_disk_backing(b), k++) {
-        vd_image_info info;
-        vd_error *err = NULL;
-        const char *stored = NULL;
-        if (vd_get_info(parent, &info, &err) == 0) {
-            stored = info.backing_filename;
-        } else {
-            vd_error_free(err);
-            memset(&info, 0, sizeof(info));
-        }
-        bool match = names_layer(top_name, name, b, stored);
-        vd_image_info_clear(&info);
-        if (match) {
+    for (vd_disk *b = vd_disk_backing(top); b; b = vd_disk_backing(b), k++) {
+        if (names_layer(parent_name, name, b)) {
             *depth = k;
             return b;
         }
+        parent_name = vd_disk_filename(b);
     }
     return NULL;
 }

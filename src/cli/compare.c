@@ -50,6 +50,7 @@ static int check_empty(vd_disk *d, int64_t offset, int64_t bytes, const char *fi
 {
     int ret = vd_pread(d, buf, (uint64_t)bytes, (uint64_t)offset);
     if (ret < 0) {
+        cli_print_io_detail(d);
         cli_error("Error while reading offset %" PRId64 " of %s: %s", offset, filename,
                   strerror(-ret));
         return 4;
@@ -91,12 +92,14 @@ static int compare_images(vd_disk *d1, vd_disk *d2, const char *f1, const char *
         vd_extent s1, s2;
         ret = vd_block_status(d1, (uint64_t)offset, (uint64_t)(size1 - offset), &s1);
         if (ret < 0 || s1.length == 0) {
+            cli_print_io_detail(d1);
             cli_error("Sector allocation test failed for %s", f1);
             ret = 3;
             goto out;
         }
         ret = vd_block_status(d2, (uint64_t)offset, (uint64_t)(size2 - offset), &s2);
         if (ret < 0 || s2.length == 0) {
+            cli_print_io_detail(d2);
             cli_error("Sector allocation test failed for %s", f2);
             ret = 3;
             goto out;
@@ -123,6 +126,7 @@ static int compare_images(vd_disk *d1, vd_disk *d2, const char *f1, const char *
                 }
                 ret = vd_pread(d1, buf1, (uint64_t)chunk, (uint64_t)offset);
                 if (ret < 0) {
+                    cli_print_io_detail(d1);
                     cli_error("Error while reading offset %" PRId64 " of %s: %s", offset, f1,
                               strerror(-ret));
                     ret = 4;
@@ -130,6 +134,7 @@ static int compare_images(vd_disk *d1, vd_disk *d2, const char *f1, const char *
                 }
                 ret = vd_pread(d2, buf2, (uint64_t)chunk, (uint64_t)offset);
                 if (ret < 0) {
+                    cli_print_io_detail(d2);
                     cli_error("Error while reading offset %" PRId64 " of %s: %s", offset, f2,
                               strerror(-ret));
                     ret = 4;
@@ -165,6 +170,7 @@ static int compare_images(vd_disk *d1, vd_disk *d2, const char *f1, const char *
             vd_extent st;
             ret = vd_block_status(over, (uint64_t)offset, (uint64_t)(base - offset), &st);
             if (ret < 0 || st.length == 0) {
+                cli_print_io_detail(over);
                 cli_error("Sector allocation test failed for %s", fover);
                 ret = 3;
                 goto out;

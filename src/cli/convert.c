@@ -23,7 +23,6 @@ typedef enum { BLK_DATA, BLK_ZERO, BLK_BACKING_FILE } blk_status;
 
 typedef struct convert_state {
     vd_disk **src;
-    const char **src_names;
     int64_t *src_sectors;  /* sizes rounded up to whole sectors, as qemu counts them */
     uint64_t *src_bytes;
     int src_num;
@@ -35,7 +34,6 @@ typedef struct convert_state {
     bool target_has_backing;
     int64_t target_backing_sectors;  /* negative if unknown */
     bool wr_in_order;
-    bool quiet;
     int min_sparse;   /* sectors; 0 disables zero detection */
     int alignment;    /* sectors */
     int64_t buf_sectors;
@@ -194,6 +192,7 @@ static int64_t iteration_sectors(convert_state *s, int64_t sector_num)
                           : vd_block_status(s->src[cur], offset, count, &st);
             if (ret < 0 || st.length == 0) {
                 ret = ret < 0 ? ret : -EIO;
+                cli_print_io_detail(s->src[cur]);
                 cli_error("error while reading block status at offset %" PRIu64 ": %s",
                           offset, strerror(-ret));
                 return ret;
@@ -338,6 +337,7 @@ static void *convert_worker(void *opaque)
             ret = convert_read(s, sector_num, n, buf);
             if (ret < 0) {
                 pthread_mutex_lock(&s->lock);
+                cli_print_io_detail(s->src[0]);
                 cli_error("error while reading at byte %" PRId64 ": %s", sector_num * SECTOR,
                           strerror(-ret));
                 fail_locked(s, ret);
@@ -364,6 +364,7 @@ static void *convert_worker(void *opaque)
             ret = convert_write(s, sector_num, n, buf, status);
             if (ret < 0) {
                 pthread_mutex_lock(&s->lock);
+                cli_print_io_detail(s->target);
                 cli_error("error while writing at byte %" PRId64 ": %s", sector_num * SECTOR,
                           strerror(-ret));
                 fail_locked(s, ret);
@@ -427,6 +428,11 @@ static int convert_do_copy(convert_state *s)
     for (int i = 0; i < started; i++) {
         pthread_join(threads[i], NULL);
     }
+    /* Workers stop early only on an error, which they record; otherwise all was copied
+     * (even when fewer threads than asked for could be started). */
+    if (s->ret == -EINPROGRESS) {
+        s->ret = 0;
+    }
     return s->ret;
 }
 
@@ -435,7 +441,7 @@ static int convert_do_copy(convert_state *s)
 typedef struct convert_args {
     const char *fmt, *out_fmt, *cache, *src_cache, *out_base, *out_basefmt;
     char *options;
-    bool compress, progress, skip_create, target_is_zero, force_share;
+    bool compress, progress, skip_create, target_is_zero;
     int min_sparse;
     bool explicit_min_sparse;
     long num_workers;
@@ -459,6 +465,7 @@ static int target_options(const convert_args *a, const char **backing,
     }
     /* The size always comes from the sources. */
     vd_opts_del(o, "size");
+    cli_normalize_bools(a->out_fmt, o);
     if (a->out_base) {
         if (!cli_has_option(a->out_fmt, "backing_file")) {
             cli_error("Backing file not supported for file format '%s'", a->out_fmt);
@@ -574,7 +581,7 @@ int cmd_convert(int argc, char **argv)
             a.wr_in_order = false;
             break;
         case 'U':
-            a.force_share = true;
+            /* Images are not locked, so there is nothing to share. */
             break;
         case 'r': {
             int64_t rate;
@@ -630,7 +637,6 @@ int cmd_convert(int argc, char **argv)
         .min_sparse = a.min_sparse,
         .wr_in_order = a.wr_in_order,
         .num_workers = (int)a.num_workers,
-        .quiet = a.quiet,
         .buf_sectors = IO_BUF_SECTORS,
         .prog = &prog,
         .target_backing_sectors = -1,
@@ -638,15 +644,13 @@ int cmd_convert(int argc, char **argv)
     pthread_mutex_init(&s.lock, NULL);
     pthread_cond_init(&s.cond, NULL);
     s.src = cli_xcalloc((size_t)src_num, sizeof(*s.src));
-    s.src_names = cli_xcalloc((size_t)src_num, sizeof(*s.src_names));
     s.src_sectors = cli_xcalloc((size_t)src_num, sizeof(*s.src_sectors));
     s.src_bytes = cli_xcalloc((size_t)src_num, sizeof(*s.src_bytes));
     vd_opts *o = NULL;
     ret = 1;
 
     for (int i = 0; i < src_num; i++) {
-        s.src_names[i] = argv[optind + i];
-        if (cli_open(e, s.src_names[i], a.fmt, src_flags, &s.src[i]) < 0) {
+        if (cli_open(e, argv[optind + i], a.fmt, src_flags, &s.src[i]) < 0) {
             goto out;
         }
         s.src_bytes[i] = vd_disk_size(s.src[i]);
@@ -759,7 +763,6 @@ out:
         }
     }
     free(s.src);
-    free(s.src_names);
     free(s.src_sectors);
     free(s.src_bytes);
     vd_opts_free(o);

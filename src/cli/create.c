@@ -237,6 +237,7 @@ static int img_create(const char *filename, const char *fmt, const char *base,
         print_formatting_line(filename, fmt, o);
     }
     vd_opts_del(o, "size");
+    cli_normalize_bools(fmt, o);
 
     if (backing_fmt && !backing) {
         cli_error("%s: Backing format cannot be used without backing file", filename);

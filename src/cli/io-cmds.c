@@ -1,16 +1,15 @@
-/* The commands of `vdisk io`, each with qemu-io 7.2's syntax, options, checks and messages in
- * qemu's order, so that a qemu-io script gives the same output here. Asynchronous commands
- * (aio_read, aio_write) complete before they return: they print what qemu-io prints when
- * the request completes. */
+/* The I/O commands of `vdisk io` and the command table, each with qemu-io 7.2's syntax,
+ * options, checks and messages in qemu's order, so that a qemu-io script gives the same
+ * output here. Asynchronous commands (aio_read, aio_write) complete before they
+ * return: they print what qemu-io prints when the request completes. */
 #include <errno.h>
+#include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "cli/cli-util.h"
 #include "cli/io-cmds.h"
@@ -1062,345 +1061,11 @@ static int map_f(io_state *s, int argc, char **argv)
     return 0;
 }
 
-/* ---- open / close / reopen / quit ---------------------------------------------------------- */
-
-static void open_help(void)
-{
-    printf("\n"
-           " opens a new file in the requested mode\n"
-           "\n"
-           " Example:\n"
-           " 'open -n -o driver=raw /tmp/data' - opens raw data file read-write, uncached\n"
-           "\n"
-           " Opens a file for subsequent use by all of the other qemu-io commands.\n"
-           " -r, -- open file read-only\n"
-           " -s, -- use snapshot file\n"
-           " -C, -- use copy-on-read\n"
-           " -n, -- disable host cache, short for -t none\n"
-           " -U, -- force shared permissions\n"
-           " -k, -- use kernel AIO implementation (Linux only, prefer use of -i)\n"
-           " -i, -- use AIO mode (threads, native or io_uring)\n"
-           " -t, -- use the given cache mode for the image\n"
-           " -d, -- use the given discard mode for the image\n"
-           " -o, -- options to be given to the block driver"
-           "\n");
-}
-
-/* Takes "driver=FMT" (the only block option vdisk io knows) out of an -o list. */
-static int parse_open_options(const char *list, char *format, size_t len)
-{
-    char *copy = cli_xstrdup(list);
-    char *save = copy;
-    char *item;
-    int ret = 0;
-    while ((item = strsep(&save, ",")) != NULL) {
-        if (!*item) {
-            continue;
-        }
-        if (!strncmp(item, "driver=", 7)) {
-            snprintf(format, len, "%s", item + 7);
-            continue;
-        }
-        io_error("Block option '%s' is not supported by vdisk io", item);
-        ret = -EINVAL;
-        break;
-    }
-    free(copy);
-    return ret;
-}
-
-static int open_f(io_state *s, int argc, char **argv)
-{
-    unsigned flags = VD_OPEN_UNMAP | VD_OPEN_WRITETHROUGH;
-    bool readonly = false, native_aio = false, force_share = false;
-    char format[64] = "";
-    int c;
-
-    while ((c = getopt(argc, argv, "snCro:ki:t:d:U")) != -1) {
-        switch (c) {
-        case 's':
-            io_error("snapshot mode (-s) is not supported by vdisk io");
-            return -EINVAL;
-        case 'n':
-            flags = (flags | VD_OPEN_NOCACHE) & ~(unsigned)VD_OPEN_WRITETHROUGH;
-            break;
-        case 'C':
-            break;
-        case 'U':
-            force_share = true;
-            break;
-        case 'r':
-            readonly = true;
-            break;
-        case 'k':
-            native_aio = true;
-            break;
-        case 't':
-            if (cli_parse_cache(optarg, &flags) < 0) {
-                io_error("Invalid cache option: %s", optarg);
-                return -EINVAL;
-            }
-            break;
-        case 'd':
-            if (io_parse_discard(optarg, &flags) < 0) {
-                io_error("Invalid discard option: %s", optarg);
-                return -EINVAL;
-            }
-            break;
-        case 'i': {
-            int a = io_parse_aio(optarg);
-            if (a < 0) {
-                io_error("Invalid aio option: %s", optarg);
-                return -EINVAL;
-            }
-            native_aio = a == 1;
-            break;
-        }
-        case 'o':
-            if (parse_open_options(optarg, format, sizeof(format)) < 0) {
-                return -EINVAL;
-            }
-            break;
-        default:
-            io_usage(io_find_cmd("open"));
-            return -EINVAL;
-        }
-    }
-    if (!readonly) {
-        flags |= VD_OPEN_RDWR;
-    }
-    if (optind != argc - 1) {
-        if (optind == argc) {
-            io_error("can't open: A block device must be specified for \"file\"");
-        } else {
-            io_usage(io_find_cmd("open"));
-        }
-        return -EINVAL;
-    }
-    if (force_share && !readonly) {
-        io_error("can't open device %s: force-share=on can only be used with read-only images",
-                 argv[optind]);
-        return -EINVAL;
-    }
-    return io_open_image(s, argv[optind], format[0] ? format : NULL, flags, native_aio) < 0
-               ? -EINVAL
-               : 0;
-}
-
-static int close_f(io_state *s, int argc, char **argv)
-{
-    (void)argc;
-    (void)argv;
-    io_close_image(s);
-    return 0;
-}
-
-static void reopen_help(void)
-{
-    printf("\n"
-           " Changes the open options of an already opened image\n"
-           "\n"
-           " Example:\n"
-           " 'reopen -o lazy-refcounts=on' - activates lazy refcount writeback on a qcow2 "
-           "image\n"
-           "\n"
-           " -r, -- Reopen the image read-only\n"
-           " -w, -- Reopen the image read-write\n"
-           " -c, -- Change the cache mode to the given value\n"
-           " -o, -- Changes block driver options (cf. 'open' command)\n"
-           "\n");
-}
-
-/* Reopening is a flush, a close and an open with the new flags; the old flags come back if
- * the new open fails, so the session keeps its image as qemu's does. */
-static int reopen_f(io_state *s, int argc, char **argv)
-{
-    unsigned flags = s->flags;
-    bool has_rw = false;
-    int c;
-
-    while ((c = getopt(argc, argv, "c:o:rw")) != -1) {
-        switch (c) {
-        case 'c':
-            if (cli_parse_cache(optarg, &flags) < 0) {
-                io_error("Invalid cache option: %s", optarg);
-                return -EINVAL;
-            }
-            break;
-        case 'o':
-            io_error("Block option '%s' cannot be changed by vdisk io", optarg);
-            return -EINVAL;
-        case 'r':
-        case 'w':
-            if (has_rw) {
-                io_error("Only one -r/-w option may be given");
-                return -EINVAL;
-            }
-            flags = c == 'r' ? flags & ~(unsigned)VD_OPEN_RDWR : flags | VD_OPEN_RDWR;
-            has_rw = true;
-            break;
-        default:
-            return io_usage(io_find_cmd("reopen"));
-        }
-    }
-    if (optind != argc) {
-        return io_usage(io_find_cmd("reopen"));
-    }
-    char *name = cli_xstrdup(vd_disk_filename(s->disk));
-    char *format = cli_xstrdup(vd_disk_format(s->disk));
-    unsigned old_flags = s->flags;
-    int ret = vd_close(s->disk);
-    s->disk = NULL;
-    if (ret < 0) {
-        io_error("Could not flush '%s': %s", name, strerror(-ret));
-    }
-    ret = io_open_image(s, name, format, flags, false);
-    if (ret < 0 && io_open_image(s, name, format, old_flags, false) < 0) {
-        s->disk = NULL;
-    }
-    free(name);
-    free(format);
-    return ret;
-}
-
-static int quit_f(io_state *s, int argc, char **argv)
-{
-    (void)argc;
-    (void)argv;
-    s->quit = true;
-    return 0;
-}
-
-/* ---- blkdebug, signals, sleep, help --------------------------------------------------- */
-
-/* Breakpoints need QEMU's blkdebug driver; without it qemu-io reports ENOTSUP too. */
-static int break_f(io_state *s, int argc, char **argv)
-{
-    (void)s;
-    (void)argc;
-    (void)argv;
-    printf("Could not set breakpoint: %s\n", strerror(ENOTSUP));
-    return -ENOTSUP;
-}
-
-static int remove_break_f(io_state *s, int argc, char **argv)
-{
-    (void)s;
-    (void)argc;
-    printf("Could not remove breakpoint %s: %s\n", argv[1], strerror(ENOTSUP));
-    return -ENOTSUP;
-}
-
-static int resume_f(io_state *s, int argc, char **argv)
-{
-    (void)s;
-    (void)argc;
-    (void)argv;
-    printf("Could not resume request: %s\n", strerror(ENOTSUP));
-    return -ENOTSUP;
-}
-
-static int wait_break_f(io_state *s, int argc, char **argv)
-{
-    (void)s;
-    (void)argc;
-    /* qemu-io would wait forever for a breakpoint that cannot be set. */
-    io_error("Could not wait for breakpoint %s: %s", argv[1], strerror(ENOTSUP));
-    return -ENOTSUP;
-}
-
-static int abort_f(io_state *s, int argc, char **argv)
-{
-    (void)s;
-    (void)argc;
-    (void)argv;
-    abort();
-}
-
-static void sigraise_help(void)
-{
-    printf("\n"
-           " raises the given signal\n"
-           "\n"
-           " Example:\n"
-           " 'sigraise %i' - raises SIGTERM\n"
-           "\n"
-           " Invokes raise(signal), where \"signal\" is the mandatory integer argument\n"
-           " given to sigraise.\n"
-           "\n", SIGTERM);
-}
-
-static int sigraise_f(io_state *s, int argc, char **argv)
-{
-    (void)s;
-    (void)argc;
-    int64_t sig = io_cvtnum(argv[1]);
-    if (sig < 0) {
-        io_print_cvtnum_err(sig, argv[1]);
-        return (int)sig;
-    } else if (sig > NSIG) {
-        printf("signal argument '%s' is too large to be a valid signal\n", argv[1]);
-        return -EINVAL;
-    }
-    /* raise() need not flush stdio: do it so that the output so far survives a kill. */
-    fflush(stdout);
-    fflush(stderr);
-    raise((int)sig);
-    return 0;
-}
-
-static int sleep_f(io_state *s, int argc, char **argv)
-{
-    char *end = NULL;
-    (void)s;
-    (void)argc;
-    long ms = strtol(argv[1], &end, 0);
-    if (ms < 0 || *end != '\0') {
-        printf("%s is not a valid number\n", argv[1]);
-        return -EINVAL;
-    }
-    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
-    }
-    return 0;
-}
-
-static void help_oneline(const char *cmd, const io_cmd *c)
-{
-    printf("%s ", cmd);
-    if (c->args) {
-        printf("%s ", c->args);
-    }
-    printf("-- %s\n", c->oneline);
-}
-
-static int help_f(io_state *s, int argc, char **argv)
-{
-    (void)s;
-    if (argc == 1) {
-        for (size_t i = 0; i < io_ncmds; i++) {
-            help_oneline(io_cmds[i].name, &io_cmds[i]);
-        }
-        printf("\nUse 'help commandname' for extended help.\n");
-        return 0;
-    }
-    const io_cmd *c = io_find_cmd(argv[1]);
-    if (!c) {
-        printf("command %s not found\n", argv[1]);
-        return -EINVAL;
-    }
-    help_oneline(argv[1], c);
-    if (c->help) {
-        c->help();
-    }
-    return 0;
-}
-
 /* ---- the table ------------------------------------------------------------------------- */
 
 /* Sorted by name, as qemu-io keeps its table (help lists it in this order). */
 const io_cmd io_cmds[] = {
-    {"abort", NULL, abort_f, 0, 0, IO_CMD_NOFILE_OK, NULL,
+    {"abort", NULL, io_abort_f, 0, 0, IO_CMD_NOFILE_OK, NULL,
      "simulate a program crash using abort(3)", NULL},
     {"aio_flush", NULL, aio_flush_f, 0, 0, 0, NULL, "completes all outstanding aio requests",
      NULL},
@@ -1411,36 +1076,36 @@ const io_cmd io_cmds[] = {
      aio_write_help},
     {"alloc", "a", alloc_f, 1, 2, 0, "offset [count]",
      "checks if offset is allocated in the file", NULL},
-    {"break", NULL, break_f, 2, 2, 0, "event tag",
+    {"break", NULL, io_break_f, 2, 2, 0, "event tag",
      "sets a breakpoint on event and tags the stopped request as tag", NULL},
-    {"close", "c", close_f, 0, 0, 0, NULL, "close the current open file", NULL},
+    {"close", "c", io_close_f, 0, 0, 0, NULL, "close the current open file", NULL},
     {"discard", "d", discard_f, 2, -1, IO_CMD_WRITE, "[-Cq] off len",
      "discards a number of bytes at a specified offset", discard_help},
     {"flush", "f", flush_f, 0, 0, 0, NULL, "flush all in-core file state to disk", NULL},
-    {"help", "?", help_f, 0, 1, IO_CMD_GLOBAL, "[command]", "help for one or all commands",
+    {"help", "?", io_help_f, 0, 1, IO_CMD_GLOBAL, "[command]", "help for one or all commands",
      NULL},
     {"info", "i", info_f, 0, 0, 0, NULL, "prints information about the current file", NULL},
     {"length", "l", length_f, 0, 0, 0, NULL, "gets the length of the current file", NULL},
     {"map", NULL, map_f, 0, 0, 0, "", "prints the allocated areas of a file", NULL},
-    {"open", "o", open_f, 1, -1, IO_CMD_NOFILE_OK,
+    {"open", "o", io_open_f, 1, -1, IO_CMD_NOFILE_OK,
      "[-rsCnkU] [-t cache] [-d discard] [-o options] [path]", "open the file specified by path",
-     open_help},
-    {"quit", "q", quit_f, -1, -1, IO_CMD_GLOBAL, NULL, "exit the program", NULL},
+     io_open_help},
+    {"quit", "q", io_quit_f, -1, -1, IO_CMD_GLOBAL, NULL, "exit the program", NULL},
     {"read", "r", read_f, 2, -1, 0, "[-abCqv] [-P pattern [-s off] [-l len]] off len",
      "reads a number of bytes at a specified offset", read_help},
     {"readv", NULL, readv_f, 2, -1, 0, "[-Cqv] [-P pattern] off len [len..]",
      "reads a number of bytes at a specified offset", readv_help},
-    {"remove_break", NULL, remove_break_f, 1, 1, 0, "tag", "remove a breakpoint by tag", NULL},
-    {"reopen", NULL, reopen_f, 0, -1, 0, "[(-r|-w)] [-c cache] [-o options]",
-     "reopens an image with new options", reopen_help},
-    {"resume", NULL, resume_f, 1, 1, 0, "tag", "resumes the request tagged as tag", NULL},
-    {"sigraise", NULL, sigraise_f, 1, 1, IO_CMD_NOFILE_OK, "signal", "raises a signal",
-     sigraise_help},
-    {"sleep", NULL, sleep_f, 1, 1, IO_CMD_NOFILE_OK, NULL,
+    {"remove_break", NULL, io_remove_break_f, 1, 1, 0, "tag", "remove a breakpoint by tag", NULL},
+    {"reopen", NULL, io_reopen_f, 0, -1, 0, "[(-r|-w)] [-c cache] [-o options]",
+     "reopens an image with new options", io_reopen_help},
+    {"resume", NULL, io_resume_f, 1, 1, 0, "tag", "resumes the request tagged as tag", NULL},
+    {"sigraise", NULL, io_sigraise_f, 1, 1, IO_CMD_NOFILE_OK, "signal", "raises a signal",
+     io_sigraise_help},
+    {"sleep", NULL, io_sleep_f, 1, 1, IO_CMD_NOFILE_OK, NULL,
      "waits for the given value in milliseconds", NULL},
     {"truncate", "t", truncate_f, 1, 3, IO_CMD_WRITE, "[-m prealloc_mode] off",
      "truncates the current file at the given offset", NULL},
-    {"wait_break", NULL, wait_break_f, 1, 1, 0, "tag", "waits for the suspension of a request",
+    {"wait_break", NULL, io_wait_break_f, 1, 1, 0, "tag", "waits for the suspension of a request",
      NULL},
     {"write", "w", write_f, 2, -1, IO_CMD_WRITE,
      "[-bcCfnquz] [-P pattern | -s source_file] off len",

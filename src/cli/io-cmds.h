@@ -20,6 +20,7 @@ typedef struct io_state {
     unsigned flags;    /* VD_OPEN_* the image was opened with */
     const char *format;/* -f / open -o driver=, or NULL to probe */
     bool misalign;     /* -m: buffers deliberately not aligned */
+    bool snapshot;     /* -s: the disk is an unlinked temporary overlay */
     bool quit;
 } io_state;
 
@@ -66,14 +67,32 @@ void io_dump_buffer(const void *buf, int64_t offset, int64_t len);
 /* "vdisk: <message>" on stderr, the stream qemu-io's error_report uses. */
 void io_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* Opens `name` into s (the "open" command and the command line). Returns 0 or -errno after
- * printing why. */
+/* Opens `name` into s (the "open" command and the command line); `snapshot` puts a temporary
+ * overlay on top so the image itself is never written. Returns 0 or -errno after printing
+ * why. */
 int io_open_image(io_state *s, const char *name, const char *format, unsigned flags,
-                  bool native_aio);
+                  bool native_aio, bool snapshot);
 void io_close_image(io_state *s);
 /* -d MODE (qemu's bdrv_parse_discard_flags): updates VD_OPEN_UNMAP; -1 if unknown. */
 int io_parse_discard(const char *mode, unsigned *flags);
 /* -i MODE: 1 for "native", 0 for "threads"/"io_uring", -1 if unknown. */
 int io_parse_aio(const char *mode);
+
+/* Session and miscellaneous commands (io.c); the I/O commands live in io-cmds.c. */
+void io_open_help(void);
+int io_open_f(io_state *s, int argc, char **argv);
+int io_close_f(io_state *s, int argc, char **argv);
+void io_reopen_help(void);
+int io_reopen_f(io_state *s, int argc, char **argv);
+int io_quit_f(io_state *s, int argc, char **argv);
+int io_break_f(io_state *s, int argc, char **argv);
+int io_remove_break_f(io_state *s, int argc, char **argv);
+int io_resume_f(io_state *s, int argc, char **argv);
+int io_wait_break_f(io_state *s, int argc, char **argv);
+int io_abort_f(io_state *s, int argc, char **argv);
+void io_sigraise_help(void);
+int io_sigraise_f(io_state *s, int argc, char **argv);
+int io_sleep_f(io_state *s, int argc, char **argv);
+int io_help_f(io_state *s, int argc, char **argv);
 
 #endif

@@ -1,15 +1,18 @@
 /* `vdisk io`: a qemu-io 7.2 compatible exerciser. This file holds the command line, the
- * command loop (-c strings or lines from stdin), dispatch, and the number and report
- * formatting shared by the commands in io-cmds.c, all worded exactly as qemu-io words them so
- * that qemu-io scripts and their output filters carry over unchanged. */
+ * command loop (-c strings or lines from stdin), dispatch, the session commands (open, close,
+ * reopen, help, quit, sigraise...) and the number and report formatting shared with the I/O
+ * commands in io-cmds.c, all worded exactly as qemu-io words them so that qemu-io scripts and
+ * their output filters carry over unchanged. */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cli/cli-util.h"
@@ -253,8 +256,10 @@ void io_dump_buffer(const void *buffer, int64_t offset, int64_t len)
 
 /* ---- the image ------------------------------------------------------------------------- */
 
+static int open_snapshot(io_state *s, const char *name, const char *format, unsigned flags);
+
 int io_open_image(io_state *s, const char *name, const char *format, unsigned flags,
-                  bool native_aio)
+                  bool native_aio, bool snapshot)
 {
     if (s->disk) {
         io_error("file open already, try 'help close'");
@@ -264,6 +269,9 @@ int io_open_image(io_state *s, const char *name, const char *format, unsigned fl
         io_error("can't open device %s: aio=native was specified, but it requires "
                  "cache.direct=on, which was not specified.", name);
         return -EINVAL;
+    }
+    if (snapshot) {
+        return open_snapshot(s, name, format, flags);
     }
     if (!format && (flags & VD_OPEN_RDWR)) {
         const char *probed = NULL;
@@ -298,12 +306,71 @@ int io_open_image(io_state *s, const char *name, const char *format, unsigned fl
     return 0;
 }
 
+/* -s: writes go to a temporary qcow2 overlay over the image, which stays untouched (qemu's
+ * snapshot=on). The overlay is unlinked once open, so nothing is left behind. */
+static int open_snapshot(io_state *s, const char *name, const char *format, unsigned flags)
+{
+    const char *tmpdir = getenv("TMPDIR");
+    char *tmp = NULL;
+    char *base = realpath(name, NULL);
+    vd_error *err = NULL;
+    vd_opts *o = NULL;
+    int ret;
+
+    if (!base) {
+        ret = -errno;
+        io_error("can't open device %s: Could not open '%s': %s", name, name, strerror(errno));
+        return ret;
+    }
+    if (!format) {
+        ret = vd_probe_format(name, &format, &err);
+        if (ret < 0) {
+            goto fail;
+        }
+    }
+    if (asprintf(&tmp, "%s/vl.XXXXXX", tmpdir && *tmpdir ? tmpdir : "/var/tmp") < 0) {
+        abort();
+    }
+    int fd = mkstemp(tmp);
+    if (fd < 0) {
+        ret = -errno;
+        vd_error_set(&err, VD_ERR_IO, errno, "Could not create temporary overlay '%s': %s",
+                     tmp, strerror(errno));
+        goto fail;
+    }
+    close(fd);
+    o = vd_opts_new();
+    vd_opts_set(o, "backing_file", base);
+    vd_opts_set(o, "backing_fmt", format);
+    ret = vd_create(s->engine, tmp, "qcow2", UINT64_MAX, o, 0, &err);
+    if (ret == 0) {
+        vd_open_opts oo = {.format = "qcow2", .flags = flags | VD_OPEN_RDWR};
+        ret = vd_open(s->engine, tmp, &oo, &s->disk, &err);
+    }
+    unlink(tmp);
+    if (ret == 0) {
+        s->flags = flags | VD_OPEN_RDWR;
+        s->snapshot = true;
+    }
+fail:
+    if (ret < 0) {
+        io_error("can't open device %s: %s", name, err ? vd_error_msg(err) : strerror(-ret));
+        s->disk = NULL;
+    }
+    vd_error_free(err);
+    vd_opts_free(o);
+    free(tmp);
+    free(base);
+    return ret;
+}
+
 void io_close_image(io_state *s)
 {
     if (s->disk) {
         vd_close(s->disk);
         s->disk = NULL;
     }
+    s->snapshot = false;
 }
 
 /* ---- dispatch --------------------------------------------------------------------------- */
@@ -433,6 +500,345 @@ static int command_loop(io_state *s, char **cmds, int ncmds)
     return last_error;
 }
 
+/* ---- open / close / reopen / quit ---------------------------------------------------------- */
+
+void io_open_help(void)
+{
+    printf("\n"
+           " opens a new file in the requested mode\n"
+           "\n"
+           " Example:\n"
+           " 'open -n -o driver=raw /tmp/data' - opens raw data file read-write, uncached\n"
+           "\n"
+           " Opens a file for subsequent use by all of the other qemu-io commands.\n"
+           " -r, -- open file read-only\n"
+           " -s, -- use snapshot file\n"
+           " -C, -- use copy-on-read\n"
+           " -n, -- disable host cache, short for -t none\n"
+           " -U, -- force shared permissions\n"
+           " -k, -- use kernel AIO implementation (Linux only, prefer use of -i)\n"
+           " -i, -- use AIO mode (threads, native or io_uring)\n"
+           " -t, -- use the given cache mode for the image\n"
+           " -d, -- use the given discard mode for the image\n"
+           " -o, -- options to be given to the block driver"
+           "\n");
+}
+
+/* Takes "driver=FMT" (the only block option vdisk io knows) out of an -o list. */
+static int parse_open_options(const char *list, char *format, size_t len)
+{
+    char *copy = cli_xstrdup(list);
+    char *save = copy;
+    char *item;
+    int ret = 0;
+    while ((item = strsep(&save, ",")) != NULL) {
+        if (!*item) {
+            continue;
+        }
+        if (!strncmp(item, "driver=", 7)) {
+            snprintf(format, len, "%s", item + 7);
+            continue;
+        }
+        io_error("Block option '%s' is not supported by vdisk io", item);
+        ret = -EINVAL;
+        break;
+    }
+    free(copy);
+    return ret;
+}
+
+int io_open_f(io_state *s, int argc, char **argv)
+{
+    unsigned flags = VD_OPEN_UNMAP | VD_OPEN_WRITETHROUGH;
+    bool readonly = false, native_aio = false, force_share = false, snapshot = false;
+    char format[64] = "";
+    int c;
+
+    while ((c = getopt(argc, argv, "snCro:ki:t:d:U")) != -1) {
+        switch (c) {
+        case 's':
+            snapshot = true;
+            break;
+        case 'n':
+            flags = (flags | VD_OPEN_NOCACHE) & ~(unsigned)VD_OPEN_WRITETHROUGH;
+            break;
+        case 'C':
+            break;
+        case 'U':
+            force_share = true;
+            break;
+        case 'r':
+            readonly = true;
+            break;
+        case 'k':
+            native_aio = true;
+            break;
+        case 't':
+            if (cli_parse_cache(optarg, &flags) < 0) {
+                io_error("Invalid cache option: %s", optarg);
+                return -EINVAL;
+            }
+            break;
+        case 'd':
+            if (io_parse_discard(optarg, &flags) < 0) {
+                io_error("Invalid discard option: %s", optarg);
+                return -EINVAL;
+            }
+            break;
+        case 'i': {
+            int a = io_parse_aio(optarg);
+            if (a < 0) {
+                io_error("Invalid aio option: %s", optarg);
+                return -EINVAL;
+            }
+            native_aio = native_aio || a == 1;  /* qemu only ever adds the flag */
+            break;
+        }
+        case 'o':
+            if (parse_open_options(optarg, format, sizeof(format)) < 0) {
+                return -EINVAL;
+            }
+            break;
+        default:
+            io_usage(io_find_cmd("open"));
+            return -EINVAL;
+        }
+    }
+    if (!readonly) {
+        flags |= VD_OPEN_RDWR;
+    }
+    if (optind != argc - 1) {
+        if (optind == argc) {
+            io_error("can't open: A block device must be specified for \"file\"");
+        } else {
+            io_usage(io_find_cmd("open"));
+        }
+        return -EINVAL;
+    }
+    if (force_share && !readonly) {
+        io_error("can't open device %s: force-share=on can only be used with read-only images",
+                 argv[optind]);
+        return -EINVAL;
+    }
+    return io_open_image(s, argv[optind], format[0] ? format : NULL, flags, native_aio,
+                         snapshot) < 0
+               ? -EINVAL
+               : 0;
+}
+
+int io_close_f(io_state *s, int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    io_close_image(s);
+    return 0;
+}
+
+void io_reopen_help(void)
+{
+    printf("\n"
+           " Changes the open options of an already opened image\n"
+           "\n"
+           " Example:\n"
+           " 'reopen -o lazy-refcounts=on' - activates lazy refcount writeback on a qcow2 "
+           "image\n"
+           "\n"
+           " -r, -- Reopen the image read-only\n"
+           " -w, -- Reopen the image read-write\n"
+           " -c, -- Change the cache mode to the given value\n"
+           " -o, -- Changes block driver options (cf. 'open' command)\n"
+           "\n");
+}
+
+/* Reopening is a flush, a close and an open with the new flags; the old flags come back if
+ * the new open fails, so the session keeps its image as qemu's does. */
+int io_reopen_f(io_state *s, int argc, char **argv)
+{
+    unsigned flags = s->flags;
+    bool has_rw = false;
+    int c;
+
+    while ((c = getopt(argc, argv, "c:o:rw")) != -1) {
+        switch (c) {
+        case 'c':
+            if (cli_parse_cache(optarg, &flags) < 0) {
+                io_error("Invalid cache option: %s", optarg);
+                return -EINVAL;
+            }
+            break;
+        case 'o':
+            io_error("Block option '%s' cannot be changed by vdisk io", optarg);
+            return -EINVAL;
+        case 'r':
+        case 'w':
+            if (has_rw) {
+                io_error("Only one -r/-w option may be given");
+                return -EINVAL;
+            }
+            flags = c == 'r' ? flags & ~(unsigned)VD_OPEN_RDWR : flags | VD_OPEN_RDWR;
+            has_rw = true;
+            break;
+        default:
+            return io_usage(io_find_cmd("reopen"));
+        }
+    }
+    if (optind != argc) {
+        return io_usage(io_find_cmd("reopen"));
+    }
+    if (s->snapshot) {
+        io_error("Cannot reopen a temporary snapshot overlay");
+        return -ENOTSUP;
+    }
+    char *name = cli_xstrdup(vd_disk_filename(s->disk));
+    char *format = cli_xstrdup(vd_disk_format(s->disk));
+    unsigned old_flags = s->flags;
+    int ret = vd_close(s->disk);
+    s->disk = NULL;
+    if (ret < 0) {
+        io_error("Could not flush '%s': %s", name, strerror(-ret));
+    }
+    ret = io_open_image(s, name, format, flags, false, false);
+    if (ret < 0 && io_open_image(s, name, format, old_flags, false, false) < 0) {
+        s->disk = NULL;
+    }
+    free(name);
+    free(format);
+    return ret;
+}
+
+int io_quit_f(io_state *s, int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    s->quit = true;
+    return 0;
+}
+
+/* ---- blkdebug, signals, sleep, help --------------------------------------------------- */
+
+/* Breakpoints need QEMU's blkdebug driver; without it qemu-io reports ENOTSUP too. */
+int io_break_f(io_state *s, int argc, char **argv)
+{
+    (void)s;
+    (void)argc;
+    (void)argv;
+    printf("Could not set breakpoint: %s\n", strerror(ENOTSUP));
+    return -ENOTSUP;
+}
+
+int io_remove_break_f(io_state *s, int argc, char **argv)
+{
+    (void)s;
+    (void)argc;
+    printf("Could not remove breakpoint %s: %s\n", argv[1], strerror(ENOTSUP));
+    return -ENOTSUP;
+}
+
+int io_resume_f(io_state *s, int argc, char **argv)
+{
+    (void)s;
+    (void)argc;
+    (void)argv;
+    printf("Could not resume request: %s\n", strerror(ENOTSUP));
+    return -ENOTSUP;
+}
+
+int io_wait_break_f(io_state *s, int argc, char **argv)
+{
+    (void)s;
+    (void)argc;
+    /* qemu-io would wait forever for a breakpoint that cannot be set. */
+    io_error("Could not wait for breakpoint %s: %s", argv[1], strerror(ENOTSUP));
+    return -ENOTSUP;
+}
+
+int io_abort_f(io_state *s, int argc, char **argv)
+{
+    (void)s;
+    (void)argc;
+    (void)argv;
+    abort();
+}
+
+void io_sigraise_help(void)
+{
+    printf("\n"
+           " raises the given signal\n"
+           "\n"
+           " Example:\n"
+           " 'sigraise %i' - raises SIGTERM\n"
+           "\n"
+           " Invokes raise(signal), where \"signal\" is the mandatory integer argument\n"
+           " given to sigraise.\n"
+           "\n", SIGTERM);
+}
+
+int io_sigraise_f(io_state *s, int argc, char **argv)
+{
+    (void)s;
+    (void)argc;
+    int64_t sig = io_cvtnum(argv[1]);
+    if (sig < 0) {
+        io_print_cvtnum_err(sig, argv[1]);
+        return (int)sig;
+    } else if (sig > NSIG) {
+        printf("signal argument '%s' is too large to be a valid signal\n", argv[1]);
+        return -EINVAL;
+    }
+    /* raise() need not flush stdio: do it so that the output so far survives a kill. */
+    fflush(stdout);
+    fflush(stderr);
+    raise((int)sig);
+    return 0;
+}
+
+int io_sleep_f(io_state *s, int argc, char **argv)
+{
+    char *end = NULL;
+    (void)s;
+    (void)argc;
+    long ms = strtol(argv[1], &end, 0);
+    if (ms < 0 || *end != '\0') {
+        printf("%s is not a valid number\n", argv[1]);
+        return -EINVAL;
+    }
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+    }
+    return 0;
+}
+
+static void help_oneline(const char *cmd, const io_cmd *c)
+{
+    printf("%s ", cmd);
+    if (c->args) {
+        printf("%s ", c->args);
+    }
+    printf("-- %s\n", c->oneline);
+}
+
+int io_help_f(io_state *s, int argc, char **argv)
+{
+    (void)s;
+    if (argc == 1) {
+        for (size_t i = 0; i < io_ncmds; i++) {
+            help_oneline(io_cmds[i].name, &io_cmds[i]);
+        }
+        printf("\nUse 'help commandname' for extended help.\n");
+        return 0;
+    }
+    const io_cmd *c = io_find_cmd(argv[1]);
+    if (!c) {
+        printf("command %s not found\n", argv[1]);
+        return -EINVAL;
+    }
+    help_oneline(argv[1], c);
+    if (c->help) {
+        c->help();
+    }
+    return 0;
+}
+
 /* ---- command line ------------------------------------------------------------------------ */
 
 static void usage(void)
@@ -446,7 +852,7 @@ static void usage(void)
            "                       from the given string\n"
            "  -f, --format FMT     specifies the block driver to use\n"
            "  -r, --read-only      export read-only\n"
-           "  -s, --snapshot       use snapshot file (not supported)\n"
+           "  -s, --snapshot       use snapshot file\n"
            "  -n, --nocache        disable host cache, short for -t none\n"
            "  -C, --copy-on-read   enable copy-on-read (accepted, no effect)\n"
            "  -m, --misalign       misalign allocations for O_DIRECT\n"
@@ -575,7 +981,7 @@ int cmd_io(int argc, char **argv)
                 free(cmds);
                 return 1;
             }
-            native_aio = a == 1;
+            native_aio = native_aio || a == 1;  /* qemu only ever adds the flag */
             break;
         }
         case 't':
@@ -614,8 +1020,8 @@ int cmd_io(int argc, char **argv)
         free(cmds);
         return 1;
     }
-    if (image_opts || snapshot) {
-        io_error("%s is not supported by vdisk io", image_opts ? "--image-opts" : "-s");
+    if (image_opts) {
+        io_error("--image-opts is not supported by vdisk io");
         free(cmds);
         return 1;
     }
@@ -636,7 +1042,7 @@ int cmd_io(int argc, char **argv)
                      "images", argv[optind]);
             ret = -EINVAL;
         } else {
-            ret = io_open_image(&s, argv[optind], format, flags, native_aio);
+            ret = io_open_image(&s, argv[optind], format, flags, native_aio, snapshot);
         }
     }
     if (ret == 0) {

@@ -174,7 +174,7 @@ int cmd_map(int argc, char **argv)
         int64_t offset = curr.start + curr.length;
         ret = get_status(d, chain_len, offset, length - offset, &next);
         if (ret < 0) {
-            fflush(stdout);
+            cli_print_io_detail(d);
             cli_error("Could not read file metadata: %s", strerror(-ret));
             goto out;
         }

@@ -123,6 +123,7 @@ int cmd_measure(int argc, char **argv)
             cli_error("Invalid options for file format '%s'", out_fmt);
             goto out;
         }
+        cli_normalize_bools(out_fmt, o);
     }
     uint64_t size = src ? vd_disk_size(src) : (uint64_t)img_size;
     if (!src) {

@@ -90,19 +90,17 @@ int cmd_resize(int argc, char **argv)
         goto out;
     }
     int64_t current = (int64_t)vd_disk_size(d);
-    int64_t total;
-    if (relative) {
-        /* Sizes beyond int64 behave as qemu's signed arithmetic would: far out of range. */
-        if (n > (uint64_t)INT64_MAX) {
-            total = relative > 0 ? INT64_MAX : -1;
-        } else if (relative > 0) {
-            total = (int64_t)n > INT64_MAX - current ? INT64_MAX : current + (int64_t)n;
-        } else {
-            total = current - (int64_t)n;
-        }
+    /* qemu computes the new size in signed 64-bit arithmetic; sizes past INT64_MAX wrap to
+     * negative values and are then refused as not positive. Unsigned math wraps the same. */
+    uint64_t t = (uint64_t)current;
+    if (relative > 0) {
+        t += n;
+    } else if (relative < 0) {
+        t -= n;
     } else {
-        total = n > (uint64_t)INT64_MAX ? -1 : (int64_t)n;
+        t = n;
     }
+    int64_t total = (int64_t)t;
     if (total <= 0) {
         cli_error("New image size must be positive");
         goto out;

@@ -374,6 +374,22 @@ int cli_parse_options(const char *fmt, const char *list, const char *const *allo
     return ret;
 }
 
+void cli_normalize_bools(const char *fmt, vd_opts *o)
+{
+    for (size_t i = 0; i < vd_opts_count(o); i++) {
+        const char *k = vd_opts_key(o, i);
+        const char *v = vd_opts_value(o, i);
+        if (cli_option_type(fmt, k) != CLI_OPT_BOOL) {
+            continue;
+        }
+        bool on = !strcmp(v, "on") || !strcmp(v, "true") || !strcmp(v, "yes") ||
+                  !strcmp(v, "y");
+        char *key = cli_xstrdup(k);
+        vd_opts_set(o, key, on ? "on" : "off");
+        free(key);
+    }
+}
+
 static const char *type_label(const char *t)
 {
     switch (type_from_name(t)) {
@@ -856,4 +872,20 @@ int cli_chain_length(vd_disk *d)
         n++;
     }
     return n;
+}
+
+void cli_print_io_detail(vd_disk *d)
+{
+    const char *msg = d ? vd_disk_last_error(d) : NULL;
+    if (!msg) {
+        return;
+    }
+    /* Notes are "<image>: qcow2: ..."; qemu prints the part from "qcow2:" on. */
+    for (const char *q = strstr(msg, "qcow2: "); q; q = strstr(q + 1, "qcow2: ")) {
+        if (q == msg || (q >= msg + 2 && q[-2] == ':' && q[-1] == ' ')) {
+            fflush(stdout);
+            fprintf(stderr, "%s\n", q);
+            return;
+        }
+    }
 }

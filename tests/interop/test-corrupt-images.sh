@@ -100,8 +100,8 @@ while IFS=$'\t' read -r name dir expect w1 w2; do
             if [ "$want" = fail ] && [ $rc -eq 0 ]; then
                 err="exit 0, but this image must be refused"
             elif [ "$want" = ok ] && [ $rc -ne 0 ]; then
-                err="exit $rc, but this image is usable: $(head -c 200 stderr.txt stdout.txt |
-                    tr '\n' ' ')"
+                err="exit $rc, but this image is usable: $(cat stderr.txt stdout.txt |
+                    grep -v '^[[:space:]]*$' | head -n 2 | tr '\n' ' ')"
             fi
         fi
         if [ -n "$err" ]; then

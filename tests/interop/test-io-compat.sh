@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# `vdisk io` against qemu-io 7.2: the same commands on twin images (raw and qcow2) must print
-# the same stdout and stderr (timing figures and program names filtered, as qemu-iotests
-# filter them), exit with the same code, and leave images with the same contents.
+# `vdisk io` against qemu-io 7.2, and `vdisk bench` against qemu-img bench: the same commands
+# on twin images (raw and qcow2) must print the same stdout and stderr (timing figures and
+# program names filtered, as qemu-iotests filter them), exit with the same code, and leave
+# images with the same contents.
 . "$(dirname "$0")/../lib.sh"
 vd_init
 
 # qemu-iotests' _filter_qemu_io, plus the -C statistics line and the program name.
+STATS_RE='[0-9]* ops; [0-9/:. sec]* ([0-9/.inf]* [EPTGMKiBbytes]*\/sec and [0-9/.inf]* ops\/sec)'
+STATS_TO='X ops; XX:XX:XX.X (XXX YYY\/sec and XXX ops\/sec)'
 filter_io() {
-    sed -e 's/[0-9]* ops; [0-9/:. sec]* ([0-9/.inf]* [EPTGMKiBbytes]*\/sec and [0-9/.inf]* ops\/sec)/X ops; XX:XX:XX.X (XXX YYY\/sec and XXX ops\/sec)/' \
+    sed -e "s/$STATS_RE/$STATS_TO/" \
         -e 's/^\([0-9]*\),\([0-9]*\),[0-9:.]*,[0-9.inf]*,[0-9.inf]*$/\1,\2,TIME,RATE,RATE/' \
         -e 's/^qemu-io: /PROG: /' -e 's/^vdisk: /PROG: /' \
         -e 's/twin-[qv]\./twin-X./g' -e 's/probe-[qv]\./probe-X./g'
@@ -213,6 +216,8 @@ common_cases() {
     io_case "$fmt-nocache" "$fmt" "$F -n" "write -P 2 0 64k" "read -P 2 0 64k" \
         "read -P 2 512 512"
     io_case "$fmt-discard-ignore" "$fmt" "$F -d ignore" "write -P 1 0 64k" "discard 0 64k"
+    io_case "$fmt-snapshot" "$fmt" "$F -s" "write -P 1 0 64k" "read -P 1 0 64k" "map" "info" \
+        "length"
 
     make_twins "$fmt" 4M
     stdin_case "$fmt-stdin" "$fmt" "$F" \
@@ -299,5 +304,69 @@ make_twins raw 1M
 io_case raw-sigraise-kill raw "-f raw" "write -P 3 0 512" "sigraise 9" "write -P 4 0 512"
 make_twins qcow2 1M
 io_case qcow2-sigraise-kill qcow2 "-f qcow2" "write -P 3 0 64k" "sigraise 9" "read 0 1"
+
+# ---- vdisk bench against qemu-img bench ----------------------------------------------------
+
+# bench_case NAME ARGS...: same lines (the run time filtered) and exit code; the image argument
+# is spelled bench-X.raw.
+bench_case() {
+    local name=$1 a qa=() va=() t
+    shift
+    for t in q v; do
+        "$QEMU_IMG" create -f raw bench-$t.raw 1M >/dev/null
+    done
+    for a in "$@"; do
+        qa+=("${a//bench-X/bench-q}")
+        va+=("${a//bench-X/bench-v}")
+    done
+    "$QEMU_IMG" bench "${qa[@]}" >q.out 2>q.err </dev/null
+    echo $? >q.rc
+    "$VDISK" bench "${va[@]}" >v.out 2>v.err </dev/null
+    echo $? >v.rc
+    for t in q v; do
+        sed -i -e 's/Run completed in [0-9.]* seconds/Run completed in T seconds/' \
+            -e 's/^qemu-img: /PROG: /' -e 's/^vdisk: /PROG: /' -e 's/bench-[qv]\./bench-X./g' \
+            -e "s/'qemu-img --help'/'PROG --help'/" -e "s/'vdisk --help'/'PROG --help'/" \
+            $t.out $t.err
+    done
+    compare_runs "$name" || return 1
+    if ! cmp -s bench-q.raw bench-v.raw; then
+        fail "$name" "the images differ after the run"
+        return 1
+    fi
+    pass "$name"
+}
+bench_case bench-read -c 100 -d 4 -f raw bench-X.raw
+bench_case bench-write -w -c 100 -d 8 --pattern=0x5a -S 8k -f raw bench-X.raw
+bench_case bench-write-wrap -w -c 300 -s 1k -S 5k -o 3k --pattern=7 -f raw bench-X.raw
+bench_case bench-flush -w -c 100 -d 8 --flush-interval=16 -f raw bench-X.raw
+bench_case bench-flush-no-drain -w -c 100 -d 8 --flush-interval=16 --no-drain -f raw \
+    bench-X.raw
+bench_case bench-options -c 10 -d 2 -q -U -i threads -t writeback -n -i io_uring -f raw \
+    bench-X.raw
+bench_case bench-zero-count -c 0 -f raw bench-X.raw
+bench_case bench-zero-size -c 3 -s 0 -f raw bench-X.raw
+bench_case bench-hex-count -c 0x10 -s 1.5k -f raw bench-X.raw
+bench_case bench-past-end -c 10 -d 4 -o 1M -f raw bench-X.raw
+bench_case bench-bad-count -c abc -f raw bench-X.raw
+bench_case bench-bad-count2 -c 2147483648 -f raw bench-X.raw
+bench_case bench-bad-depth -d x -f raw bench-X.raw
+bench_case bench-bad-size -s 1x -f raw bench-X.raw
+bench_case bench-big-size -s 3G -f raw bench-X.raw
+bench_case bench-big-step -S 3G -f raw bench-X.raw
+bench_case bench-big-offset -o 9E -f raw bench-X.raw
+bench_case bench-bad-pattern --pattern=300 -f raw bench-X.raw
+bench_case bench-bad-interval --flush-interval=x -w -f raw bench-X.raw
+bench_case bench-interval-read --flush-interval=64 -f raw bench-X.raw
+bench_case bench-interval-depth -w --flush-interval=2 -d 4 -f raw bench-X.raw
+bench_case bench-bad-cache -t bogus -f raw bench-X.raw
+bench_case bench-bad-aio -i bogus -f raw bench-X.raw
+bench_case bench-native -n -c 3 -f raw bench-X.raw
+bench_case bench-native-direct -i native -t none -c 3 -f raw bench-X.raw
+bench_case bench-missing -c 3 -f raw missing.raw
+bench_case bench-wrong-format -c 3 -f qcow2 bench-X.raw
+bench_case bench-two-files -f raw bench-X.raw bench-X.raw
+bench_case bench-bad-option -x -f raw bench-X.raw
+bench_case bench-probe-warning -w -c 3 bench-X.raw
 
 vd_finish

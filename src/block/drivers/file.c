@@ -85,7 +85,7 @@ static int file_pwrite(vd_node *n, const void *buf, uint64_t len, uint64_t off,
         off += (uint64_t)r;
         len -= (uint64_t)r;
     }
-    if (flags & VD_REQ_FUA) {
+    if ((flags & VD_REQ_FUA) && !(n->open_flags & VD_OPEN_NO_FLUSH)) {
         (void)start;
         (void)total;
         if (fdatasync(n->fd) < 0) {
@@ -129,6 +129,9 @@ static int file_pdiscard(vd_node *n, uint64_t off, uint64_t len)
 
 static int file_flush(vd_node *n)
 {
+    if (n->open_flags & VD_OPEN_NO_FLUSH) {
+        return 0;  /* cache=unsafe: the user asked us not to pay for durability */
+    }
     return fdatasync(n->fd) < 0 ? -errno : 0;
 }
 

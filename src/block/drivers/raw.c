@@ -121,6 +121,16 @@ static int raw_create(vd_engine *e, const char *filename, uint64_t size, const v
         return ret;
     }
     ret = vd_node_truncate(file, size, false, prealloc, errp);
+    if (ret == 0 && size > 0 && !strcmp(prealloc, "off")) {
+        /* Like qemu-img, allocate the first block so later alignment probing of the file
+         * finds real storage there (and `info` shows the same disk size). */
+        static const char zeros[4096];
+        uint64_t n = size < sizeof(zeros) ? size : sizeof(zeros);
+        ret = vd_node_pwrite(file, zeros, n, 0, 0);
+        if (ret < 0) {
+            vd_error_set(errp, VD_ERR_IO, -ret, "%s: %s", filename, strerror(-ret));
+        }
+    }
     if (ret == 0) {
         ret = vd_node_flush(file);
         if (ret < 0) {

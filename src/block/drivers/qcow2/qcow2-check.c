@@ -652,12 +652,12 @@ static int check_refblocks(chk *k, bool *rebuild)
                 ret = -EINVAL;
             } else if (off + k->cs > limit) {
                 ret = -EFBIG;
-                qcow2_chk_log(k, "Could not resize file: %s", strerror(EFBIG));
+                qcow2_chk_log(k, REPORT "Could not resize file: %s", strerror(EFBIG));
             } else {
                 ret = vd_node_truncate(k->file, off + k->cs, false, "off", &err);
                 vd_error_free(err);
                 if (ret < 0) {
-                    qcow2_chk_log(k, "Could not resize file: %s", strerror(-ret));
+                    qcow2_chk_log(k, REPORT "Could not resize file: %s", strerror(-ret));
                 }
             }
             if (ret == 0) {

@@ -30,6 +30,10 @@
 
 enum { CHECK_FRAG_INFO = 1 };
 
+/* Starts the log lines that qemu-img prints through error_report(), which prefixes them
+ * with the program's name; ours is vdisk. */
+#define REPORT "vdisk: "
+
 typedef struct strbuf {
     char *s;
     size_t len, cap;
