@@ -9,8 +9,12 @@ set -euo pipefail
 size=$(bench_size $((2 << 30)) $((64 << 20)))
 seed=20240601
 mkdir -p "$BENCH_CACHE"
-src="$BENCH_CACHE/realistic-v$(python3 "$BENCH_SRC/mkimage.py" --version)-$seed-$size.raw"
+version=$(python3 "$BENCH_SRC/mkimage.py" --version)
+src="$BENCH_CACHE/realistic-v$version-$seed-$size.raw"
 if [ ! -f "$src" ]; then
+    # Images from older generator versions are never used again.
+    find "$BENCH_CACHE" -maxdepth 1 -name 'realistic-v*.raw' ! -name "realistic-v$version-*" \
+        -delete
     echo "bench: generating $src (once; cached)" >&2
     python3 "$BENCH_SRC/mkimage.py" --seed "$seed" "$src" "$size" >&2
     bench_settle

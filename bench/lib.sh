@@ -93,7 +93,7 @@ bench_failed() {
 bench_mark_failed() {
     : >"$BENCH_DIR/failed.$1.$2"
     local log="$BENCH_DIR/logs/$1.$2.r$3.log" said
-    said=$(grep -v -e '^\$ ' -e '^measure: ' "$log" | tail -2 | tr '\n' ' ' | cut -c1-200)
+    said=$(grep -v -e '^\$ ' -e '^measure: ' "$log" | tail -1 | cut -c1-240)
     bench_note "$1" "$2 failed in round $3: ${said:-no output} (log: $log)"
 }
 

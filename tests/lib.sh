@@ -7,6 +7,7 @@
 #     vd_init                      # scratch dir, cleanup trap, tool checks
 #     ...; pass "name" / fail "name" "why"
 #     vd_finish                    # exit status: 1 if any case failed
+# shellcheck shell=bash
 
 # Paths. run-all.sh exports VDISK (and VDISK_ASAN); a test run by hand finds the builds.
 VD_TESTS=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

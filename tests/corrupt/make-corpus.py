@@ -250,6 +250,8 @@ def main():
            dict(CHECK_FAIL, write="fail"))
     c.case("l2-entry-at-header", "a data cluster at host offset 0 with COPIED", b4k,
            l2_poke(lambda i, d: q.COPIED | 0x200), dict(READ_FAIL, check="fail"))
+    c.case("l2-entry-offset-0-copied", "an L2 entry with COPIED and host offset 0 (the "
+           "header)", b4k, l2_poke(lambda i, d: q.COPIED))
     c.case("l2-reserved-bits", "an L2 entry with reserved bits 1..8 set", b4k,
            l2_poke(lambda i, d: d | 0x1FE), CHECK_FAIL)
     c.case("l2-zero-flag-v2", "zero flag in an L2 entry of a v2 image", bv2,

@@ -96,7 +96,7 @@ keep_writing() {
     if apply_ops vdisk "$img" ops.txt >apply.out 2>&1; then
         pass "$name/write"
     else
-        fail "$name/write" "vdisk io failed on a qemu-made image (seed $s)" apply.out
+        fail "$name/write" "vdisk io failed on a qemu-made image (Q2VD_SEED=$seed)" apply.out
         fail "$name/write-check" "not run: vdisk io failed"
         fail "$name/write-compare" "not run: vdisk io failed"
         return 1
@@ -109,7 +109,7 @@ keep_writing() {
     if "$QEMU_IMG" compare -f qcow2 -F qcow2 "$img" "$twin" >cmp.out 2>&1; then
         pass "$name/write-compare"
     else
-        fail "$name/write-compare" "differs from the qemu-io twin (seed $s)" cmp.out
+        fail "$name/write-compare" "differs from the qemu-io twin (Q2VD_SEED=$seed)" cmp.out
     fi
 }
 

@@ -390,6 +390,15 @@ static void note_to_log(void *opaque, const char *msg)
     qcow2_chk_log(opaque, "%s", msg);
 }
 
+static int fetch_from_file(void *opaque, uint64_t off, void *buf, size_t len)
+{
+    chk *k = opaque;
+    if (off > UINT64_MAX - k->sn_offset) {
+        return -EIO;
+    }
+    return qcow2_chk_read(k, buf, len, k->sn_offset + off);
+}
+
 /* QEMU's qcow2_check_read_snapshot_table: reads the table tolerantly (check mode skips it
  * at open), dropping what `-r all` drops, and counts incomplete v3 entries. */
 int qcow2_chk_read_snapshots(chk *k, counts *sr)
@@ -422,49 +431,38 @@ int qcow2_chk_read_snapshots(chk *k, counts *sr)
         k->sn_size = 0;
     } else {
         qcow2_snapshot_decode_opts o = {
-            .no_l1_checks = true, .repair = repair, .note = note_to_log, .opaque = k,
+            .no_l1_checks = true, .repair = repair, .note = note_to_log,
+            .fetch = fetch_from_file, .opaque = k,
         };
-        /* Past the end of the file the table reads as zeros, as in QEMU. */
+        /* Most tables fit in one read; the rest (huge extra data that -r all skips) is
+         * fetched piecewise. Past the end of the file the table reads as zeros. */
         uint64_t want = (uint64_t)nb * 128 + 4096;
-        for (;;) {
-            vd_error *err = NULL;
-            size_t mark = k->log->len;
-            if (want > SNAPSHOT_READ_MAX) {
-                want = SNAPSHOT_READ_MAX;
+        vd_error *err = NULL;
+        if (want > SNAPSHOT_READ_MAX) {
+            want = SNAPSHOT_READ_MAX;
+        }
+        uint8_t *buf = malloc(want);
+        if (!buf) {
+            sr->check_errors++;
+            return -ENOMEM;
+        }
+        ret = qcow2_chk_read(k, buf, want, off);
+        if (ret == 0) {
+            ret = qcow2_snapshots_decode_ex(buf, want, nb, &k->h, k->what, &o, &k->sn,
+                                            &k->nb_sn, &k->sn_size, &truncated, &err);
+        }
+        free(buf);
+        if (ret < 0) {
+            const char *msg = err ? vd_error_msg(err) : strerror(-ret);
+            size_t wl = strlen(k->what);
+            /* qemu-img's line carries no file name. */
+            if (err && strncmp(msg, k->what, wl) == 0 && strncmp(msg + wl, ": ", 2) == 0) {
+                msg += wl + 2;
             }
-            uint8_t *buf = malloc(want ? want : 1);
-            if (!buf) {
-                sr->check_errors++;
-                return -ENOMEM;
-            }
-            ret = qcow2_chk_read(k, buf, want, off);
-            if (ret == 0) {
-                ret = qcow2_snapshots_decode_ex(buf, want, nb, &k->h, k->what, &o, &k->sn,
-                                                &k->nb_sn, &k->sn_size, &truncated, &err);
-            }
-            free(buf);
-            if (ret == -ERANGE && want < SNAPSHOT_READ_MAX) {
-                vd_error_free(err);
-                k->log->len = mark;  /* the retry repeats any "Discarding" notes */
-                if (k->log->s) {
-                    k->log->s[mark] = '\0';
-                }
-                want *= 4;
-                continue;
-            }
-            if (ret < 0) {
-                const char *msg = err ? vd_error_msg(err) : strerror(-ret);
-                size_t wl = strlen(k->what);
-                /* qemu-img's line carries no file name. */
-                if (err && strncmp(msg, k->what, wl) == 0 && strncmp(msg + wl, ": ", 2) == 0) {
-                    msg += wl + 2;
-                }
-                sr->check_errors++;
-                qcow2_chk_log(k, REPORT "ERROR failed to read the snapshot table: %s", msg);
-                vd_error_free(err);
-                return ret;
-            }
-            break;
+            sr->check_errors++;
+            qcow2_chk_log(k, REPORT "ERROR failed to read the snapshot table: %s", msg);
+            vd_error_free(err);
+            return ret;
         }
         reduced += nb - k->nb_sn;
     }

@@ -23,7 +23,8 @@ static void sb_vadd(strbuf *b, const char *fmt, va_list ap)
     if (n < 0) {
         return;
     }
-    if (b->len + (size_t)n + 2 > LOG_MAX) {
+    /* Room is kept for the closing "(N more messages not shown)" line. */
+    if (b->len + (size_t)n + 2 > LOG_MAX - 128 && !b->closing) {
         b->dropped++;
         return;
     }
@@ -1079,8 +1080,7 @@ int qcow2_check_image(struct vd_node *file, const char *what, unsigned fix,
     }
     if (log.dropped) {
         uint64_t n = log.dropped;
-        log.dropped = 0;
-        log.len = log.len > LOG_MAX - 128 ? LOG_MAX - 128 : log.len;
+        log.closing = true;
         chk tmp = {.log = &log};
         qcow2_chk_log(&tmp, "(%" PRIu64 " more messages not shown)", n);
     }

@@ -22,7 +22,7 @@
  * make it grow (and our in-memory table with it) without bound. */
 #define MAX_REPAIR_GROWTH (1ull << 30)
 /* Messages kept in res->log; a hostile image can produce billions of them. */
-#define LOG_MAX (16u << 20)
+#define LOG_MAX (64u << 20)
 /* L1 and L2 entries one pass may visit. QEMU has no limit, but tables that point at the
  * same L2 table over and over (or snapshots sharing one L1) make the work explode without
  * making the file bigger; a real image needs far less than this. */
@@ -38,6 +38,7 @@ typedef struct strbuf {
     char *s;
     size_t len, cap;
     uint64_t dropped;        /* lines not kept once the log reached LOG_MAX */
+    bool closing;            /* adding the line that says how many were dropped */
 } strbuf;
 
 typedef struct counts {

@@ -209,13 +209,17 @@ typedef struct qcow2_snapshot_decode_opts {
     bool repair;
     /* Receives the messages QEMU prints while repairing ("Discarding ..."); may be NULL. */
     void (*note)(void *opaque, const char *msg);
+    /* Supplies table bytes [off, off+len) past the buffer (QEMU reads the table straight
+     * from the file, zeros past its end); NULL: such entries fail with -ERANGE. */
+    int (*fetch)(void *opaque, uint64_t off, void *buf, size_t len);
     void *opaque;
 } qcow2_snapshot_decode_opts;
 
 /* As qcow2_snapshots_decode, with opts (NULL = strict). *nb_out gets the number of entries
  * kept, *table_len the on-disk extent of those entries (QEMU's snapshots_size, what check
  * refcounts), *nb_extra_truncated (may be NULL) how many had extra data cut to 1 KiB.
- * Fails with -ERANGE when an entry runs past len, so a caller may retry with more bytes. */
+ * Without opts->fetch, fails with -ERANGE when an entry runs past len (a caller may retry
+ * with more bytes). */
 int qcow2_snapshots_decode_ex(const uint8_t *buf, size_t len, uint32_t nb,
                               const qcow2_header *h, const char *what,
                               const qcow2_snapshot_decode_opts *opts, qcow2_snapshot **out,

@@ -46,25 +46,53 @@ static void note(const qcow2_snapshot_decode_opts *o, const char *fmt, ...)
     o->note(o->opaque, msg);
 }
 
-/* Copies an on-disk string (no NUL) into a NUL-terminated heap string. */
-static char *copy_str(const uint8_t *p, size_t len)
+/* The table's bytes [off, off+n): from buf, or past its end from opts->fetch. -ERANGE
+ * when neither has them, which tells a caller that a longer read may succeed. */
+static int get_bytes(const uint8_t *buf, size_t len, const qcow2_snapshot_decode_opts *o,
+                     uint64_t off, void *dst, size_t n)
 {
-    char *s = malloc(len + 1);
-    if (!s) {
-        return NULL;
+    if (off <= len && n <= len - off) {
+        memcpy(dst, buf + off, n);
+        return 0;
     }
-    memcpy(s, p, len);
-    s[len] = '\0';
-    return s;
+    if (o && o->fetch) {
+        uint64_t have = off < len ? len - off : 0;
+        if (have) {
+            memcpy(dst, buf + off, have);
+        }
+        int ret = o->fetch(o->opaque, off + have, (uint8_t *)dst + have, n - have);
+        return ret < 0 ? ret : 0;
+    }
+    return -ERANGE;
 }
 
-static int entry_beyond(const char *what, uint32_t i, uint64_t need, size_t len,
-                        vd_error **errp)
+static int get_failed(int ret, const char *what, uint32_t i, size_t len, vd_error **errp)
 {
-    /* -ERANGE tells a caller that a longer read of the table may succeed. */
-    return vd_error_set(errp, VD_ERR_CORRUPT, ERANGE,
-                        "%s: snapshot table entry %" PRIu32 " ends at byte %" PRIu64
-                        " of the table, beyond the %zu bytes available", what, i, need, len);
+    if (ret == -ERANGE) {
+        return vd_error_set(errp, VD_ERR_CORRUPT, ERANGE,
+                            "%s: snapshot table entry %" PRIu32 " runs past the %zu bytes "
+                            "of the table available", what, i, len);
+    }
+    return vd_error_set(errp, VD_ERR_IO, -ret, "%s: Failed to read snapshot table: %s", what,
+                        strerror(-ret));
+}
+
+/* Reads an on-disk string (no NUL) into a NUL-terminated heap string. */
+static int get_str(const uint8_t *buf, size_t len, const qcow2_snapshot_decode_opts *o,
+                   uint64_t off, size_t n, char **out)
+{
+    char *str = malloc(n + 1);
+    if (!str) {
+        return -ENOMEM;
+    }
+    int ret = get_bytes(buf, len, o, off, str, n);
+    if (ret < 0) {
+        free(str);
+        return ret;
+    }
+    str[n] = '\0';
+    *out = str;
+    return 0;
 }
 
 int qcow2_snapshots_decode_ex(const uint8_t *buf, size_t len, uint32_t nb,
@@ -107,16 +135,16 @@ int qcow2_snapshots_decode_ex(const uint8_t *buf, size_t len, uint32_t nb,
         qcow2_snapshot *s = &sn[i];
         uint64_t entry_start = pos;
         uint64_t start = (pos + 7) & ~7ull;
-        const uint8_t *p;
+        uint8_t p[SNAPSHOT_HEADER_LEN];
         uint32_t extra_size, kept_extra, id_size, name_size;
         uint64_t extra_end, end;
 
         logical = (logical + 7) & ~7ull;
-        if (start > len || len - start < SNAPSHOT_HEADER_LEN) {
-            ret = entry_beyond(what, i, start + SNAPSHOT_HEADER_LEN, len, errp);
+        ret = get_bytes(buf, len, opts, start, p, sizeof(p));
+        if (ret < 0) {
+            ret = get_failed(ret, what, i, len, errp);
             goto fail;
         }
-        p = buf + start;
         s->l1_table_offset = vd_be64(p);
         s->l1_size = vd_be32(p + 8);
         id_size = vd_be16(p + 12);
@@ -162,16 +190,6 @@ int qcow2_snapshots_decode_ex(const uint8_t *buf, size_t len, uint32_t nb,
             pos = entry_start;
             break;
         }
-        if (end > len) {
-            ret = entry_beyond(what, i, end, len, errp);
-            goto fail;
-        }
-
-        if (kept_extra >= 8) {
-            s->vm_state_size = vd_be64(p + SNAPSHOT_HEADER_LEN);
-        }
-        s->disk_size = kept_extra >= 16 ? vd_be64(p + SNAPSHOT_HEADER_LEN + 8) : UINT64_MAX;
-        s->icount = kept_extra >= 24 ? (int64_t)vd_be64(p + SNAPSHOT_HEADER_LEN + 16) : -1;
         s->extra_data_size = kept_extra;
         if (kept_extra > 0) {
             s->extra_data = malloc(kept_extra);
@@ -179,12 +197,28 @@ int qcow2_snapshots_decode_ex(const uint8_t *buf, size_t len, uint32_t nb,
                 ret = vd_error_set(errp, VD_ERR_NOMEM, ENOMEM, "%s: out of memory", what);
                 goto fail;
             }
-            memcpy(s->extra_data, p + SNAPSHOT_HEADER_LEN, kept_extra);
+            ret = get_bytes(buf, len, opts, start + SNAPSHOT_HEADER_LEN, s->extra_data,
+                            kept_extra);
+            if (ret < 0) {
+                ret = get_failed(ret, what, i, len, errp);
+                goto fail;
+            }
         }
-        s->id = copy_str(buf + extra_end, id_size);
-        s->name = copy_str(buf + extra_end + id_size, name_size);
-        if (!s->id || !s->name) {
+        const uint8_t *e = s->extra_data;
+        if (kept_extra >= 8) {
+            s->vm_state_size = vd_be64(e);
+        }
+        s->disk_size = kept_extra >= 16 ? vd_be64(e + 8) : UINT64_MAX;
+        s->icount = kept_extra >= 24 ? (int64_t)vd_be64(e + 16) : -1;
+        ret = get_str(buf, len, opts, extra_end, id_size, &s->id);
+        if (ret == 0) {
+            ret = get_str(buf, len, opts, extra_end + id_size, name_size, &s->name);
+        }
+        if (ret == -ENOMEM) {
             ret = vd_error_set(errp, VD_ERR_NOMEM, ENOMEM, "%s: out of memory", what);
+            goto fail;
+        } else if (ret < 0) {
+            ret = get_failed(ret, what, i, len, errp);
             goto fail;
         }
 
