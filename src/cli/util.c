@@ -880,12 +880,7 @@ void cli_print_io_detail(vd_disk *d)
     if (!msg) {
         return;
     }
-    /* Notes are "<image>: qcow2: ..."; qemu prints the part from "qcow2:" on. */
-    for (const char *q = strstr(msg, "qcow2: "); q; q = strstr(q + 1, "qcow2: ")) {
-        if (q == msg || (q >= msg + 2 && q[-2] == ':' && q[-1] == ' ')) {
-            fflush(stdout);
-            fprintf(stderr, "%s\n", q);
-            return;
-        }
-    }
+    /* Driver notes read "<image>: qcow2: ..."; errors all start with "vdisk: ". */
+    fflush(stdout);
+    fprintf(stderr, "vdisk: %s\n", msg);
 }

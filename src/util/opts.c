@@ -154,17 +154,12 @@ int vd_opts_parse(vd_opts *o, const char *text, vd_error **errp)
         p = scan(p, '=', key, &klen);
         if (*p == '=') {
             p = scan(p + 1, '\0', val, &vlen);
-        } else if (strcmp(key, "help") == 0 || strcmp(key, "?") == 0) {
-            strcpy(val, "on");
-        } else if (klen == 0) {
-            if (*p == ',') {
-                p++;
-                continue;
-            }
-            break;
+        } else if (klen > 0) {
+            strcpy(val, "on");  /* a bare key means key=on, as in QEMU's option lists */
+        } else if (*p == ',') {
+            p++;
+            continue;
         } else {
-            ret = vd_error_set(errp, VD_ERR_INVALID, EINVAL,
-                               "Invalid option '%s': expected key=value", key);
             break;
         }
         if (klen == 0) {

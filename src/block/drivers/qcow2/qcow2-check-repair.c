@@ -72,6 +72,16 @@ int qcow2_chk_set_refcount(chk *k, uint64_t cluster, uint64_t value)
     if (off == 0) {
         return -EIO;  /* callers only change counts that a refblock already holds */
     }
+    if (k->rb_safe != off) {
+        /* QEMU checks each refblock it writes back against the other metadata. */
+        const char *ol = qcow2_chk_overlap(k, OL_REFBLOCK, off, k->cs);
+        if (ol) {
+            qcow2_chk_corruption(k, "Preventing invalid write on metadata (overlaps with %s)",
+                                 ol);
+            return -EIO;
+        }
+        k->rb_safe = off;
+    }
     ret = load_refblock(k, off);
     if (ret < 0) {
         return ret;
@@ -179,7 +189,7 @@ static int write_refblocks(chk *k, int64_t first, int64_t end, uint64_t **rt,
             }
             (*rt)[idx] = rb_off;
         }
-        const char *ol = qcow2_chk_overlap(k, false, false, rb_off, k->cs);
+        const char *ol = qcow2_chk_overlap(k, 0, rb_off, k->cs);
         if (ol) {
             qcow2_chk_corruption(k, "Preventing invalid write on metadata (overlaps with %s)", ol);
             *what_failed = "ERROR writing refblock";
@@ -245,7 +255,7 @@ int qcow2_chk_rebuild(chk *k)
     for (uint64_t i = 0; i < entries; i++) {
         vd_put_be64(raw + i * 8, rt[i]);
     }
-    const char *ol = qcow2_chk_overlap(k, false, false, rt_offset, entries * 8);
+    const char *ol = qcow2_chk_overlap(k, 0, rt_offset, entries * 8);
     if (ol) {
         qcow2_chk_corruption(k, "Preventing invalid write on metadata (overlaps with %s)", ol);
         ret = -EIO;
@@ -275,6 +285,7 @@ int qcow2_chk_rebuild(chk *k)
     }
     free(k->rt);
     k->rt = rt;
+    k->rb_safe = 0;
     k->rt_entries = entries;
     k->rt_offset = rt_offset;
     k->h.refcount_table_offset = rt_offset;
@@ -316,14 +327,14 @@ int qcow2_chk_oflag_copied(chk *k)
                 uint8_t b[8];
                 k->l1[i] = rc == 1 ? l1e | QCOW2_OFLAG_COPIED : l1e & ~QCOW2_OFLAG_COPIED;
                 vd_put_be64(b, k->l1[i]);
-                const char *ol = qcow2_chk_overlap(k, false, true, k->l1_offset + (uint64_t)i * 8,
-                                               8);
+                uint64_t where = k->l1_offset + (uint64_t)i * 8;
+                const char *ol = qcow2_chk_overlap(k, OL_ACTIVE_L1, where, 8);
                 if (ol) {
                     qcow2_chk_corruption(k, "Preventing invalid write on metadata (overlaps with "
                                          "%s)", ol);
                     ret = -EIO;
                 } else {
-                    ret = qcow2_chk_write(k, b, 8, k->l1_offset + (uint64_t)i * 8);
+                    ret = qcow2_chk_write(k, b, 8, where);
                     if (ret == 0) {
                         ret = vd_node_flush(k->file);
                     }
@@ -363,7 +374,7 @@ int qcow2_chk_oflag_copied(chk *k)
             }
         }
         if (dirty > 0) {
-            const char *ol = qcow2_chk_overlap(k, true, false, l2_offset, k->cs);
+            const char *ol = qcow2_chk_overlap(k, OL_ACTIVE_L2, l2_offset, k->cs);
             if (ol) {
                 qcow2_chk_corruption(k, "Preventing invalid write on metadata (overlaps with %s)",
                                      ol);
@@ -496,67 +507,167 @@ int qcow2_chk_read_snapshots(chk *k, counts *sr)
     return 0;
 }
 
-/* First fit of `n` contiguous clusters whose on-disk refcount is 0 and that an existing
- * refblock covers; sets their refcounts to 1. */
-static int alloc_clusters_ondisk(chk *k, uint64_t n, uint64_t *offset)
+/* First free cluster (on-disk refcount 0, or no refblock) from cluster `from`, within the
+ * reach of the refcount table. */
+static int first_free_cluster(chk *k, uint64_t from, uint64_t *out)
 {
-    uint64_t run = 0, cl = 0;
     uint64_t limit = k->rt_entries << k->rb_bits;
 
-    for (cl = 0; cl < limit && run < n; cl++) {
-        uint64_t rb, rc;
-        int ret = qcow2_chk_refblock_of(k, cl, &rb);
-        if (ret < 0) {
-            return ret;
-        }
-        if (rb == 0) {
-            run = 0;
-            cl |= (1ull << k->rb_bits) - 1;  /* skip the whole uncovered range */
-            continue;
-        }
-        ret = qcow2_chk_get_refcount(k, cl, &rc);
-        if (ret < 0) {
-            return ret;
-        }
-        run = rc == 0 ? run + 1 : 0;
-    }
-    if (run < n) {
-        return -ENOSPC;
-    }
-    uint64_t start = cl - n;
-    for (uint64_t i = 0; i < n; i++) {
-        int ret = qcow2_chk_set_refcount(k, start + i, 1);
-        if (ret < 0) {
-            return ret;
-        }
-    }
-    *offset = start << k->cbits;
-    return 0;
-}
-
-/* Decrements the refcount of every cluster [off, off+len) touches. */
-static int free_range_ondisk(chk *k, uint64_t off, uint64_t len)
-{
-    if (len == 0) {
-        return 0;
-    }
-    for (uint64_t cl = off >> k->cbits; cl <= (off + len - 1) >> k->cbits; cl++) {
+    for (uint64_t cl = from; cl < limit; cl++) {
         uint64_t rc;
         int ret = qcow2_chk_get_refcount(k, cl, &rc);
         if (ret < 0) {
             return ret;
         }
-        if (rc > 0) {
-            ret = qcow2_chk_set_refcount(k, cl, rc - 1);
+        if (rc == 0) {
+            *out = cl;
+            return 0;
+        }
+    }
+    return -EFBIG;
+}
+
+/* Gives the refcount range `idx` a refblock, as QEMU's alloc_refcount_block does: in the
+ * first free cluster, describing itself when it lies in its own range. The block is
+ * written and synced before the reftable points to it. */
+static int add_refblock(chk *k, uint64_t idx)
+{
+    uint64_t cl = 0;
+    int ret = first_free_cluster(k, 0, &cl);
+
+    if (ret < 0) {
+        return ret;
+    }
+    uint8_t *blk = calloc(1, k->cs);
+    if (!blk) {
+        return -ENOMEM;
+    }
+    if ((cl >> k->rb_bits) == idx) {
+        qcow2_refcount_set(blk, k->rorder, cl & ((1ull << k->rb_bits) - 1), 1);
+    } else {
+        uint64_t other;
+        ret = qcow2_chk_refblock_of(k, cl, &other);
+        ret = ret < 0 ? ret : other == 0 ? -ENOSPC : qcow2_chk_set_refcount(k, cl, 1);
+    }
+    if (ret == 0) {
+        ret = qcow2_chk_write(k, blk, k->cs, cl << k->cbits);
+    }
+    free(blk);
+    if (ret == 0) {
+        ret = vd_node_flush(k->file);
+    }
+    if (ret == 0) {
+        uint8_t e[8];
+        vd_put_be64(e, cl << k->cbits);
+        ret = qcow2_chk_write(k, e, 8, k->rt_offset + idx * 8);
+    }
+    if (ret == 0) {
+        ret = vd_node_flush(k->file);
+    }
+    if (ret == 0) {
+        k->rt[idx] = cl << k->cbits;
+        k->rb_safe = 0;
+    }
+    return ret;
+}
+
+/* QEMU's qcow2_alloc_clusters: first fit of `n` contiguous free clusters, refblocks added
+ * where a range has none (which may take the cluster wanted, so the search restarts), then
+ * their refcounts set to 1. Growing the refcount table is not done: -EFBIG. */
+static int alloc_clusters_ondisk(chk *k, uint64_t n, uint64_t *offset)
+{
+    uint64_t limit = k->rt_entries << k->rb_bits;
+
+    for (int round = 0; round < 64; round++) {
+        uint64_t run = 0, cl;
+        for (cl = 0; cl < limit && run < n; cl++) {
+            uint64_t rc;
+            int ret = qcow2_chk_get_refcount(k, cl, &rc);
             if (ret < 0) {
                 return ret;
             }
-            if (rc == 1) {
-                qcow2_chk_discard(k, cl);
+            run = rc == 0 ? run + 1 : 0;
+        }
+        if (run < n) {
+            return -EFBIG;
+        }
+        uint64_t start = cl - n;
+        bool restart = false;
+        for (uint64_t idx = start >> k->rb_bits; idx <= (cl - 1) >> k->rb_bits; idx++) {
+            uint64_t rb;
+            int ret = qcow2_chk_refblock_of(k, idx << k->rb_bits, &rb);
+            if (ret < 0) {
+                return ret;
+            }
+            if (rb == 0) {
+                ret = add_refblock(k, idx);
+                if (ret < 0) {
+                    return ret;
+                }
+                restart = true;
+                break;
             }
         }
+        if (restart) {
+            continue;
+        }
+        for (uint64_t i = 0; i < n; i++) {
+            int ret = qcow2_chk_set_refcount(k, start + i, 1);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+        *offset = start << k->cbits;
+        return 0;
     }
-    return 0;
+    return -ENOSPC;
+}
+
+/* QEMU's qcow2_free_clusters: -1 on every cluster [off, off+len) touches, all or nothing.
+ * A cluster already at 0 fails the call (EINVAL), and one without a refblock first gets
+ * one, failing the call too (EAGAIN), as QEMU's update_refcount does; QEMU reports the
+ * failure and goes on, and so do we. */
+static void free_range_ondisk(chk *k, uint64_t off, uint64_t len)
+{
+    uint64_t first = off >> k->cbits, last;
+    int ret = 0;
+
+    if (len == 0) {
+        return;
+    }
+    last = (off + len - 1) >> k->cbits;
+    for (uint64_t cl = first; cl <= last && ret == 0; cl++) {
+        uint64_t rb, rc;
+        ret = qcow2_chk_refblock_of(k, cl, &rb);
+        if (ret == 0 && rb == 0) {
+            uint64_t idx = cl >> k->rb_bits;
+            if (idx < k->rt_entries) {
+                ret = add_refblock(k, idx);
+                ret = ret < 0 ? ret : -EAGAIN;
+            } else {
+                ret = -EFBIG;  /* QEMU would have to grow the refcount table first */
+            }
+        }
+        if (ret == 0) {
+            ret = qcow2_chk_get_refcount(k, cl, &rc);
+        }
+        if (ret == 0 && rc == 0) {
+            ret = -EINVAL;
+        }
+    }
+    for (uint64_t cl = first; cl <= last && ret == 0; cl++) {
+        uint64_t rc;
+        ret = qcow2_chk_get_refcount(k, cl, &rc);
+        if (ret == 0) {
+            ret = qcow2_chk_set_refcount(k, cl, rc - 1);
+        }
+        if (ret == 0 && rc == 1) {
+            qcow2_chk_discard(k, cl);
+        }
+    }
+    if (ret < 0) {
+        qcow2_chk_log(k, "qcow2_free_clusters failed: %s", strerror(-ret));
+    }
 }
 
 /* QEMU's qcow2_write_snapshots: a fresh table (every entry complete, extra data at least
@@ -621,7 +732,7 @@ int qcow2_chk_write_snapshots(chk *k)
             ret = vd_node_flush(k->file);
         }
         if (ret == 0) {
-            const char *ol = qcow2_chk_overlap(k, false, false, table_off, size);
+            const char *ol = qcow2_chk_overlap(k, 0, table_off, size);
             if (ol) {
                 qcow2_chk_corruption(k, "Preventing invalid write on metadata (overlaps with %s)",
                                      ol);
@@ -651,10 +762,11 @@ int qcow2_chk_write_snapshots(chk *k)
     if (ret < 0) {
         return ret;
     }
-    ret = free_range_ondisk(k, k->sn_offset, k->sn_size);
+    free_range_ondisk(k, k->sn_offset, k->sn_size);
     k->sn_offset = table_off;
+    k->rb_safe = 0;
     k->sn_size = size;
-    return ret;
+    return 0;
 }
 
 /* Clears the dirty and corrupt bits (v3 only has them): one 8-byte write, then a flush. */

@@ -204,12 +204,14 @@ static int inc_refcounts(chk *k, uint64_t offset, uint64_t size)
 
 static bool ranges_overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
 {
-    return alen && blen && a < b + blen && b < a + alen;
+    if (!alen || !blen) {
+        return false;
+    }
+    return a >= b ? a - b < blen : b - a < alen;  /* no sums: offsets come from the file */
 }
 
 /* Returns the name of the metadata structure [off, off+len) would overwrite, or NULL. */
-const char *qcow2_chk_overlap(chk *k, bool ign_active_l2, bool ign_active_l1,
-                                 uint64_t off, uint64_t len)
+const char *qcow2_chk_overlap(chk *k, unsigned ign, uint64_t off, uint64_t len)
 {
     uint64_t start = off & ~(k->cs - 1);
     uint64_t span = ((off - start + len + k->cs - 1) >> k->cbits) << k->cbits;
@@ -217,26 +219,14 @@ const char *qcow2_chk_overlap(chk *k, bool ign_active_l2, bool ign_active_l1,
     if (off < k->cs) {
         return "qcow2_header";
     }
-    if (!ign_active_l1 && ranges_overlap(start, span, k->l1_offset, (uint64_t)k->l1_size * 8)) {
+    if (!(ign & OL_ACTIVE_L1) &&
+        ranges_overlap(start, span, k->l1_offset, (uint64_t)k->l1_size * 8)) {
         return "active L1 table";
     }
     if (ranges_overlap(start, span, k->rt_offset, k->rt_entries * 8)) {
         return "refcount table";
     }
-    if (!ign_active_l2) {
-        for (uint32_t i = 0; i < k->l1_size; i++) {
-            uint64_t l2 = k->l1[i] & QCOW2_L1E_OFFSET_MASK;
-            if (l2 && ranges_overlap(start, span, l2, k->cs)) {
-                return "active L2 table";
-            }
-        }
-    }
-    for (uint64_t i = 0; i < k->rt_entries; i++) {
-        uint64_t rb = k->rt[i] & QCOW2_REFT_OFFSET_MASK;
-        if (rb && ranges_overlap(start, span, rb, k->cs)) {
-            return "refcount block";
-        }
-    }
+    /* QEMU's order: the constant-time checks first. */
     if (ranges_overlap(start, span, k->sn_offset, k->sn_size)) {
         return "snapshot table";
     }
@@ -244,6 +234,20 @@ const char *qcow2_chk_overlap(chk *k, bool ign_active_l2, bool ign_active_l1,
         if (ranges_overlap(start, span, k->sn[i].l1_table_offset,
                            (uint64_t)k->sn[i].l1_size * 8)) {
             return "inactive L1 table";
+        }
+    }
+    if (!(ign & OL_ACTIVE_L2)) {
+        for (uint32_t i = 0; i < k->l1_size; i++) {
+            uint64_t l2 = k->l1[i] & QCOW2_L1E_OFFSET_MASK;
+            if (l2 && ranges_overlap(start, span, l2, k->cs)) {
+                return "active L2 table";
+            }
+        }
+    }
+    for (uint64_t i = 0; !(ign & OL_REFBLOCK) && i < k->rt_entries; i++) {
+        uint64_t rb = k->rt[i] & QCOW2_REFT_OFFSET_MASK;
+        if (rb && ranges_overlap(start, span, rb, k->cs)) {
+            return "refcount block";
         }
     }
     if (k->nb_bitmaps && ranges_overlap(start, span, k->bm_dir_offset, k->bm_dir_size)) {
@@ -291,7 +295,7 @@ static int fix_l2_entry_by_zero(chk *k, uint64_t l2_offset, uint64_t i, bool act
         vd_put_be64(e, QCOW2_OFLAG_ZERO);
     }
     /* Inactive L2 tables are not in QEMU's default overlap template, active ones are. */
-    const char *ol = qcow2_chk_overlap(k, active, false, where, k->l2e_bytes);
+    const char *ol = qcow2_chk_overlap(k, active ? OL_ACTIVE_L2 : 0, where, k->l2e_bytes);
     if (ol) {
         qcow2_chk_corruption(k, "Preventing invalid write on metadata (overlaps with %s)", ol);
         qcow2_chk_log(k, "ERROR: Overlap check failed");
@@ -647,11 +651,11 @@ static int check_refblocks(chk *k, bool *rebuild)
                 continue;
             }
             vd_error *err = NULL;
-            uint64_t limit = k->file_len > MAX_REPAIR_GROWTH ? 2 * k->file_len
-                                                             : k->file_len + MAX_REPAIR_GROWTH;
             if (off > (uint64_t)INT64_MAX - k->cs) {
                 ret = -EINVAL;
-            } else if (off + k->cs > limit) {
+            } else if (qcow2_chk_clusters(k, off + k->cs) > INT_MAX ||
+                       qcow2_chk_imrt_bytes(k, qcow2_chk_clusters(k, off + k->cs)) >
+                           MAX_REPAIR_IMRT) {
                 ret = -EFBIG;
                 qcow2_chk_log(k, REPORT "Could not resize file: %s", strerror(EFBIG));
             } else {

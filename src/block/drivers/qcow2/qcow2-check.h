@@ -18,9 +18,9 @@
 #define BITMAP_MAX_TABLE_SIZE 0x8000000u
 #define BITMAP_MAX_PHYS_SIZE 0x20000000ull
 #define BITMAP_TABLE_RESERVED 0xff000000000001feull
-/* A repair may grow the file to reach a refblock past its end; a hostile offset must not
- * make it grow (and our in-memory table with it) without bound. */
-#define MAX_REPAIR_GROWTH (1ull << 30)
+/* A repair grows the file (sparsely) to reach a refblock past its end, as QEMU does; our
+ * in-memory refcount table grows with it, so a hostile offset is refused beyond this. */
+#define MAX_REPAIR_IMRT (256ull << 20)
 /* Messages kept in res->log; a hostile image can produce billions of them. */
 #define LOG_MAX (64u << 20)
 /* L1 and L2 entries one pass may visit. QEMU has no limit, but tables that point at the
@@ -89,6 +89,7 @@ typedef struct chk {
     uint8_t *rb;             /* one cached on-disk refblock */
     uint64_t rb_offset;
     bool rb_valid;
+    uint64_t rb_safe;        /* a refblock found not to overlap other metadata, or 0 */
     uint8_t *l2;             /* scratch for one L2 table */
 
     counts c;
@@ -105,8 +106,9 @@ void qcow2_chk_corruption(chk *k, const char *fmt, ...) __attribute__((format(pr
 uint64_t qcow2_chk_clusters(const chk *k, uint64_t size);
 int qcow2_chk_read(chk *k, void *buf, uint64_t len, uint64_t off);
 int qcow2_chk_write(chk *k, const void *buf, uint64_t len, uint64_t off);
-const char *qcow2_chk_overlap(chk *k, bool ign_active_l2, bool ign_active_l1, uint64_t off,
-                              uint64_t len);
+/* Metadata kinds a write may be allowed to overlap (QEMU's `ign` of the overlap check). */
+enum { OL_ACTIVE_L1 = 1, OL_ACTIVE_L2 = 2, OL_REFBLOCK = 4 };
+const char *qcow2_chk_overlap(chk *k, unsigned ign, uint64_t off, uint64_t len);
 uint64_t qcow2_chk_imrt_bytes(const chk *k, uint64_t clusters);
 int qcow2_chk_imrt_resize(chk *k, int64_t clusters);
 uint64_t qcow2_chk_imrt_get(const chk *k, int64_t cluster);

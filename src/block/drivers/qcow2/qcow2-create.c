@@ -702,6 +702,21 @@ int qcow2_create(vd_engine *e, const char *filename, uint64_t size, const vd_opt
     h.backing_file = (char *)p.backing_file;
     h.backing_format = (char *)p.backing_fmt;
 
+    /* A long backing name may not fit in cluster 0 (512-byte clusters); QEMU finds out
+     * when it assigns the backing file, with this message. */
+    uint8_t *probe = malloc(l.cluster_size);
+    if (!probe) {
+        return vd_error_set(errp, VD_ERR_NOMEM, ENOMEM, "%s: out of memory", filename);
+    }
+    ret = qcow2_header_encode(&h, probe, l.cluster_size);
+    free(probe);
+    if (ret < 0) {
+        return vd_error_set(errp, VD_ERR_INVALID, ENOSPC, "%s: Could not assign backing file "
+                            "'%s' with format '%s': %s", filename,
+                            p.backing_file ? p.backing_file : "",
+                            p.backing_fmt ? p.backing_fmt : "", strerror(ENOSPC));
+    }
+
     int fd = open(filename, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
         int err = errno;

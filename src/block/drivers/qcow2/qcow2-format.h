@@ -231,7 +231,10 @@ struct vd_node;
 /* Checks the qcow2 image stored in `file` (a protocol node), as `qemu-img check` does,
  * and repairs with VD_FIX_LEAKS / VD_FIX_ERRORS (file must be writable then), including
  * clearing the dirty and corrupt bits after a successful repair. The caller must have
- * flushed and dropped any cached metadata and must re-read everything afterwards. */
+ * flushed and dropped any cached metadata and must re-read everything afterwards.
+ * res->log holds qemu-img's stderr lines of both passes; the ones qemu-img prints through
+ * error_report() (with its program name) start with "vdisk: ". A negative return is
+ * qemu-img's "Check failed: <strerror>" (res still holds the counts so far). */
 int qcow2_check_image(struct vd_node *file, const char *what, unsigned fix,
                       vd_check_result *res, vd_error **errp);
 

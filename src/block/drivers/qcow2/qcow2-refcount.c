@@ -593,7 +593,8 @@ void qcow2_frees_mark_synced(qcow2_state *s)
 
 bool qcow2_frees_apply(qcow2_state *s)
 {
-    if (s->nb_frees == 0) {
+    /* Called after every data I/O: cheap when nothing can be applied yet. */
+    if (s->nb_frees == 0 || s->nb_unsynced_frees == s->nb_frees) {
         return false;
     }
     uint64_t oldest = s->io_head ? s->io_head->seq : UINT64_MAX;
