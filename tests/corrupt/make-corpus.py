@@ -289,6 +289,14 @@ def main():
     c.case("refblock-is-l1", "refcount table entry 0 points at the L1 table", b4k,
            lambda p, i: q.poke_be64(p, i.h["refcount_table_offset"], i.h["l1_table_offset"]),
            dict(CHECK_FAIL, write="fail"))
+    # A dirty image makes a read-write open rebuild refcounts; a refblock far past EOF
+    # must not turn that into minutes of work or gigabytes of memory (found by fuzzing).
+    for sh, label in ((38, "256G"), (43, "8T"), (55, "32P")):
+        c.case("refblock-far-dirty-" + label,
+               "dirty image, refcount table entry 40 at 2^%d" % sh, b4k,
+               lambda p, i, sh=sh: (q.poke_be64(p, i.h["refcount_table_offset"] + 8 * 40,
+                                                1 << sh),
+                                    q.poke_field(p, "incompatible_features", 1)), CHECK_FAIL)
     c.case("refcounts-zeroed", "refcount block filled with zeros", b4k,
            lambda p, i: q.poke(p, i.reftable()[0], b"\0" * 4096), CHECK_FAIL)
     c.case("reftable-is-l1", "refcount table and L1 table at the same offset", b4k,

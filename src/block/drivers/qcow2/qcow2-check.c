@@ -23,8 +23,9 @@ static void sb_vadd(strbuf *b, const char *fmt, va_list ap)
     if (n < 0) {
         return;
     }
-    /* Room is kept for the closing "(N more messages not shown)" line. */
-    if (b->len + (size_t)n + 2 > LOG_MAX - 128 && !b->closing) {
+    /* Room is kept for the closing "(N more messages not shown)" line; once a line was
+     * dropped, all later ones are too, so the log stays a prefix of qemu-img's. */
+    if ((b->dropped || b->len + (size_t)n + 2 > LOG_MAX - 128) && !b->closing) {
         b->dropped++;
         return;
     }

@@ -133,16 +133,20 @@ int qcow2_co_pread(vd_node *node, void *buf, uint64_t len, uint64_t off)
         switch (r.type) {
         case QCOW2_SC_ZERO_PLAIN:
         case QCOW2_SC_ZERO_ALLOC:
-            memset(p, 0, r.bytes);
-            break;
         case QCOW2_SC_UNALLOC_PLAIN:
         case QCOW2_SC_UNALLOC_ALLOC:
-            if (!s->node->backing) {
+            /* Zeros or backing data; large fills happen outside the lock. */
+            if (r.bytes < 65536 && (!s->node->backing || r.type == QCOW2_SC_ZERO_PLAIN ||
+                                    r.type == QCOW2_SC_ZERO_ALLOC)) {
                 memset(p, 0, r.bytes);
                 break;
             }
             pthread_mutex_unlock(&s->lock);
-            ret = read_backing(s, p, r.bytes, off);
+            if (r.type == QCOW2_SC_ZERO_PLAIN || r.type == QCOW2_SC_ZERO_ALLOC) {
+                memset(p, 0, r.bytes);
+            } else {
+                ret = read_backing(s, p, r.bytes, off);
+            }
             pthread_mutex_lock(&s->lock);
             break;
         case QCOW2_SC_NORMAL:
@@ -757,12 +761,42 @@ int qcow2_co_pdiscard(vd_node *node, uint64_t off, uint64_t len)
 
 /* ---- block status ----------------------------------------------------------------------- */
 
+/* QEMU's test for a metadata-preallocated image: clearly more clusters are in use by the
+ * refcounts than the file system has allocated, so data clusters may be holes (which read
+ * as zeros and are reported so). Decided once, at the first block status query. */
+static void detect_metadata_prealloc(qcow2_state *s)
+{
+    s->prealloc_checked = true;
+    s->metadata_prealloc = false;
+    int64_t flen = vd_node_file_length(s->file);
+    int64_t alloc = s->file->drv->allocated_size ? s->file->drv->allocated_size(s->file) : -1;
+    if (flen < 0 || alloc < 0) {
+        return;
+    }
+    uint64_t real = (uint64_t)alloc / s->cluster_size;
+    uint64_t threshold = real * 10 / 9 > real + 2 ? real * 10 / 9 : real + 2;
+    uint64_t end = ((uint64_t)flen + s->cluster_size - 1) >> s->cluster_bits;
+    uint64_t count = 0;
+    for (uint64_t c = 0; c < end && count < threshold; c++) {
+        uint64_t rc;
+        if (qcow2_get_refcount(s, c, &rc) < 0) {
+            return;
+        }
+        count += rc != 0;
+    }
+    s->metadata_prealloc = count >= threshold;
+}
+
 int qcow2_co_block_status(vd_node *node, uint64_t off, uint64_t len, vd_node_status *st)
 {
     qcow2_state *s = node->opaque;
     qcow2_run r;
 
     pthread_mutex_lock(&s->lock);
+    if (!s->prealloc_checked) {
+        detect_metadata_prealloc(s);
+    }
+    bool recurse = s->metadata_prealloc;
     int ret = qcow2_map_locked(s, off, len, &r);
     pthread_mutex_unlock(&s->lock);
     if (ret < 0) {
@@ -792,6 +826,9 @@ int qcow2_co_block_status(vd_node *node, uint64_t off, uint64_t len, vd_node_sta
     if (st->flags & VD_BS_OFFSET) {
         st->offset = r.host;
         st->file = s->file;
+        if (recurse && (st->flags & VD_BS_DATA)) {
+            st->flags |= VD_BS_RECURSE;
+        }
     }
     return 0;
 }

@@ -214,197 +214,199 @@ static int pwrite_sync_err(qcow2_state *s, const char *what, uint64_t off, int r
     return ret;
 }
 
-/* Grows the refcount table so that block index bi_needed exists. The new table and the
- * refcount blocks describing it go right after the area the old table covers (the file
- * cannot have anything there); the header switches to it; the old table is freed. */
-static int grow_reftable(qcow2_state *s, uint64_t bi_needed)
+static bool block_missing(qcow2_state *s, uint64_t bi)
 {
-    uint64_t cs = s->cluster_size;
-    uint64_t old = s->reftable_entries;
-    uint64_t per_block = 1ull << s->rb_bits;
-    uint64_t area = old << s->rb_bits;
-    uint64_t new_entries = old + old / 2;
-    uint64_t t_clusters, nb_blocks;
-    int ret;
-
-    if (new_entries < bi_needed + 1) {
-        new_entries = bi_needed + 1;
-    }
-    for (;;) {
-        t_clusters = (new_entries * 8 + cs - 1) / cs;
-        nb_blocks = 1;
-        while (nb_blocks * per_block < nb_blocks + t_clusters) {
-            nb_blocks++;
-        }
-        if (new_entries < old + nb_blocks) {
-            new_entries = old + nb_blocks;
-            continue;
-        }
-        break;
-    }
-    if (t_clusters * cs > QCOW2_MAX_REFTABLE_BYTES) {
-        vd_set_io_error("%s: the refcount table would exceed %u bytes", s->name,
-                        QCOW2_MAX_REFTABLE_BYTES);
-        return -EFBIG;
-    }
-    uint64_t end = area + nb_blocks + t_clusters;
-    if (end > (MAX_HOST_OFFSET >> s->cluster_bits)) {
-        vd_set_io_error("%s: the refcount table would lie beyond the maximum host offset",
-                        s->name);
-        return -EFBIG;
-    }
-
-    uint8_t *blocks = calloc(nb_blocks, cs);
-    uint8_t *table = calloc(t_clusters, cs);
-    if (!blocks || !table) {
-        abort();
-    }
-    for (uint64_t k = area; k < end; k++) {
-        uint64_t j = (k - area) / per_block;
-        qcow2_refcount_set(blocks + j * cs, s->refcount_order, (k - area) % per_block, 1);
-    }
-    for (uint64_t i = 0; i < old; i++) {
-        vd_put_be64(table + i * 8, s->reftable[i]);
-    }
-    for (uint64_t j = 0; j < nb_blocks; j++) {
-        vd_put_be64(table + (old + j) * 8, (area + j) * cs);
-    }
-    qcow2_cache_discard_range(s->l2_cache, area * cs, (end - area) * cs);
-    ret = vd_node_pwrite(s->file, blocks, nb_blocks * cs, area * cs, 0);
-    if (ret < 0) {
-        pwrite_sync_err(s, "new refcount blocks", area * cs, ret);
-        goto out;
-    }
-    ret = vd_node_pwrite(s->file, table, t_clusters * cs, (area + nb_blocks) * cs, 0);
-    if (ret < 0) {
-        pwrite_sync_err(s, "new refcount table", (area + nb_blocks) * cs, ret);
-        goto out;
-    }
-    /* The new blocks count refcounts that dirty cached slices of the old blocks do not
-     * touch, so only the new structures need to be durable before the header moves. */
-    ret = qcow2_sync(s);
-    if (ret < 0) {
-        goto out;
-    }
-    uint8_t hdr[12];
-    vd_put_be64(hdr, (area + nb_blocks) * cs);
-    vd_put_be32(hdr + 8, (uint32_t)t_clusters);
-    ret = vd_node_pwrite(s->file, hdr, sizeof(hdr), 48, 0);
-    if (ret < 0) {
-        pwrite_sync_err(s, "header", 48, ret);
-        goto out;
-    }
-    ret = qcow2_sync(s);
-    if (ret < 0) {
-        goto out;
-    }
-
-    uint64_t old_off = s->reftable_offset;
-    uint64_t old_clusters = s->reftable_clusters;
-    uint64_t n = t_clusters * cs / 8;
-    uint64_t *t = calloc(n, sizeof(*t));
-    if (!t) {
-        abort();
-    }
-    memcpy(t, s->reftable, old * sizeof(*t));
-    for (uint64_t j = 0; j < nb_blocks; j++) {
-        t[old + j] = (area + j) * cs;
-        refblocks_insert(s, (area + j) * cs);
-    }
-    free(s->reftable);
-    s->reftable = t;
-    s->reftable_entries = n;
-    s->reftable_offset = (area + nb_blocks) * cs;
-    s->reftable_clusters = (uint32_t)t_clusters;
-    s->h.refcount_table_offset = s->reftable_offset;
-    s->h.refcount_table_clusters = s->reftable_clusters;
-    if (s->zero_from < end * cs) {
-        s->zero_from = end * cs;
-    }
-    /* The header no longer points at the old table: it can go at once. */
-    ret = qcow2_update_refcount(s, old_off, old_clusters * cs, -1, false);
-out:
-    free(blocks);
-    free(table);
-    return ret;
+    return bi >= s->reftable_entries || (s->reftable[bi] & QCOW2_REFT_OFFSET_MASK) == 0;
 }
 
-/* Creates the refcount block for block index bi. It goes to the first free cluster and
- * counts itself when that cluster is in its own range; otherwise its refcount lives in an
- * existing block and must be durable before the table points at it. */
-static int create_refblock(qcow2_state *s, uint64_t bi)
+/* Entries of a grown refcount table: 1.5 times the old size, at least `need`. */
+static uint64_t grown_entries(const qcow2_state *s, uint64_t need)
 {
-    uint64_t cs = s->cluster_size;
-    uint64_t r;
-    int ret;
+    uint64_t n = s->reftable_entries + s->reftable_entries / 2;
+    return n < need ? need : n;
+}
 
-    if (bi >= s->reftable_entries) {
-        return grow_reftable(s, bi);
-    }
-    ret = find_free_run(s, 1, &r);
+/* Switches the header to the new refcount table at new_off and frees the old one. */
+static int install_reftable(qcow2_state *s, uint64_t *table, uint64_t entries,
+                            uint64_t new_off, uint32_t clusters)
+{
+    uint8_t hdr[12];
+    vd_put_be64(hdr, new_off);
+    vd_put_be32(hdr + 8, clusters);
+    int ret = vd_node_pwrite(s->file, hdr, sizeof(hdr), 48, 0);
     if (ret < 0) {
-        return ret;
-    }
-    uint64_t br = r >> s->rb_bits;
-    if (br != bi) {
-        uint64_t rb;
-        ret = refblock_of(s, br, &rb);
-        if (ret < 0) {
-            return ret;
-        }
-        if (rb == 0) {
-            /* Lower blocks first; the caller retries and comes back for bi. */
-            return create_refblock(s, br);
-        }
-    }
-    const char *ov = qcow2_metadata_overlap(s, r * cs, cs);
-    if (ov) {
-        return qcow2_signal_corruption(s, "Preventing invalid allocation of refcount block "
-                                       "at offset %#" PRIx64 " (overlaps with %s)", r * cs, ov);
-    }
-    uint8_t *block = calloc(1, cs);
-    if (!block) {
-        abort();
-    }
-    if (br == bi) {
-        qcow2_refcount_set(block, s->refcount_order, r & ((1ull << s->rb_bits) - 1), 1);
-    } else {
-        ret = qcow2_update_refcount(s, r * cs, cs, 1, false);
-        if (ret == 0) {
-            ret = qcow2_cache_writeback(s, s->rb_cache);
-        }
-        if (ret < 0) {
-            free(block);
-            return ret;
-        }
-    }
-    qcow2_cache_discard_range(s->rb_cache, r * cs, cs);
-    qcow2_cache_discard_range(s->l2_cache, r * cs, cs);
-    ret = vd_node_pwrite(s->file, block, cs, r * cs, 0);
-    free(block);
-    if (ret < 0) {
-        return pwrite_sync_err(s, "new refcount block", r * cs, ret);
+        return pwrite_sync_err(s, "header", 48, ret);
     }
     ret = qcow2_sync(s);
     if (ret < 0) {
         return ret;
     }
-    uint8_t ent[8];
-    vd_put_be64(ent, r * cs);
-    ret = vd_node_pwrite(s->file, ent, 8, s->reftable_offset + bi * 8, 0);
+    uint64_t old_off = s->reftable_offset;
+    uint64_t old_bytes = (uint64_t)s->reftable_clusters * s->cluster_size;
+    free(s->reftable);
+    s->reftable = table;
+    s->reftable_entries = entries;
+    s->reftable_offset = new_off;
+    s->reftable_clusters = clusters;
+    s->h.refcount_table_offset = new_off;
+    s->h.refcount_table_clusters = clusters;
+    /* The header no longer points at the old table: it can go at once. */
+    return qcow2_update_refcount(s, old_off, old_bytes, -1, false);
+}
+
+/* Makes sure every refcount block covering the free run [start, start+n) exists. Missing
+ * blocks, and a grown refcount table when the old one is too small, are laid out at the
+ * start of the run (the allocation then moves behind them, as QEMU's refcount area does):
+ * [new refcount blocks][new refcount table]. They are written and synced before anything
+ * points at them. Returns 1 when it created anything (the caller searches again), 0 when
+ * nothing was missing. */
+static int ensure_refblocks(qcow2_state *s, uint64_t start, uint64_t n)
+{
+    uint64_t cs = s->cluster_size;
+    uint64_t k = 0, t = 0, entries = s->reftable_entries;
+    int ret;
+
+    /* Fixed point: k blocks and t table clusters at the front, covering themselves and
+     * the n clusters behind them. */
+    for (;;) {
+        uint64_t missing = 0, last_bi = 0;
+        uint64_t end = start + k + t + n;
+        for (uint64_t bi = start >> s->rb_bits; bi <= (end - 1) >> s->rb_bits; bi++) {
+            if (block_missing(s, bi)) {
+                missing++;
+                last_bi = bi;
+            }
+        }
+        uint64_t nt = 0, ne = s->reftable_entries;
+        if (missing && last_bi >= s->reftable_entries) {
+            ne = grown_entries(s, last_bi + 1);
+            nt = (ne * 8 + cs - 1) / cs;
+            if (nt * cs > QCOW2_MAX_REFTABLE_BYTES) {
+                vd_set_io_error("%s: the refcount table would exceed %u bytes", s->name,
+                                QCOW2_MAX_REFTABLE_BYTES);
+                return -EFBIG;
+            }
+        }
+        if (missing <= k && nt <= t) {
+            break;
+        }
+        k = missing > k ? missing : k;
+        t = nt > t ? nt : t;
+        entries = ne > entries ? ne : entries;
+    }
+    if (k == 0) {
+        return 0;
+    }
+    if (start + k + t > (MAX_HOST_OFFSET >> s->cluster_bits)) {
+        vd_set_io_error("%s: the refcount structures would lie beyond the maximum host "
+                        "offset", s->name);
+        return -EFBIG;
+    }
+    const char *ov = qcow2_metadata_overlap(s, start * cs, (k + t) * cs);
+    if (ov) {
+        return qcow2_signal_corruption(s, "Preventing invalid allocation of refcount "
+                                       "structures at offset %#" PRIx64 " (overlaps with %s)",
+                                       start * cs, ov);
+    }
+    if (t) {
+        entries = t * cs / 8;
+    }
+    uint64_t *bis = calloc(k, sizeof(*bis));
+    uint8_t *area = calloc(k + t, cs);
+    uint64_t *table = t ? calloc(entries, sizeof(*table)) : NULL;
+    if (!bis || !area || (t && !table)) {
+        abort();
+    }
+    uint64_t nb = 0;
+    for (uint64_t bi = start >> s->rb_bits; nb < k; bi++) {
+        if (block_missing(s, bi)) {
+            bis[nb++] = bi;
+        }
+    }
+    /* Each new cluster's refcount lives in a new block or in an existing one. */
+    for (uint64_t c = start; c < start + k + t; c++) {
+        uint64_t b = c >> s->rb_bits;
+        uint64_t j = 0;
+        while (j < k && bis[j] != b) {
+            j++;
+        }
+        if (j < k) {
+            qcow2_refcount_set(area + j * cs, s->refcount_order, c & ((1ull << s->rb_bits) - 1),
+                               1);
+        } else {
+            ret = qcow2_update_refcount(s, c * cs, cs, 1, false);
+            if (ret < 0) {
+                goto out;
+            }
+        }
+    }
+    if (t) {
+        memcpy(table, s->reftable, s->reftable_entries * sizeof(*table));
+        for (uint64_t j = 0; j < k; j++) {
+            table[bis[j]] = (start + j) * cs;
+        }
+        for (uint64_t i = 0; i < entries; i++) {
+            vd_put_be64(area + k * cs + i * 8, table[i]);
+        }
+    }
+    ret = qcow2_cache_writeback(s, s->rb_cache);
     if (ret < 0) {
-        return pwrite_sync_err(s, "refcount table entry", s->reftable_offset + bi * 8, ret);
+        goto out;
     }
-    s->rb_unsynced = true;
-    s->reftable[bi] = r * cs;
-    refblocks_insert(s, r * cs);
-    if (s->zero_from < (r + 1) * cs) {
-        s->zero_from = (r + 1) * cs;
+    qcow2_cache_discard_range(s->rb_cache, start * cs, (k + t) * cs);
+    qcow2_cache_discard_range(s->l2_cache, start * cs, (k + t) * cs);
+    ret = vd_node_pwrite(s->file, area, (k + t) * cs, start * cs, 0);
+    if (ret < 0) {
+        pwrite_sync_err(s, "new refcount structures", start * cs, ret);
+        goto out;
     }
-    if (s->free_hint == r) {
-        s->free_hint = r + 1;
+    ret = qcow2_sync(s);
+    if (ret < 0) {
+        goto out;
     }
-    return 0;
+    if (s->zero_from < (start + k + t) * cs) {
+        s->zero_from = (start + k + t) * cs;
+    }
+    if (s->free_hint == start) {
+        s->free_hint = start + k + t;
+    }
+    for (uint64_t j = 0; j < k; j++) {
+        refblocks_insert(s, (start + j) * cs);
+    }
+    if (t) {
+        ret = install_reftable(s, table, entries, (start + k) * cs, (uint32_t)t);
+        table = NULL;
+        if (ret < 0) {
+            goto out;
+        }
+    } else {
+        for (uint64_t j = 0; j < k; j++) {
+            s->reftable[bis[j]] = (start + j) * cs;
+        }
+        /* Written through; a later sync orders the entries before any table that
+         * depends on the new refcounts. */
+        uint64_t lo = bis[0], hi = bis[k - 1] + 1;
+        uint8_t *ent = malloc((hi - lo) * 8);
+        if (!ent) {
+            abort();
+        }
+        for (uint64_t i = lo; i < hi; i++) {
+            vd_put_be64(ent + (i - lo) * 8, s->reftable[i]);
+        }
+        ret = vd_node_pwrite(s->file, ent, (hi - lo) * 8, s->reftable_offset + lo * 8, 0);
+        free(ent);
+        if (ret < 0) {
+            pwrite_sync_err(s, "refcount table", s->reftable_offset + lo * 8, ret);
+            goto out;
+        }
+        s->rb_unsynced = true;
+    }
+    ret = 1;
+out:
+    free(bis);
+    free(area);
+    free(table);
+    return ret;
 }
 
 int qcow2_update_refcount(qcow2_state *s, uint64_t offset, uint64_t len, int64_t addend,
@@ -426,16 +428,12 @@ int qcow2_update_refcount(qcow2_state *s, uint64_t offset, uint64_t len, int64_t
             break;
         }
         if (rb == 0) {
-            if (addend < 0) {
-                vd_set_io_error("%s: refcount of cluster %" PRIu64 " is already 0", s->name, c);
-                ret = -EINVAL;
-                break;
-            }
-            ret = create_refblock(s, c >> s->rb_bits);
-            if (ret < 0) {
-                break;
-            }
-            continue;
+            /* Allocation creates blocks before it counts; anything else only touches
+             * clusters that are counted already. */
+            vd_set_io_error("%s: cluster %" PRIu64 " has no refcount block (refcount 0)",
+                            s->name, c);
+            ret = -EINVAL;
+            break;
         }
         qcow2_slice *sl;
         uint64_t idx;
@@ -519,25 +517,13 @@ int qcow2_alloc_clusters(qcow2_state *s, uint64_t n, uint64_t *offset, bool *fre
                             "offset", s->name, n);
             return -EFBIG;
         }
-        /* Every block of the run must exist before the refcounts are set; creating one
-         * may take a cluster of the run, so search again afterwards. */
-        bool created = false;
-        for (uint64_t bi = start >> s->rb_bits; bi <= (start + n - 1) >> s->rb_bits; bi++) {
-            uint64_t rb;
-            ret = refblock_of(s, bi, &rb);
-            if (ret < 0) {
-                return ret;
-            }
-            if (rb == 0) {
-                ret = create_refblock(s, bi);
-                if (ret < 0) {
-                    return ret;
-                }
-                created = true;
-                break;
-            }
+        /* Every block of the run must exist before the refcounts are set; new blocks
+         * take the front of the run, so search again afterwards. */
+        ret = ensure_refblocks(s, start, n);
+        if (ret < 0) {
+            return ret;
         }
-        if (!created) {
+        if (ret == 0) {
             break;
         }
     }

@@ -268,6 +268,12 @@ int qcow2_truncate_locked(qcow2_state *s, uint64_t size, bool shrink, const char
         return trim_file(s, errp);
     }
 
+    if (s->node->backing && s->node->backing->size > old && s->h.version < 3) {
+        /* The new area would show backing data, and v2 has no zero clusters to hide it;
+         * QEMU 7.2 refuses the same way. */
+        return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP,
+                            "Failed to zero out new clusters: Operation not supported");
+    }
     ret = qcow2_grow_l1_locked(s, l1_entries_for(s, size));
     if (ret < 0) {
         return io_err(s, ret, "Failed to grow the L1 table", errp);

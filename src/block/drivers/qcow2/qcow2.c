@@ -80,6 +80,13 @@ static int mark_clean_locked(qcow2_state *s)
     if (ret < 0 || !(s->h.incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
         return ret;
     }
+    if (!s->dirty_ours) {
+        /* Dirty since before this open and not repaired (check mode): its refcounts may
+         * be stale, so the bit must stay until a repair. */
+        vd_set_io_error("%s: the image is dirty and must be repaired first (check -r all)",
+                        s->name);
+        return -EBUSY;
+    }
     s->h.incompatible_features &= ~QCOW2_INCOMPAT_DIRTY;
     ret = qcow2_write_header(s);
     if (ret < 0) {
@@ -505,8 +512,7 @@ static int qcow2_open(vd_node *node, unsigned flags, vd_error **errp)
             goto fail;
         }
     }
-    if (s->writable && !(flags & VD_OPEN_CHECK) &&
-        (s->h.autoclear_features & ~QCOW2_AUTOCLEAR_KNOWN)) {
+    if (s->writable && (s->h.autoclear_features & ~QCOW2_AUTOCLEAR_KNOWN)) {
         s->h.autoclear_features &= QCOW2_AUTOCLEAR_KNOWN;
         ret = qcow2_write_header(s);
         if (ret < 0) {
