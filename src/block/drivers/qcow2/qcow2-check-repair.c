@@ -109,6 +109,55 @@ void qcow2_chk_discard(chk *k, uint64_t cluster)
     }
 }
 
+/* Forgets reftable entry `idx`, a refblock past the end of the file that the repair could
+ * not reach: it reads as zeros, so an empty entry means the same. The rebuild may then put
+ * its new structures in that cluster; write_dropped() clears the entries on disk first, so
+ * that the old reftable (live until the header points to the new one) never points into
+ * them. Only the reftable copy in memory changes here: a hostile table may hold a million
+ * such entries, and they are written in one go. */
+void qcow2_chk_drop_refblock(chk *k, uint64_t idx)
+{
+    k->rt[idx] = 0;
+    k->rb_safe = 0;
+    k->rb_valid = false;
+    if (k->rt_drop_hi == 0 || idx < k->rt_drop_lo) {
+        k->rt_drop_lo = idx;
+    }
+    if (idx >= k->rt_drop_hi) {
+        k->rt_drop_hi = idx + 1;
+    }
+}
+
+/* Writes the span of reftable entries qcow2_chk_drop_refblock() cleared, then syncs. The
+ * span lies inside the file (entries past its end read as zeros and are never dropped). A
+ * reftable that overlaps other metadata there is left alone: QEMU would not write it. */
+static int write_dropped(chk *k)
+{
+    uint64_t lo = k->rt_drop_lo, n = k->rt_drop_hi - k->rt_drop_lo;
+    int ret;
+
+    if (k->rt_drop_hi == 0) {
+        return 0;
+    }
+    k->rt_drop_hi = 0;
+    if (qcow2_chk_overlap(k, OL_REFTABLE, k->rt_offset + lo * 8, n * 8)) {
+        return 0;
+    }
+    uint8_t *raw = malloc(n * 8);
+    if (!raw) {
+        return -ENOMEM;
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        vd_put_be64(raw + i * 8, k->rt[lo + i]);
+    }
+    ret = qcow2_chk_write(k, raw, n * 8, k->rt_offset + lo * 8);
+    free(raw);
+    if (ret == 0) {
+        ret = vd_node_flush(k->file);
+    }
+    return ret;
+}
+
 /* QEMU's alloc_clusters_imrt: first fit of `count` free clusters in the IMRT, growing it. */
 static int64_t alloc_clusters_imrt(chk *k, int64_t count, int64_t *first_free)
 {
@@ -216,7 +265,12 @@ int qcow2_chk_rebuild(chk *k)
     /* The old refblocks and reftable stay counted in the IMRT; the new ones go into free
      * clusters. Everything is written and synced before the header points to it. */
     k->rb_valid = false;
-    ret = write_refblocks(k, 0, k->imrt_clusters, &rt, &entries, &what_failed);
+    ret = write_dropped(k);
+    if (ret < 0) {
+        what_failed = "ERROR clearing refcount table entries";
+    } else {
+        ret = write_refblocks(k, 0, k->imrt_clusters, &rt, &entries, &what_failed);
+    }
     while (ret > 0) {
         int64_t first_free = 0;
         rt_clusters = qcow2_chk_clusters(k, entries * 8);

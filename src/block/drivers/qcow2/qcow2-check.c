@@ -224,7 +224,7 @@ const char *qcow2_chk_overlap(chk *k, unsigned ign, uint64_t off, uint64_t len)
         ranges_overlap(start, span, k->l1_offset, (uint64_t)k->l1_size * 8)) {
         return "active L1 table";
     }
-    if (ranges_overlap(start, span, k->rt_offset, k->rt_entries * 8)) {
+    if (!(ign & OL_REFTABLE) && ranges_overlap(start, span, k->rt_offset, k->rt_entries * 8)) {
         return "refcount table";
     }
     /* QEMU's order: the constant-time checks first. */
@@ -624,6 +624,10 @@ out:
 
 static int check_refblocks(chk *k, bool *rebuild)
 {
+    /* How far a repair may grow the file to reach a refblock: fixed before any growth, so
+     * that a chain of refblocks each just past the last cannot walk the file outwards. The
+     * IMRT covers the file and every cluster the metadata references by now. */
+    uint64_t reach = (uint64_t)k->imrt_clusters + REPAIR_GROW_CLUSTERS;
     int ret;
 
     for (uint64_t i = 0; i < k->rt_entries; i++) {
@@ -654,9 +658,11 @@ static int check_refblocks(chk *k, bool *rebuild)
             vd_error *err = NULL;
             if (off > (uint64_t)INT64_MAX - k->cs) {
                 ret = -EINVAL;
-            } else if (qcow2_chk_clusters(k, off + k->cs) > INT_MAX ||
-                       qcow2_chk_imrt_bytes(k, qcow2_chk_clusters(k, off + k->cs)) >
-                           MAX_REPAIR_IMRT) {
+            } else if (cluster >= reach || qcow2_chk_clusters(k, off + k->cs) > INT_MAX) {
+                /* Far past the used area: QEMU would grow the file (sparsely) up to it and
+                 * count every cluster on the way, in memory and time without bound. We
+                 * answer as QEMU does when that resize fails (as it does for offsets the
+                 * file system cannot reach): the rebuild below replaces the entry. */
                 ret = -EFBIG;
                 qcow2_chk_log(k, REPORT "Could not resize file: %s", strerror(EFBIG));
             } else {
@@ -693,6 +699,11 @@ static int check_refblocks(chk *k, bool *rebuild)
             }
             *rebuild = true;
             qcow2_chk_log(k, "ERROR could not resize image: %s", strerror(-ret));
+            if (ret == -EFBIG) {
+                /* The rebuild puts its new structures after the used area, maybe right
+                 * where this entry points: it goes first. */
+                qcow2_chk_drop_refblock(k, i);
+            }
             continue;
         }
         if (off != 0) {

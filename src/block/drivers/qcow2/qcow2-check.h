@@ -18,9 +18,12 @@
 #define BITMAP_MAX_TABLE_SIZE 0x8000000u
 #define BITMAP_MAX_PHYS_SIZE 0x20000000ull
 #define BITMAP_TABLE_RESERVED 0xff000000000001feull
-/* A repair grows the file (sparsely) to reach a refblock past its end, as QEMU does; our
- * in-memory refcount table grows with it, so a hostile offset is refused beyond this. */
-#define MAX_REPAIR_IMRT (256ull << 20)
+/* A repair grows the file to reach a refblock past its end, as QEMU does, but only one
+ * within this many clusters of the used area (the file, or the highest cluster the
+ * metadata references if that is further). One further out is a corrupt reftable entry
+ * that the rebuild replaces, so neither the file nor the in-memory refcount table ever
+ * grows with an offset read from the image. */
+#define REPAIR_GROW_CLUSTERS 8
 /* Messages kept in res->log; a hostile image can produce billions of them. */
 #define LOG_MAX (64u << 20)
 /* L1 and L2 entries one pass may visit. QEMU has no limit, but tables that point at the
@@ -77,6 +80,7 @@ typedef struct chk {
     uint64_t *rt;
     uint64_t rt_entries;
     uint64_t rt_offset;
+    uint64_t rt_drop_lo, rt_drop_hi;  /* entries cleared in memory only: [lo, hi), or hi 0 */
     qcow2_snapshot *sn;
     uint32_t nb_sn;
     uint64_t sn_offset, sn_size;
@@ -107,7 +111,7 @@ uint64_t qcow2_chk_clusters(const chk *k, uint64_t size);
 int qcow2_chk_read(chk *k, void *buf, uint64_t len, uint64_t off);
 int qcow2_chk_write(chk *k, const void *buf, uint64_t len, uint64_t off);
 /* Metadata kinds a write may be allowed to overlap (QEMU's `ign` of the overlap check). */
-enum { OL_ACTIVE_L1 = 1, OL_ACTIVE_L2 = 2, OL_REFBLOCK = 4 };
+enum { OL_ACTIVE_L1 = 1, OL_ACTIVE_L2 = 2, OL_REFBLOCK = 4, OL_REFTABLE = 8 };
 const char *qcow2_chk_overlap(chk *k, unsigned ign, uint64_t off, uint64_t len);
 uint64_t qcow2_chk_imrt_bytes(const chk *k, uint64_t clusters);
 int qcow2_chk_imrt_resize(chk *k, int64_t clusters);
@@ -120,6 +124,7 @@ int qcow2_chk_refblock_of(chk *k, uint64_t cluster, uint64_t *rb_off);
 int qcow2_chk_get_refcount(chk *k, uint64_t cluster, uint64_t *rc);
 int qcow2_chk_set_refcount(chk *k, uint64_t cluster, uint64_t value);
 void qcow2_chk_discard(chk *k, uint64_t cluster);
+void qcow2_chk_drop_refblock(chk *k, uint64_t idx);
 int qcow2_chk_rebuild(chk *k);
 int qcow2_chk_oflag_copied(chk *k);
 int qcow2_chk_read_snapshots(chk *k, counts *sr);
