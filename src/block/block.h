@@ -94,6 +94,7 @@ struct vd_node {
     int fd;                 /* protocol file nodes: the file descriptor, else -1 */
     char *realpath;         /* canonical path, for backing-loop detection */
     vd_node *overlay;       /* the node that opened this one as its backing, if any */
+    pthread_mutex_t rmw_lock; /* serialises read-modify-write of unaligned writes */
 };
 
 /* Opens a node graph for filename: a file node, then the format node (probed when

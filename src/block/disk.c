@@ -191,13 +191,16 @@ int vd_block_status(vd_disk *d, uint64_t off, uint64_t len, vd_extent *st)
         len = d->node->size - off;
     }
     int depth = 0;
+    vd_node_status prev;
+    memset(&prev, 0, sizeof(prev));
     for (vd_node *n = d->node; n; n = n->backing, depth++) {
         vd_node_status s;
         if (off >= n->size) {
-            /* Past the end of a shorter backing file: reads as zeros, nothing allocated. */
+            /* Past the end of a shorter backing file: reads as zeros. QEMU answers with the
+             * status of the layer above (keeping a preallocated offset) and its depth. */
+            fill_status(st, &prev, depth - 1);
             st->length = len;
-            st->flags = VD_BS_ZERO;
-            st->depth = depth;
+            st->flags = (prev.flags & ~(VD_BS_DATA | VD_BS_RECURSE)) | VD_BS_ZERO;
             return 0;
         }
         int ret = vd_node_block_status(n, off, len, &s);
@@ -213,6 +216,7 @@ int vd_block_status(vd_disk *d, uint64_t off, uint64_t len, vd_extent *st)
             }
             return 0;
         }
+        prev = s;
     }
     return -EIO;  /* not reached: the loop returns at the bottom of the chain */
 }

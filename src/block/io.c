@@ -140,6 +140,9 @@ int vd_node_pwrite(vd_node *n, const void *buf, uint64_t len, uint64_t off, unsi
     if (!bounce) {
         return -ENOMEM;
     }
+    /* Two unaligned writes into one block must not both read the old block and then
+     * overwrite each other's bytes, so the read-modify-write runs under a lock. */
+    pthread_mutex_lock(&n->rmw_lock);
     if (start != off || end != off + len) {
         ret = split_pread(n, bounce, end - start, start);
     }
@@ -147,6 +150,7 @@ int vd_node_pwrite(vd_node *n, const void *buf, uint64_t len, uint64_t off, unsi
         memcpy(bounce + (off - start), buf, len);
         ret = split_pwrite(n, bounce, end - start, start, flags);
     }
+    pthread_mutex_unlock(&n->rmw_lock);
     free(bounce);
     return ret;
 }

@@ -39,6 +39,7 @@ static vd_node *node_new(vd_engine *e, const vd_driver *drv, const char *filenam
     n->open_flags = flags;
     n->request_alignment = 1;
     n->fd = -1;
+    pthread_mutex_init(&n->rmw_lock, NULL);
     if (!n->filename) {
         abort();
     }
@@ -47,6 +48,7 @@ static vd_node *node_new(vd_engine *e, const vd_driver *drv, const char *filenam
 
 static void node_free(vd_node *n)
 {
+    pthread_mutex_destroy(&n->rmw_lock);
     free(n->filename);
     free(n->realpath);
     free(n->backing_filename);

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "block/drivers/qcow2/qcow2.h"
+#include "compress/codec.h"
 
 /* ---- in-flight bookkeeping ------------------------------------------------------------ */
 
@@ -104,6 +105,35 @@ static int compressed_error(qcow2_state *s, uint64_t guest_off)
     return -EIO;
 }
 
+/* Decompresses the whole guest cluster that compressed entry e describes into dst
+ * (cluster_size bytes). Called without the lock, inside qcow2_io_begin/end so the
+ * compressed bytes cannot be freed and reused meanwhile. */
+static int read_compressed(qcow2_state *s, uint64_t e, uint64_t guest_off, uint8_t *dst)
+{
+    uint64_t host, csize;
+    qcow2_compressed_decode(e, s->cluster_bits, &host, &csize);
+    const vd_codec *codec = vd_codec_by_id(s->h.compression_type);
+    if (!codec) {
+        vd_set_io_error("%s: compressed cluster at guest offset 0x%" PRIx64 ": unknown "
+                        "compression type %u", s->name, guest_off, s->h.compression_type);
+        return -EIO;
+    }
+    /* csize is bounded by the descriptor's width (at most cluster_size + 512 bytes). */
+    uint8_t *src = malloc(csize);
+    if (!src) {
+        return -ENOMEM;
+    }
+    int ret = vd_node_pread(s->file, src, csize, host);  /* past EOF reads as zeros */
+    if (ret == 0 && codec->decompress(src, csize, dst, s->cluster_size) < 0) {
+        vd_set_io_error("%s: compressed cluster at guest offset 0x%" PRIx64 " (host offset "
+                        "0x%" PRIx64 ") does not decompress to a full cluster", s->name,
+                        guest_off, host);
+        ret = -EIO;
+    }
+    free(src);
+    return ret;
+}
+
 /* ---- reads ---------------------------------------------------------------------------- */
 
 static int read_backing(qcow2_state *s, void *buf, uint64_t len, uint64_t off)
@@ -156,7 +186,27 @@ int qcow2_co_pread(vd_node *node, void *buf, uint64_t len, uint64_t off)
             pthread_mutex_lock(&s->lock);
             qcow2_io_end(s, &io);
             break;
-        case QCOW2_SC_COMPRESSED:
+        case QCOW2_SC_COMPRESSED: {
+            uint64_t in = off & (s->cluster_size - 1);
+            if (r.bytes > s->cluster_size - in) {
+                r.bytes = s->cluster_size - in;
+            }
+            uint8_t *cbuf = malloc(s->cluster_size);
+            if (!cbuf) {
+                ret = -ENOMEM;
+                break;
+            }
+            qcow2_io_begin(s, &io);
+            pthread_mutex_unlock(&s->lock);
+            ret = read_compressed(s, r.l2e, off - in, cbuf);
+            if (ret == 0) {
+                memcpy(p, cbuf + in, r.bytes);
+            }
+            free(cbuf);
+            pthread_mutex_lock(&s->lock);
+            qcow2_io_end(s, &io);
+            break;
+        }
         default:
             ret = compressed_error(s, off);
             break;
@@ -251,6 +301,15 @@ static int read_old(qcow2_state *s, uint64_t e, uint64_t bm, uint64_t g, uint64_
         case QCOW2_SC_NORMAL:
             ret = vd_node_pread(s->file, dst, end - a, host + a);
             break;
+        case QCOW2_SC_COMPRESSED: {
+            uint8_t *cbuf = malloc(s->cluster_size);
+            ret = cbuf ? read_compressed(s, e, g, cbuf) : -ENOMEM;
+            if (ret == 0) {
+                memcpy(dst, cbuf + a, end - a);
+            }
+            free(cbuf);
+            break;
+        }
         default:
             ret = compressed_error(s, g + a);
             break;
@@ -507,12 +566,6 @@ static int plan_segment(qcow2_state *s, uint64_t off, uint64_t len, seg *g)
                        (kind == SEG_INPLACE && qcow2_entry_host(e) != host0 + k * cs) ||
                        (kind == SEG_NEW && k >= max_new)) {
                 break;
-            }
-            if (kind == SEG_NEW && (e & QCOW2_OFLAG_COMPRESSED) &&
-                (a != 0 || (b != cs && cstart + b < s->node->size))) {
-                /* A partial overwrite would need the decompressed old data. */
-                qcow2_cache_put(s->l2_cache, sl);
-                return compressed_error(s, cstart);
             }
             g->e_last = e;
             g->bm_last = bm;

@@ -512,8 +512,12 @@ static int qcow2_open(vd_node *node, unsigned flags, vd_error **errp)
             goto fail;
         }
     }
-    if (s->writable && (s->h.autoclear_features & ~QCOW2_AUTOCLEAR_KNOWN)) {
-        s->h.autoclear_features &= QCOW2_AUTOCLEAR_KNOWN;
+    /* Autoclear bits name extensions a writer keeps consistent. We do not maintain
+     * persistent bitmaps yet, so after our writes they would be stale: clear their bit
+     * too, and QEMU will ignore (and drop) the bitmaps instead of trusting them. */
+    const uint64_t kept_autoclear = QCOW2_AUTOCLEAR_KNOWN & ~QCOW2_AUTOCLEAR_BITMAPS;
+    if (s->writable && (s->h.autoclear_features & ~kept_autoclear)) {
+        s->h.autoclear_features &= kept_autoclear;
         ret = qcow2_write_header(s);
         if (ret < 0) {
             ret = vd_error_set(errp, VD_ERR_IO, -ret, "%s: could not update the header: %s",
