@@ -713,14 +713,44 @@ static int write_zero_buffer(qcow2_state *s, uint64_t off, uint64_t len)
 
 /* A part of the request smaller than a (sub)cluster: nothing to do if it already reads as
  * zeros, else real zeros are written. */
+/* Zeroes part of one subcluster. As QEMU does: when the rest of the subcluster already
+ * reads as zeros and it holds no data of its own (unallocated or a zero entry), the whole
+ * subcluster becomes a zero entry; otherwise zeros are written into it. */
 static int zero_partial(qcow2_state *s, uint64_t off, uint64_t len, unsigned flags)
 {
-    bool zero;
-    uint64_t first = off >> s->cluster_bits;
-    alloc_wait(s, first, 1);
-    int ret = qcow2_reads_zero_locked(s, off, len, &zero);
-    if (ret < 0 || zero) {
+    uint64_t sc_start = off & ~(s->sc_size - 1);
+    uint64_t sc_end = sc_start + s->sc_size;
+    if (sc_end > s->node->size) {
+        sc_end = s->node->size;
+    }
+    alloc_wait(s, off >> s->cluster_bits, 1);
+    bool head_zero = true, tail_zero = true;
+    int ret = 0;
+    if (off > sc_start) {
+        ret = qcow2_reads_zero_locked(s, sc_start, off - sc_start, &head_zero);
+    }
+    if (ret == 0 && off + len < sc_end) {
+        ret = qcow2_reads_zero_locked(s, off + len, sc_end - off - len, &tail_zero);
+    }
+    if (ret < 0) {
         return ret;
+    }
+    if (head_zero && tail_zero) {
+        qcow2_run r;
+        ret = qcow2_map_locked(s, sc_start, sc_end - sc_start, &r);
+        if (ret < 0) {
+            return ret;
+        }
+        if (r.type == QCOW2_SC_ZERO_PLAIN || r.type == QCOW2_SC_ZERO_ALLOC ||
+            r.type == QCOW2_SC_UNALLOC_PLAIN || r.type == QCOW2_SC_UNALLOC_ALLOC) {
+            ret = qcow2_mark_dirty_locked(s);
+            if (ret == 0) {
+                ret = qcow2_zeroize_locked(s, sc_start, sc_end - sc_start, flags);
+            }
+            if (ret != -ENOTSUP) {
+                return ret;
+            }
+        }
     }
     if (flags & VD_REQ_NO_FALLBACK) {
         return -ENOTSUP;
