@@ -919,28 +919,26 @@ static void chk_clear(chk *k)
     free(k->l2);
 }
 
-/* What QEMU's open does in check mode: decode and validate the header (tolerating an
- * empty reftable and ignoring the snapshot table, which check reads itself), then load
- * the active L1 and the reftable. */
-static int load_image(chk *k, vd_error **errp)
+int qcow2_header_read_check(struct vd_node *file, const char *what, qcow2_header *h,
+                            uint64_t *file_len, vd_error **errp)
 {
-    int64_t len = vd_node_file_length(k->file);
+    int64_t len = vd_node_file_length(file);
     if (len < 0) {
         return vd_error_set(errp, VD_ERR_IO, (int)-len, "%s: cannot get the file length: %s",
-                            k->what, strerror((int)-len));
+                            what, strerror((int)-len));
     }
-    k->file_len = (uint64_t)len;
+    *file_len = (uint64_t)len;
 
-    size_t hlen = k->file_len < (1u << QCOW2_MAX_CLUSTER_BITS) ? (size_t)k->file_len
-                                                                : (1u << QCOW2_MAX_CLUSTER_BITS);
+    size_t hlen = *file_len < (1u << QCOW2_MAX_CLUSTER_BITS) ? (size_t)*file_len
+                                                              : (1u << QCOW2_MAX_CLUSTER_BITS);
     uint8_t *hbuf = calloc(1, hlen ? hlen : 1);
     if (!hbuf) {
-        return vd_error_set(errp, VD_ERR_NOMEM, ENOMEM, "%s: out of memory", k->what);
+        return vd_error_set(errp, VD_ERR_NOMEM, ENOMEM, "%s: out of memory", what);
     }
-    int ret = hlen ? vd_node_pread(k->file, hbuf, hlen, 0) : 0;
+    int ret = hlen ? vd_node_pread(file, hbuf, hlen, 0) : 0;
     if (ret < 0) {
         free(hbuf);
-        return vd_error_set(errp, VD_ERR_IO, -ret, "%s: cannot read the header: %s", k->what,
+        return vd_error_set(errp, VD_ERR_IO, -ret, "%s: cannot read the header: %s", what,
                             strerror(-ret));
     }
     uint8_t raw[72] = {0};
@@ -952,16 +950,27 @@ static int load_image(chk *k, vd_error **errp)
     if (hlen >= 72) {
         memset(hbuf + 60, 0, 12);
     }
-    ret = qcow2_header_decode(hbuf, hlen, UINT64_MAX, k->what, &k->h, errp);
+    ret = qcow2_header_decode(hbuf, hlen, UINT64_MAX, what, h, errp);
     free(hbuf);
     if (ret < 0) {
         return ret;
     }
     if (no_reftable) {
-        k->h.refcount_table_clusters = 0;
+        h->refcount_table_clusters = 0;
     }
-    k->h.nb_snapshots = vd_be32(raw + 60);
-    k->h.snapshots_offset = vd_be64(raw + 64);
+    h->nb_snapshots = vd_be32(raw + 60);
+    h->snapshots_offset = vd_be64(raw + 64);
+    return 0;
+}
+
+/* What QEMU's open does in check mode: decode and validate the header leniently, then
+ * load the active L1 and the reftable. */
+static int load_image(chk *k, vd_error **errp)
+{
+    int ret = qcow2_header_read_check(k->file, k->what, &k->h, &k->file_len, errp);
+    if (ret < 0) {
+        return ret;
+    }
 
     k->cbits = k->h.cluster_bits;
     k->cs = qcow2_cluster_size(&k->h);

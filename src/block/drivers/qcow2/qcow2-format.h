@@ -237,6 +237,12 @@ struct vd_node;
  * qemu-img's "Check failed: <strerror>" (res still holds the counts so far). */
 int qcow2_check_image(struct vd_node *file, const char *what, unsigned fix,
                       vd_check_result *res, vd_error **errp);
+/* Reads and decodes the header of `file` as QEMU's check-mode open does: table offsets are
+ * not checked against the file length, an empty reftable (refcount_table_clusters = 0)
+ * is tolerated and the snapshot table fields are taken as stored, unvalidated (check
+ * reads them itself). Sets *file_len. Free h with qcow2_header_clear(). */
+int qcow2_header_read_check(struct vd_node *file, const char *what, qcow2_header *h,
+                            uint64_t *file_len, vd_error **errp);
 
 /* ---- Create, preallocation, measure (qcow2-create.c, qcow2-layout.c) ----------------- */
 int qcow2_create(vd_engine *e, const char *filename, uint64_t size, const vd_opts *opts,

@@ -128,7 +128,7 @@ int qcow2_flush_locked(qcow2_state *s)
     if (!s->writable) {
         return 0;
     }
-    if (s->broken) {
+    if (s->broken || !s->loaded) {
         /* The metadata may be wrong: keep it off the disk, but make data durable. */
         return qcow2_sync(s);
     }
@@ -215,6 +215,7 @@ const uint8_t *qcow2_zeros(qcow2_state *s)
 
 static void free_tables(qcow2_state *s)
 {
+    s->loaded = false;
     if (s->l2_cache) {
         qcow2_cache_free(s->l2_cache);
         s->l2_cache = NULL;
@@ -377,21 +378,10 @@ static int load_l1(qcow2_state *s, vd_error **errp)
     return 0;
 }
 
-/* Reads header and tables and sets up the geometry and caches. */
-static int load_image(qcow2_state *s, vd_error **errp)
+/* Derives the geometry from a decoded header. */
+static void set_geometry(qcow2_state *s)
 {
-    free_tables(s);
-    int64_t flen = vd_node_file_length(s->file);
-    if (flen < 0) {
-        return vd_error_set(errp, VD_ERR_IO, (int)-flen, "%s: could not get the file length: "
-                            "%s", s->name, strerror((int)-flen));
-    }
-    uint64_t file_len = (uint64_t)flen;
-    int ret = read_header(s, file_len, errp);
-    if (ret < 0) {
-        return ret;
-    }
-    qcow2_header *h = &s->h;
+    const qcow2_header *h = &s->h;
     s->cluster_bits = h->cluster_bits;
     s->cluster_size = 1ull << h->cluster_bits;
     s->extl2 = qcow2_has_extl2(h);
@@ -408,6 +398,39 @@ static int load_image(qcow2_state *s, vd_error **errp)
     s->refcount_max = h->refcount_order == 6 ? UINT64_MAX : (1ull << (1u << h->refcount_order)) - 1;
     s->dirty_on_disk = (h->incompatible_features & QCOW2_INCOMPAT_DIRTY) != 0;
     s->dirty_ours = false;
+}
+
+/* VD_OPEN_CHECK: only the header, decoded as leniently as the check itself does, so that
+ * images whose tables are unusable still reach the check, which loads them itself. Tables
+ * stay unloaded and the node refuses I/O (broken) until a repair reloads it fully. */
+static int load_header_check(qcow2_state *s, vd_error **errp)
+{
+    free_tables(s);
+    uint64_t file_len;
+    int ret = qcow2_header_read_check(s->file, s->name, &s->h, &file_len, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    set_geometry(s);
+    s->broken = true;
+    return 0;
+}
+
+/* Reads header and tables and sets up the geometry and caches. */
+static int load_image(qcow2_state *s, vd_error **errp)
+{
+    free_tables(s);
+    int64_t flen = vd_node_file_length(s->file);
+    if (flen < 0) {
+        return vd_error_set(errp, VD_ERR_IO, (int)-flen, "%s: could not get the file length: "
+                            "%s", s->name, strerror((int)-flen));
+    }
+    uint64_t file_len = (uint64_t)flen;
+    int ret = read_header(s, file_len, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    set_geometry(s);
 
     ret = load_snapshots(s, file_len, errp);
     if (ret == 0) {
@@ -424,6 +447,7 @@ static int load_image(qcow2_state *s, vd_error **errp)
     s->rb_unsynced = false;
     s->free_hint = 0;
     s->zero_from = (file_len + s->cluster_size - 1) & ~(s->cluster_size - 1);
+    s->loaded = true;
     return 0;
 }
 
@@ -479,8 +503,9 @@ static int qcow2_open(vd_node *node, unsigned flags, vd_error **errp)
     s->writable = (flags & VD_OPEN_RDWR) != 0;
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
+    s->check_only = (flags & VD_OPEN_CHECK) != 0;
 
-    int ret = load_image(s, errp);
+    int ret = s->check_only ? load_header_check(s, errp) : load_image(s, errp);
     if (ret < 0) {
         goto fail;
     }
@@ -595,6 +620,26 @@ static int64_t qcow2_allocated_size(vd_node *node)
     return f->drv->allocated_size(f);
 }
 
+/* After a check of a VD_OPEN_CHECK node: a successful repair may have made the image
+ * loadable, so try a full load; otherwise (or if that fails) keep the header-only state.
+ * Never an error: the check's result is what the caller asked for. */
+static void check_only_reload(qcow2_state *s, unsigned fix, int check_ret)
+{
+    vd_error *err = NULL;
+    if (fix && check_ret == 0 && load_image(s, &err) == 0) {
+        s->broken = false;
+        s->node->size = s->h.size;
+        return;
+    }
+    vd_error_free(err);
+    err = NULL;
+    if (fix && load_header_check(s, &err) == 0) {
+        s->node->size = s->h.size;
+    }
+    vd_error_free(err);
+    s->broken = true;
+}
+
 static int qcow2_check(vd_node *node, unsigned fix, vd_check_result *res, vd_error **errp)
 {
     qcow2_state *s = node->opaque;
@@ -613,9 +658,15 @@ static int qcow2_check(vd_node *node, unsigned fix, vd_check_result *res, vd_err
                            s->name, strerror(-ret));
         goto out;
     }
-    qcow2_cache_drop_all(s->l2_cache);
-    qcow2_cache_drop_all(s->rb_cache);
+    if (s->loaded) {
+        qcow2_cache_drop_all(s->l2_cache);
+        qcow2_cache_drop_all(s->rb_cache);
+    }
     ret = qcow2_check_image(s->file, s->name, fix, res, errp);
+    if (s->check_only) {
+        check_only_reload(s, fix, ret);
+        goto out;
+    }
     /* Whatever happened, the file is the truth now. */
     vd_error *err = NULL;
     int r = load_image(s, &err);
@@ -978,18 +1029,61 @@ static int qcow2_amend(vd_node *node, const vd_opts *opts, vd_error **errp)
 
 /* ---- driver table ---------------------------------------------------------------------- */
 
+/* ---- I/O entry points ---------------------------------------------------------------- */
+
+/* The tables are absent on a VD_OPEN_CHECK node (and after a failed reload): refuse I/O
+ * rather than let the request path touch them. */
+static bool tables_ready(vd_node *node)
+{
+    qcow2_state *s = node->opaque;
+    pthread_mutex_lock(&s->lock);
+    bool ok = s->loaded;
+    pthread_mutex_unlock(&s->lock);
+    if (!ok) {
+        vd_set_io_error("%s: the image metadata is not loaded (opened for check only)",
+                        s->name);
+    }
+    return ok;
+}
+
+static int qcow2_pread_op(vd_node *node, void *buf, uint64_t len, uint64_t off)
+{
+    return tables_ready(node) ? qcow2_co_pread(node, buf, len, off) : -EIO;
+}
+
+static int qcow2_pwrite_op(vd_node *node, const void *buf, uint64_t len, uint64_t off,
+                           unsigned flags)
+{
+    return tables_ready(node) ? qcow2_co_pwrite(node, buf, len, off, flags) : -EIO;
+}
+
+static int qcow2_pwrite_zeroes_op(vd_node *node, uint64_t off, uint64_t len, unsigned flags)
+{
+    return tables_ready(node) ? qcow2_co_pwrite_zeroes(node, off, len, flags) : -EIO;
+}
+
+static int qcow2_pdiscard_op(vd_node *node, uint64_t off, uint64_t len)
+{
+    return tables_ready(node) ? qcow2_co_pdiscard(node, off, len) : -EIO;
+}
+
+static int qcow2_block_status_op(vd_node *node, uint64_t off, uint64_t len, vd_node_status *st)
+{
+    return tables_ready(node) ? qcow2_co_block_status(node, off, len, st) : -EIO;
+}
+
 const vd_driver vd_qcow2_driver = {
     .name = "qcow2",
     .is_format = true,
     .probe = qcow2_probe,
     .open = qcow2_open,
     .close = qcow2_close,
-    .pread = qcow2_co_pread,
-    .pwrite = qcow2_co_pwrite,
-    .pwrite_zeroes = qcow2_co_pwrite_zeroes,
-    .pdiscard = qcow2_co_pdiscard,
+    .pread = qcow2_pread_op,
+    .pwrite = qcow2_pwrite_op,
+    .pwrite_zeroes = qcow2_pwrite_zeroes_op,
+    .pdiscard = qcow2_pdiscard_op,
     .flush = qcow2_flush,
-    .block_status = qcow2_co_block_status,
+    .block_status = qcow2_block_status_op,
     .truncate = qcow2_truncate,
     .get_info = qcow2_get_info,
     .check = qcow2_check,

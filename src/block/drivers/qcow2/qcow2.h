@@ -179,6 +179,8 @@ struct qcow2_state {
     size_t nb_unsynced_frees;
 
     bool broken;                 /* corruption found: no more writes */
+    bool loaded;                 /* L1, reftable and caches are in memory */
+    bool check_only;             /* VD_OPEN_CHECK: header only until a repair reloads */
     bool dirty_on_disk;          /* the dirty bit is set in the file */
     bool dirty_ours;             /* and we set it (lazy refcounts): clear it on close */
     bool prealloc_checked;
