@@ -79,9 +79,6 @@ static int do_pwrite(io_state *s, const void *buf, int64_t offset, int64_t count
 static int do_pwrite_zeroes(io_state *s, int64_t offset, int64_t count, unsigned flags)
 {
     int ret = check_range(s, offset, count);
-    if (!(s->flags & VD_OPEN_UNMAP)) {
-        flags &= ~(unsigned)VD_REQ_MAY_UNMAP;  /* as qemu does without discard=unmap */
-    }
     return ret < 0 ? ret : vd_pwrite_zeroes(s->disk, (uint64_t)offset, (uint64_t)count, flags);
 }
 
@@ -840,8 +837,8 @@ static int discard_f(io_state *s, int argc, char **argv)
     struct timespec t1, t2;
     now(&t1);
     ret = check_range(s, offset, bytes);
-    /* qemu drops discards at every layer unless the image was opened with discard=unmap. */
-    if (ret == 0 && (s->flags & VD_OPEN_UNMAP)) {
+    if (ret == 0) {
+        /* The library ignores it unless the disk was opened with discard=unmap, as qemu. */
         ret = vd_pdiscard(s->disk, (uint64_t)offset, (uint64_t)bytes);
     }
     now(&t2);
