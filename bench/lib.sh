@@ -31,11 +31,24 @@ bench_size() {
     if [ "$BENCH_QUICK" = 1 ]; then echo "$2"; else echo "$1"; fi
 }
 
-# bench_case ID METRIC VDISK_LABEL BASE_LABEL MIN_RATIO TITLE COMMAND
-# Declares one row of the results table. METRIC is "time" or "rss"; the ratio is
-# baseline / vdisk for both, so above 1 is better for vdisk. MIN_RATIO "-" means no target.
+# bench_case ID METRIC VDISK_LABEL BASE_LABEL MIN_RATIO TITLE COMMAND [BYTES]
+# Declares one row of the results table. METRIC is "time", "rss" or "size" (of the output
+# file, recorded with bench_output_size); the ratio is baseline / vdisk for all three, so
+# above 1 is better for vdisk. MIN_RATIO "-" means no target. BYTES (time rows): the data
+# size the run processes, shown as MB/s next to the time.
 bench_case() {
-    printf 'case\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$BENCH_RUNS"
+    printf 'case\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "${@:1:7}" "${8:-}" >>"$BENCH_RUNS"
+}
+
+# bench_output_size CASE WHO ROUND FILE: records the size of a file a run wrote.
+bench_output_size() {
+    printf 'size\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$(stat -c %s "$4")" >>"$BENCH_RUNS"
+}
+
+# bench_section TITLE FILE: a markdown file to append to the results under its own heading
+# (read when the report is written).
+bench_section() {
+    printf 'section\t%s\t%s\n' "$1" "$2" >>"$BENCH_RUNS"
 }
 
 # bench_note CASE TEXT: a line for the "Notes" section (failed checks, skipped work).

@@ -7,22 +7,27 @@ import sys
 
 
 def load(path):
-    cases, runs, notes, meta = [], {}, [], []
+    cases, runs, notes, meta, sizes, sections = [], {}, [], [], {}, []
     with open(path) as f:
         for line in f:
             p = line.rstrip("\n").split("\t")
             if p[0] == "case" and len(p) >= 8:
                 cases.append(dict(id=p[1], metric=p[2], vd=p[3], base=p[4], min=p[5],
-                                  title=p[6], cmd=p[7]))
+                                  title=p[6], cmd=p[7],
+                                  bytes=int(p[8]) if len(p) >= 9 and p[8] else None))
             elif p[0] == "run" and len(p) >= 10:
                 runs.setdefault((p[1], p[2]), []).append(dict(
                     round=int(p[3]), status=int(p[4]), secs=float(p[5]), rss=int(p[6]),
                     floor=int(p[7]), log=p[8], cpu=float(p[9])))
+            elif p[0] == "size" and len(p) >= 5:
+                sizes.setdefault((p[1], p[2]), []).append(int(p[4]))
+            elif p[0] == "section" and len(p) >= 3:
+                sections.append((p[1], p[2]))
             elif p[0] == "note" and len(p) >= 3:
                 notes.append((p[1], p[2]))
             elif p[0] == "meta" and len(p) >= 3:
                 meta.append((p[1], p[2]))
-    return cases, runs, notes, meta
+    return cases, runs, notes, meta, sizes, sections
 
 
 def ok_runs(runs, case, who):
@@ -39,9 +44,11 @@ def fmt_rss(kb, floor=0):
     return "<= " + text if floor and kb <= floor else text
 
 
-def value(case, rs):
+def value(case, rs, sizes=None):
     if not rs:
         return None
+    if case["metric"] == "size":
+        return statistics.median(sizes) if sizes else None
     if case["metric"] == "rss":
         return statistics.median(r["rss"] for r in rs)
     return statistics.median(r["secs"] for r in rs)
@@ -52,6 +59,10 @@ def show(case, v, rs):
         return "failed" if rs is None or not rs else "-"
     if case["metric"] == "rss":
         return fmt_rss(v, max(r["floor"] for r in rs))
+    if case["metric"] == "size":
+        return "%.1f MiB" % (v / 1048576.0)
+    if case["bytes"]:
+        return "%s (%.0f MB/s)" % (fmt_secs(v), case["bytes"] / 1e6 / v)
     return fmt_secs(v)
 
 
@@ -87,7 +98,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--readme", help="replace the table between the results markers here")
     args = ap.parse_args()
-    cases, runs, notes, meta = load(args.runs)
+    cases, runs, notes, meta, sizes, sections = load(args.runs)
 
     out = []
     w = out.append
@@ -100,9 +111,10 @@ def main():
         w("- %s: %s" % (k, v))
     w("")
     w("Each number is the median over the rounds; runs alternate between the contenders. "
-      "ratio = baseline / vdisk (wall time or peak RSS), so above 1.00x means vdisk is faster "
-      "or smaller. CPU ratio = the same for user + system CPU time: not a target, but steadier "
-      "than wall time when the machine is busy. Commands and method: bench/README.md.")
+      "ratio = baseline / vdisk (wall time, peak RSS or output size), so above 1.00x means "
+      "vdisk is faster or smaller; MB/s is of the source image's size. CPU ratio = the same "
+      "for user + system CPU time: not a target, but steadier than wall time when the machine "
+      "is busy. Commands and method: bench/README.md.")
     w("")
     w("| case | what | vdisk | baseline | ratio | target | met? | CPU ratio |")
     w("|---|---|---|---|---|---|---|---|")
@@ -110,7 +122,8 @@ def main():
     for c in cases:
         vrs = ok_runs(runs, c["id"], c["vd"])
         brs = ok_runs(runs, c["id"], c["base"])
-        v, b = value(c, vrs), value(c, brs)
+        v = value(c, vrs, sizes.get((c["id"], c["vd"])))
+        b = value(c, brs, sizes.get((c["id"], c["base"])))
         ratio = b / v if v and b else None
         target = "-" if c["min"] == "-" else ">= %.2fx" % float(c["min"])
         if c["min"] == "-":
@@ -171,6 +184,15 @@ def main():
             shown.add(c["id"])
             w("- %s: `%s`" % (c["id"], c["cmd"]))
     w("")
+    for title, path in sections:
+        w("## " + title)
+        w("")
+        try:
+            with open(path) as f:
+                w(f.read().strip())
+        except OSError as e:
+            w("(missing: %s)" % e)
+        w("")
     if notes:
         w("## Notes")
         w("")

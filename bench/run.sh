@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Runs the vdisk benchmarks side by side with qemu-img and writes the results table
 # (bench/results.md; quick runs go to $BENCH_DIR instead). Usage: bench/run.sh [CASE...]
-# Cases: alloc-write alloc-read seq convert create (the default set), create-full.
+# Cases: alloc-write alloc-read seq convert create compress codec (the default set),
+# create-full, compress-zlib, compress-zstd (one compression type only).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-all_cases=(alloc-write alloc-read seq convert create create-full)
-default_cases=(alloc-write alloc-read seq convert create)
+all_cases=(alloc-write alloc-read seq convert create compress codec create-full
+    compress-zlib compress-zstd)
+default_cases=(alloc-write alloc-read seq convert create compress codec)
 
 usage() {
-    sed -n '2,4s/^# \{0,1\}//p' "$0"
+    sed -n '2,5s/^# \{0,1\}//p' "$0"
     echo "Environment: VDISK=$VDISK QEMU_IMG=$QEMU_IMG BENCH_ROUNDS=$BENCH_ROUNDS"
     echo "  BENCH_QUICK=$BENCH_QUICK BENCH_DIR=$BENCH_DIR BENCH_STRICT=${BENCH_STRICT:-0}"
     echo "  BENCH_OUT (default bench/results.md, or \$BENCH_DIR/results-quick.md when quick)"
@@ -95,6 +97,7 @@ for c in "${cases[@]}"; do
         seq) script=(seq.sh) ;;
         create) script=(create.sh meta) ;;
         create-full) script=(create.sh full) ;;
+        compress-zlib | compress-zstd) script=(compress.sh "${c#compress-}") ;;
         *) script=("$c.sh") ;;
     esac
     if ! bash "$BENCH_SRC/${script[0]}" "${script[@]:1}"; then

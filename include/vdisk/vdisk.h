@@ -121,6 +121,23 @@ int vd_pwrite(vd_disk *d, const void *buf, uint64_t len, uint64_t off, unsigned 
 int vd_pwrite_zeroes(vd_disk *d, uint64_t off, uint64_t len, unsigned flags);
 int vd_pdiscard(vd_disk *d, uint64_t off, uint64_t len);
 int vd_flush(vd_disk *d);
+/* Writes whole clusters compressed with the image's compression type (qcow2 only; other
+ * formats give -ENOTSUP). off must be cluster-aligned and len a multiple of the cluster
+ * size, except that the request may end at the end of the disk (-EINVAL otherwise). The
+ * clusters of one request are compressed in parallel on every core and stored back to
+ * back. A cluster that does not get smaller is stored uncompressed, as QEMU does.
+ * Allocated clusters may be overwritten; their old data is released. len 0 pads the image
+ * file to a multiple of 512 bytes, as qemu-img convert -c does when it finishes. */
+int vd_pwrite_compressed(vd_disk *d, const void *buf, uint64_t len, uint64_t off);
+/* Compression level of this handle's compressed writes (default: the codec's default).
+ * A level outside the codec's range fails with -EINVAL and a message naming the codec and
+ * its range. */
+int vd_set_compression_level(vd_disk *d, int level, vd_error **errp);
+/* Validates a compression type name (NULL = "zlib") and, unless level is
+ * VD_COMPRESSION_LEVEL_DEFAULT, a level for it, without an image: an unknown type lists
+ * the known ones; a bad level names the codec's range. */
+#define VD_COMPRESSION_LEVEL_DEFAULT (-1000000)
+int vd_compression_check(const char *type, int level, vd_error **errp);
 /* Last error message of a failed I/O on this handle's thread, or NULL. I/O returns bare
  * -errno for speed; drivers leave a message here when they have one worth showing. */
 const char *vd_disk_last_error(vd_disk *d);

@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "vdisk/snapshot.h"
 #include "vdisk/vdisk.h"
 
 typedef struct vd_node vd_node;
@@ -24,6 +25,16 @@ typedef struct vd_node_status {
     uint64_t offset;     /* offset in `file` when VD_BS_OFFSET */
     vd_node *file;       /* node that holds `offset` */
 } vd_node_status;
+
+/* An internal snapshot to create (see the snapshot ops below). */
+typedef struct vd_snap_params {
+    const char *name;
+    uint32_t date_sec, date_nsec;
+    uint64_t vm_clock_nsec;
+    const void *vm_state;        /* may be NULL when vm_state_size is 0 */
+    uint64_t vm_state_size;
+    bool replace;                /* a same-named snapshot is deleted at commit */
+} vd_snap_params;
 
 struct vd_driver {
     const char *name;
@@ -49,6 +60,11 @@ struct vd_driver {
     int (*pwrite_zeroes)(vd_node *node, uint64_t off, uint64_t len, unsigned flags);
     /* Discard, advisory: may do nothing for partial clusters. Alignment: any. */
     int (*pdiscard)(vd_node *node, uint64_t off, uint64_t len);
+    /* Compressed write (see vd_pwrite_compressed in vdisk.h), optional (-ENOTSUP). The core
+     * has checked bounds and write access; the driver checks cluster alignment. len may be
+     * 0 (pad the file). level: the codec level to use, or VD_COMPRESSION_LEVEL_DEFAULT. */
+    int (*pwrite_compressed)(vd_node *node, const void *buf, uint64_t len, uint64_t off,
+                             int level);
     /* Makes every completed write durable (and the driver's metadata). */
     int (*flush)(vd_node *node);
     /* Status of the longest uniform prefix of [off, off+len) in this node only.
@@ -68,6 +84,39 @@ struct vd_driver {
     int (*make_empty)(vd_node *node, vd_error **errp);
     /* Bytes allocated on the host for this node and its file child. */
     int64_t (*allocated_size)(vd_node *node);
+
+    /* Internal snapshots (format drivers), all optional. The caller (src/snapshot/) has
+     * drained the node and keeps it drained from prepare to clean. Two phases, for
+     * transactions over many disks:
+     * - *_prepare checks everything (read-only, not found, name clash unless replace, ...)
+     *   and does every write that can be undone, durably, without changing what a reader
+     *   of the image sees: a crash after it leaks clusters at worst. *txn gets a handle.
+     * - commit makes the change visible with one in-place header write and a flush.
+     * - abort undoes prepare, or prepare and a successful commit (so the failure of a
+     *   later action in the group rolls this one back). Never corrupts; may leak only if
+     *   its own I/O fails.
+     * - clean finishes (work that can no longer be undone, e.g. dropping the references
+     *   of a deleted snapshot, after a commit) and frees the handle; called exactly once
+     *   per successful prepare, after commit or abort. Failures there leak clusters only.
+     * With replace, the deletion of the old same-named snapshot happens in commit and
+     * cannot be undone; the transaction engine runs such actions last. */
+    int (*snapshot_list)(vd_node *node, vd_snapshot_info **out, size_t *nb, vd_error **errp);
+    int (*snapshot_create_prepare)(vd_node *node, const vd_snap_params *p, void **txn,
+                                   vd_error **errp);
+    int (*snapshot_delete_prepare)(vd_node *node, const char *id, const char *name,
+                                   void **txn, vd_error **errp);
+    int (*snapshot_commit)(vd_node *node, void *txn, vd_error **errp);
+    int (*snapshot_abort)(vd_node *node, void *txn, vd_error **errp);
+    void (*snapshot_clean)(vd_node *node, void *txn);
+    /* Reverts to a snapshot (id first, then name). Drained by the caller. */
+    int (*snapshot_apply)(vd_node *node, const char *id_or_name, vd_error **errp);
+    /* Reads or writes the active image's VM-state area. */
+    int (*vmstate_rw)(vd_node *node, void *buf, uint64_t len, uint64_t pos, bool write,
+                      vd_error **errp);
+
+    /* Fault injection hook (filter drivers): a named event the format driver above
+     * announced on this node (vd_node_event). Optional. */
+    void (*event)(vd_node *node, const char *name);
 
     /* Image creation (format drivers create through a protocol node they open). */
     int (*create)(vd_engine *e, const char *filename, uint64_t size, const vd_opts *opts,
@@ -95,6 +144,7 @@ struct vd_node {
     char *realpath;         /* canonical path, for backing-loop detection */
     vd_node *overlay;       /* the node that opened this one as its backing, if any */
     pthread_mutex_t rmw_lock; /* serialises read-modify-write of unaligned writes */
+    int compress_level;     /* for compressed writes; VD_COMPRESSION_LEVEL_DEFAULT */
 };
 
 /* Opens a node graph for filename: a file node, then the format node (probed when
@@ -122,6 +172,7 @@ int vd_node_pread(vd_node *n, void *buf, uint64_t len, uint64_t off);
 int vd_node_pwrite(vd_node *n, const void *buf, uint64_t len, uint64_t off, unsigned flags);
 int vd_node_pwrite_zeroes(vd_node *n, uint64_t off, uint64_t len, unsigned flags);
 int vd_node_pdiscard(vd_node *n, uint64_t off, uint64_t len);
+int vd_node_pwrite_compressed(vd_node *n, const void *buf, uint64_t len, uint64_t off);
 int vd_node_flush(vd_node *n);
 int vd_node_block_status(vd_node *n, uint64_t off, uint64_t len, vd_node_status *st);
 int vd_node_truncate(vd_node *n, uint64_t size, bool shrink, const char *prealloc,
@@ -131,6 +182,11 @@ int vd_node_truncate(vd_node *n, uint64_t size, bool shrink, const char *preallo
 int vd_node_pread_zero_pad(vd_node *n, void *buf, uint64_t len, uint64_t off);
 /* Size of the underlying host file for a protocol node (fstat), or -errno. */
 int64_t vd_node_file_length(vd_node *n);
+
+/* Announces a named event (e.g. "l1_update", "snapshot_table_update", "refblock_update")
+ * to n and its file children, so a fault-injection filter can fail the I/O that follows.
+ * Cheap when no filter is present. */
+void vd_node_event(vd_node *n, const char *name);
 
 /* Per-thread last I/O error message (drivers set it before returning -errno). */
 void vd_set_io_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -4,14 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "block/block.h"
-
-struct vd_disk {
-    vd_engine *engine;
-    vd_node *node;
-    bool owns_node;         /* false for the handles vd_disk_backing() hands out */
-    struct vd_disk *backing;
-};
+#include "block/disk.h"
+#include "compress/codec.h"
 
 static vd_disk *disk_wrap(vd_engine *e, vd_node *n, bool owns)
 {
@@ -122,6 +116,51 @@ int vd_pdiscard(vd_disk *d, uint64_t off, uint64_t len)
         return 0;  /* discard is advisory; QEMU ignores it unless opened with discard=unmap */
     }
     return after_write(d, vd_node_pdiscard(d->node, off, len));
+}
+
+int vd_pwrite_compressed(vd_disk *d, const void *buf, uint64_t len, uint64_t off)
+{
+    return after_write(d, vd_node_pwrite_compressed(d->node, buf, len, off));
+}
+
+int vd_compression_check(const char *type, int level, vd_error **errp)
+{
+    const char *name = type ? type : "zlib";
+    const vd_codec *c = vd_codec_by_name(name);
+    if (!c) {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Parameter 'compression-type' does "
+                            "not accept value '%s' (known types: %s)", name,
+                            vd_codec_names());
+    }
+    if (level == VD_COMPRESSION_LEVEL_DEFAULT) {
+        return 0;
+    }
+    return vd_codec_check_level(c, level, errp);
+}
+
+int vd_set_compression_level(vd_disk *d, int level, vd_error **errp)
+{
+    vd_node *n = d->node;
+    if (!n->drv->pwrite_compressed || !n->drv->get_info) {
+        return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP, "Format driver '%s' does not "
+                            "support compressed writes", n->drv->name);
+    }
+    if (level != VD_COMPRESSION_LEVEL_DEFAULT) {
+        /* The level's range depends on the image's compression type. */
+        vd_image_info info;
+        memset(&info, 0, sizeof(info));
+        int ret = n->drv->get_info(n, &info, errp);
+        if (ret == 0) {
+            ret = vd_compression_check(info.compression_type[0] ? info.compression_type : NULL,
+                                       level, errp);
+        }
+        vd_image_info_clear(&info);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    __atomic_store_n(&n->compress_level, level, __ATOMIC_RELAXED);
+    return 0;
 }
 
 int vd_flush(vd_disk *d)

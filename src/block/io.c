@@ -210,6 +210,24 @@ int vd_node_pdiscard(vd_node *n, uint64_t off, uint64_t len)
     return ret == -ENOTSUP ? 0 : ret;
 }
 
+int vd_node_pwrite_compressed(vd_node *n, const void *buf, uint64_t len, uint64_t off)
+{
+    if (!(n->open_flags & VD_OPEN_RDWR)) {
+        return -EACCES;
+    }
+    int ret = check_range(n, off, len);  /* len 0 is a request too: it pads the file */
+    if (ret < 0) {
+        return ret;
+    }
+    if (!n->drv->pwrite_compressed) {
+        vd_set_io_error("%s: the %s format does not support compressed writes", n->filename,
+                        n->drv->name);
+        return -ENOTSUP;
+    }
+    int level = __atomic_load_n(&n->compress_level, __ATOMIC_RELAXED);
+    return n->drv->pwrite_compressed(n, buf, len, off, level);
+}
+
 int vd_node_flush(vd_node *n)
 {
     if (!(n->open_flags & VD_OPEN_RDWR) || !n->drv->flush) {

@@ -39,6 +39,7 @@ static vd_node *node_new(vd_engine *e, const vd_driver *drv, const char *filenam
     n->open_flags = flags;
     n->request_alignment = 1;
     n->fd = -1;
+    n->compress_level = VD_COMPRESSION_LEVEL_DEFAULT;
     pthread_mutex_init(&n->rmw_lock, NULL);
     if (!n->filename) {
         abort();

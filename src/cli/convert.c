@@ -2,10 +2,13 @@
  * block status; data ranges are read and written by a pool of worker threads with bounded
  * buffers, zero and unallocated ranges are skipped or written as zeroes, and runs of zero
  * sectors inside data are detected (-S) so the target stays sparse. Writes reach the target
- * in order unless -W allows any order. */
+ * in order unless -W allows any order. With -c, data goes out in requests of whole
+ * clusters as compressed writes; the library compresses the clusters of one request on
+ * every core. */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +21,9 @@
 #define MAX_BUF_SECTORS 32768         /* the largest -S */
 #define REQUEST_MAX_SECTORS 2097152   /* 1 GiB per block status step */
 #define MAX_WORKERS 16
+
+/* Long options only convert has. */
+enum { OPT_COMPRESSION_LEVEL = 1024 };
 
 typedef enum { BLK_DATA, BLK_ZERO, BLK_BACKING_FILE } blk_status;
 
@@ -37,12 +43,18 @@ typedef struct convert_state {
     int min_sparse;   /* sectors; 0 disables zero detection */
     int alignment;    /* sectors */
     int64_t buf_sectors;
+    bool compressed;
+    int64_t cluster_sectors;  /* with compressed: the target's cluster, in sectors */
     int num_workers;
     cli_progress *prog;
 
     /* Everything below is guarded by lock. */
     pthread_mutex_t lock;
     pthread_cond_t cond;
+    /* In-order writes: the workers waiting for their turn, each on its own condition
+     * variable, so finishing a write wakes only the worker whose range comes next. */
+    struct order_waiter *waiters[MAX_WORKERS];
+    int nb_waiters;
     int64_t sector_num;          /* next sector to hand out */
     int64_t wr_offs;             /* in-order writes: next sector that may be written */
     blk_status status;           /* status of [.., sector_next_status) */
@@ -216,6 +228,23 @@ static int64_t iteration_sectors(convert_state *s, int64_t sector_num)
     if (s->status == BLK_DATA && n > s->buf_sectors) {
         n = s->buf_sectors;
     }
+    if (s->compressed) {
+        if (!s->min_sparse && s->status == BLK_ZERO && n > s->buf_sectors) {
+            n = s->buf_sectors;
+        }
+        /* Compressed writes take whole clusters: a range shorter than a cluster (which
+         * then ends inside it) is copied as data for the whole cluster, longer ones stop
+         * at a cluster boundary, as in qemu-img, so the targets match. */
+        if (n < s->cluster_sectors) {
+            n = s->cluster_sectors;
+            if (n > s->total_sectors - sector_num) {
+                n = s->total_sectors - sector_num;
+            }
+            s->status = BLK_DATA;
+        } else {
+            n -= n % s->cluster_sectors;
+        }
+    }
     return n;
 }
 
@@ -252,6 +281,50 @@ static int convert_read(convert_state *s, int64_t sector_num, int64_t nb, uint8_
     return 0;
 }
 
+static int write_zeroes(convert_state *s, int64_t sector_num, int64_t n)
+{
+    if (s->has_zero_init) {
+        return 0;
+    }
+    return vd_pwrite_zeroes(s->target, (uint64_t)sector_num * SECTOR, (uint64_t)n * SECTOR,
+                            s->target_has_backing ? 0 : VD_REQ_MAY_UNMAP);
+}
+
+/* Data for a compressed target (n sectors from a cluster boundary). qemu-img copies one
+ * cluster per request and leaves out the clusters that are all zeros (unless -S 0); the
+ * same clusters are left out here, but each run of the others goes out as one request so
+ * that the library compresses its clusters in parallel. */
+static int write_compressed(convert_state *s, int64_t sector_num, int64_t n,
+                            const uint8_t *buf)
+{
+    int64_t done = 0;
+    while (done < n) {
+        bool zero = false;
+        int64_t run = 0;
+        while (done + run < n) {
+            int64_t len = n - done - run;
+            if (len > s->cluster_sectors) {
+                len = s->cluster_sectors;
+            }
+            bool z = s->min_sparse && is_zero(buf + (done + run) * SECTOR, (size_t)len * SECTOR);
+            if (run > 0 && z != zero) {
+                break;
+            }
+            zero = z;
+            run += len;
+        }
+        int ret = zero ? write_zeroes(s, sector_num + done, run)
+                       : vd_pwrite_compressed(s->target, buf + done * SECTOR,
+                                              (uint64_t)run * SECTOR,
+                                              (uint64_t)(sector_num + done) * SECTOR);
+        if (ret < 0) {
+            return ret;
+        }
+        done += run;
+    }
+    return 0;
+}
+
 static int convert_write(convert_state *s, int64_t sector_num, int64_t nb, const uint8_t *buf,
                          blk_status status)
 {
@@ -263,6 +336,13 @@ static int convert_write(convert_state *s, int64_t sector_num, int64_t nb, const
             /* Left unallocated so that the target's backing file shows through. */
             break;
         case BLK_DATA:
+            if (s->compressed) {
+                ret = write_compressed(s, sector_num, n, buf);
+                if (ret < 0) {
+                    return ret;
+                }
+                break;
+            }
             if (!s->min_sparse ||
                 allocated_sectors_min(buf, n, &n, s->min_sparse, sector_num, s->alignment)) {
                 ret = vd_pwrite(s->target, buf, (uint64_t)n * SECTOR,
@@ -275,12 +355,7 @@ static int convert_write(convert_state *s, int64_t sector_num, int64_t nb, const
             /* A zero run: handled like a zero range. */
             /* fall through */
         case BLK_ZERO:
-            if (s->has_zero_init) {
-                break;
-            }
-            ret = vd_pwrite_zeroes(s->target, (uint64_t)sector_num * SECTOR,
-                                   (uint64_t)n * SECTOR,
-                                   s->target_has_backing ? 0 : VD_REQ_MAY_UNMAP);
+            ret = write_zeroes(s, sector_num, n);
             if (ret < 0) {
                 return ret;
             }
@@ -293,11 +368,48 @@ static int convert_write(convert_state *s, int64_t sector_num, int64_t nb, const
     return 0;
 }
 
+typedef struct order_waiter {
+    int64_t sector;
+    pthread_cond_t cv;
+} order_waiter;
+
+/* Wakes the worker that may write next (all of them when the copy failed). */
+static void wake_writers_locked(convert_state *s)
+{
+    for (int i = 0; i < s->nb_waiters; i++) {
+        if (s->ret != -EINPROGRESS || s->waiters[i]->sector == s->wr_offs) {
+            pthread_cond_signal(&s->waiters[i]->cv);
+        }
+    }
+}
+
+/* Waits until sector_num is the next range to write, or the copy failed. */
+static void wait_turn_locked(convert_state *s, int64_t sector_num)
+{
+    if (s->wr_offs == sector_num || s->ret != -EINPROGRESS) {
+        return;
+    }
+    order_waiter w = {.sector = sector_num};
+    pthread_cond_init(&w.cv, NULL);
+    s->waiters[s->nb_waiters++] = &w;
+    while (s->wr_offs != sector_num && s->ret == -EINPROGRESS) {
+        pthread_cond_wait(&w.cv, &s->lock);
+    }
+    for (int i = 0; i < s->nb_waiters; i++) {
+        if (s->waiters[i] == &w) {
+            s->waiters[i] = s->waiters[--s->nb_waiters];
+            break;
+        }
+    }
+    pthread_cond_destroy(&w.cv);
+}
+
 static void fail_locked(convert_state *s, int ret)
 {
     if (s->ret == -EINPROGRESS) {
         s->ret = ret;
     }
+    wake_writers_locked(s);
     pthread_cond_broadcast(&s->cond);
 }
 
@@ -349,15 +461,10 @@ static void *convert_worker(void *opaque)
             memset(buf, 0, (size_t)n * SECTOR);
         }
 
-        if (s->wr_in_order) {
-            pthread_mutex_lock(&s->lock);
-            while (s->wr_offs != sector_num && s->ret == -EINPROGRESS) {
-                pthread_cond_wait(&s->cond, &s->lock);
-            }
-            pthread_mutex_unlock(&s->lock);
-        }
-
         pthread_mutex_lock(&s->lock);
+        if (s->wr_in_order) {
+            wait_turn_locked(s, sector_num);
+        }
         bool go = s->ret == -EINPROGRESS;
         pthread_mutex_unlock(&s->lock);
         if (go) {
@@ -375,7 +482,7 @@ static void *convert_worker(void *opaque)
         if (s->wr_in_order) {
             pthread_mutex_lock(&s->lock);
             s->wr_offs = sector_num + n;
-            pthread_cond_broadcast(&s->cond);
+            wake_writers_locked(s);
             pthread_mutex_unlock(&s->lock);
         }
     }
@@ -447,6 +554,8 @@ typedef struct convert_args {
     long num_workers;
     bool wr_in_order;
     bool quiet;
+    const char *level_arg;  /* --compression-level, as given */
+    int level;
 } convert_args;
 
 /* Builds the target's creation options as qemu-img convert does. Returns 0 or 1 after
@@ -492,6 +601,7 @@ int cmd_convert(int argc, char **argv)
         {"force-share", no_argument, NULL, 'U'},
         {"target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO},
         {"bitmaps", no_argument, NULL, OPT_FORCE},
+        {"compression-level", required_argument, NULL, OPT_COMPRESSION_LEVEL},
         {NULL, 0, NULL, 0},
     };
     convert_args a = {
@@ -500,6 +610,7 @@ int cmd_convert(int argc, char **argv)
         .min_sparse = 8,  /* 4 KiB of zeros make a hole */
         .num_workers = 8,
         .wr_in_order = true,
+        .level = VD_COMPRESSION_LEVEL_DEFAULT,
     };
     int c;
     int ret = 1;
@@ -596,6 +707,19 @@ int cmd_convert(int argc, char **argv)
         case OPT_FORCE:
             /* --bitmaps: the library keeps no persistent bitmaps, so there are none. */
             break;
+        case OPT_COMPRESSION_LEVEL: {
+            char *end = NULL;
+            errno = 0;
+            long v = strtol(optarg, &end, 10);
+            if (errno || end == optarg || *end || v < INT_MIN || v > INT_MAX ||
+                v == VD_COMPRESSION_LEVEL_DEFAULT) {
+                cli_error("Invalid compression level '%s'", optarg);
+                goto fail_getopt;
+            }
+            a.level_arg = optarg;
+            a.level = (int)v;
+            break;
+        }
         default:
             cli_bad_option(c, argv);
         }
@@ -674,8 +798,8 @@ int cmd_convert(int argc, char **argv)
         cli_error("Use of backing file requires explicit backing format");
         goto out;
     }
-    if (a.compress) {
-        const char *prealloc = o ? vd_opts_get(o, "preallocation") : NULL;
+    if (a.compress && !a.skip_create) {
+        const char *prealloc = vd_opts_get(o, "preallocation");
         if (strcmp(a.out_fmt, "qcow2") != 0) {
             cli_error("Compression not supported for this file format");
             goto out;
@@ -684,8 +808,17 @@ int cmd_convert(int argc, char **argv)
             cli_error("Compression and preallocation not supported at the same time");
             goto out;
         }
-        cli_error("Compression is not supported yet");
-        goto out;
+    }
+    if (a.level_arg && !a.skip_create) {
+        /* Refuse a bad level before the target exists. An unknown type is left to the
+         * creation below, which reports it the way qemu-img does. */
+        const char *type = o ? vd_opts_get(o, "compression_type") : NULL;
+        vd_error *err = NULL;
+        if (vd_compression_check(type, VD_COMPRESSION_LEVEL_DEFAULT, NULL) == 0 &&
+            vd_compression_check(type, a.level, &err) < 0) {
+            cli_report_err(err, NULL);
+            goto out;
+        }
     }
 
     unsigned flags = VD_OPEN_RDWR | (s.min_sparse ? VD_OPEN_UNMAP : 0);
@@ -706,6 +839,18 @@ int cmd_convert(int argc, char **argv)
     }
     if (cli_open(e, out_filename, a.out_fmt, flags, &s.target) < 0) {
         goto out;
+    }
+    if (a.compress && strcmp(vd_disk_format(s.target), "qcow2") != 0) {
+        /* With -n the target's format is known only now. */
+        cli_error("Compression not supported for this file format");
+        goto out;
+    }
+    if (a.compress && a.level_arg) {
+        vd_error *err = NULL;
+        if (vd_set_compression_level(s.target, a.level, &err) < 0) {
+            cli_report_err(err, NULL);
+            goto out;
+        }
     }
     if (a.skip_create) {
         int64_t out_sectors = (int64_t)(vd_disk_size(s.target) / SECTOR);
@@ -737,8 +882,35 @@ int cmd_convert(int argc, char **argv)
     while (s.alignment * 2 <= s.min_sparse) {
         s.alignment *= 2;
     }
+    if (a.compress) {
+        vd_image_info info = {0};
+        int r = vd_get_info(s.target, &info, NULL);
+        uint64_t cluster = info.has_cluster_size ? info.cluster_size : 0;
+        vd_image_info_clear(&info);
+        if (r < 0 || cluster < SECTOR) {
+            cli_error("could not get block driver info");
+            goto out;
+        }
+        s.compressed = true;
+        s.cluster_sectors = (int64_t)(cluster / SECTOR);
+        /* Requests of several whole clusters (2 MiB) give the library's compression pool
+         * work for every core while the writes still go out in order. */
+        s.buf_sectors = IO_BUF_SECTORS - IO_BUF_SECTORS % s.cluster_sectors;
+        if (s.buf_sectors < s.cluster_sectors) {
+            s.buf_sectors = s.cluster_sectors;
+        }
+    }
 
     int r = convert_do_copy(&s);
+    if (r == 0 && s.compressed) {
+        /* A last, empty compressed write pads the file to whole sectors, as qemu-img's. */
+        r = vd_pwrite_compressed(s.target, NULL, 0, 0);
+        if (r < 0) {
+            cli_print_io_detail(s.target);
+            cli_error("error while writing at byte %" PRId64 ": %s",
+                      s.total_sectors * SECTOR, strerror(-r));
+        }
+    }
     if (r == 0) {
         r = vd_flush(s.target);
         if (r < 0) {

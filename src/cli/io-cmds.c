@@ -76,6 +76,15 @@ static int do_pwrite(io_state *s, const void *buf, int64_t offset, int64_t count
     return ret < 0 ? ret : vd_pwrite(s->disk, buf, (uint64_t)count, (uint64_t)offset, flags);
 }
 
+/* qemu-io's do_write_compressed: whole clusters, or the last partial one; a length of 0
+ * pads the image file to whole sectors. */
+static int do_pwrite_compressed(io_state *s, const void *buf, int64_t offset, int64_t count)
+{
+    int ret = check_range(s, offset, count);
+    return ret < 0 ? ret : vd_pwrite_compressed(s->disk, buf, (uint64_t)count,
+                                                (uint64_t)offset);
+}
+
 static int do_pwrite_zeroes(io_state *s, int64_t offset, int64_t count, unsigned flags)
 {
     int ret = check_range(s, offset, count);
@@ -562,11 +571,12 @@ static int write_f(io_state *s, int argc, char **argv)
     }
     struct timespec t1, t2;
     now(&t1);
-    if (bflag || compressed) {
-        /* No VM state area; compressed writes are not in the library's API yet. */
-        ret = -ENOTSUP;
+    if (bflag) {
+        ret = -ENOTSUP;  /* no VM state area */
     } else if (zflag) {
         ret = do_pwrite_zeroes(s, offset, count, flags);
+    } else if (compressed) {
+        ret = do_pwrite_compressed(s, buf, offset, count);
     } else {
         ret = do_pwrite(s, buf, offset, count, flags);
     }

@@ -1,73 +1,183 @@
-/* Decoders for qcow2 compressed clusters: raw deflate (QEMU's "zlib" type) and zstd. */
+/* The codec registry (ids, names, level ranges), level checks, contexts and the shared
+ * cache of idle contexts. The backends live in codec-deflate.c and codec-zstd.c. */
 #include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
-#include <zlib.h>
-#include <zstd.h>
+#include <unistd.h>
 
-#include "compress/codec.h"
-
-/* QEMU writes raw deflate with a 4 KiB window; inflating with the largest window accepts
- * that and anything else a writer may have produced. Output must fill the cluster; extra
- * input is fine (it is the head of the next stream). */
-static int deflate_decompress(const uint8_t *src, size_t src_len, uint8_t *dst, size_t dst_len)
-{
-    z_stream z;
-    memset(&z, 0, sizeof(z));
-    if (inflateInit2(&z, -15) != Z_OK) {
-        return -ENOMEM;
-    }
-    z.next_in = (Bytef *)src;
-    z.avail_in = (uInt)src_len;
-    z.next_out = dst;
-    z.avail_out = (uInt)dst_len;
-    int r = inflate(&z, Z_FINISH);
-    int ok = (r == Z_STREAM_END || r == Z_BUF_ERROR || r == Z_OK) && z.avail_out == 0;
-    inflateEnd(&z);
-    return ok ? 0 : -EIO;
-}
-
-/* zstd: frames are decoded until the cluster is full; an error, an unfinished frame or no
- * progress is -EIO, so content larger than a cluster fails (as in QEMU). */
-static int zstd_decompress(const uint8_t *src, size_t src_len, uint8_t *dst, size_t dst_len)
-{
-    ZSTD_DCtx *dctx = ZSTD_createDCtx();
-    if (!dctx) {
-        return -ENOMEM;
-    }
-    ZSTD_inBuffer in = {src, src_len, 0};
-    ZSTD_outBuffer out = {dst, dst_len, 0};
-    int ret = 0;
-    while (out.pos < out.size) {
-        size_t before_in = in.pos, before_out = out.pos;
-        size_t r = ZSTD_decompressStream(dctx, &out, &in);
-        if (ZSTD_isError(r)) {
-            ret = -EIO;
-            break;
-        }
-        if (r == 0 && out.pos < out.size && in.pos >= in.size) {
-            ret = -EIO;  /* the frames ended before the cluster was full */
-            break;
-        }
-        if (in.pos == before_in && out.pos == before_out) {
-            ret = -EIO;
-            break;
-        }
-    }
-    ZSTD_freeDCtx(dctx);
-    return ret;
-}
+#include "compress/codec-impl.h"
 
 static const vd_codec codecs[] = {
-    {0, "zlib", deflate_decompress},
-    {1, "zstd", zstd_decompress},
+    {VD_CODEC_DEFLATE, "zlib", 1, 9, 6, vd_deflate_bound},
+    {VD_CODEC_ZSTD, "zstd", 1, 22, 3, vd_zstd_bound},
 };
+#define N_CODECS (sizeof(codecs) / sizeof(codecs[0]))
+#define MAX_LEVEL 22 /* the largest max_level above: sizes the cache's key table */
 
 const vd_codec *vd_codec_by_id(int id)
 {
-    for (size_t i = 0; i < sizeof(codecs) / sizeof(codecs[0]); i++) {
+    for (size_t i = 0; i < N_CODECS; i++) {
         if (codecs[i].id == id) {
             return &codecs[i];
         }
     }
     return NULL;
+}
+
+const vd_codec *vd_codec_by_name(const char *name)
+{
+    for (size_t i = 0; name && i < N_CODECS; i++) {
+        if (strcmp(codecs[i].name, name) == 0) {
+            return &codecs[i];
+        }
+    }
+    return NULL;
+}
+
+const char *vd_codec_names(void)
+{
+    return "zlib, zstd";
+}
+
+int vd_codec_check_level(const vd_codec *c, int level, vd_error **errp)
+{
+    if (level < c->min_level || level > c->max_level) {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL,
+                            "compression level %d is out of range for %s (%d to %d)", level,
+                            c->name, c->min_level, c->max_level);
+    }
+    return 0;
+}
+
+/* ---- contexts ------------------------------------------------------------------------- */
+
+vd_codec_ctx *vd_codec_ctx_new(const vd_codec *c, int level)
+{
+    vd_codec_ctx *ctx = calloc(1, sizeof(*ctx));
+    if (ctx) {
+        ctx->codec = c;
+        ctx->level = level;
+    }
+    return ctx;
+}
+
+void vd_codec_ctx_free(vd_codec_ctx *ctx)
+{
+    if (!ctx) {
+        return;
+    }
+    if (ctx->codec->id == VD_CODEC_DEFLATE) {
+        vd_deflate_release(ctx);
+    } else {
+        vd_zstd_release(ctx);
+    }
+    free(ctx);
+}
+
+const vd_codec *vd_codec_ctx_codec(const vd_codec_ctx *ctx)
+{
+    return ctx->codec;
+}
+
+int vd_codec_ctx_level(const vd_codec_ctx *ctx)
+{
+    return ctx->level;
+}
+
+/* ---- the idle cache ------------------------------------------------------------------- */
+
+/* One free list per (codec, level). A list keeps at most cache_limit() contexts: enough for
+ * every pool worker and a burst of request threads, while a one-off spike of threads does
+ * not pin its contexts' memory forever. */
+static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
+static vd_codec_ctx *cache_head[N_CODECS][MAX_LEVEL + 1];
+static unsigned cache_count[N_CODECS][MAX_LEVEL + 1];
+
+static unsigned cache_limit(void)
+{
+    static unsigned limit;
+    if (!__atomic_load_n(&limit, __ATOMIC_RELAXED)) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        unsigned l = (unsigned)(n > 0 && n < 4096 ? n : 1) * 4 + 8;
+        __atomic_store_n(&limit, l, __ATOMIC_RELAXED);
+    }
+    return __atomic_load_n(&limit, __ATOMIC_RELAXED);
+}
+
+static size_t codec_index(const vd_codec *c)
+{
+    return (size_t)(c - codecs);
+}
+
+vd_codec_ctx *vd_codec_ctx_get(const vd_codec *c, int level)
+{
+    size_t ci = codec_index(c);
+    vd_codec_ctx *ctx = NULL;
+    if (level >= 0 && level <= MAX_LEVEL) {
+        pthread_mutex_lock(&cache_lock);
+        ctx = cache_head[ci][level];
+        if (ctx) {
+            cache_head[ci][level] = ctx->next;
+            cache_count[ci][level]--;
+            ctx->next = NULL;
+        }
+        pthread_mutex_unlock(&cache_lock);
+    }
+    return ctx ? ctx : vd_codec_ctx_new(c, level);
+}
+
+void vd_codec_ctx_put(vd_codec_ctx *ctx)
+{
+    if (!ctx) {
+        return;
+    }
+    size_t ci = codec_index(ctx->codec);
+    int level = ctx->level;
+    if (level >= 0 && level <= MAX_LEVEL) {
+        unsigned limit = cache_limit();
+        pthread_mutex_lock(&cache_lock);
+        if (cache_count[ci][level] < limit) {
+            ctx->next = cache_head[ci][level];
+            cache_head[ci][level] = ctx;
+            cache_count[ci][level]++;
+            ctx = NULL;
+        }
+        pthread_mutex_unlock(&cache_lock);
+    }
+    vd_codec_ctx_free(ctx);
+}
+
+/* ---- whole-buffer calls --------------------------------------------------------------- */
+
+ssize_t vd_codec_compress(vd_codec_ctx *ctx, const uint8_t *src, size_t len, uint8_t *dst,
+                          size_t cap)
+{
+    if (ctx->codec->id == VD_CODEC_DEFLATE) {
+        return vd_deflate_compress(ctx, src, len, dst, cap);
+    }
+    return vd_zstd_compress(ctx, src, len, dst, cap);
+}
+
+int vd_codec_decompress(vd_codec_ctx *ctx, const uint8_t *src, size_t src_len, uint8_t *dst,
+                        size_t dst_len)
+{
+    if (ctx->codec->id == VD_CODEC_DEFLATE) {
+        return vd_deflate_decompress(ctx, src, src_len, dst, dst_len);
+    }
+    return vd_zstd_decompress(ctx, src, src_len, dst, dst_len);
+}
+
+int vd_codec_decompress_once(const vd_codec *c, const uint8_t *src, size_t src_len,
+                             uint8_t *dst, size_t dst_len)
+{
+    /* An idle cached context is as good as a new one and saves building a decoder per
+     * call; it goes back to the cache afterwards. */
+    vd_codec_ctx *ctx = vd_codec_ctx_get(c, c->default_level);
+    if (!ctx) {
+        return -ENOMEM;
+    }
+    int ret = vd_codec_decompress(ctx, src, src_len, dst, dst_len);
+    vd_codec_ctx_put(ctx);
+    return ret;
 }

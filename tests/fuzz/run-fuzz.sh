@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Builds the image-opener fuzzer, replays its seed corpus (the corrupt-image corpus plus
-# valid images made by qemu-img), then fuzzes for FUZZ_TIME seconds (default 40).
+# Builds the fuzz targets. The image opener: replays its seed corpus (the corrupt-image
+# corpus plus valid images made by qemu-img), then fuzzes for FUZZ_TIME seconds (default
+# 40). The cluster decoders (zlib, zstd): replay tests/fuzz/seeds-decompress-*, then fuzz
+# for FUZZ_DECODER_TIME seconds each (default 10).
 # Crashing inputs are kept in build-fuzz/artifacts/ and named in the FAIL line.
 . "$(dirname "$0")/../lib.sh"
 vd_init
 need_tool clang
 
 fuzz_time=${FUZZ_TIME:-40}
+decoder_time=${FUZZ_DECODER_TIME:-10}
 artifacts=${FUZZ_ARTIFACTS:-$VD_REPO/build-fuzz/artifacts}
 unset ASAN_OPTIONS UBSAN_OPTIONS  # libFuzzer sets its own; keep leak detection on
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
@@ -17,6 +20,7 @@ else
     fail fuzz/build "building the fuzz targets failed" build.out
     fail fuzz/seeds "not run: build failed"
     fail fuzz/run "not run: build failed"
+    fail fuzz/decompress "not run: build failed"
     vd_finish
 fi
 fuzzer=$(grep '/fuzz-qcow2-open$' build.out | tail -n 1)
@@ -66,4 +70,27 @@ else
     tail -n 60 fuzz.out >fuzz.tail
     VD_DETAIL_LINES=60 fail fuzz/run "fuzzing found a problem (${crash:-no artifact})" fuzz.tail
 fi
+
+# The cluster decoders: seeds once, then a short run each.
+for codec in zlib zstd; do
+    dfuzzer=$(grep "/fuzz-decompress-$codec\$" build.out | tail -n 1)
+    dopts=(-rss_limit_mb=2048 -timeout=10 -max_len=262144 "-artifact_prefix=$artifacts/")
+    mkdir "work-$codec"
+    if ! timeout 120 "$dfuzzer" "${dopts[@]}" -runs=0 "$VD_TESTS/fuzz/seeds-decompress-$codec" \
+        >"replay-$codec.out" 2>&1; then
+        tail -n 60 "replay-$codec.out" >"replay-$codec.tail"
+        VD_DETAIL_LINES=60 fail "fuzz/decompress-$codec" "a seed crashes the $codec decoder" \
+            "replay-$codec.tail"
+    elif timeout $((decoder_time + 120)) "$dfuzzer" "${dopts[@]}" -max_total_time="$decoder_time" \
+        -print_final_stats=1 "work-$codec" "$VD_TESTS/fuzz/seeds-decompress-$codec" \
+        >"fuzz-$codec.out" 2>&1; then
+        pass "fuzz/decompress-$codec"
+        grep -E '^stat::number_of_executed_units' "fuzz-$codec.out" | sed 's/^/    /'
+    else
+        crash=$(grep -o "Test unit written to [^ ]*" "fuzz-$codec.out" | tail -n 1)
+        tail -n 60 "fuzz-$codec.out" >"fuzz-$codec.tail"
+        VD_DETAIL_LINES=60 fail "fuzz/decompress-$codec" \
+            "fuzzing the $codec decoder found a problem (${crash:-no artifact})" "fuzz-$codec.tail"
+    fi
+done
 vd_finish

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Differential testing of vdisk against QEMU: a seeded random sequence of guest operations
-(pattern writes, zero writes with and without unmap, discards; aligned and unaligned) is
-applied through `vdisk io` and through `qemu-io` to twin images, and the results compared.
+(pattern writes, zero writes with and without unmap, discards; aligned and unaligned;
+optionally compressed writes of whole clusters and writes from source files) is applied
+through `vdisk io` and through `qemu-io` to twin images, and the results compared.
 
 Subcommands:
   gen    print a random operation list (one qemu-io command per line)
@@ -26,10 +27,15 @@ BAD_WORDS = ("failed", "error", "pattern verification", "invalid", "not supporte
 
 # ---- generating operations --------------------------------------------------------------
 
-def gen_ops(seed, count, size, cluster, max_len=None, l2_span=None, kinds=None):
+def gen_ops(seed, count, size, cluster, max_len=None, l2_span=None, kinds=None,
+            sources=None):
     """Returns `count` qemu-io commands for a disk of `size` bytes with `cluster`-byte
     clusters. Offsets cluster in a few hot windows (start, end, an L2 boundary, a random
-    spot) so that operations overlap, and spread over the whole disk otherwise."""
+    spot) so that operations overlap, and spread over the whole disk otherwise.
+    The kind "write-c" is a compressed write of whole clusters (or up to the end of the
+    disk), preceded by a discard of the same range because QEMU refuses compressed writes
+    over allocated clusters; it yields two commands. With `sources` (file names), some
+    writes take their data from one of the files (qemu-io's write -s)."""
     rng = random.Random(seed)
     if max_len is None:
         max_len = min(3 * cluster, 4 << 20)
@@ -56,11 +62,23 @@ def gen_ops(seed, count, size, cluster, max_len=None, l2_span=None, kinds=None):
         b = (hi // unit) * unit
         return rng.randrange(a, b + 1, unit) if a <= b else rng.randint(lo, hi)
 
+    def fill():
+        if sources and rng.random() < 0.4:
+            return "-s %s" % shlex.quote(rng.choice(sources))
+        return "-P 0x%02x" % rng.randint(1, 255)
+
     ops = []
     for _ in range(count):
         kind = rng.choices(names, weights)[0]
         if kind == "flush":
             ops.append("flush")
+            continue
+        if kind == "write-c":
+            lo, hi = rng.choice(windows) if rng.random() < 0.8 else (0, size)
+            off = rng.randint(lo // cluster, max(lo, hi - 1) // cluster) * cluster
+            length = min(cluster * rng.randint(1, max(1, max_len // cluster)), size - off)
+            ops.append("discard %d %d" % (off, length))
+            ops.append("write -c %s %d %d" % (fill(), off, length))
             continue
         unit = rng.choice((cluster, 512, 1))
         if rng.random() < 0.8:
@@ -74,7 +92,10 @@ def gen_ops(seed, count, size, cluster, max_len=None, l2_span=None, kinds=None):
             length = align_pick(1, max_len, unit)
         length = max(1, min(length, size - off))
         if kind == "write":
-            ops.append("write -P 0x%02x %d %d" % (rng.randint(1, 255), off, length))
+            if sources:
+                ops.append("write %s %d %d" % (fill(), off, length))
+            else:
+                ops.append("write -P 0x%02x %d %d" % (rng.randint(1, 255), off, length))
         elif kind == "zero":
             ops.append("write -z %d %d" % (off, length))
         elif kind == "zero-unmap":
@@ -102,12 +123,31 @@ def run_tool(argv, what):
     return p.returncode, out
 
 
-def apply_ops(tool, image, ops, fmt="qcow2", batch=300, first_index=0):
+def batches(ops, batch, one_compressed_write):
+    """Splits ops into runs of at most `batch`; with one_compressed_write, no run holds two
+    compressed writes. Yields (index of the first op, run)."""
+    start, cur, seen_c = 0, [], False
+    for i, op in enumerate(ops):
+        is_c = op.startswith("write -c ")
+        if cur and (len(cur) >= batch or (one_compressed_write and is_c and seen_c)):
+            yield start, cur
+            start, cur, seen_c = i, [], False
+        cur.append(op)
+        seen_c = seen_c or is_c
+    if cur:
+        yield start, cur
+
+
+def apply_ops(tool, image, ops, fmt="qcow2", batch=300, first_index=0,
+              one_compressed_write=False):
     """Runs the operations through a qemu-io compatible tool, `batch` per process. Raises
-    ToolError naming the batch when the tool fails or reports an error."""
+    ToolError naming the batch when the tool fails or reports an error.
+    one_compressed_write: never two compressed writes in one process. QEMU 7.2 needs
+    this: within one process, a compressed write after a discard has freed the host
+    cluster it was packing into (and a normal write has reused that cluster) packs into
+    it anyway, so qemu-io itself corrupts the image (a data cluster with refcount 3)."""
     base = shlex.split(tool)
-    for i in range(0, len(ops), batch):
-        chunk = ops[i:i + batch]
+    for i, chunk in batches(ops, batch, one_compressed_write):
         argv = list(base) + ["-f", fmt]
         for op in chunk:
             argv += ["-c", op]
@@ -130,12 +170,18 @@ def qemu_img(*args):
     return run_tool([QEMU_IMG] + list(args), "qemu-img " + args[0])
 
 
-def create_twins(workdir, opts, size, backing_opts, seed):
+def create_twins(workdir, opts, size, backing_opts, seed, from_image=None):
     """Creates a.qcow2 (for vdisk) and b.qcow2 (for qemu-io) with qemu-img, so that only
     the I/O path differs. With backing_opts, both sit on one shared base.qcow2 holding
-    random data (and some zero clusters)."""
+    random data (and some zero clusters). With from_image, a pair of image files, the
+    twins are byte copies of them instead."""
     a = os.path.join(workdir, "a.qcow2")
     b = os.path.join(workdir, "b.qcow2")
+    if from_image:
+        import shutil
+        for src, img in zip(from_image, (a, b)):
+            shutil.copyfile(src, img)
+        return a, b
     extra = []
     if backing_opts is not None:
         base = os.path.join(workdir, "base.qcow2")
@@ -192,7 +238,8 @@ class Result:
         sys.stdout.flush()
 
 
-def bisect_divergence(workdir, vdisk_tool, opts, size, backing_opts, seed, ops, hi):
+def bisect_divergence(workdir, vdisk_tool, opts, size, backing_opts, seed, ops, hi,
+                      from_image=None):
     """Finds the shortest prefix of ops (<= hi) after which the twins differ, replaying
     each candidate prefix on fresh twins. Returns (n, last op) or None."""
     lo = 0  # prefix lo is known to agree (the empty prefix does)
@@ -202,9 +249,9 @@ def bisect_divergence(workdir, vdisk_tool, opts, size, backing_opts, seed, ops, 
         subprocess.run(["rm", "-rf", sub])
         os.makedirs(sub)
         try:
-            a, b = create_twins(sub, opts, size, backing_opts, seed)
+            a, b = create_twins(sub, opts, size, backing_opts, seed, from_image)
             apply_ops(vdisk_tool, a, ops[:mid])
-            apply_ops(QEMU_IO, b, ops[:mid])
+            apply_ops(QEMU_IO, b, ops[:mid], one_compressed_write=True)
         except ToolError:
             return None
         rc, _ = compare(a, b)
@@ -225,7 +272,10 @@ def cmd_run(args):
     os.makedirs(workdir, exist_ok=True)
     cases = ("ops", "contents", "check", "vdisk-read")
     try:
-        a, b = create_twins(workdir, args.opts, args.size, args.backing_opts, seed)
+        if args.from_image:
+            args.from_image = (args.from_image, args.from_image_b or args.from_image)
+        a, b = create_twins(workdir, args.opts, args.size, args.backing_opts, seed,
+                            args.from_image)
         cluster = cluster_of(a)
         span = l2_span_of(a, cluster)
     except ToolError as e:
@@ -233,7 +283,8 @@ def cmd_run(args):
             res.report(c, False, "setup with qemu-img failed: %s" % e)
         return 1
 
-    ops = gen_ops(seed, args.count, args.size, cluster, l2_span=span)
+    ops = gen_ops(seed, args.count, args.size, cluster, l2_span=span,
+                  kinds=parse_kinds(args.kinds), sources=parse_sources(args.sources))
     with open(os.path.join(workdir, "ops.txt"), "w") as f:
         f.write("\n".join(ops) + "\n")
 
@@ -244,7 +295,8 @@ def cmd_run(args):
         while done < len(ops):
             chunk = ops[done:done + cp]
             apply_ops(vdisk_tool, a, chunk, batch=args.batch, first_index=done)
-            apply_ops(QEMU_IO, b, chunk, batch=args.batch, first_index=done)
+            apply_ops(QEMU_IO, b, chunk, batch=args.batch, first_index=done,
+                      one_compressed_write=True)
             done += len(chunk)
             if content_err is None:
                 rc, out = compare(a, b)
@@ -253,7 +305,8 @@ def cmd_run(args):
                                                                                  out)
                     if os.environ.get("DIFF_BISECT", "1") != "0":
                         r = bisect_divergence(workdir, vdisk_tool, args.opts, args.size,
-                                              args.backing_opts, seed, ops, done)
+                                              args.backing_opts, seed, ops, done,
+                                              args.from_image)
                         if r:
                             content_err += "; first divergence after op #%d '%s'" % (r[0] - 1,
                                                                                    r[1])
@@ -289,6 +342,21 @@ def cmd_run(args):
     return 1 if res.failed else 0
 
 
+def parse_kinds(spec):
+    """"write:40,write-c:20,discard:10" -> [("write", 40), ...]; None for the default."""
+    if not spec:
+        return None
+    kinds = []
+    for item in spec.split(","):
+        name, _, weight = item.partition(":")
+        kinds.append((name, int(weight or 1)))
+    return kinds
+
+
+def parse_sources(spec):
+    return [x for x in spec.split(",") if x] if spec else None
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -302,6 +370,8 @@ def main():
     g.add_argument("--max-len", type=int)
     g.add_argument("--l2-span", type=int)
     g.add_argument("--writes-only", action="store_true")
+    g.add_argument("--kinds", help='weights, e.g. "write:40,write-c:20,discard:10"')
+    g.add_argument("--sources", help="comma-separated files for write -s")
 
     a = sub.add_parser("apply")
     a.add_argument("--tool", required=True, help='e.g. "qemu-io" or "build/vdisk io"')
@@ -323,12 +393,18 @@ def main():
     r.add_argument("--batch", type=int, default=300)
     r.add_argument("--seed", type=int, required=True)
     r.add_argument("--base-seed", type=int, help="the DIFF_SEED this seed derives from")
+    r.add_argument("--from-image", help="start both twins as copies of this image "
+                   "(instead of creating them; --opts and --backing-opts are then unused)")
+    r.add_argument("--from-image-b", help="with --from-image: start the qemu-io twin as a "
+                   "copy of this image instead (it must hold the same guest data)")
+    r.add_argument("--kinds", help='operation weights, e.g. "write:40,write-c:20"')
+    r.add_argument("--sources", help="comma-separated files for write -s")
 
     args = p.parse_args()
     if args.cmd == "gen":
-        kinds = [("write", 1)] if args.writes_only else None
+        kinds = [("write", 1)] if args.writes_only else parse_kinds(args.kinds)
         for op in gen_ops(args.seed, args.count, args.size, args.cluster, args.max_len,
-                          args.l2_span, kinds):
+                          args.l2_span, kinds, parse_sources(args.sources)):
             print(op)
         return 0
     if args.cmd == "apply":

@@ -101,14 +101,12 @@ static void lru_push_head(qcow2_cache *c, qcow2_slice *sl)
     c->lru_head = sl;
 }
 
-/* Makes every refcount update durable before an L2 slice that may reference the counted
- * clusters is written. With lazy refcounts the dirty bit covers stale refcounts. */
+/* Makes every refcount update, and the data of every linked allocation (rb_unsynced),
+ * durable before an L2 slice that may reference them is written. With lazy refcounts the
+ * dirty bit covers stale refcounts, but data must still come first. */
 static int l2_dependency(qcow2_state *s)
 {
-    if (s->dirty_on_disk) {
-        return 0;
-    }
-    if (s->rb_cache->nb_dirty) {
+    if (!s->dirty_on_disk && s->rb_cache->nb_dirty) {
         int ret = qcow2_cache_writeback(s, s->rb_cache);
         if (ret < 0) {
             return ret;

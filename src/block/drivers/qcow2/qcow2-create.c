@@ -148,9 +148,10 @@ static int validate(const vd_opts *opts, const char *what, create_params *p, uin
     if (ct && !strcmp(ct, "zstd")) {
         p->compression_type = QCOW2_COMPRESSION_ZSTD;
     } else if (ct && strcmp(ct, "zlib")) {
-        return vd_error_set(errp, VD_ERR_INVALID, EINVAL,
-                            "%s: Parameter 'compression-type' does not accept value '%s'", what,
-                            ct);
+        /* qemu-img's message, plus the known types (from the codec registry). */
+        int ret = vd_compression_check(ct, VD_COMPRESSION_LEVEL_DEFAULT, errp);
+        vd_error_prepend(errp, "%s", what);
+        return ret;
     }
     if (p->backing_fmt && !vd_driver_find(p->backing_fmt)) {
         return vd_error_set(errp, VD_ERR_INVALID, EINVAL,

@@ -7,7 +7,6 @@
 #include <string.h>
 
 #include "block/drivers/qcow2/qcow2.h"
-#include "compress/codec.h"
 
 /* ---- in-flight bookkeeping ------------------------------------------------------------ */
 
@@ -54,8 +53,7 @@ static bool alloc_overlaps(qcow2_state *s, uint64_t first, uint64_t count)
     return false;
 }
 
-/* Returns true if it had to wait (the caller re-reads what it looked at). */
-static bool alloc_wait(qcow2_state *s, uint64_t first, uint64_t count)
+bool qcow2_alloc_wait(qcow2_state *s, uint64_t first, uint64_t count)
 {
     bool waited = false;
     while (alloc_overlaps(s, first, count)) {
@@ -65,7 +63,7 @@ static bool alloc_wait(qcow2_state *s, uint64_t first, uint64_t count)
     return waited;
 }
 
-static void alloc_insert(qcow2_state *s, qcow2_alloc_rec *a, uint64_t first, uint64_t count)
+void qcow2_alloc_insert(qcow2_state *s, qcow2_alloc_rec *a, uint64_t first, uint64_t count)
 {
     a->first = first;
     a->count = count;
@@ -77,7 +75,7 @@ static void alloc_insert(qcow2_state *s, qcow2_alloc_rec *a, uint64_t first, uin
     s->allocs = a;
 }
 
-static void alloc_remove(qcow2_state *s, qcow2_alloc_rec *a)
+void qcow2_alloc_remove(qcow2_state *s, qcow2_alloc_rec *a)
 {
     if (a->prev) {
         a->prev->next = a->next;
@@ -91,47 +89,19 @@ static void alloc_remove(qcow2_state *s, qcow2_alloc_rec *a)
 }
 
 /* New requests wait while a control operation drains the node. */
-static void enter_locked(qcow2_state *s)
+void qcow2_enter_locked(qcow2_state *s)
 {
     while (s->draining && !pthread_equal(s->drain_owner, pthread_self())) {
         pthread_cond_wait(&s->cond, &s->lock);
     }
 }
 
-static int compressed_error(qcow2_state *s, uint64_t guest_off)
+/* The mapping rejects invalid entries; this guards the switch over entry types. */
+static int invalid_entry_error(qcow2_state *s, uint64_t guest_off)
 {
-    vd_set_io_error("%s: compressed cluster at guest offset 0x%" PRIx64 ": compressed "
-                    "clusters are not supported yet", s->name, guest_off);
+    vd_set_io_error("%s: invalid cluster entry at guest offset 0x%" PRIx64, s->name,
+                    guest_off);
     return -EIO;
-}
-
-/* Decompresses the whole guest cluster that compressed entry e describes into dst
- * (cluster_size bytes). Called without the lock, inside qcow2_io_begin/end so the
- * compressed bytes cannot be freed and reused meanwhile. */
-static int read_compressed(qcow2_state *s, uint64_t e, uint64_t guest_off, uint8_t *dst)
-{
-    uint64_t host, csize;
-    qcow2_compressed_decode(e, s->cluster_bits, &host, &csize);
-    const vd_codec *codec = vd_codec_by_id(s->h.compression_type);
-    if (!codec) {
-        vd_set_io_error("%s: compressed cluster at guest offset 0x%" PRIx64 ": unknown "
-                        "compression type %u", s->name, guest_off, s->h.compression_type);
-        return -EIO;
-    }
-    /* csize is bounded by the descriptor's width (at most cluster_size + 512 bytes). */
-    uint8_t *src = malloc(csize);
-    if (!src) {
-        return -ENOMEM;
-    }
-    int ret = vd_node_pread(s->file, src, csize, host);  /* past EOF reads as zeros */
-    if (ret == 0 && codec->decompress(src, csize, dst, s->cluster_size) < 0) {
-        vd_set_io_error("%s: compressed cluster at guest offset 0x%" PRIx64 " (host offset "
-                        "0x%" PRIx64 ") does not decompress to a full cluster", s->name,
-                        guest_off, host);
-        ret = -EIO;
-    }
-    free(src);
-    return ret;
 }
 
 /* ---- reads ---------------------------------------------------------------------------- */
@@ -150,9 +120,13 @@ int qcow2_co_pread(vd_node *node, void *buf, uint64_t len, uint64_t off)
     qcow2_state *s = node->opaque;
     uint8_t *p = buf;
     int ret = 0;
+    /* Compressed clusters are collected while the rest of the request is served, then
+     * read and decompressed together, in parallel. */
+    qcow2_cread cb;
+    qcow2_cread_init(s, &cb);
 
     pthread_mutex_lock(&s->lock);
-    enter_locked(s);
+    qcow2_enter_locked(s);
     while (len > 0 && ret == 0) {
         qcow2_run r;
         ret = qcow2_map_locked(s, off, len, &r);
@@ -191,32 +165,24 @@ int qcow2_co_pread(vd_node *node, void *buf, uint64_t len, uint64_t off)
             if (r.bytes > s->cluster_size - in) {
                 r.bytes = s->cluster_size - in;
             }
-            uint8_t *cbuf = malloc(s->cluster_size);
-            if (!cbuf) {
-                ret = -ENOMEM;
-                break;
+            ret = qcow2_cread_add(s, &cb, r.l2e, off - in, p, in, r.bytes);
+            if (ret > 0) {
+                ret = qcow2_cread_flush(s, &cb, true);
             }
-            qcow2_io_begin(s, &io);
-            pthread_mutex_unlock(&s->lock);
-            ret = read_compressed(s, r.l2e, off - in, cbuf);
-            if (ret == 0) {
-                memcpy(p, cbuf + in, r.bytes);
-            }
-            free(cbuf);
-            pthread_mutex_lock(&s->lock);
-            qcow2_io_end(s, &io);
             break;
         }
         default:
-            ret = compressed_error(s, off);
+            ret = invalid_entry_error(s, off);
             break;
         }
         p += r.bytes;
         off += r.bytes;
         len -= r.bytes;
     }
+    int fret = qcow2_cread_flush(s, &cb, ret == 0);
     pthread_mutex_unlock(&s->lock);
-    return ret;
+    qcow2_cread_free(&cb);
+    return ret < 0 ? ret : fret;
 }
 
 /* ---- allocating writes ---------------------------------------------------------------- */
@@ -303,7 +269,7 @@ static int read_old(qcow2_state *s, uint64_t e, uint64_t bm, uint64_t g, uint64_
             break;
         case QCOW2_SC_COMPRESSED: {
             uint8_t *cbuf = malloc(s->cluster_size);
-            ret = cbuf ? read_compressed(s, e, g, cbuf) : -ENOMEM;
+            ret = cbuf ? qcow2_read_compressed(s, e, g, cbuf) : -ENOMEM;
             if (ret == 0) {
                 memcpy(dst, cbuf + a, end - a);
             }
@@ -311,7 +277,7 @@ static int read_old(qcow2_state *s, uint64_t e, uint64_t bm, uint64_t g, uint64_
             break;
         }
         default:
-            ret = compressed_error(s, g + a);
+            ret = invalid_entry_error(s, g + a);
             break;
         }
         if (ret < 0) {
@@ -340,7 +306,8 @@ static uint64_t head_start(qcow2_state *s, const seg *g, uint64_t ws)
     if (ws == 0) {
         return 0;
     }
-    if (!s->extl2) {
+    if (!s->extl2 || (g->e_first & QCOW2_OFLAG_COMPRESSED)) {
+        /* A compressed cluster has no subclusters: all of it moves to the new cluster. */
         return 0;
     }
     uint64_t sc = ws >> s->sc_bits;
@@ -371,7 +338,7 @@ static uint64_t tail_end(qcow2_state *s, const seg *g, uint64_t we)
     if (b == cs) {
         return we;
     }
-    if (!s->extl2) {
+    if (!s->extl2 || (g->e_last & QCOW2_OFLAG_COMPRESSED)) {
         return lstart + cs;
     }
     uint64_t sc = (b - 1) >> s->sc_bits;
@@ -515,6 +482,9 @@ static int seg_link(qcow2_state *s, const seg *g, uint64_t off, uint64_t n)
     }
     qcow2_cache_mark_dirty(s->l2_cache, sl);
     qcow2_cache_put(s->l2_cache, sl);
+    /* The data may not be durable yet, even if the refcounts are (another request's flush
+     * may have run while it was written): the L2 slice must wait for a sync. */
+    s->rb_unsynced = true;
     return 0;
 }
 
@@ -575,11 +545,11 @@ static int plan_segment(qcow2_state *s, uint64_t off, uint64_t len, seg *g)
             qcow2_cache_put(s->l2_cache, sl);
         }
         g->host = host0;
-        if (!alloc_wait(s, gci, g->count)) {
+        if (!qcow2_alloc_wait(s, gci, g->count)) {
             return 0;
         }
         /* The world may have changed while we slept: a drain may have begun. */
-        enter_locked(s);
+        qcow2_enter_locked(s);
     }
 }
 
@@ -642,7 +612,7 @@ static int write_segment(qcow2_state *s, const uint8_t *buf, uint64_t off, uint6
         }
     }
     qcow2_alloc_rec rec;
-    alloc_insert(s, &rec, g.gci, g.count);
+    qcow2_alloc_insert(s, &rec, g.gci, g.count);
     qcow2_io_begin(s, &io);
     pthread_mutex_unlock(&s->lock);
     ret = seg_write(s, &g, buf, in_cl, in_cl + n);
@@ -654,7 +624,7 @@ static int write_segment(qcow2_state *s, const uint8_t *buf, uint64_t off, uint6
         /* Never referenced: the clusters can go back at once. */
         qcow2_update_refcount(s, g.host, g.count * cs, -1, false);
     }
-    alloc_remove(s, &rec);
+    qcow2_alloc_remove(s, &rec);
     qcow2_io_end(s, &io);
     return ret;
 }
@@ -684,7 +654,7 @@ int qcow2_co_pwrite(vd_node *node, const void *buf, uint64_t len, uint64_t off,
 {
     qcow2_state *s = node->opaque;
     pthread_mutex_lock(&s->lock);
-    enter_locked(s);
+    qcow2_enter_locked(s);
     int ret = qcow2_pwrite_locked(s, buf, len, off);
     if (ret == 0 && (flags & VD_REQ_FUA)) {
         ret = qcow2_flush_locked(s);
@@ -723,7 +693,7 @@ static int zero_partial(qcow2_state *s, uint64_t off, uint64_t len, unsigned fla
     if (sc_end > s->node->size) {
         sc_end = s->node->size;
     }
-    alloc_wait(s, off >> s->cluster_bits, 1);
+    qcow2_alloc_wait(s, off >> s->cluster_bits, 1);
     bool head_zero = true, tail_zero = true;
     int ret = 0;
     if (off > sc_start) {
@@ -774,7 +744,7 @@ int qcow2_co_pwrite_zeroes(vd_node *node, uint64_t off, uint64_t len, unsigned f
         b = a;
     }
     pthread_mutex_lock(&s->lock);
-    enter_locked(s);
+    qcow2_enter_locked(s);
     if (s->broken) {
         pthread_mutex_unlock(&s->lock);
         vd_set_io_error("%s: the image is marked corrupt; writes are refused", s->name);
@@ -786,7 +756,7 @@ int qcow2_co_pwrite_zeroes(vd_node *node, uint64_t off, uint64_t len, unsigned f
     if (ret == 0 && a < b) {
         uint64_t first = a >> s->cluster_bits;
         uint64_t last = (b - 1) >> s->cluster_bits;
-        alloc_wait(s, first, last - first + 1);
+        qcow2_alloc_wait(s, first, last - first + 1);
         ret = qcow2_mark_dirty_locked(s);
         if (ret == 0) {
             ret = qcow2_zeroize_locked(s, a, b - a, flags);
@@ -826,14 +796,14 @@ int qcow2_co_pdiscard(vd_node *node, uint64_t off, uint64_t len)
         return 0;
     }
     pthread_mutex_lock(&s->lock);
-    enter_locked(s);
+    qcow2_enter_locked(s);
     if (s->broken) {
         pthread_mutex_unlock(&s->lock);
         vd_set_io_error("%s: the image is marked corrupt; writes are refused", s->name);
         return -EIO;
     }
     uint64_t first = start >> s->cluster_bits;
-    alloc_wait(s, first, ((stop - 1) >> s->cluster_bits) - first + 1);
+    qcow2_alloc_wait(s, first, ((stop - 1) >> s->cluster_bits) - first + 1);
     int ret = qcow2_discard_locked(s, start, stop - start, false);
     if (ret == 0 && s->nb_unsynced_frees > QCOW2_MAX_UNSYNCED_FREES) {
         ret = qcow2_flush_locked(s);

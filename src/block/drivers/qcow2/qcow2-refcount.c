@@ -469,6 +469,10 @@ int qcow2_update_refcount(qcow2_state *s, uint64_t offset, uint64_t len, int64_t
                 if (c < s->free_hint) {
                     s->free_hint = c;
                 }
+                if (s->free_byte_offset && c == s->free_byte_offset >> s->cluster_bits) {
+                    /* The cluster may be reused for anything now: stop packing into it. */
+                    s->free_byte_offset = 0;
+                }
                 qcow2_cache_discard_range(s->l2_cache, c * cs, cs);
                 if (punch) {
                     if (punch_len && punch_start + punch_len == c * cs) {

@@ -446,6 +446,7 @@ static int load_image(qcow2_state *s, vd_error **errp)
     s->rb_cache = qcow2_cache_new("refcount", false, s->slice_size, QCOW2_RB_CACHE_BYTES);
     s->rb_unsynced = false;
     s->free_hint = 0;
+    s->free_byte_offset = 0;
     s->zero_from = (file_len + s->cluster_size - 1) & ~(s->cluster_size - 1);
     s->loaded = true;
     return 0;
@@ -1067,6 +1068,12 @@ static int qcow2_pdiscard_op(vd_node *node, uint64_t off, uint64_t len)
     return tables_ready(node) ? qcow2_co_pdiscard(node, off, len) : -EIO;
 }
 
+static int qcow2_pwrite_compressed_op(vd_node *node, const void *buf, uint64_t len,
+                                      uint64_t off, int level)
+{
+    return tables_ready(node) ? qcow2_co_pwrite_compressed(node, buf, len, off, level) : -EIO;
+}
+
 static int qcow2_block_status_op(vd_node *node, uint64_t off, uint64_t len, vd_node_status *st)
 {
     return tables_ready(node) ? qcow2_co_block_status(node, off, len, st) : -EIO;
@@ -1082,6 +1089,7 @@ const vd_driver vd_qcow2_driver = {
     .pwrite = qcow2_pwrite_op,
     .pwrite_zeroes = qcow2_pwrite_zeroes_op,
     .pdiscard = qcow2_pdiscard_op,
+    .pwrite_compressed = qcow2_pwrite_compressed_op,
     .flush = qcow2_flush,
     .block_status = qcow2_block_status_op,
     .truncate = qcow2_truncate,

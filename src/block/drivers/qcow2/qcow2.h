@@ -1,6 +1,7 @@
 /* Private state of the qcow2 runtime driver, shared by qcow2.c (open/close, control ops),
  * qcow2-cache.c (metadata cache), qcow2-refcount.c (refcounts, allocator, deferred frees),
- * qcow2-cluster.c (L1/L2 mapping and updates) and qcow2-io.c (the data paths). */
+ * qcow2-cluster.c (L1/L2 mapping and updates), qcow2-io.c (the data paths) and
+ * qcow2-compress.c (compressed writes, the byte allocator, batched compressed reads). */
 #ifndef VD_QCOW2_H
 #define VD_QCOW2_H
 
@@ -159,10 +160,14 @@ struct qcow2_state {
 
     qcow2_cache *l2_cache;
     qcow2_cache *rb_cache;
-    bool rb_unsynced;            /* refcount slices written since the last sync */
+    bool rb_unsynced;            /* refcount slices or linked data written since the last
+                                  * sync: L2 slices wait for one (qcow2-cache.c) */
 
     /* Allocation */
     uint64_t free_hint;          /* every cluster below it is in use */
+    /* Compressed streams are packed back to back: the next free byte inside the last,
+     * partly filled host cluster they went to (0 = start a new cluster). */
+    uint64_t free_byte_offset;
     uint64_t zero_from;          /* the file reads as zeros from here (never written) */
 
     /* Concurrency: one metadata lock; data I/O runs outside it. */
@@ -318,5 +323,57 @@ int qcow2_co_block_status(vd_node *node, uint64_t off, uint64_t len, vd_node_sta
 int qcow2_pwrite_locked(qcow2_state *s, const void *buf, uint64_t len, uint64_t off);
 void qcow2_io_begin(qcow2_state *s, qcow2_io_rec *io);
 void qcow2_io_end(qcow2_state *s, qcow2_io_rec *io);
+/* Waits while a control operation drains the node (its own thread passes). */
+void qcow2_enter_locked(qcow2_state *s);
+/* Waits for allocation records overlapping guest clusters [first, first+count); returns
+ * true if it had to wait (the caller then re-checks what it looked at). */
+bool qcow2_alloc_wait(qcow2_state *s, uint64_t first, uint64_t count);
+void qcow2_alloc_insert(qcow2_state *s, qcow2_alloc_rec *a, uint64_t first, uint64_t count);
+void qcow2_alloc_remove(qcow2_state *s, qcow2_alloc_rec *a);
+/* Decompresses the guest cluster that compressed entry e (guest offset guest_off)
+ * describes into dst (cluster_size bytes). Called without the lock, inside
+ * qcow2_io_begin/end. */
+int qcow2_read_compressed(qcow2_state *s, uint64_t e, uint64_t guest_off, uint8_t *dst);
+
+/* ---- qcow2-compress.c ------------------------------------------------------------------ */
+
+/* The compressed write (block.h's pwrite_compressed contract). */
+int qcow2_co_pwrite_compressed(vd_node *node, const void *buf, uint64_t len, uint64_t off,
+                               int level);
+/* Allocates size (1..cluster_size-1) bytes for a compressed stream, packed after the
+ * previous stream, and counts one reference on every host cluster the bytes touch. */
+int qcow2_alloc_bytes(qcow2_state *s, uint64_t size, uint64_t *offset);
+/* The L2 descriptor of a compressed stream of len bytes at host byte offset off (QEMU's
+ * encoding: offset field, then the number of 512-byte sectors after the first one). */
+uint64_t qcow2_compressed_encode(uint64_t off, uint64_t len, uint32_t cluster_bits);
+
+/* The compressed clusters of one read request, fetched and decompressed together. */
+typedef struct qcow2_cread_job {
+    uint64_t l2e;                /* compressed descriptor */
+    uint64_t guest;              /* guest offset of the cluster */
+    uint8_t *dst;                /* where the wanted bytes go */
+    uint64_t in, bytes;          /* the wanted part of the cluster */
+    /* Filled while the batch runs. */
+    uint64_t host, csize;
+    const uint8_t *src;
+    uint8_t *out;
+    int ret;
+} qcow2_cread_job;
+
+typedef struct qcow2_cread {
+    qcow2_cread_job *jobs;
+    size_t nb, cap, max;
+    qcow2_io_rec io;             /* begun with the first job, ended by the flush */
+} qcow2_cread;
+
+void qcow2_cread_init(qcow2_state *s, qcow2_cread *b);
+void qcow2_cread_free(qcow2_cread *b);
+/* Adds a cluster to the batch (lock held). Returns 1 when the batch is full and must be
+ * flushed, 0, or -ENOMEM. */
+int qcow2_cread_add(qcow2_state *s, qcow2_cread *b, uint64_t l2e, uint64_t guest,
+                    uint8_t *dst, uint64_t in, uint64_t bytes);
+/* Lock held on entry and exit; dropped while reading and decompressing. run = false
+ * abandons the batch (after an error elsewhere in the request). */
+int qcow2_cread_flush(qcow2_state *s, qcow2_cread *b, bool run);
 
 #endif

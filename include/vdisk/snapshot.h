@@ -1,0 +1,84 @@
+/* Snapshots: qcow2 internal snapshots (list, create, apply, delete, VM state), external
+ * snapshots (a new overlay under an open handle) and transactions that take snapshot
+ * actions on many disks as one all-or-nothing step. */
+#ifndef VDISK_SNAPSHOT_H
+#define VDISK_SNAPSHOT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "vdisk/vdisk.h"
+
+/* ---- internal snapshots ---------------------------------------------------------------- */
+
+typedef struct vd_snapshot_info {
+    char *id;                /* "1", "2", ... */
+    char *name;
+    uint64_t vm_state_size;
+    uint32_t date_sec;
+    uint32_t date_nsec;
+    uint64_t vm_clock_nsec;
+    uint64_t disk_size;      /* guest size when taken */
+    int64_t icount;          /* -1: none */
+} vd_snapshot_info;
+
+/* The snapshot table in on-disk order. Formats without snapshots give 0 entries. */
+int vd_snapshot_list(vd_disk *d, vd_snapshot_info **out, size_t *nb, vd_error **errp);
+void vd_snapshot_list_free(vd_snapshot_info *list, size_t nb);
+
+/* Creates an internal snapshot now (a transaction of one action). name NULL: made from
+ * the time as vm-YYYYMMDDHHMMSS. vm_state (may be NULL with size 0) is stored with it
+ * where QEMU stores VM state. A duplicate name is refused unless replace is set. */
+int vd_snapshot_create(vd_disk *d, const char *name, const void *vm_state,
+                       uint64_t vm_state_size, bool replace, vd_error **errp);
+/* Reverts the disk to a snapshot: id first, then name, as qemu-img snapshot -a. */
+int vd_snapshot_apply(vd_disk *d, const char *id_or_name, vd_error **errp);
+/* Deletes by id and/or name (either may be NULL, not both), as QMP
+ * blockdev-snapshot-delete-internal-sync; qemu-img snapshot -d passes the name only. */
+int vd_snapshot_delete(vd_disk *d, const char *id, const char *name, vd_error **errp);
+/* The VM state of the active image (what the last apply brought back, or what the next
+ * create saves): QEMU's bdrv_load_vmstate / bdrv_save_vmstate. */
+int vd_vmstate_read(vd_disk *d, void *buf, uint64_t len, uint64_t pos, vd_error **errp);
+int vd_vmstate_write(vd_disk *d, const void *buf, uint64_t len, uint64_t pos,
+                     vd_error **errp);
+
+/* ---- external snapshots ---------------------------------------------------------------- */
+
+/* Creates overlay (format "qcow2" unless overlay_format says otherwise) backed by the
+ * handle's current top image, opens it, and makes the handle read and write through it;
+ * the old top becomes its read-only backing file. A transaction of one action. */
+int vd_snapshot_external(vd_disk *d, const char *overlay, const char *overlay_format,
+                         vd_error **errp);
+
+/* ---- transactions ---------------------------------------------------------------------- */
+
+typedef enum vd_action_kind {
+    VD_ACTION_SNAPSHOT_INTERNAL,        /* QMP blockdev-snapshot-internal-sync */
+    VD_ACTION_SNAPSHOT_DELETE_INTERNAL, /* QMP blockdev-snapshot-delete-internal-sync */
+    VD_ACTION_SNAPSHOT_EXTERNAL,        /* QMP blockdev-snapshot-sync (creates the file) */
+} vd_action_kind;
+
+typedef struct vd_action {
+    vd_action_kind kind;
+    vd_disk *disk;
+    const char *name;        /* internal: snapshot name (NULL: the group's vm-... name);
+                              * delete: name (or NULL) */
+    const char *id;          /* delete: id (or NULL) */
+    bool replace;            /* internal: replace a same-named snapshot. That cannot be
+                              * undone, so it runs after every other action prepared. */
+    const void *vm_state;    /* internal: optional VM state */
+    uint64_t vm_state_size;
+    const char *overlay;     /* external: the new overlay file */
+    const char *overlay_format; /* external: NULL = "qcow2" */
+} vd_action;
+
+/* Runs the actions as one all-or-nothing transaction: the disks are drained for its whole
+ * length (I/O from other threads waits); every action prepares first (all checks — read-only
+ * disk, missing snapshot, name clash, file exists — happen here, before anything changes);
+ * if any prepare or commit fails, every action that prepared is undone in reverse order and
+ * each disk is as it was. The group shares one timestamp. The error names the disk and the
+ * cause. */
+int vd_transaction(const vd_action *acts, size_t n, vd_error **errp);
+
+#endif
