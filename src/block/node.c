@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "block/blkdebug.h"
 #include "block/block.h"
 #include "block/engine.h"
 
@@ -57,9 +58,39 @@ static void node_free(vd_node *n)
     free(n);
 }
 
+/* `blkdebug:RULES:PATH`: PATH's file node under a fault-injection filter. */
+static int open_blkdebug(vd_engine *e, const char *spec, unsigned flags, vd_node **out,
+                         vd_error **errp)
+{
+    vd_blkdebug_rules rules;
+    int ret = vd_blkdebug_parse(spec, &rules, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    vd_node *child = NULL;
+    ret = vd_node_open_file(e, rules.path, flags, &child, errp);
+    if (ret == 0) {
+        vd_node *f = node_new(e, &vd_blkdebug_driver, rules.path, flags);
+        ret = vd_blkdebug_wrap(f, child, &rules);
+        if (ret < 0) {
+            node_free(f);
+            vd_node_close(child);
+            vd_error_set(errp, VD_ERR_IO, -ret, "blkdebug: %s", strerror(-ret));
+        } else {
+            f->realpath = child->realpath ? strdup(child->realpath) : NULL;
+            *out = f;
+        }
+    }
+    vd_blkdebug_rules_free(&rules);
+    return ret;
+}
+
 int vd_node_open_file(vd_engine *e, const char *filename, unsigned flags, vd_node **out,
                       vd_error **errp)
 {
+    if (!strncmp(filename, VD_BLKDEBUG_PREFIX, strlen(VD_BLKDEBUG_PREFIX))) {
+        return open_blkdebug(e, filename, flags, out, errp);
+    }
     const vd_driver *drv = vd_driver_find("file");
     vd_node *n = node_new(e, drv, filename, flags);
     int ret = drv->open(n, flags, errp);
@@ -140,7 +171,9 @@ static int node_open(vd_engine *e, const char *filename, const char *format, uns
         vd_node_close(file);
         return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Unknown driver '%s'", format);
     }
-    vd_node *n = node_new(e, drv, filename, flags);
+    /* The format node is named after the image file (without a blkdebug: prefix), so that
+     * messages and relative backing names work as without the filter. */
+    vd_node *n = node_new(e, drv, file->filename, flags);
     n->file = file;
     n->overlay = overlay;
     n->realpath = file->realpath ? strdup(file->realpath) : NULL;

@@ -128,6 +128,7 @@ static int slice_write(qcow2_state *s, qcow2_cache *c, qcow2_slice *sl)
             return ret;
         }
     }
+    vd_node_event(s->file, c->is_l2 ? "l2_update" : "refblock_update");
     ret = vd_node_pwrite(s->file, sl->data, c->slice_size, sl->offset, 0);
     if (ret < 0) {
         vd_set_io_error("%s: could not write %s table slice at 0x%llx: %s", s->name,

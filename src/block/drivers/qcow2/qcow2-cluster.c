@@ -96,6 +96,7 @@ int qcow2_write_l1_dirty(qcow2_state *s)
         for (uint64_t i = 0; i < len / 8; i++) {
             vd_put_be64(buf + i * 8, s->l1[start / 8 + i]);
         }
+        vd_node_event(s->file, "l1_update");
         int ret = vd_node_pwrite(s->file, buf, len, s->l1_offset + start, 0);
         if (ret < 0) {
             vd_set_io_error("%s: could not write the L1 table at 0x%" PRIx64 ": %s", s->name,

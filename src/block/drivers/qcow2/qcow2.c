@@ -36,6 +36,7 @@ int qcow2_write_header(qcow2_state *s)
         free(buf);
         return ret;
     }
+    vd_node_event(s->file, "header_update");
     ret = vd_node_pwrite(s->file, buf, s->cluster_size, 0, 0);
     free(buf);
     if (ret < 0) {
@@ -49,6 +50,7 @@ int qcow2_write_incompat(qcow2_state *s, uint64_t bits)
 {
     uint8_t b[8];
     vd_put_be64(b, bits);
+    vd_node_event(s->file, "header_update");
     int ret = vd_node_pwrite(s->file, b, sizeof(b), 72, 0);
     if (ret < 0) {
         vd_set_io_error("%s: could not write the header: %s", s->name, strerror(-ret));

@@ -1,0 +1,24 @@
+/* The fault-injection filter (drivers/blkdebug.c) as node.c sees it: a filename of the form
+ * `blkdebug:RULES:PATH` opens PATH through the filter. */
+#ifndef VD_BLKDEBUG_H
+#define VD_BLKDEBUG_H
+
+#include "block/block.h"
+
+#define VD_BLKDEBUG_PREFIX "blkdebug:"
+
+typedef struct vd_blkdebug_rules {
+    void *rules;         /* parsed rules (private to the driver) */
+    int nb_rules;
+    const char *path;    /* points into the spec: the image file */
+} vd_blkdebug_rules;
+
+extern const vd_driver vd_blkdebug_driver;
+
+/* Parses `blkdebug:RULES:PATH`; errors name the bad part. */
+int vd_blkdebug_parse(const char *spec, vd_blkdebug_rules *out, vd_error **errp);
+void vd_blkdebug_rules_free(vd_blkdebug_rules *r);
+/* Makes `filter` (a node of vd_blkdebug_driver) a filter over the open `child`. */
+int vd_blkdebug_wrap(vd_node *filter, vd_node *child, const vd_blkdebug_rules *rules);
+
+#endif

@@ -1,0 +1,345 @@
+/* Fault injection (QEMU's blkdebug, in a simpler form): a protocol filter between a format
+ * node and its file that counts the I/O reaching the file and fails chosen requests, so
+ * tests (and users, from any CLI command) can prove what happens when a write or a flush
+ * fails at a given point. Opened by a filename `blkdebug:RULES:PATH`, where RULES is
+ * `;`-separated `OP#N=ERR` with OP read|write|flush|event:NAME: the Nth such request fails
+ * with ERR (for event:NAME, the first request after the Nth occurrence of that event).
+ * Each rule fires once. write_zeroes and discard count as writes. With VDISK_BLKDEBUG_COUNT
+ * set to a file name, the counts are appended there at close ("reads=R writes=W flushes=F")
+ * so a test can learn how many requests an operation makes and loop over them. */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "block/blkdebug.h"
+
+#define MAX_RULES 64
+#define MAX_EVENT_NAME 63
+
+typedef enum { OP_READ, OP_WRITE, OP_FLUSH, OP_EVENT } rule_op;
+
+typedef struct rule {
+    rule_op op;
+    char event[MAX_EVENT_NAME + 1];
+    uint64_t n;          /* fire on the Nth request / after the Nth event */
+    int err;             /* positive errno */
+    uint64_t seen;       /* events seen (OP_EVENT) */
+    bool armed;          /* OP_EVENT: the next request fails */
+    bool fired;
+} rule;
+
+typedef struct blkdebug_state {
+    pthread_mutex_t lock;
+    rule rules[MAX_RULES];
+    int nb_rules;
+    uint64_t reads, writes, flushes;
+    char *count_file;
+} blkdebug_state;
+
+static const struct {
+    const char *name;
+    int err;
+} errnames[] = {
+    {"EIO", EIO},       {"ENOSPC", ENOSPC}, {"EPERM", EPERM},   {"EACCES", EACCES},
+    {"EROFS", EROFS},   {"EINVAL", EINVAL}, {"ENOMEM", ENOMEM}, {"EFBIG", EFBIG},
+    {"EDQUOT", EDQUOT}, {"EAGAIN", EAGAIN}, {"ENOTSUP", ENOTSUP},
+};
+
+static const char *errname(int err)
+{
+    for (size_t i = 0; i < sizeof(errnames) / sizeof(errnames[0]); i++) {
+        if (errnames[i].err == err) {
+            return errnames[i].name;
+        }
+    }
+    return "error";
+}
+
+static const char *op_name(rule_op op)
+{
+    static const char *const names[] = {"read", "write", "flush", "event"};
+    return names[op];
+}
+
+/* Parses one rule at *p (which it advances); the rule ends at ';' or ':'. */
+static int parse_rule(const char **p, rule *r, vd_error **errp)
+{
+    const char *s = *p;
+    size_t oplen = !strncmp(s, "event:", 6) ? 6 + strcspn(s + 6, "#=;:") : strcspn(s, "#=;:");
+    const char *end = s + oplen;
+    memset(r, 0, sizeof(*r));
+    if (oplen == 4 && !strncmp(s, "read", 4)) {
+        r->op = OP_READ;
+    } else if (oplen == 5 && !strncmp(s, "write", 5)) {
+        r->op = OP_WRITE;
+    } else if (oplen == 5 && !strncmp(s, "flush", 5)) {
+        r->op = OP_FLUSH;
+    } else if (oplen > 6 && !strncmp(s, "event:", 6) && oplen - 6 <= MAX_EVENT_NAME &&
+               strspn(s + 6, "abcdefghijklmnopqrstuvwxyz0123456789_") == oplen - 6) {
+        r->op = OP_EVENT;
+        memcpy(r->event, s + 6, oplen - 6);
+    } else {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "blkdebug: bad rule at '%.*s': "
+                            "expected read, write, flush or event:NAME before '#'",
+                            (int)strcspn(s, ";:#"), s);
+    }
+    if (*end != '#') {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "blkdebug: rule '%.*s' needs #N=ERR",
+                            (int)oplen, s);
+    }
+    char *q;
+    errno = 0;
+    unsigned long long n = strtoull(end + 1, &q, 10);
+    if (q == end + 1 || errno || n == 0 || end[1] == '-' || *q != '=') {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "blkdebug: bad rule '%.*s': N must "
+                            "be a positive number followed by =ERR", (int)strcspn(s, ";"), s);
+    }
+    r->n = n;
+    const char *e = q + 1;
+    size_t elen = strspn(e, "ABCDEFGHIJKLMNOPQRSTUVWXYZ");
+    for (size_t i = 0; i < sizeof(errnames) / sizeof(errnames[0]); i++) {
+        if (strlen(errnames[i].name) == elen && !strncmp(errnames[i].name, e, elen)) {
+            r->err = errnames[i].err;
+        }
+    }
+    if (!r->err) {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "blkdebug: unknown errno name "
+                            "'%.*s' (known: EIO, ENOSPC, EPERM, EACCES, EROFS, EINVAL, ENOMEM, "
+                            "EFBIG, EDQUOT, EAGAIN, ENOTSUP)", (int)strcspn(e, ";:"), e);
+    }
+    *p = e + elen;
+    return 0;
+}
+
+int vd_blkdebug_parse(const char *spec, vd_blkdebug_rules *out, vd_error **errp)
+{
+    if (strncmp(spec, VD_BLKDEBUG_PREFIX, strlen(VD_BLKDEBUG_PREFIX)) != 0) {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "not a blkdebug filename: '%s'",
+                            spec);
+    }
+    const char *p = spec + strlen(VD_BLKDEBUG_PREFIX);
+    int nb = 0;
+    out->rules = NULL;
+    out->nb_rules = 0;
+    rule *rules = calloc(MAX_RULES, sizeof(*rules));
+    if (!rules) {
+        return -ENOMEM;
+    }
+    while (*p != ':') {
+        if (*p == '\0') {
+            free(rules);
+            return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "blkdebug: missing ':PATH' "
+                                "after the rules in '%s'", spec);
+        }
+        if (nb == MAX_RULES) {
+            free(rules);
+            return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "blkdebug: more than %d rules",
+                                MAX_RULES);
+        }
+        int ret = parse_rule(&p, &rules[nb], errp);
+        if (ret < 0) {
+            free(rules);
+            return ret;
+        }
+        nb++;
+        if (*p == ';') {
+            p++;
+        } else if (*p == '\0') {
+            free(rules);
+            return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "blkdebug: missing ':PATH' "
+                                "after the rules in '%s'", spec);
+        } else if (*p != ':') {
+            free(rules);
+            return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "blkdebug: expected ';' or ':' "
+                                "after a rule, found '%.10s'", p);
+        }
+    }
+    if (p[1] == '\0') {
+        free(rules);
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "blkdebug: no image path in '%s'",
+                            spec);
+    }
+    out->rules = rules;
+    out->nb_rules = nb;
+    out->path = p + 1;
+    return 0;
+}
+
+/* Counts a request of kind op and decides whether it fails: returns 0 or -errno. */
+static int account(vd_node *n, rule_op op)
+{
+    blkdebug_state *s = n->opaque;
+    pthread_mutex_lock(&s->lock);
+    uint64_t nth = op == OP_READ ? ++s->reads : op == OP_WRITE ? ++s->writes : ++s->flushes;
+    int err = 0;
+    rule *hit = NULL;
+    for (int i = 0; i < s->nb_rules && !err; i++) {
+        rule *r = &s->rules[i];
+        if (r->fired) {
+            continue;
+        }
+        if ((r->op == op && r->n == nth) || (r->op == OP_EVENT && r->armed)) {
+            r->fired = true;
+            err = r->err;
+            hit = r;
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (err) {
+        if (hit->op == OP_EVENT) {
+            vd_set_io_error("blkdebug: injected %s on %s #%" PRIu64 " after event %s #%" PRIu64,
+                            errname(err), op_name(op), nth, hit->event, hit->n);
+        } else {
+            vd_set_io_error("blkdebug: injected %s on %s #%" PRIu64, errname(err), op_name(op),
+                            nth);
+        }
+        return -err;
+    }
+    return 0;
+}
+
+static int blkdebug_pread(vd_node *n, void *buf, uint64_t len, uint64_t off)
+{
+    int ret = account(n, OP_READ);
+    return ret < 0 ? ret : vd_node_pread(n->file, buf, len, off);
+}
+
+static int blkdebug_pwrite(vd_node *n, const void *buf, uint64_t len, uint64_t off,
+                           unsigned flags)
+{
+    int ret = account(n, OP_WRITE);
+    return ret < 0 ? ret : vd_node_pwrite(n->file, buf, len, off, flags);
+}
+
+static int blkdebug_pwrite_zeroes(vd_node *n, uint64_t off, uint64_t len, unsigned flags)
+{
+    int ret = account(n, OP_WRITE);
+    return ret < 0 ? ret : vd_node_pwrite_zeroes(n->file, off, len, flags);
+}
+
+static int blkdebug_pdiscard(vd_node *n, uint64_t off, uint64_t len)
+{
+    int ret = account(n, OP_WRITE);
+    return ret < 0 ? ret : vd_node_pdiscard(n->file, off, len);
+}
+
+static int blkdebug_flush(vd_node *n)
+{
+    int ret = account(n, OP_FLUSH);
+    return ret < 0 ? ret : vd_node_flush(n->file);
+}
+
+static int blkdebug_block_status(vd_node *n, uint64_t off, uint64_t len, vd_node_status *st)
+{
+    return vd_node_block_status(n->file, off, len, st);
+}
+
+static int blkdebug_truncate(vd_node *n, uint64_t size, bool shrink, const char *prealloc,
+                             vd_error **errp)
+{
+    int ret = account(n, OP_WRITE);
+    if (ret < 0) {
+        return vd_error_set(errp, VD_ERR_IO, -ret, "%s: Could not resize file: %s",
+                            n->filename, strerror(-ret));
+    }
+    ret = vd_node_truncate(n->file, size, shrink, prealloc, errp);
+    n->size = n->file->size;
+    return ret;
+}
+
+static int64_t blkdebug_allocated_size(vd_node *n)
+{
+    return n->file->drv->allocated_size ? n->file->drv->allocated_size(n->file) : -ENOTSUP;
+}
+
+static void blkdebug_event(vd_node *n, const char *name)
+{
+    blkdebug_state *s = n->opaque;
+    pthread_mutex_lock(&s->lock);
+    for (int i = 0; i < s->nb_rules; i++) {
+        rule *r = &s->rules[i];
+        if (r->op == OP_EVENT && !r->fired && !strcmp(r->event, name) && ++r->seen == r->n) {
+            r->armed = true;
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
+static void blkdebug_close(vd_node *n)
+{
+    blkdebug_state *s = n->opaque;
+    if (!s) {
+        return;
+    }
+    if (s->count_file) {
+        FILE *f = fopen(s->count_file, "a");
+        if (f) {
+            fprintf(f, "reads=%" PRIu64 " writes=%" PRIu64 " flushes=%" PRIu64 "\n", s->reads,
+                    s->writes, s->flushes);
+            fclose(f);
+        }
+        free(s->count_file);
+    }
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+    n->opaque = NULL;
+}
+
+/* The filter is opened by vd_blkdebug_open, never through a driver lookup by name. */
+static int blkdebug_open(vd_node *n, unsigned flags, vd_error **errp)
+{
+    (void)flags;
+    return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "%s: blkdebug is opened with a "
+                        "'blkdebug:RULES:PATH' filename", n->filename);
+}
+
+const vd_driver vd_blkdebug_driver = {
+    .name = "blkdebug",
+    .is_format = false,
+    .open = blkdebug_open,
+    .close = blkdebug_close,
+    .pread = blkdebug_pread,
+    .pwrite = blkdebug_pwrite,
+    .pwrite_zeroes = blkdebug_pwrite_zeroes,
+    .pdiscard = blkdebug_pdiscard,
+    .flush = blkdebug_flush,
+    .block_status = blkdebug_block_status,
+    .truncate = blkdebug_truncate,
+    .allocated_size = blkdebug_allocated_size,
+    .event = blkdebug_event,
+};
+
+int vd_blkdebug_wrap(vd_node *filter, vd_node *child, const vd_blkdebug_rules *rules)
+{
+    blkdebug_state *s = calloc(1, sizeof(*s));
+    if (!s) {
+        return -ENOMEM;
+    }
+    pthread_mutex_init(&s->lock, NULL);
+    memcpy(s->rules, rules->rules, sizeof(rule) * (size_t)rules->nb_rules);
+    s->nb_rules = rules->nb_rules;
+    const char *cf = getenv("VDISK_BLKDEBUG_COUNT");
+    if (cf && *cf) {
+        s->count_file = strdup(cf);
+        if (!s->count_file) {
+            pthread_mutex_destroy(&s->lock);
+            free(s);
+            return -ENOMEM;
+        }
+    }
+    filter->opaque = s;
+    filter->file = child;
+    filter->size = child->size;
+    filter->request_alignment = child->request_alignment;
+    filter->max_transfer = child->max_transfer;
+    return 0;
+}
+
+void vd_blkdebug_rules_free(vd_blkdebug_rules *r)
+{
+    free(r->rules);
+    r->rules = NULL;
+}
