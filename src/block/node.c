@@ -141,6 +141,17 @@ static int probe_node(vd_node *file, const char **fmt, vd_error **errp)
 
 int vd_probe_format(const char *filename, const char **fmt, vd_error **errp)
 {
+    /* A probe before the real open is not part of the I/O under test: it reads PATH
+     * without the filter, so rules and counts apply to the real open only. */
+    if (!strncmp(filename, VD_BLKDEBUG_PREFIX, strlen(VD_BLKDEBUG_PREFIX))) {
+        vd_blkdebug_rules rules;
+        int ret = vd_blkdebug_parse(filename, &rules, errp);
+        if (ret == 0) {
+            ret = vd_probe_format(rules.path, fmt, errp);
+        }
+        vd_blkdebug_rules_free(&rules);
+        return ret;
+    }
     vd_node *file = NULL;
     int ret = vd_node_open_file(NULL, filename, 0, &file, errp);
     if (ret < 0) {

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The fault-injection filter (`blkdebug:RULES:PATH`): failing the Nth write, flush or read,
 # or the request after a named metadata event, makes the operation fail with that errno and
-# a message, never corrupts the image (qemu-img check: no errors; leaks allowed), and leaves
-# data that was written before intact. Counts land in VDISK_BLKDEBUG_COUNT. Bad rule specs
-# give clear errors.
+# qemu-io's message (the same as qemu-io with QEMU's own blkdebug), never corrupts the image
+# (qemu-img check: no errors; leaks allowed), and leaves data written before intact. Counts
+# land in VDISK_BLKDEBUG_COUNT, one line per command. Bad rule specs give clear errors.
 . "$(dirname "$0")/../lib.sh"
 vd_init
 
@@ -36,10 +36,11 @@ for cs in 4k 64k; do
     cp base.q probe.q
     VDISK_BLKDEBUG_COUNT=$PWD/cnt "$VDISK" io -c 'write -P 0x22 8M 3M' -c 'write -P 0x23 40M 64k' \
         "blkdebug::probe.q" >/dev/null 2>&1
-    line=$(tail -n 1 cnt)
+    line=$(cat cnt)
     writes=$(sed -n 's/.*writes=\([0-9]*\).*/\1/p' <<<"$line")
     flushes=$(sed -n 's/.*flushes=\([0-9]*\).*/\1/p' <<<"$line")
-    if [ -n "$writes" ] && [ "$writes" -ge 3 ] && [ -n "$flushes" ] && [ "$flushes" -ge 1 ]; then
+    if [ "$(wc -l <cnt)" -eq 1 ] && [ -n "$writes" ] && [ "$writes" -ge 3 ] &&
+        [ -n "$flushes" ] && [ "$flushes" -ge 1 ]; then
         pass "count/$cs ($line)"
     else
         fail "count/$cs" "unexpected count line '$line'" cnt
@@ -111,11 +112,104 @@ expect_error() {
         fail "spec/$name" "exit $rc, wanted a message containing '$want'" e.out
     fi
 }
-expect_error bad-op 'blkdebug:bogus#1=EIO:m.q' "bad rule at 'bogus'"
+expect_error bad-op 'blkdebug:bogus#1=EIO:m.q' "bad rule 'bogus#1=EIO': unknown operation 'bogus'"
+expect_error bad-n 'blkdebug:write#x=EIO:m.q' "blkdebug: bad rule 'write#x=EIO': N must be a positive number"
 expect_error zero-n 'blkdebug:write#0=EIO:m.q' 'N must be a positive number'
-expect_error no-n 'blkdebug:write=EIO:m.q' "needs #N=ERR"
+expect_error no-n 'blkdebug:write=EIO:m.q' "bad rule 'write=EIO': expected OP#N=ERR"
+expect_error no-err 'blkdebug:write#2:m.q' "expected =ERR after #N"
 expect_error errno 'blkdebug:write#1=EFOO:m.q' "unknown errno name 'EFOO'"
+expect_error event 'blkdebug:event:#1=EIO:m.q' "an event name is 1 to 63 characters"
+expect_error empty-rule 'blkdebug:write#1=EIO;;read#1=EIO:m.q' "empty rule"
 expect_error no-path 'blkdebug:write#1=EIO' "missing ':PATH'"
 expect_error empty-path 'blkdebug:write#1=EIO:' 'no image path'
 expect_error missing 'blkdebug::nosuch.q' "Could not open 'nosuch.q'"
+# ---- the first write fails: qemu-io's message, image byte-for-byte unchanged -------------
+# QEMU's own blkdebug (inject-error on pwritev, once) is the reference for the output.
+qemu_bd() {  # qemu_bd FMT IOTYPE ERRNO FILE: a json: filename putting QEMU's blkdebug under FMT
+    printf 'json:{"driver":"%s","file":{"driver":"blkdebug","inject-error":[{"event":"%s",'\
+'"iotype":"%s","errno":"%s","once":true}],"image":{"driver":"file","filename":"%s"}}}' \
+        "$1" "$([ "$2" = read ] && echo read_aio || echo pwritev)" "$2" "$3" "$4"
+}
+rm -f w.q
+"$QEMU_IMG" create -q -f qcow2 w.q 16M
+"$QEMU_IO" -f qcow2 -c 'write -P 0x7 0 64k' w.q >/dev/null
+cp w.q w0.q
+"$VDISK" io -c 'write -P 0x8 1M 64k' 'blkdebug:write#1=EIO:w.q' >io.out 2>&1
+rc=$?
+cp w0.q wq.q
+"$QEMU_IO" -c 'write -P 0x8 1M 64k' "$(qemu_bd qcow2 write 5 wq.q)" >qio.out 2>&1
+qrc=$?
+if [ $rc -eq 1 ] && [ $qrc -eq 1 ] && diff qio.out io.out >/dev/null &&
+    grep -qx 'write failed: Input/output error' io.out; then
+    pass "qcow2 write#1: fails like qemu-io with QEMU's blkdebug"
+else
+    { echo "vdisk rc=$rc qemu-io rc=$qrc"; diff qio.out io.out; } >d.out
+    fail "qcow2 write#1" "output or exit status differs from qemu-io" d.out
+fi
+cmp -s w.q w0.q && pass "qcow2 write#1: image unchanged" ||
+    fail "qcow2 write#1: image unchanged" "the image file changed"
+qemu_check_clean w.q chk.out && pass "qcow2 write#1: qemu-img check clean" ||
+    fail "qcow2 write#1: qemu-img check" "not clean" chk.out
+
+rm -f r.img
+"$QEMU_IMG" create -q -f raw r.img 1M
+cp r.img r0.img
+"$VDISK" io -f raw -c 'write -P 0x8 0 4k' 'blkdebug:write#1=ENOSPC:r.img' >io.out 2>&1
+rc=$?
+"$QEMU_IO" -f raw -c 'write -P 0x8 0 4k' "$(qemu_bd raw write 28 r0.img)" >qio.out 2>&1
+if [ $rc -eq 1 ] && diff qio.out io.out >/dev/null && cmp -s r.img r0.img; then
+    pass "raw write#1=ENOSPC: qemu-io's message, file unchanged"
+else
+    fail "raw write#1" "rc=$rc, or output/file differs" io.out
+fi
+"$VDISK" io -f raw -c 'read 0 4k' 'blkdebug:read#1=EIO:r.img' >io.out 2>&1
+rc=$?
+"$QEMU_IO" -f raw -c 'read 0 4k' "$(qemu_bd raw read 5 r0.img)" >qio.out 2>&1
+[ $rc -eq 1 ] && diff qio.out io.out >/dev/null && pass "raw read#1: qemu-io's message" ||
+    fail "raw read#1" "rc=$rc, or output differs from qemu-io" io.out
+
+# ---- flush failures ------------------------------------------------------------------------
+# qemu-io's default cache mode is writethrough: a failing flush fails the write before it.
+cp w0.q w.q
+"$VDISK" io -c 'write -P 0x8 1M 64k' 'blkdebug:flush#1=EIO:w.q' >io.out 2>&1
+rc=$?
+[ $rc -eq 1 ] && grep -qx 'write failed: Input/output error' io.out &&
+    pass "flush#1 (writethrough): the write fails" || fail "flush#1 writethrough" "rc=$rc" io.out
+check_no_corruption "flush#1 (writethrough): no corruption" w.q
+# With writeback the write succeeds and the flush command fails (silently, as in qemu-io).
+cp w0.q w.q
+"$VDISK" io -t writeback -c 'write -P 0x8 1M 64k' -c flush 'blkdebug:flush#1=EIO:w.q' \
+    >io.out 2>&1
+rc=$?
+[ $rc -eq 1 ] && grep -q '^wrote 65536/65536' io.out &&
+    pass "flush#1 (writeback): the flush command fails" || fail "flush#1 writeback" "rc=$rc" io.out
+check_no_corruption "flush#1 (writeback): no corruption" w.q
+reads_back "flush#1 (writeback): old data intact" w.q 0 64k 0x7
+
+# ---- exact counts on raw (format given: no probe) ------------------------------------------
+rm -f cnt
+"$QEMU_IMG" create -q -f raw r.img 1M
+VDISK_BLKDEBUG_COUNT=$PWD/cnt "$VDISK" io -f raw -t writeback -c 'read 0 4k' -c 'write 0 4k' \
+    -c 'write -z 8k 4k' -c flush 'blkdebug:write#2=EIO:r.img' >io.out 2>&1
+VDISK_BLKDEBUG_COUNT=$PWD/cnt "$VDISK" info 'blkdebug::r.img' >/dev/null 2>&1
+# write -z failed but counts; the flushes are the command's and the one at close; info
+# probes the format (one read) and opens read-only (no flush).
+printf 'reads=1 writes=2 flushes=2\nreads=1 writes=0 flushes=0\n' >cnt.want
+cmp -s cnt cnt.want && pass "counts: one exact line per command" ||
+    fail "counts" "unexpected count file" cnt
+
+# ---- the ASan build through the filter -----------------------------------------------------
+if [ -x "${VDISK_ASAN:-}" ]; then
+    cp w0.q w.q
+    VDISK_BLKDEBUG_COUNT=$PWD/acnt "$VDISK_ASAN" io -c 'write -P 0x8 1M 64k' -c 'read 0 64k' \
+        'blkdebug:write#2=EIO;event:l2_update#1=ENOSPC;read#3=EIO:w.q' >io.out 2>&1
+    rc=$?
+    "$VDISK_ASAN" info 'blkdebug:bogus:w.q' >>io.out 2>&1
+    if [ $rc -eq 1 ] && ! grep -q 'Sanitizer' io.out && [ -s acnt ]; then
+        pass "ASan build: failures and bad specs are clean"
+    else
+        fail "ASan build" "rc=$rc" io.out
+    fi
+    check_no_corruption "ASan build: no corruption" w.q
+fi
 vd_finish

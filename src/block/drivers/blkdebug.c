@@ -4,9 +4,11 @@
  * fails at a given point. Opened by a filename `blkdebug:RULES:PATH`, where RULES is
  * `;`-separated `OP#N=ERR` with OP read|write|flush|event:NAME: the Nth such request fails
  * with ERR (for event:NAME, the first request after the Nth occurrence of that event).
- * Each rule fires once. write_zeroes and discard count as writes. With VDISK_BLKDEBUG_COUNT
- * set to a file name, the counts are appended there at close ("reads=R writes=W flushes=F")
- * so a test can learn how many requests an operation makes and loop over them. */
+ * Each rule fires once. write_zeroes, discard and truncate count as writes; block status
+ * and size queries are no I/O and are not counted; failed requests count too. With
+ * VDISK_BLKDEBUG_COUNT set to a file name, the counts are appended there at close
+ * ("reads=R writes=W flushes=F") so a test can learn how many requests an operation makes
+ * and loop over them. */
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -43,14 +45,16 @@ static const struct {
     const char *name;
     int err;
 } errnames[] = {
-    {"EIO", EIO},       {"ENOSPC", ENOSPC}, {"EPERM", EPERM},   {"EACCES", EACCES},
-    {"EROFS", EROFS},   {"EINVAL", EINVAL}, {"ENOMEM", ENOMEM}, {"EFBIG", EFBIG},
-    {"EDQUOT", EDQUOT}, {"EAGAIN", EAGAIN}, {"ENOTSUP", ENOTSUP},
+    {"EIO", EIO},       {"ENOSPC", ENOSPC}, {"EPERM", EPERM},     {"EACCES", EACCES},
+    {"EROFS", EROFS},   {"EINVAL", EINVAL}, {"ENOMEM", ENOMEM},   {"EFBIG", EFBIG},
+    {"EDQUOT", EDQUOT}, {"EAGAIN", EAGAIN}, {"ENOTSUP", ENOTSUP}, {"EBUSY", EBUSY},
+    {"ENXIO", ENXIO},   {"ETIMEDOUT", ETIMEDOUT},
 };
+#define NB_ERRNAMES (sizeof(errnames) / sizeof(errnames[0]))
 
 static const char *errname(int err)
 {
-    for (size_t i = 0; i < sizeof(errnames) / sizeof(errnames[0]); i++) {
+    for (size_t i = 0; i < NB_ERRNAMES; i++) {
         if (errnames[i].err == err) {
             return errnames[i].name;
         }
@@ -64,97 +68,126 @@ static const char *op_name(rule_op op)
     return names[op];
 }
 
-/* Parses one rule at *p (which it advances); the rule ends at ';' or ':'. */
-static int parse_rule(const char **p, rule *r, vd_error **errp)
+/* Length of the rule text at s: up to the next ';' or ':' (the ':' of "event:" excepted). */
+static size_t rule_len(const char *s)
 {
-    const char *s = *p;
-    size_t oplen = !strncmp(s, "event:", 6) ? 6 + strcspn(s + 6, "#=;:") : strcspn(s, "#=;:");
-    const char *end = s + oplen;
+    size_t skip = strncmp(s, "event:", 6) == 0 ? 6 : 0;
+    return skip + strcspn(s + skip, ";:");
+}
+
+static bool all_digits(const char *s, size_t len)
+{
+    return len > 0 && strspn(s, "0123456789") >= len;
+}
+
+/* Parses the rule text [s, s+len) (`OP#N=ERR`) into r; errors quote the rule. */
+static int parse_rule(const char *s, size_t len, rule *r, vd_error **errp)
+{
+    int rl = (int)len;
     memset(r, 0, sizeof(*r));
+    const char *hash = memchr(s, '#', len);
+    if (len == 0) {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "blkdebug: empty rule (expected "
+                            "OP#N=ERR between ';')");
+    }
+    if (!hash) {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "blkdebug: bad rule '%.*s': "
+                            "expected OP#N=ERR", rl, s);
+    }
+    size_t oplen = (size_t)(hash - s);
     if (oplen == 4 && !strncmp(s, "read", 4)) {
         r->op = OP_READ;
     } else if (oplen == 5 && !strncmp(s, "write", 5)) {
         r->op = OP_WRITE;
     } else if (oplen == 5 && !strncmp(s, "flush", 5)) {
         r->op = OP_FLUSH;
-    } else if (oplen > 6 && !strncmp(s, "event:", 6) && oplen - 6 <= MAX_EVENT_NAME &&
-               strspn(s + 6, "abcdefghijklmnopqrstuvwxyz0123456789_") == oplen - 6) {
+    } else if (oplen >= 6 && !strncmp(s, "event:", 6)) {
+        size_t nlen = oplen - 6;
+        if (nlen == 0 || nlen > MAX_EVENT_NAME ||
+            strspn(s + 6, "abcdefghijklmnopqrstuvwxyz0123456789_") < nlen) {
+            return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "blkdebug: bad rule '%.*s': an "
+                                "event name is 1 to %d characters of a-z, 0-9 and '_'", rl, s,
+                                MAX_EVENT_NAME);
+        }
         r->op = OP_EVENT;
-        memcpy(r->event, s + 6, oplen - 6);
+        memcpy(r->event, s + 6, nlen);
     } else {
-        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "blkdebug: bad rule at '%.*s': "
-                            "expected read, write, flush or event:NAME before '#'",
-                            (int)strcspn(s, ";:#"), s);
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "blkdebug: bad rule '%.*s': unknown "
+                            "operation '%.*s' (expected read, write, flush or event:NAME)", rl,
+                            s, (int)oplen, s);
     }
-    if (*end != '#') {
-        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "blkdebug: rule '%.*s' needs #N=ERR",
-                            (int)oplen, s);
-    }
-    char *q;
+
+    const char *num = hash + 1;
+    const char *eq = memchr(num, '=', len - oplen - 1);
+    size_t numlen = eq ? (size_t)(eq - num) : len - oplen - 1;
     errno = 0;
-    unsigned long long n = strtoull(end + 1, &q, 10);
-    if (q == end + 1 || errno || n == 0 || end[1] == '-' || *q != '=') {
+    unsigned long long n = all_digits(num, numlen) ? strtoull(num, NULL, 10) : 0;
+    if (n == 0 || errno == ERANGE) {
         return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "blkdebug: bad rule '%.*s': N must "
-                            "be a positive number followed by =ERR", (int)strcspn(s, ";"), s);
+                            "be a positive number", rl, s);
     }
     r->n = n;
-    const char *e = q + 1;
-    size_t elen = strspn(e, "ABCDEFGHIJKLMNOPQRSTUVWXYZ");
-    for (size_t i = 0; i < sizeof(errnames) / sizeof(errnames[0]); i++) {
+    if (!eq) {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "blkdebug: bad rule '%.*s': "
+                            "expected =ERR after #N", rl, s);
+    }
+
+    const char *e = eq + 1;
+    size_t elen = len - (size_t)(e - s);
+    for (size_t i = 0; i < NB_ERRNAMES; i++) {
         if (strlen(errnames[i].name) == elen && !strncmp(errnames[i].name, e, elen)) {
             r->err = errnames[i].err;
         }
     }
     if (!r->err) {
-        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "blkdebug: unknown errno name "
-                            "'%.*s' (known: EIO, ENOSPC, EPERM, EACCES, EROFS, EINVAL, ENOMEM, "
-                            "EFBIG, EDQUOT, EAGAIN, ENOTSUP)", (int)strcspn(e, ";:"), e);
+        char known[256] = "";
+        for (size_t i = 0; i < NB_ERRNAMES; i++) {
+            size_t used = strlen(known);
+            snprintf(known + used, sizeof(known) - used, "%s%s", i ? ", " : "",
+                     errnames[i].name);
+        }
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "blkdebug: bad rule '%.*s': unknown "
+                            "errno name '%.*s' (known: %s)", rl, s, (int)elen, e, known);
     }
-    *p = e + elen;
     return 0;
 }
 
 int vd_blkdebug_parse(const char *spec, vd_blkdebug_rules *out, vd_error **errp)
 {
+    out->rules = NULL;
+    out->nb_rules = 0;
+    out->path = NULL;
     if (strncmp(spec, VD_BLKDEBUG_PREFIX, strlen(VD_BLKDEBUG_PREFIX)) != 0) {
         return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "not a blkdebug filename: '%s'",
                             spec);
     }
     const char *p = spec + strlen(VD_BLKDEBUG_PREFIX);
-    int nb = 0;
-    out->rules = NULL;
-    out->nb_rules = 0;
     rule *rules = calloc(MAX_RULES, sizeof(*rules));
     if (!rules) {
-        return -ENOMEM;
+        return vd_error_set(errp, VD_ERR_NOMEM, ENOMEM, "out of memory");
     }
+    int nb = 0;
+    /* An empty RULES (`blkdebug::PATH`) is a pass-through that only counts. */
     while (*p != ':') {
-        if (*p == '\0') {
-            free(rules);
-            return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "blkdebug: missing ':PATH' "
-                                "after the rules in '%s'", spec);
+        size_t len = rule_len(p);
+        int ret = 0;
+        if (p[len] == '\0') {
+            ret = vd_error_set(errp, VD_ERR_INVALID, EINVAL, "blkdebug: missing ':PATH' in "
+                               "'%s' (expected blkdebug:RULES:PATH)", spec);
+        } else if (nb == MAX_RULES) {
+            ret = vd_error_set(errp, VD_ERR_INVALID, EINVAL, "blkdebug: more than %d rules",
+                               MAX_RULES);
+        } else {
+            ret = parse_rule(p, len, &rules[nb], errp);
         }
-        if (nb == MAX_RULES) {
-            free(rules);
-            return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "blkdebug: more than %d rules",
-                                MAX_RULES);
-        }
-        int ret = parse_rule(&p, &rules[nb], errp);
         if (ret < 0) {
             free(rules);
             return ret;
         }
         nb++;
+        p += len;
         if (*p == ';') {
             p++;
-        } else if (*p == '\0') {
-            free(rules);
-            return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "blkdebug: missing ':PATH' "
-                                "after the rules in '%s'", spec);
-        } else if (*p != ':') {
-            free(rules);
-            return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "blkdebug: expected ';' or ':' "
-                                "after a rule, found '%.10s'", p);
         }
     }
     if (p[1] == '\0') {
@@ -168,37 +201,35 @@ int vd_blkdebug_parse(const char *spec, vd_blkdebug_rules *out, vd_error **errp)
     return 0;
 }
 
-/* Counts a request of kind op and decides whether it fails: returns 0 or -errno. */
+/* Counts a request of kind op and decides whether it fails: returns 0 or -errno. A request
+ * is failed by the first rule due for it: a count rule for this op whose N is reached, or an
+ * event rule whose event has happened N times. */
 static int account(vd_node *n, rule_op op)
 {
     blkdebug_state *s = n->opaque;
     pthread_mutex_lock(&s->lock);
     uint64_t nth = op == OP_READ ? ++s->reads : op == OP_WRITE ? ++s->writes : ++s->flushes;
-    int err = 0;
     rule *hit = NULL;
-    for (int i = 0; i < s->nb_rules && !err; i++) {
+    for (int i = 0; i < s->nb_rules && !hit; i++) {
         rule *r = &s->rules[i];
-        if (r->fired) {
-            continue;
-        }
-        if ((r->op == op && r->n == nth) || (r->op == OP_EVENT && r->armed)) {
+        if (!r->fired && ((r->op == op && r->n == nth) || (r->op == OP_EVENT && r->armed))) {
             r->fired = true;
-            err = r->err;
             hit = r;
         }
     }
+    rule fired = hit ? *hit : (rule){0};
     pthread_mutex_unlock(&s->lock);
-    if (err) {
-        if (hit->op == OP_EVENT) {
-            vd_set_io_error("blkdebug: injected %s on %s #%" PRIu64 " after event %s #%" PRIu64,
-                            errname(err), op_name(op), nth, hit->event, hit->n);
-        } else {
-            vd_set_io_error("blkdebug: injected %s on %s #%" PRIu64, errname(err), op_name(op),
-                            nth);
-        }
-        return -err;
+    if (!hit) {
+        return 0;
     }
-    return 0;
+    if (fired.op == OP_EVENT) {
+        vd_set_io_error("blkdebug: injected %s on %s #%" PRIu64 " after event %s #%" PRIu64,
+                        errname(fired.err), op_name(op), nth, fired.event, fired.n);
+    } else {
+        vd_set_io_error("blkdebug: injected %s on %s #%" PRIu64, errname(fired.err),
+                        op_name(op), nth);
+    }
+    return -fired.err;
 }
 
 static int blkdebug_pread(vd_node *n, void *buf, uint64_t len, uint64_t off)
@@ -232,9 +263,17 @@ static int blkdebug_flush(vd_node *n)
     return ret < 0 ? ret : vd_node_flush(n->file);
 }
 
+/* Not counted: a status query is no I/O. It goes to the child's driver directly, as callers
+ * of a protocol node's block_status do, since a protocol node's size can lag its file. */
 static int blkdebug_block_status(vd_node *n, uint64_t off, uint64_t len, vd_node_status *st)
 {
-    return vd_node_block_status(n->file, off, len, st);
+    vd_node *f = n->file;
+    if (!f->drv->block_status) {
+        st->pnum = len;
+        st->flags = VD_BS_DATA | VD_BS_ALLOCATED;
+        return 0;
+    }
+    return f->drv->block_status(f, off, len, st);
 }
 
 static int blkdebug_truncate(vd_node *n, uint64_t size, bool shrink, const char *prealloc,
@@ -242,8 +281,8 @@ static int blkdebug_truncate(vd_node *n, uint64_t size, bool shrink, const char 
 {
     int ret = account(n, OP_WRITE);
     if (ret < 0) {
-        return vd_error_set(errp, VD_ERR_IO, -ret, "%s: Could not resize file: %s",
-                            n->filename, strerror(-ret));
+        return vd_error_set(errp, VD_ERR_IO, -ret, "%s: Could not resize file: %s (%s)",
+                            n->filename, strerror(-ret), vd_get_io_error());
     }
     ret = vd_node_truncate(n->file, size, shrink, prealloc, errp);
     n->size = n->file->size;
