@@ -9,14 +9,7 @@
 
 static vd_disk *disk_wrap(vd_engine *e, vd_node *n, bool owns)
 {
-    vd_disk *d = calloc(1, sizeof(*d));
-    if (!d) {
-        abort();
-    }
-    d->engine = e;
-    d->node = n;
-    d->owns_node = owns;
-    return d;
+    return vd_disk_new(e, n, owns);
 }
 
 int vd_open(vd_engine *e, const char *filename, const vd_open_opts *opts, vd_disk **out,
@@ -36,7 +29,7 @@ static void disk_free_wrappers(vd_disk *d)
 {
     while (d) {
         vd_disk *next = d->backing;
-        free(d);
+        vd_disk_free(d);
         d = next;
     }
 }
@@ -48,34 +41,47 @@ int vd_close(vd_disk *d)
     }
     int ret = d->owns_node ? vd_node_close(d->node) : 0;
     disk_free_wrappers(d->backing);
-    free(d);
+    vd_disk_free(d);
     return ret;
 }
 
 vd_disk *vd_disk_backing(vd_disk *d)
 {
-    if (!d->node->backing) {
-        return NULL;
+    vd_disk_enter(d);
+    vd_disk *b = NULL;
+    if (d->node->backing) {
+        if (!d->backing) {
+            d->backing = disk_wrap(d->engine, d->node->backing, false);
+        }
+        b = d->backing;
     }
-    if (!d->backing) {
-        d->backing = disk_wrap(d->engine, d->node->backing, false);
-    }
-    return d->backing;
+    vd_disk_leave(d);
+    return b;
 }
 
 uint64_t vd_disk_size(const vd_disk *d)
 {
-    return d->node->size;
+    vd_disk_enter(d);
+    uint64_t size = d->node->size;
+    vd_disk_leave(d);
+    return size;
 }
 
+/* The name lives as long as the handle: an external snapshot keeps the old top open. */
 const char *vd_disk_filename(const vd_disk *d)
 {
-    return d->node->filename;
+    vd_disk_enter(d);
+    const char *name = d->node->filename;
+    vd_disk_leave(d);
+    return name;
 }
 
 const char *vd_disk_format(const vd_disk *d)
 {
-    return d->node->drv->name;
+    vd_disk_enter(d);
+    const char *name = d->node->drv->name;
+    vd_disk_leave(d);
+    return name;
 }
 
 const char *vd_disk_last_error(vd_disk *d)
@@ -84,9 +90,17 @@ const char *vd_disk_last_error(vd_disk *d)
     return vd_get_io_error();
 }
 
-int vd_pread(vd_disk *d, void *buf, uint64_t len, uint64_t off)
+static int disk_pread(vd_disk *d, void *buf, uint64_t len, uint64_t off)
 {
     return vd_node_pread(d->node, buf, len, off);
+}
+
+int vd_pread(vd_disk *d, void *buf, uint64_t len, uint64_t off)
+{
+    vd_disk_enter(d);
+    int ret = disk_pread(d, buf, len, off);
+    vd_disk_leave(d);
+    return ret;
 }
 
 static int after_write(vd_disk *d, int ret)
@@ -97,12 +111,20 @@ static int after_write(vd_disk *d, int ret)
     return ret;
 }
 
-int vd_pwrite(vd_disk *d, const void *buf, uint64_t len, uint64_t off, unsigned flags)
+static int disk_pwrite(vd_disk *d, const void *buf, uint64_t len, uint64_t off, unsigned flags)
 {
     return after_write(d, vd_node_pwrite(d->node, buf, len, off, flags));
 }
 
-int vd_pwrite_zeroes(vd_disk *d, uint64_t off, uint64_t len, unsigned flags)
+int vd_pwrite(vd_disk *d, const void *buf, uint64_t len, uint64_t off, unsigned flags)
+{
+    vd_disk_enter(d);
+    int ret = disk_pwrite(d, buf, len, off, flags);
+    vd_disk_leave(d);
+    return ret;
+}
+
+static int disk_pwrite_zeroes(vd_disk *d, uint64_t off, uint64_t len, unsigned flags)
 {
     if (!(d->node->open_flags & VD_OPEN_UNMAP)) {
         flags &= ~VD_REQ_MAY_UNMAP;  /* as QEMU without discard=unmap */
@@ -110,7 +132,15 @@ int vd_pwrite_zeroes(vd_disk *d, uint64_t off, uint64_t len, unsigned flags)
     return after_write(d, vd_node_pwrite_zeroes(d->node, off, len, flags));
 }
 
-int vd_pdiscard(vd_disk *d, uint64_t off, uint64_t len)
+int vd_pwrite_zeroes(vd_disk *d, uint64_t off, uint64_t len, unsigned flags)
+{
+    vd_disk_enter(d);
+    int ret = disk_pwrite_zeroes(d, off, len, flags);
+    vd_disk_leave(d);
+    return ret;
+}
+
+static int disk_pdiscard(vd_disk *d, uint64_t off, uint64_t len)
 {
     if (!(d->node->open_flags & VD_OPEN_UNMAP)) {
         return 0;  /* discard is advisory; QEMU ignores it unless opened with discard=unmap */
@@ -118,9 +148,25 @@ int vd_pdiscard(vd_disk *d, uint64_t off, uint64_t len)
     return after_write(d, vd_node_pdiscard(d->node, off, len));
 }
 
-int vd_pwrite_compressed(vd_disk *d, const void *buf, uint64_t len, uint64_t off)
+int vd_pdiscard(vd_disk *d, uint64_t off, uint64_t len)
+{
+    vd_disk_enter(d);
+    int ret = disk_pdiscard(d, off, len);
+    vd_disk_leave(d);
+    return ret;
+}
+
+static int disk_pwrite_compressed(vd_disk *d, const void *buf, uint64_t len, uint64_t off)
 {
     return after_write(d, vd_node_pwrite_compressed(d->node, buf, len, off));
+}
+
+int vd_pwrite_compressed(vd_disk *d, const void *buf, uint64_t len, uint64_t off)
+{
+    vd_disk_enter(d);
+    int ret = disk_pwrite_compressed(d, buf, len, off);
+    vd_disk_leave(d);
+    return ret;
 }
 
 int vd_compression_check(const char *type, int level, vd_error **errp)
@@ -138,7 +184,7 @@ int vd_compression_check(const char *type, int level, vd_error **errp)
     return vd_codec_check_level(c, level, errp);
 }
 
-int vd_set_compression_level(vd_disk *d, int level, vd_error **errp)
+static int disk_set_compression_level(vd_disk *d, int level, vd_error **errp)
 {
     vd_node *n = d->node;
     if (!n->drv->pwrite_compressed || !n->drv->get_info) {
@@ -163,9 +209,25 @@ int vd_set_compression_level(vd_disk *d, int level, vd_error **errp)
     return 0;
 }
 
-int vd_flush(vd_disk *d)
+int vd_set_compression_level(vd_disk *d, int level, vd_error **errp)
+{
+    vd_disk_enter(d);
+    int ret = disk_set_compression_level(d, level, errp);
+    vd_disk_leave(d);
+    return ret;
+}
+
+static int disk_flush(vd_disk *d)
 {
     return vd_node_flush(d->node);
+}
+
+int vd_flush(vd_disk *d)
+{
+    vd_disk_enter(d);
+    int ret = disk_flush(d);
+    vd_disk_leave(d);
+    return ret;
 }
 
 /* A format node's data may sit in a hole of its file: then it reads as zeros, which
@@ -204,7 +266,7 @@ static void fill_status(vd_extent *st, const vd_node_status *s, int depth)
     st->file = s->file ? s->file->filename : NULL;
 }
 
-int vd_block_status_top(vd_disk *d, uint64_t off, uint64_t len, vd_extent *st)
+static int disk_block_status_top(vd_disk *d, uint64_t off, uint64_t len, vd_extent *st)
 {
     memset(st, 0, sizeof(*st));
     if (off >= d->node->size || len == 0) {
@@ -220,7 +282,15 @@ int vd_block_status_top(vd_disk *d, uint64_t off, uint64_t len, vd_extent *st)
     return 0;
 }
 
-int vd_block_status(vd_disk *d, uint64_t off, uint64_t len, vd_extent *st)
+int vd_block_status_top(vd_disk *d, uint64_t off, uint64_t len, vd_extent *st)
+{
+    vd_disk_enter(d);
+    int ret = disk_block_status_top(d, off, len, st);
+    vd_disk_leave(d);
+    return ret;
+}
+
+static int disk_block_status(vd_disk *d, uint64_t off, uint64_t len, vd_extent *st)
 {
     memset(st, 0, sizeof(*st));
     if (off >= d->node->size || len == 0) {
@@ -260,7 +330,15 @@ int vd_block_status(vd_disk *d, uint64_t off, uint64_t len, vd_extent *st)
     return -EIO;  /* not reached: the loop returns at the bottom of the chain */
 }
 
-int vd_get_info(vd_disk *d, vd_image_info *info, vd_error **errp)
+int vd_block_status(vd_disk *d, uint64_t off, uint64_t len, vd_extent *st)
+{
+    vd_disk_enter(d);
+    int ret = disk_block_status(d, off, len, st);
+    vd_disk_leave(d);
+    return ret;
+}
+
+static int disk_get_info(vd_disk *d, vd_image_info *info, vd_error **errp)
 {
     memset(info, 0, sizeof(*info));
     vd_node *n = d->node;
@@ -286,6 +364,14 @@ int vd_get_info(vd_disk *d, vd_image_info *info, vd_error **errp)
     return 0;
 }
 
+int vd_get_info(vd_disk *d, vd_image_info *info, vd_error **errp)
+{
+    vd_disk_enter(d);
+    int ret = disk_get_info(d, info, errp);
+    vd_disk_leave(d);
+    return ret;
+}
+
 void vd_image_info_clear(vd_image_info *info)
 {
     free(info->filename);
@@ -296,7 +382,7 @@ void vd_image_info_clear(vd_image_info *info)
     memset(info, 0, sizeof(*info));
 }
 
-int vd_check(vd_disk *d, unsigned fix, vd_check_result *res, vd_error **errp)
+static int disk_check(vd_disk *d, unsigned fix, vd_check_result *res, vd_error **errp)
 {
     memset(res, 0, sizeof(*res));
     if (!d->node->drv->check) {
@@ -308,6 +394,14 @@ int vd_check(vd_disk *d, unsigned fix, vd_check_result *res, vd_error **errp)
                             d->node->filename);
     }
     return d->node->drv->check(d->node, fix, res, errp);
+}
+
+int vd_check(vd_disk *d, unsigned fix, vd_check_result *res, vd_error **errp)
+{
+    vd_disk_enter(d);
+    int ret = disk_check(d, fix, res, errp);
+    vd_disk_leave(d);
+    return ret;
 }
 
 void vd_check_result_clear(vd_check_result *res)
@@ -380,26 +474,60 @@ static int need_op(vd_disk *d, const void *op, const char *what, vd_error **errp
     return 0;
 }
 
-int vd_amend(vd_disk *d, const vd_opts *opts, vd_error **errp)
+static int disk_amend(vd_disk *d, const vd_opts *opts, vd_error **errp)
 {
     int ret = need_op(d, (const void *)d->node->drv->amend, "option amendment", errp);
     return ret < 0 ? ret : d->node->drv->amend(d->node, opts, errp);
 }
 
-int vd_truncate(vd_disk *d, uint64_t size, bool shrink, const char *prealloc, vd_error **errp)
+int vd_amend(vd_disk *d, const vd_opts *opts, vd_error **errp)
+{
+    vd_disk_enter(d);
+    int ret = disk_amend(d, opts, errp);
+    vd_disk_leave(d);
+    return ret;
+}
+
+static int disk_truncate(vd_disk *d, uint64_t size, bool shrink, const char *prealloc,
+                         vd_error **errp)
 {
     return vd_node_truncate(d->node, size, shrink, prealloc, errp);
 }
 
-int vd_set_backing(vd_disk *d, const char *backing, const char *backing_fmt, vd_error **errp)
+int vd_truncate(vd_disk *d, uint64_t size, bool shrink, const char *prealloc, vd_error **errp)
+{
+    vd_disk_enter(d);
+    int ret = disk_truncate(d, size, shrink, prealloc, errp);
+    vd_disk_leave(d);
+    return ret;
+}
+
+static int disk_set_backing(vd_disk *d, const char *backing, const char *backing_fmt,
+                            vd_error **errp)
 {
     int ret = need_op(d, (const void *)d->node->drv->set_backing, "changing the backing file",
                       errp);
     return ret < 0 ? ret : d->node->drv->set_backing(d->node, backing, backing_fmt, errp);
 }
 
-int vd_make_empty(vd_disk *d, vd_error **errp)
+int vd_set_backing(vd_disk *d, const char *backing, const char *backing_fmt, vd_error **errp)
+{
+    vd_disk_enter(d);
+    int ret = disk_set_backing(d, backing, backing_fmt, errp);
+    vd_disk_leave(d);
+    return ret;
+}
+
+static int disk_make_empty(vd_disk *d, vd_error **errp)
 {
     int ret = need_op(d, (const void *)d->node->drv->make_empty, "emptying the image", errp);
     return ret < 0 ? ret : d->node->drv->make_empty(d->node, errp);
+}
+
+int vd_make_empty(vd_disk *d, vd_error **errp)
+{
+    vd_disk_enter(d);
+    int ret = disk_make_empty(d, errp);
+    vd_disk_leave(d);
+    return ret;
 }

@@ -3,7 +3,9 @@
 #ifndef VD_DISK_H
 #define VD_DISK_H
 
+#include <pthread.h>
 #include <stdbool.h>
+#include <stddef.h>
 
 #include "block/block.h"
 
@@ -12,6 +14,27 @@ struct vd_disk {
     vd_node *node;          /* top of the graph this handle reads and writes */
     bool owns_node;         /* false for the handles vd_disk_backing() hands out */
     struct vd_disk *backing;
+    /* The handle-level drain: every public entry point that touches `node` holds it
+     * shared; a transaction or a graph change (which may replace `node`) holds it
+     * exclusively, so it waits for the requests in flight and holds back new ones.
+     * Writer-preferring, so a steady stream of I/O cannot starve a snapshot; hence an
+     * entry point must never take it twice in one thread. */
+    pthread_rwlock_t drain;
 };
+
+/* Handles (disk-drain.c). vd_disk_new makes a handle over n; vd_disk_free frees the handle
+ * alone (not its node, not its backing handles). */
+vd_disk *vd_disk_new(vd_engine *e, vd_node *n, bool owns);
+void vd_disk_free(vd_disk *d);
+
+/* Shared side: around every public call on the handle. */
+void vd_disk_enter(const vd_disk *d);
+void vd_disk_leave(const vd_disk *d);
+
+/* Exclusive side, for many handles at once: locks them in address order (so that two
+ * transactions over overlapping sets cannot deadlock), skipping NULLs and repeats. The
+ * array is sorted in place; pass the same array to vd_disks_drain_end. */
+void vd_disks_drain_begin(vd_disk **disks, size_t n);
+void vd_disks_drain_end(vd_disk **disks, size_t n);
 
 #endif

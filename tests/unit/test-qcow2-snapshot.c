@@ -422,6 +422,77 @@ static void test_random_input(void **state)
     }
 }
 
+/* The encoder writes QEMU's verified entry byte for byte (70 bytes, 24 bytes of extra). */
+static void test_encode_qemu_entry(void **state)
+{
+    (void)state;
+    uint8_t want[256] = {0}, extra[24];
+    qemu_extra(extra, 0, 1ull << 30, 0);
+    size_t end = put_entry(want, 0, 0x70000, 2, "1", "snap1", 0, extra, 24);
+    qcow2_snapshot sn = {
+        .l1_table_offset = 0x70000, .l1_size = 2, .id = "1", .name = "snap1",
+        .date_sec = 1795317582, .date_nsec = 742235000, .vm_clock_nsec = 123456789,
+        .disk_size = 1ull << 30, .icount = 0,
+    };
+    assert_int_equal(qcow2_snapshots_encoded_len(&sn, 1), end);
+    uint8_t got[256];
+    memset(got, 0xee, sizeof(got));
+    qcow2_snapshots_encode(&sn, 1, got);
+    assert_memory_equal(got, want, end);
+}
+
+/* Several entries: 8-aligned with zeroed gaps; unknown extra data survives a rewrite; a
+ * VM state of 4 GiB or more leaves the 32-bit field 0; decode(encode(x)) == x. */
+static void test_encode_round_trip(void **state)
+{
+    (void)state;
+    qcow2_header h = test_header(16);
+    uint8_t extra[40];
+    for (size_t i = 0; i < sizeof(extra); i++) {
+        extra[i] = (uint8_t)(0x40 + i);
+    }
+    qcow2_snapshot in[3] = {
+        {.l1_table_offset = 0x30000, .l1_size = 1, .id = "1", .name = "a",
+         .vm_state_size = 4096, .disk_size = 1 << 20, .icount = -1},
+        {.l1_table_offset = 0x50000, .l1_size = 8, .id = "12", .name = "with extra",
+         .vm_state_size = 5ull << 30, .disk_size = 1ull << 30, .icount = 77,
+         .extra_data_size = sizeof(extra), .extra_data = extra},
+        {.l1_table_offset = 0x90000, .l1_size = 2, .id = "13", .name = "",
+         .date_sec = 5, .date_nsec = 6000, .vm_clock_nsec = 7, .disk_size = 2 << 20},
+    };
+    uint64_t len = qcow2_snapshots_encoded_len(in, 3);
+    uint8_t *buf = malloc(len);
+    memset(buf, 0xee, len);
+    qcow2_snapshots_encode(in, 3, buf);
+    /* Entry 1 starts at 72 (66 bytes rounded up); the gap is zeroed. */
+    assert_int_equal(buf[66], 0);
+    assert_int_equal(buf[71], 0);
+    assert_int_equal(vd_be64(buf + 72), 0x50000);
+    assert_int_equal(vd_be32(buf + 72 + 32), 0);            /* 5 GiB: no 32-bit size */
+    assert_int_equal(vd_be32(buf + 72 + 36), sizeof(extra));
+    qcow2_snapshot *out = NULL;
+    uint64_t out_len = 0;
+    assert_int_equal(qcow2_snapshots_decode(buf, len, 3, &h, "t", &out, &out_len, NULL), 0);
+    assert_int_equal(out_len, len);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(out[i].l1_table_offset, in[i].l1_table_offset);
+        assert_int_equal(out[i].l1_size, in[i].l1_size);
+        assert_string_equal(out[i].id, in[i].id);
+        assert_string_equal(out[i].name, in[i].name);
+        assert_int_equal(out[i].date_sec, in[i].date_sec);
+        assert_int_equal(out[i].date_nsec, in[i].date_nsec);
+        assert_int_equal(out[i].vm_clock_nsec, in[i].vm_clock_nsec);
+        assert_int_equal(out[i].vm_state_size, in[i].vm_state_size);
+        assert_int_equal(out[i].disk_size, in[i].disk_size);
+        assert_int_equal(out[i].icount, in[i].icount);
+        assert_true(out[i].extra_data_size >= 24);
+    }
+    assert_int_equal(out[1].extra_data_size, sizeof(extra));
+    assert_memory_equal(out[1].extra_data + 24, extra + 24, sizeof(extra) - 24);
+    qcow2_snapshots_free(out, 3);
+    free(buf);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -436,6 +507,8 @@ int main(void)
         cmocka_unit_test(test_repair_table_too_big),
         cmocka_unit_test(test_fetch),
         cmocka_unit_test(test_random_input),
+        cmocka_unit_test(test_encode_qemu_entry),
+        cmocka_unit_test(test_encode_round_trip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -447,9 +447,72 @@ int qcow2_reads_zero_locked(qcow2_state *s, uint64_t off, uint64_t len, bool *ze
     return 0;
 }
 
-int qcow2_grow_l1_locked(qcow2_state *s, uint64_t min_size)
+int qcow2_l1_install_locked(qcow2_state *s, uint64_t *l1, uint32_t size)
 {
     uint64_t cs = s->cluster_size;
+    uint64_t bytes = (uint64_t)size * 8;
+    uint64_t clusters = (bytes + cs - 1) / cs;
+    uint64_t off;
+    int ret = qcow2_alloc_clusters(s, clusters, &off, NULL);
+    if (ret < 0) {
+        return ret;
+    }
+    uint8_t *buf = calloc(1, bytes);
+    size_t chunks = (size_t)((bytes + L1_CHUNK - 1) / L1_CHUNK);
+    uint8_t *dirty = calloc(chunks, 1);
+    if (!buf || !dirty) {
+        abort();
+    }
+    for (uint64_t i = 0; i < size; i++) {
+        vd_put_be64(buf + i * 8, l1[i]);
+    }
+    vd_node_event(s->file, "l1_update");
+    ret = vd_node_pwrite(s->file, buf, bytes, off, 0);
+    free(buf);
+    if (ret == 0) {
+        /* The new table and its refcount are durable before the header points at it. */
+        ret = qcow2_cache_writeback(s, s->rb_cache);
+    }
+    if (ret == 0) {
+        ret = qcow2_sync(s);
+    }
+    if (ret == 0) {
+        /* One 12-byte write inside the first sector: the switch is atomic. */
+        uint8_t hdr[12];
+        vd_put_be32(hdr, size);
+        vd_put_be64(hdr + 4, off);
+        vd_node_event(s->file, "header_update");
+        ret = vd_node_pwrite(s->file, hdr, sizeof(hdr), 36, 0);
+        if (ret == 0) {
+            ret = qcow2_sync(s);
+        }
+    }
+    if (ret < 0) {
+        free(dirty);
+        qcow2_update_refcount(s, off, clusters * cs, -1, false);
+        vd_set_io_error("%s: could not write a new L1 table: %s", s->name, strerror(-ret));
+        return ret;
+    }
+    uint64_t old_off = s->l1_offset;
+    uint64_t old_bytes = (uint64_t)s->l1_size * 8;
+    free(s->l1);
+    free(s->l1_dirty);
+    s->l1 = l1;
+    s->l1_dirty = dirty;
+    s->l1_nb_dirty = 0;
+    s->l1_size = size;
+    s->l1_offset = off;
+    s->h.l1_size = size;
+    s->h.l1_table_offset = off;
+    if (old_bytes) {
+        /* The header no longer references the old table. */
+        qcow2_update_refcount(s, old_off, old_bytes, -1, false);
+    }
+    return 0;
+}
+
+int qcow2_grow_l1_locked(qcow2_state *s, uint64_t min_size)
+{
     if (min_size <= s->l1_size) {
         return 0;
     }
@@ -462,65 +525,16 @@ int qcow2_grow_l1_locked(qcow2_state *s, uint64_t min_size)
     if (ret < 0) {
         return ret;
     }
-    uint64_t bytes = min_size * 8;
-    uint64_t clusters = (bytes + cs - 1) / cs;
-    uint64_t off;
-    ret = qcow2_alloc_clusters(s, clusters, &off, NULL);
-    if (ret < 0) {
-        return ret;
-    }
     uint64_t *l1 = calloc(min_size, sizeof(*l1));
-    uint8_t *buf = calloc(1, bytes);
-    size_t chunks = (size_t)((bytes + L1_CHUNK - 1) / L1_CHUNK);
-    uint8_t *dirty = calloc(chunks, 1);
-    if (!l1 || !buf || !dirty) {
+    if (!l1) {
         abort();
     }
     if (s->l1_size) {
         memcpy(l1, s->l1, (size_t)s->l1_size * sizeof(*l1));
     }
-    for (uint64_t i = 0; i < min_size; i++) {
-        vd_put_be64(buf + i * 8, l1[i]);
-    }
-    ret = vd_node_pwrite(s->file, buf, bytes, off, 0);
-    free(buf);
-    if (ret == 0) {
-        /* The new table and its refcount are durable before the header points at it. */
-        ret = qcow2_cache_writeback(s, s->rb_cache);
-    }
-    if (ret == 0) {
-        ret = qcow2_sync(s);
-    }
-    if (ret == 0) {
-        uint8_t hdr[12];
-        vd_put_be32(hdr, (uint32_t)min_size);
-        vd_put_be64(hdr + 4, off);
-        ret = vd_node_pwrite(s->file, hdr, sizeof(hdr), 36, 0);
-        if (ret == 0) {
-            ret = qcow2_sync(s);
-        }
-    }
+    ret = qcow2_l1_install_locked(s, l1, (uint32_t)min_size);
     if (ret < 0) {
         free(l1);
-        free(dirty);
-        qcow2_update_refcount(s, off, clusters * cs, -1, false);
-        vd_set_io_error("%s: could not grow the L1 table: %s", s->name, strerror(-ret));
-        return ret;
     }
-    uint64_t old_off = s->l1_offset;
-    uint64_t old_bytes = (uint64_t)s->l1_size * 8;
-    free(s->l1);
-    free(s->l1_dirty);
-    s->l1 = l1;
-    s->l1_dirty = dirty;
-    s->l1_nb_dirty = 0;
-    s->l1_size = (uint32_t)min_size;
-    s->l1_offset = off;
-    s->h.l1_size = s->l1_size;
-    s->h.l1_table_offset = off;
-    if (old_bytes) {
-        /* The header no longer references the old table. */
-        qcow2_update_refcount(s, old_off, old_bytes, -1, false);
-    }
-    return 0;
+    return ret;
 }

@@ -198,6 +198,11 @@ int qcow2_snapshots_decode(const uint8_t *buf, size_t len, uint32_t nb,
                            const qcow2_header *h, const char *what, qcow2_snapshot **out,
                            uint64_t *table_len, vd_error **errp);
 void qcow2_snapshots_free(qcow2_snapshot *s, uint32_t nb);
+/* The table as it is written: entries 8-aligned, gaps zeroed, each with at least the 24
+ * bytes of extra data QEMU 7.2 writes (unknown longer extra data kept). ids and names are
+ * at most 127 and 255 bytes (the caller ensures it). buf holds encoded_len bytes. */
+uint64_t qcow2_snapshots_encoded_len(const qcow2_snapshot *sn, uint32_t nb);
+void qcow2_snapshots_encode(const qcow2_snapshot *sn, uint32_t nb, uint8_t *buf);
 
 /* Tolerant decoding for `check` (QEMU opens such tables; only check reports them). */
 typedef struct qcow2_snapshot_decode_opts {

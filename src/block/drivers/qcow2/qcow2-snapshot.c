@@ -266,3 +266,57 @@ int qcow2_snapshots_decode(const uint8_t *buf, size_t len, uint32_t nb,
     return qcow2_snapshots_decode_ex(buf, len, nb, h, what, NULL, out, &kept, table_len, NULL,
                                      errp);
 }
+
+/* Extra data every entry gets: vm_state_size_large, disk_size, icount (QEMU 7.2 writes at
+ * least these 24 bytes for v2 and v3 alike and keeps longer unknown extra data). */
+static uint32_t entry_extra_len(const qcow2_snapshot *s)
+{
+    return s->extra_data_size > EXTRA_KNOWN_LEN ? s->extra_data_size : EXTRA_KNOWN_LEN;
+}
+
+uint64_t qcow2_snapshots_encoded_len(const qcow2_snapshot *sn, uint32_t nb)
+{
+    uint64_t pos = 0;
+    for (uint32_t i = 0; i < nb; i++) {
+        pos = (pos + 7) & ~7ull;
+        pos += SNAPSHOT_HEADER_LEN + entry_extra_len(&sn[i]) + strlen(sn[i].id) +
+               strlen(sn[i].name);
+    }
+    return pos;
+}
+
+void qcow2_snapshots_encode(const qcow2_snapshot *sn, uint32_t nb, uint8_t *buf)
+{
+    uint64_t pos = 0;
+    for (uint32_t i = 0; i < nb; i++) {
+        const qcow2_snapshot *s = &sn[i];
+        uint64_t start = (pos + 7) & ~7ull;
+        uint8_t *p = buf + start;
+        uint32_t extra = entry_extra_len(s);
+        size_t id_len = strlen(s->id), name_len = strlen(s->name);
+
+        memset(buf + pos, 0, start - pos);
+        vd_put_be64(p, s->l1_table_offset);
+        vd_put_be32(p + 8, s->l1_size);
+        vd_put_be16(p + 12, (uint16_t)id_len);
+        vd_put_be16(p + 14, (uint16_t)name_len);
+        vd_put_be32(p + 16, s->date_sec);
+        vd_put_be32(p + 20, s->date_nsec);
+        vd_put_be64(p + 24, s->vm_clock_nsec);
+        /* Old readers see a state of 4 GiB or more as none at all. */
+        vd_put_be32(p + 32, s->vm_state_size > UINT32_MAX ? 0 : (uint32_t)s->vm_state_size);
+        vd_put_be32(p + 36, extra);
+        uint8_t *e = p + SNAPSHOT_HEADER_LEN;
+        memset(e, 0, extra);
+        if (s->extra_data_size > EXTRA_KNOWN_LEN) {
+            memcpy(e + EXTRA_KNOWN_LEN, s->extra_data + EXTRA_KNOWN_LEN,
+                   s->extra_data_size - EXTRA_KNOWN_LEN);
+        }
+        vd_put_be64(e, s->vm_state_size);
+        vd_put_be64(e + 8, s->disk_size);
+        vd_put_be64(e + 16, (uint64_t)s->icount);
+        memcpy(e + extra, s->id, id_len);
+        memcpy(e + extra + id_len, s->name, name_len);
+        pos = start + SNAPSHOT_HEADER_LEN + extra + id_len + name_len;
+    }
+}

@@ -303,6 +303,10 @@ int qcow2_zeroize_locked(qcow2_state *s, uint64_t off, uint64_t len, unsigned fl
 int qcow2_reads_zero_locked(qcow2_state *s, uint64_t off, uint64_t len, bool *zero);
 
 int qcow2_grow_l1_locked(qcow2_state *s, uint64_t min_size);
+/* Writes l1 (size entries, host-endian) to fresh clusters, switches the header to it with
+ * one synced write and frees the old table's clusters (not what it references). Takes l1
+ * on success; on failure the caller keeps it and nothing changed but leaked clusters. */
+int qcow2_l1_install_locked(qcow2_state *s, uint64_t *l1, uint32_t size);
 int qcow2_write_l1_dirty(qcow2_state *s);
 void qcow2_l1_mark_dirty(qcow2_state *s, uint32_t idx);
 int qcow2_truncate_locked(qcow2_state *s, uint64_t size, bool shrink, const char *prealloc,
@@ -375,5 +379,19 @@ int qcow2_cread_add(qcow2_state *s, qcow2_cread *b, uint64_t l2e, uint64_t guest
 /* Lock held on entry and exit; dropped while reading and decompressing. run = false
  * abandons the batch (after an error elsewhere in the request). */
 int qcow2_cread_flush(qcow2_state *s, qcow2_cread *b, bool run);
+
+/* ---- qcow2-snapshot-ops.c: internal snapshots (block.h's snapshot ops) ---------------- */
+
+int qcow2_snapshot_list(vd_node *node, vd_snapshot_info **out, size_t *nb, vd_error **errp);
+int qcow2_snapshot_create_prepare(vd_node *node, const vd_snap_params *p, void **txn,
+                                  vd_error **errp);
+int qcow2_snapshot_delete_prepare(vd_node *node, const char *id, const char *name,
+                                  void **txn, vd_error **errp);
+int qcow2_snapshot_commit(vd_node *node, void *txn, vd_error **errp);
+int qcow2_snapshot_abort(vd_node *node, void *txn, vd_error **errp);
+void qcow2_snapshot_clean(vd_node *node, void *txn);
+int qcow2_snapshot_apply(vd_node *node, const char *id_or_name, vd_error **errp);
+int qcow2_vmstate_rw(vd_node *node, void *buf, uint64_t len, uint64_t pos, bool write,
+                     vd_error **errp);
 
 #endif

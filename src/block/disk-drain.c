@@ -1,0 +1,69 @@
+/* Disk handles and their drain lock: I/O on a handle runs under the lock's shared side;
+ * transactions and graph changes take the exclusive side of every handle they touch. */
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "block/disk.h"
+
+vd_disk *vd_disk_new(vd_engine *e, vd_node *n, bool owns)
+{
+    vd_disk *d = calloc(1, sizeof(*d));
+    if (!d) {
+        abort();
+    }
+    d->engine = e;
+    d->node = n;
+    d->owns_node = owns;
+    pthread_rwlockattr_t attr;
+    pthread_rwlockattr_init(&attr);
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&d->drain, &attr);
+    pthread_rwlockattr_destroy(&attr);
+    return d;
+}
+
+void vd_disk_free(vd_disk *d)
+{
+    if (d) {
+        pthread_rwlock_destroy(&d->drain);
+        free(d);
+    }
+}
+
+/* The lock is state of the handle, not of the disk it describes: const callers such as
+ * vd_disk_size() still take it. */
+void vd_disk_enter(const vd_disk *d)
+{
+    pthread_rwlock_rdlock((pthread_rwlock_t *)&d->drain);
+}
+
+void vd_disk_leave(const vd_disk *d)
+{
+    pthread_rwlock_unlock((pthread_rwlock_t *)&d->drain);
+}
+
+static int by_address(const void *a, const void *b)
+{
+    uintptr_t x = (uintptr_t)*(vd_disk *const *)a;
+    uintptr_t y = (uintptr_t)*(vd_disk *const *)b;
+    return x < y ? -1 : x > y;
+}
+
+void vd_disks_drain_begin(vd_disk **disks, size_t n)
+{
+    qsort(disks, n, sizeof(*disks), by_address);
+    for (size_t i = 0; i < n; i++) {
+        if (disks[i] && (i == 0 || disks[i] != disks[i - 1])) {
+            pthread_rwlock_wrlock(&disks[i]->drain);
+        }
+    }
+}
+
+void vd_disks_drain_end(vd_disk **disks, size_t n)
+{
+    for (size_t i = n; i-- > 0;) {
+        if (disks[i] && (i == 0 || disks[i] != disks[i - 1])) {
+            pthread_rwlock_unlock(&disks[i]->drain);
+        }
+    }
+}
