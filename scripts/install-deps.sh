@@ -6,7 +6,7 @@ set -euo pipefail
 pkgs=(
     build-essential meson ninja-build pkg-config clang libclang-rt-14-dev
     zlib1g-dev libzstd-dev libisal-dev libdeflate-dev libjson-c-dev libcmocka-dev
-    qemu-utils libnbd-bin python3 time
+    qemu-utils libnbd-bin python3 time valgrind
 )
 
 missing=()

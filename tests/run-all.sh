@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every vdisk test (what `make check` runs after building): the unit tests of the
-# normal and the ASan+UBSan build, every tests/interop/test-*.sh and tests/crash/test-*.sh,
-# and a short libFuzzer run. Tests run in parallel (TEST_JOBS, default: the number of
+# normal and the ASan+UBSan build and under valgrind memcheck, every tests/interop/test-*.sh
+# (with the normal and again with the ASan+UBSan vdisk) and tests/crash/test-*.sh, and a
+# short libFuzzer run. Tests run in parallel (TEST_JOBS, default: the number of
 # CPUs), each under a timeout; their output is shown as each finishes, and the last line is
 # exactly "N passed, N failed", where N counts test cases (each PASS/FAIL line a script
 # prints, each cmocka test). Exits non-zero on any failure.
@@ -76,13 +77,38 @@ for s in tests/interop/test-*.sh tests/crash/test-*.sh; do
     add_job "$(basename "$(dirname "$s")")/$(basename "$s")" \
         "timeout -k 10 $script_timeout bash $s"
 done
+# The interop scripts again with the ASan+UBSan vdisk, so the whole suite runs sanitized
+# (those that run the ASan vdisk themselves already are not repeated).
+if [ -x "$VDISK_ASAN" ] || [ -f "$ASAN_BUILD/build.ninja" ]; then
+    for s in tests/interop/test-*.sh; do
+        [ -f "$s" ] || continue
+        grep -q 'VDISK_ASAN' "$s" && continue
+        add_job "asan/$(basename "$s")" \
+            "VDISK=$(printf %q "$VDISK_ASAN") timeout -k 10 $script_timeout bash $s"
+    done
+fi
 
 # Unit tests as meson registered them, run directly (so the sanitizer settings and the
-# per-test accounting are ours), in both builds.
-for dir in "$BUILD" "$ASAN_BUILD"; do
+# per-test accounting are ours), in both builds, and the normal build's under valgrind
+# memcheck (errors or definite leaks fail the test).
+valgrind_cmd=
+if command -v valgrind >/dev/null 2>&1; then
+    valgrind_cmd="valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite --suppressions=$repo/tests/valgrind.supp"
+fi
+for dir in "$BUILD" "$ASAN_BUILD" "valgrind:$BUILD"; do
+    prefix=
+    case $dir in
+    valgrind:*)
+        [ -n "$valgrind_cmd" ] || continue
+        prefix=$valgrind_cmd
+        dir=${dir#valgrind:}
+        ;;
+    esac
+    tag=$dir
+    [ -n "$prefix" ] && tag="valgrind/$dir"
     if [ ${#filters[@]} -gt 0 ]; then
         hit=0
-        for w in "${filters[@]}"; do case "unit/$dir" in *"$w"*) hit=1 ;; esac; done
+        for w in "${filters[@]}"; do case "unit/$tag" in *"$w"*) hit=1 ;; esac; done
         [ $hit = 1 ] || continue
     fi
     if [ ! -f "$dir/build.ninja" ]; then
@@ -95,12 +121,14 @@ for dir in "$BUILD" "$ASAN_BUILD"; do
         continue
     fi
     while IFS=$'\t' read -r tname tcmd; do
-        [ -n "$tname" ] && add_job "unit/$dir/$tname" "timeout -k 10 300 $tcmd"
-    done < <(meson introspect "$dir" --tests 2>/dev/null | python3 -c '
-import json, shlex, sys
+        [ -n "$tname" ] && add_job "unit/$tag/$tname" "timeout -k 10 600 $tcmd"
+    done < <(meson introspect "$dir" --tests 2>/dev/null | PREFIX="$prefix" python3 -c '
+import json, os, shlex, sys
 for t in json.load(sys.stdin):
     env = " ".join(shlex.quote("%s=%s" % kv) for kv in sorted((t.get("env") or {}).items()))
     cmd = " ".join(shlex.quote(c) for c in t["cmd"])
+    if os.environ.get("PREFIX"):
+        cmd = os.environ["PREFIX"] + " " + cmd
     wd = t.get("workdir")
     line = ("cd %s && " % shlex.quote(wd) if wd else "") + ("env %s " % env if env else "") + cmd
     print("%s\t%s" % (t["name"], line))')
