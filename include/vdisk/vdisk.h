@@ -121,6 +121,19 @@ int vd_pwrite(vd_disk *d, const void *buf, uint64_t len, uint64_t off, unsigned 
 int vd_pwrite_zeroes(vd_disk *d, uint64_t off, uint64_t len, unsigned flags);
 int vd_pdiscard(vd_disk *d, uint64_t off, uint64_t len);
 int vd_flush(vd_disk *d);
+
+/* I/O accounting of a handle since it was opened (QMP query-blockstats). Write zeroes
+ * count as writes, discards as unmaps; a failed request counts in failed_* only. */
+typedef struct vd_disk_stats {
+    uint64_t rd_bytes, wr_bytes, unmap_bytes;
+    uint64_t rd_operations, wr_operations, flush_operations, unmap_operations;
+    uint64_t failed_rd_operations, failed_wr_operations, failed_flush_operations,
+        failed_unmap_operations;
+    uint64_t rd_total_time_ns, wr_total_time_ns, flush_total_time_ns, unmap_total_time_ns;
+    uint64_t wr_highest_offset;   /* end of the highest write */
+    int64_t idle_time_ns;         /* since the last request finished; -1 before any */
+} vd_disk_stats;
+void vd_disk_get_stats(vd_disk *d, vd_disk_stats *out);
 /* Writes whole clusters compressed with the image's compression type (qcow2 only; other
  * formats give -ENOTSUP). off must be cluster-aligned and len a multiple of the cluster
  * size, except that the request may end at the end of the disk (-EINVAL otherwise). The

@@ -1,8 +1,10 @@
 /* The public API: disk handles over node graphs, chain-wide block status, and dispatch of
  * control operations (info, check, create, measure, amend, resize) to the drivers. */
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "block/disk.h"
 #include "compress/codec.h"
@@ -90,6 +92,77 @@ const char *vd_disk_last_error(vd_disk *d)
     return vd_get_io_error();
 }
 
+/* ---- accounting ------------------------------------------------------------------------ */
+
+enum acct_kind { ACCT_READ, ACCT_WRITE, ACCT_FLUSH, ACCT_UNMAP };
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void add(uint64_t *field, uint64_t v)
+{
+    __atomic_fetch_add(field, v, __ATOMIC_RELAXED);
+}
+
+static void account(vd_disk *d, enum acct_kind k, uint64_t start, uint64_t off, uint64_t len,
+                    int ret)
+{
+    vd_disk_stats *st = &d->stats;
+    uint64_t end = now_ns();
+    uint64_t t = end - start;
+    switch (k) {
+    case ACCT_READ:
+        add(ret < 0 ? &st->failed_rd_operations : &st->rd_operations, 1);
+        if (ret == 0) {
+            add(&st->rd_bytes, len);
+            add(&st->rd_total_time_ns, t);
+        }
+        break;
+    case ACCT_WRITE:
+        add(ret < 0 ? &st->failed_wr_operations : &st->wr_operations, 1);
+        if (ret == 0) {
+            add(&st->wr_bytes, len);
+            add(&st->wr_total_time_ns, t);
+            uint64_t hi = __atomic_load_n(&st->wr_highest_offset, __ATOMIC_RELAXED);
+            while (off + len > hi &&
+                   !__atomic_compare_exchange_n(&st->wr_highest_offset, &hi, off + len, true,
+                                                __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+            }
+        }
+        break;
+    case ACCT_FLUSH:
+        add(ret < 0 ? &st->failed_flush_operations : &st->flush_operations, 1);
+        if (ret == 0) {
+            add(&st->flush_total_time_ns, t);
+        }
+        break;
+    case ACCT_UNMAP:
+        add(ret < 0 ? &st->failed_unmap_operations : &st->unmap_operations, 1);
+        if (ret == 0) {
+            add(&st->unmap_bytes, len);
+            add(&st->unmap_total_time_ns, t);
+        }
+        break;
+    }
+    __atomic_store_n(&d->last_done_ns, end, __ATOMIC_RELAXED);
+}
+
+void vd_disk_get_stats(vd_disk *d, vd_disk_stats *out)
+{
+    vd_disk_stats *st = &d->stats;
+    uint64_t *src = (uint64_t *)st, *dst = (uint64_t *)out;
+    /* Every field but the last is a uint64_t counter. */
+    for (size_t i = 0; i < offsetof(vd_disk_stats, idle_time_ns) / sizeof(uint64_t); i++) {
+        dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
+    }
+    uint64_t last = __atomic_load_n(&d->last_done_ns, __ATOMIC_RELAXED);
+    out->idle_time_ns = last ? (int64_t)(now_ns() - last) : -1;
+}
+
 static int disk_pread(vd_disk *d, void *buf, uint64_t len, uint64_t off)
 {
     return vd_node_pread(d->node, buf, len, off);
@@ -97,9 +170,11 @@ static int disk_pread(vd_disk *d, void *buf, uint64_t len, uint64_t off)
 
 int vd_pread(vd_disk *d, void *buf, uint64_t len, uint64_t off)
 {
+    uint64_t t = now_ns();
     vd_disk_enter(d);
     int ret = disk_pread(d, buf, len, off);
     vd_disk_leave(d);
+    account(d, ACCT_READ, t, off, len, ret);
     return ret;
 }
 
@@ -118,9 +193,11 @@ static int disk_pwrite(vd_disk *d, const void *buf, uint64_t len, uint64_t off, 
 
 int vd_pwrite(vd_disk *d, const void *buf, uint64_t len, uint64_t off, unsigned flags)
 {
+    uint64_t t = now_ns();
     vd_disk_enter(d);
     int ret = disk_pwrite(d, buf, len, off, flags);
     vd_disk_leave(d);
+    account(d, ACCT_WRITE, t, off, len, ret);
     return ret;
 }
 
@@ -134,9 +211,11 @@ static int disk_pwrite_zeroes(vd_disk *d, uint64_t off, uint64_t len, unsigned f
 
 int vd_pwrite_zeroes(vd_disk *d, uint64_t off, uint64_t len, unsigned flags)
 {
+    uint64_t t = now_ns();
     vd_disk_enter(d);
     int ret = disk_pwrite_zeroes(d, off, len, flags);
     vd_disk_leave(d);
+    account(d, ACCT_WRITE, t, off, len, ret);
     return ret;
 }
 
@@ -150,9 +229,11 @@ static int disk_pdiscard(vd_disk *d, uint64_t off, uint64_t len)
 
 int vd_pdiscard(vd_disk *d, uint64_t off, uint64_t len)
 {
+    uint64_t t = now_ns();
     vd_disk_enter(d);
     int ret = disk_pdiscard(d, off, len);
     vd_disk_leave(d);
+    account(d, ACCT_UNMAP, t, off, len, ret);
     return ret;
 }
 
@@ -163,9 +244,11 @@ static int disk_pwrite_compressed(vd_disk *d, const void *buf, uint64_t len, uin
 
 int vd_pwrite_compressed(vd_disk *d, const void *buf, uint64_t len, uint64_t off)
 {
+    uint64_t t = now_ns();
     vd_disk_enter(d);
     int ret = disk_pwrite_compressed(d, buf, len, off);
     vd_disk_leave(d);
+    account(d, ACCT_WRITE, t, off, len, ret);
     return ret;
 }
 
@@ -224,9 +307,11 @@ static int disk_flush(vd_disk *d)
 
 int vd_flush(vd_disk *d)
 {
+    uint64_t t = now_ns();
     vd_disk_enter(d);
     int ret = disk_flush(d);
     vd_disk_leave(d);
+    account(d, ACCT_FLUSH, t, 0, 0, ret);
     return ret;
 }
 

@@ -20,6 +20,9 @@ struct vd_disk {
      * Writer-preferring, so a steady stream of I/O cannot starve a snapshot; hence an
      * entry point must never take it twice in one thread. */
     pthread_rwlock_t drain;
+    /* Accounting (vd_disk_get_stats), updated with atomics: no lock on the I/O path. */
+    vd_disk_stats stats;
+    uint64_t last_done_ns;       /* CLOCK_MONOTONIC of the last finished request; 0: none */
 };
 
 /* Handles (disk-drain.c). vd_disk_new makes a handle over n; vd_disk_free frees the handle

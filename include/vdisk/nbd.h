@@ -1,0 +1,83 @@
+/* NBD server: exports vd_disk handles over the NBD protocol (fixed newstyle, structured
+ * replies, base:allocation block status, TLS), on unix sockets and TCP. One server holds
+ * any number of listeners and exports; every call is thread-safe. Used by vdiskd
+ * (nbd-server-start, block-export-add) and by `vdisk nbd`. */
+#ifndef VDISK_NBD_H
+#define VDISK_NBD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "vdisk/vdisk.h"
+
+/* ---- TLS credentials (QEMU's tls-creds-x509 / tls-creds-psk objects) ------------------- */
+
+typedef struct vd_tls_creds vd_tls_creds;
+
+/* x509: dir holds ca-cert.pem, server-cert.pem, server-key.pem (QEMU's file names);
+ * verify_peer asks clients for a certificate signed by the CA. */
+int vd_tls_creds_new_x509(const char *id, const char *dir, bool verify_peer,
+                          vd_tls_creds **out, vd_error **errp);
+/* PSK: dir holds keys.psk with lines "username:hexkey" (QEMU's and nbdkit's format). */
+int vd_tls_creds_new_psk(const char *id, const char *dir, vd_tls_creds **out,
+                         vd_error **errp);
+const char *vd_tls_creds_id(const vd_tls_creds *c);
+void vd_tls_creds_free(vd_tls_creds *c);
+
+/* ---- server ------------------------------------------------------------------------------ */
+
+typedef struct vd_nbd_server vd_nbd_server;
+
+typedef struct vd_nbd_server_opts {
+    /* Clients served at once; more are refused at accept. 0 = no limit. QEMU's
+     * nbd-server-start defaults to 100, qemu-nbd to 1 (--shared=1). Multi-conn is
+     * advertised unless this is 1. */
+    unsigned max_connections;
+    /* With credentials, clients must STARTTLS before anything else (plaintext
+     * options get ERR_TLS_REQD). The server keeps a reference; the caller must keep
+     * the credentials alive until vd_nbd_server_free. */
+    vd_tls_creds *tls;
+} vd_nbd_server_opts;
+
+int vd_nbd_server_new(const vd_nbd_server_opts *opts, vd_nbd_server **out, vd_error **errp);
+/* Listens on a unix socket (created with mode 0600 unless the path exists and is not
+ * a socket, which fails) or on TCP host:port (host NULL = all addresses). May be called
+ * several times. */
+int vd_nbd_server_listen_unix(vd_nbd_server *s, const char *path, vd_error **errp);
+int vd_nbd_server_listen_inet(vd_nbd_server *s, const char *host, const char *port,
+                              vd_error **errp);
+/* Connections open now, and accepted since the start (qemu-nbd exits when the last
+ * client leaves). */
+void vd_nbd_server_counts(vd_nbd_server *s, unsigned *open, uint64_t *accepted);
+/* Stops accepting, closes every connection (in-flight requests finish first; further
+ * requests get ESHUTDOWN), removes the unix sockets it created, frees everything. The
+ * disks of the exports are not closed (they belong to the caller). */
+void vd_nbd_server_free(vd_nbd_server *s);
+
+typedef struct vd_nbd_export_opts {
+    const char *name;         /* "" is the default export */
+    const char *description;  /* may be NULL */
+    vd_disk *disk;            /* must stay open while exported */
+    bool writable;            /* else READ_ONLY; a read-only disk cannot be writable */
+} vd_nbd_export_opts;
+
+int vd_nbd_export_add(vd_nbd_server *s, const vd_nbd_export_opts *o, vd_error **errp);
+/* Removes an export: new connections no longer see it; with hard, its open
+ * connections are closed now, else (QEMU's "safe" mode) removal fails with -EBUSY while
+ * clients are connected. */
+int vd_nbd_export_remove(vd_nbd_server *s, const char *name, bool hard, vd_error **errp);
+
+typedef struct vd_nbd_export_info {
+    char *name;
+    char *description;
+    vd_disk *disk;
+    bool writable;
+    unsigned clients;         /* connections currently using it */
+} vd_nbd_export_info;
+
+/* The exports in the order they were added. Free with vd_nbd_export_list_free. */
+int vd_nbd_export_list(vd_nbd_server *s, vd_nbd_export_info **out, size_t *nb);
+void vd_nbd_export_list_free(vd_nbd_export_info *list, size_t nb);
+
+#endif

@@ -1,0 +1,936 @@
+/* One NBD client: the fixed-newstyle handshake (option haggling, STARTTLS, INFO/GO,
+ * meta contexts) and transmission. The connection's thread reads requests and hands them
+ * to the server's workers (nbd_req_run), which reply under the connection's write lock,
+ * so many requests of one client run at once and replies may come out of order. */
+#include <errno.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "nbd/nbd-int.h"
+#include "nbd/nbd-proto.h"
+
+/* Known options carry at most this much data (names and queries are <= 4 KiB each);
+ * longer ones are read and dropped. */
+#define MAX_OPTION_DATA (1u << 20)
+
+/* ---- byte order ------------------------------------------------------------------------ */
+
+static void put16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+static void put32(uint8_t *p, uint32_t v)
+{
+    put16(p, (uint16_t)(v >> 16));
+    put16(p + 2, (uint16_t)v);
+}
+static void put64(uint8_t *p, uint64_t v)
+{
+    put32(p, (uint32_t)(v >> 32));
+    put32(p + 4, (uint32_t)v);
+}
+static uint16_t get16(const uint8_t *p)
+{
+    return (uint16_t)((p[0] << 8) | p[1]);
+}
+static uint32_t get32(const uint8_t *p)
+{
+    return ((uint32_t)get16(p) << 16) | get16(p + 2);
+}
+static uint64_t get64(const uint8_t *p)
+{
+    return ((uint64_t)get32(p) << 32) | get32(p + 4);
+}
+
+/* ---- socket I/O (plain or TLS) ------------------------------------------------------------ */
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Reads exactly len bytes. deadline_ms 0: none. Returns 0, or -1 on EOF, error or
+ * timeout. */
+static int conn_read(nbd_conn *c, void *buf, size_t len, int64_t deadline_ms)
+{
+    uint8_t *p = buf;
+    while (len > 0) {
+        if (deadline_ms && !(c->tls && nbd_tls_pending(c->tls))) {
+            int64_t left = deadline_ms - now_ms();
+            if (left <= 0) {
+                return -1;
+            }
+            struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
+            int r = poll(&pfd, 1, (int)left);
+            if (r < 0 && errno == EINTR) {
+                continue;
+            }
+            if (r <= 0) {
+                return -1;
+            }
+        }
+        ssize_t n = c->tls ? nbd_tls_recv(c->tls, p, len) : recv(c->fd, p, len, 0);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            return -1;
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* Reads and drops len bytes (option data or a payload that is refused). */
+static int conn_skip(nbd_conn *c, uint64_t len, int64_t deadline_ms)
+{
+    uint8_t buf[4096];
+    while (len > 0) {
+        size_t now = len < sizeof(buf) ? (size_t)len : sizeof(buf);
+        if (conn_read(c, buf, now, deadline_ms) < 0) {
+            return -1;
+        }
+        len -= now;
+    }
+    return 0;
+}
+
+/* Writes the buffers in order, with the write lock held by the caller. */
+static int conn_writev_locked(nbd_conn *c, struct iovec *iov, int n)
+{
+    if (c->write_failed) {
+        return -1;
+    }
+    while (n > 0) {
+        ssize_t w;
+        if (c->tls) {
+            w = nbd_tls_send(c->tls, iov[0].iov_base, iov[0].iov_len);
+        } else {
+            struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+            w = sendmsg(c->fd, &msg, MSG_NOSIGNAL);
+        }
+        if (w < 0 && errno == EINTR) {
+            continue;
+        }
+        if (w <= 0) {
+            c->write_failed = true;
+            return -1;
+        }
+        size_t done = (size_t)w;
+        while (n > 0 && done >= iov[0].iov_len) {
+            done -= iov[0].iov_len;
+            iov++;
+            n--;
+        }
+        if (n > 0) {
+            iov[0].iov_base = (uint8_t *)iov[0].iov_base + done;
+            iov[0].iov_len -= done;
+        }
+    }
+    return 0;
+}
+
+static int conn_write(nbd_conn *c, const void *buf, size_t len)
+{
+    struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+    pthread_mutex_lock(&c->wlock);
+    int ret = conn_writev_locked(c, &iov, 1);
+    pthread_mutex_unlock(&c->wlock);
+    return ret;
+}
+
+/* ---- option replies ------------------------------------------------------------------------ */
+
+static int send_rep(nbd_conn *c, uint32_t opt, uint32_t type, const void *data, uint32_t len)
+{
+    uint8_t h[20];
+    put64(h, NBD_REP_MAGIC);
+    put32(h + 8, opt);
+    put32(h + 12, type);
+    put32(h + 16, len);
+    struct iovec iov[2] = {{h, sizeof(h)}, {(void *)data, len}};
+    pthread_mutex_lock(&c->wlock);
+    int ret = conn_writev_locked(c, iov, len ? 2 : 1);
+    pthread_mutex_unlock(&c->wlock);
+    return ret;
+}
+
+static int send_rep_err(nbd_conn *c, uint32_t opt, uint32_t type, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int send_rep_err(nbd_conn *c, uint32_t opt, uint32_t type, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (n < 0) {
+        n = 0;
+    } else if ((size_t)n >= sizeof(msg)) {
+        n = sizeof(msg) - 1;
+    }
+    return send_rep(c, opt, type, msg, (uint32_t)n);
+}
+
+static uint16_t export_flags(nbd_conn *c, const nbd_export *e)
+{
+    uint16_t f = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA |
+                 NBD_FLAG_SEND_CACHE;
+    /* No per-connection cache: a flush on any connection covers every completed write. */
+    if (c->srv->max_connections != 1) {
+        f |= NBD_FLAG_CAN_MULTI_CONN;
+    }
+    if (e->writable) {
+        f |= NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_FAST_ZERO;
+    } else {
+        f |= NBD_FLAG_READ_ONLY;
+    }
+    if (c->structured) {
+        f |= NBD_FLAG_SEND_DF;
+    }
+    return f;
+}
+
+/* ---- options ---------------------------------------------------------------------------------- */
+
+enum { OPT_CONTINUE, OPT_TRANSMISSION, OPT_CLOSE };
+
+static nbd_export *export_get(nbd_conn *c, const char *name)
+{
+    vd_nbd_server *s = c->srv;
+    pthread_mutex_lock(&s->lock);
+    nbd_export *e = nbd_export_find_locked(s, name);
+    if (e) {
+        e->refs++;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return e;
+}
+
+static void export_put(nbd_conn *c, nbd_export *e)
+{
+    vd_nbd_server *s = c->srv;
+    pthread_mutex_lock(&s->lock);
+    nbd_export_unref_locked(s, e);
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* Enters transmission on e (its reference passes to the connection). */
+static int start_transmission(nbd_conn *c, nbd_export *e)
+{
+    vd_nbd_server *s = c->srv;
+    pthread_mutex_lock(&s->lock);
+    if (e->removed || c->closing) {
+        nbd_export_unref_locked(s, e);
+        pthread_mutex_unlock(&s->lock);
+        return -1;
+    }
+    e->clients++;
+    c->exp = e;
+    if (c->meta_export && strcmp(c->meta_export, e->name) != 0) {
+        c->meta_base = false;  /* contexts were chosen for another export */
+    }
+    pthread_mutex_unlock(&s->lock);
+    return 0;
+}
+
+static int opt_list(nbd_conn *c, uint32_t opt, uint32_t len)
+{
+    if (len) {
+        return send_rep_err(c, opt, NBD_REP_ERR_INVALID, "request must not have data");
+    }
+    vd_nbd_export_info *list = NULL;
+    size_t nb = 0;
+    vd_nbd_export_list(c->srv, &list, &nb);
+    int ret = 0;
+    for (size_t i = 0; i < nb && ret == 0; i++) {
+        size_t nl = strlen(list[i].name);
+        size_t dl = list[i].description ? strlen(list[i].description) : 0;
+        uint8_t *p = malloc(4 + nl + dl);
+        if (!p) {
+            abort();
+        }
+        put32(p, (uint32_t)nl);
+        memcpy(p + 4, list[i].name, nl);
+        if (dl) {
+            memcpy(p + 4 + nl, list[i].description, dl);
+        }
+        ret = send_rep(c, opt, NBD_REP_SERVER, p, (uint32_t)(4 + nl + dl));
+        free(p);
+    }
+    vd_nbd_export_list_free(list, nb);
+    return ret ? ret : send_rep(c, opt, NBD_REP_ACK, NULL, 0);
+}
+
+static int send_info(nbd_conn *c, uint32_t opt, uint16_t type, const void *body, size_t len)
+{
+    uint8_t buf[2 + NBD_MAX_STRING];
+    put16(buf, type);
+    memcpy(buf + 2, body, len);
+    return send_rep(c, opt, NBD_REP_INFO, buf, (uint32_t)(2 + len));
+}
+
+/* INFO and GO: name, then the info types the client asks for. */
+static int opt_info_go(nbd_conn *c, uint32_t opt, const uint8_t *d, uint32_t len, bool *go)
+{
+    *go = false;
+    if (len < 6) {
+        return send_rep_err(c, opt, NBD_REP_ERR_INVALID, "option too short");
+    }
+    uint32_t nl = get32(d);
+    if (nl > len - 6 || nl > NBD_MAX_STRING) {
+        return send_rep_err(c, opt, NBD_REP_ERR_INVALID, "name length %u too long", nl);
+    }
+    uint16_t nreq = get16(d + 4 + nl);
+    if ((uint64_t)4 + nl + 2 + 2ull * nreq != len) {
+        return send_rep_err(c, opt, NBD_REP_ERR_INVALID, "option length %u does not match "
+                            "its contents", len);
+    }
+    char name[NBD_MAX_STRING + 1];
+    memcpy(name, d + 4, nl);
+    name[nl] = '\0';
+    bool want_name = false;
+    for (uint16_t i = 0; i < nreq; i++) {
+        if (get16(d + 4 + nl + 2 + 2 * i) == NBD_INFO_NAME) {
+            want_name = true;
+        }
+    }
+    nbd_export *e = export_get(c, name);
+    if (!e) {
+        return send_rep_err(c, opt, NBD_REP_ERR_UNKNOWN, "export '%s' not present", name);
+    }
+    uint8_t b[12];
+    put64(b, vd_disk_size(e->disk));
+    put16(b + 8, export_flags(c, e));
+    int ret = send_info(c, opt, NBD_INFO_EXPORT, b, 10);
+    if (ret == 0 && want_name) {
+        ret = send_info(c, opt, NBD_INFO_NAME, e->name, strlen(e->name));
+    }
+    if (ret == 0 && e->description && *e->description) {
+        ret = send_info(c, opt, NBD_INFO_DESCRIPTION, e->description,
+                        strlen(e->description));
+    }
+    if (ret == 0) {
+        /* Any byte alignment works; 4 KiB is what the formats like; 32 MiB per request. */
+        put32(b, 1);
+        put32(b + 4, NBD_PREFERRED_BLOCK);
+        put32(b + 8, NBD_MAX_PAYLOAD);
+        ret = send_info(c, opt, NBD_INFO_BLOCK_SIZE, b, 12);
+    }
+    if (ret == 0) {
+        ret = send_rep(c, opt, NBD_REP_ACK, NULL, 0);
+    }
+    if (ret == 0 && opt == NBD_OPT_GO) {
+        *go = true;
+        return start_transmission(c, e);
+    }
+    export_put(c, e);
+    return ret;
+}
+
+/* LIST_META_CONTEXT and SET_META_CONTEXT; the only context is base:allocation. */
+static int opt_meta(nbd_conn *c, uint32_t opt, const uint8_t *d, uint32_t len)
+{
+    bool set = opt == NBD_OPT_SET_META_CONTEXT;
+    if (set) {
+        /* Each SET replaces the selection, even when it fails. */
+        c->meta_base = false;
+        free(c->meta_export);
+        c->meta_export = NULL;
+    }
+    if (!c->structured) {
+        return send_rep_err(c, opt, NBD_REP_ERR_INVALID, "use of meta contexts requires "
+                            "structured replies");
+    }
+    if (len < 8) {
+        return send_rep_err(c, opt, NBD_REP_ERR_INVALID, "option too short");
+    }
+    uint32_t nl = get32(d);
+    if (nl > len - 8 || nl > NBD_MAX_STRING) {
+        return send_rep_err(c, opt, NBD_REP_ERR_INVALID, "name length %u too long", nl);
+    }
+    char name[NBD_MAX_STRING + 1];
+    memcpy(name, d + 4, nl);
+    name[nl] = '\0';
+    uint32_t nq = get32(d + 4 + nl);
+    uint64_t pos = 8 + (uint64_t)nl;
+    bool base = nq == 0 && !set;   /* LIST with no query lists everything */
+    for (uint32_t i = 0; i < nq; i++) {
+        if (pos + 4 > len) {
+            return send_rep_err(c, opt, NBD_REP_ERR_INVALID, "query %u runs past the "
+                                "option", i);
+        }
+        uint32_t ql = get32(d + pos);
+        pos += 4;
+        if (ql > len - pos || ql > NBD_MAX_STRING) {
+            return send_rep_err(c, opt, NBD_REP_ERR_INVALID, "query %u runs past the "
+                                "option", i);
+        }
+        const char *q = (const char *)d + pos;
+        if ((ql == 15 && memcmp(q, "base:allocation", 15) == 0) ||
+            (!set && ql == 5 && memcmp(q, "base:", 5) == 0)) {
+            base = true;
+        }
+        pos += ql;
+    }
+    if (pos != len) {
+        return send_rep_err(c, opt, NBD_REP_ERR_INVALID, "option length %u does not match "
+                            "its contents", len);
+    }
+    nbd_export *e = export_get(c, name);
+    if (!e) {
+        return send_rep_err(c, opt, NBD_REP_ERR_UNKNOWN, "export '%s' not present", name);
+    }
+    export_put(c, e);
+    int ret = 0;
+    if (base) {
+        uint8_t b[4 + 15];
+        put32(b, 0);
+        memcpy(b + 4, "base:allocation", 15);
+        ret = send_rep(c, opt, NBD_REP_META_CONTEXT, b, sizeof(b));
+        if (set) {
+            c->meta_base = true;
+            c->meta_export = strdup(name);
+            if (!c->meta_export) {
+                abort();
+            }
+        }
+    }
+    return ret ? ret : send_rep(c, opt, NBD_REP_ACK, NULL, 0);
+}
+
+static int opt_export_name(nbd_conn *c, const uint8_t *d, uint32_t len)
+{
+    char name[NBD_MAX_STRING + 1];
+    if (len > NBD_MAX_STRING) {
+        return -1;
+    }
+    memcpy(name, d, len);
+    name[len] = '\0';
+    nbd_export *e = export_get(c, name);
+    if (!e) {
+        return -1;   /* the protocol has no way to say no here */
+    }
+    uint8_t b[10 + 124];
+    memset(b, 0, sizeof(b));
+    put64(b, vd_disk_size(e->disk));
+    put16(b + 8, export_flags(c, e));
+    if (conn_write(c, b, c->no_zeroes ? 10 : sizeof(b)) < 0) {
+        export_put(c, e);
+        return -1;
+    }
+    return start_transmission(c, e);
+}
+
+static int opt_starttls(nbd_conn *c, uint32_t opt, uint32_t len, int64_t deadline)
+{
+    if (len) {
+        return send_rep_err(c, opt, NBD_REP_ERR_INVALID, "request must not have data");
+    }
+    if (!c->srv->tls) {
+        return send_rep_err(c, opt, NBD_REP_ERR_POLICY, "TLS not configured");
+    }
+    if (c->tls) {
+        return send_rep_err(c, opt, NBD_REP_ERR_INVALID, "TLS already enabled");
+    }
+    if (send_rep(c, opt, NBD_REP_ACK, NULL, 0) < 0) {
+        return -1;
+    }
+    char err[256];
+    int left = (int)(deadline - now_ms());
+    if (nbd_tls_start(c->srv->tls, c->fd, left > 0 ? left : 1, &c->tls, err,
+                      sizeof(err)) < 0) {
+        return -1;
+    }
+    /* Nothing negotiated in plaintext survives. */
+    c->structured = false;
+    c->meta_base = false;
+    free(c->meta_export);
+    c->meta_export = NULL;
+    return 0;
+}
+
+/* Option haggling until transmission starts (returns 0) or the connection ends (-1). */
+static int negotiate(nbd_conn *c)
+{
+    int64_t deadline = now_ms() + NBD_HANDSHAKE_SECS * 1000;
+    uint8_t g[18];
+    put64(g, NBD_INIT_MAGIC);
+    put64(g + 8, NBD_OPTS_MAGIC);
+    put16(g + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
+    if (conn_write(c, g, sizeof(g)) < 0) {
+        return -1;
+    }
+    uint8_t cf[4];
+    if (conn_read(c, cf, 4, deadline) < 0) {
+        return -1;
+    }
+    uint32_t flags = get32(cf);
+    if (flags & ~(uint32_t)(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES)) {
+        return -1;   /* unknown client flags: the spec says drop */
+    }
+    c->fixed = flags & NBD_FLAG_FIXED_NEWSTYLE;
+    c->no_zeroes = flags & NBD_FLAG_NO_ZEROES;
+
+    for (;;) {
+        uint8_t h[16];
+        if (conn_read(c, h, sizeof(h), deadline) < 0 || get64(h) != NBD_OPTS_MAGIC) {
+            return -1;
+        }
+        uint32_t opt = get32(h + 8), len = get32(h + 12);
+        if (len > NBD_MAX_OPTION) {
+            return -1;
+        }
+        bool known = opt == NBD_OPT_EXPORT_NAME || opt == NBD_OPT_ABORT ||
+                     opt == NBD_OPT_LIST || opt == NBD_OPT_STARTTLS || opt == NBD_OPT_INFO ||
+                     opt == NBD_OPT_GO || opt == NBD_OPT_STRUCTURED_REPLY ||
+                     opt == NBD_OPT_LIST_META_CONTEXT || opt == NBD_OPT_SET_META_CONTEXT;
+        bool tls_missing = c->srv->tls && !c->tls;
+        if (!known || len > MAX_OPTION_DATA ||
+            (tls_missing && opt != NBD_OPT_STARTTLS && opt != NBD_OPT_ABORT)) {
+            if (conn_skip(c, len, deadline) < 0) {
+                return -1;
+            }
+            int ret;
+            if (opt == NBD_OPT_EXPORT_NAME || !c->fixed) {
+                return -1;   /* no way to refuse these but hanging up */
+            } else if (tls_missing) {
+                ret = send_rep_err(c, opt, NBD_REP_ERR_TLS_REQD, "Option 0x%x not permitted "
+                                   "before TLS", opt);
+            } else if (!known) {
+                ret = send_rep_err(c, opt, NBD_REP_ERR_UNSUP, "Unsupported option %u", opt);
+            } else {
+                ret = send_rep_err(c, opt, NBD_REP_ERR_TOO_BIG, "option too long");
+            }
+            if (ret < 0) {
+                return -1;
+            }
+            continue;
+        }
+        uint8_t *d = len ? malloc(len) : NULL;
+        if (len && !d) {
+            return -1;
+        }
+        if (conn_read(c, d, len, deadline) < 0) {
+            free(d);
+            return -1;
+        }
+        int ret = 0;
+        bool go = false;
+        switch (opt) {
+        case NBD_OPT_EXPORT_NAME:
+            ret = opt_export_name(c, d, len);
+            free(d);
+            return ret;
+        case NBD_OPT_ABORT:
+            send_rep(c, opt, NBD_REP_ACK, NULL, 0);
+            free(d);
+            return -1;
+        case NBD_OPT_LIST:
+            ret = opt_list(c, opt, len);
+            break;
+        case NBD_OPT_STARTTLS:
+            ret = opt_starttls(c, opt, len, deadline);
+            break;
+        case NBD_OPT_INFO:
+        case NBD_OPT_GO:
+            ret = opt_info_go(c, opt, d, len, &go);
+            break;
+        case NBD_OPT_STRUCTURED_REPLY:
+            if (len) {
+                ret = send_rep_err(c, opt, NBD_REP_ERR_INVALID, "request must not have data");
+            } else if (c->structured) {
+                ret = send_rep_err(c, opt, NBD_REP_ERR_INVALID, "structured reply already "
+                                   "negotiated");
+            } else {
+                c->structured = true;
+                ret = send_rep(c, opt, NBD_REP_ACK, NULL, 0);
+            }
+            break;
+        case NBD_OPT_LIST_META_CONTEXT:
+        case NBD_OPT_SET_META_CONTEXT:
+            ret = opt_meta(c, opt, d, len);
+            break;
+        }
+        free(d);
+        if (ret < 0) {
+            return -1;
+        }
+        if (go) {
+            return 0;
+        }
+    }
+}
+
+/* ---- transmission: replies -------------------------------------------------------------- */
+
+static uint32_t nbd_errno(int err)
+{
+    switch (err) {
+    case EPERM:
+    case EROFS:
+    case EACCES:
+        return NBD_EPERM;
+    case EIO:
+        return NBD_EIO;
+    case ENOMEM:
+        return NBD_ENOMEM;
+    case ENOSPC:
+    case EDQUOT:
+    case EFBIG:
+        return NBD_ENOSPC;
+    case EOVERFLOW:
+        return NBD_EOVERFLOW;
+    case ENOTSUP:
+        return NBD_ENOTSUP;
+    case ESHUTDOWN:
+        return NBD_ESHUTDOWN;
+    default:
+        return NBD_EINVAL;
+    }
+}
+
+static int reply_simple(nbd_conn *c, uint64_t cookie, uint32_t err, const void *data,
+                        uint32_t len)
+{
+    uint8_t h[16];
+    put32(h, NBD_SIMPLE_REPLY_MAGIC);
+    put32(h + 4, err);
+    put64(h + 8, cookie);
+    struct iovec iov[2] = {{h, sizeof(h)}, {(void *)data, len}};
+    pthread_mutex_lock(&c->wlock);
+    int ret = conn_writev_locked(c, iov, data && len ? 2 : 1);
+    pthread_mutex_unlock(&c->wlock);
+    return ret;
+}
+
+static void chunk_header(uint8_t *h, uint16_t flags, uint16_t type, uint64_t cookie,
+                         uint32_t len)
+{
+    put32(h, NBD_STRUCTURED_REPLY_MAGIC);
+    put16(h + 4, flags);
+    put16(h + 6, type);
+    put64(h + 8, cookie);
+    put32(h + 16, len);
+}
+
+static int reply_error(nbd_conn *c, const nbd_req *r, uint32_t err, const char *msg)
+{
+    if (!c->structured) {
+        return reply_simple(c, r->cookie, err, NULL, 0);
+    }
+    size_t ml = msg ? strlen(msg) : 0;
+    if (ml > 1024) {
+        ml = 1024;
+    }
+    uint8_t h[20 + 6];
+    chunk_header(h, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR, r->cookie, (uint32_t)(6 + ml));
+    put32(h + 20, err);
+    put16(h + 24, (uint16_t)ml);
+    struct iovec iov[2] = {{h, sizeof(h)}, {(void *)msg, ml}};
+    pthread_mutex_lock(&c->wlock);
+    int ret = conn_writev_locked(c, iov, ml ? 2 : 1);
+    pthread_mutex_unlock(&c->wlock);
+    return ret;
+}
+
+static int reply_read(nbd_conn *c, const nbd_req *r, const uint8_t *data)
+{
+    if (!c->structured) {
+        return reply_simple(c, r->cookie, 0, data, r->len);
+    }
+    uint8_t h[20 + 8];
+    if (r->len == 0) {
+        chunk_header(h, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, r->cookie, 0);
+        return conn_write(c, h, 20);
+    }
+    chunk_header(h, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA, r->cookie, 8 + r->len);
+    put64(h + 20, r->off);
+    struct iovec iov[2] = {{h, sizeof(h)}, {(void *)data, r->len}};
+    pthread_mutex_lock(&c->wlock);
+    int ret = conn_writev_locked(c, iov, 2);
+    pthread_mutex_unlock(&c->wlock);
+    return ret;
+}
+
+/* base:allocation extents from r->off: consecutive, merged when equal, at most one with
+ * REQ_ONE (and then not past the request). */
+static int reply_block_status(nbd_conn *c, const nbd_req *r)
+{
+    vd_disk *d = c->exp->disk;
+    uint64_t size = vd_disk_size(d);
+    uint64_t off = r->off, end = r->off + r->len;
+    bool one = r->flags & NBD_CMD_FLAG_REQ_ONE;
+    size_t cap = 64, n = 0;
+    uint8_t *buf = malloc(20 + 4 + cap * 8);
+    if (!buf) {
+        return reply_error(c, r, NBD_ENOMEM, "out of memory");
+    }
+    uint32_t last_flags = 0;
+    int ret = 0;
+    while (off < end && n < NBD_MAX_EXTENTS) {
+        vd_extent ext;
+        ret = vd_block_status(d, off, (end < size ? end : size) - off, &ext);
+        if (ret < 0) {
+            break;
+        }
+        if (ext.length == 0) {
+            break;
+        }
+        uint32_t f = (ext.flags & VD_BS_DATA ? 0 : NBD_STATE_HOLE) |
+                     (ext.flags & VD_BS_ZERO ? NBD_STATE_ZERO : 0);
+        uint64_t l = ext.length;
+        if (n > 0 && f == last_flags && get32(buf + 24 + (n - 1) * 8) + l <= UINT32_MAX) {
+            put32(buf + 24 + (n - 1) * 8, (uint32_t)(get32(buf + 24 + (n - 1) * 8) + l));
+        } else {
+            if (l > UINT32_MAX - 511) {
+                l = (UINT32_MAX - 511) & ~511ull;   /* an extent length is 32 bits */
+            }
+            if (n == cap) {
+                cap *= 2;
+                uint8_t *nb = realloc(buf, 20 + 4 + cap * 8);
+                if (!nb) {
+                    free(buf);
+                    return reply_error(c, r, NBD_ENOMEM, "out of memory");
+                }
+                buf = nb;
+            }
+            put32(buf + 24 + n * 8, (uint32_t)l);
+            put32(buf + 24 + n * 8 + 4, f);
+            n++;
+            last_flags = f;
+        }
+        off += l;
+        if (one) {
+            break;
+        }
+    }
+    if (ret < 0 || n == 0) {
+        free(buf);
+        return reply_error(c, r, nbd_errno(ret < 0 ? -ret : EIO), "block status failed");
+    }
+    if (one && get32(buf + 24) > r->len) {
+        put32(buf + 24, r->len);
+    }
+    chunk_header(buf, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, r->cookie,
+                 (uint32_t)(4 + n * 8));
+    put32(buf + 20, 0);   /* the id SET_META_CONTEXT gave base:allocation */
+    ret = conn_write(c, buf, 24 + n * 8);
+    free(buf);
+    return ret;
+}
+
+/* ---- transmission: running a request -------------------------------------------------------- */
+
+/* Which command flags each command may carry (FUA on any, as QEMU accepts). */
+static bool flags_valid(const nbd_conn *c, const nbd_req *r)
+{
+    uint16_t allowed = NBD_CMD_FLAG_FUA;
+    switch (r->type) {
+    case NBD_CMD_READ:
+        allowed |= c->structured ? NBD_CMD_FLAG_DF : 0;
+        break;
+    case NBD_CMD_WRITE_ZEROES:
+        allowed |= NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO;
+        break;
+    case NBD_CMD_BLOCK_STATUS:
+        allowed |= NBD_CMD_FLAG_REQ_ONE;
+        break;
+    }
+    return !(r->flags & ~allowed);
+}
+
+static int run(nbd_conn *c, nbd_req *r)
+{
+    nbd_export *e = c->exp;
+    vd_disk *d = e->disk;
+    uint64_t size = vd_disk_size(d);
+    bool writes = r->type == NBD_CMD_WRITE || r->type == NBD_CMD_WRITE_ZEROES ||
+                  r->type == NBD_CMD_TRIM;
+    bool fua = r->flags & NBD_CMD_FLAG_FUA;
+    int ret;
+
+    if (r->early_err) {
+        return reply_error(c, r, (uint32_t)r->early_err, "request refused");
+    }
+    if (r->type > NBD_CMD_BLOCK_STATUS || r->type == NBD_CMD_DISC) {
+        return reply_error(c, r, NBD_EINVAL, "unknown command");
+    }
+    if (!flags_valid(c, r)) {
+        return reply_error(c, r, NBD_EINVAL, "invalid flags for the command");
+    }
+    if (writes && !e->writable) {
+        return reply_error(c, r, NBD_EPERM, "export is read-only");
+    }
+    if (r->type != NBD_CMD_FLUSH && (r->off > size || r->len > size - r->off)) {
+        return reply_error(c, r, writes && r->type != NBD_CMD_TRIM ? NBD_ENOSPC : NBD_EINVAL,
+                           "request beyond the end of the export");
+    }
+    switch (r->type) {
+    case NBD_CMD_READ: {
+        if (r->len > NBD_MAX_PAYLOAD) {
+            return reply_error(c, r, NBD_EINVAL, "read request too large");
+        }
+        if (fua && (ret = vd_flush(d)) < 0) {
+            return reply_error(c, r, nbd_errno(-ret), "flush failed");
+        }
+        uint8_t *buf = r->len ? malloc(r->len) : NULL;
+        if (r->len && !buf) {
+            return reply_error(c, r, NBD_ENOMEM, "out of memory");
+        }
+        ret = r->len ? vd_pread(d, buf, r->len, r->off) : 0;
+        int w = ret < 0 ? reply_error(c, r, nbd_errno(-ret), "read failed")
+                        : reply_read(c, r, buf);
+        free(buf);
+        return w;
+    }
+    case NBD_CMD_WRITE:
+        ret = r->len ? vd_pwrite(d, r->data, r->len, r->off, fua ? VD_REQ_FUA : 0) : 0;
+        break;
+    case NBD_CMD_FLUSH:
+        ret = vd_flush(d);
+        break;
+    case NBD_CMD_TRIM:
+        ret = r->len ? vd_pdiscard(d, r->off, r->len) : 0;
+        if (ret == 0 && fua) {
+            ret = vd_flush(d);
+        }
+        break;
+    case NBD_CMD_CACHE:
+        ret = 0;   /* a hint; the page cache already holds what was read */
+        break;
+    case NBD_CMD_WRITE_ZEROES: {
+        unsigned f = (r->flags & NBD_CMD_FLAG_NO_HOLE ? 0 : VD_REQ_MAY_UNMAP) |
+                     (fua ? VD_REQ_FUA : 0) |
+                     (r->flags & NBD_CMD_FLAG_FAST_ZERO ? VD_REQ_NO_FALLBACK : 0);
+        ret = r->len ? vd_pwrite_zeroes(d, r->off, r->len, f) : 0;
+        if (ret == -ENOTSUP && !(r->flags & NBD_CMD_FLAG_FAST_ZERO)) {
+            ret = -EIO;   /* ENOTSUP is only for FAST_ZERO */
+        }
+        break;
+    }
+    case NBD_CMD_BLOCK_STATUS:
+        if (!c->structured || !c->meta_base) {
+            return reply_error(c, r, NBD_EINVAL, "no metadata context negotiated");
+        }
+        if (r->len == 0) {
+            return reply_error(c, r, NBD_EINVAL, "need non-zero length");
+        }
+        return reply_block_status(c, r);
+    default:
+        return reply_error(c, r, NBD_EINVAL, "unknown command");
+    }
+    if (ret < 0) {
+        return reply_error(c, r, nbd_errno(-ret), strerror(-ret));
+    }
+    return reply_simple(c, r->cookie, 0, NULL, 0);
+}
+
+void nbd_req_run(nbd_req *r)
+{
+    nbd_conn *c = r->c;
+    uint32_t bytes = r->type == NBD_CMD_READ || r->type == NBD_CMD_WRITE ? r->len : 0;
+    if (c->closing && !c->write_failed) {
+        reply_error(c, r, NBD_ESHUTDOWN, "server shutting down");
+    } else {
+        run(c, r);
+    }
+    free(r->data);
+    free(r);
+    nbd_request_done(c->srv, c, bytes);
+}
+
+/* ---- the connection thread -------------------------------------------------------------------- */
+
+static void transmission(nbd_conn *c)
+{
+    for (;;) {
+        uint8_t h[28];
+        if (conn_read(c, h, sizeof(h), 0) < 0 || get32(h) != NBD_REQUEST_MAGIC) {
+            return;
+        }
+        nbd_req *r = calloc(1, sizeof(*r));
+        if (!r) {
+            return;
+        }
+        r->c = c;
+        r->flags = get16(h + 4);
+        r->type = get16(h + 6);
+        r->cookie = get64(h + 8);
+        r->off = get64(h + 16);
+        r->len = get32(h + 24);
+        if (r->type == NBD_CMD_DISC) {
+            free(r);
+            return;
+        }
+        if (r->type == NBD_CMD_WRITE && r->len) {
+            /* The payload is always consumed, or the stream loses its framing. */
+            if (r->len > NBD_MAX_PAYLOAD) {
+                if (conn_skip(c, r->len, 0) < 0) {
+                    free(r);
+                    return;
+                }
+                r->early_err = NBD_EINVAL;
+                r->len = 0;
+            } else {
+                r->data = malloc(r->len);
+                if (!r->data || conn_read(c, r->data, r->len, 0) < 0) {
+                    free(r->data);
+                    free(r);
+                    return;
+                }
+            }
+        }
+        nbd_queue_request(c->srv, r);
+    }
+}
+
+void *nbd_conn_main(void *arg)
+{
+    nbd_conn *c = arg;
+    vd_nbd_server *s = c->srv;
+    if (negotiate(c) == 0) {
+        transmission(c);
+    }
+    /* Wait for the requests in flight: their replies still go out. */
+    pthread_mutex_lock(&s->lock);
+    while (c->inflight) {
+        pthread_cond_wait(&s->cond, &s->lock);
+    }
+    if (c->exp) {
+        c->exp->clients--;
+        nbd_export_unref_locked(s, c->exp);
+        c->exp = NULL;
+    }
+    if (c->prev) {
+        c->prev->next = c->next;
+    } else {
+        s->conns = c->next;
+    }
+    if (c->next) {
+        c->next->prev = c->prev;
+    }
+    s->nb_conns--;
+    pthread_cond_broadcast(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+    if (c->tls) {
+        nbd_tls_free(c->tls);
+    }
+    close(c->fd);
+    pthread_mutex_destroy(&c->wlock);
+    free(c->meta_export);
+    free(c);
+    return NULL;
+}

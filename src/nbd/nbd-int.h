@@ -1,0 +1,117 @@
+/* Private state of the NBD server, shared by server.c (listeners, exports, worker pool),
+ * conn.c (one client: handshake and transmission) and tls.c (GnuTLS sessions). */
+#ifndef VD_NBD_INT_H
+#define VD_NBD_INT_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "vdisk/nbd.h"
+
+typedef struct nbd_export {
+    char *name;
+    char *description;
+    vd_disk *disk;
+    bool writable;
+    unsigned clients;            /* connections in transmission on it */
+    unsigned refs;               /* the registry's + one per connection using it */
+    bool removed;                /* no longer listed; hard removal closes its clients */
+    struct nbd_export *next;
+} nbd_export;
+
+typedef struct nbd_conn nbd_conn;
+
+/* One request in flight, from the reader to a worker. */
+typedef struct nbd_req {
+    nbd_conn *c;
+    uint16_t flags;
+    uint16_t type;
+    uint64_t cookie;
+    uint64_t off;
+    uint32_t len;
+    uint8_t *data;               /* the WRITE payload */
+    int early_err;               /* > 0: reply this NBD error without running it */
+    struct nbd_req *next;
+} nbd_req;
+
+typedef struct nbd_tls nbd_tls;
+
+struct nbd_conn {
+    vd_nbd_server *srv;
+    int fd;
+    nbd_tls *tls;                /* set once STARTTLS succeeded */
+    pthread_t thread;
+    pthread_mutex_t wlock;       /* one reply on the wire at a time */
+    bool write_failed;
+
+    /* Negotiated state. */
+    bool fixed;
+    bool no_zeroes;
+    bool structured;
+    bool meta_base;              /* base:allocation selected ... */
+    char *meta_export;           /* ... for this export name */
+    nbd_export *exp;             /* the export in transmission (a reference held) */
+
+    /* Requests queued or running (under srv->lock). */
+    unsigned inflight;
+    uint64_t inflight_bytes;
+    bool closing;                /* shut down: replies fail with ESHUTDOWN */
+    struct nbd_conn *prev, *next;
+};
+
+typedef struct nbd_listener {
+    int fd;
+    char *unix_path;             /* removed at free */
+} nbd_listener;
+
+struct vd_nbd_server {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;         /* connections gone, requests done, queue not full */
+    unsigned max_connections;
+    vd_tls_creds *tls;
+
+    nbd_export *exports;         /* in order of addition */
+
+    nbd_listener *listeners;
+    size_t nb_listeners;
+    int wake[2];                 /* wakes the accept thread (new listener, stop) */
+    pthread_t accept_thread;
+    bool stopping;
+
+    nbd_conn *conns;
+    unsigned nb_conns;
+    uint64_t nb_accepted;
+
+    /* The worker pool: requests of every connection, first come first served. */
+    pthread_t *workers;
+    unsigned nb_workers;
+    nbd_req *q_head, *q_tail;
+    pthread_cond_t q_cond;
+};
+
+/* conn.c: serves one accepted socket until the client leaves or the server stops; runs
+ * on its own thread, and frees the connection at the end. */
+void *nbd_conn_main(void *arg);
+/* Executes one request and sends its reply (worker threads). */
+void nbd_req_run(nbd_req *r);
+
+/* server.c */
+nbd_export *nbd_export_find_locked(vd_nbd_server *s, const char *name);
+void nbd_export_unref_locked(vd_nbd_server *s, nbd_export *e);
+/* Queues a request for the workers; waits while the connection has too much in flight. */
+void nbd_queue_request(vd_nbd_server *s, nbd_req *r);
+/* Called by a worker when a request is done (its reply sent or given up). */
+void nbd_request_done(vd_nbd_server *s, nbd_conn *c, uint32_t bytes);
+
+/* tls.c: a server-side TLS session on fd (handshake done, peer verified when asked). */
+int nbd_tls_start(vd_tls_creds *creds, int fd, int timeout_ms, nbd_tls **out,
+                  char *err, size_t errlen);
+ssize_t nbd_tls_recv(nbd_tls *t, void *buf, size_t len);
+ssize_t nbd_tls_send(nbd_tls *t, const void *buf, size_t len);
+bool nbd_tls_pending(nbd_tls *t);
+void nbd_tls_free(nbd_tls *t);
+
+#endif
