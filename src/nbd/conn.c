@@ -893,7 +893,14 @@ static void transmission(nbd_conn *c)
                 }
             }
         }
-        nbd_queue_request(c->srv, r);
+        if (r->type == NBD_CMD_WRITE) {
+            /* Writes to one file take turns in the kernel anyway: running them here
+             * saves two thread switches per request. Reads and the rest go to the
+             * workers, so a slow one does not hold up the requests behind it. */
+            nbd_run_now(c->srv, r);
+        } else {
+            nbd_queue_request(c->srv, r);
+        }
     }
 }
 

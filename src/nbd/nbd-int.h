@@ -103,6 +103,8 @@ nbd_export *nbd_export_find_locked(vd_nbd_server *s, const char *name);
 void nbd_export_unref_locked(vd_nbd_server *s, nbd_export *e);
 /* Queues a request for the workers; waits while the connection has too much in flight. */
 void nbd_queue_request(vd_nbd_server *s, nbd_req *r);
+/* Runs a request on the calling (reader) thread, counted as in flight like a queued one. */
+void nbd_run_now(vd_nbd_server *s, nbd_req *r);
 /* Called by a worker when a request is done (its reply sent or given up). */
 void nbd_request_done(vd_nbd_server *s, nbd_conn *c, uint32_t bytes);
 

@@ -80,6 +80,16 @@ void nbd_queue_request(vd_nbd_server *s, nbd_req *r)
     pthread_mutex_unlock(&s->lock);
 }
 
+void nbd_run_now(vd_nbd_server *s, nbd_req *r)
+{
+    uint32_t bytes = r->type == NBD_CMD_READ || r->type == NBD_CMD_WRITE ? r->len : 0;
+    pthread_mutex_lock(&s->lock);
+    r->c->inflight++;
+    r->c->inflight_bytes += bytes;
+    pthread_mutex_unlock(&s->lock);
+    nbd_req_run(r);
+}
+
 void nbd_request_done(vd_nbd_server *s, nbd_conn *c, uint32_t bytes)
 {
     pthread_mutex_lock(&s->lock);
