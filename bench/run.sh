@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Runs the vdisk benchmarks side by side with qemu-img and writes the results table
 # (bench/results.md; quick runs go to $BENCH_DIR instead). Usage: bench/run.sh [CASE...]
-# Cases: alloc-write alloc-read seq convert create compress codec (the default set),
+# Cases: alloc-write alloc-read seq convert create compress codec snapshot nbd (the default set),
 # create-full, compress-zlib, compress-zstd (one compression type only).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-all_cases=(alloc-write alloc-read seq convert create compress codec create-full
+all_cases=(alloc-write alloc-read seq convert create compress codec snapshot nbd create-full
     compress-zlib compress-zstd)
-default_cases=(alloc-write alloc-read seq convert create compress codec)
+default_cases=(alloc-write alloc-read seq convert create compress codec snapshot nbd)
 
 usage() {
     sed -n '2,5s/^# \{0,1\}//p' "$0"

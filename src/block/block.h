@@ -145,6 +145,10 @@ struct vd_node {
     vd_node *overlay;       /* the node that opened this one as its backing, if any */
     pthread_mutex_t rmw_lock; /* serialises read-modify-write of unaligned writes */
     int compress_level;     /* for compressed writes; VD_COMPRESSION_LEVEL_DEFAULT */
+    /* Protocol nodes: something was written since the last successful flush. A flush
+     * with nothing to make durable is skipped: it costs a sync, and after an operation
+     * that ended with one (a snapshot, say) it could only fail for nothing. */
+    bool unflushed;
 };
 
 /* Opens a node graph for filename: a file node, then the format node (probed when

@@ -129,6 +129,7 @@ int vd_node_pwrite(vd_node *n, const void *buf, uint64_t len, uint64_t off, unsi
     if (ret < 0) {
         return ret;
     }
+    __atomic_store_n(&n->unflushed, true, __ATOMIC_RELAXED);
     if (is_aligned(n, off, len, buf)) {
         return split_pwrite(n, buf, len, off, flags);
     }
@@ -167,6 +168,7 @@ int vd_node_pwrite_zeroes(vd_node *n, uint64_t off, uint64_t len, unsigned flags
     if (ret < 0) {
         return ret;
     }
+    __atomic_store_n(&n->unflushed, true, __ATOMIC_RELAXED);
     ret = -ENOTSUP;
     if (n->drv->pwrite_zeroes) {
         ret = n->drv->pwrite_zeroes(n, off, len, flags);
@@ -203,6 +205,7 @@ int vd_node_pdiscard(vd_node *n, uint64_t off, uint64_t len)
     if (ret < 0) {
         return ret;
     }
+    __atomic_store_n(&n->unflushed, true, __ATOMIC_RELAXED);
     if (!n->drv->pdiscard) {
         return 0;  /* discard is advisory */
     }
@@ -219,6 +222,7 @@ int vd_node_pwrite_compressed(vd_node *n, const void *buf, uint64_t len, uint64_
     if (ret < 0) {
         return ret;
     }
+    __atomic_store_n(&n->unflushed, true, __ATOMIC_RELAXED);
     if (!n->drv->pwrite_compressed) {
         vd_set_io_error("%s: the %s format does not support compressed writes", n->filename,
                         n->drv->name);
@@ -233,7 +237,17 @@ int vd_node_flush(vd_node *n)
     if (!(n->open_flags & VD_OPEN_RDWR) || !n->drv->flush) {
         return 0;
     }
-    return n->drv->flush(n);
+    if (n->drv->is_format) {
+        return n->drv->flush(n);   /* its caches decide; its file's flush may be skipped */
+    }
+    if (!__atomic_exchange_n(&n->unflushed, false, __ATOMIC_ACQ_REL)) {
+        return 0;
+    }
+    int ret = n->drv->flush(n);
+    if (ret < 0) {
+        __atomic_store_n(&n->unflushed, true, __ATOMIC_RELAXED);
+    }
+    return ret;
 }
 
 int vd_node_block_status(vd_node *n, uint64_t off, uint64_t len, vd_node_status *st)
@@ -272,6 +286,7 @@ int vd_node_truncate(vd_node *n, uint64_t size, bool shrink, const char *preallo
         return vd_error_set(errp, VD_ERR_INVALID, EINVAL,
                             "Use the --shrink option to perform a shrink operation.");
     }
+    __atomic_store_n(&n->unflushed, true, __ATOMIC_RELAXED);
     return n->drv->truncate(n, size, shrink, prealloc ? prealloc : "off", errp);
 }
 

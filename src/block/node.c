@@ -275,8 +275,8 @@ static int node_close(vd_node *n, bool flush)
         return 0;
     }
     int ret = 0;
-    if (flush && (n->open_flags & VD_OPEN_RDWR) && n->drv->flush) {
-        ret = n->drv->flush(n);
+    if (flush) {
+        ret = vd_node_flush(n);
     }
     if (n->drv->close) {
         n->drv->close(n);

@@ -7,12 +7,15 @@
 #include <string.h>
 
 #include "cli/cli-util.h"
+#include "vdisk/snapshot.h"
 
 /* One image of the listing: the library's info plus the names as qemu-img shows them. */
 typedef struct image_entry {
     char *filename;
     char *full_backing;  /* NULL without a backing file */
     vd_image_info info;
+    vd_snapshot_info *snaps;
+    size_t nb_snaps;
 } image_entry;
 
 /* The "format-specific" object of a qcow2 image, members in QEMU's field order. */
@@ -54,6 +57,25 @@ static cli_json *entry_json(const image_entry *en)
     if (info->backing_format) {
         cli_json_add_str(o, "backing-filename-format", info->backing_format);
     }
+    if (en->nb_snaps) {
+        cli_json *arr = cli_json_array();
+        for (size_t i = 0; i < en->nb_snaps; i++) {
+            const vd_snapshot_info *sn = &en->snaps[i];
+            cli_json *so = cli_json_object();
+            cli_json_add_str(so, "id", sn->id);
+            cli_json_add_str(so, "name", sn->name);
+            cli_json_add_int(so, "vm-state-size", (int64_t)sn->vm_state_size);
+            cli_json_add_int(so, "date-sec", sn->date_sec);
+            cli_json_add_int(so, "date-nsec", sn->date_nsec);
+            cli_json_add_int(so, "vm-clock-sec", (int64_t)(sn->vm_clock_nsec / 1000000000u));
+            cli_json_add_int(so, "vm-clock-nsec", (int64_t)(sn->vm_clock_nsec % 1000000000u));
+            if (sn->icount != -1) {
+                cli_json_add_int(so, "icount", sn->icount);
+            }
+            cli_json_add(arr, NULL, so);
+        }
+        cli_json_add(o, "snapshots", arr);
+    }
     if (info->is_qcow2) {
         cli_json *spec = cli_json_object();
         cli_json_add_str(spec, "type", "qcow2");
@@ -93,6 +115,10 @@ static void dump_human(const image_entry *en)
     if (info->backing_format) {
         printf("backing file format: %s\n", info->backing_format);
     }
+    if (en->nb_snaps) {
+        printf("Snapshot list:\n");
+        cli_print_snapshot_table(en->snaps, en->nb_snaps);
+    }
     if (info->is_qcow2) {
         cli_json *data = qcow2_specific(info);
         printf("Format specific information:\n");
@@ -107,6 +133,7 @@ static void free_entries(image_entry *list, size_t n)
         free(list[i].filename);
         free(list[i].full_backing);
         vd_image_info_clear(&list[i].info);
+        vd_snapshot_list_free(list[i].snaps, list[i].nb_snaps);
     }
     free(list);
 }
@@ -146,6 +173,12 @@ static int collect(vd_engine *e, const char *filename, const char *fmt, bool cha
             cli_report_err_for(verr, name, NULL);
             vd_close(d);
             goto err;
+        }
+        /* A table that cannot be read is reported by check; info shows what it can. */
+        if (vd_snapshot_list(d, &en->snaps, &en->nb_snaps, &verr) < 0) {
+            vd_error_free(verr);
+            en->snaps = NULL;
+            en->nb_snaps = 0;
         }
         vd_close(d);
         en->filename = name;

@@ -74,6 +74,10 @@ static const char help_text[] =
     "filename\n"
     "  measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [-f fmt] "
     "filename]\n"
+    "  snapshot [-U] [-q] [-f fmt] [-l | -a snapshot | -c snapshot | -d snapshot] filename\n"
+    "  snapshot [-q] [-f fmt] (-c [snapshot] | -d snapshot) filename [filename2 [...]]\n"
+    "  nbd [-f fmt] [-r] [-t] [-k socket | -p port -b addr] [-x name] [-e shared] "
+    "filename\n"
     "  rebase [-U] [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] -b backing_file "
     "[-F backing_fmt] filename\n"
     "  resize [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size\n"
@@ -127,6 +131,18 @@ static const char help_text[] =
     "       compression type (default 6), 1 to 22 for zstd (default 3); the type is\n"
     "       chosen with -o compression_type=zlib|zstd (vdisk only; not in qemu-img)\n"
     "\n"
+    "Parameters to snapshot subcommand:\n"
+    "  'snapshot' is the name of the snapshot to create, apply or delete\n"
+    "  '-a' applies a snapshot (revert disk to saved state)\n"
+    "  '-c' creates a snapshot\n"
+    "  '-d' deletes a snapshot\n"
+    "  '-l' lists all snapshots in the given image\n"
+    "  With several filenames (vdisk only), '-c' takes one snapshot of all the images and\n"
+    "       '-d' deletes it from all of them, as one all-or-nothing step: if any image\n"
+    "       fails, none changes. The name may be left out for '-c' (when the word after\n"
+    "       '-c' is an existing file, it is the first image); the snapshot is then named\n"
+    "       vm-YYYYMMDDHHMMSS from the group's time, which all the images share.\n"
+    "\n"
     "Parameters to compare subcommand:\n"
     "  '-f' first image format\n"
     "  '-F' second image format\n"
@@ -157,8 +173,10 @@ static const verb verbs[] = {
     {"io", cmd_io},
     {"map", cmd_map},
     {"measure", cmd_measure},
+    {"nbd", cmd_nbd},
     {"rebase", cmd_rebase},
     {"resize", cmd_resize},
+    {"snapshot", cmd_snapshot},
 };
 
 int main(int argc, char **argv)

@@ -374,6 +374,8 @@ static void test_external_commit_fails(void **state)
     char *spec = NULL;
     assert_true(asprintf(&spec, "blkdebug:flush#1=EIO:%s", b2) > 0);
     d2 = open_image(e, spec, VD_OPEN_RDWR);
+    /* Something to flush: a flush with nothing written since the last one is skipped. */
+    write_pattern(d2, 64 << 10, 4096, 0x73);
 
     vd_action acts[2] = {
         {.kind = VD_ACTION_SNAPSHOT_EXTERNAL, .disk = d1, .overlay = o1},

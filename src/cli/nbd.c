@@ -1,0 +1,395 @@
+/* `vdisk nbd`: exports one image over NBD with qemu-nbd's options (server mode only; no
+ * kernel /dev/nbd device). Without -t it exits when the last client has gone, as qemu-nbd
+ * does; SIGINT and SIGTERM flush and close the image. */
+#include <errno.h>
+#include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli/cli-util.h"
+#include "vdisk/nbd.h"
+
+enum {
+    OPT_OBJECT = 300,
+    OPT_TLS_CREDS,
+    OPT_FORK,
+    OPT_PID_FILE,
+    OPT_CACHE,
+    OPT_DISCARD,
+    OPT_IMAGE_OPTS,
+    OPT_AIO,
+    OPT_DETECT_ZEROES,
+};
+
+static const char nbd_help[] =
+    "Usage: vdisk nbd [OPTIONS] FILE\n"
+    "Exports FILE (a disk image) over NBD, as qemu-nbd does.\n"
+    "\n"
+    "  -h, --help                display this help and exit\n"
+    "  -V, --version             output version information and exit\n"
+    "\n"
+    "Connection properties:\n"
+    "  -p, --port=PORT           port to listen on (default `10809')\n"
+    "  -b, --bind=IFACE          interface to bind to (default `0.0.0.0')\n"
+    "  -k, --socket=PATH         path to the unix socket (no TCP listener then)\n"
+    "  -e, --shared=NUM          device can be shared by NUM clients (default '1';\n"
+    "                            0 = unlimited)\n"
+    "  -t, --persistent          don't exit on the last connection\n"
+    "  -v, --verbose             accepted for compatibility\n"
+    "  -x, --export-name=NAME    expose export by name (default is empty string)\n"
+    "  -D, --description=TEXT    export a human-readable description\n"
+    "\n"
+    "General purpose options:\n"
+    "  --object type,id=ID,...   tls-creds-x509,id=ID,dir=DIR,endpoint=server[,verify-peer=on]\n"
+    "                            or tls-creds-psk,id=ID,dir=DIR,endpoint=server\n"
+    "  --tls-creds=ID            use id of an earlier --object to provide TLS\n"
+    "  --fork                    fork off the server process and exit the parent\n"
+    "                            once the server is running\n"
+    "  --pid-file=PATH           store the server's process ID in the given file\n"
+    "\n"
+    "Block device options:\n"
+    "  -f, --format=FORMAT       set image format (raw, qcow2, ...)\n"
+    "  -r, --read-only           export read-only\n"
+    "  -n, --nocache             disable host cache\n"
+    "      --cache=MODE          set cache mode (none, writeback, writethrough,\n"
+    "                            directsync, unsafe)\n"
+    "      --discard=MODE        set discard mode (ignore, unmap)\n";
+
+typedef struct tls_object {
+    char *id;
+    vd_tls_creds *creds;
+} tls_object;
+
+/* --object tls-creds-x509,id=..,dir=..,endpoint=server[,verify-peer=on|off] (or -psk). */
+static int add_object(const char *arg, tls_object **objs, size_t *nb)
+{
+    vd_opts *o = vd_opts_new();
+    vd_error *err = NULL;
+    const char *type = NULL;
+    /* The leading word is the type, as qemu's "qom-type" shortcut. */
+    char *copy = strdup(arg);
+    if (!copy) {
+        abort();
+    }
+    char *comma = strchr(copy, ',');
+    if (comma) {
+        *comma = '\0';
+    }
+    type = copy;
+    if (strchr(type, '=')) {
+        fprintf(stderr, "vdisk: --object: the first item must be the object type\n");
+        free(copy);
+        vd_opts_free(o);
+        return -1;
+    }
+    if (comma && vd_opts_parse(o, comma + 1, &err) < 0) {
+        cli_report_err(err, "--object: ");
+        free(copy);
+        vd_opts_free(o);
+        return -1;
+    }
+    const char *id = vd_opts_get(o, "id"), *dir = vd_opts_get(o, "dir");
+    const char *endpoint = vd_opts_get(o, "endpoint");
+    int ret = 0;
+    vd_tls_creds *creds = NULL;
+    if (!id) {
+        fprintf(stderr, "vdisk: Parameter 'id' is missing\n");
+        ret = -1;
+    } else if (strcmp(type, "tls-creds-x509") && strcmp(type, "tls-creds-psk")) {
+        fprintf(stderr, "vdisk: invalid object type: %s\n", type);
+        ret = -1;
+    } else if (endpoint && strcmp(endpoint, "server")) {
+        fprintf(stderr, "vdisk: Expecting TLS credentials with a server endpoint\n");
+        ret = -1;
+    } else if (!strcmp(type, "tls-creds-x509")) {
+        bool verify = false;
+        ret = vd_opts_get_bool(o, "verify-peer", false, &verify, &err);
+        if (ret == 0) {
+            ret = vd_tls_creds_new_x509(id, dir, verify, &creds, &err);
+        }
+    } else {
+        ret = vd_tls_creds_new_psk(id, dir, &creds, &err);
+    }
+    if (ret < 0 && err) {
+        cli_report_err(err, "%s", "");
+    }
+    if (ret == 0) {
+        tls_object *n = realloc(*objs, (*nb + 1) * sizeof(**objs));
+        if (!n) {
+            abort();
+        }
+        *objs = n;
+        n[*nb].id = strdup(id);
+        n[*nb].creds = creds;
+        (*nb)++;
+    }
+    free(copy);
+    vd_opts_free(o);
+    return ret < 0 ? -1 : 0;
+}
+
+/* --fork: the child serves; the parent exits once the child listens (or failed). */
+static int fork_server(int *notify_fd)
+{
+    int p[2];
+    if (pipe(p) < 0) {
+        perror("vdisk: pipe");
+        return -1;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        perror("vdisk: fork");
+        return -1;
+    }
+    if (pid > 0) {
+        close(p[1]);
+        char c = 1;
+        ssize_t r = read(p[0], &c, 1);
+        _exit(r == 1 && c == 0 ? 0 : 1);
+    }
+    close(p[0]);
+    setsid();
+    *notify_fd = p[1];
+    return 0;
+}
+
+int cmd_nbd(int argc, char **argv)
+{
+    static const struct option long_options[] = {
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
+        {"port", required_argument, NULL, 'p'},
+        {"bind", required_argument, NULL, 'b'},
+        {"socket", required_argument, NULL, 'k'},
+        {"shared", required_argument, NULL, 'e'},
+        {"persistent", no_argument, NULL, 't'},
+        {"verbose", no_argument, NULL, 'v'},
+        {"export-name", required_argument, NULL, 'x'},
+        {"description", required_argument, NULL, 'D'},
+        {"format", required_argument, NULL, 'f'},
+        {"read-only", no_argument, NULL, 'r'},
+        {"nocache", no_argument, NULL, 'n'},
+        {"cache", required_argument, NULL, OPT_CACHE},
+        {"discard", required_argument, NULL, OPT_DISCARD},
+        {"aio", required_argument, NULL, OPT_AIO},
+        {"detect-zeroes", required_argument, NULL, OPT_DETECT_ZEROES},
+        {"object", required_argument, NULL, OPT_OBJECT},
+        {"tls-creds", required_argument, NULL, OPT_TLS_CREDS},
+        {"fork", no_argument, NULL, OPT_FORK},
+        {"pid-file", required_argument, NULL, OPT_PID_FILE},
+        {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS},
+        {NULL, 0, NULL, 0},
+    };
+    const char *port = NULL, *bind_addr = NULL, *sock = NULL, *name = "", *desc = NULL;
+    const char *fmt = NULL, *tls_id = NULL, *pid_file = NULL;
+    unsigned shared = 1;
+    bool persistent = false, readonly = false, do_fork = false;
+    unsigned flags = 0;
+    tls_object *objs = NULL;
+    size_t nb_objs = 0;
+    int c, status = 1;
+
+    while ((c = getopt_long(argc, argv, ":hVp:b:k:e:tvx:D:f:rn", long_options, NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            fputs(nbd_help, stdout);
+            return 0;
+        case 'V':
+            printf("vdisk nbd version " VDISK_VERSION "\n");
+            return 0;
+        case 'p': {
+            char *end;
+            long v = strtol(optarg, &end, 0);
+            if (*end || v < 1 || v > 65535) {
+                cli_error_exit("Invalid port number `%s'", optarg);
+            }
+            port = optarg;
+            break;
+        }
+        case 'b':
+            bind_addr = optarg;
+            break;
+        case 'k':
+            sock = optarg;
+            break;
+        case 'e': {
+            char *end;
+            long v = strtol(optarg, &end, 0);
+            if (*end || v < 0 || v > 65536) {
+                cli_error_exit("Invalid shared device number '%s'", optarg);
+            }
+            shared = (unsigned)v;
+            break;
+        }
+        case 't':
+            persistent = true;
+            break;
+        case 'v':
+            break;
+        case 'x':
+            name = optarg;
+            if (strlen(name) > 4096) {
+                cli_error_exit("export name '%s' too long", name);
+            }
+            break;
+        case 'D':
+            desc = optarg;
+            if (strlen(desc) > 4096) {
+                cli_error_exit("export description '%s' too long", desc);
+            }
+            break;
+        case 'f':
+            fmt = optarg;
+            break;
+        case 'r':
+            readonly = true;
+            break;
+        case 'n':
+            flags |= VD_OPEN_NOCACHE;
+            break;
+        case OPT_CACHE: {
+            unsigned cf = 0;
+            if (cli_parse_cache(optarg, &cf) < 0) {
+                cli_error_exit("Invalid cache mode '%s'", optarg);
+            }
+            flags |= cf;
+            break;
+        }
+        case OPT_DISCARD:
+            if (!strcmp(optarg, "unmap") || !strcmp(optarg, "on")) {
+                flags |= VD_OPEN_UNMAP;
+            } else if (strcmp(optarg, "ignore") && strcmp(optarg, "off")) {
+                cli_error_exit("Invalid discard option `%s'", optarg);
+            }
+            break;
+        case OPT_AIO:
+        case OPT_DETECT_ZEROES:
+            break;   /* accepted: our I/O path has no such choices */
+        case OPT_OBJECT:
+            if (add_object(optarg, &objs, &nb_objs) < 0) {
+                goto out;
+            }
+            break;
+        case OPT_TLS_CREDS:
+            tls_id = optarg;
+            break;
+        case OPT_FORK:
+            do_fork = true;
+            break;
+        case OPT_PID_FILE:
+            pid_file = optarg;
+            break;
+        case OPT_IMAGE_OPTS:
+            cli_error_exit("--image-opts is not supported");
+        default:
+            cli_bad_option(c, argv);
+        }
+    }
+    if (optind != argc - 1) {
+        cli_error_exit("Invalid number of arguments");
+    }
+    const char *file = argv[optind];
+    vd_tls_creds *tls = NULL;
+    if (tls_id) {
+        for (size_t i = 0; i < nb_objs; i++) {
+            if (!strcmp(objs[i].id, tls_id)) {
+                tls = objs[i].creds;
+            }
+        }
+        if (!tls) {
+            fprintf(stderr, "vdisk: Failed to get TLS creds: No TLS credentials with id "
+                            "'%s'\n", tls_id);
+            goto out;
+        }
+    }
+
+    int notify = -1;
+    if (do_fork && fork_server(&notify) < 0) {
+        goto out;
+    }
+    /* Signals are taken synchronously by this thread only. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+
+    vd_engine *e = vd_engine_new();
+    vd_disk *d = NULL;
+    vd_nbd_server *srv = NULL;
+    vd_error *err = NULL;
+    if (cli_open(e, file, fmt, flags | (readonly ? 0 : VD_OPEN_RDWR), &d) < 0) {
+        goto done;
+    }
+    vd_nbd_server_opts so = {.max_connections = shared, .tls = tls};
+    if (vd_nbd_server_new(&so, &srv, &err) < 0) {
+        cli_report_err(err, "%s", "");
+        goto done;
+    }
+    vd_nbd_export_opts eo = {.name = name, .description = desc, .disk = d,
+                             .writable = !readonly};
+    int ret = vd_nbd_export_add(srv, &eo, &err);
+    if (ret == 0) {
+        ret = sock ? vd_nbd_server_listen_unix(srv, sock, &err)
+                   : vd_nbd_server_listen_inet(srv, bind_addr ? bind_addr : "0.0.0.0",
+                                               port ? port : "10809", &err);
+    }
+    if (ret < 0) {
+        cli_report_err(err, "%s", "");
+        goto done;
+    }
+    if (pid_file) {
+        FILE *f = fopen(pid_file, "w");
+        if (!f || fprintf(f, "%d\n", (int)getpid()) < 0 || fclose(f) != 0) {
+            fprintf(stderr, "vdisk: Failed to write pid file '%s': %s\n", pid_file,
+                    strerror(errno));
+            goto done;
+        }
+    }
+    if (notify >= 0) {
+        char ok = 0;
+        ssize_t w = write(notify, &ok, 1);
+        (void)w;
+        close(notify);
+        notify = -1;
+    }
+    status = 0;
+    for (;;) {
+        struct timespec ts = {0, 100 * 1000 * 1000};
+        int sig = sigtimedwait(&set, NULL, &ts);
+        if (sig > 0) {
+            break;
+        }
+        unsigned open;
+        uint64_t accepted;
+        vd_nbd_server_counts(srv, &open, &accepted);
+        if (!persistent && accepted > 0 && open == 0) {
+            break;
+        }
+    }
+done:
+    vd_nbd_server_free(srv);
+    if (d && vd_close(d) < 0) {
+        status = 1;
+    }
+    vd_engine_free(e);
+    if (pid_file && status == 0) {
+        unlink(pid_file);
+    }
+    if (notify >= 0) {
+        close(notify);   /* the parent sees no byte: failure */
+    }
+out:
+    for (size_t i = 0; i < nb_objs; i++) {
+        vd_tls_creds_free(objs[i].creds);
+        free(objs[i].id);
+    }
+    free(objs);
+    return status;
+}
