@@ -69,6 +69,10 @@ typedef struct vd_action {
                               * undone, so it runs after every other action prepared. */
     const void *vm_state;    /* internal: optional VM state */
     uint64_t vm_state_size;
+    /* internal: stored as given. qemu-img writes vm_clock 0 and icount 0; QEMU's QMP
+     * commands write the guest clock and icount -1 (no record/replay). */
+    uint64_t vm_clock_nsec;
+    int64_t icount;
     const char *overlay;     /* external: the new overlay file */
     const char *overlay_format; /* external: NULL = "qcow2" */
 } vd_action;

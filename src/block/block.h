@@ -31,6 +31,7 @@ typedef struct vd_snap_params {
     const char *name;
     uint32_t date_sec, date_nsec;
     uint64_t vm_clock_nsec;
+    int64_t icount;              /* -1: none */
     const void *vm_state;        /* may be NULL when vm_state_size is 0 */
     uint64_t vm_state_size;
     bool replace;                /* a same-named snapshot is deleted at commit */

@@ -101,7 +101,8 @@ int vd_transaction(const vd_action *acts, size_t n, vd_error **errp)
             s->params.name = acts[i].name ? acts[i].name : auto_name;
             s->params.date_sec = sec;
             s->params.date_nsec = nsec;
-            s->params.vm_clock_nsec = 0;
+            s->params.vm_clock_nsec = acts[i].vm_clock_nsec;
+            s->params.icount = acts[i].icount;
             s->params.vm_state = acts[i].vm_state;
             s->params.vm_state_size = acts[i].vm_state_size;
             s->params.replace = acts[i].replace;

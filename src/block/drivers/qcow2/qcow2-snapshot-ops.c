@@ -660,7 +660,7 @@ static int create_prepare_locked(qcow2_state *s, const vd_snap_params *p, snap_t
     e->vm_clock_nsec = p->vm_clock_nsec;
     e->vm_state_size = p->vm_state_size;
     e->disk_size = s->node->size;
-    e->icount = 0;   /* what qemu-img and QMP write: neither sets it */
+    e->icount = p->icount;
     uint32_t k = 0;
     for (uint32_t i = 0; i < t->old_nb; i++) {
         if ((int)i != same) {

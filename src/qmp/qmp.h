@@ -1,0 +1,81 @@
+/* QMP, QEMU's JSON control protocol, for vdiskd: the monitor server (greeting, capability
+ * negotiation, execute/arguments/id, return/error, timestamped events) and the command
+ * table every command is described in once — argument checking, dispatch and the
+ * reference in the README all come from it. */
+#ifndef VD_QMP_H
+#define VD_QMP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <json-c/json.h>
+
+#include "vdisk/vdisk.h"
+
+#ifndef VDISK_VERSION_STR
+#define VDISK_VERSION_STR "0.1.0"
+#endif
+
+/* Argument types, checked before a handler runs (QEMU's words in the errors). */
+typedef enum {
+    QMP_STR,
+    QMP_INT,
+    QMP_BOOL,
+    QMP_OBJ,
+    QMP_ARRAY,
+    QMP_ANY,
+} qmp_type;
+
+typedef struct qmp_arg {
+    const char *name;
+    qmp_type type;
+    bool optional;
+    const char *doc;
+} qmp_arg;
+
+typedef struct qmp_session qmp_session;
+
+/* A handler returns 0 with *ret set (NULL = {}), or fails with *errp set. args is the
+ * checked "arguments" object (never NULL). */
+typedef int (*qmp_handler)(qmp_session *qs, json_object *args, json_object **ret,
+                           vd_error **errp);
+
+typedef struct qmp_command {
+    const char *name;
+    qmp_handler handler;
+    const qmp_arg *args;        /* NULL-terminated by name; NULL = none */
+    bool open_args;             /* other members allowed (checked by the handler) */
+    const char *doc;
+} qmp_command;
+
+/* The table (src/daemon/commands.c) and its size. */
+extern const qmp_command qmp_commands[];
+extern const size_t qmp_nb_commands;
+
+/* Error classes on the wire: vd_error classes map onto them. */
+const char *qmp_error_class(const vd_error *err);
+
+/* ---- server ------------------------------------------------------------------------------ */
+
+typedef struct qmp_server qmp_server;
+
+int qmp_server_new(qmp_server **out, vd_error **errp);
+/* Listens on a unix socket (mode 0600). */
+int qmp_server_listen(qmp_server *s, const char *path, vd_error **errp);
+/* Sends an event to every client that finished negotiation. data may be NULL. Takes data. */
+void qmp_event(qmp_server *s, const char *name, json_object *data);
+/* Set by the quit command; vdiskd's main loop polls it. */
+bool qmp_quit_requested(qmp_server *s);
+void qmp_request_quit(qmp_server *s);
+void qmp_server_free(qmp_server *s);
+
+/* The server a session belongs to (for events from handlers). */
+qmp_server *qmp_session_server(qmp_session *qs);
+
+/* QEMU's JSON layout ("key": value, ", " between members), one line. Caller frees. */
+char *qmp_to_string(json_object *o);
+
+/* The README's QMP reference, as markdown, from the table. */
+void qmp_print_reference(void);
+
+#endif
