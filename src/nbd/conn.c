@@ -732,6 +732,41 @@ static int reply_block_status(nbd_conn *c, const nbd_req *r)
     return ret;
 }
 
+/* The reply to a write the reader ran itself. The reader must never wait on the socket (a
+ * client may be busy sending while it does not read yet): the reply goes out now only if
+ * the line is free and the socket takes it at once; otherwise a worker sends it. */
+#define DEFERRED 1
+
+static int reply_from_reader(nbd_conn *c, nbd_req *r, uint32_t err)
+{
+    if (!err && !c->tls && pthread_mutex_trylock(&c->wlock) == 0) {
+        uint8_t h[16];
+        put32(h, NBD_SIMPLE_REPLY_MAGIC);
+        put32(h + 4, 0);
+        put64(h + 8, r->cookie);
+        ssize_t w = c->write_failed ? -1 : send(c->fd, h, sizeof(h), MSG_NOSIGNAL | MSG_DONTWAIT);
+        int ret = 0;
+        if (w > 0 && (size_t)w < sizeof(h)) {
+            /* Part of 16 bytes went: the rest must follow before anything else. */
+            struct iovec iov = {h + w, sizeof(h) - (size_t)w};
+            ret = conn_writev_locked(c, &iov, 1);
+        } else if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+            c->write_failed = true;
+            ret = -1;
+        }
+        pthread_mutex_unlock(&c->wlock);
+        if (w > 0 || ret < 0) {
+            return ret;
+        }
+    }
+    r->reply_only = true;
+    r->reply_err = err;
+    free(r->data);
+    r->data = NULL;
+    nbd_queue_counted(c->srv, r);
+    return DEFERRED;
+}
+
 /* ---- transmission: running a request -------------------------------------------------------- */
 
 /* Which command flags each command may carry (FUA on any, as QEMU accepts). */
@@ -832,6 +867,9 @@ static int run(nbd_conn *c, nbd_req *r)
     default:
         return reply_error(c, r, NBD_EINVAL, "unknown command");
     }
+    if (r->on_reader) {
+        return reply_from_reader(c, r, ret < 0 ? nbd_errno(-ret) : 0);
+    }
     if (ret < 0) {
         return reply_error(c, r, nbd_errno(-ret), strerror(-ret));
     }
@@ -842,10 +880,16 @@ void nbd_req_run(nbd_req *r)
 {
     nbd_conn *c = r->c;
     uint32_t bytes = r->type == NBD_CMD_READ || r->type == NBD_CMD_WRITE ? r->len : 0;
-    if (c->closing && !c->write_failed) {
+    if (r->reply_only) {
+        if (r->reply_err) {
+            reply_error(c, r, r->reply_err, "write failed");
+        } else {
+            reply_simple(c, r->cookie, 0, NULL, 0);
+        }
+    } else if (c->closing && !c->write_failed) {
         reply_error(c, r, NBD_ESHUTDOWN, "server shutting down");
-    } else {
-        run(c, r);
+    } else if (run(c, r) == DEFERRED) {
+        return;   /* a worker sends the reply and finishes the request */
     }
     free(r->data);
     free(r);

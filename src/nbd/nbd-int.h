@@ -34,6 +34,9 @@ typedef struct nbd_req {
     uint32_t len;
     uint8_t *data;               /* the WRITE payload */
     int early_err;               /* > 0: reply this NBD error without running it */
+    bool on_reader;              /* run by the connection's reader thread */
+    bool reply_only;             /* done; a worker only sends its reply (reply_err) */
+    uint32_t reply_err;
     struct nbd_req *next;
 } nbd_req;
 
@@ -105,6 +108,8 @@ void nbd_export_unref_locked(vd_nbd_server *s, nbd_export *e);
 void nbd_queue_request(vd_nbd_server *s, nbd_req *r);
 /* Runs a request on the calling (reader) thread, counted as in flight like a queued one. */
 void nbd_run_now(vd_nbd_server *s, nbd_req *r);
+/* Hands a request already counted as in flight to the workers (no waiting). */
+void nbd_queue_counted(vd_nbd_server *s, nbd_req *r);
 /* Called by a worker when a request is done (its reply sent or given up). */
 void nbd_request_done(vd_nbd_server *s, nbd_conn *c, uint32_t bytes);
 

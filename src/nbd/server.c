@@ -80,6 +80,20 @@ void nbd_queue_request(vd_nbd_server *s, nbd_req *r)
     pthread_mutex_unlock(&s->lock);
 }
 
+void nbd_queue_counted(vd_nbd_server *s, nbd_req *r)
+{
+    pthread_mutex_lock(&s->lock);
+    r->next = NULL;
+    if (s->q_tail) {
+        s->q_tail->next = r;
+    } else {
+        s->q_head = r;
+    }
+    s->q_tail = r;
+    pthread_cond_signal(&s->q_cond);
+    pthread_mutex_unlock(&s->lock);
+}
+
 void nbd_run_now(vd_nbd_server *s, nbd_req *r)
 {
     uint32_t bytes = r->type == NBD_CMD_READ || r->type == NBD_CMD_WRITE ? r->len : 0;
@@ -87,6 +101,7 @@ void nbd_run_now(vd_nbd_server *s, nbd_req *r)
     r->c->inflight++;
     r->c->inflight_bytes += bytes;
     pthread_mutex_unlock(&s->lock);
+    r->on_reader = true;
     nbd_req_run(r);
 }
 
