@@ -417,7 +417,9 @@ static int opt_export_name(nbd_conn *c, const uint8_t *d, uint32_t len)
     if (len > NBD_MAX_STRING) {
         return -1;
     }
-    memcpy(name, d, len);
+    if (len) {
+        memcpy(name, d, len);
+    }
     name[len] = '\0';
     nbd_export *e = export_get(c, name);
     if (!e) {

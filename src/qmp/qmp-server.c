@@ -528,6 +528,24 @@ static void *accept_main(void *arg)
     return NULL;
 }
 
+void qmp_serve_fd(qmp_server *s, int fd)
+{
+    qmp_session *qs = calloc(1, sizeof(*qs));
+    if (!qs) {
+        close(fd);
+        return;
+    }
+    qs->srv = s;
+    qs->fd = fd;
+    pthread_mutex_init(&qs->wlock, NULL);
+    pthread_mutex_lock(&s->lock);
+    qs->next = s->sessions;
+    s->sessions = qs;
+    s->nb_threads++;
+    pthread_mutex_unlock(&s->lock);
+    session_main(qs);
+}
+
 int qmp_server_new(qmp_server **out, vd_error **errp)
 {
     qmp_server *s = calloc(1, sizeof(*s));

@@ -62,6 +62,9 @@ typedef struct qmp_server qmp_server;
 int qmp_server_new(qmp_server **out, vd_error **errp);
 /* Listens on a unix socket (mode 0600). */
 int qmp_server_listen(qmp_server *s, const char *path, vd_error **errp);
+/* Serves one client on an already connected socket in the calling thread until it
+ * disconnects; the socket is closed then (tests, the fuzz target). */
+void qmp_serve_fd(qmp_server *s, int fd);
 /* Sends an event to every client that finished negotiation. data may be NULL. Takes data. */
 void qmp_event(qmp_server *s, const char *name, json_object *data);
 /* Set by the quit command; vdiskd's main loop polls it. */

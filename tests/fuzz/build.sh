@@ -27,8 +27,11 @@ for d in json.load(sys.stdin):
 
 for src in tests/fuzz/fuzz-*.c; do
     name=$(basename "$src" .c)
+    # A target may name more sources and libraries on a "FUZZ_EXTRA:" line (the QMP layer).
+    # shellcheck disable=SC2207
+    extra=($(sed -n 's/.*FUZZ_EXTRA: *\([^*]*\).*/\1/p' "$src"))
     clang -std=gnu11 -D_GNU_SOURCE -g -O1 -Wall -Wextra -Werror \
         -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-        -Iinclude -Isrc "$src" "$out/libvdisk.a" "${libs[@]}" -o "$out/$name"
+        -Iinclude -Isrc "$src" "${extra[@]}" "$out/libvdisk.a" "${libs[@]}" -o "$out/$name"
     echo "$out/$name"
 done

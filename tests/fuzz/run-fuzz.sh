@@ -2,7 +2,8 @@
 # Builds the fuzz targets. The image opener: replays its seed corpus (the corrupt-image
 # corpus plus valid images made by qemu-img), then fuzzes for FUZZ_TIME seconds (default
 # 40). The cluster decoders (zlib, zstd): replay tests/fuzz/seeds-decompress-*, then fuzz
-# for FUZZ_DECODER_TIME seconds each (default 10).
+# for FUZZ_DECODER_TIME seconds each (default 10). The NBD server and the QMP wire layer:
+# replay tests/fuzz/seeds-{nbd,qmp}, then FUZZ_PROTOCOL_TIME seconds each (default 10).
 # Crashing inputs are kept in build-fuzz/artifacts/ and named in the FAIL line.
 . "$(dirname "$0")/../lib.sh"
 vd_init
@@ -91,6 +92,30 @@ for codec in zlib zstd; do
         tail -n 60 "fuzz-$codec.out" >"fuzz-$codec.tail"
         VD_DETAIL_LINES=60 fail "fuzz/decompress-$codec" \
             "fuzzing the $codec decoder found a problem (${crash:-no artifact})" "fuzz-$codec.tail"
+    fi
+done
+# The daemon's protocol layers: the NBD server (a client's byte stream) and the QMP wire
+# layer; seeds once, then a short run each.
+protocol_time=${FUZZ_PROTOCOL_TIME:-10}
+for target in nbd qmp; do
+    pfuzzer=$(grep "/fuzz-$target\$" build.out | tail -n 1)
+    popts=(-rss_limit_mb=2048 -timeout=10 -max_len=65536 "-artifact_prefix=$artifacts/")
+    mkdir "work-$target"
+    if ! timeout 120 "$pfuzzer" "${popts[@]}" -runs=0 "$VD_TESTS/fuzz/seeds-$target" \
+        >"replay-$target.out" 2>&1; then
+        tail -n 60 "replay-$target.out" >"replay-$target.tail"
+        VD_DETAIL_LINES=60 fail "fuzz/$target" "a seed crashes the $target target" \
+            "replay-$target.tail"
+    elif timeout $((protocol_time + 120)) "$pfuzzer" "${popts[@]}" \
+        -max_total_time="$protocol_time" -print_final_stats=1 "work-$target" \
+        "$VD_TESTS/fuzz/seeds-$target" >"fuzz-$target.out" 2>&1; then
+        pass "fuzz/$target"
+        grep -E '^stat::number_of_executed_units' "fuzz-$target.out" | sed 's/^/    /'
+    else
+        crash=$(grep -o "Test unit written to [^ ]*" "fuzz-$target.out" | tail -n 1)
+        tail -n 60 "fuzz-$target.out" >"fuzz-$target.tail"
+        VD_DETAIL_LINES=60 fail "fuzz/$target" \
+            "fuzzing the $target target found a problem (${crash:-no artifact})" "fuzz-$target.tail"
     fi
 done
 vd_finish

@@ -1,0 +1,106 @@
+/* libFuzzer target for the QMP wire layer: each input is the byte stream a client sends
+ * (after the greeting) to a session on a socket pair; the session parses it into commands,
+ * checks them against a command table and dispatches them. The table here has harmless
+ * commands of every argument type, so what is fuzzed is the framing, the JSON parsing
+ * limits, negotiation and argument checking — not vdiskd's handlers, which touch files.
+ * FUZZ_EXTRA: src/qmp/qmp-server.c -ljson-c */
+#include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "qmp/qmp.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static int echo(qmp_session *qs, json_object *args, json_object **ret, vd_error **errp)
+{
+    (void)qs;
+    (void)errp;
+    *ret = json_object_get(args);
+    return 0;
+}
+
+static int refuse(qmp_session *qs, json_object *args, json_object **ret, vd_error **errp)
+{
+    (void)qs;
+    (void)args;
+    (void)ret;
+    return vd_error_set(errp, VD_ERR_NOT_FOUND, ENOENT, "DeviceNotFound: no such thing");
+}
+
+static int event(qmp_session *qs, json_object *args, json_object **ret, vd_error **errp)
+{
+    (void)ret;
+    (void)errp;
+    qmp_event(qmp_session_server(qs), "FUZZ_EVENT", json_object_get(args));
+    return 0;
+}
+
+static const qmp_arg typed[] = {
+    {"s", QMP_STR, false, ""}, {"i", QMP_INT, true, ""}, {"b", QMP_BOOL, true, ""},
+    {"o", QMP_OBJ, true, ""},  {"a", QMP_ARRAY, true, ""}, {"x", QMP_ANY, true, ""},
+    {NULL, 0, false, NULL}};
+static const qmp_arg none[] = {{NULL, 0, false, NULL}};
+static const qmp_arg caps[] = {{"enable", QMP_ARRAY, true, ""}, {NULL, 0, false, NULL}};
+
+const qmp_command qmp_commands[] = {
+    {"qmp_capabilities", echo, caps, false, ""},
+    {"typed", echo, typed, false, ""},
+    {"open", echo, none, true, ""},
+    {"refuse", refuse, none, false, ""},
+    {"event", event, none, true, ""},
+};
+const size_t qmp_nb_commands = sizeof(qmp_commands) / sizeof(qmp_commands[0]);
+
+static qmp_server *server;
+
+typedef struct feed {
+    int fd;
+    const uint8_t *data;
+    size_t size;
+} feed;
+
+/* Writes the input, half-closes, and drains the replies so the session never blocks. */
+static void *client(void *arg)
+{
+    feed *f = arg;
+    size_t off = 0;
+    while (off < f->size) {
+        ssize_t w = send(f->fd, f->data + off, f->size - off, MSG_NOSIGNAL);
+        if (w <= 0) {
+            break;
+        }
+        off += (size_t)w;
+    }
+    shutdown(f->fd, SHUT_WR);
+    char buf[65536];
+    while (recv(f->fd, buf, sizeof(buf), 0) > 0) {
+    }
+    return NULL;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (!server && qmp_server_new(&server, NULL) < 0) {
+        abort();
+    }
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+        return 0;
+    }
+    feed f = {sv[1], data, size};
+    pthread_t t;
+    if (pthread_create(&t, NULL, client, &f) != 0) {
+        close(sv[0]);
+        close(sv[1]);
+        return 0;
+    }
+    qmp_serve_fd(server, sv[0]);   /* returns at end of input; closes sv[0] */
+    pthread_join(t, NULL);
+    close(sv[1]);
+    return 0;
+}
