@@ -75,6 +75,9 @@ typedef struct vd_action {
     int64_t icount;
     const char *overlay;     /* external: the new overlay file */
     const char *overlay_format; /* external: NULL = "qcow2" */
+    bool overlay_exists;     /* external: the overlay file exists already (QMP
+                              * blockdev-snapshot): it is opened, not created, and kept
+                              * on abort; its stored backing name is left as it is */
 } vd_action;
 
 /* Runs the actions as one all-or-nothing transaction: the disks are drained for its whole

@@ -302,7 +302,13 @@ int blockdev_del(const char *name, vd_error **errp)
         ret = vd_close(n->disk);
     }
     dnode *file = n->file;
+    dnode *backing = n->backing;
     node_free(n);
+    if (backing) {
+        /* The image under it closed with the overlay's handle. */
+        backing->users--;
+        backing->disk = NULL;
+    }
     if (file) {
         file->users--;
         if (file->auto_name && file->users == 0) {
@@ -319,7 +325,8 @@ int blockdev_del(const char *name, vd_error **errp)
 int node_disk(dnode *n, vd_disk **out, vd_error **errp)
 {
     if (!n->disk) {
-        vd_open_opts o = {.format = "raw", .flags = n->flags};
+        /* A file node is read as raw; a format node whose overlay went away reopens. */
+        vd_open_opts o = {.format = n->file ? n->driver : "raw", .flags = n->flags};
         int ret = vd_open(vdiskd.engine, n->filename, &o, &n->disk, errp);
         if (ret < 0) {
             return ret;

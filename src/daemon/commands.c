@@ -504,6 +504,15 @@ static int snapshot_action(const char *type, json_object *data, vd_action *a, vd
             return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP, "mode '%s' is not "
                                 "supported", mode);
         }
+        const char *snode = opt_str(data, "snapshot-node-name");
+        if (opt_str(data, "node-name") && !snode) {
+            return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "New overlay node-name "
+                                "missing");
+        }
+        if (snode && node_find(snode)) {
+            return vd_error_set(errp, VD_ERR_INVALID, EEXIST, "New overlay node-name "
+                                "already in use");
+        }
         ret = find_disk(opt_str(data, "device"), opt_str(data, "node-name"), &n, errp);
         a->kind = VD_ACTION_SNAPSHOT_EXTERNAL;
         a->overlay = file;
@@ -516,6 +525,50 @@ static int snapshot_action(const char *type, json_object *data, vd_action *a, vd
     }
     a->disk = n->disk;
     return 0;
+}
+
+/* After an external snapshot of n: the handle reads and writes through the overlay. The
+ * overlay gets a node of its own (named, or "#blockNNN"), which owns the handle; n names
+ * the image under it. */
+static void adopt_overlay(dnode *n, dnode *ov)
+{
+    ov->disk = n->disk;
+    ov->owns_disk = n->owns_disk;
+    ov->flags &= ~VD_OPEN_NO_BACKING;
+    n->disk = vd_disk_backing(ov->disk);
+    n->owns_disk = false;
+    n->read_only = true;
+    n->users++;   /* the backing of the overlay */
+    ov->backing = n;
+}
+
+/* A node for an overlay blockdev-snapshot-sync created. */
+static void overlay_node(dnode *n, const char *name, const char *file, const char *fmt)
+{
+    dnode *ov = calloc(1, sizeof(*ov));
+    char autoname[32];
+    if (!name) {
+        snprintf(autoname, sizeof(autoname), "#block%03u", vdiskd.next_auto++);
+        name = autoname;
+    }
+    if (!ov || !(ov->name = strdup(name)) || !(ov->driver = strdup(fmt ? fmt : "qcow2")) ||
+        !(ov->filename = strdup(file))) {
+        abort();
+    }
+    ov->auto_name = name == autoname;
+    ov->file = n->file;     /* shown as its file; the overlay file has no node here */
+    if (ov->file) {
+        ov->file->users++;
+    }
+    ov->flags = n->flags;
+    ov->direct = n->direct;
+    ov->no_flush = n->no_flush;
+    dnode **p = &vdiskd.nodes;
+    while (*p) {
+        p = &(*p)->next;
+    }
+    *p = ov;
+    adopt_overlay(n, ov);
 }
 
 /* QEMU's errors for the internal snapshot checks it makes before anything runs. */
@@ -559,7 +612,64 @@ static int cmd_snapshot_sync(qmp_session *qs, json_object *args, json_object **r
     (void)ret;
     vd_action a;
     int r = snapshot_action("blockdev-snapshot-sync", args, &a, errp);
-    return r < 0 ? r : vd_transaction(&a, 1, errp);
+    if (r == 0) {
+        dnode *n = node_find(opt_str(args, "node-name") ? opt_str(args, "node-name")
+                                                         : opt_str(args, "device"));
+        r = vd_transaction(&a, 1, errp);
+        if (r == 0) {
+            overlay_node(n, opt_str(args, "snapshot-node-name"), a.overlay, a.overlay_format);
+        }
+    }
+    return r;
+}
+
+/* blockdev-snapshot: node moves onto overlay, an existing node added with backing: null.
+ * The daemon's handle of the overlay closes first (one writer per file); the node's handle
+ * then reads and writes through the overlay, and the overlay's node name refers to it. */
+static int blockdev_snapshot(const char *node_name, const char *overlay_name, vd_error **errp)
+{
+    dnode *n, *ov = node_find(overlay_name);
+    int r = find_disk(NULL, node_name, &n, errp);
+    if (r < 0) {
+        return r;
+    }
+    if (!ov || !ov->file) {
+        return vd_error_set(errp, VD_ERR_NOT_FOUND, ENOENT, "Cannot find device='' nor "
+                            "node-name='%s'", overlay_name);
+    }
+    if (!(ov->flags & VD_OPEN_NO_BACKING)) {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "The overlay already has a "
+                            "backing image");
+    }
+    if (ov->users || ov == n) {
+        return vd_error_set(errp, VD_ERR_BUSY, EBUSY, "Node %s is in use", overlay_name);
+    }
+    if (n->read_only) {
+        return vd_error_set(errp, VD_ERR_INVALID, EACCES, "Block node is read-only");
+    }
+    if (ov->disk) {
+        vd_close(ov->disk);
+        ov->disk = NULL;
+    }
+    vd_action a = {.kind = VD_ACTION_SNAPSHOT_EXTERNAL, .disk = n->disk,
+                   .overlay = ov->filename, .overlay_format = ov->driver,
+                   .overlay_exists = true};
+    r = vd_transaction(&a, 1, errp);
+    if (r < 0) {
+        vd_open_opts o = {.format = ov->driver, .flags = ov->flags};
+        vd_open(vdiskd.engine, ov->filename, &o, &ov->disk, NULL);
+        return r;
+    }
+    adopt_overlay(n, ov);
+    return 0;
+}
+
+static int cmd_blockdev_snapshot(qmp_session *qs, json_object *args, json_object **ret,
+                                 vd_error **errp)
+{
+    (void)qs;
+    (void)ret;
+    return blockdev_snapshot(opt_str(args, "node"), opt_str(args, "overlay"), errp);
 }
 
 static json_object *snapshot_info_json(const vd_snapshot_info *s)
@@ -659,6 +769,17 @@ static int cmd_transaction(qmp_session *qs, json_object *args, json_object **ret
     if (r == 0) {
         r = vd_transaction(acts, n, errp);
     }
+    for (size_t i = 0; i < n && r == 0; i++) {
+        if (acts[i].kind != VD_ACTION_SNAPSHOT_EXTERNAL) {
+            continue;
+        }
+        json_object *data = NULL;
+        json_object_object_get_ex(json_object_array_get_idx(actions, i), "data", &data);
+        dnode *node = node_find(opt_str(data, "node-name") ? opt_str(data, "node-name")
+                                                            : opt_str(data, "device"));
+        overlay_node(node, opt_str(data, "snapshot-node-name"), acts[i].overlay,
+                     acts[i].overlay_format);
+    }
     free(acts);
     return r;
 }
@@ -716,6 +837,10 @@ static const qmp_arg snap_sync_args[] = {
     {"format", QMP_STR, true, "default qcow2"},
     {"mode", QMP_STR, true, "absolute-paths only"},
     {NULL, 0, false, NULL}};
+static const qmp_arg snap_args[] = {
+    {"node", QMP_STR, false, "the node to snapshot"},
+    {"overlay", QMP_STR, false, "a node added with backing: null"},
+    {NULL, 0, false, NULL}};
 static const qmp_arg transaction_args[] = {
     {"actions", QMP_ARRAY, false, "[{type, data}]: blockdev-snapshot-internal-sync, "
                                   "blockdev-snapshot-sync, abort"},
@@ -753,6 +878,8 @@ const qmp_command qmp_commands[] = {
      snap_delete_args, false, "deletes an internal snapshot; returns its SnapshotInfo"},
     {"blockdev-snapshot-sync", cmd_snapshot_sync, snap_sync_args, false,
      "external snapshot: creates the overlay file and moves the node onto it"},
+    {"blockdev-snapshot", cmd_blockdev_snapshot, snap_args, false,
+     "external snapshot onto an existing overlay node (added with backing: null)"},
     {"transaction", cmd_transaction, transaction_args, false,
      "runs the actions as one all-or-nothing step"},
 };

@@ -20,6 +20,7 @@ typedef struct dnode {
     char *driver;                /* "file", "qcow2", "raw" */
     char *filename;              /* the file's path (format nodes: their file's) */
     struct dnode *file;          /* format nodes: the file child */
+    struct dnode *backing;       /* after blockdev-snapshot: the node under this overlay */
     unsigned flags;              /* VD_OPEN_* */
     bool read_only, direct, no_flush;
     vd_disk *disk;               /* format nodes; file nodes only while exported */

@@ -69,20 +69,24 @@ static int ext_prepare(vd_txn_action *a, vd_error **errp)
         return vd_error_set(errp, VD_ERR_BUSY, EBUSY, "Node is busy: it is the backing file "
                             "of '%s'", top->overlay ? top->overlay->filename : "another image");
     }
+    bool exists = s->act->overlay_exists;
     struct stat st;
     int err = lstat(overlay, &st) == 0 ? EEXIST : (errno == ENOENT ? 0 : errno);
-    if (err) {
-        return vd_error_set(errp, VD_ERR_INVALID, err, "Could not create '%s': %s", overlay,
-                            strerror(err));
+    if (exists ? err != EEXIST : err != 0) {
+        err = exists ? (err ? err : ENOENT) : err;
+        return vd_error_set(errp, VD_ERR_INVALID, err, "Could not %s '%s': %s",
+                            exists ? "open" : "create", overlay, strerror(err));
     }
-    int ret = create_overlay(d, overlay, fmt, errp);
+    int ret = exists ? 0 : create_overlay(d, overlay, fmt, errp);
     if (ret == 0) {
         unsigned flags = (top->open_flags & INHERITED_FLAGS) | VD_OPEN_NO_BACKING;
         ret = vd_node_open(d->engine, overlay, fmt, flags, &s->overlay, errp);
     }
     if (ret < 0) {
-        /* The file did not exist a moment ago: whatever is there now is ours. */
-        unlink(overlay);
+        if (!exists) {
+            /* The file did not exist a moment ago: whatever is there now is ours. */
+            unlink(overlay);
+        }
         return ret;
     }
     s->old_top = vd_disk_new(d->engine, top, false);
@@ -135,6 +139,9 @@ static int ext_abort(vd_txn_action *a, vd_error **errp)
      * so closing it can only fail on its own empty metadata; the file goes anyway. */
     vd_node_close(s->overlay);
     s->overlay = NULL;
+    if (s->act->overlay_exists) {
+        return 0;   /* not ours to remove */
+    }
     if (unlink(s->act->overlay) < 0) {
         return vd_error_set(errp, VD_ERR_IO, errno, "Could not remove '%s': %s",
                             s->act->overlay, strerror(errno));

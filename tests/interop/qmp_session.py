@@ -4,6 +4,9 @@
   qmp_session.py session VDISKD QSD DIR   the typical session on vdiskd and on
                                           qemu-storage-daemon, compared field by field
   qmp_session.py bad VDISKD DIR           malformed input keeps the session usable
+  qmp_session.py external VDISKD QSD DIR  blockdev-snapshot and blockdev-snapshot-sync (also
+                                          in a transaction) on both daemons; the replies
+                                          and the resulting files compared
 
 Prints one "PASS name" or "FAIL name: reason" line per check.
 """
@@ -324,8 +327,85 @@ def cmd_bad(vdiskd, d):
     result(r.returncode == 0, "image-clean-after-sigterm")
 
 
+def external_script(d, tag):
+    c = Client("%s/%s.qmp" % (d, tag))
+    out = []
+    img = lambda n: "%s/%s-%s.qcow2" % (d, tag, n)
+    steps = [
+        ("qmp_capabilities", {}),
+        ("blockdev-add", {"driver": "qcow2", "node-name": "base",
+                          "file": {"driver": "file", "filename": img("base")}}),
+        ("blockdev-add", {"driver": "qcow2", "node-name": "ov", "backing": None,
+                          "file": {"driver": "file", "filename": img("ov")}}),
+        ("blockdev-snapshot", {"node": "base", "overlay": "nosuch"}),
+        ("blockdev-snapshot", {"node": "base", "overlay": "ov"}),
+        ("blockdev-add", {"driver": "qcow2", "node-name": "other",
+                          "file": {"driver": "file", "filename": img("other")}}),
+        ("transaction", {"actions": [
+            {"type": "blockdev-snapshot-sync",
+             "data": {"node-name": "other", "snapshot-file": img("other-ov"),
+                      "snapshot-node-name": "other-ov", "format": "qcow2"}},
+            {"type": "blockdev-snapshot-internal-sync",
+             "data": {"device": "nosuch", "name": "x"}}]}),
+        ("transaction", {"actions": [
+            {"type": "blockdev-snapshot-sync",
+             "data": {"node-name": "other", "snapshot-file": img("other-ov"),
+                      "format": "qcow2"}}]}),
+        ("transaction", {"actions": [
+            {"type": "blockdev-snapshot-sync",
+             "data": {"node-name": "other", "snapshot-file": img("other-ov"),
+                      "snapshot-node-name": "other-ov", "format": "qcow2"}}]}),
+        ("quit", {}),
+    ]
+    for name, args in steps:
+        out.append((name, c.cmd(name, **args)))
+    c.close()
+    return out
+
+
+def cmd_external(vdiskd, qsd, d):
+    runs = {}
+    for tag, binary in (("v", vdiskd), ("q", qsd)):
+        img = lambda n: "%s/%s-%s.qcow2" % (d, tag, n)
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", img("base"), "32M"], check=True)
+        subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 2M", img("base")],
+                       check=True, capture_output=True)
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", img("base"), "-F",
+                        "qcow2", img("ov")], check=True)
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", img("other"), "32M"], check=True)
+        p = start(daemon_cmd(binary, d, tag), "%s/%s.qmp" % (d, tag))
+        try:
+            runs[tag] = external_script(d, tag)
+        except Exception as e:  # noqa: BLE001
+            runs[tag] = [("exception", {"error": {"class": "exception", "desc": repr(e)}})]
+        stop(p)
+    why = []
+    for (na, ra), (nb, rb) in zip(runs["v"], runs["q"]):
+        if ("error" in ra) != ("error" in rb) or \
+                ("error" in ra and ra["error"]["class"] != rb["error"]["class"]):
+            why.append("%s: %s vs %s" % (na, ra, rb))
+    result(not why and len(runs["v"]) == len(runs["q"]), "external-replies-match-qsd",
+           "; ".join(why))
+    # The files: the sync overlay exists on both with the same backing; the aborted
+    # transaction left nothing else behind.
+    for name in ("ov", "other", "other-ov"):
+        infos = []
+        for tag in ("v", "q"):
+            r = subprocess.run(["qemu-img", "info", "--output=json", "%s/%s-%s.qcow2" %
+                                (d, tag, name)], capture_output=True, text=True)
+            i = json.loads(r.stdout) if r.returncode == 0 else {}
+            infos.append((i.get("virtual-size"), os.path.basename(i.get("backing-filename", ""))
+                          .replace("v-", "X-").replace("q-", "X-")))
+        result(infos[0] == infos[1], "external-file-" + name, "%s vs %s" % tuple(infos))
+        r = subprocess.run(["qemu-img", "check", "%s/v-%s.qcow2" % (d, name)],
+                           capture_output=True)
+        result(r.returncode == 0, "external-file-%s-clean" % name)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "session":
         cmd_session(sys.argv[2], sys.argv[3], sys.argv[4])
+    elif sys.argv[1] == "external":
+        cmd_external(sys.argv[2], sys.argv[3], sys.argv[4])
     else:
         cmd_bad(sys.argv[2], sys.argv[3])
