@@ -2,8 +2,9 @@
 # Builds the fuzz targets. The image opener: replays its seed corpus (the corrupt-image
 # corpus plus valid images made by qemu-img), then fuzzes for FUZZ_TIME seconds (default
 # 40). The cluster decoders (zlib, zstd): replay tests/fuzz/seeds-decompress-*, then fuzz
-# for FUZZ_DECODER_TIME seconds each (default 10). The NBD server and the QMP wire layer:
-# replay tests/fuzz/seeds-{nbd,qmp}, then FUZZ_PROTOCOL_TIME seconds each (default 10).
+# for FUZZ_DECODER_TIME seconds each (default 10). The NBD server, the QMP wire layer, the
+# header parser and the snapshot table: replay tests/fuzz/seeds-{nbd,qmp,qcow2-header,
+# snapshot-table}, then FUZZ_PROTOCOL_TIME seconds each (default 10).
 # Crashing inputs are kept in build-fuzz/artifacts/ and named in the FAIL line.
 . "$(dirname "$0")/../lib.sh"
 vd_init
@@ -94,10 +95,11 @@ for codec in zlib zstd; do
             "fuzzing the $codec decoder found a problem (${crash:-no artifact})" "fuzz-$codec.tail"
     fi
 done
-# The daemon's protocol layers: the NBD server (a client's byte stream) and the QMP wire
-# layer; seeds once, then a short run each.
+# The daemon's protocol layers (the NBD server fed a client's byte stream, the QMP wire
+# layer) and the parsers of the qcow2 header and snapshot table (each with an
+# encode/decode round trip); seeds once, then a short run each.
 protocol_time=${FUZZ_PROTOCOL_TIME:-10}
-for target in nbd qmp; do
+for target in nbd qmp qcow2-header snapshot-table; do
     pfuzzer=$(grep "/fuzz-$target\$" build.out | tail -n 1)
     popts=(-rss_limit_mb=2048 -timeout=10 -max_len=65536 "-artifact_prefix=$artifacts/")
     mkdir "work-$target"
