@@ -41,15 +41,23 @@ enum { ACT_NONE, ACT_LIST, ACT_CREATE, ACT_APPLY, ACT_DELETE };
 enum { OPT_OBJECT = 400, OPT_IMAGE_OPTS };
 
 /* The library names the image in front of its messages; qemu-img's message for one
- * image names the snapshot instead. */
-static const char *cause(const vd_error *err, const char *file)
+ * image names the snapshot instead. A leading "could not apply the snapshot: " (or the
+ * like, given as what) would repeat what the CLI's own words already say, so it goes too. */
+static const char *cause(const vd_error *err, const char *file, const char *what)
 {
     const char *m = vd_error_msg(err);
-    size_t n = strlen(file);
-    if (m && strncmp(m, file, n) == 0 && strncmp(m + n, ": ", 2) == 0) {
-        return m + n + 2;
+    if (!m) {
+        return "";
     }
-    return m ? m : "";
+    size_t n = strlen(file);
+    if (strncmp(m, file, n) == 0 && strncmp(m + n, ": ", 2) == 0) {
+        m += n + 2;
+    }
+    n = strlen(what);
+    if (strncmp(m, what, n) == 0 && strncmp(m + n, ": ", 2) == 0) {
+        m += n + 2;
+    }
+    return m;
 }
 
 static bool is_file(const char *path)
@@ -93,13 +101,15 @@ static int single(vd_disk *d, const char *file, int action, const char *name)
     case ACT_APPLY:
         ret = vd_snapshot_apply(d, name, &err);
         if (ret < 0) {
-            cli_error("Could not apply snapshot '%s': %s", name, cause(err, file));
+            cli_error("Could not apply snapshot '%s': %s", name,
+                      cause(err, file, "could not apply the snapshot"));
         }
         break;
     default:
         ret = vd_snapshot_delete(d, NULL, name, &err);
         if (ret < 0) {
-            cli_error("Could not delete snapshot '%s': %s", name, cause(err, file));
+            cli_error("Could not delete snapshot '%s': %s", name,
+                      cause(err, file, "could not delete the snapshot"));
         }
         break;
     }
@@ -196,7 +206,8 @@ int cmd_snapshot(int argc, char **argv)
     int nfiles = argc - optind;
     /* -c with no name: when the word after -c is an existing file and the command is not
      * qemu-img's one-image form (-c NAME FILE), it is the first image, and the snapshot
-     * gets the group's vm-YYYYMMDDHHMMSS name. */
+     * gets the group's vm-YYYYMMDDHHMMSS name. So "-c A" alone and "-c A B C..." are
+     * auto-named, while "-c A B" stays qemu-img's: a snapshot named A of image B. */
     if (action == ACT_CREATE && is_file(name) && nfiles != 1) {
         optind--;
         argv[optind] = (char *)name;

@@ -80,10 +80,10 @@ unchanged_as() {
     rm -f why.log
 }
 
-# counts MEMBER OP... : the filter's count of writes or flushes that reach MEMBER's file
+# count MEMBER KIND FROM OP...: the filter's count of writes or flushes that reach MEMBER's file
 # during OP (run on fresh copies; the rule never fires).
 count() {
-    local member=$1 kind=$2 from=$3 line
+    local kind=$2 from=$3 line   # $1: the member (the only one opened through blkdebug)
     shift 3
     reset "$from"
     rm -f count.txt
@@ -167,6 +167,9 @@ fault_loop() {
             fail "$step" "failed after $kind #$done_at had already been absorbed" out.txt
         fi
         rolled=$((rolled + 1))
+        if [ "$rc" -ne 1 ]; then
+            fail "$step-exit" "exit $rc, expected 1" out.txt
+        fi
         if grep -q "$m.qcow2" out.txt && grep -q "Input/output error" out.txt; then
             pass "$step-message"
         else
@@ -211,11 +214,15 @@ unchanged_as orig group-enospc-unchanged
 
 # ---- 2. checks that stop the group before anything changes --------------------------------
 reset orig
-"$VDISK" snapshot -c g1 a.qcow2 b.qcow2 nosuch.qcow2 >out.txt 2>&1 && fail group-missing-file \
-    "succeeded with a missing member" || {
-    grep -q "nosuch.qcow2" out.txt && pass group-missing-file-message ||
-        fail group-missing-file-message "the message does not name nosuch.qcow2" out.txt
-}
+"$VDISK" snapshot -c g1 a.qcow2 b.qcow2 nosuch.qcow2 >out.txt 2>&1
+rc=$?
+if [ "$rc" -ne 1 ]; then
+    fail group-missing-file "exit $rc with a missing member, expected 1" out.txt
+elif grep -q "nosuch.qcow2" out.txt; then
+    pass group-missing-file-message
+else
+    fail group-missing-file-message "the message does not name nosuch.qcow2" out.txt
+fi
 unchanged_as orig group-missing-file-unchanged
 
 "$QEMU_IMG" create -q -f raw r.raw 16M
@@ -235,7 +242,7 @@ reset orig
 "$QEMU_IMG" snapshot -l b.qcow2 >clash.list
 "$VDISK" snapshot -c g1 a.qcow2 b.qcow2 c.qcow2 >out.txt 2>&1
 rc=$?
-if [ "$rc" -ne 0 ] && grep -q "b.qcow2" out.txt; then
+if [ "$rc" -eq 1 ] && grep -q "b.qcow2" out.txt; then
     pass group-name-clash
 else
     fail group-name-clash "exit $rc; expected a failure naming b.qcow2" out.txt
@@ -249,7 +256,7 @@ reset orig-g1
 "$QEMU_IMG" snapshot -d g1 c.qcow2
 "$VDISK" snapshot -d g1 a.qcow2 b.qcow2 c.qcow2 >out.txt 2>&1
 rc=$?
-if [ "$rc" -ne 0 ] && grep -q "c.qcow2" out.txt; then
+if [ "$rc" -eq 1 ] && grep -q "c.qcow2" out.txt; then
     pass group-delete-missing-snapshot
 else
     fail group-delete-missing-snapshot "exit $rc; expected a failure naming c.qcow2" out.txt
@@ -266,7 +273,7 @@ if command -v setpriv >/dev/null && [ "$(id -u)" = 0 ] &&
     setpriv --reuid=65534 --regid=65534 --clear-groups \
         "$VDISK" snapshot -c g1 a.qcow2 b.qcow2 c.qcow2 >out.txt 2>&1
     rc=$?
-    if [ "$rc" -ne 0 ] && grep -q "c.qcow2" out.txt; then
+    if [ "$rc" -eq 1 ] && grep -q "c.qcow2" out.txt; then
         pass group-read-only-member
     else
         fail group-read-only-member "exit $rc; expected a failure naming c.qcow2" out.txt
@@ -325,6 +332,23 @@ check_ok group-delete "$VDISK" snapshot -d g2 a.qcow2 b.qcow2 c.qcow2
 auto=$("$QEMU_IMG" snapshot -l a.qcow2 | awk '$2 ~ /^vm-/ { print $2 }')
 check_ok group-delete-auto "$VDISK" snapshot -d "$auto" a.qcow2 b.qcow2 c.qcow2
 unchanged_as orig group-create-delete-roundtrip
+
+# "-c A B" keeps qemu-img's meaning (a snapshot named A of image B) even though A is a file;
+# "-c A" alone names the snapshot of A automatically (qemu-img would refuse it).
+reset orig
+check_ok group-two-words-is-qemu-form "$VDISK" snapshot -c a.qcow2 b.qcow2
+if [ "$(names_of b.qcow2 | awk '{ print $2 }' | tail -1)" = a.qcow2 ]; then
+    pass group-two-words-named
+else
+    fail group-two-words-named "b.qcow2 has no snapshot named a.qcow2: $(names_of b.qcow2)"
+fi
+unchanged_as orig group-two-words-a-unchanged "a c"
+check_ok group-one-word-auto "$VDISK" snapshot -c a.qcow2
+if names_of a.qcow2 | awk '{ print $2 }' | grep -Eq '^vm-[0-9]{14}$'; then
+    pass group-one-word-auto-named
+else
+    fail group-one-word-auto-named "a.qcow2 has no vm-YYYYMMDDHHMMSS snapshot: $(names_of a.qcow2)"
+fi
 
 # ---- 4. external snapshots, commit and rebase against qemu-img twins ----------------------
 mkdir v q
