@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets (tests/fuzz/fuzz-*.c): libvdisk is compiled by meson into
-# build-fuzz/ with clang, ASan+UBSan and coverage instrumentation, then each target is
-# linked with -fsanitize=fuzzer. Prints the paths of the fuzzer binaries.
+# build-fuzz/ (or $FUZZ_BUILD, e.g. a /tmp directory for a run beside another) with clang,
+# ASan+UBSan and coverage instrumentation, then each target is linked with
+# -fsanitize=fuzzer. Prints the paths of the fuzzer binaries.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 out=${FUZZ_BUILD:-$repo/build-fuzz}
