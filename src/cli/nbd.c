@@ -1,17 +1,14 @@
 /* `vdisk nbd`: exports one image over NBD with qemu-nbd's options (server mode only; no
  * kernel /dev/nbd device). Without -t it exits when the last client has gone, as qemu-nbd
  * does; SIGINT and SIGTERM flush and close the image. */
-#include <errno.h>
 #include <getopt.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cli/cli-util.h"
+#include "util/service.h"
 #include "vdisk/nbd.h"
 
 enum {
@@ -131,31 +128,6 @@ static int add_object(const char *arg, tls_object **objs, size_t *nb)
     free(copy);
     vd_opts_free(o);
     return ret < 0 ? -1 : 0;
-}
-
-/* --fork: the child serves; the parent exits once the child listens (or failed). */
-static int fork_server(int *notify_fd)
-{
-    int p[2];
-    if (pipe(p) < 0) {
-        perror("vdisk: pipe");
-        return -1;
-    }
-    pid_t pid = fork();
-    if (pid < 0) {
-        perror("vdisk: fork");
-        return -1;
-    }
-    if (pid > 0) {
-        close(p[1]);
-        char c = 1;
-        ssize_t r = read(p[0], &c, 1);
-        _exit(r == 1 && c == 0 ? 0 : 1);
-    }
-    close(p[0]);
-    setsid();
-    *notify_fd = p[1];
-    return 0;
 }
 
 int cmd_nbd(int argc, char **argv)
@@ -308,18 +280,11 @@ int cmd_nbd(int argc, char **argv)
         }
     }
 
-    int notify = -1;
-    if (do_fork && fork_server(&notify) < 0) {
+    vd_service sv = {.prog = "vdisk", .pidfile = pid_file,
+                     .pid_error = "Failed to write pid file"};
+    if (vd_service_start(&sv, do_fork) < 0) {
         goto out;
     }
-    /* Signals are taken synchronously by this thread only. */
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGHUP);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
-
     vd_engine *e = vd_engine_new();
     vd_disk *d = NULL;
     vd_nbd_server *srv = NULL;
@@ -344,26 +309,12 @@ int cmd_nbd(int argc, char **argv)
         cli_report_err(err, "%s", "");
         goto done;
     }
-    if (pid_file) {
-        FILE *f = fopen(pid_file, "w");
-        if (!f || fprintf(f, "%d\n", (int)getpid()) < 0 || fclose(f) != 0) {
-            fprintf(stderr, "vdisk: Failed to write pid file '%s': %s\n", pid_file,
-                    strerror(errno));
-            goto done;
-        }
-    }
-    if (notify >= 0) {
-        char ok = 0;
-        ssize_t w = write(notify, &ok, 1);
-        (void)w;
-        close(notify);
-        notify = -1;
+    if (vd_service_ready(&sv) < 0) {
+        goto done;
     }
     status = 0;
     for (;;) {
-        struct timespec ts = {0, 100 * 1000 * 1000};
-        int sig = sigtimedwait(&set, NULL, &ts);
-        if (sig > 0) {
+        if (vd_service_wait(&sv, 100)) {
             break;
         }
         unsigned open;
@@ -379,12 +330,7 @@ done:
         status = 1;
     }
     vd_engine_free(e);
-    if (pid_file && status == 0) {
-        unlink(pid_file);
-    }
-    if (notify >= 0) {
-        close(notify);   /* the parent sees no byte: failure */
-    }
+    vd_service_end(&sv, status == 0);
 out:
     for (size_t i = 0; i < nb_objs; i++) {
         vd_tls_creds_free(objs[i].creds);

@@ -4,14 +4,13 @@
  * every export and flushes and closes every image. */
 #include <errno.h>
 #include <getopt.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "daemon/daemon.h"
+#include "util/service.h"
 
 static const char help_text[] =
     "Usage: vdiskd [options]\n"
@@ -292,35 +291,13 @@ int main(int argc, char **argv)
         return 1;
     }
 
-    int notify = -1;
-    if (daemonize) {
-        int p[2];
-        if (pipe(p) < 0) {
-            perror("vdiskd: pipe");
-            return 1;
-        }
-        pid_t pid = fork();
-        if (pid < 0) {
-            perror("vdiskd: fork");
-            return 1;
-        }
-        if (pid > 0) {
-            close(p[1]);
-            char ok = 1;
-            ssize_t r = read(p[0], &ok, 1);
-            _exit(r == 1 && ok == 0 ? 0 : 1);
-        }
-        close(p[0]);
-        setsid();
-        notify = p[1];
+    vd_service sv = {.prog = "vdiskd", .pidfile = pidfile,
+                     .pid_error = "Cannot write pid file"};
+    if (vd_service_start(&sv, daemonize) < 0) {
+        free(opts);
+        free(vals);
+        return 1;
     }
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGHUP);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
-
     vdiskd.engine = vd_engine_new();
     vd_error *err = NULL;
     int status = 1;
@@ -333,30 +310,11 @@ int main(int argc, char **argv)
             goto out;
         }
     }
-    if (pidfile) {
-        FILE *f = fopen(pidfile, "w");
-        if (!f || fprintf(f, "%d\n", (int)getpid()) < 0 || fclose(f) != 0) {
-            fprintf(stderr, "vdiskd: Cannot write pid file '%s': %s\n", pidfile,
-                    strerror(errno));
-            goto out;
-        }
-    }
-    if (notify >= 0) {
-        char ok = 0;
-        ssize_t w = write(notify, &ok, 1);
-        (void)w;
-        close(notify);
-        notify = -1;
-        if (!freopen("/dev/null", "r", stdin) || !freopen("/dev/null", "w", stdout)) {
-            goto out;
-        }
+    if (vd_service_ready(&sv) < 0) {
+        goto out;
     }
     status = 0;
-    while (!qmp_quit_requested(vdiskd.qmp)) {
-        struct timespec ts = {0, 100 * 1000 * 1000};
-        if (sigtimedwait(&set, NULL, &ts) > 0) {
-            break;
-        }
+    while (!qmp_quit_requested(vdiskd.qmp) && !vd_service_wait(&sv, 100)) {
     }
 out:
     /* Commands first, so none runs while the images close. */
@@ -371,12 +329,7 @@ out:
         free(ch->path);
         free(ch);
     }
-    if (pidfile && status == 0) {
-        unlink(pidfile);
-    }
-    if (notify >= 0) {
-        close(notify);
-    }
+    vd_service_end(&sv, status == 0);
     free(opts);
     free(vals);
     return status;

@@ -881,7 +881,7 @@ static int run(nbd_conn *c, nbd_req *r)
 void nbd_req_run(nbd_req *r)
 {
     nbd_conn *c = r->c;
-    uint32_t bytes = r->type == NBD_CMD_READ || r->type == NBD_CMD_WRITE ? r->len : 0;
+    uint32_t bytes = nbd_req_bytes(r);
     if (r->reply_only) {
         if (r->reply_err) {
             reply_error(c, r, r->reply_err, "write failed");

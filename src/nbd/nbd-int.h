@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "nbd/nbd-proto.h"
 #include "vdisk/nbd.h"
 
 typedef struct nbd_export {
@@ -39,6 +40,12 @@ typedef struct nbd_req {
     uint32_t reply_err;
     struct nbd_req *next;
 } nbd_req;
+
+/* Payload bytes a request holds in memory while in flight (its data or its reply). */
+static inline uint32_t nbd_req_bytes(const nbd_req *r)
+{
+    return r->type == NBD_CMD_READ || r->type == NBD_CMD_WRITE ? r->len : 0;
+}
 
 typedef struct nbd_tls nbd_tls;
 

@@ -11,12 +11,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include "nbd/nbd-int.h"
 #include "nbd/nbd-proto.h"
+#include "util/socket.h"
 
 /* Per connection: requests and payload bytes queued or running before the reader stops
  * reading, so a client cannot make the server buffer without bound. */
@@ -58,17 +57,16 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-void nbd_queue_request(vd_nbd_server *s, nbd_req *r)
+/* Counts a request as in flight on its connection (lock held). */
+static void count_locked(nbd_req *r)
 {
-    nbd_conn *c = r->c;
-    uint32_t bytes = r->type == NBD_CMD_READ || r->type == NBD_CMD_WRITE ? r->len : 0;
-    pthread_mutex_lock(&s->lock);
-    while (c->inflight >= CONN_MAX_INFLIGHT ||
-           (c->inflight && c->inflight_bytes + bytes > CONN_MAX_INFLIGHT_BYTES)) {
-        pthread_cond_wait(&s->cond, &s->lock);
-    }
-    c->inflight++;
-    c->inflight_bytes += bytes;
+    r->c->inflight++;
+    r->c->inflight_bytes += nbd_req_bytes(r);
+}
+
+/* Appends a counted request to the workers' queue (lock held). */
+static void enqueue_locked(vd_nbd_server *s, nbd_req *r)
+{
     r->next = NULL;
     if (s->q_tail) {
         s->q_tail->next = r;
@@ -77,29 +75,32 @@ void nbd_queue_request(vd_nbd_server *s, nbd_req *r)
     }
     s->q_tail = r;
     pthread_cond_signal(&s->q_cond);
+}
+
+void nbd_queue_request(vd_nbd_server *s, nbd_req *r)
+{
+    nbd_conn *c = r->c;
+    pthread_mutex_lock(&s->lock);
+    while (c->inflight >= CONN_MAX_INFLIGHT ||
+           (c->inflight && c->inflight_bytes + nbd_req_bytes(r) > CONN_MAX_INFLIGHT_BYTES)) {
+        pthread_cond_wait(&s->cond, &s->lock);
+    }
+    count_locked(r);
+    enqueue_locked(s, r);
     pthread_mutex_unlock(&s->lock);
 }
 
 void nbd_queue_counted(vd_nbd_server *s, nbd_req *r)
 {
     pthread_mutex_lock(&s->lock);
-    r->next = NULL;
-    if (s->q_tail) {
-        s->q_tail->next = r;
-    } else {
-        s->q_head = r;
-    }
-    s->q_tail = r;
-    pthread_cond_signal(&s->q_cond);
+    enqueue_locked(s, r);
     pthread_mutex_unlock(&s->lock);
 }
 
 void nbd_run_now(vd_nbd_server *s, nbd_req *r)
 {
-    uint32_t bytes = r->type == NBD_CMD_READ || r->type == NBD_CMD_WRITE ? r->len : 0;
     pthread_mutex_lock(&s->lock);
-    r->c->inflight++;
-    r->c->inflight_bytes += bytes;
+    count_locked(r);
     pthread_mutex_unlock(&s->lock);
     r->on_reader = true;
     nbd_req_run(r);
@@ -370,37 +371,8 @@ static int add_listener(vd_nbd_server *s, int fd, const char *unix_path)
 
 int vd_nbd_server_listen_unix(vd_nbd_server *s, const char *path, vd_error **errp)
 {
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    if (!path || !*path || strlen(path) >= sizeof(sa.sun_path)) {
-        return vd_error_set(errp, VD_ERR_INVALID, ENAMETOOLONG, "UNIX socket path '%s' is "
-                            "too long", path ? path : "");
-    }
-    strcpy(sa.sun_path, path);
-    struct stat st;
-    if (lstat(path, &st) == 0) {
-        if (!S_ISSOCK(st.st_mode)) {
-            return vd_error_set(errp, VD_ERR_INVALID, EEXIST, "Failed to bind socket to %s: "
-                                "the path exists and is not a socket", path);
-        }
-        unlink(path);   /* a stale socket of an earlier run */
-    }
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        return vd_error_set(errp, VD_ERR_IO, errno, "Failed to create socket: %s",
-                            strerror(errno));
-    }
-    /* Created private: other users must not reach the disks. */
-    mode_t old = umask(0077);
-    int ret = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
-    int err = errno;
-    umask(old);
-    if (ret < 0 || listen(fd, 128) < 0) {
-        err = ret < 0 ? err : errno;
-        close(fd);
-        return vd_error_set(errp, VD_ERR_IO, err, "Failed to bind socket to %s: %s", path,
-                            strerror(err));
-    }
-    return add_listener(s, fd, path);
+    int fd = vd_unix_listen(path, 128, errp);
+    return fd < 0 ? fd : add_listener(s, fd, path);
 }
 
 int vd_nbd_server_listen_inet(vd_nbd_server *s, const char *host, const char *port,

@@ -218,34 +218,30 @@ int nbd_tls_start(vd_tls_creds *creds, int fd, int timeout_ms, nbd_tls **out, ch
     return 0;
 }
 
-ssize_t nbd_tls_recv(nbd_tls *t, void *buf, size_t len)
+/* A record call's result: bytes, or -1 with errno EIO; retried while GnuTLS asks to. */
+static ssize_t record_io(nbd_tls *t, void *buf, size_t len, bool send)
 {
     for (;;) {
-        ssize_t n = gnutls_record_recv(t->session, buf, len);
+        ssize_t n = send ? gnutls_record_send(t->session, buf, len)
+                         : gnutls_record_recv(t->session, buf, len);
         if (n >= 0) {
             return n;
         }
-        if (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED) {
-            continue;
+        if (n != GNUTLS_E_AGAIN && n != GNUTLS_E_INTERRUPTED) {
+            errno = EIO;
+            return -1;
         }
-        errno = EIO;
-        return -1;
     }
+}
+
+ssize_t nbd_tls_recv(nbd_tls *t, void *buf, size_t len)
+{
+    return record_io(t, buf, len, false);
 }
 
 ssize_t nbd_tls_send(nbd_tls *t, const void *buf, size_t len)
 {
-    for (;;) {
-        ssize_t n = gnutls_record_send(t->session, buf, len);
-        if (n >= 0) {
-            return n;
-        }
-        if (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED) {
-            continue;
-        }
-        errno = EIO;
-        return -1;
-    }
+    return record_io(t, (void *)buf, len, true);
 }
 
 bool nbd_tls_pending(nbd_tls *t)

@@ -11,12 +11,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/time.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include "qmp/qmp.h"
+#include "util/socket.h"
 
 #define MAX_COMMAND_BYTES (1u << 20)
 #define MAX_DEPTH 64
@@ -463,6 +462,33 @@ static void *session_main(void *arg)
     return NULL;
 }
 
+/* A session on a connected socket, registered with the server (which waits for it at
+ * free); NULL (socket closed) when out of memory. */
+static qmp_session *session_new(qmp_server *s, int fd)
+{
+    qmp_session *qs = calloc(1, sizeof(*qs));
+    if (!qs) {
+        close(fd);
+        return NULL;
+    }
+    qs->srv = s;
+    qs->fd = fd;
+    pthread_mutex_init(&qs->wlock, NULL);
+    pthread_mutex_lock(&s->lock);
+    qs->next = s->sessions;
+    s->sessions = qs;
+    s->nb_threads++;
+    pthread_mutex_unlock(&s->lock);
+    return qs;
+}
+
+/* Its thread could not start: the session goes as if its client had left at once. */
+static void session_main_failed(qmp_session *qs)
+{
+    shutdown(qs->fd, SHUT_RDWR);
+    session_main(qs);
+}
+
 static void *accept_main(void *arg)
 {
     qmp_server *s = arg;
@@ -498,31 +524,18 @@ static void *accept_main(void *arg)
             if (fd < 0) {
                 continue;
             }
-            qmp_session *qs = calloc(1, sizeof(*qs));
+            qmp_session *qs = session_new(s, fd);
             if (!qs) {
-                close(fd);
                 continue;
             }
-            qs->srv = s;
-            qs->fd = fd;
-            pthread_mutex_init(&qs->wlock, NULL);
-            pthread_mutex_lock(&s->lock);
-            qs->next = s->sessions;
-            s->sessions = qs;
-            s->nb_threads++;
             pthread_t t;
             pthread_attr_t attr;
             pthread_attr_init(&attr);
             pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
             if (pthread_create(&t, &attr, session_main, qs) != 0) {
-                s->sessions = qs->next;
-                s->nb_threads--;
-                close(fd);
-                pthread_mutex_destroy(&qs->wlock);
-                free(qs);
+                session_main_failed(qs);
             }
             pthread_attr_destroy(&attr);
-            pthread_mutex_unlock(&s->lock);
         }
     }
     return NULL;
@@ -530,20 +543,10 @@ static void *accept_main(void *arg)
 
 void qmp_serve_fd(qmp_server *s, int fd)
 {
-    qmp_session *qs = calloc(1, sizeof(*qs));
-    if (!qs) {
-        close(fd);
-        return;
+    qmp_session *qs = session_new(s, fd);
+    if (qs) {
+        session_main(qs);
     }
-    qs->srv = s;
-    qs->fd = fd;
-    pthread_mutex_init(&qs->wlock, NULL);
-    pthread_mutex_lock(&s->lock);
-    qs->next = s->sessions;
-    s->sessions = qs;
-    s->nb_threads++;
-    pthread_mutex_unlock(&s->lock);
-    session_main(qs);
 }
 
 int qmp_server_new(qmp_server **out, vd_error **errp)
@@ -570,34 +573,9 @@ int qmp_server_new(qmp_server **out, vd_error **errp)
 
 int qmp_server_listen(qmp_server *s, const char *path, vd_error **errp)
 {
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    if (!path || !*path || strlen(path) >= sizeof(sa.sun_path)) {
-        return vd_error_set(errp, VD_ERR_INVALID, ENAMETOOLONG, "UNIX socket path '%s' is "
-                            "too long", path ? path : "");
-    }
-    strcpy(sa.sun_path, path);
-    struct stat st;
-    if (lstat(path, &st) == 0) {
-        if (!S_ISSOCK(st.st_mode)) {
-            return vd_error_set(errp, VD_ERR_INVALID, EEXIST, "Failed to bind socket to %s: "
-                                "the path exists and is not a socket", path);
-        }
-        unlink(path);
-    }
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = vd_unix_listen(path, 16, errp);
     if (fd < 0) {
-        return vd_error_set(errp, VD_ERR_IO, errno, "Failed to create socket: %s",
-                            strerror(errno));
-    }
-    mode_t old = umask(0077);
-    int ret = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
-    int err = errno;
-    umask(old);
-    if (ret < 0 || listen(fd, 16) < 0) {
-        err = ret < 0 ? err : errno;
-        close(fd);
-        return vd_error_set(errp, VD_ERR_IO, err, "Failed to bind socket to %s: %s", path,
-                            strerror(err));
+        return fd;
     }
     pthread_mutex_lock(&s->lock);
     qmp_listener *l = realloc(s->listeners, (s->nb_listeners + 1) * sizeof(*l));

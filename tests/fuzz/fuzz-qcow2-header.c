@@ -11,18 +11,11 @@
 #include <string.h>
 
 #include "block/drivers/qcow2/qcow2-format.h"
+#include "fuzz-require.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define WHAT "fuzz.qcow2"
-
-#define REQUIRE(cond)                                                                   \
-    do {                                                                                \
-        if (!(cond)) {                                                                  \
-            fprintf(stderr, "%s:%d: broken promise: %s\n", __FILE__, __LINE__, #cond);  \
-            abort();                                                                    \
-        }                                                                               \
-    } while (0)
 
 static void require_refusal(int ret, const vd_error *err, const qcow2_header *h)
 {

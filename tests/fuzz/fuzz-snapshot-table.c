@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "block/drivers/qcow2/qcow2-format.h"
+#include "fuzz-require.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -24,14 +25,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define EXTRA_KNOWN 24     /* vm_state_size_large, disk_size, icount */
 #define MAX_ID 127         /* what the encoder's callers keep (qcow2-format.h) */
 #define MAX_NAME 255
-
-#define REQUIRE(cond)                                                                   \
-    do {                                                                                \
-        if (!(cond)) {                                                                  \
-            fprintf(stderr, "%s:%d: broken promise: %s\n", __FILE__, __LINE__, #cond);  \
-            abort();                                                                    \
-        }                                                                               \
-    } while (0)
 
 static void note(void *opaque, const char *msg)
 {

@@ -73,20 +73,6 @@ snap_same() {
     fi
 }
 
-# run_ok STEP CMD...: a command that must succeed (its output shown when it does not).
-run_ok() {
-    local name=$1 out=$VD_TESTDIR/run.out rc
-    shift
-    "$@" >"$out" 2>&1
-    rc=$?
-    if [ "$rc" -eq 0 ]; then
-        pass "$name"
-    else
-        fail "$name" "'$*' exited $rc" "$out"
-    fi
-    return "$rc"
-}
-
 # run_both ARGS...: runs qemu-img ARGS and vdisk ARGS; outputs in $q, $q.err, $v, $v.err
 # ("qemu-img" replaced by "vdisk" in qemu-img's), exit codes in $qrc and $vrc.
 run_both() {
@@ -166,7 +152,7 @@ s=$((SEED * 16))
 for k in 1 2 3 4; do
     write_random vdisk "$img" $((s + k)) 65536
     raw_copy "$img" "v.s$k.raw"
-    run_ok "vdisk-create-s$k" "$VDISK" snapshot -c "s$k" "$img"
+    check_ok "vdisk-create-s$k" "$VDISK" snapshot -c "s$k" "$img"
     clean "vdisk-create-s$k" "$img"
 done
 write_random vdisk "$img" $((s + 5)) 65536
@@ -178,13 +164,13 @@ done
 same vdisk-active "$img" v.cur.raw
 n=6
 for k in 3 1 4 2; do
-    run_ok "qemu-apply-vdisk-s$k" "$QEMU_IMG" snapshot -a "s$k" "$img"
+    check_ok "qemu-apply-vdisk-s$k" "$QEMU_IMG" snapshot -a "s$k" "$img"
     same "qemu-apply-vdisk-s$k" "$img" "v.s$k.raw"
     clean "qemu-apply-vdisk-s$k" "$img"
     write_random qemu-io "$img" $((s + n)) 65536
     n=$((n + 1))
     clean "qemu-io-after-apply-s$k" "$img"
-    run_ok "vdisk-apply-s$k" "$VDISK" snapshot -a "s$k" "$img"
+    check_ok "vdisk-apply-s$k" "$VDISK" snapshot -a "s$k" "$img"
     same "vdisk-apply-s$k" "$img" "v.s$k.raw"
     clean "vdisk-apply-s$k" "$img"
     write_random vdisk "$img" $((s + n)) 65536
@@ -192,16 +178,16 @@ for k in 3 1 4 2; do
     clean "vdisk-io-after-apply-s$k" "$img"
 done
 raw_copy "$img" v.cur.raw
-run_ok "qemu-delete-vdisk-s2" "$QEMU_IMG" snapshot -d s2 "$img"
+check_ok "qemu-delete-vdisk-s2" "$QEMU_IMG" snapshot -d s2 "$img"
 clean "qemu-delete-vdisk-s2" "$img"
-run_ok "vdisk-delete-s4" "$VDISK" snapshot -d s4 "$img"
+check_ok "vdisk-delete-s4" "$VDISK" snapshot -d s4 "$img"
 clean "vdisk-delete-s4" "$img"
 listings vdisk-after-deletes "$img"
 snap_same "vdisk-s1-after-deletes" "$img" s1 v.s1.raw
 snap_same "vdisk-s3-after-deletes" "$img" s3 v.s3.raw
 same "vdisk-active-after-deletes" "$img" v.cur.raw
-run_ok "vdisk-delete-s1" "$VDISK" snapshot -d s1 "$img"
-run_ok "qemu-delete-vdisk-s3" "$QEMU_IMG" snapshot -d s3 "$img"
+check_ok "vdisk-delete-s1" "$VDISK" snapshot -d s1 "$img"
+check_ok "qemu-delete-vdisk-s3" "$QEMU_IMG" snapshot -d s3 "$img"
 clean "all-deleted-vdisk-made" "$img"
 same "vdisk-active-all-deleted" "$img" v.cur.raw
 if [ "$(nsnaps "$img")" = 0 ] && [ -z "$("$VDISK" snapshot -l "$img")" ]; then
@@ -223,41 +209,41 @@ write_random qemu-io "$img" $((s + 5)) 16384
 listings qemu-made "$img"
 n=6
 for k in 2 4 1 3; do
-    run_ok "vdisk-apply-qemu-t$k" "$VDISK" snapshot -a "t$k" "$img"
+    check_ok "vdisk-apply-qemu-t$k" "$VDISK" snapshot -a "t$k" "$img"
     same "vdisk-apply-qemu-t$k" "$img" "q.t$k.raw"
     clean "vdisk-apply-qemu-t$k" "$img"
     write_random vdisk "$img" $((s + n)) 16384
     n=$((n + 1))
     clean "vdisk-io-after-apply-t$k" "$img"
-    run_ok "qemu-apply-t$k" "$QEMU_IMG" snapshot -a "t$k" "$img"
+    check_ok "qemu-apply-t$k" "$QEMU_IMG" snapshot -a "t$k" "$img"
     same "qemu-apply-t$k" "$img" "q.t$k.raw"
     write_random qemu-io "$img" $((s + n)) 16384
     n=$((n + 1))
 done
 # vdisk adds a snapshot to QEMU's table; QEMU reads and applies it.
 raw_copy "$img" q.t5.raw
-run_ok "vdisk-create-on-qemu-table" "$VDISK" snapshot -c t5 "$img"
+check_ok "vdisk-create-on-qemu-table" "$VDISK" snapshot -c t5 "$img"
 clean "vdisk-create-on-qemu-table" "$img"
 write_random vdisk "$img" $((s + n)) 16384
 snap_same "vdisk-t5-on-qemu-table" "$img" t5 q.t5.raw
-run_ok "qemu-apply-vdisk-t5" "$QEMU_IMG" snapshot -a t5 "$img"
+check_ok "qemu-apply-vdisk-t5" "$QEMU_IMG" snapshot -a t5 "$img"
 same "qemu-apply-vdisk-t5" "$img" q.t5.raw
 raw_copy "$img" q.cur.raw
 listings mixed "$img"
 for k in 1 3; do
-    run_ok "vdisk-delete-qemu-t$k" "$VDISK" snapshot -d "t$k" "$img"
+    check_ok "vdisk-delete-qemu-t$k" "$VDISK" snapshot -d "t$k" "$img"
     clean "vdisk-delete-qemu-t$k" "$img"
 done
-run_ok "qemu-delete-t2" "$QEMU_IMG" snapshot -d t2 "$img"
+check_ok "qemu-delete-t2" "$QEMU_IMG" snapshot -d t2 "$img"
 clean "qemu-delete-t2" "$img"
 listings qemu-after-deletes "$img"
 snap_same "qemu-t4-after-deletes" "$img" t4 q.t4.raw
 snap_same "vdisk-t5-after-deletes" "$img" t5 q.t5.raw
 same "qemu-active-after-deletes" "$img" q.cur.raw
-run_ok "vdisk-apply-t4-after-deletes" "$VDISK" snapshot -a t4 "$img"
+check_ok "vdisk-apply-t4-after-deletes" "$VDISK" snapshot -a t4 "$img"
 same "vdisk-apply-t4-after-deletes" "$img" q.t4.raw
-run_ok "vdisk-delete-t4" "$VDISK" snapshot -d t4 "$img"
-run_ok "vdisk-delete-t5" "$VDISK" snapshot -d t5 "$img"
+check_ok "vdisk-delete-t4" "$VDISK" snapshot -d t4 "$img"
+check_ok "vdisk-delete-t5" "$VDISK" snapshot -d t5 "$img"
 clean "all-deleted-qemu-made" "$img"
 same "active-after-all-deleted" "$img" q.t4.raw
 
@@ -346,7 +332,7 @@ open("blob", "wb").write(bytes(r.getrandbits(8) for _ in range(int(sys.argv[2]))
     "$QEMU_IMG" create -q -f qcow2 vm.qcow2 "$SIZE"
     write_random vdisk vm.qcow2 $((SEED * 16 + 200)) 65536
     raw_copy vm.qcow2 vm.raw
-    run_ok vmstate-save "$helper" save vm.qcow2 vm1 blob
+    check_ok vmstate-save "$helper" save vm.qcow2 vm1 blob
     clean vmstate-save vm.qcow2
     got=$(qemu_info_field vm.qcow2 snapshots | "$PYTHON" -c '
 import json, sys
@@ -415,12 +401,12 @@ EOF2
     fi
     same vmstate-qemu-apply vmq.qcow2 vm.raw
     cp vm.qcow2 vmv.qcow2
-    run_ok vmstate-load-own "$helper" load vmv.qcow2 vm1 own.bin "$blob_len"
+    check_ok vmstate-load-own "$helper" load vmv.qcow2 vm1 own.bin "$blob_len"
     cmp -s own.bin blob && pass vmstate-own-roundtrip ||
         fail vmstate-own-roundtrip "vdisk reads back a different VM state"
     # Later writes and deletes leave it consistent; the VM state clusters go with the snapshot.
     write_random vdisk vm.qcow2 $((SEED * 16 + 201)) 65536
-    run_ok vmstate-delete "$VDISK" snapshot -d vm1 vm.qcow2
+    check_ok vmstate-delete "$VDISK" snapshot -d vm1 vm.qcow2
     clean vmstate-delete vm.qcow2
 
     # QEMU saves (qemu-io write -b, then qemu-img snapshot -c, which records no size: the
@@ -444,7 +430,7 @@ if struct.unpack(">I", (f.seek(off + 36), f.read(4))[1])[0] >= 8:
 EOF
     clean vmstate-qemu-made vq.qcow2
     listings vmstate-qemu-made vq.qcow2
-    run_ok vmstate-load-qemu "$helper" load vq.qcow2 q1 fromqemu.bin "$qlen"
+    check_ok vmstate-load-qemu "$helper" load vq.qcow2 q1 fromqemu.bin "$qlen"
     cmp -s fromqemu.bin qblob && pass vmstate-vdisk-reads-qemu-blob ||
         fail vmstate-vdisk-reads-qemu-blob "vdisk reads a different VM state than qemu-io wrote"
     clean vmstate-after-load vq.qcow2
@@ -533,7 +519,7 @@ long=$(printf 'n%.0s' $(seq 300))
 "$QEMU_IMG" create -q -f qcow2 long-q.qcow2 1M
 "$QEMU_IMG" create -q -f qcow2 long-v.qcow2 1M
 "$QEMU_IMG" snapshot -c "$long" long-q.qcow2
-run_ok create-long-name "$VDISK" snapshot -c "$long" long-v.qcow2
+check_ok create-long-name "$VDISK" snapshot -c "$long" long-v.qcow2
 name_of() { qemu_info_field "$1" snapshots | "$PYTHON" -c '
 import json, sys; print(json.load(sys.stdin)[0]["name"])'; }
 if [ "$(name_of long-q.qcow2)" = "$(name_of long-v.qcow2)" ]; then
@@ -567,19 +553,19 @@ kind() {
     "$QEMU_IO" -f qcow2 -c "write -P 0x11 0 300k" -c "write -c -P 0x22 $((4 * cs)) $cs" \
         -c "write -z 1M 128k" "$img" >/dev/null
     raw_copy "$img" "$k.a.raw"
-    run_ok "kind-$k-create-a" "$VDISK" snapshot -c a "$img" || return
+    check_ok "kind-$k-create-a" "$VDISK" snapshot -c a "$img" || return
     clean "kind-$k-create-a" "$img"
     "$VDISK" io -f qcow2 -c "write -P 0x33 100k 200k" -c "write -c -P 0x44 0 $cs" \
         -c "write -z 2M 64k" "$img" >/dev/null
     raw_copy "$img" "$k.b.raw"
-    run_ok "kind-$k-create-b" "$VDISK" snapshot -c b "$img" || return
+    check_ok "kind-$k-create-b" "$VDISK" snapshot -c b "$img" || return
     "$QEMU_IO" -f qcow2 -c "write -P 0x55 0 1M" "$img" >/dev/null
-    run_ok "kind-$k-qemu-apply-a" "$QEMU_IMG" snapshot -a a "$img"
+    check_ok "kind-$k-qemu-apply-a" "$QEMU_IMG" snapshot -a a "$img"
     same "kind-$k-qemu-apply-a" "$img" "$k.a.raw"
-    run_ok "kind-$k-vdisk-apply-b" "$VDISK" snapshot -a b "$img"
+    check_ok "kind-$k-vdisk-apply-b" "$VDISK" snapshot -a b "$img"
     same "kind-$k-vdisk-apply-b" "$img" "$k.b.raw"
     clean "kind-$k-apply" "$img"
-    run_ok "kind-$k-vdisk-delete-a" "$VDISK" snapshot -d a "$img"
+    check_ok "kind-$k-vdisk-delete-a" "$VDISK" snapshot -d a "$img"
     clean "kind-$k-delete" "$img"
     snap_same "kind-$k-b-after-delete" "$img" b "$k.b.raw"
 }
@@ -604,8 +590,8 @@ clean rc1-after-refusal rc1.qcow2
 [ "$(nsnaps rc1.qcow2)" = 0 ] && pass rc1-no-snapshot || fail rc1-no-snapshot "a snapshot appeared"
 "$QEMU_IMG" create -q -f qcow2 -o refcount_bits=2 rc2.qcow2 4M
 "$QEMU_IO" -f qcow2 -c "write -P 1 0 256k" rc2.qcow2 >/dev/null
-run_ok rc2-first "$VDISK" snapshot -c one rc2.qcow2
-run_ok rc2-second "$VDISK" snapshot -c two rc2.qcow2
+check_ok rc2-first "$VDISK" snapshot -c one rc2.qcow2
+check_ok rc2-second "$VDISK" snapshot -c two rc2.qcow2
 if "$VDISK" snapshot -c three rc2.qcow2 >rc2.out 2>&1; then
     fail rc2-third-refused "a third snapshot fit in 2-bit refcounts"
 else
@@ -618,17 +604,17 @@ clean rc2-after-refusal rc2.qcow2
 "$QEMU_IMG" create -q -f qcow2 rs.qcow2 16M
 "$QEMU_IO" -f qcow2 -c "write -P 0x61 15M 1M" rs.qcow2 >/dev/null
 raw_copy rs.qcow2 rs.small.raw
-run_ok resize-snap-small "$VDISK" snapshot -c small rs.qcow2
+check_ok resize-snap-small "$VDISK" snapshot -c small rs.qcow2
 "$VDISK" resize rs.qcow2 40M >/dev/null
 "$QEMU_IO" -f qcow2 -c "write -P 0x62 30M 2M" rs.qcow2 >/dev/null
 raw_copy rs.qcow2 rs.big.raw
-run_ok resize-snap-big "$VDISK" snapshot -c big rs.qcow2
-run_ok resize-apply-small "$VDISK" snapshot -a small rs.qcow2
+check_ok resize-snap-big "$VDISK" snapshot -c big rs.qcow2
+check_ok resize-apply-small "$VDISK" snapshot -a small rs.qcow2
 same resize-apply-small rs.qcow2 rs.small.raw
 clean resize-apply-small rs.qcow2
-run_ok resize-qemu-apply-big "$QEMU_IMG" snapshot -a big rs.qcow2
+check_ok resize-qemu-apply-big "$QEMU_IMG" snapshot -a big rs.qcow2
 same resize-qemu-apply-big rs.qcow2 rs.big.raw
-run_ok resize-vdisk-apply-big "$VDISK" snapshot -a big rs.qcow2
+check_ok resize-vdisk-apply-big "$VDISK" snapshot -a big rs.qcow2
 same resize-vdisk-apply-big rs.qcow2 rs.big.raw
 clean resize-apply-big rs.qcow2
 
@@ -674,13 +660,13 @@ else
     pass dup-vdisk-create-refused
 fi
 cp dup.qcow2 dupq.qcow2
-run_ok dup-vdisk-apply "$VDISK" snapshot -a dup dup.qcow2
-run_ok dup-qemu-apply "$QEMU_IMG" snapshot -a dup dupq.qcow2
+check_ok dup-vdisk-apply "$VDISK" snapshot -a dup dup.qcow2
+check_ok dup-qemu-apply "$QEMU_IMG" snapshot -a dup dupq.qcow2
 same dup-vdisk-apply-first dup.qcow2 dup.d1.raw
 same dup-qemu-apply-first dupq.qcow2 dup.d1.raw
 clean dup-vdisk-apply dup.qcow2
-run_ok dup-vdisk-delete "$VDISK" snapshot -d dup dup.qcow2
-run_ok dup-qemu-delete "$QEMU_IMG" snapshot -d dup dupq.qcow2
+check_ok dup-vdisk-delete "$VDISK" snapshot -d dup dup.qcow2
+check_ok dup-qemu-delete "$QEMU_IMG" snapshot -d dup dupq.qcow2
 clean dup-vdisk-delete dup.qcow2
 ids_names() { "$QEMU_IMG" snapshot -l "$1" | awk 'NR > 2 { print $1, $2 }'; }
 if [ "$(ids_names dup.qcow2)" = "2 dup" ] && [ "$(ids_names dupq.qcow2)" = "2 dup" ]; then
@@ -697,20 +683,20 @@ raw_copy idn.qcow2 idn.a.raw
 "$QEMU_IMG" snapshot -c 2 idn.qcow2
 qio -c "write -P 0x42 256k 1M" idn.qcow2
 raw_copy idn.qcow2 idn.b.raw
-run_ok idname-vdisk-create "$VDISK" snapshot -c x idn.qcow2
+check_ok idname-vdisk-create "$VDISK" snapshot -c x idn.qcow2
 qio -c "write -P 0x43 0 64k" idn.qcow2
 listings idname idn.qcow2
 cp idn.qcow2 idnq.qcow2
 for step in "2 b" "1 a" "x b"; do
     set -- $step
-    run_ok "idname-vdisk-apply-$1" "$VDISK" snapshot -a "$1" idn.qcow2
-    run_ok "idname-qemu-apply-$1" "$QEMU_IMG" snapshot -a "$1" idnq.qcow2
+    check_ok "idname-vdisk-apply-$1" "$VDISK" snapshot -a "$1" idn.qcow2
+    check_ok "idname-qemu-apply-$1" "$QEMU_IMG" snapshot -a "$1" idnq.qcow2
     same "idname-vdisk-apply-$1" idn.qcow2 "idn.$2.raw"
     same "idname-qemu-apply-$1" idnq.qcow2 "idn.$2.raw"
 done
 clean idname-applies idn.qcow2
 same_output idname-delete-by-id-fails snapshot -d 1 idn.qcow2
-run_ok idname-vdisk-delete-by-name "$VDISK" snapshot -d 2 idn.qcow2
+check_ok idname-vdisk-delete-by-name "$VDISK" snapshot -d 2 idn.qcow2
 "$QEMU_IMG" snapshot -d 2 idnq.qcow2
 clean idname-delete idn.qcow2
 if [ "$(ids_names idn.qcow2)" = "2 x" ] && [ "$(ids_names idnq.qcow2)" = "2 x" ]; then
@@ -723,19 +709,19 @@ same_output idname-delete-again snapshot -d 2 idn.qcow2
 # Compressed clusters written by vdisk convert -c, snapshots over them, both tools applying.
 "$QEMU_IMG" create -q -f qcow2 czsrc.qcow2 8M
 qio -c "write -P 0x61 0 2M" -c "write -P 0x62 5M 1M" czsrc.qcow2
-run_ok cz-convert "$VDISK" convert -c -O qcow2 czsrc.qcow2 cz.qcow2
+check_ok cz-convert "$VDISK" convert -c -O qcow2 czsrc.qcow2 cz.qcow2
 raw_copy cz.qcow2 cz.a.raw
-run_ok cz-create-a "$VDISK" snapshot -c a cz.qcow2
+check_ok cz-create-a "$VDISK" snapshot -c a cz.qcow2
 clean cz-create-a cz.qcow2
 "$VDISK" io -f qcow2 -c "write -P 0x63 64k 128k" -c "write -c -P 0x64 1M 64k" cz.qcow2 >/dev/null
 raw_copy cz.qcow2 cz.b.raw
-run_ok cz-create-b "$VDISK" snapshot -c b cz.qcow2
+check_ok cz-create-b "$VDISK" snapshot -c b cz.qcow2
 qio -c "write -P 0x65 0 4M" cz.qcow2
-run_ok cz-qemu-apply-a "$QEMU_IMG" snapshot -a a cz.qcow2
+check_ok cz-qemu-apply-a "$QEMU_IMG" snapshot -a a cz.qcow2
 same cz-qemu-apply-a cz.qcow2 cz.a.raw
-run_ok cz-vdisk-apply-b "$VDISK" snapshot -a b cz.qcow2
+check_ok cz-vdisk-apply-b "$VDISK" snapshot -a b cz.qcow2
 same cz-vdisk-apply-b cz.qcow2 cz.b.raw
-run_ok cz-vdisk-delete-a "$VDISK" snapshot -d a cz.qcow2
+check_ok cz-vdisk-delete-a "$VDISK" snapshot -d a cz.qcow2
 clean cz-delete cz.qcow2
 snap_same cz-b-after-delete cz.qcow2 b cz.b.raw
 
