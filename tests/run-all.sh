@@ -66,14 +66,15 @@ filters=("$@")
 # ---- jobs ---------------------------------------------------------------------------------
 # The slow ones first, so that they overlap with the many short ones.
 add_job fuzz/qcow2-open "bash tests/fuzz/run-fuzz.sh"
-for s in tests/interop/test-differential.sh tests/interop/test-qemu-to-vdisk.sh \
-    tests/interop/test-preallocation.sh tests/interop/test-vdisk-to-qemu.sh \
-    tests/interop/test-corrupt-images.sh; do
-    [ -f "$s" ] && add_job "interop/$(basename "$s")" "timeout -k 10 $script_timeout bash $s"
+for s in tests/crash/test-crash.sh tests/interop/test-differential.sh \
+    tests/interop/test-qemu-to-vdisk.sh tests/interop/test-preallocation.sh \
+    tests/interop/test-vdisk-to-qemu.sh tests/interop/test-corrupt-images.sh; do
+    [ -f "$s" ] && add_job "$(basename "$(dirname "$s")")/$(basename "$s")" \
+        "timeout -k 10 $script_timeout bash $s"
 done
 for s in tests/interop/test-*.sh tests/crash/test-*.sh; do
     [ -f "$s" ] || continue
-    case " ${names[*]} " in *" interop/$(basename "$s") "*) continue ;; esac
+    case " ${names[*]} " in *" $(basename "$(dirname "$s")")/$(basename "$s") "*) continue ;; esac
     add_job "$(basename "$(dirname "$s")")/$(basename "$s")" \
         "timeout -k 10 $script_timeout bash $s"
 done

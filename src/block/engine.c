@@ -7,12 +7,14 @@ extern const vd_driver vd_file_driver;
 extern const vd_driver vd_raw_driver;
 extern const vd_driver vd_qcow2_driver;
 extern const vd_driver vd_blkdebug_driver;
+extern const vd_driver vd_logwrites_driver;
 
 const vd_driver *const vd_drivers[] = {
     &vd_file_driver,
     &vd_raw_driver,
     &vd_qcow2_driver,
     &vd_blkdebug_driver,
+    &vd_logwrites_driver,
     NULL,
 };
 

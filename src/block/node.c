@@ -13,6 +13,7 @@
 #include "block/blkdebug.h"
 #include "block/block.h"
 #include "block/engine.h"
+#include "block/logwrites.h"
 
 #define VD_MAX_CHAIN_DEPTH 256
 #define VD_PROBE_BYTES 2048
@@ -85,11 +86,41 @@ static int open_blkdebug(vd_engine *e, const char *spec, unsigned flags, vd_node
     return ret;
 }
 
+/* `logwrites:LOG:PATH`: PATH's file node under the write-recording filter. */
+static int open_logwrites(vd_engine *e, const char *spec, unsigned flags, vd_node **out,
+                          vd_error **errp)
+{
+    char *log, *path;
+    int ret = vd_logwrites_parse(spec, &log, &path, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    vd_node *child = NULL;
+    ret = vd_node_open_file(e, path, flags, &child, errp);
+    if (ret == 0) {
+        vd_node *f = node_new(e, &vd_logwrites_driver, path, flags);
+        ret = vd_logwrites_wrap(f, child, log, errp);
+        if (ret < 0) {
+            node_free(f);
+            vd_node_close(child);
+        } else {
+            f->realpath = child->realpath ? strdup(child->realpath) : NULL;
+            *out = f;
+        }
+    }
+    free(log);
+    free(path);
+    return ret;
+}
+
 int vd_node_open_file(vd_engine *e, const char *filename, unsigned flags, vd_node **out,
                       vd_error **errp)
 {
     if (!strncmp(filename, VD_BLKDEBUG_PREFIX, strlen(VD_BLKDEBUG_PREFIX))) {
         return open_blkdebug(e, filename, flags, out, errp);
+    }
+    if (!strncmp(filename, VD_LOGWRITES_PREFIX, strlen(VD_LOGWRITES_PREFIX))) {
+        return open_logwrites(e, filename, flags, out, errp);
     }
     const vd_driver *drv = vd_driver_find("file");
     vd_node *n = node_new(e, drv, filename, flags);
@@ -142,7 +173,7 @@ static int probe_node(vd_node *file, const char **fmt, vd_error **errp)
 int vd_probe_format(const char *filename, const char **fmt, vd_error **errp)
 {
     /* A probe before the real open is not part of the I/O under test: it reads PATH
-     * without the filter, so rules and counts apply to the real open only. */
+     * without the filter, so rules, counts and logs cover the real open only. */
     if (!strncmp(filename, VD_BLKDEBUG_PREFIX, strlen(VD_BLKDEBUG_PREFIX))) {
         vd_blkdebug_rules rules;
         int ret = vd_blkdebug_parse(filename, &rules, errp);
@@ -150,6 +181,16 @@ int vd_probe_format(const char *filename, const char **fmt, vd_error **errp)
             ret = vd_probe_format(rules.path, fmt, errp);
         }
         vd_blkdebug_rules_free(&rules);
+        return ret;
+    }
+    if (!strncmp(filename, VD_LOGWRITES_PREFIX, strlen(VD_LOGWRITES_PREFIX))) {
+        char *log, *path;
+        int ret = vd_logwrites_parse(filename, &log, &path, errp);
+        if (ret == 0) {
+            ret = vd_probe_format(path, fmt, errp);
+            free(log);
+            free(path);
+        }
         return ret;
     }
     vd_node *file = NULL;

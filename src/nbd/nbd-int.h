@@ -105,6 +105,10 @@ struct vd_nbd_server {
 /* conn.c: serves one accepted socket until the client leaves or the server stops; runs
  * on its own thread, and frees the connection at the end. */
 void *nbd_conn_main(void *arg);
+/* Registers a connection on an accepted socket fd (server lock held); NULL when the server
+ * is stopping or has max_connections. The caller sets c->thread and runs nbd_conn_main,
+ * which unregisters and frees c and closes fd when the client is gone. */
+nbd_conn *nbd_conn_register_locked(vd_nbd_server *s, int fd);
 /* Executes one request and sends its reply (worker threads). */
 void nbd_req_run(nbd_req *r);
 

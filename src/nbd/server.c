@@ -266,19 +266,10 @@ static void wake_acceptor(vd_nbd_server *s)
     (void)r;
 }
 
-static void accept_one(vd_nbd_server *s, int lfd)
+nbd_conn *nbd_conn_register_locked(vd_nbd_server *s, int fd)
 {
-    int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
-    if (fd < 0) {
-        return;
-    }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));  /* fails on unix: fine */
-    pthread_mutex_lock(&s->lock);
     if (s->stopping || (s->max_connections && s->nb_conns >= s->max_connections)) {
-        pthread_mutex_unlock(&s->lock);
-        close(fd);
-        return;
+        return NULL;
     }
     nbd_conn *c = calloc(1, sizeof(*c));
     if (!c) {
@@ -294,6 +285,24 @@ static void accept_one(vd_nbd_server *s, int lfd)
     s->conns = c;
     s->nb_conns++;
     s->nb_accepted++;
+    return c;
+}
+
+static void accept_one(vd_nbd_server *s, int lfd)
+{
+    int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+    if (fd < 0) {
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));  /* fails on unix: fine */
+    pthread_mutex_lock(&s->lock);
+    nbd_conn *c = nbd_conn_register_locked(s, fd);
+    if (!c) {
+        pthread_mutex_unlock(&s->lock);
+        close(fd);
+        return;
+    }
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);

@@ -106,6 +106,9 @@ static void lru_push_head(qcow2_cache *c, qcow2_slice *sl)
  * dirty bit covers stale refcounts, but data must still come first. */
 static int l2_dependency(qcow2_state *s)
 {
+    if (s->break_ordering) {
+        return 0;
+    }
     if (!s->dirty_on_disk && s->rb_cache->nb_dirty) {
         int ret = qcow2_cache_writeback(s, s->rb_cache);
         if (ret < 0) {

@@ -135,7 +135,10 @@ int qcow2_flush_locked(qcow2_state *s)
         return qcow2_sync(s);
     }
     bool tables = s->l2_cache->nb_dirty || s->l1_nb_dirty;
-    int ret = qcow2_cache_writeback(s, s->rb_cache);
+    int ret = s->break_ordering ? qcow2_cache_writeback(s, s->l2_cache) : 0;
+    if (ret == 0) {
+        ret = qcow2_cache_writeback(s, s->rb_cache);
+    }
     if (ret < 0) {
         return ret;
     }
@@ -504,6 +507,8 @@ static int qcow2_open(vd_node *node, unsigned flags, vd_error **errp)
     s->file = node->file;
     s->name = node->filename;
     s->writable = (flags & VD_OPEN_RDWR) != 0;
+    const char *brk = getenv("VDISK_TEST_BREAK_ORDERING");
+    s->break_ordering = brk && !strcmp(brk, "1");
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
     s->check_only = (flags & VD_OPEN_CHECK) != 0;

@@ -162,6 +162,9 @@ struct qcow2_state {
     qcow2_cache *rb_cache;
     bool rb_unsynced;            /* refcount slices or linked data written since the last
                                   * sync: L2 slices wait for one (qcow2-cache.c) */
+    /* Test only (VDISK_TEST_BREAK_ORDERING=1): L2 slices go out before the refcounts they
+     * depend on, with no sync between, so that tests/crash/ can show it detects that. */
+    bool break_ordering;
 
     /* Allocation */
     uint64_t free_hint;          /* every cluster below it is in use */

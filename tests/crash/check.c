@@ -1,0 +1,322 @@
+/* The checker: on one crash state, qemu-img check and vdisk's check must find no corruption
+ * (leaks are allowed); vdisk must open the image read-write (a dirty image is repaired on
+ * that open, by vdisk or, for every other one, first by QEMU); every write that was
+ * acknowledged and then flushed before the crash must read back (a sector may also hold
+ * what a later, unflushed operation wrote there); and after a new write the image must
+ * still check clean. */
+#include <errno.h>
+#include <fcntl.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "crash.h"
+#include "vdisk/vdisk.h"
+
+#define KEEP_FAILURES 5
+
+extern char **environ;
+
+static int qemu_img_check(const check_ctx *c, char *out, size_t out_len)
+{
+    char log[4200];
+    snprintf(log, sizeof(log), "%s.qemu-img", c->state_path);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_adddup2(&fa, 1, 2);
+    char *argv[] = {(char *)c->qemu_img, "check", "-f", "qcow2", (char *)c->state_path, NULL};
+    pid_t pid;
+    int ret = posix_spawnp(&pid, c->qemu_img, &fa, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    if (ret != 0) {
+        snprintf(out, out_len, "could not run %s: %s", c->qemu_img, strerror(ret));
+        return -1;
+    }
+    int st;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+    }
+    out[0] = '\0';
+    FILE *f = fopen(log, "r");
+    if (f) {
+        size_t n = fread(out, 1, out_len - 1, f);
+        out[n] = '\0';
+        fclose(f);
+    }
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+static void keep_failure(const check_ctx *c, check_totals *t, const char *why)
+{
+    fprintf(stderr, "crash-test: FAIL %s: %s\n", c->what, why);
+    if (!c->fail_dir || t->kept_failures >= KEEP_FAILURES) {
+        return;
+    }
+    char dst[4200];
+    snprintf(dst, sizeof(dst), "%s/state-%llu.qcow2", c->fail_dir,
+             (unsigned long long)t->states);
+    FILE *in = fopen(c->state_path, "rb"), *out = fopen(dst, "wb");
+    char buf[65536];
+    size_t n;
+    while (in && out && (n = fread(buf, 1, sizeof(buf), in)) > 0) {
+        fwrite(buf, 1, n, out);
+    }
+    if (in) {
+        fclose(in);
+    }
+    if (out) {
+        fclose(out);
+        fprintf(stderr, "crash-test:   state kept as %s\n", dst);
+    }
+    t->kept_failures++;
+}
+
+/* qemu-img check: 0 clean, 3 leaks only; anything else is a failure. */
+static bool run_qemu_img(const check_ctx *c, check_totals *t, const char *when)
+{
+    char out[2048], why[2300];
+    int rc = qemu_img_check(c, out, sizeof(out));
+    if (rc == 0 || rc == 3) {
+        return true;
+    }
+    snprintf(why, sizeof(why), "qemu-img check %s exited %d:\n%.1500s", when, rc, out);
+    keep_failure(c, t, why);
+    return false;
+}
+
+/* vdisk's own check, in process; adds leaked clusters to the totals when count_leaks. */
+static bool run_vd_check(const check_ctx *c, check_totals *t, vd_engine *e, bool count_leaks)
+{
+    vd_open_opts oo = {.format = "qcow2", .flags = VD_OPEN_CHECK | VD_OPEN_NO_REPAIR};
+    vd_disk *d = NULL;
+    vd_error *err = NULL;
+    char why[1200];
+    if (vd_open(e, c->state_path, &oo, &d, &err) < 0) {
+        snprintf(why, sizeof(why), "vdisk check could not open it: %s", vd_error_msg(err));
+        vd_error_free(err);
+        keep_failure(c, t, why);
+        return false;
+    }
+    vd_check_result res = {0};
+    int ret = vd_check(d, 0, &res, &err);
+    vd_close(d);
+    bool ok = ret == 0 && res.corruptions == 0 && res.check_errors == 0;
+    if (!ok) {
+        snprintf(why, sizeof(why), "vdisk check: %s, %lld corruptions, %lld check errors:\n"
+                 "%.800s", ret < 0 ? vd_error_msg(err) : "ran", (long long)res.corruptions,
+                 (long long)res.check_errors, res.log ? res.log : "");
+        keep_failure(c, t, why);
+    } else if (count_leaks) {
+        t->leaks += (uint64_t)res.leaks;
+    }
+    vd_error_free(err);
+    vd_check_result_clear(&res);
+    return ok;
+}
+
+/* What the guest may read at the crash point: the contents as of the last flush that
+ * completed before it (base, base_size), plus, per sector, what any operation that had
+ * started by then left there (the ops from `extra`). */
+typedef struct expect {
+    uint32_t *base;
+    uint64_t base_size, max_size;
+    size_t extra;
+} expect;
+
+static void expect_build(const journal *j, uint64_t crash_pos, expect *x)
+{
+    size_t flushed = 0;   /* ops before the last completed flush */
+    for (size_t i = 0; i < j->nb_ops; i++) {
+        const gop *o = &j->ops[i];
+        if ((o->kind == OP_FLUSH || o->kind == OP_CLOSE) && o->end <= crash_pos) {
+            flushed = i;
+        }
+    }
+    x->max_size = j->size0;
+    for (size_t i = 0; i < j->nb_ops; i++) {
+        if (j->ops[i].size_after > x->max_size) {
+            x->max_size = j->ops[i].size_after;
+        }
+    }
+    x->base = calloc(x->max_size / SECTOR, sizeof(uint32_t));
+    if (!x->base) {
+        abort();
+    }
+    memcpy(x->base, j->vals0, j->size0 / SECTOR * sizeof(uint32_t));
+    x->base_size = j->size0;
+    for (size_t i = 0; i < flushed; i++) {
+        const gop *o = &j->ops[i];
+        memcpy(x->base + o->first, o->vals, o->count * sizeof(uint32_t));
+        if (o->kind != OP_CLOSE) {
+            x->base_size = o->size_after;
+        }
+    }
+    x->extra = flushed;
+}
+
+static bool allowed_value(const journal *j, const expect *x, uint64_t crash_pos, uint64_t s,
+                          uint32_t v)
+{
+    if (v == x->base[s]) {
+        return true;
+    }
+    for (size_t i = x->extra; i < j->nb_ops && j->ops[i].start < crash_pos; i++) {
+        const gop *o = &j->ops[i];
+        if (s >= o->first && s < o->first + o->count && o->vals[s - o->first] == v) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static bool allowed_size(const journal *j, const expect *x, uint64_t crash_pos, uint64_t size)
+{
+    if (size == x->base_size) {
+        return true;
+    }
+    for (size_t i = x->extra; i < j->nb_ops && j->ops[i].start < crash_pos; i++) {
+        if (j->ops[i].kind != OP_CLOSE && j->ops[i].size_after == size) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Opens the state read-write, checks what it reads, then writes to it. Returns 0 if all
+ * is well, 1 if flushed data was lost, -1 on any other failure. */
+static int verify_data(const check_ctx *c, check_totals *t, vd_engine *e)
+{
+    vd_open_opts oo = {.format = "qcow2", .flags = VD_OPEN_RDWR | VD_OPEN_UNMAP};
+    vd_disk *d = NULL;
+    vd_error *err = NULL;
+    char why[1200];
+    if (vd_open(e, c->state_path, &oo, &d, &err) < 0) {
+        snprintf(why, sizeof(why), "vdisk could not open it read-write: %s",
+                 vd_error_msg(err));
+        vd_error_free(err);
+        keep_failure(c, t, why);
+        return -1;
+    }
+    expect x;
+    expect_build(c->j, c->crash_pos, &x);
+    uint64_t size = vd_disk_size(d);
+    bool ok = true;
+    if (!allowed_size(c->j, &x, c->crash_pos, size) || size > x.max_size) {
+        snprintf(why, sizeof(why), "the disk has %llu bytes; %llu were flushed",
+                 (unsigned long long)size, (unsigned long long)x.base_size);
+        ok = false;
+    }
+    uint8_t *buf = malloc(256 * SECTOR);
+    uint64_t lost = 0, first_bad = 0;
+    uint32_t bad_val = 0;
+    for (uint64_t s = 0; ok && s < size / SECTOR; s += 256) {
+        uint64_t n = size / SECTOR - s < 256 ? size / SECTOR - s : 256;
+        if (vd_pread(d, buf, n * SECTOR, s * SECTOR) < 0) {
+            snprintf(why, sizeof(why), "read failed at sector %llu: %s",
+                     (unsigned long long)s, vd_disk_last_error(d));
+            ok = false;
+            break;
+        }
+        for (uint64_t k = 0; k < n; k++) {
+            uint32_t v = tag_decode(buf + k * SECTOR, s + k);
+            if (!allowed_value(c->j, &x, c->crash_pos, s + k, v)) {
+                if (!lost++) {
+                    first_bad = s + k;
+                    bad_val = v;
+                }
+            }
+        }
+    }
+    if (ok && lost) {
+        snprintf(why, sizeof(why), "%llu sectors lost flushed data; the first, sector %llu, "
+                 "reads tag %d where flushed tag %u was expected", (unsigned long long)lost,
+                 (unsigned long long)first_bad, bad_val == TAG_GARBAGE ? -1 : (int)bad_val,
+                 x.base[first_bad]);
+        ok = false;
+    }
+    /* The recovered image must take new writes. */
+    if (ok && size >= SECTOR) {
+        uint64_t s = (c->crash_pos * 7919) % (size / SECTOR);
+        tag_fill(buf, c->write_id, s);
+        if (vd_pwrite(d, buf, SECTOR, s * SECTOR, 0) < 0 || vd_flush(d) < 0 ||
+            vd_pread(d, buf, SECTOR, s * SECTOR) < 0 || tag_decode(buf, s) != c->write_id) {
+            snprintf(why, sizeof(why), "a write after recovery failed: %s",
+                     vd_disk_last_error(d));
+            ok = false;
+        }
+    }
+    free(buf);
+    free(x.base);
+    if (vd_close(d) < 0 && ok) {
+        snprintf(why, sizeof(why), "closing after recovery failed");
+        ok = false;
+    }
+    if (!ok) {
+        keep_failure(c, t, why);
+    }
+    return ok ? 0 : lost ? 1 : -1;
+}
+
+/* The dirty bit (incompatible feature bit 0): refcounts may be stale until a repair. */
+static bool state_dirty(const char *path)
+{
+    uint8_t b[8] = {0};
+    FILE *f = fopen(path, "rb");
+    bool ok = f && fseek(f, 72, SEEK_SET) == 0 && fread(b, 1, 8, f) == 8;
+    if (f) {
+        fclose(f);
+    }
+    return ok && (b[7] & 1);
+}
+
+/* QEMU's repair on open: qemu-io opens the image read-write, which repairs a dirty image. */
+static bool qemu_repair(const check_ctx *c, check_totals *t)
+{
+    char cmd[8600];
+    snprintf(cmd, sizeof(cmd), "'%s' -f qcow2 -c flush '%s' >'%s.qemu-io' 2>&1", c->qemu_io,
+             c->state_path, c->state_path);
+    int rc = system(cmd);
+    if (rc != 0) {
+        keep_failure(c, t, "qemu-io could not open the dirty image read-write to repair it");
+        return false;
+    }
+    return true;
+}
+
+void check_state(const check_ctx *c, check_totals *t)
+{
+    vd_engine *e = vd_engine_new();
+    bool ok = true;
+    /* A dirty image (lazy_refcounts, or a v3 image inside a snapshot's refcount and COPIED
+     * window) may have stale refcounts until it is repaired on the next read-write open:
+     * by QEMU for every other such state, else by vdisk. Its checks come after that. */
+    bool dirty = state_dirty(c->state_path);
+    if (dirty) {
+        t->dirty++;
+        if (c->qemu_img && c->qemu_io && t->dirty % 2 == 0) {
+            t->dirty_qemu++;
+            ok = qemu_repair(c, t);
+        }
+    } else {
+        ok = (!c->qemu_img || run_qemu_img(c, t, "of the crash state")) &&
+             run_vd_check(c, t, e, true);
+    }
+    int data = ok ? verify_data(c, t, e) : -1;
+    if (data == 0) {
+        /* qemu-img costs a process start: after recovery it checks every dirty state
+         * (not checked before) and every fourth other one; vdisk checks them all. */
+        bool qemu_after = c->qemu_img && (dirty || t->states % 4 == 0);
+        ok = run_vd_check(c, t, e, false) &&
+             (!qemu_after || run_qemu_img(c, t, "after recovery and a write"));
+    }
+    if (data == 1) {
+        t->lost++;
+    } else if (data < 0 || !ok) {
+        t->corruptions++;
+    }
+    t->states++;
+    vd_engine_free(e);
+}

@@ -1,0 +1,121 @@
+/* The crash-consistency harness (tests/crash/): a workload runs through the logwrites filter
+ * (src/block/logwrites.h) and keeps a journal of what the guest saw; the replayer rebuilds
+ * the image file as a crash after any logged write could leave it (every prefix since the
+ * last flush, random subsets, torn multi-sector writes); the checker opens each such file
+ * with qemu-img and vdisk and checks that nothing is corrupt and no flushed write is lost. */
+#ifndef CRASH_H
+#define CRASH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define SECTOR 512u
+#define TAG_GARBAGE UINT32_MAX  /* a sector that is neither zeros nor a whole tagged sector */
+
+/* ---- sector tags (tags.c): every sector a workload writes names its write and place ---- */
+void tag_fill(uint8_t *sector, uint32_t write_id, uint64_t sector_no);
+/* 0 for a zero sector, the write id of a tagged sector at sector_no, else TAG_GARBAGE. */
+uint32_t tag_decode(const uint8_t *sector, uint64_t sector_no);
+
+/* ---- random numbers (seeded, reproducible) ---- */
+typedef struct rng {
+    uint64_t s;
+} rng;
+uint64_t rng_next(rng *r);
+uint64_t rng_below(rng *r, uint64_t n);  /* 0 <= x < n, n > 0 */
+
+/* ---- workloads (workload.c) ---- */
+typedef enum op_kind {
+    OP_WRITE, OP_ZERO, OP_DISCARD, OP_FLUSH, OP_COMPRESS, OP_RESIZE,
+    OP_SNAP_CREATE, OP_SNAP_APPLY, OP_SNAP_DELETE, OP_CLOSE,
+} op_kind;
+
+/* One guest operation as the journal keeps it. */
+typedef struct gop {
+    op_kind kind;
+    uint64_t start, end;      /* the log's length before the op began and after it ended */
+    uint64_t first, count;    /* sectors whose contents the op may have changed */
+    uint32_t *vals;           /* their tags after the op (count entries) */
+    uint64_t size_after;      /* the guest size after the op */
+} gop;
+
+typedef struct workload_cfg {
+    const char *kind;         /* alloc, snap, compress, resize, cow, mixed */
+    uint32_t cluster_size;
+    bool lazy;
+    uint64_t seed;
+    int ops;
+    const char *dir;          /* where the image, its backing and the log live */
+} workload_cfg;
+
+typedef struct journal {
+    uint64_t size0;           /* guest size before the first op */
+    uint32_t *vals0;          /* tags of every sector before the first op */
+    gop *ops;
+    size_t nb_ops;
+    char image[4096];         /* the image the workload wrote (its state at the end) */
+    char log[4096];
+    uint8_t *base;            /* the image file before recording began */
+    uint64_t base_size;
+    uint32_t next_id;         /* the next unused write id (for the checker's own writes) */
+} journal;
+
+int workload_run(const workload_cfg *cfg, journal *j);
+void journal_free(journal *j);
+
+/* ---- the log and crash states (replay.c) ---- */
+typedef struct logrec {
+    uint32_t type;
+    uint64_t off, len, aux;
+    const uint8_t *data;      /* WRITE records: points into the loaded log */
+    uint64_t pos;             /* the log's length before this record */
+} logrec;
+
+typedef struct wlog {
+    uint8_t *buf;
+    size_t buf_len;
+    uint64_t init_size;
+    logrec *recs;
+    size_t nb;
+} wlog;
+
+int wlog_load(const char *path, wlog *l);
+void wlog_free(wlog *l);
+
+/* An image file in memory: the durable part of a crash state. */
+typedef struct memfile {
+    uint8_t *data;
+    uint64_t size, cap;
+    uint8_t *dirty;           /* one byte per CHUNK: may hold non-zero bytes */
+} memfile;
+
+void memfile_init(memfile *m, const uint8_t *data, uint64_t size);
+void memfile_apply(memfile *m, const logrec *r);
+void memfile_free(memfile *m);
+/* Writes m, then the chosen unflushed records (torn: the sector mask for the record
+ * torn_idx, or -1), to path. */
+int state_write(const char *path, const memfile *m, const logrec *const *recs, size_t n,
+                long torn_idx, const uint8_t *torn_mask);
+
+/* ---- the checker (check.c) ---- */
+typedef struct check_totals {
+    uint64_t states, corruptions, leaks, lost;
+    uint64_t dirty, dirty_qemu;   /* states with the dirty bit; of those, repaired by QEMU */
+    uint64_t kept_failures;
+} check_totals;
+
+typedef struct check_ctx {
+    const journal *j;
+    const char *state_path;
+    const char *qemu_img;     /* NULL: vdisk's checks only */
+    const char *qemu_io;      /* repairs every other dirty state, as QEMU opens it */
+    const char *fail_dir;     /* failing states are copied here (a few) */
+    uint64_t crash_pos;       /* the log's length at the crash point */
+    const char *what;         /* describes the state in messages */
+    uint32_t write_id;        /* for the write made after recovery */
+} check_ctx;
+
+void check_state(const check_ctx *c, check_totals *t);
+
+#endif

@@ -1,0 +1,462 @@
+/* Workloads: a seeded sequence of guest operations on a fresh image opened through the
+ * logwrites filter, with a journal of where each one starts and ends in the log and what
+ * the guest reads in the sectors it touched once it has completed. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "crash.h"
+#include "vdisk/snapshot.h"
+#include "vdisk/vdisk.h"
+
+#define MAX_SNAPS 8
+
+typedef struct wl {
+    const workload_cfg *cfg;
+    journal *j;
+    rng r;
+    vd_engine *e;
+    vd_disk *d;
+    uint64_t size;
+    uint32_t id;                 /* the last write id used */
+    uint64_t recent[16];         /* offsets written lately, for overwrites */
+    int nb_snaps, snap_seq;
+    char snaps[MAX_SNAPS][16];
+} wl;
+
+static void *xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p) {
+        abort();
+    }
+    return p;
+}
+
+static uint64_t log_len(const wl *w)
+{
+    struct stat st;
+    return stat(w->j->log, &st) == 0 ? (uint64_t)st.st_size : 0;
+}
+
+static int fail(const char *what, const char *msg)
+{
+    fprintf(stderr, "crash-test: workload: %s: %s\n", what, msg);
+    return -1;
+}
+
+/* Reads sectors [first, first+count) of d as tags into vals. */
+static int read_tags(vd_disk *d, uint64_t first, uint64_t count, uint32_t *vals)
+{
+    const uint64_t batch = 256;
+    uint8_t *buf = xmalloc(batch * SECTOR);
+    int ret = 0;
+    for (uint64_t i = 0; i < count && ret == 0; i += batch) {
+        uint64_t n = count - i < batch ? count - i : batch;
+        ret = vd_pread(d, buf, n * SECTOR, (first + i) * SECTOR);
+        for (uint64_t k = 0; k < n && ret == 0; k++) {
+            vals[i + k] = tag_decode(buf + k * SECTOR, first + i + k);
+        }
+    }
+    free(buf);
+    return ret;
+}
+
+static gop *add_op(wl *w, op_kind kind, uint64_t start)
+{
+    journal *j = w->j;
+    j->ops = realloc(j->ops, (j->nb_ops + 1) * sizeof(*j->ops));
+    if (!j->ops) {
+        abort();
+    }
+    gop *o = &j->ops[j->nb_ops++];
+    memset(o, 0, sizeof(*o));
+    o->kind = kind;
+    o->start = start;
+    return o;
+}
+
+/* Ends an op: records the log position and what the guest now reads in [first, +count). */
+static int end_op(wl *w, gop *o, uint64_t first, uint64_t count)
+{
+    o->end = log_len(w);
+    o->size_after = vd_disk_size(w->d);
+    o->first = first;
+    o->count = count;
+    o->vals = xmalloc(count * sizeof(uint32_t));
+    return read_tags(w->d, first, count, o->vals);
+}
+
+/* A random extent of 1..max sectors inside the disk; now and then over a recent write. */
+static void pick_extent(wl *w, uint64_t max, uint64_t *first, uint64_t *count)
+{
+    uint64_t sectors = w->size / SECTOR;
+    uint64_t n = 1 + rng_below(&w->r, max);
+    uint64_t s;
+    if (rng_below(&w->r, 100) < 30 && w->recent[0]) {
+        s = w->recent[rng_below(&w->r, 16)] + rng_below(&w->r, 8);
+    } else {
+        s = rng_below(&w->r, sectors);
+    }
+    if (s >= sectors) {
+        s = sectors - 1;
+    }
+    if (n > sectors - s) {
+        n = sectors - s;
+    }
+    *first = s;
+    *count = n;
+}
+
+static void fill_tags(wl *w, uint8_t *buf, uint64_t first, uint64_t count)
+{
+    w->id++;
+    for (uint64_t i = 0; i < count; i++) {
+        tag_fill(buf + i * SECTOR, w->id, first + i);
+    }
+    memmove(&w->recent[1], &w->recent[0], sizeof(w->recent) - sizeof(w->recent[0]));
+    w->recent[0] = first;
+}
+
+/* Checks that what the guest reads after a write is what was written. */
+static int verify_written(const gop *o, uint32_t id, const char *what)
+{
+    for (uint64_t i = 0; i < o->count; i++) {
+        if (o->vals[i] != id) {
+            char msg[128];
+            snprintf(msg, sizeof(msg), "sector %llu reads tag %u after writing %u",
+                     (unsigned long long)(o->first + i), o->vals[i], id);
+            return fail(what, msg);
+        }
+    }
+    return 0;
+}
+
+static uint64_t max_sectors(const wl *w)
+{
+    uint64_t m = 2ull * w->cfg->cluster_size / SECTOR;
+    return m < 16 ? 16 : m > 512 ? 512 : m;
+}
+
+static int op_write(wl *w)
+{
+    uint64_t first, count;
+    pick_extent(w, max_sectors(w), &first, &count);
+    uint8_t *buf = xmalloc(count * SECTOR);
+    fill_tags(w, buf, first, count);
+    gop *o = add_op(w, OP_WRITE, log_len(w));
+    int ret = vd_pwrite(w->d, buf, count * SECTOR, first * SECTOR, 0);
+    free(buf);
+    if (ret < 0) {
+        return fail("write", vd_disk_last_error(w->d));
+    }
+    return end_op(w, o, first, count) < 0 ? -1 : verify_written(o, w->id, "write");
+}
+
+static int op_compress(wl *w)
+{
+    uint64_t cs = w->cfg->cluster_size, clusters = w->size / cs;
+    uint64_t first = rng_below(&w->r, clusters) * (cs / SECTOR), count = cs / SECTOR;
+    uint8_t *buf = xmalloc(cs);
+    fill_tags(w, buf, first, count);
+    gop *o = add_op(w, OP_COMPRESS, log_len(w));
+    int ret = vd_pwrite_compressed(w->d, buf, cs, first * SECTOR);
+    free(buf);
+    if (ret < 0) {
+        return fail("compressed write", vd_disk_last_error(w->d));
+    }
+    return end_op(w, o, first, count) < 0 ? -1 : verify_written(o, w->id, "compressed write");
+}
+
+/* Write zeroes or discard over 1..4 clusters, cluster-aligned half of the time. */
+static int op_zero_discard(wl *w, bool discard)
+{
+    uint64_t cs = w->cfg->cluster_size / SECTOR, first, count;
+    pick_extent(w, 4 * cs, &first, &count);
+    if (rng_below(&w->r, 2)) {
+        first -= first % cs;
+        count = (count + cs - 1) / cs * cs;
+        if (first + count > w->size / SECTOR) {
+            count = w->size / SECTOR - first;
+        }
+    }
+    gop *o = add_op(w, discard ? OP_DISCARD : OP_ZERO, log_len(w));
+    int ret = discard ? vd_pdiscard(w->d, first * SECTOR, count * SECTOR)
+                      : vd_pwrite_zeroes(w->d, first * SECTOR, count * SECTOR,
+                                         rng_below(&w->r, 2) ? VD_REQ_MAY_UNMAP : 0);
+    if (ret < 0) {
+        return fail(discard ? "discard" : "write zeroes", vd_disk_last_error(w->d));
+    }
+    if (end_op(w, o, first, count) < 0) {
+        return -1;
+    }
+    return discard ? 0 : verify_written(o, 0, "write zeroes");
+}
+
+static int op_flush(wl *w, op_kind kind)
+{
+    gop *o = add_op(w, kind, log_len(w));
+    if (vd_flush(w->d) < 0) {
+        return fail("flush", vd_disk_last_error(w->d));
+    }
+    return end_op(w, o, 0, 0);
+}
+
+/* Grows the disk by 1..size/4 (at least one cluster), so that the L1 table and, with small
+ * clusters, the refcount table must grow. */
+static int op_resize(wl *w)
+{
+    uint64_t cs = w->cfg->cluster_size;
+    uint64_t grow = (1 + rng_below(&w->r, w->size / 4 / cs + 1)) * cs;
+    uint64_t old = w->size;
+    gop *o = add_op(w, OP_RESIZE, log_len(w));
+    vd_error *err = NULL;
+    if (vd_truncate(w->d, old + grow, false, "off", &err) < 0) {
+        int r = fail("resize", vd_error_msg(err));
+        vd_error_free(err);
+        return r;
+    }
+    w->size = vd_disk_size(w->d);
+    return end_op(w, o, old / SECTOR, (w->size - old) / SECTOR);
+}
+
+static int op_snapshot(wl *w, op_kind kind)
+{
+    vd_error *err = NULL;
+    int ret = 0;
+    int pick = w->nb_snaps ? (int)rng_below(&w->r, (uint64_t)w->nb_snaps) : -1;
+    if (kind != OP_SNAP_CREATE && pick < 0) {
+        kind = OP_SNAP_CREATE;
+    }
+    if (kind == OP_SNAP_CREATE && w->nb_snaps == MAX_SNAPS) {
+        kind = OP_SNAP_DELETE;
+    }
+    gop *o = add_op(w, kind, log_len(w));
+    if (kind == OP_SNAP_CREATE) {
+        snprintf(w->snaps[w->nb_snaps], sizeof(w->snaps[0]), "s%d", ++w->snap_seq);
+        ret = vd_snapshot_create(w->d, w->snaps[w->nb_snaps], NULL, 0, false, &err);
+        w->nb_snaps += ret == 0;
+    } else if (kind == OP_SNAP_APPLY) {
+        ret = vd_snapshot_apply(w->d, w->snaps[pick], &err);
+    } else {
+        ret = vd_snapshot_delete(w->d, NULL, w->snaps[pick], &err);
+        if (ret == 0) {
+            memmove(w->snaps[pick], w->snaps[pick + 1],
+                    sizeof(w->snaps[0]) * (size_t)(w->nb_snaps - pick - 1));
+            w->nb_snaps--;
+        }
+    }
+    if (ret < 0) {
+        ret = fail("snapshot", vd_error_msg(err));
+        vd_error_free(err);
+        return ret;
+    }
+    w->size = vd_disk_size(w->d);
+    /* An apply changes what the whole disk reads. */
+    return end_op(w, o, 0, kind == OP_SNAP_APPLY ? w->size / SECTOR : 0);
+}
+
+typedef struct weights {
+    int write, zero, discard, flush, compress, resize, snap_create, snap_apply, snap_delete;
+} weights;
+
+static weights kind_weights(const char *kind)
+{
+    if (!strcmp(kind, "snap")) {
+        return (weights){.write = 45, .zero = 5, .discard = 5, .flush = 10, .snap_create = 14,
+                         .snap_apply = 8, .snap_delete = 13};
+    }
+    if (!strcmp(kind, "compress")) {
+        return (weights){.write = 30, .zero = 7, .discard = 8, .flush = 10, .compress = 45};
+    }
+    if (!strcmp(kind, "resize")) {
+        return (weights){.write = 60, .zero = 8, .discard = 7, .flush = 10, .resize = 15};
+    }
+    if (!strcmp(kind, "mixed")) {
+        return (weights){.write = 40, .zero = 6, .discard = 6, .flush = 10, .compress = 15,
+                         .resize = 5, .snap_create = 7, .snap_apply = 4, .snap_delete = 7};
+    }
+    return (weights){.write = 70, .zero = 8, .discard = 7, .flush = 15}; /* alloc, cow */
+}
+
+static int run_one(wl *w, const weights *wt)
+{
+    int total = wt->write + wt->zero + wt->discard + wt->flush + wt->compress + wt->resize +
+                wt->snap_create + wt->snap_apply + wt->snap_delete;
+    int x = (int)rng_below(&w->r, (uint64_t)total);
+    if ((x -= wt->write) < 0) {
+        return op_write(w);
+    }
+    if ((x -= wt->zero) < 0) {
+        return op_zero_discard(w, false);
+    }
+    if ((x -= wt->discard) < 0) {
+        return op_zero_discard(w, true);
+    }
+    if ((x -= wt->flush) < 0) {
+        return op_flush(w, OP_FLUSH);
+    }
+    if ((x -= wt->compress) < 0) {
+        return op_compress(w);
+    }
+    if ((x -= wt->resize) < 0) {
+        return op_resize(w);
+    }
+    if ((x -= wt->snap_create) < 0) {
+        return op_snapshot(w, OP_SNAP_CREATE);
+    }
+    if ((x -= wt->snap_apply) < 0) {
+        return op_snapshot(w, OP_SNAP_APPLY);
+    }
+    return op_snapshot(w, OP_SNAP_DELETE);
+}
+
+static int create_image(wl *w, const char *path, uint64_t size, const char *backing,
+                        bool lazy)
+{
+    vd_opts *o = vd_opts_new();
+    char cs[32];
+    snprintf(cs, sizeof(cs), "%u", w->cfg->cluster_size);
+    vd_opts_set(o, "cluster_size", cs);
+    vd_opts_set(o, "lazy_refcounts", lazy ? "on" : "off");
+    if (backing) {
+        vd_opts_set(o, "backing_file", backing);
+        vd_opts_set(o, "backing_fmt", "qcow2");
+    }
+    vd_error *err = NULL;
+    int ret = vd_create(w->e, path, "qcow2", backing ? UINT64_MAX : size, o, 0, &err);
+    vd_opts_free(o);
+    if (ret < 0) {
+        ret = fail("create", vd_error_msg(err));
+        vd_error_free(err);
+    }
+    return ret;
+}
+
+/* The backing file of a cow workload: most of the disk written with tags, so that partial
+ * writes in the overlay must copy its data. */
+static int make_backing(wl *w, const char *path, uint64_t size)
+{
+    if (create_image(w, path, size, NULL, false) < 0) {
+        return -1;
+    }
+    vd_open_opts oo = {.format = "qcow2", .flags = VD_OPEN_RDWR};
+    vd_disk *d = NULL;
+    vd_error *err = NULL;
+    if (vd_open(w->e, path, &oo, &d, &err) < 0) {
+        int r = fail("open backing", vd_error_msg(err));
+        vd_error_free(err);
+        return r;
+    }
+    uint64_t chunk = 64 * 1024, sectors = chunk / SECTOR;
+    uint8_t *buf = xmalloc(chunk);
+    int ret = 0;
+    for (uint64_t off = 0; off < size && ret == 0; off += chunk) {
+        if (rng_below(&w->r, 10) < 7) {
+            fill_tags(w, buf, off / SECTOR, sectors);
+            ret = vd_pwrite(d, buf, chunk, off, 0);
+        }
+    }
+    free(buf);
+    memset(w->recent, 0, sizeof(w->recent));
+    if (vd_close(d) < 0 || ret < 0) {
+        return fail("write backing", "I/O error");
+    }
+    return 0;
+}
+
+static int load_file(const char *path, uint8_t **data, uint64_t *size)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        return fail(path, strerror(errno));
+    }
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    *data = xmalloc((size_t)n);
+    *size = (uint64_t)n;
+    size_t got = fread(*data, 1, (size_t)n, f);
+    fclose(f);
+    return got == (size_t)n ? 0 : fail(path, "short read");
+}
+
+static uint64_t disk_size(const workload_cfg *cfg)
+{
+    uint64_t base = cfg->cluster_size <= 4096 ? 4ull << 20
+                  : 32ull << 20;
+    /* resize starts small so that growing soon passes what the first L1 cluster and the
+     * first refcount block cover. */
+    return strcmp(cfg->kind, "resize") && strcmp(cfg->kind, "mixed") ? base : base / 4;
+}
+
+int workload_run(const workload_cfg *cfg, journal *j)
+{
+    memset(j, 0, sizeof(*j));
+    wl w = {.cfg = cfg, .j = j, .r = {cfg->seed}};
+    w.e = vd_engine_new();
+    uint64_t size = disk_size(cfg);
+    snprintf(j->image, sizeof(j->image), "%s/image.qcow2", cfg->dir);
+    snprintf(j->log, sizeof(j->log), "%s/writes.log", cfg->dir);
+    char backing[4096], spec[8300];
+    snprintf(backing, sizeof(backing), "%s/backing.qcow2", cfg->dir);
+    bool cow = !strcmp(cfg->kind, "cow");
+    int ret = -1;
+    if (cow && make_backing(&w, backing, size) < 0) {
+        goto out;
+    }
+    if (create_image(&w, j->image, size, cow ? backing : NULL, cfg->lazy) < 0 ||
+        load_file(j->image, &j->base, &j->base_size) < 0) {
+        goto out;
+    }
+    snprintf(spec, sizeof(spec), "logwrites:%s:%s", j->log, j->image);
+    vd_open_opts oo = {.format = "qcow2", .flags = VD_OPEN_RDWR | VD_OPEN_UNMAP};
+    vd_error *err = NULL;
+    if (vd_open(w.e, spec, &oo, &w.d, &err) < 0) {
+        fail("open", vd_error_msg(err));
+        vd_error_free(err);
+        goto out;
+    }
+    w.size = vd_disk_size(w.d);
+    j->size0 = w.size;
+    j->vals0 = xmalloc(w.size / SECTOR * sizeof(uint32_t));
+    if (read_tags(w.d, 0, w.size / SECTOR, j->vals0) < 0) {
+        fail("read", vd_disk_last_error(w.d));
+        goto out;
+    }
+    weights wt = kind_weights(cfg->kind);
+    for (int i = 0; i < cfg->ops; i++) {
+        if (run_one(&w, &wt) < 0) {
+            goto out;
+        }
+    }
+    /* Closing flushes and may rewrite the header: journalled like a flush. */
+    gop *o = add_op(&w, OP_CLOSE, log_len(&w));
+    o->size_after = w.size;
+    ret = vd_close(w.d);
+    w.d = NULL;
+    o->end = log_len(&w);
+    if (ret < 0) {
+        fail("close", "flush failed");
+    }
+out:
+    if (w.d) {
+        vd_close(w.d);
+    }
+    vd_engine_free(w.e);
+    j->next_id = w.id + 1;
+    return ret;
+}
+
+void journal_free(journal *j)
+{
+    for (size_t i = 0; i < j->nb_ops; i++) {
+        free(j->ops[i].vals);
+    }
+    free(j->ops);
+    free(j->vals0);
+    free(j->base);
+    memset(j, 0, sizeof(*j));
+}
