@@ -30,7 +30,10 @@ typedef struct run {
     check_totals t;
     rng r;
     char state[4200];
+    int kept;                 /* failing states kept */
 } run;
+
+#define KEEP_FAILURES 5
 
 static void usage(void)
 {
@@ -100,17 +103,27 @@ static bool one_state(run *R, const memfile *m, const logrec **u, size_t nu, siz
              R->cfg.kind, R->cfg.cluster_size, R->cfg.lazy, R->cfg.seed, R->cfg.ops, p,
              R->l.nb, variant_names[variant], n, nu);
     bool ok = state_write(R->state, m, pick, n, torn, mask) == 0;
-    free(pick);
-    free(mask);
     if (!ok) {
         R->t.corruptions++;
         R->t.states++;
-        return true;
+    } else {
+        check_ctx c = {.j = &R->j, .state_path = R->state, .qemu_img = R->qemu_img,
+                       .qemu_io = R->qemu_io, .crash_pos = crash_pos, .what = what,
+                       .write_id = R->j.next_id};
+        ok = check_state(&c, &R->t);
     }
-    check_ctx c = {.j = &R->j, .state_path = R->state, .qemu_img = R->qemu_img,
-                   .qemu_io = R->qemu_io, .fail_dir = R->keep, .crash_pos = crash_pos,
-                   .what = what, .write_id = R->j.next_id};
-    check_state(&c, &R->t);
+    /* The checks changed the file (repair, a write): a failing state is rebuilt to keep. */
+    if (!ok && R->keep && R->kept < KEEP_FAILURES) {
+        char dst[4200];
+        snprintf(dst, sizeof(dst), "%s/%s-%zu-%s.qcow2", R->keep, R->cfg.kind, p,
+                 variant_names[variant]);
+        if (state_write(dst, m, pick, n, torn, mask) == 0) {
+            fprintf(stderr, "crash-test:   the crash state is kept as %s\n", dst);
+        }
+        R->kept++;
+    }
+    free(pick);
+    free(mask);
     return true;
 }
 

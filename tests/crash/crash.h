@@ -102,7 +102,6 @@ int state_write(const char *path, const memfile *m, const logrec *const *recs, s
 typedef struct check_totals {
     uint64_t states, corruptions, leaks, lost;
     uint64_t dirty, dirty_qemu;   /* states with the dirty bit; of those, repaired by QEMU */
-    uint64_t kept_failures;
 } check_totals;
 
 typedef struct check_ctx {
@@ -110,12 +109,12 @@ typedef struct check_ctx {
     const char *state_path;
     const char *qemu_img;     /* NULL: vdisk's checks only */
     const char *qemu_io;      /* repairs every other dirty state, as QEMU opens it */
-    const char *fail_dir;     /* failing states are copied here (a few) */
     uint64_t crash_pos;       /* the log's length at the crash point */
     const char *what;         /* describes the state in messages */
     uint32_t write_id;        /* for the write made after recovery */
 } check_ctx;
 
-void check_state(const check_ctx *c, check_totals *t);
+/* Returns true when the state passed every check. */
+bool check_state(const check_ctx *c, check_totals *t);
 
 #endif

@@ -4,9 +4,9 @@
  * or hang is a bug. The first 4 input bytes are sent as the client flags, so most inputs
  * get past the greeting.
  *
- * Speed: the connection is a socket pair registered with the server as its accept thread
- * registers an accepted socket (nbd_conn_register_locked), and served by the server's own connection code
- * (nbd_conn_main) on the fuzzer's thread, with the server's worker pool as usual. The
+ * Speed: the connection is a socket pair registered as the accept thread registers an
+ * accepted socket (nbd_conn_register_locked), and served by the server's own connection
+ * code (nbd_conn_main) on the fuzzer's thread, with the server's worker pool as usual. The
  * accept path is left out because it creates a thread per connection, which under ASan
  * costs more than most inputs. The input is written before the connection is served and
  * the write side closed; replies stay in the socket buffer, drained every millisecond by
