@@ -819,6 +819,33 @@ static void compare_refcounts(chk *k, unsigned fix, bool *rebuild, int64_t *high
     }
 }
 
+/* Refcounts of clusters past the end of the file: no check counts them (QEMU's neither),
+ * but the allocator skips such clusters for good, so once the file grows past them they
+ * are leaks. A crash leaves them when a refcount block reached the disk and the clusters
+ * it counts did not. A leak repair clears them; only refcount blocks that reach past the
+ * end are read. */
+static void clear_past_eof(chk *k)
+{
+    uint64_t per_rb = 1ull << k->rb_bits, end = (uint64_t)k->imrt_clusters;
+    for (uint64_t idx = end >> k->rb_bits; idx < k->rt_entries; idx++) {
+        if (!(k->rt[idx] & QCOW2_REFT_OFFSET_MASK)) {
+            continue;
+        }
+        for (uint64_t c = idx * per_rb > end ? idx * per_rb : end; c < (idx + 1) * per_rb;
+             c++) {
+            uint64_t rc;
+            if (qcow2_chk_get_refcount(k, c, &rc) < 0 || rc == 0) {
+                continue;
+            }
+            qcow2_chk_log(k, "Repairing cluster %" PRIu64 " refcount=%" PRIu64 " reference=0 "
+                          "(past the end of the file)", c, rc);
+            if (qcow2_chk_set_refcount(k, c, 0) == 0) {
+                k->c.leaks_fixed++;
+            }
+        }
+    }
+}
+
 /* ---- qcow2_check_refcounts ------------------------------------------------------------ */
 
 static int check_refcounts(chk *k)
@@ -889,6 +916,9 @@ static int check_refcounts(chk *k)
         if (k->c.leaks || k->c.corruptions) {
             k->c = pre;
             compare_refcounts(k, k->fix, &rebuild, &highest);
+        }
+        if (k->fix & VD_FIX_LEAKS) {
+            clear_past_eof(k);
         }
     }
     if (k->fix) {
