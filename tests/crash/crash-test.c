@@ -48,53 +48,45 @@ enum { V_PREFIX, V_SUBSET, V_TORN };
 static const char *const variant_names[] = {"prefix", "subset", "torn"};
 
 /* Builds and checks one state at crash point p: the durable file m plus a choice among the
- * unflushed records u[0..nu). Returns false when the variant has nothing to offer. */
-static bool one_state(run *R, const memfile *m, const logrec **u, size_t nu, size_t p,
+ * unflushed records u[0..nu). choose() only asks for a subset when nu >= 2 and for a torn
+ * write when one of them spans sectors. */
+static void one_state(run *R, const memfile *m, const logrec **u, size_t nu, size_t p,
                       int variant)
 {
     const logrec **pick = malloc((nu ? nu : 1) * sizeof(*pick));
     size_t n = 0;
     long torn = -1;
     uint8_t *mask = NULL;
-    if (variant == V_PREFIX) {
-        memcpy(pick, u, nu * sizeof(*pick));
-        n = nu;
-    } else if (variant == V_SUBSET) {
+    if (variant == V_SUBSET) {
         for (size_t i = 0; i < nu; i++) {
             if (rng_below(&R->r, 2)) {
                 pick[n++] = u[i];
             }
         }
-        if (nu < 2) {
-            free(pick);
-            return false;
-        }
-    } else {
+    } else if (variant == V_TORN) {
         /* The last multi-sector write, or (half of the time) a random one, torn. */
-        long cand[64];
-        int nc = 0;
+        size_t nc = 0;
+        long last = -1, chosen = -1;
         for (size_t i = 0; i < nu; i++) {
             if (u[i]->type == VD_LOGW_WRITE && u[i]->len > SECTOR) {
-                cand[nc++ % 64] = (long)i;
+                last = (long)i;
+                if (rng_below(&R->r, ++nc) == 0) {
+                    chosen = (long)i;   /* a uniform pick among them (reservoir) */
+                }
             }
         }
-        if (nc == 0) {
-            free(pick);
-            return false;
-        }
-        long t = nc > 64 ? cand[63] : cand[nc - 1];
-        if (rng_below(&R->r, 2)) {
-            t = cand[rng_below(&R->r, (uint64_t)(nc > 64 ? 64 : nc))];
-        }
-        memcpy(pick, u, (size_t)(t + 1) * sizeof(*pick));
-        n = (size_t)t + 1;
-        torn = t;
-        uint64_t ns = (u[t]->len + SECTOR - 1) / SECTOR;
+        torn = rng_below(&R->r, 2) ? chosen : last;
+        n = (size_t)(torn + 1);
+        memcpy(pick, u, n * sizeof(*pick));
+        uint64_t ns = (u[torn]->len + SECTOR - 1) / SECTOR;
         mask = malloc(ns);
         for (uint64_t s = 0; s < ns; s++) {
             mask[s] = (uint8_t)rng_below(&R->r, 2);
         }
         mask[rng_below(&R->r, ns)] = 0;
+    } else {
+        memcpy(pick, u, nu * sizeof(*pick));
+        n = nu;
     }
     char what[512];
     uint64_t crash_pos = p < R->l.nb ? R->l.recs[p].pos : R->l.buf_len;
@@ -124,7 +116,6 @@ static bool one_state(run *R, const memfile *m, const logrec **u, size_t nu, siz
     }
     free(pick);
     free(mask);
-    return true;
 }
 
 /* A state to build: crash point p, and which variant of its unflushed records. */
