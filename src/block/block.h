@@ -188,6 +188,12 @@ int vd_node_pread_zero_pad(vd_node *n, void *buf, uint64_t len, uint64_t off);
 /* Size of the underlying host file for a protocol node (fstat), or -errno. */
 int64_t vd_node_file_length(vd_node *n);
 
+/* For protocol filters (blkdebug, logwrites): block status and allocated size straight
+ * from the child's driver. A status query is no I/O, so filters neither count nor log it;
+ * it skips the child's request path since a protocol node's size can lag its file. */
+int vd_filter_block_status(vd_node *n, uint64_t off, uint64_t len, vd_node_status *st);
+int64_t vd_filter_allocated_size(vd_node *n);
+
 /* Announces a named event (e.g. "l1_update", "snapshot_table_update", "refblock_update")
  * to n and its file children, so a fault-injection filter can fail the I/O that follows.
  * Cheap when no filter is present. */

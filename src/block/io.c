@@ -299,3 +299,19 @@ int vd_node_pread_zero_pad(vd_node *n, void *buf, uint64_t len, uint64_t off)
     }
     return now ? vd_node_pread(n, buf, now, off) : 0;
 }
+
+int vd_filter_block_status(vd_node *n, uint64_t off, uint64_t len, vd_node_status *st)
+{
+    vd_node *f = n->file;
+    if (!f->drv->block_status) {
+        st->pnum = len;
+        st->flags = VD_BS_DATA | VD_BS_ALLOCATED;
+        return 0;
+    }
+    return f->drv->block_status(f, off, len, st);
+}
+
+int64_t vd_filter_allocated_size(vd_node *n)
+{
+    return n->file->drv->allocated_size ? n->file->drv->allocated_size(n->file) : -ENOTSUP;
+}

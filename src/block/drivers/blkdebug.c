@@ -263,19 +263,6 @@ static int blkdebug_flush(vd_node *n)
     return ret < 0 ? ret : vd_node_flush(n->file);
 }
 
-/* Not counted: a status query is no I/O. It goes to the child's driver directly, as callers
- * of a protocol node's block_status do, since a protocol node's size can lag its file. */
-static int blkdebug_block_status(vd_node *n, uint64_t off, uint64_t len, vd_node_status *st)
-{
-    vd_node *f = n->file;
-    if (!f->drv->block_status) {
-        st->pnum = len;
-        st->flags = VD_BS_DATA | VD_BS_ALLOCATED;
-        return 0;
-    }
-    return f->drv->block_status(f, off, len, st);
-}
-
 static int blkdebug_truncate(vd_node *n, uint64_t size, bool shrink, const char *prealloc,
                              vd_error **errp)
 {
@@ -287,11 +274,6 @@ static int blkdebug_truncate(vd_node *n, uint64_t size, bool shrink, const char 
     ret = vd_node_truncate(n->file, size, shrink, prealloc, errp);
     n->size = n->file->size;
     return ret;
-}
-
-static int64_t blkdebug_allocated_size(vd_node *n)
-{
-    return n->file->drv->allocated_size ? n->file->drv->allocated_size(n->file) : -ENOTSUP;
 }
 
 static void blkdebug_event(vd_node *n, const char *name)
@@ -345,9 +327,9 @@ const vd_driver vd_blkdebug_driver = {
     .pwrite_zeroes = blkdebug_pwrite_zeroes,
     .pdiscard = blkdebug_pdiscard,
     .flush = blkdebug_flush,
-    .block_status = blkdebug_block_status,
+    .block_status = vd_filter_block_status,
     .truncate = blkdebug_truncate,
-    .allocated_size = blkdebug_allocated_size,
+    .allocated_size = vd_filter_allocated_size,
     .event = blkdebug_event,
 };
 

@@ -135,18 +135,6 @@ static int logw_flush(vd_node *n)
     return ret;
 }
 
-/* A status query is no I/O: straight to the child's driver, as blkdebug does. */
-static int logw_block_status(vd_node *n, uint64_t off, uint64_t len, vd_node_status *st)
-{
-    vd_node *f = n->file;
-    if (!f->drv->block_status) {
-        st->pnum = len;
-        st->flags = VD_BS_DATA | VD_BS_ALLOCATED;
-        return 0;
-    }
-    return f->drv->block_status(f, off, len, st);
-}
-
 static int logw_truncate(vd_node *n, uint64_t size, bool shrink, const char *prealloc,
                          vd_error **errp)
 {
@@ -159,11 +147,6 @@ static int logw_truncate(vd_node *n, uint64_t size, bool shrink, const char *pre
         }
     }
     return ret;
-}
-
-static int64_t logw_allocated_size(vd_node *n)
-{
-    return n->file->drv->allocated_size ? n->file->drv->allocated_size(n->file) : -ENOTSUP;
 }
 
 static void logw_close(vd_node *n)
@@ -196,9 +179,9 @@ const vd_driver vd_logwrites_driver = {
     .pwrite_zeroes = logw_pwrite_zeroes,
     .pdiscard = logw_pdiscard,
     .flush = logw_flush,
-    .block_status = logw_block_status,
+    .block_status = vd_filter_block_status,
     .truncate = logw_truncate,
-    .allocated_size = logw_allocated_size,
+    .allocated_size = vd_filter_allocated_size,
 };
 
 int vd_logwrites_parse(const char *spec, char **log, char **path, vd_error **errp)
