@@ -27,13 +27,10 @@ qcow2_cache *qcow2_cache_new(const char *name, bool is_l2, uint32_t slice_size,
     if (c->max_slices < 32) {
         c->max_slices = 32;
     }
-    /* Buckets for a quarter of the capacity: chains stay short in practice and a small
-     * image does not pay for a big table. */
-    size_t want = c->max_slices / 4;
+    /* The table starts small and grows with the slices (hash_insert): most opens touch a
+     * few slices, and a table sized for the capacity (16384 buckets for 512 B clusters)
+     * would cost every open 128 KiB to allocate and clear. */
     c->nb_buckets = 64;
-    while (c->nb_buckets < want) {
-        c->nb_buckets <<= 1;
-    }
     c->buckets = xcalloc(c->nb_buckets, sizeof(*c->buckets));
     return c;
 }
@@ -67,8 +64,30 @@ static void hash_remove(qcow2_cache *c, qcow2_slice *sl)
     sl->hash_next = NULL;
 }
 
+/* Doubles the table once it holds two slices per bucket, up to a quarter of the capacity
+ * in buckets: chains stay short without paying up front. */
+static void hash_grow(qcow2_cache *c)
+{
+    size_t old_n = c->nb_buckets;
+    qcow2_slice **old = c->buckets;
+    c->nb_buckets = old_n * 2;
+    c->buckets = xcalloc(c->nb_buckets, sizeof(*c->buckets));
+    for (size_t i = 0; i < old_n; i++) {
+        for (qcow2_slice *sl = old[i], *next; sl; sl = next) {
+            next = sl->hash_next;
+            size_t b = bucket_of(c, sl->offset);
+            sl->hash_next = c->buckets[b];
+            c->buckets[b] = sl;
+        }
+    }
+    free(old);
+}
+
 static void hash_insert(qcow2_cache *c, qcow2_slice *sl)
 {
+    if (c->nb_slices > 2 * c->nb_buckets && c->nb_buckets < c->max_slices / 4) {
+        hash_grow(c);
+    }
     size_t b = bucket_of(c, sl->offset);
     sl->hash_next = c->buckets[b];
     c->buckets[b] = sl;

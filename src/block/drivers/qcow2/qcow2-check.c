@@ -16,6 +16,12 @@
 
 static void sb_vadd(strbuf *b, const char *fmt, va_list ap)
 {
+    /* Formatting dominates the check of an image with millions of bad entries, so a line
+     * that will not be kept is not formatted. */
+    if (b->discard || (b->dropped && !b->closing)) {
+        b->dropped++;
+        return;
+    }
     va_list ap2;
     va_copy(ap2, ap);
     int n = vsnprintf(NULL, 0, fmt, ap2);
@@ -25,7 +31,7 @@ static void sb_vadd(strbuf *b, const char *fmt, va_list ap)
     }
     /* Room is kept for the closing "(N more messages not shown)" line; once a line was
      * dropped, all later ones are too, so the log stays a prefix of qemu-img's. */
-    if ((b->dropped || b->len + (size_t)n + 2 > LOG_MAX - 128) && !b->closing) {
+    if (b->len + (size_t)n + 2 > LOG_MAX - 128 && !b->closing) {
         b->dropped++;
         return;
     }
@@ -959,13 +965,24 @@ int qcow2_header_read_check(struct vd_node *file, const char *what, qcow2_header
     }
     *file_len = (uint64_t)len;
 
-    size_t hlen = *file_len < (1u << QCOW2_MAX_CLUSTER_BITS) ? (size_t)*file_len
-                                                              : (1u << QCOW2_MAX_CLUSTER_BITS);
+    /* Only cluster 0 holds the header: its size is in the first 24 bytes. With a bad
+     * cluster_bits the decoder refuses the image whatever follows, so 72 bytes will do. */
+    uint8_t first[24] = {0};
+    size_t flen = *file_len < sizeof(first) ? (size_t)*file_len : sizeof(first);
+    int ret = flen ? vd_node_pread(file, first, flen, 0) : 0;
+    if (ret < 0) {
+        return vd_error_set(errp, VD_ERR_IO, -ret, "%s: cannot read the header: %s", what,
+                            strerror(-ret));
+    }
+    uint32_t bits = vd_be32(first + 20);
+    uint64_t want = bits >= QCOW2_MIN_CLUSTER_BITS && bits <= QCOW2_MAX_CLUSTER_BITS
+                    ? 1ull << bits : 72;
+    size_t hlen = *file_len < want ? (size_t)*file_len : (size_t)want;
     uint8_t *hbuf = calloc(1, hlen ? hlen : 1);
     if (!hbuf) {
         return vd_error_set(errp, VD_ERR_NOMEM, ENOMEM, "%s: out of memory", what);
     }
-    int ret = hlen ? vd_node_pread(file, hbuf, hlen, 0) : 0;
+    ret = hlen ? vd_node_pread(file, hbuf, hlen, 0) : 0;
     if (ret < 0) {
         free(hbuf);
         return vd_error_set(errp, VD_ERR_IO, -ret, "%s: cannot read the header: %s", what,
@@ -1109,10 +1126,10 @@ out:
     return ret;
 }
 
-int qcow2_check_image(struct vd_node *file, const char *what, unsigned fix,
+int qcow2_check_image(struct vd_node *file, const char *what, unsigned fix, bool want_log,
                       vd_check_result *res, vd_error **errp)
 {
-    strbuf log = {0};
+    strbuf log = {.discard = !want_log};
     bool dead = false;
     int ret;
 
@@ -1133,7 +1150,7 @@ int qcow2_check_image(struct vd_node *file, const char *what, unsigned fix,
         res->corruptions_fixed = cf;
         res->leaks_fixed = lf;
     }
-    if (log.dropped) {
+    if (log.dropped && want_log) {
         uint64_t n = log.dropped;
         log.closing = true;
         chk tmp = {.log = &log};

@@ -42,6 +42,7 @@ typedef struct strbuf {
     size_t len, cap;
     uint64_t dropped;        /* lines not kept once the log reached LOG_MAX */
     bool closing;            /* adding the line that says how many were dropped */
+    bool discard;            /* nobody reads the log (the repair on open): skip it */
 } strbuf;
 
 typedef struct counts {

@@ -239,8 +239,9 @@ struct vd_node;
  * flushed and dropped any cached metadata and must re-read everything afterwards.
  * res->log holds qemu-img's stderr lines of both passes; the ones qemu-img prints through
  * error_report() (with its program name) start with "vdisk: ". A negative return is
- * qemu-img's "Check failed: <strerror>" (res still holds the counts so far). */
-int qcow2_check_image(struct vd_node *file, const char *what, unsigned fix,
+ * qemu-img's "Check failed: <strerror>" (res still holds the counts so far). Without
+ * want_log, res->log stays NULL and no line is formatted. */
+int qcow2_check_image(struct vd_node *file, const char *what, unsigned fix, bool want_log,
                       vd_check_result *res, vd_error **errp);
 /* Reads and decodes the header of `file` as QEMU's check-mode open does: table offsets are
  * not checked against the file length, an empty reftable (refcount_table_clusters = 0)

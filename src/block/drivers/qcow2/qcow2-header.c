@@ -505,15 +505,20 @@ int qcow2_header_decode(const uint8_t *buf, size_t len, uint64_t file_len, const
                             "%s: Unsupported cluster size: 2^%" PRIu32, what, bits);
     }
 
-    /* Work on a whole zero-padded cluster so every later read is in bounds. */
+    /* Work on a whole cluster so every later read is in bounds: the caller's buffer if it
+     * holds one, else a zero-padded copy. */
     uint64_t cs = qcow2_cluster_size(h);
-    c = calloc(1, cs);
-    if (!c) {
-        return vd_error_set(errp, VD_ERR_NOMEM, ENOMEM, "%s: out of memory", what);
+    if (len >= cs) {
+        ret = decode(buf, file_len, what, h, errp);
+    } else {
+        c = calloc(1, cs);
+        if (!c) {
+            return vd_error_set(errp, VD_ERR_NOMEM, ENOMEM, "%s: out of memory", what);
+        }
+        memcpy(c, buf, len);
+        ret = decode(c, file_len, what, h, errp);
+        free(c);
     }
-    memcpy(c, buf, len < cs ? len : cs);
-    ret = decode(c, file_len, what, h, errp);
-    free(c);
     if (ret < 0) {
         qcow2_header_clear(h);
     }

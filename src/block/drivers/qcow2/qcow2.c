@@ -205,15 +205,14 @@ void qcow2_undrain_locked(qcow2_state *s)
     pthread_cond_broadcast(&s->cond);
 }
 
-const uint8_t *qcow2_zeros(qcow2_state *s)
+/* One buffer for every image, never written: in .bss its pages map the kernel's zero page,
+ * so it costs no memory, and an open no longer allocates (and faults in) its own. Aligned
+ * for O_DIRECT. */
+static uint8_t zero_buf[QCOW2_MAX_BOUNCE_BYTES] __attribute__((aligned(4096)));
+
+const uint8_t *qcow2_zeros(void)
 {
-    if (!s->zero_buf) {
-        s->zero_buf = calloc(1, QCOW2_MAX_BOUNCE_BYTES);
-        if (!s->zero_buf) {
-            abort();
-        }
-    }
-    return s->zero_buf;
+    return zero_buf;
 }
 
 /* ---- loading the image --------------------------------------------------------------- */
@@ -471,7 +470,6 @@ static void state_free(qcow2_state *s)
 {
     free_tables(s);
     free(s->frees);
-    free(s->zero_buf);
     pthread_mutex_destroy(&s->lock);
     pthread_cond_destroy(&s->cond);
     free(s);
@@ -529,7 +527,8 @@ static int qcow2_open(vd_node *node, unsigned flags, vd_error **errp)
         vd_check_result res;
         memset(&res, 0, sizeof(res));
         free_tables(s);
-        ret = qcow2_check_image(s->file, s->name, VD_FIX_LEAKS | VD_FIX_ERRORS, &res, errp);
+        ret = qcow2_check_image(s->file, s->name, VD_FIX_LEAKS | VD_FIX_ERRORS, false, &res,
+                                errp);
         vd_check_result_clear(&res);
         if (ret < 0) {
             vd_error_prepend(errp, "%s: Could not repair dirty image", s->name);
@@ -670,7 +669,7 @@ static int qcow2_check(vd_node *node, unsigned fix, vd_check_result *res, vd_err
         qcow2_cache_drop_all(s->l2_cache);
         qcow2_cache_drop_all(s->rb_cache);
     }
-    ret = qcow2_check_image(s->file, s->name, fix, res, errp);
+    ret = qcow2_check_image(s->file, s->name, fix, true, res, errp);
     if (s->check_only) {
         check_only_reload(s, fix, ret);
         goto out;

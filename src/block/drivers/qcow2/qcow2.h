@@ -194,7 +194,6 @@ struct qcow2_state {
     bool prealloc_checked;
     bool metadata_prealloc;
 
-    uint8_t *zero_buf;           /* QCOW2_MAX_BOUNCE_BYTES of zeros, allocated on demand */
 };
 
 /* ---- qcow2.c -------------------------------------------------------------------------- */
@@ -216,7 +215,7 @@ int qcow2_sync(qcow2_state *s);
  * until qcow2_undrain_locked(). */
 void qcow2_drain_locked(qcow2_state *s);
 void qcow2_undrain_locked(qcow2_state *s);
-const uint8_t *qcow2_zeros(qcow2_state *s);
+const uint8_t *qcow2_zeros(void);
 
 /* ---- qcow2-refcount.c ---------------------------------------------------------------- */
 
