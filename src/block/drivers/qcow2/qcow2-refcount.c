@@ -260,7 +260,7 @@ static int install_reftable(qcow2_state *s, uint64_t *table, uint64_t entries,
  * [new refcount blocks][new refcount table]. They are written and synced before anything
  * points at them. Returns 1 when it created anything (the caller searches again), 0 when
  * nothing was missing. */
-static int ensure_refblocks(qcow2_state *s, uint64_t start, uint64_t n)
+static int ensure_refblocks(qcow2_state *s, uint64_t start, uint64_t n, uint64_t room)
 {
     uint64_t cs = s->cluster_size;
     uint64_t k = 0, t = 0, entries = s->reftable_entries;
@@ -294,7 +294,7 @@ static int ensure_refblocks(qcow2_state *s, uint64_t start, uint64_t n)
         t = nt > t ? nt : t;
         entries = ne > entries ? ne : entries;
     }
-    if (k == 0) {
+    if (k == 0 || k + t > room) {
         return 0;
     }
     if (start + k + t > (MAX_HOST_OFFSET >> s->cluster_bits)) {
@@ -502,6 +502,34 @@ int qcow2_update_refcount(qcow2_state *s, uint64_t offset, uint64_t len, int64_t
     return ret;
 }
 
+/* Creates the refcount block after the one the allocation front is in, if missing.
+ * A new block must be synced before the table entry that points at it, and fdatasync
+ * writes out every dirty page of the file: crossing into a missing block in the middle of
+ * a stream of writes (every 2 GiB with 64 KiB clusters) stalls for all the data written
+ * since the last flush. Made here instead, at the first allocation after an open or a
+ * flush, the sync finds next to nothing dirty. */
+static int refcount_headroom(qcow2_state *s)
+{
+    uint64_t front = s->zero_from >> s->cluster_bits;
+    uint64_t bi = front >> s->rb_bits;
+    if (block_missing(s, bi) || !block_missing(s, bi + 1)) {
+        return 0;  /* the allocation will create the front's own block, or both exist */
+    }
+    /* The block goes into the first free run that can also hold a grown table. */
+    enum { ROOM = 8 };
+    uint64_t start;
+    int ret = find_free_run(s, ROOM, &start);
+    if (ret < 0) {
+        return ret;
+    }
+    uint64_t next = (bi + 2) << s->rb_bits;
+    if (start >= next) {
+        return 0;
+    }
+    ret = ensure_refblocks(s, start, next - start, ROOM);
+    return ret < 0 ? ret : 0;
+}
+
 int qcow2_alloc_clusters(qcow2_state *s, uint64_t n, uint64_t *offset, bool *fresh)
 {
     uint64_t cs = s->cluster_size;
@@ -510,6 +538,13 @@ int qcow2_alloc_clusters(qcow2_state *s, uint64_t n, uint64_t *offset, bool *fre
 
     if (n == 0) {
         return -EINVAL;
+    }
+    if (!s->headroom_checked) {
+        s->headroom_checked = true;
+        ret = refcount_headroom(s);
+        if (ret < 0) {
+            return ret;
+        }
     }
     for (;;) {
         ret = find_free_run(s, n, &start);
@@ -523,7 +558,7 @@ int qcow2_alloc_clusters(qcow2_state *s, uint64_t n, uint64_t *offset, bool *fre
         }
         /* Every block of the run must exist before the refcounts are set; new blocks
          * take the front of the run, so search again afterwards. */
-        ret = ensure_refblocks(s, start, n);
+        ret = ensure_refblocks(s, start, n, UINT64_MAX);
         if (ret < 0) {
             return ret;
         }

@@ -167,6 +167,7 @@ int qcow2_flush_locked(qcow2_state *s)
     if (ret < 0) {
         return ret;
     }
+    s->headroom_checked = false;  /* little is dirty now: a cheap moment for a new block */
     /* Every dropped reference is durable now; decrease the refcounts. */
     qcow2_frees_mark_synced(s);
     if (qcow2_frees_apply(s) && s->rb_cache->nb_dirty) {
@@ -452,6 +453,7 @@ static int load_image(qcow2_state *s, vd_error **errp)
     s->free_hint = 0;
     s->free_byte_offset = 0;
     s->zero_from = (file_len + s->cluster_size - 1) & ~(s->cluster_size - 1);
+    s->headroom_checked = false;
     s->loaded = true;
     return 0;
 }

@@ -172,6 +172,7 @@ struct qcow2_state {
      * partly filled host cluster they went to (0 = start a new cluster). */
     uint64_t free_byte_offset;
     uint64_t zero_from;          /* the file reads as zeros from here (never written) */
+    bool headroom_checked;       /* refcount_headroom() ran since the last open or flush */
 
     /* Concurrency: one metadata lock; data I/O runs outside it. */
     pthread_mutex_t lock;
