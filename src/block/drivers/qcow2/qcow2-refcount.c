@@ -515,6 +515,13 @@ static int refcount_headroom(qcow2_state *s)
     if (block_missing(s, bi) || !block_missing(s, bi + 1)) {
         return 0;  /* the allocation will create the front's own block, or both exist */
     }
+    /* Only for an image that can reach the next block: every guest cluster and its L2
+     * share allocated behind the front. A small image keeps QEMU's layout and I/O. */
+    uint64_t guest = (s->h.size >> s->cluster_bits) + 1;
+    uint64_t reach = front + guest + guest / (s->cluster_size / 8) + 1;
+    if (reach <= (bi + 1) << s->rb_bits) {
+        return 0;
+    }
     /* The block goes into the first free run that can also hold a grown table. */
     enum { ROOM = 8 };
     uint64_t start;
@@ -522,11 +529,11 @@ static int refcount_headroom(qcow2_state *s)
     if (ret < 0) {
         return ret;
     }
-    uint64_t next = (bi + 2) << s->rb_bits;
-    if (start >= next) {
-        return 0;
-    }
-    ret = ensure_refblocks(s, start, next - start, ROOM);
+    /* A range from the run to the first cluster of the next block: it is the only block
+     * missing there (the new structures take at most ROOM clusters, far less than a
+     * block covers, so they cannot reach the one after). */
+    uint64_t first = (bi + 1) << s->rb_bits;
+    ret = ensure_refblocks(s, start, start <= first ? first + 1 - start : 1, ROOM);
     return ret < 0 ? ret : 0;
 }
 
