@@ -90,6 +90,17 @@ bench_settle() {
     sync
 }
 
+# bench_drop_caches: bench_settle, then empty the page cache where allowed (root), so that
+# every run of a case starts with the same free memory. The kernel's dirty-page limits scale
+# with it: without this, a buffered writer is throttled to the disk's speed in one run and not
+# in the next, depending on what earlier cases left cached. The case re-reads its inputs.
+bench_drop_caches() {
+    bench_settle
+    if [ -w /proc/sys/vm/drop_caches ]; then
+        echo 1 >/proc/sys/vm/drop_caches 2>/dev/null || true
+    fi
+}
+
 # bench_tool WHO: the binary for a contender label.
 bench_tool() {
     case $1 in

@@ -104,7 +104,7 @@ for ((round = 1; round <= BENCH_ROUNDS; round++)); do
         out="$BENCH_DIR/nbd-write.$who.qcow2"
         rm -f "$out"
         "$QEMU_IMG" create -q -f qcow2 "$out" "$wsize"
-        bench_settle
+        bench_drop_caches
         # Read twice: pages read once are the first the kernel reclaims when the output
         # needs room, and the source would then come from the disk mid-copy.
         cat "$src_raw" >/dev/null
@@ -117,7 +117,7 @@ for ((round = 1; round <= BENCH_ROUNDS; round++)); do
             bench_compare nbd-write "written data" "$src_raw" "$out" || true
         fi
         rm -f "$out"
-        bench_settle
+        bench_drop_caches
 
         # Read: the same allocated image for both, from the page cache.
         cat "$full" >/dev/null
@@ -129,6 +129,7 @@ for ((round = 1; round <= BENCH_ROUNDS; round++)); do
             out="$BENCH_DIR/fio.$who.qcow2"
             rm -f "$out"
             "$QEMU_IMG" create -q -f qcow2 "$out" "$fio_size"
+            bench_drop_caches
             serve "$who" "$out"
             bench_run fio-randwrite "$who" "$round" env uri="$uri" fio_size="$fio_size" \
                 fio_io="$fio_io" bash -c "$(declare -f fio_job); fio_job randwrite" || true
