@@ -4,7 +4,8 @@
 # - a 2 GiB image with 64 KiB clusters gets its second block at the first write, a 16 MiB
 #   one keeps QEMU's single block (and QEMU's file size);
 # - the images stay clean under `qemu-img check` and read back like a twin qemu-io wrote;
-# - a kill right after the first write leaves at most leaks;
+# - a kill right after the first write leaves at most leaks, and so does a failing write or
+#   flush while the block is made; the write reports the error and a retry succeeds;
 # - small clusters, where blocks come every 128 KiB, cross many boundaries cleanly.
 . "$(dirname "$0")/../lib.sh"
 vd_init
@@ -82,6 +83,31 @@ rc=$?
 rc=$?
 [ $rc -eq 0 ] || [ $rc -eq 3 ] && pass "killed/no-corruption" ||
     fail "killed/no-corruption" "qemu-img check exited $rc" chk.out
+
+# ---- a failing write or flush while the block is made ---------------------------------------
+# The first I/Os of the first write make the new block (its cluster's refcount, the block,
+# a sync, the table entry). Each failure fails the guest write, never the image.
+for rule in write#1 write#2 flush#1 write#3; do
+    name="fail-${rule/\#/}"
+    rm -f e.q
+    "$QEMU_IMG" create -q -f qcow2 e.q 2G
+    "$VDISK" io -t writeback -c 'write -P 0x51 0 64k' "blkdebug:$rule=EIO:e.q" >io.out 2>&1
+    rc=$?
+    [ $rc -eq 1 ] && grep -qx 'write failed: Input/output error' io.out &&
+        pass "$name/write-fails" || fail "$name/write-fails" "exit $rc" io.out
+    "$QEMU_IMG" check e.q >chk.out 2>&1
+    rc=$?
+    [ $rc -eq 0 ] || [ $rc -eq 3 ] && pass "$name/no-corruption" ||
+        fail "$name/no-corruption" "qemu-img check exited $rc" chk.out
+    "$VDISK" io -c 'write -P 0x52 0 64k' e.q >io.out 2>&1 && pass "$name/retry-works" ||
+        fail "$name/retry-works" "the write without a fault failed" io.out
+    "$QEMU_IMG" check e.q >chk.out 2>&1
+    rc=$?
+    { [ $rc -eq 0 ] || [ $rc -eq 3 ]; } &&
+        "$QEMU_IO" -f qcow2 -c 'read -P 0x52 0 64k' e.q >rb.out 2>&1 && ! grep -q Pattern rb.out &&
+        pass "$name/retry-reads-back" ||
+        fail "$name/retry-reads-back" "check exited $rc, or the data differs" rb.out
+done
 
 # ---- 512-byte clusters: a block per 128 KiB, many crossings with flushes between ----------
 ops=()

@@ -965,28 +965,12 @@ int qcow2_header_read_check(struct vd_node *file, const char *what, qcow2_header
     }
     *file_len = (uint64_t)len;
 
-    /* Only cluster 0 holds the header: its size is in the first 24 bytes. With a bad
-     * cluster_bits the decoder refuses the image whatever follows, so 72 bytes will do. */
-    uint8_t first[24] = {0};
-    size_t flen = *file_len < sizeof(first) ? (size_t)*file_len : sizeof(first);
-    int ret = flen ? vd_node_pread(file, first, flen, 0) : 0;
+    uint8_t *hbuf;
+    size_t hlen;
+    int ret = qcow2_read_cluster0(file, *file_len, &hbuf, &hlen);
     if (ret < 0) {
-        return vd_error_set(errp, VD_ERR_IO, -ret, "%s: cannot read the header: %s", what,
-                            strerror(-ret));
-    }
-    uint32_t bits = vd_be32(first + 20);
-    uint64_t want = bits >= QCOW2_MIN_CLUSTER_BITS && bits <= QCOW2_MAX_CLUSTER_BITS
-                    ? 1ull << bits : 72;
-    size_t hlen = *file_len < want ? (size_t)*file_len : (size_t)want;
-    uint8_t *hbuf = calloc(1, hlen ? hlen : 1);
-    if (!hbuf) {
-        return vd_error_set(errp, VD_ERR_NOMEM, ENOMEM, "%s: out of memory", what);
-    }
-    ret = hlen ? vd_node_pread(file, hbuf, hlen, 0) : 0;
-    if (ret < 0) {
-        free(hbuf);
-        return vd_error_set(errp, VD_ERR_IO, -ret, "%s: cannot read the header: %s", what,
-                            strerror(-ret));
+        return vd_error_set(errp, ret == -ENOMEM ? VD_ERR_NOMEM : VD_ERR_IO, -ret,
+                            "%s: cannot read the header: %s", what, strerror(-ret));
     }
     uint8_t raw[72] = {0};
     memcpy(raw, hbuf, hlen < sizeof(raw) ? hlen : sizeof(raw));

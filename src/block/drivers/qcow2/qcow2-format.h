@@ -243,6 +243,10 @@ struct vd_node;
  * want_log, res->log stays NULL and no line is formatted. */
 int qcow2_check_image(struct vd_node *file, const char *what, unsigned fix, bool want_log,
                       vd_check_result *res, vd_error **errp);
+/* Reads cluster 0, which holds the header and its extensions, into *buf (free it): as
+ * much of it as the file has, or only the first 512 bytes when cluster_bits is invalid
+ * (the decoder refuses the image whatever follows). 0 or -errno. */
+int qcow2_read_cluster0(struct vd_node *file, uint64_t file_len, uint8_t **buf, size_t *len);
 /* Reads and decodes the header of `file` as QEMU's check-mode open does: table offsets are
  * not checked against the file length, an empty reftable (refcount_table_clusters = 0)
  * is tolerated and the snapshot table fields are taken as stored, unvalidated (check

@@ -243,37 +243,49 @@ static void free_tables(qcow2_state *s)
     qcow2_header_clear(&s->h);
 }
 
-static int read_header(qcow2_state *s, uint64_t file_len, vd_error **errp)
+int qcow2_read_cluster0(struct vd_node *file, uint64_t file_len, uint8_t **out,
+                        size_t *out_len)
 {
-    uint8_t first[512] = {0};
-    size_t n = file_len < sizeof(first) ? (size_t)file_len : sizeof(first);
-    int ret = n ? vd_node_pread(s->file, first, n, 0) : 0;
-    if (ret < 0) {
-        return vd_error_set(errp, VD_ERR_IO, -ret, "%s: could not read the header: %s", s->name,
-                            strerror(-ret));
-    }
-    uint32_t bits = vd_be32(first + 20);
-    uint64_t want = n;
-    if (n >= 24 && bits >= QCOW2_MIN_CLUSTER_BITS && bits <= QCOW2_MAX_CLUSTER_BITS) {
-        want = 1ull << bits;
-        if (want > file_len) {
-            want = file_len;
-        }
-    }
-    if (want <= n) {
-        return qcow2_header_decode(first, n, file_len, s->name, &s->h, errp);
-    }
-    uint8_t *buf = malloc(want);
+    enum { FIRST = 512 };  /* the smallest cluster: usually all there is to read */
+    size_t n = file_len < FIRST ? (size_t)file_len : FIRST;
+    uint8_t *buf = malloc(FIRST);
     if (!buf) {
-        return vd_error_set(errp, VD_ERR_NOMEM, ENOMEM, "%s: out of memory", s->name);
+        return -ENOMEM;
     }
-    ret = vd_node_pread(s->file, buf, want, 0);
+    int ret = n ? vd_node_pread(file, buf, n, 0) : 0;
+    size_t want = n;
+    uint32_t bits = n >= 24 ? vd_be32(buf + 20) : 0;
+    if (ret == 0 && bits >= QCOW2_MIN_CLUSTER_BITS && bits <= QCOW2_MAX_CLUSTER_BITS) {
+        want = file_len < (1ull << bits) ? (size_t)file_len : (size_t)1 << bits;
+    }
+    if (ret == 0 && want > n) {
+        uint8_t *grown = realloc(buf, want);
+        if (!grown) {
+            free(buf);
+            return -ENOMEM;
+        }
+        buf = grown;
+        ret = vd_node_pread(file, buf + n, want - n, n);
+    }
     if (ret < 0) {
         free(buf);
-        return vd_error_set(errp, VD_ERR_IO, -ret, "%s: could not read the header: %s", s->name,
-                            strerror(-ret));
+        return ret;
     }
-    ret = qcow2_header_decode(buf, want, file_len, s->name, &s->h, errp);
+    *out = buf;
+    *out_len = want;
+    return 0;
+}
+
+static int read_header(qcow2_state *s, uint64_t file_len, vd_error **errp)
+{
+    uint8_t *buf;
+    size_t len;
+    int ret = qcow2_read_cluster0(s->file, file_len, &buf, &len);
+    if (ret < 0) {
+        return vd_error_set(errp, ret == -ENOMEM ? VD_ERR_NOMEM : VD_ERR_IO, -ret,
+                            "%s: could not read the header: %s", s->name, strerror(-ret));
+    }
+    ret = qcow2_header_decode(buf, len, file_len, s->name, &s->h, errp);
     free(buf);
     return ret;
 }
