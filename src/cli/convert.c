@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "cli/cli-util.h"
+#include "util/zero.h"
 
 #define SECTOR 512
 #define IO_BUF_SECTORS 4096           /* 2 MiB per worker, as qemu-img */
@@ -63,27 +64,6 @@ typedef struct convert_state {
     int ret;                     /* -EINPROGRESS while copying */
 } convert_state;
 
-/* ---- zero detection ------------------------------------------------------------------- */
-
-static bool is_zero(const uint8_t *p, size_t len)
-{
-    /* Word-at-a-time OR; memcpy keeps it alignment-safe and compiles to plain loads. */
-    uint64_t acc = 0;
-    size_t i = 0;
-    for (; i + 64 <= len; i += 64) {
-        uint64_t w[8];
-        memcpy(w, p + i, sizeof(w));
-        acc |= w[0] | w[1] | w[2] | w[3] | w[4] | w[5] | w[6] | w[7];
-        if (acc) {
-            return false;
-        }
-    }
-    for (; i < len; i++) {
-        acc |= p[i];
-    }
-    return acc == 0;
-}
-
 /* Does the first sector hold data? *pnum: sectors from the start with the same state,
  * with the end moved to an `alignment` boundary (data runs grow, zero runs shrink) so that
  * writes stay aligned. Mirrors qemu-img's sparse detection so targets come out alike. */
@@ -94,11 +74,11 @@ static bool allocated_sectors(const uint8_t *buf, int64_t n, int64_t *pnum, int6
         *pnum = 0;
         return false;
     }
-    bool zero = is_zero(buf, SECTOR);
+    bool zero = vd_buf_is_zero(buf, SECTOR);
     int64_t i;
     for (i = 1; i < n; i++) {
         buf += SECTOR;
-        if (zero != is_zero(buf, SECTOR)) {
+        if (zero != vd_buf_is_zero(buf, SECTOR)) {
             break;
         }
     }
@@ -306,7 +286,8 @@ static int write_compressed(convert_state *s, int64_t sector_num, int64_t n,
             if (len > s->cluster_sectors) {
                 len = s->cluster_sectors;
             }
-            bool z = s->min_sparse && is_zero(buf + (done + run) * SECTOR, (size_t)len * SECTOR);
+            bool z = s->min_sparse &&
+                     vd_buf_is_zero(buf + (done + run) * SECTOR, (size_t)len * SECTOR);
             if (run > 0 && z != zero) {
                 break;
             }

@@ -401,11 +401,14 @@ int qcow2_chk_oflag_copied(chk *k)
                 k->c.corruptions_fixed++;
             }
         }
-        ret = qcow2_chk_read(k, k->l2, k->cs, l2_offset);
+        ret = qcow2_chk_read_l2(k, l2_offset);
         if (ret < 0) {
             qcow2_chk_log(k, "ERROR: Could not read L2 table: %s", strerror(-ret));
             k->c.check_errors++;
             return ret;
+        }
+        if (ret == 1) {
+            continue;  /* all entries unallocated */
         }
         for (uint64_t j = 0; j < k->l2_entries; j++) {
             uint64_t e = qcow2_chk_l2_entry(k, k->l2, j);

@@ -110,6 +110,7 @@ void qcow2_chk_log(chk *k, const char *fmt, ...) __attribute__((format(printf, 2
 void qcow2_chk_corruption(chk *k, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 uint64_t qcow2_chk_clusters(const chk *k, uint64_t size);
 int qcow2_chk_read(chk *k, void *buf, uint64_t len, uint64_t off);
+int qcow2_chk_read_l2(chk *k, uint64_t off);
 int qcow2_chk_write(chk *k, const void *buf, uint64_t len, uint64_t off);
 /* Metadata kinds a write may be allowed to overlap (QEMU's `ign` of the overlap check). */
 enum { OL_ACTIVE_L1 = 1, OL_ACTIVE_L2 = 2, OL_REFBLOCK = 4, OL_REFTABLE = 8 };
