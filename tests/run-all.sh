@@ -24,6 +24,9 @@ export VDISK_ASAN=${VDISK_ASAN:-$repo/$ASAN_BUILD/vdisk}
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
 export CI=${CI:-}
+# shellcheck source=tests/lib.sh
+PYTHON=${PYTHON:-$(. "$repo/tests/lib.sh" >/dev/null 2>&1; vd_default_python)}
+export PYTHON
 export LC_ALL=C
 
 R=$(mktemp -d "${TMPDIR:-/tmp}/vdisk-run-all.XXXXXX")
@@ -123,7 +126,7 @@ for dir in "$BUILD" "$ASAN_BUILD" "valgrind:$BUILD"; do
     fi
     while IFS=$'\t' read -r tname tcmd; do
         [ -n "$tname" ] && add_job "unit/$tag/$tname" "timeout -k 10 600 $tcmd"
-    done < <(meson introspect "$dir" --tests 2>/dev/null | PREFIX="$prefix" python3 -c '
+    done < <(meson introspect "$dir" --tests 2>/dev/null | PREFIX="$prefix" "$PYTHON" -c '
 import json, os, shlex, sys
 for t in json.load(sys.stdin):
     env = " ".join(shlex.quote("%s=%s" % kv) for kv in sorted((t.get("env") or {}).items()))
