@@ -4,10 +4,10 @@
 # file on the same filesystem driven by `qemu-img bench -f raw` (the target), and with
 # qemu-img on qcow2 (for reference). Writes go to fresh images; reads to images written
 # beforehand (untimed), and each read run follows an untimed read of its file. The read
-# target's raw contender ("raw-same") reads the qcow2 file's
-# own data blocks as raw: a separate raw file lies elsewhere on the disk, and on this VM's
-# disk that placement alone moved reads by 5-25% from run to run, for vdisk and qemu-img
-# alike. The separate raw file stays as a reference row.
+# target's raw contender ("raw-same") reads the qcow2 file's own data blocks as raw: a
+# separate raw file lies elsewhere on the disk, and on this VM's disk that placement alone
+# moved reads by 5-25% from run to run, for vdisk and qemu-img alike. The separate raw file
+# stays as a reference row.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 

@@ -132,6 +132,33 @@ truncate -s $((8 * 65536)) leakonly.qcow2
 cp leaks.qcow2 corrupt.qcow2
 printf '\x00\x00' | dd of=corrupt.qcow2 bs=1 seek=$((0x2000a)) conv=notrunc 2>/dev/null
 
+# The check's shortcuts must not change its findings: an L1 entry pointing at an L2 table
+# of zeros, one pointing past the end of the file, and a snapshot whose L1 table runs past
+# the end of the file (its entry for 600G lies beyond; the one for 0 inside).
+for img in zero-l2 l2-eof; do
+    "$QEMU_IMG" create -q -f qcow2 $img.qcow2 64M
+    qio -c 'write -P 1 0 64k' $img.qcow2
+done
+"$QEMU_IMG" create -q -f qcow2 snap-l1-eof.qcow2 1T
+qio -c 'write -P 1 0 64k' -c 'write -P 2 600G 64k' snap-l1-eof.qcow2
+"$QEMU_IMG" snapshot -c s1 snap-l1-eof.qcow2
+qio -c 'write -P 3 0 64k' snap-l1-eof.qcow2
+"$PYTHON" - "$VD_TESTS" <<'EOF2'
+import os, struct, sys
+sys.path.insert(0, sys.argv[1])
+import qcow2img as q
+i = q.Image("zero-l2.qcow2")
+q.poke(i.path, i.first_l2()[0], bytes(i.cluster_size))
+i = q.Image("l2-eof.qcow2")
+q.poke_be64(i.path, i.h["l1_table_offset"], 0x40000000 | q.COPIED)
+i = q.Image("snap-l1-eof.qcow2")
+sn = i.h["snapshots_offset"]
+l1_offset = struct.unpack(">Q", i.read(sn, 8))[0]
+end = os.path.getsize(i.path)
+q.poke(i.path, end, i.read(l1_offset, 8192))  # half of its 16 KiB, at the end of the file
+q.poke_be64(i.path, sn, end)
+EOF2
+
 "$QEMU_IMG" create -q -f qcow2 snap.qcow2 16M
 qio -c 'write -P 1 0 64k' snap.qcow2
 "$QEMU_IMG" snapshot -c s1 snap.qcow2
@@ -156,7 +183,8 @@ compare map-json-range map --output=json --start-offset=1M --max-length=3M top.q
 compare map-json-beyond map --output=json --start-offset=2G data.qcow2
 
 for img in empty.qcow2 data.qcow2 top.qcow2 v2.qcow2 ext.qcow2 small.qcow2 prealloc.qcow2 \
-           compressed.qcow2 dirty.qcow2 leaks.qcow2 leakonly.qcow2 corrupt.qcow2 raw.img; do
+           compressed.qcow2 dirty.qcow2 leaks.qcow2 leakonly.qcow2 corrupt.qcow2 raw.img \
+           zero-l2.qcow2 l2-eof.qcow2 snap-l1-eof.qcow2; do
     compare "check-json-$img" check --output=json "$img"
     compare "check-human-$img" check "$img"
 done

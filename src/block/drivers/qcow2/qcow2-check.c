@@ -77,14 +77,26 @@ static void add_counts(counts *out, const counts *in)
     out->leaks_fixed += in->leaks_fixed;
 }
 
+/* Ranges QEMU's block layer refuses (past 2^63): reading them fails with -EIO. */
+static bool bad_range(uint64_t off, uint64_t len)
+{
+    return off > (uint64_t)INT64_MAX || len > (uint64_t)INT64_MAX - off;
+}
+
+/* Bytes of the file from off to its end; what lies beyond reads as zeros. */
+static uint64_t in_file(const chk *k, uint64_t off)
+{
+    return off < k->file_len ? k->file_len - off : 0;
+}
+
 /* Reads [off, off+len) of the file; bytes past its end read as zeros, as in QEMU. Offsets
- * QEMU's block layer refuses (past 2^63) fail with -EIO without touching the file. */
+ * QEMU's block layer refuses fail with -EIO without touching the file. */
 int qcow2_chk_read(chk *k, void *buf, uint64_t len, uint64_t off)
 {
-    if (off > (uint64_t)INT64_MAX || len > (uint64_t)INT64_MAX - off) {
+    if (bad_range(off, len)) {
         return -EIO;
     }
-    uint64_t avail = off >= k->file_len ? 0 : k->file_len - off;
+    uint64_t avail = in_file(k, off);
     uint64_t now = len < avail ? len : avail;
     if (now < len) {
         memset((uint8_t *)buf + now, 0, len - now);
@@ -98,7 +110,7 @@ int qcow2_chk_read(chk *k, void *buf, uint64_t len, uint64_t off)
  * many L1 entries at empty or missing tables; skipping them keeps a check cheap. */
 int qcow2_chk_read_l2(chk *k, uint64_t off)
 {
-    if (off >= k->file_len && off <= (uint64_t)INT64_MAX - k->cs) {
+    if (in_file(k, off) == 0 && !bad_range(off, k->cs)) {
         return 1;
     }
     int ret = qcow2_chk_read(k, k->l2, k->cs, off);
@@ -490,17 +502,16 @@ static int check_refcounts_l1(chk *k, uint64_t l1_offset, uint32_t l1_size, int 
         /* Entries past the end of the file read as zeros and count nothing, so only the
          * part inside the file is read: a hostile snapshot cannot make the check fill a
          * 32 MiB table of zeros. Offsets QEMU refuses still fail as a read of it all would. */
-        uint64_t avail = l1_offset < k->file_len ? k->file_len - l1_offset : 0;
+        uint64_t avail = in_file(k, l1_offset);
         if (avail / 8 < n) {
             n = (uint32_t)((avail + 7) / 8);
         }
-        uint8_t *raw = malloc(n ? (uint64_t)n * 8 : 1);
-        if (!raw) {
+        uint8_t *raw = NULL;
+        if (bad_range(l1_offset, bytes)) {
+            ret = -EIO;
+        } else if (!(raw = malloc(n ? (uint64_t)n * 8 : 1))) {
             k->c.check_errors++;
             return -ENOMEM;
-        }
-        if (l1_offset > (uint64_t)INT64_MAX || bytes > (uint64_t)INT64_MAX - l1_offset) {
-            ret = -EIO;
         } else {
             ret = qcow2_chk_read(k, raw, (uint64_t)n * 8, l1_offset);
         }
