@@ -12,15 +12,11 @@ vd_init
 
 # blocks IMG: the number of refcount blocks the refcount table points at.
 blocks() {
-    "$PYTHON" - "$1" <<'EOF'
-import struct, sys
-with open(sys.argv[1], "rb") as f:
-    h = f.read(64)
-    rt_off, rt_clusters = struct.unpack(">QI", h[48:60])
-    cs = 1 << struct.unpack(">I", h[20:24])[0]
-    f.seek(rt_off)
-    t = f.read(rt_clusters * cs)
-print(sum(1 for i in range(0, len(t), 8) if struct.unpack(">Q", t[i:i + 8])[0]))
+    "$PYTHON" - "$VD_TESTS" "$1" <<'EOF'
+import sys
+sys.path.insert(0, sys.argv[1])
+import qcow2img as q
+print(sum(1 for e in q.Image(sys.argv[2]).reftable() if e))
 EOF
 }
 
