@@ -224,15 +224,30 @@ typedef struct vd_check_result {
     int64_t fragmented_clusters;
     int64_t compressed_clusters;
     /* Messages as qemu-img prints them on stderr ("Leaked cluster 5 refcount=1 reference=0",
-     * "Repairing ...", "ERROR ..."), one per line; NULL if none. Caller frees. */
+     * "Repairing ...", "ERROR ..."), one per line; NULL if none. Caller frees. Filled by
+     * vd_check only, which keeps at most 64 MiB and then ends the log with a line
+     * "(N more messages not shown)". */
     char *log;
+    /* Lines not delivered: refused by a vd_check_stream callback, or past vd_check's cap. */
+    int64_t messages_dropped;
 } vd_check_result;
+
+/* Receives one check message, without a newline, as soon as it is found. Returning false
+ * refuses it and every later one: they are counted in messages_dropped and never formatted
+ * (a hostile image can produce billions). Runs with the disk locked: it must not call into
+ * vdisk for the same disk. */
+typedef bool (*vd_check_msg_fn)(void *opaque, const char *line);
 
 /* Runs a consistency check (and repair with VD_FIX_*) on an image opened with
  * VD_OPEN_CHECK (and RDWR for repair). After a repair the result is that of a second,
  * read-only pass, as qemu-img does; corruptions_fixed/leaks_fixed are from the first.
  * Returns -ENOTSUP for formats without a check. */
 int vd_check(vd_disk *d, unsigned fix, vd_check_result *res, vd_error **errp);
+/* vd_check with the messages passed to fn in qemu-img's order instead of kept in res->log
+ * (which stays NULL), so they can be printed while the check runs, with no cap. fn may be
+ * NULL: then no message is formatted at all. */
+int vd_check_stream(vd_disk *d, unsigned fix, vd_check_msg_fn fn, void *opaque,
+                    vd_check_result *res, vd_error **errp);
 void vd_check_result_clear(vd_check_result *res);
 
 /* ---- create, measure, amend, resize ---------------------------------------------------- */

@@ -1,7 +1,9 @@
 /* The public API: disk handles over node graphs, chain-wide block status, and dispatch of
  * control operations (info, check, create, measure, amend, resize) to the drivers. */
 #include <errno.h>
+#include <inttypes.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -467,7 +469,8 @@ void vd_image_info_clear(vd_image_info *info)
     memset(info, 0, sizeof(*info));
 }
 
-static int disk_check(vd_disk *d, unsigned fix, vd_check_result *res, vd_error **errp)
+static int disk_check(vd_disk *d, unsigned fix, vd_check_msg_fn fn, void *opaque,
+                      vd_check_result *res, vd_error **errp)
 {
     memset(res, 0, sizeof(*res));
     if (!d->node->drv->check) {
@@ -478,14 +481,69 @@ static int disk_check(vd_disk *d, unsigned fix, vd_check_result *res, vd_error *
         return vd_error_set(errp, VD_ERR_INVALID, EACCES, "%s: repair needs a writable image",
                             d->node->filename);
     }
-    return d->node->drv->check(d->node, fix, res, errp);
+    return d->node->drv->check(d->node, fix, fn, opaque, res, errp);
+}
+
+int vd_check_stream(vd_disk *d, unsigned fix, vd_check_msg_fn fn, void *opaque,
+                    vd_check_result *res, vd_error **errp)
+{
+    vd_disk_enter(d);
+    int ret = disk_check(d, fix, fn, opaque, res, errp);
+    vd_disk_leave(d);
+    return ret;
+}
+
+/* vd_check's message log: the lines joined by newlines, at most CHECK_LOG_MAX bytes with
+ * room kept for the closing count. */
+#define CHECK_LOG_MAX (64u << 20)
+
+typedef struct check_log {
+    char *s;
+    size_t len, cap;
+} check_log;
+
+static bool check_log_put(check_log *b, const char *line, size_t limit)
+{
+    size_t n = strlen(line);
+    if (b->len + n + 2 > limit) {
+        return false;
+    }
+    if (b->len + n + 2 > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (b->len + n + 2 > cap) {
+            cap *= 2;
+        }
+        char *s = realloc(b->s, cap);
+        if (!s) {
+            return false;
+        }
+        b->s = s;
+        b->cap = cap;
+    }
+    memcpy(b->s + b->len, line, n);
+    b->len += n;
+    b->s[b->len++] = '\n';
+    b->s[b->len] = '\0';
+    return true;
+}
+
+/* Refusing a line refuses all later ones too, so the log stays a prefix of qemu-img's. */
+static bool check_log_add(void *opaque, const char *line)
+{
+    return check_log_put(opaque, line, CHECK_LOG_MAX - 128);
 }
 
 int vd_check(vd_disk *d, unsigned fix, vd_check_result *res, vd_error **errp)
 {
-    vd_disk_enter(d);
-    int ret = disk_check(d, fix, res, errp);
-    vd_disk_leave(d);
+    check_log log = {0};
+    int ret = vd_check_stream(d, fix, check_log_add, &log, res, errp);
+    if (res->messages_dropped) {
+        char line[64];
+        snprintf(line, sizeof(line), "(%" PRId64 " more messages not shown)",
+                 res->messages_dropped);
+        (void)check_log_put(&log, line, CHECK_LOG_MAX);
+    }
+    res->log = log.s;
     return ret;
 }
 

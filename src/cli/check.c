@@ -82,6 +82,38 @@ static void dump_human(const vd_check_result *r, bool quiet)
     }
 }
 
+/* stderr is unbuffered; a hostile image yields millions of lines, so they are written in
+ * blocks rather than one write per line. */
+typedef struct msg_out {
+    size_t len;
+    char buf[64 * 1024];
+} msg_out;
+
+static void msg_flush(msg_out *o)
+{
+    if (o->len) {
+        fwrite(o->buf, 1, o->len, stderr);
+        o->len = 0;
+    }
+}
+
+static bool print_msg(void *opaque, const char *line)
+{
+    msg_out *o = opaque;
+    size_t n = strlen(line);
+    if (o->len + n + 1 > sizeof(o->buf)) {
+        msg_flush(o);
+    }
+    if (n + 1 > sizeof(o->buf)) {
+        fprintf(stderr, "%s\n", line);
+        return true;
+    }
+    memcpy(o->buf + o->len, line, n);
+    o->buf[o->len + n] = '\n';
+    o->len += n + 1;
+    return true;
+}
+
 int cmd_check(int argc, char **argv)
 {
     static const struct option long_options[] = {
@@ -154,15 +186,12 @@ int cmd_check(int argc, char **argv)
     vd_check_result r;
     memset(&r, 0, sizeof(r));
     vd_error *err = NULL;
-    int ret = vd_check(d, fix, &r, &err);
-    /* The library's findings go to stderr before the summary, as qemu-img's do. */
-    if (r.log && *r.log) {
-        fflush(stdout);
-        fputs(r.log, stderr);
-        if (r.log[strlen(r.log) - 1] != '\n') {
-            fputc('\n', stderr);
-        }
-    }
+    /* The library's findings go to stderr while the check runs, before the summary, as
+     * qemu-img's do; all of them, however many. */
+    msg_out out = {.len = 0};
+    fflush(stdout);
+    int ret = vd_check_stream(d, fix, print_msg, &out, &r, &err);
+    msg_flush(&out);
     if (ret == -ENOTSUP) {
         cli_error("This image format does not support checks");
         vd_error_free(err);

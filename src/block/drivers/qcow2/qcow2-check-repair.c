@@ -503,13 +503,18 @@ int qcow2_chk_read_snapshots(chk *k, counts *sr)
             .fetch = fetch_from_file, .opaque = k,
         };
         /* Most tables fit in one read; the rest (huge extra data that -r all skips) is
-         * fetched piecewise. Past the end of the file the table reads as zeros. */
+         * fetched piecewise. Past the end of the file the table reads as zeros, fetched
+         * too: a hostile count must not make a buffer of zeros. */
         uint64_t want = (uint64_t)nb * 128 + 4096;
+        uint64_t avail = qcow2_chk_in_file(k, off);
         vd_error *err = NULL;
         if (want > SNAPSHOT_READ_MAX) {
             want = SNAPSHOT_READ_MAX;
         }
-        uint8_t *buf = malloc(want);
+        if (want > avail) {
+            want = avail;
+        }
+        uint8_t *buf = malloc(want ? want : 1);
         if (!buf) {
             sr->check_errors++;
             return -ENOMEM;

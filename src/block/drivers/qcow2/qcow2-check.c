@@ -15,52 +15,42 @@
 
 /* ---- small helpers ------------------------------------------------------------------- */
 
-static void sb_vadd(strbuf *b, const char *fmt, va_list ap)
+/* Formats one line and hands it over, as qemu-img would print it on stderr. Most lines
+ * fit the stack buffer; one naming a long snapshot ID is formatted again on the heap. */
+void qcow2_chk_log(chk *k, const char *fmt, ...)
 {
-    /* Formatting dominates the check of an image with millions of bad entries, so a line
-     * that will not be kept is not formatted. */
-    if (b->discard || (b->dropped && !b->closing)) {
-        b->dropped++;
+    chk_sink *s = k->log;
+    if (!s->fn) {
         return;
     }
-    va_list ap2;
-    va_copy(ap2, ap);
-    int n = vsnprintf(NULL, 0, fmt, ap2);
-    va_end(ap2);
+    if (s->refused) {
+        s->dropped++;
+        return;
+    }
+    char line[512], *p = line;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
     if (n < 0) {
         return;
     }
-    /* Room is kept for the closing "(N more messages not shown)" line; once a line was
-     * dropped, all later ones are too, so the log stays a prefix of qemu-img's. */
-    if (b->len + (size_t)n + 2 > LOG_MAX - 128 && !b->closing) {
-        b->dropped++;
-        return;
-    }
-    if (b->len + (size_t)n + 2 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (b->len + (size_t)n + 2 > cap) {
-            cap *= 2;
+    if ((size_t)n >= sizeof(line)) {
+        char *big = malloc((size_t)n + 1);
+        if (big) {  /* else the cut line is still worth showing */
+            va_start(ap, fmt);
+            vsnprintf(big, (size_t)n + 1, fmt, ap);
+            va_end(ap);
+            p = big;
         }
-        char *s = realloc(b->s, cap);
-        if (!s) {
-            abort();  /* small internal allocation */
-        }
-        b->s = s;
-        b->cap = cap;
     }
-    vsnprintf(b->s + b->len, (size_t)n + 1, fmt, ap);
-    b->len += (size_t)n;
-    b->s[b->len++] = '\n';
-    b->s[b->len] = '\0';
-}
-
-/* Appends one line, as qemu-img would print it on stderr. */
-void qcow2_chk_log(chk *k, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    sb_vadd(k->log, fmt, ap);
-    va_end(ap);
+    if (!s->fn(s->opaque, p)) {
+        s->refused = true;
+        s->dropped++;
+    }
+    if (p != line) {
+        free(p);
+    }
 }
 
 uint64_t qcow2_chk_clusters(const chk *k, uint64_t size)
@@ -83,8 +73,7 @@ static bool bad_range(uint64_t off, uint64_t len)
     return off > (uint64_t)INT64_MAX || len > (uint64_t)INT64_MAX - off;
 }
 
-/* Bytes of the file from off to its end; what lies beyond reads as zeros. */
-static uint64_t in_file(const chk *k, uint64_t off)
+uint64_t qcow2_chk_in_file(const chk *k, uint64_t off)
 {
     return off < k->file_len ? k->file_len - off : 0;
 }
@@ -96,7 +85,7 @@ int qcow2_chk_read(chk *k, void *buf, uint64_t len, uint64_t off)
     if (bad_range(off, len)) {
         return -EIO;
     }
-    uint64_t avail = in_file(k, off);
+    uint64_t avail = qcow2_chk_in_file(k, off);
     uint64_t now = len < avail ? len : avail;
     if (now < len) {
         memset((uint8_t *)buf + now, 0, len - now);
@@ -110,7 +99,7 @@ int qcow2_chk_read(chk *k, void *buf, uint64_t len, uint64_t off)
  * many L1 entries at empty or missing tables; skipping them keeps a check cheap. */
 int qcow2_chk_read_l2(chk *k, uint64_t off)
 {
-    if (in_file(k, off) == 0 && !bad_range(off, k->cs)) {
+    if (qcow2_chk_in_file(k, off) == 0 && !bad_range(off, k->cs)) {
         return 1;
     }
     int ret = qcow2_chk_read(k, k->l2, k->cs, off);
@@ -502,7 +491,7 @@ static int check_refcounts_l1(chk *k, uint64_t l1_offset, uint32_t l1_size, int 
         /* Entries past the end of the file read as zeros and count nothing, so only the
          * part inside the file is read: a hostile snapshot cannot make the check fill a
          * 32 MiB table of zeros. Offsets QEMU refuses still fail as a read of it all would. */
-        uint64_t avail = in_file(k, l1_offset);
+        uint64_t avail = qcow2_chk_in_file(k, l1_offset);
         if (avail / 8 < n) {
             n = (uint32_t)((avail + 7) / 8);
         }
@@ -1094,7 +1083,7 @@ static int load_image(chk *k, vd_error **errp)
 }
 
 /* One pass of QEMU's qcow2_co_check_locked. *out gets the counts even on failure. */
-static int check_pass(vd_node *file, const char *what, unsigned fix, strbuf *log,
+static int check_pass(vd_node *file, const char *what, unsigned fix, chk_sink *log,
                       vd_check_result *out, bool *dead, vd_error **errp)
 {
     chk k = {.file = file, .what = what, .log = log, .fix = fix};
@@ -1153,10 +1142,10 @@ out:
     return ret;
 }
 
-int qcow2_check_image(struct vd_node *file, const char *what, unsigned fix, bool want_log,
-                      vd_check_result *res, vd_error **errp)
+int qcow2_check_image(struct vd_node *file, const char *what, unsigned fix,
+                      vd_check_msg_fn msg, void *opaque, vd_check_result *res, vd_error **errp)
 {
-    strbuf log = {.discard = !want_log};
+    chk_sink log = {.fn = msg, .opaque = opaque};
     bool dead = false;
     int ret;
 
@@ -1177,12 +1166,6 @@ int qcow2_check_image(struct vd_node *file, const char *what, unsigned fix, bool
         res->corruptions_fixed = cf;
         res->leaks_fixed = lf;
     }
-    if (log.dropped && want_log) {
-        uint64_t n = log.dropped;
-        log.closing = true;
-        chk tmp = {.log = &log};
-        qcow2_chk_log(&tmp, "(%" PRIu64 " more messages not shown)", n);
-    }
-    res->log = log.s;
+    res->messages_dropped = (int64_t)log.dropped;
     return ret;
 }

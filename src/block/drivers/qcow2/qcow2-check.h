@@ -24,8 +24,6 @@
  * that the rebuild replaces, so neither the file nor the in-memory refcount table ever
  * grows with an offset read from the image. */
 #define REPAIR_GROW_CLUSTERS 8
-/* Messages kept in res->log; a hostile image can produce billions of them. */
-#define LOG_MAX (64u << 20)
 /* L1 and L2 entries one pass may visit. QEMU has no limit, but tables that point at the
  * same L2 table over and over (or snapshots sharing one L1) make the work explode without
  * making the file bigger; a real image needs far less than this. */
@@ -37,13 +35,14 @@ enum { CHECK_FRAG_INFO = 1 };
  * with the program's name; ours is vdisk. */
 #define REPORT "vdisk: "
 
-typedef struct strbuf {
-    char *s;
-    size_t len, cap;
-    uint64_t dropped;        /* lines not kept once the log reached LOG_MAX */
-    bool closing;            /* adding the line that says how many were dropped */
-    bool discard;            /* nobody reads the log (the repair on open): skip it */
-} strbuf;
+/* Where the check's messages go. A hostile image can produce billions of them, so none
+ * is formatted once nobody will read it. */
+typedef struct chk_sink {
+    vd_check_msg_fn fn;      /* NULL: nobody reads them (the repair on open) */
+    void *opaque;
+    bool refused;            /* fn returned false: count the rest, don't format them */
+    uint64_t dropped;
+} chk_sink;
 
 typedef struct counts {
     int64_t corruptions, leaks, check_errors, corruptions_fixed, leaks_fixed;
@@ -57,7 +56,7 @@ typedef struct frag {
 typedef struct chk {
     vd_node *file;
     const char *what;
-    strbuf *log;
+    chk_sink *log;
     unsigned fix;
     uint64_t file_len;
     bool signalled;          /* a corruption was reported (QEMU reports only the first) */
@@ -109,6 +108,8 @@ enum ctype { CT_UNALLOCATED, CT_NORMAL, CT_COMPRESSED, CT_ZERO_PLAIN, CT_ZERO_AL
 void qcow2_chk_log(chk *k, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void qcow2_chk_corruption(chk *k, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 uint64_t qcow2_chk_clusters(const chk *k, uint64_t size);
+/* Bytes of the file from off to its end; what lies beyond reads as zeros. */
+uint64_t qcow2_chk_in_file(const chk *k, uint64_t off);
 int qcow2_chk_read(chk *k, void *buf, uint64_t len, uint64_t off);
 int qcow2_chk_read_l2(chk *k, uint64_t off);
 int qcow2_chk_write(chk *k, const void *buf, uint64_t len, uint64_t off);

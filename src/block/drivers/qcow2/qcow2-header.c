@@ -98,11 +98,17 @@ static int report_unsupported(const qcow2_header *h, const char *what, uint64_t 
 
 static int add_unknown_ext(qcow2_header *h, uint32_t type, const uint8_t *data, uint32_t len)
 {
-    qcow2_ext *n = realloc(h->unknown_exts, (h->nb_unknown_exts + 1) * sizeof(*n));
-    if (!n) {
-        abort();
+    qcow2_ext *n = h->unknown_exts;
+    size_t nb = h->nb_unknown_exts;
+    /* The array doubles when its count reaches a power of two: a hostile header packs
+     * thousands of empty extensions into one cluster. */
+    if ((nb & (nb - 1)) == 0) {
+        n = realloc(n, (nb ? 2 * (size_t)nb : 1) * sizeof(*n));
+        if (!n) {
+            abort();
+        }
+        h->unknown_exts = n;
     }
-    h->unknown_exts = n;
     n[h->nb_unknown_exts].type = type;
     n[h->nb_unknown_exts].len = len;
     n[h->nb_unknown_exts].data = xmalloc(len);

@@ -1,0 +1,220 @@
+/* Unit tests for how a check hands out its messages: vd_check_stream passes every line, in
+ * the order vd_check's log has them; a callback that refuses a line gets no more, and the
+ * rest are counted; without a callback the counts are the same and no line is made. The
+ * image has one L2 table whose 8192 entries all have a reserved bit set (one line each). */
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "vdisk/vdisk.h"
+
+#define MiB (1024 * 1024)
+#define CLUSTER 65536
+#define L2_ENTRIES (CLUSTER / 8)
+
+static uint64_t get_be64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) {
+        v = v << 8 | p[i];
+    }
+    return v;
+}
+
+static void put_be64(uint8_t *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--, v >>= 8) {
+        p[i] = (uint8_t)v;
+    }
+}
+
+typedef struct fixture {
+    char dir[256];
+    char path[300];
+    vd_engine *e;
+} fixture;
+
+static void must(int ret, vd_error *err, const char *what)
+{
+    if (ret < 0) {
+        fail_msg("%s: %s", what, err ? vd_error_msg(err) : strerror(-ret));
+    }
+}
+
+static vd_disk *open_image(fixture *f, unsigned flags)
+{
+    vd_open_opts o = {.format = "qcow2", .flags = flags};
+    vd_disk *d = NULL;
+    vd_error *err = NULL;
+    must(vd_open(f->e, f->path, &o, &d, &err), err, "open");
+    return d;
+}
+
+/* A 4 MiB image with 64 KiB of data at 0, then its L2 table overwritten with unallocated
+ * entries that carry reserved bit 1. */
+static int setup(void **state)
+{
+    fixture *f = calloc(1, sizeof(*f));
+    assert_non_null(f);
+    snprintf(f->dir, sizeof(f->dir), "%s/checkmsg-XXXXXX", getenv("TMPDIR") ?: "/tmp");
+    assert_non_null(mkdtemp(f->dir));
+    snprintf(f->path, sizeof(f->path), "%s/a.qcow2", f->dir);
+    f->e = vd_engine_new();
+
+    vd_opts *o = vd_opts_new();
+    vd_error *err = NULL;
+    must(vd_create(f->e, f->path, "qcow2", 4 * MiB, o, 0, &err), err, "create");
+    vd_opts_free(o);
+    vd_disk *d = open_image(f, VD_OPEN_RDWR);
+    static uint8_t data[CLUSTER];
+    memset(data, 0x5a, sizeof(data));
+    assert_int_equal(vd_pwrite(d, data, sizeof(data), 0, 0), 0);
+    assert_int_equal(vd_close(d), 0);
+
+    int fd = open(f->path, O_RDWR);
+    assert_true(fd >= 0);
+    uint8_t b[8];
+    assert_int_equal(pread(fd, b, 8, 40), 8);  /* l1_table_offset */
+    assert_int_equal(pread(fd, b, 8, (off_t)get_be64(b)), 8);
+    uint64_t l2 = get_be64(b) & 0x00fffffffffffe00ull;
+    assert_true(l2 != 0);
+    static uint8_t table[CLUSTER];
+    for (int i = 0; i < L2_ENTRIES; i++) {
+        put_be64(table + 8 * i, 2);
+    }
+    assert_int_equal(pwrite(fd, table, sizeof(table), (off_t)l2), (ssize_t)sizeof(table));
+    close(fd);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture *f = *state;
+    unlink(f->path);
+    rmdir(f->dir);
+    vd_engine_free(f->e);
+    free(f);
+    return 0;
+}
+
+typedef struct lines {
+    char *text;              /* every line taken, each ended by a newline */
+    size_t len, cap;
+    uint64_t calls, taken, limit;
+} lines;
+
+static bool take(void *opaque, const char *line)
+{
+    lines *l = opaque;
+    l->calls++;
+    assert_null(strchr(line, '\n'));
+    if (l->taken >= l->limit) {
+        return false;
+    }
+    size_t n = strlen(line);
+    if (l->len + n + 2 > l->cap) {
+        l->cap = (l->len + n + 2) * 2;
+        l->text = realloc(l->text, l->cap);
+        assert_non_null(l->text);
+    }
+    memcpy(l->text + l->len, line, n);
+    l->len += n;
+    l->text[l->len++] = '\n';
+    l->text[l->len] = '\0';
+    l->taken++;
+    return true;
+}
+
+static void run_stream(fixture *f, vd_check_msg_fn fn, lines *l, vd_check_result *res)
+{
+    vd_disk *d = open_image(f, VD_OPEN_CHECK);
+    vd_error *err = NULL;
+    memset(res, 0, sizeof(*res));
+    must(vd_check_stream(d, 0, fn, l, res, &err), err, "check");
+    assert_null(res->log);
+    vd_close(d);
+}
+
+static void assert_same_counts(const vd_check_result *a, const vd_check_result *b)
+{
+    assert_int_equal(a->corruptions, b->corruptions);
+    assert_int_equal(a->leaks, b->leaks);
+    assert_int_equal(a->check_errors, b->check_errors);
+    assert_int_equal(a->image_end_offset, b->image_end_offset);
+    assert_int_equal(a->allocated_clusters, b->allocated_clusters);
+}
+
+static void test_stream_equals_log(void **state)
+{
+    fixture *f = *state;
+    lines all = {.limit = UINT64_MAX};
+    vd_check_result s;
+    run_stream(f, take, &all, &s);
+    assert_true(all.taken >= L2_ENTRIES);
+    assert_int_equal(all.calls, all.taken);
+    assert_int_equal(s.messages_dropped, 0);
+    assert_true(s.corruptions >= L2_ENTRIES);
+    assert_non_null(strstr(all.text, "ERROR found l2 entry with reserved bits set: 2\n"));
+
+    vd_disk *d = open_image(f, VD_OPEN_CHECK);
+    vd_check_result r;
+    memset(&r, 0, sizeof(r));
+    vd_error *err = NULL;
+    must(vd_check(d, 0, &r, &err), err, "check");
+    vd_close(d);
+    assert_non_null(r.log);
+    assert_string_equal(r.log, all.text);
+    assert_int_equal(r.messages_dropped, 0);
+    assert_same_counts(&r, &s);
+    vd_check_result_clear(&r);
+    free(all.text);
+}
+
+static void test_refused_lines_are_counted(void **state)
+{
+    fixture *f = *state;
+    lines all = {.limit = UINT64_MAX}, some = {.limit = 10};
+    vd_check_result a, s;
+    run_stream(f, take, &all, &a);
+    run_stream(f, take, &some, &s);
+    assert_int_equal(some.taken, 10);
+    assert_int_equal(some.calls, 11);  /* the refused line, then nothing */
+    assert_int_equal(s.messages_dropped, (int64_t)(all.taken - 10));
+    assert_memory_equal(some.text, all.text, some.len);
+    assert_same_counts(&a, &s);
+    free(all.text);
+    free(some.text);
+}
+
+static void test_no_callback(void **state)
+{
+    fixture *f = *state;
+    lines all = {.limit = UINT64_MAX};
+    vd_check_result a, s;
+    run_stream(f, take, &all, &a);
+    run_stream(f, NULL, NULL, &s);
+    assert_int_equal(s.messages_dropped, 0);
+    assert_same_counts(&a, &s);
+    free(all.text);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_stream_equals_log, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_refused_lines_are_counted, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_no_callback, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
