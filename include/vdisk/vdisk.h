@@ -232,10 +232,12 @@ typedef struct vd_check_result {
     int64_t messages_dropped;
 } vd_check_result;
 
-/* Receives one check message, without a newline, as soon as it is found. Returning false
- * refuses it and every later one: they are counted in messages_dropped and never formatted
- * (a hostile image can produce billions). Runs with the disk locked: it must not call into
- * vdisk for the same disk. */
+/* Receives one check message as soon as it is found: a line as qemu-img prints it, without
+ * its final newline (a few messages, such as a hint after an error or a snapshot name with
+ * a newline in it, span more lines). Returning false refuses it and every later one: they
+ * are counted in messages_dropped and never formatted (a hostile image can produce
+ * billions). Runs with the image locked: it must not call into vdisk for any disk on the
+ * same image, and a slow callback holds up other threads' requests to it. */
 typedef bool (*vd_check_msg_fn)(void *opaque, const char *line);
 
 /* Runs a consistency check (and repair with VD_FIX_*) on an image opened with

@@ -174,6 +174,16 @@ for n in range(200):
     q.poke_be64(i.path, i.h["l1_table_offset"] + 8 * n, (end + n * i.cluster_size) | q.COPIED)
 EOF2
 
+# A snapshot table placed where QEMU's block layer refuses to read (within 1 GiB of 2^63).
+"$QEMU_IMG" create -q -f qcow2 -o cluster_size=512 snap-far.qcow2 1M
+"$PYTHON" - "$VD_TESTS" <<'EOF2'
+import sys
+sys.path.insert(0, sys.argv[1])
+import qcow2img as q
+q.poke_field("snap-far.qcow2", "nb_snapshots", 12)
+q.poke_field("snap-far.qcow2", "snapshots_offset", 0x7ffffffffffffe00)
+EOF2
+
 "$QEMU_IMG" create -q -f qcow2 snap.qcow2 16M
 qio -c 'write -P 1 0 64k' snap.qcow2
 "$QEMU_IMG" snapshot -c s1 snap.qcow2
@@ -199,7 +209,7 @@ compare map-json-beyond map --output=json --start-offset=2G data.qcow2
 
 for img in empty.qcow2 data.qcow2 top.qcow2 v2.qcow2 ext.qcow2 small.qcow2 prealloc.qcow2 \
            compressed.qcow2 dirty.qcow2 leaks.qcow2 leakonly.qcow2 corrupt.qcow2 raw.img \
-           zero-l2.qcow2 l2-eof.qcow2 snap-l1-eof.qcow2; do
+           zero-l2.qcow2 l2-eof.qcow2 snap-l1-eof.qcow2 snap-far.qcow2; do
     compare "check-json-$img" check --output=json "$img"
     compare "check-human-$img" check "$img"
 done

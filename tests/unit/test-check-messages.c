@@ -1,7 +1,8 @@
 /* Unit tests for how a check hands out its messages: vd_check_stream passes every line, in
  * the order vd_check's log has them; a callback that refuses a line gets no more, and the
- * rest are counted; without a callback the counts are the same and no line is made. The
- * image has one L2 table whose 8192 entries all have a reserved bit set (one line each). */
+ * rest are counted; without a callback the counts are the same and no line is made;
+ * vd_check keeps a 64 MiB prefix and counts the rest. The images have L2 tables whose 8192
+ * entries all have a reserved bit set (one line each). */
 #include <errno.h>
 #include <fcntl.h>
 #include <setjmp.h>
@@ -60,9 +61,9 @@ static vd_disk *open_image(fixture *f, unsigned flags)
     return d;
 }
 
-/* A 4 MiB image with 64 KiB of data at 0, then its L2 table overwritten with unallocated
- * entries that carry reserved bit 1. */
-static int setup(void **state)
+static uint8_t bad_table[CLUSTER];
+
+static fixture *new_fixture(uint64_t size)
 {
     fixture *f = calloc(1, sizeof(*f));
     assert_non_null(f);
@@ -70,11 +71,20 @@ static int setup(void **state)
     assert_non_null(mkdtemp(f->dir));
     snprintf(f->path, sizeof(f->path), "%s/a.qcow2", f->dir);
     f->e = vd_engine_new();
-
     vd_opts *o = vd_opts_new();
     vd_error *err = NULL;
-    must(vd_create(f->e, f->path, "qcow2", 4 * MiB, o, 0, &err), err, "create");
+    must(vd_create(f->e, f->path, "qcow2", size, o, 0, &err), err, "create");
     vd_opts_free(o);
+    for (int i = 0; i < L2_ENTRIES; i++) {
+        put_be64(bad_table + 8 * i, 2);  /* unallocated, reserved bit 1 set */
+    }
+    return f;
+}
+
+/* A 4 MiB image with 64 KiB of data at 0, then its L2 table overwritten with bad entries. */
+static int setup(void **state)
+{
+    fixture *f = new_fixture(4 * MiB);
     vd_disk *d = open_image(f, VD_OPEN_RDWR);
     static uint8_t data[CLUSTER];
     memset(data, 0x5a, sizeof(data));
@@ -88,11 +98,33 @@ static int setup(void **state)
     assert_int_equal(pread(fd, b, 8, (off_t)get_be64(b)), 8);
     uint64_t l2 = get_be64(b) & 0x00fffffffffffe00ull;
     assert_true(l2 != 0);
-    static uint8_t table[CLUSTER];
-    for (int i = 0; i < L2_ENTRIES; i++) {
-        put_be64(table + 8 * i, 2);
+    assert_int_equal(pwrite(fd, bad_table, CLUSTER, (off_t)l2), CLUSTER);
+    close(fd);
+    *state = f;
+    return 0;
+}
+
+/* A 100 GiB image whose first 200 L1 entries point at bad L2 tables appended to the file:
+ * 1.6 million lines, more than vd_check keeps. */
+#define MANY_TABLES 200
+
+static int setup_many(void **state)
+{
+    fixture *f = new_fixture(100ull << 30);
+    int fd = open(f->path, O_RDWR);
+    assert_true(fd >= 0);
+    uint8_t b[8];
+    assert_int_equal(pread(fd, b, 8, 40), 8);
+    uint64_t l1 = get_be64(b);
+    off_t end = lseek(fd, 0, SEEK_END);
+    assert_true(end > 0);
+    end = (end + CLUSTER - 1) / CLUSTER * CLUSTER;
+    for (int i = 0; i < MANY_TABLES; i++) {
+        uint64_t at = (uint64_t)end + (uint64_t)i * CLUSTER;
+        assert_int_equal(pwrite(fd, bad_table, CLUSTER, (off_t)at), CLUSTER);
+        put_be64(b, at | 1ull << 63);  /* COPIED */
+        assert_int_equal(pwrite(fd, b, 8, (off_t)(l1 + 8u * i)), 8);
     }
-    assert_int_equal(pwrite(fd, table, sizeof(table), (off_t)l2), (ssize_t)sizeof(table));
     close(fd);
     *state = f;
     return 0;
@@ -209,12 +241,53 @@ static void test_no_callback(void **state)
     free(all.text);
 }
 
+/* vd_check keeps at most 64 MiB: a prefix of the stream's lines, then one line that counts
+ * the rest. */
+static void test_log_cap(void **state)
+{
+    fixture *f = *state;
+    lines all = {.limit = UINT64_MAX};
+    vd_check_result s;
+    run_stream(f, take, &all, &s);
+    assert_true(all.len > (64u << 20));
+    assert_int_equal(s.messages_dropped, 0);
+
+    vd_disk *d = open_image(f, VD_OPEN_CHECK);
+    vd_check_result r;
+    memset(&r, 0, sizeof(r));
+    vd_error *err = NULL;
+    must(vd_check(d, 0, &r, &err), err, "check");
+    vd_close(d);
+    assert_non_null(r.log);
+    size_t len = strlen(r.log);
+    assert_true(len <= (64u << 20));
+    assert_true(r.messages_dropped > 0);
+    char *last = r.log + len - 1;
+    assert_int_equal(*last, '\n');
+    *last = '\0';
+    char *tail = strrchr(r.log, '\n') + 1;
+    char want[64];
+    snprintf(want, sizeof(want), "(%lld more messages not shown)", (long long)r.messages_dropped);
+    assert_string_equal(tail, want);
+    size_t kept = (size_t)(tail - r.log);
+    assert_memory_equal(r.log, all.text, kept);
+    uint64_t kept_lines = 0;
+    for (size_t i = 0; i < kept; i++) {
+        kept_lines += r.log[i] == '\n';
+    }
+    assert_int_equal(kept_lines + (uint64_t)r.messages_dropped, all.taken);
+    assert_same_counts(&r, &s);
+    vd_check_result_clear(&r);
+    free(all.text);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_stream_equals_log, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refused_lines_are_counted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_callback, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_log_cap, setup_many, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -520,7 +520,10 @@ int qcow2_chk_read_snapshots(chk *k, counts *sr)
             return -ENOMEM;
         }
         ret = qcow2_chk_read(k, buf, want, off);
-        if (ret == 0) {
+        if (ret < 0) {
+            vd_error_set(&err, VD_ERR_IO, -ret, "Failed to read snapshot table: %s",
+                         strerror(-ret));  /* QEMU's words */
+        } else {
             ret = qcow2_snapshots_decode_ex(buf, want, nb, &k->h, k->what, &o, &k->sn,
                                             &k->nb_sn, &k->sn_size, &truncated, &err);
         }

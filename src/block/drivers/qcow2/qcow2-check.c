@@ -67,10 +67,13 @@ static void add_counts(counts *out, const counts *in)
     out->leaks_fixed += in->leaks_fixed;
 }
 
-/* Ranges QEMU's block layer refuses (past 2^63): reading them fails with -EIO. */
+/* QEMU's block layer refuses requests that end past INT64_MAX rounded down to 1 GiB (its
+ * largest request alignment): reading them fails with -EIO. */
+#define QEMU_MAX_LENGTH ((uint64_t)INT64_MAX & ~((1ull << 30) - 1))
+
 static bool bad_range(uint64_t off, uint64_t len)
 {
-    return off > (uint64_t)INT64_MAX || len > (uint64_t)INT64_MAX - off;
+    return off > QEMU_MAX_LENGTH || len > QEMU_MAX_LENGTH - off;
 }
 
 uint64_t qcow2_chk_in_file(const chk *k, uint64_t off)
