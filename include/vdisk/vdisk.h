@@ -228,27 +228,36 @@ typedef struct vd_check_result {
      * vd_check only, which keeps at most 64 MiB and then ends the log with a line
      * "(N more messages not shown)". */
     char *log;
-    /* Lines not delivered: refused by a vd_check_stream callback, or past vd_check's cap. */
+    /* Lines not delivered: refused by a vd_check_stream hook, or past vd_check's cap. */
     int64_t messages_dropped;
 } vd_check_result;
 
-/* Receives one check message as soon as it is found: a line as qemu-img prints it, without
- * its final newline (a few messages, such as a hint after an error or a snapshot name with
- * a newline in it, span more lines). Returning false refuses it and every later one: they
- * are counted in messages_dropped and never formatted (a hostile image can produce
- * billions). Runs with the image locked: it must not call into vdisk for any disk on the
- * same image, and a slow callback holds up other threads' requests to it. */
-typedef bool (*vd_check_msg_fn)(void *opaque, const char *line);
+/* What a caller of vd_check_stream hears while the check runs; each hook may be NULL.
+ * They run with the image locked: they must not call into vdisk for any disk on the same
+ * image, and a slow hook holds up other threads' requests to it. */
+typedef struct vd_check_hooks {
+    /* One message as soon as it is found: a line as qemu-img prints it, without its final
+     * newline (a few, such as a hint after an error or a snapshot name with a newline in
+     * it, span more lines). Returning false refuses it and every later one: they are
+     * counted in messages_dropped and never formatted (a hostile image can produce
+     * billions). NULL: no message is formatted at all. */
+    bool (*msg)(void *opaque, const char *line);
+    /* After a repair that fixed something, before the re-check whose counts the result
+     * holds; qemu-img prints "The following inconsistencies were found and repaired"
+     * here, between the two passes' messages. */
+    void (*recheck)(void *opaque, int64_t leaks_fixed, int64_t corruptions_fixed);
+    void *opaque;
+} vd_check_hooks;
 
 /* Runs a consistency check (and repair with VD_FIX_*) on an image opened with
  * VD_OPEN_CHECK (and RDWR for repair). After a repair the result is that of a second,
  * read-only pass, as qemu-img does; corruptions_fixed/leaks_fixed are from the first.
  * Returns -ENOTSUP for formats without a check. */
 int vd_check(vd_disk *d, unsigned fix, vd_check_result *res, vd_error **errp);
-/* vd_check with the messages passed to fn in qemu-img's order instead of kept in res->log
- * (which stays NULL), so they can be printed while the check runs, with no cap. fn may be
- * NULL: then no message is formatted at all. */
-int vd_check_stream(vd_disk *d, unsigned fix, vd_check_msg_fn fn, void *opaque,
+/* vd_check with the messages passed to hooks->msg in qemu-img's order instead of kept in
+ * res->log (which stays NULL), so they can be printed while the check runs, with no cap.
+ * hooks may be NULL. */
+int vd_check_stream(vd_disk *d, unsigned fix, const vd_check_hooks *hooks,
                     vd_check_result *res, vd_error **errp);
 void vd_check_result_clear(vd_check_result *res);
 

@@ -78,7 +78,7 @@ struct vd_driver {
 
     /* Control ops, all optional. */
     int (*get_info)(vd_node *node, vd_image_info *info, vd_error **errp);
-    int (*check)(vd_node *node, unsigned fix, vd_check_msg_fn msg, void *opaque,
+    int (*check)(vd_node *node, unsigned fix, const vd_check_hooks *hooks,
                  vd_check_result *res, vd_error **errp);
     int (*amend)(vd_node *node, const vd_opts *opts, vd_error **errp);
     int (*set_backing)(vd_node *node, const char *backing, const char *fmt,

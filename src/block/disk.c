@@ -469,7 +469,7 @@ void vd_image_info_clear(vd_image_info *info)
     memset(info, 0, sizeof(*info));
 }
 
-static int disk_check(vd_disk *d, unsigned fix, vd_check_msg_fn fn, void *opaque,
+static int disk_check(vd_disk *d, unsigned fix, const vd_check_hooks *hooks,
                       vd_check_result *res, vd_error **errp)
 {
     memset(res, 0, sizeof(*res));
@@ -481,14 +481,14 @@ static int disk_check(vd_disk *d, unsigned fix, vd_check_msg_fn fn, void *opaque
         return vd_error_set(errp, VD_ERR_INVALID, EACCES, "%s: repair needs a writable image",
                             d->node->filename);
     }
-    return d->node->drv->check(d->node, fix, fn, opaque, res, errp);
+    return d->node->drv->check(d->node, fix, hooks, res, errp);
 }
 
-int vd_check_stream(vd_disk *d, unsigned fix, vd_check_msg_fn fn, void *opaque,
+int vd_check_stream(vd_disk *d, unsigned fix, const vd_check_hooks *hooks,
                     vd_check_result *res, vd_error **errp)
 {
     vd_disk_enter(d);
-    int ret = disk_check(d, fix, fn, opaque, res, errp);
+    int ret = disk_check(d, fix, hooks, res, errp);
     vd_disk_leave(d);
     return ret;
 }
@@ -536,7 +536,8 @@ static bool check_log_add(void *opaque, const char *line)
 int vd_check(vd_disk *d, unsigned fix, vd_check_result *res, vd_error **errp)
 {
     check_log log = {0};
-    int ret = vd_check_stream(d, fix, check_log_add, &log, res, errp);
+    vd_check_hooks hooks = {.msg = check_log_add, .opaque = &log};
+    int ret = vd_check_stream(d, fix, &hooks, res, errp);
     if (res->messages_dropped) {
         char line[64];
         snprintf(line, sizeof(line), "(%" PRId64 " more messages not shown)",

@@ -82,14 +82,15 @@ static void dump_human(const vd_check_result *r, bool quiet)
     }
 }
 
-/* stderr is unbuffered; a hostile image yields millions of lines, so they are written in
- * blocks rather than one write per line. */
-typedef struct msg_out {
+/* What the check prints while it runs. stderr is unbuffered and a hostile image yields
+ * millions of lines, so they are written in blocks rather than one write per line. */
+typedef struct check_out {
+    bool quiet, human;
     size_t len;
     char buf[64 * 1024];
-} msg_out;
+} check_out;
 
-static void msg_flush(msg_out *o)
+static void msg_flush(check_out *o)
 {
     if (o->len) {
         fwrite(o->buf, 1, o->len, stderr);
@@ -99,7 +100,7 @@ static void msg_flush(msg_out *o)
 
 static bool print_msg(void *opaque, const char *line)
 {
-    msg_out *o = opaque;
+    check_out *o = opaque;
     size_t n = strlen(line);
     if (o->len + n + 1 > sizeof(o->buf)) {
         msg_flush(o);
@@ -112,6 +113,21 @@ static bool print_msg(void *opaque, const char *line)
     o->buf[o->len + n] = '\n';
     o->len += n + 1;
     return true;
+}
+
+/* Between the repair and the re-check, as qemu-img: the first pass's lines, then this on
+ * stdout (buffered as qemu-img's is, so a terminal shows it here), then the second's. */
+static void print_recheck(void *opaque, int64_t leaks_fixed, int64_t corruptions_fixed)
+{
+    check_out *o = opaque;
+    msg_flush(o);
+    if (o->human) {
+        cli_qprintf(o->quiet, "The following inconsistencies were found and repaired:\n\n"
+                    "    %" PRId64 " leaked clusters\n"
+                    "    %" PRId64 " corruptions\n\n"
+                    "Double checking the fixed image now...\n",
+                    leaks_fixed, corruptions_fixed);
+    }
 }
 
 int cmd_check(int argc, char **argv)
@@ -188,9 +204,10 @@ int cmd_check(int argc, char **argv)
     vd_error *err = NULL;
     /* The library's findings go to stderr while the check runs, before the summary, as
      * qemu-img's do; all of them, however many. */
-    msg_out out = {.len = 0};
+    check_out out = {.quiet = quiet, .human = !json};
+    vd_check_hooks hooks = {.msg = print_msg, .recheck = print_recheck, .opaque = &out};
     fflush(stdout);
-    int ret = vd_check_stream(d, fix, print_msg, &out, &r, &err);
+    int ret = vd_check_stream(d, fix, &hooks, &r, &err);
     msg_flush(&out);
     if (ret == -ENOTSUP) {
         cli_error("This image format does not support checks");
@@ -199,13 +216,6 @@ int cmd_check(int argc, char **argv)
         goto out;
     }
     if (ret == 0) {
-        if ((r.corruptions_fixed || r.leaks_fixed) && !json) {
-            cli_qprintf(quiet, "The following inconsistencies were found and repaired:\n\n"
-                        "    %" PRId64 " leaked clusters\n"
-                        "    %" PRId64 " corruptions\n\n"
-                        "Double checking the fixed image now...\n",
-                        r.leaks_fixed, r.corruptions_fixed);
-        }
         if (json) {
             dump_json(&r, filename, vd_disk_format(d), quiet);
         } else {

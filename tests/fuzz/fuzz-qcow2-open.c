@@ -187,7 +187,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         memset(&res, 0, sizeof(res));
         vd_error *err = NULL;
         msg_seen seen = {0};
-        if (vd_check_stream(d, 0, take_msg, &seen, &res, &err) < 0) {
+        vd_check_hooks hooks = {.msg = take_msg, .opaque = &seen};
+        if (vd_check_stream(d, 0, &hooks, &res, &err) < 0) {
             vd_error_free(err);
         }
         if (res.log || (res.messages_dropped > 0) != seen.refused) {

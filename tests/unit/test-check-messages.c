@@ -168,12 +168,14 @@ static bool take(void *opaque, const char *line)
     return true;
 }
 
-static void run_stream(fixture *f, vd_check_msg_fn fn, lines *l, vd_check_result *res)
+static void run_stream(fixture *f, bool (*fn)(void *, const char *), lines *l,
+                       vd_check_result *res)
 {
     vd_disk *d = open_image(f, VD_OPEN_CHECK);
     vd_error *err = NULL;
+    vd_check_hooks hooks = {.msg = fn, .opaque = l};
     memset(res, 0, sizeof(*res));
-    must(vd_check_stream(d, 0, fn, l, res, &err), err, "check");
+    must(vd_check_stream(d, 0, &hooks, res, &err), err, "check");
     assert_null(res->log);
     vd_close(d);
 }

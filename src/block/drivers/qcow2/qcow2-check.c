@@ -1146,9 +1146,9 @@ out:
 }
 
 int qcow2_check_image(struct vd_node *file, const char *what, unsigned fix,
-                      vd_check_msg_fn msg, void *opaque, vd_check_result *res, vd_error **errp)
+                      const vd_check_hooks *hooks, vd_check_result *res, vd_error **errp)
 {
-    chk_sink log = {.fn = msg, .opaque = opaque};
+    chk_sink log = {.fn = hooks ? hooks->msg : NULL, .opaque = hooks ? hooks->opaque : NULL};
     bool dead = false;
     int ret;
 
@@ -1158,6 +1158,9 @@ int qcow2_check_image(struct vd_node *file, const char *what, unsigned fix,
     if (ret == 0 && (res->corruptions_fixed || res->leaks_fixed)) {
         /* As qemu-img: report a second, read-only pass, with the first pass's fix counts. */
         int64_t cf = res->corruptions_fixed, lf = res->leaks_fixed;
+        if (hooks && hooks->recheck) {
+            hooks->recheck(hooks->opaque, lf, cf);
+        }
         if (dead) {
             /* QEMU dropped the driver after a fatal corruption: the re-check cannot run. */
             ret = vd_error_set(errp, VD_ERR_CORRUPT, ENOMEDIUM, "%s: Check failed: %s", what,

@@ -38,7 +38,7 @@ enum { CHECK_FRAG_INFO = 1 };
 /* Where the check's messages go. A hostile image can produce billions of them, so none
  * is formatted once nobody will read it. */
 typedef struct chk_sink {
-    vd_check_msg_fn fn;      /* NULL: nobody reads them (the repair on open) */
+    bool (*fn)(void *opaque, const char *line);  /* NULL: nobody reads them */
     void *opaque;
     bool refused;            /* fn returned false: count the rest, don't format them */
     uint64_t dropped;

@@ -237,12 +237,12 @@ struct vd_node;
  * and repairs with VD_FIX_LEAKS / VD_FIX_ERRORS (file must be writable then), including
  * clearing the dirty and corrupt bits after a successful repair. The caller must have
  * flushed and dropped any cached metadata and must re-read everything afterwards.
- * msg gets qemu-img's stderr lines of both passes (see vd_check_msg_fn); the ones qemu-img
- * prints through error_report() (with its program name) start with "vdisk: ". A negative
- * return is qemu-img's "Check failed: <strerror>" (res still holds the counts so far).
- * Without msg, no line is formatted. */
+ * hooks->msg gets qemu-img's stderr lines of both passes (see vd_check_hooks); the ones
+ * qemu-img prints through error_report() (with its program name) start with "vdisk: ". A
+ * negative return is qemu-img's "Check failed: <strerror>" (res still holds the counts so
+ * far). Without hooks (or hooks->msg), no line is formatted. */
 int qcow2_check_image(struct vd_node *file, const char *what, unsigned fix,
-                      vd_check_msg_fn msg, void *opaque, vd_check_result *res, vd_error **errp);
+                      const vd_check_hooks *hooks, vd_check_result *res, vd_error **errp);
 /* Reads cluster 0, which holds the header and its extensions, into *buf (free it): as
  * much of it as the file has, or only the first 512 bytes when cluster_bits is invalid
  * (the decoder refuses the image whatever follows). 0 or -errno. */

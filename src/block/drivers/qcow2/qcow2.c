@@ -541,8 +541,8 @@ static int qcow2_open(vd_node *node, unsigned flags, vd_error **errp)
         vd_check_result res;
         memset(&res, 0, sizeof(res));
         free_tables(s);
-        ret = qcow2_check_image(s->file, s->name, VD_FIX_LEAKS | VD_FIX_ERRORS, NULL, NULL,
-                                &res, errp);
+        ret = qcow2_check_image(s->file, s->name, VD_FIX_LEAKS | VD_FIX_ERRORS, NULL, &res,
+                                errp);
         vd_check_result_clear(&res);
         if (ret < 0) {
             vd_error_prepend(errp, "%s: Could not repair dirty image", s->name);
@@ -661,7 +661,7 @@ static void check_only_reload(qcow2_state *s, unsigned fix, int check_ret)
     s->broken = true;
 }
 
-static int qcow2_check(vd_node *node, unsigned fix, vd_check_msg_fn msg, void *opaque,
+static int qcow2_check(vd_node *node, unsigned fix, const vd_check_hooks *hooks,
                        vd_check_result *res, vd_error **errp)
 {
     qcow2_state *s = node->opaque;
@@ -684,7 +684,7 @@ static int qcow2_check(vd_node *node, unsigned fix, vd_check_msg_fn msg, void *o
         qcow2_cache_drop_all(s->l2_cache);
         qcow2_cache_drop_all(s->rb_cache);
     }
-    ret = qcow2_check_image(s->file, s->name, fix, msg, opaque, res, errp);
+    ret = qcow2_check_image(s->file, s->name, fix, hooks, res, errp);
     if (s->check_only) {
         check_only_reload(s, fix, ret);
         goto out;
