@@ -163,13 +163,6 @@ printf '\x00\x00' | dd of=corrupt.qcow2 bs=1 seek=$((0x2000a)) conv=notrunc 2>/d
 # A leak that -r leaks repairs and an L2 entry with a reserved bit that it does not: the
 # re-check reports the entry again, after qemu-img's "Double checking" text.
 cp leakonly.qcow2 leak-reserved.qcow2
-"$PYTHON" - "$VD_TESTS" <<'EOF2'
-import sys
-sys.path.insert(0, sys.argv[1])
-import qcow2img as q
-i = q.Image("leak-reserved.qcow2")
-q.poke_be64(i.path, i.first_l2()[0] + 8, 2)
-EOF2
 
 # The check's shortcuts must not change its findings: an L1 entry pointing at an L2 table
 # of zeros, one pointing past the end of the file, and a snapshot whose L1 table runs past
@@ -182,10 +175,22 @@ done
 qio -c 'write -P 1 0 64k' -c 'write -P 2 600G 64k' snap-l1-eof.qcow2
 "$QEMU_IMG" snapshot -c s1 snap-l1-eof.qcow2
 qio -c 'write -P 3 0 64k' snap-l1-eof.qcow2
+
+# More than 64 MiB of messages (1.6 million lines: 200 L2 tables of entries with a reserved
+# bit set): vdisk prints every one, as qemu-img does.
+"$QEMU_IMG" create -q -f qcow2 many-errors.qcow2 100G
+
+# A snapshot table placed where QEMU's block layer refuses to read (within 1 GiB of 2^63).
+"$QEMU_IMG" create -q -f qcow2 -o cluster_size=512 snap-far.qcow2 1M
+
+# The damage to the images above, in one Python run.
 "$PYTHON" - "$VD_TESTS" <<'EOF2'
 import os, struct, sys
 sys.path.insert(0, sys.argv[1])
 import qcow2img as q
+RESERVED = 2  # an unallocated L2 entry with reserved bit 1 set
+i = q.Image("leak-reserved.qcow2")
+q.poke_be64(i.path, i.first_l2()[0] + 8, RESERVED)
 i = q.Image("zero-l2.qcow2")
 q.poke(i.path, i.first_l2()[0], bytes(i.cluster_size))
 i = q.Image("l2-eof.qcow2")
@@ -196,29 +201,12 @@ l1_offset = struct.unpack(">Q", i.read(sn, 8))[0]
 end = os.path.getsize(i.path)
 q.poke(i.path, end, i.read(l1_offset, 8192))  # half of its 16 KiB, at the end of the file
 q.poke_be64(i.path, sn, end)
-EOF2
-
-# More than 64 MiB of messages (1.6 million lines: 200 L2 tables of entries with a reserved
-# bit set): vdisk prints every one, as qemu-img does.
-"$QEMU_IMG" create -q -f qcow2 many-errors.qcow2 100G
-"$PYTHON" - "$VD_TESTS" <<'EOF2'
-import os, struct, sys
-sys.path.insert(0, sys.argv[1])
-import qcow2img as q
 i = q.Image("many-errors.qcow2")
 end = os.path.getsize(i.path)
-table = struct.pack(">Q", 2) * (i.cluster_size // 8)
+table = struct.pack(">Q", RESERVED) * (i.cluster_size // 8)
 for n in range(200):
     q.poke(i.path, end + n * i.cluster_size, table)
     q.poke_be64(i.path, i.h["l1_table_offset"] + 8 * n, (end + n * i.cluster_size) | q.COPIED)
-EOF2
-
-# A snapshot table placed where QEMU's block layer refuses to read (within 1 GiB of 2^63).
-"$QEMU_IMG" create -q -f qcow2 -o cluster_size=512 snap-far.qcow2 1M
-"$PYTHON" - "$VD_TESTS" <<'EOF2'
-import sys
-sys.path.insert(0, sys.argv[1])
-import qcow2img as q
 q.poke_field("snap-far.qcow2", "nb_snapshots", 12)
 q.poke_field("snap-far.qcow2", "snapshots_offset", 0x7ffffffffffffe00)
 EOF2

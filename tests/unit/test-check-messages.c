@@ -180,6 +180,16 @@ static void run_stream(fixture *f, bool (*fn)(void *, const char *), lines *l,
     vd_close(d);
 }
 
+static void run_check(fixture *f, vd_check_result *res)
+{
+    vd_disk *d = open_image(f, VD_OPEN_CHECK);
+    vd_error *err = NULL;
+    memset(res, 0, sizeof(*res));
+    must(vd_check(d, 0, res, &err), err, "check");
+    vd_close(d);
+    assert_non_null(res->log);
+}
+
 static void assert_same_counts(const vd_check_result *a, const vd_check_result *b)
 {
     assert_int_equal(a->corruptions, b->corruptions);
@@ -201,13 +211,8 @@ static void test_stream_equals_log(void **state)
     assert_true(s.corruptions >= L2_ENTRIES);
     assert_non_null(strstr(all.text, "ERROR found l2 entry with reserved bits set: 2\n"));
 
-    vd_disk *d = open_image(f, VD_OPEN_CHECK);
     vd_check_result r;
-    memset(&r, 0, sizeof(r));
-    vd_error *err = NULL;
-    must(vd_check(d, 0, &r, &err), err, "check");
-    vd_close(d);
-    assert_non_null(r.log);
+    run_check(f, &r);
     assert_string_equal(r.log, all.text);
     assert_int_equal(r.messages_dropped, 0);
     assert_same_counts(&r, &s);
@@ -254,13 +259,8 @@ static void test_log_cap(void **state)
     assert_true(all.len > (64u << 20));
     assert_int_equal(s.messages_dropped, 0);
 
-    vd_disk *d = open_image(f, VD_OPEN_CHECK);
     vd_check_result r;
-    memset(&r, 0, sizeof(r));
-    vd_error *err = NULL;
-    must(vd_check(d, 0, &r, &err), err, "check");
-    vd_close(d);
-    assert_non_null(r.log);
+    run_check(f, &r);
     size_t len = strlen(r.log);
     assert_true(len <= (64u << 20));
     assert_true(r.messages_dropped > 0);
