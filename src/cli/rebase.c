@@ -49,6 +49,20 @@ static int chain_depth_of(vd_disk *top, const char *path)
     return -1;
 }
 
+/* Smallest size of the layers between top and the new backing file (depths 1 to
+ * new_depth - 1). Past it the old chain reads zeros that the new backing file need not
+ * have, so those ranges are compared like any other (as qemu-img does). */
+static uint64_t chain_min_size(vd_disk *top, int new_depth)
+{
+    uint64_t min = UINT64_MAX;
+    vd_disk *b = vd_disk_backing(top);
+    for (int k = 1; b && k < new_depth; b = vd_disk_backing(b), k++) {
+        uint64_t s = vd_disk_size(b);
+        min = s < min ? s : min;
+    }
+    return min;
+}
+
 static int read_or_zero(vd_disk *d, uint64_t dsize, uint8_t *buf, uint64_t *n, uint64_t off,
                         bool *is_zero)
 {
@@ -74,6 +88,7 @@ static int copy_differences(vd_disk *top, vd_disk *old_b, vd_disk *new_b, int ne
     uint64_t new_size = new_b ? vd_disk_size(new_b) : 0;
     uint8_t *buf_old = cli_alloc_io_buffer(IO_BUF_SIZE);
     uint8_t *buf_new = cli_alloc_io_buffer(IO_BUF_SIZE);
+    uint64_t provided_end = new_depth > 0 ? chain_min_size(top, new_depth) : 0;
     float step = 0;
     int ret = 1;
 
@@ -96,8 +111,11 @@ static int copy_differences(vd_disk *top, vd_disk *old_b, vd_disk *new_b, int ne
         if (st.flags & VD_BS_ALLOCATED) {
             continue;
         }
-        if (new_depth > 0) {
+        if (new_depth > 0 && off < provided_end) {
             /* Ranges the new backing file already provides through the old chain stay. */
+            if (n > provided_end - off) {
+                n = provided_end - off;
+            }
             r = vd_block_status(top, off, n, &st);
             if (r < 0 || st.length == 0) {
                 cli_error("error while reading image metadata: %s",
