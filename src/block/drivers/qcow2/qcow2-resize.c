@@ -348,9 +348,8 @@ int qcow2_make_empty_locked(qcow2_state *s, vd_error **errp)
     return trim_file(s, errp);
 }
 
-/* Refuses a downgrade when a snapshot's tables hold zero clusters (they would need to be
- * expanded as well, which is not supported yet). */
-static int check_snapshot_zeros(qcow2_state *s, vd_error **errp)
+/* Whether any L2 entry of any internal snapshot's tree matches pred. */
+static int snapshot_l2_any(qcow2_state *s, bool (*pred)(uint64_t e), bool *found)
 {
     uint64_t cs = s->cluster_size;
     uint8_t *l2 = malloc(cs);
@@ -358,38 +357,85 @@ static int check_snapshot_zeros(qcow2_state *s, vd_error **errp)
         abort();
     }
     int ret = 0;
-    for (uint32_t n = 0; n < s->nb_snap_l1 && ret == 0; n++) {
+    *found = false;
+    for (uint32_t n = 0; n < s->nb_snap_l1 && ret == 0 && !*found; n++) {
         uint64_t len = s->snap_l1[n].len;
         uint8_t *l1 = malloc(len);
         if (!l1) {
             abort();
         }
         ret = vd_node_pread(s->file, l1, len, s->snap_l1[n].offset);
-        for (uint64_t i = 0; ret == 0 && i < len / 8; i++) {
+        for (uint64_t i = 0; ret == 0 && !*found && i < len / 8; i++) {
             uint64_t off = vd_be64(l1 + i * 8) & QCOW2_L1E_OFFSET_MASK;
             if (!off || (off & (cs - 1))) {
                 continue;
             }
             ret = vd_node_pread(s->file, l2, cs, off);
-            for (uint64_t j = 0; ret == 0 && j < s->l2_entries; j++) {
-                uint64_t e = vd_be64(l2 + j * 8);
-                if (!(e & QCOW2_OFLAG_COMPRESSED) && (e & QCOW2_OFLAG_ZERO)) {
-                    ret = -ENOTSUP;
-                }
+            for (uint64_t j = 0; ret == 0 && !*found && j < s->l2_entries; j++) {
+                *found = pred(vd_be64(l2 + j * s->l2e_size));
             }
         }
         free(l1);
     }
     free(l2);
-    if (ret == -ENOTSUP) {
+    return ret;
+}
+
+static bool is_zero_entry(uint64_t e)
+{
+    return !(e & QCOW2_OFLAG_COMPRESSED) && (e & QCOW2_OFLAG_ZERO);
+}
+
+static bool is_compressed_entry(uint64_t e)
+{
+    return (e & QCOW2_OFLAG_COMPRESSED) != 0;
+}
+
+/* Refuses a downgrade when a snapshot's tables hold zero clusters (they would need to be
+ * expanded as well, which is not supported yet). */
+static int check_snapshot_zeros(qcow2_state *s, vd_error **errp)
+{
+    bool found;
+    int ret = snapshot_l2_any(s, is_zero_entry, &found);
+    if (ret < 0) {
+        return io_err(s, ret, "could not read a snapshot's tables", errp);
+    }
+    if (found) {
         return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP, "%s: cannot downgrade: an "
                             "internal snapshot contains zero clusters (not supported yet)",
                             s->name);
     }
-    if (ret < 0) {
-        return io_err(s, ret, "could not read a snapshot's tables", errp);
-    }
     return 0;
+}
+
+int qcow2_has_compressed_locked(qcow2_state *s, bool *found, vd_error **errp)
+{
+    *found = false;
+    uint64_t total = (uint64_t)s->l1_size << s->l2_bits;
+    for (uint64_t gci = 0; gci < total && !*found;) {
+        qcow2_slice *sl;
+        unsigned idx, avail;
+        int ret = qcow2_l2_slice(s, gci, false, &sl, &idx, &avail);
+        if (ret < 0) {
+            return io_err(s, ret, "could not read an L2 table", errp);
+        }
+        if (!sl) {
+            gci += s->l2_entries - (gci & (s->l2_entries - 1));
+            continue;
+        }
+        for (unsigned i = idx; i < idx + avail && !*found; i++) {
+            *found = is_compressed_entry(qcow2_l2_get(s, sl->data, i));
+        }
+        qcow2_cache_put(s->l2_cache, sl);
+        gci += avail;
+    }
+    if (*found) {
+        return 0;
+    }
+    /* QEMU looks at the active tree only; a snapshot's compressed clusters would be just as
+     * unreadable after a downgrade to zlib, so they count too. */
+    int ret = snapshot_l2_any(s, is_compressed_entry, found);
+    return ret < 0 ? io_err(s, ret, "could not read a snapshot's tables", errp) : 0;
 }
 
 /* Zero cluster -> unallocated (no backing file) or a cluster of real zeros. */

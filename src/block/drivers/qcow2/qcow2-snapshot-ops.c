@@ -1068,3 +1068,58 @@ int qcow2_vmstate_rw(vd_node *node, void *buf, uint64_t len, uint64_t pos, bool 
     pthread_mutex_unlock(&s->lock);
     return ret;
 }
+
+/* ---- what a change of version needs of the table (amend) ------------------------------ */
+
+int qcow2_snapshots_check_v2_locked(qcow2_state *s, vd_error **errp)
+{
+    qcow2_snapshot *tab;
+    uint32_t nb;
+    int ret = load_table(s, &tab, &nb, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    for (uint32_t i = 0; i < nb && ret == 0; i++) {
+        if (tab[i].vm_state_size > UINT32_MAX || tab[i].disk_size != s->node->size) {
+            ret = vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP,
+                               "Internal snapshots prevent downgrade of image");
+        }
+    }
+    qcow2_snapshots_free(tab, nb);
+    return ret;
+}
+
+int qcow2_snapshots_make_v3_locked(qcow2_state *s, vd_error **errp)
+{
+    /* 16 bytes of extra data hold the 64-bit VM state size and the disk size. */
+    if (s->nb_snapshots == 0 || s->min_snap_extra >= 16) {
+        return 0;
+    }
+    qcow2_snapshot *tab;
+    uint32_t nb;
+    int ret = load_table(s, &tab, &nb, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    uint64_t old_off = s->snapshots_offset, old_len = s->snapshots_len;
+    uint64_t off, len;
+    /* The encoder writes every entry with full extra data; the new table is durable before
+     * the header points at it, and the old one is freed only after. */
+    ret = write_table(s, tab, nb, &off, &len);
+    if (ret == 0) {
+        ret = qcow2_flush_locked(s);
+    }
+    if (ret == 0) {
+        ret = write_table_pointer(s, nb, off);
+    }
+    if (ret < 0) {
+        qcow2_snapshots_free(tab, nb);
+        return io_err(s, ret, "could not rewrite the snapshot table", errp);
+    }
+    set_table_state(s, tab, nb, off, len);
+    qcow2_snapshots_free(tab, nb);
+    if (old_len) {
+        qcow2_update_refcount(s, old_off, old_len, -1, false);
+    }
+    return 0;
+}

@@ -898,10 +898,9 @@ static int amend_parse(qcow2_state *s, const vd_opts *opts, amend_req *r, vd_err
 
 static int amend_upgrade(qcow2_state *s, vd_error **errp)
 {
-    if (s->nb_snapshots && s->min_snap_extra < 16) {
-        return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP, "%s: upgrading an image whose "
-                            "internal snapshots lack v3 extra data is not supported yet",
-                            s->name);
+    int ret = qcow2_snapshots_make_v3_locked(s, errp);
+    if (ret < 0) {
+        return ret;
     }
     s->h.version = 3;
     s->h.refcount_order = 4;
@@ -909,7 +908,7 @@ static int amend_upgrade(qcow2_state *s, vd_error **errp)
     s->h.compatible_features = 0;
     s->h.autoclear_features = 0;
     s->h.compression_type = QCOW2_COMPRESSION_ZLIB;
-    int ret = qcow2_write_header(s);
+    ret = qcow2_write_header(s);
     if (ret < 0) {
         s->h.version = 2;
         return vd_error_set(errp, VD_ERR_IO, -ret, "%s: could not update the header: %s",
@@ -928,7 +927,13 @@ static int amend_downgrade(qcow2_state *s, vd_error **errp)
         return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP,
                             "Cannot downgrade an image with persistent bitmaps");
     }
-    int ret = mark_clean_locked(s);
+    /* A v2 snapshot table has no disk size: a snapshot of another size could no longer
+     * be applied by anyone. */
+    int ret = qcow2_snapshots_check_v2_locked(s, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = mark_clean_locked(s);
     if (ret < 0) {
         return vd_error_set(errp, VD_ERR_IO, -ret, "%s: failed to make the image clean: %s",
                             s->name, strerror(-ret));
@@ -939,8 +944,17 @@ static int amend_downgrade(qcow2_state *s, vd_error **errp)
                             "with incompatible features 0x%" PRIx64 " set", incompat);
     }
     if (s->h.compression_type != QCOW2_COMPRESSION_ZLIB) {
-        return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP, "Cannot downgrade an image "
-                            "with zstd compression type");
+        /* v2 reads compressed clusters as zlib: only an image without any may switch. */
+        bool compressed;
+        ret = qcow2_has_compressed_locked(s, &compressed, errp);
+        if (ret < 0) {
+            return ret;
+        }
+        if (compressed) {
+            return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP, "Cannot downgrade an "
+                                "image with zstd compression type and existing compressed "
+                                "clusters");
+        }
     }
     ret = qcow2_expand_zero_clusters_locked(s, errp);
     if (ret < 0) {
@@ -952,11 +966,10 @@ static int amend_downgrade(qcow2_state *s, vd_error **errp)
     s->h.autoclear_features = 0;
     s->h.incompatible_features = 0;
     s->h.refcount_order = 4;
+    s->h.compression_type = QCOW2_COMPRESSION_ZLIB;
     ret = qcow2_write_header(s);
     if (ret < 0) {
-        s->h.version = old.version;
-        s->h.compatible_features = old.compatible_features;
-        s->h.autoclear_features = old.autoclear_features;
+        s->h = old;
         return vd_error_set(errp, VD_ERR_IO, -ret, "%s: could not update the header: %s",
                             s->name, strerror(-ret));
     }

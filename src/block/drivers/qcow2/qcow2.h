@@ -317,6 +317,8 @@ int qcow2_truncate_locked(qcow2_state *s, uint64_t size, bool shrink, const char
 int qcow2_make_empty_locked(qcow2_state *s, vd_error **errp);
 /* amend compat=0.10: turns zero clusters into unallocated ones or real zeros. */
 int qcow2_expand_zero_clusters_locked(qcow2_state *s, vd_error **errp);
+/* Whether the active tree or any snapshot's tree holds a compressed cluster. */
+int qcow2_has_compressed_locked(qcow2_state *s, bool *found, vd_error **errp);
 
 /* ---- qcow2-io.c -------------------------------------------------------------------------- */
 
@@ -396,5 +398,12 @@ void qcow2_snapshot_clean(vd_node *node, void *txn);
 int qcow2_snapshot_apply(vd_node *node, const char *id_or_name, vd_error **errp);
 int qcow2_vmstate_rw(vd_node *node, void *buf, uint64_t len, uint64_t pos, bool write,
                      vd_error **errp);
+/* amend: refuses (ENOTSUP, QEMU's words) a downgrade to v2 that would lose what a v2
+ * snapshot table cannot say (a disk size other than the image's, a VM state of 4 GiB or
+ * more). */
+int qcow2_snapshots_check_v2_locked(qcow2_state *s, vd_error **errp);
+/* amend: rewrites the snapshot table with the extra data v3 requires (VM state size and
+ * disk size; a missing disk size is the image's), when some entry lacks it. */
+int qcow2_snapshots_make_v3_locked(qcow2_state *s, vd_error **errp);
 
 #endif
