@@ -17,7 +17,9 @@ static int raw_open(vd_node *n, unsigned flags, vd_error **errp)
         return vd_error_set(errp, VD_ERR_IO, (int)-len, "%s: %s", n->filename,
                             strerror((int)-len));
     }
-    n->size = (uint64_t)len;
+    /* QEMU counts disks in 512-byte sectors: a file of another length is a disk rounded
+     * up, whose tail past the end of the file reads as zeros (the file node's reads do). */
+    n->size = ((uint64_t)len + 511) & ~511ull;
     n->request_alignment = n->file->request_alignment;
     return 0;
 }
