@@ -257,7 +257,8 @@ int main(int argc, char **argv)
         default: usage();
         }
     }
-    static const char *const kinds[] = {"alloc", "snap", "compress", "resize", "cow", "mixed"};
+    static const char *const kinds[] = {"alloc", "snap", "compress", "resize", "cow", "mixed",
+                                        "amend"};
     bool kind_ok = false;
     for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
         kind_ok |= !strcmp(R.cfg.kind, kinds[i]);

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Crash consistency: every workload (random allocating writes and overwrites, discard and
-# write zeroes, internal snapshots, compressed writes, resize, backing-file COW; lazy
+# write zeroes, internal snapshots, compressed writes, resize, backing-file COW, refcount
+# width changes (amend); lazy
 # refcounts off and on; clusters of 512 B, 64 KiB and 2 MiB) is recorded through the
 # logwrites filter and replayed into crash states that crash-test checks (tests/crash/
 # crash.h). Then two proofs that the harness can fail: a test-only switch that writes L2
@@ -94,7 +95,7 @@ else
 fi
 
 names=()
-for kind in alloc snap compress resize cow mixed; do
+for kind in alloc snap compress resize cow mixed amend; do
     for cs in 512 65536 2097152; do
         for lazy in 0 1; do
             names+=("$kind-$cs-lazy$lazy")

@@ -258,8 +258,42 @@ static int op_snapshot(wl *w, op_kind kind)
     return end_op(w, o, 0, kind == OP_SNAP_APPLY ? w->size / SECTOR : 0);
 }
 
+/* Changes the refcount width (amend -o refcount_bits) to another of 8, 16, 32 or 64 bits:
+ * every refcount is rewritten and the header switches tables. A width the refcounts do
+ * not fit is refused and changes nothing. */
+static int op_amend(wl *w)
+{
+    static const char *const widths[] = {"8", "16", "32", "64"};
+    vd_image_info info;
+    vd_error *err = NULL;
+    if (vd_get_info(w->d, &info, &err) < 0) {
+        int r = fail("amend", vd_error_msg(err));
+        vd_error_free(err);
+        return r;
+    }
+    unsigned cur = info.refcount_bits;
+    vd_image_info_clear(&info);
+    const char *to;
+    do {
+        to = widths[rng_below(&w->r, 4)];
+    } while ((unsigned)atoi(to) == cur);
+    gop *o = add_op(w, OP_AMEND, log_len(w));
+    vd_opts *opts = vd_opts_new();
+    vd_opts_set(opts, "refcount_bits", to);
+    int ret = vd_amend(w->d, opts, &err);
+    vd_opts_free(opts);
+    if (ret < 0 && ret != -EINVAL) {
+        ret = fail("amend", vd_error_msg(err));
+        vd_error_free(err);
+        return ret;
+    }
+    vd_error_free(err);
+    return end_op(w, o, 0, 0);
+}
+
 typedef struct weights {
     int write, zero, discard, flush, compress, resize, snap_create, snap_apply, snap_delete;
+    int amend;
 } weights;
 
 static weights kind_weights(const char *kind)
@@ -274,6 +308,10 @@ static weights kind_weights(const char *kind)
     if (!strcmp(kind, "resize")) {
         return (weights){.write = 60, .zero = 8, .discard = 7, .flush = 10, .resize = 15};
     }
+    if (!strcmp(kind, "amend")) {
+        return (weights){.write = 50, .zero = 6, .discard = 6, .flush = 10, .compress = 8,
+                         .snap_create = 6, .snap_delete = 6, .amend = 8};
+    }
     if (!strcmp(kind, "mixed")) {
         return (weights){.write = 40, .zero = 6, .discard = 6, .flush = 10, .compress = 15,
                          .resize = 5, .snap_create = 7, .snap_apply = 4, .snap_delete = 7};
@@ -284,7 +322,7 @@ static weights kind_weights(const char *kind)
 static int run_one(wl *w, const weights *wt)
 {
     int total = wt->write + wt->zero + wt->discard + wt->flush + wt->compress + wt->resize +
-                wt->snap_create + wt->snap_apply + wt->snap_delete;
+                wt->snap_create + wt->snap_apply + wt->snap_delete + wt->amend;
     int x = (int)rng_below(&w->r, (uint64_t)total);
     if ((x -= wt->write) < 0) {
         return op_write(w);
@@ -309,6 +347,9 @@ static int run_one(wl *w, const weights *wt)
     }
     if ((x -= wt->snap_apply) < 0) {
         return op_snapshot(w, OP_SNAP_APPLY);
+    }
+    if ((x -= wt->amend) < 0) {
+        return op_amend(w);
     }
     return op_snapshot(w, OP_SNAP_DELETE);
 }

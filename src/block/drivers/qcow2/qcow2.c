@@ -800,6 +800,7 @@ static int qcow2_make_empty(vd_node *node, vd_error **errp)
 typedef struct amend_req {
     int version;                 /* 0 = unchanged */
     int lazy;                    /* -1 = unchanged */
+    int refcount_order;          /* -1 = unchanged */
     const char *backing_file;
     const char *backing_fmt;
     bool has_size;
@@ -810,6 +811,7 @@ static int amend_parse(qcow2_state *s, const vd_opts *opts, amend_req *r, vd_err
 {
     r->version = 0;
     r->lazy = -1;
+    r->refcount_order = -1;
     for (size_t i = 0; i < vd_opts_count(opts); i++) {
         const char *k = vd_opts_key(opts, i);
         const char *v = vd_opts_value(opts, i);
@@ -859,11 +861,7 @@ static int amend_parse(qcow2_state *s, const vd_opts *opts, amend_req *r, vd_err
                 return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Refcount width must be a "
                                     "power of two and may not exceed 64 bits");
             }
-            if (bits != (1ull << s->refcount_order)) {
-                return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP,
-                                    "Changing the refcount width (refcount_bits) is not "
-                                    "supported yet");
-            }
+            r->refcount_order = __builtin_ctzll(bits);
         } else if (!strcmp(k, "preallocation")) {
             return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP,
                                 "Cannot change preallocation mode");
@@ -984,6 +982,22 @@ static int amend_locked(qcow2_state *s, const amend_req *r, vd_error **errp)
 
     if (new_version > old_version) {
         ret = amend_upgrade(s, errp);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    if (r->refcount_order >= 0 && (uint32_t)r->refcount_order != s->refcount_order) {
+        if (new_version < 3 && r->refcount_order != 4) {
+            return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Refcount widths other than 16 "
+                                "bits require compatibility level 1.1 or above (use "
+                                "compat=1.1 or greater)");
+        }
+        ret = mark_clean_locked(s);
+        if (ret < 0) {
+            return vd_error_set(errp, VD_ERR_IO, -ret, "%s: failed to make the image clean: "
+                                "%s", s->name, strerror(-ret));
+        }
+        ret = qcow2_change_refcount_order_locked(s, (uint32_t)r->refcount_order, errp);
         if (ret < 0) {
             return ret;
         }

@@ -317,6 +317,12 @@ int qcow2_truncate_locked(qcow2_state *s, uint64_t size, bool shrink, const char
 int qcow2_make_empty_locked(qcow2_state *s, vd_error **errp);
 /* amend compat=0.10: turns zero clusters into unallocated ones or real zeros. */
 int qcow2_expand_zero_clusters_locked(qcow2_state *s, vd_error **errp);
+/* ---- qcow2-refcount-order.c ----------------------------------------------------------- */
+
+/* amend -o refcount_bits: rewrites every refcount with 1 << order bits (QEMU's refusal when
+ * one does not fit). */
+int qcow2_change_refcount_order_locked(qcow2_state *s, uint32_t order, vd_error **errp);
+
 /* Whether the active tree or any snapshot's tree holds a compressed cluster. */
 int qcow2_has_compressed_locked(qcow2_state *s, bool *found, vd_error **errp);
 
