@@ -417,6 +417,36 @@ int qcow2_zeroize_locked(qcow2_state *s, uint64_t off, uint64_t len, unsigned fl
     return 0;
 }
 
+/* Whether the backing chain from n down reads [off, off+len) as zeros by its metadata
+ * alone (no data is read): a zero or hole status, or past the end of a layer, or nothing
+ * allocated down to the bottom. As QEMU's fast zero test does. */
+static int chain_reads_zero(vd_node *n, uint64_t off, uint64_t len, bool *zero)
+{
+    *zero = true;
+    while (n && len > 0 && off < n->size) {
+        uint64_t now = len < n->size - off ? len : n->size - off;
+        vd_node_status st;
+        int ret = vd_node_block_status(n, off, now, &st);
+        if (ret < 0) {
+            return ret;
+        }
+        if (st.flags & VD_BS_ALLOCATED) {
+            if (!(st.flags & VD_BS_ZERO)) {
+                *zero = false;
+                return 0;
+            }
+        } else {
+            ret = chain_reads_zero(n->backing, off, st.pnum, zero);
+            if (ret < 0 || !*zero) {
+                return ret;
+            }
+        }
+        off += st.pnum;
+        len -= st.pnum;
+    }
+    return 0;
+}
+
 int qcow2_reads_zero_locked(qcow2_state *s, uint64_t off, uint64_t len, bool *zero)
 {
     *zero = true;
@@ -432,9 +462,9 @@ int qcow2_reads_zero_locked(qcow2_state *s, uint64_t off, uint64_t len, bool *ze
             break;
         case QCOW2_SC_UNALLOC_PLAIN:
         case QCOW2_SC_UNALLOC_ALLOC:
-            if (s->node->backing && off < s->node->backing->size) {
-                *zero = false;
-                return 0;
+            ret = chain_reads_zero(s->node->backing, off, r.bytes, zero);
+            if (ret < 0 || !*zero) {
+                return ret;
             }
             break;
         default:
