@@ -409,8 +409,35 @@ out:
     return ret;
 }
 
-int qcow2_update_refcount(qcow2_state *s, uint64_t offset, uint64_t len, int64_t addend,
-                          bool punch)
+/* Holes to punch for clusters whose refcount reached 0, merged while they are adjacent:
+ * punching cluster by cluster frees nothing where clusters are smaller than the file
+ * system's blocks. */
+typedef struct punch_acc {
+    uint64_t start, len;
+} punch_acc;
+
+static void punch_flush(qcow2_state *s, punch_acc *p)
+{
+    if (p->len) {
+        /* Advisory: a failed punch only costs space. */
+        vd_node_pdiscard(s->file, p->start, p->len);
+    }
+    p->len = 0;
+}
+
+static void punch_add(qcow2_state *s, punch_acc *p, uint64_t off, uint64_t len)
+{
+    if (p->len && p->start + p->len == off) {
+        p->len += len;
+        return;
+    }
+    punch_flush(s, p);
+    p->start = off;
+    p->len = len;
+}
+
+static int update_refcount(qcow2_state *s, uint64_t offset, uint64_t len, int64_t addend,
+                           punch_acc *punch)
 {
     if (len == 0 || addend == 0) {
         return 0;
@@ -418,7 +445,6 @@ int qcow2_update_refcount(qcow2_state *s, uint64_t offset, uint64_t len, int64_t
     uint64_t cs = s->cluster_size;
     uint64_t c = offset >> s->cluster_bits;
     uint64_t last = (offset + len - 1) >> s->cluster_bits;
-    uint64_t punch_start = 0, punch_len = 0;
     int ret = 0;
 
     while (c <= last) {
@@ -475,15 +501,7 @@ int qcow2_update_refcount(qcow2_state *s, uint64_t offset, uint64_t len, int64_t
                 }
                 qcow2_cache_discard_range(s->l2_cache, c * cs, cs);
                 if (punch) {
-                    if (punch_len && punch_start + punch_len == c * cs) {
-                        punch_len += cs;
-                    } else {
-                        if (punch_len) {
-                            vd_node_pdiscard(s->file, punch_start, punch_len);
-                        }
-                        punch_start = c * cs;
-                        punch_len = cs;
-                    }
+                    punch_add(s, punch, c * cs, cs);
                 }
             }
         }
@@ -495,10 +513,15 @@ int qcow2_update_refcount(qcow2_state *s, uint64_t offset, uint64_t len, int64_t
             break;
         }
     }
-    if (punch_len) {
-        /* Advisory: a failed punch only costs space. */
-        vd_node_pdiscard(s->file, punch_start, punch_len);
-    }
+    return ret;
+}
+
+int qcow2_update_refcount(qcow2_state *s, uint64_t offset, uint64_t len, int64_t addend,
+                          bool punch)
+{
+    punch_acc acc = {0, 0};
+    int ret = update_refcount(s, offset, len, addend, punch ? &acc : NULL);
+    punch_flush(s, &acc);
     return ret;
 }
 
@@ -632,17 +655,19 @@ bool qcow2_frees_apply(qcow2_state *s)
     uint64_t oldest = s->io_head ? s->io_head->seq : UINT64_MAX;
     bool applied = false;
     size_t j = 0;
+    punch_acc acc = {0, 0};
     for (size_t i = 0; i < s->nb_frees; i++) {
         qcow2_free f = s->frees[i];
         if (f.synced && f.seq < oldest) {
             /* A failure leaks the clusters, which check -r repairs; nothing is lost. */
-            qcow2_update_refcount(s, f.offset, f.len, -1, f.punch);
+            update_refcount(s, f.offset, f.len, -1, f.punch ? &acc : NULL);
             applied = true;
         } else {
             s->frees[j++] = f;
         }
     }
     s->nb_frees = j;
+    punch_flush(s, &acc);
     return applied;
 }
 
@@ -691,6 +716,77 @@ const char *qcow2_metadata_overlap(qcow2_state *s, uint64_t offset, uint64_t len
         }
     }
     return NULL;
+}
+
+static void refblocks_remove(qcow2_state *s, uint64_t off)
+{
+    for (size_t i = 0; i < s->nb_refblocks; i++) {
+        if (s->refblocks[i] == off) {
+            memmove(s->refblocks + i, s->refblocks + i + 1,
+                    (s->nb_refblocks - i - 1) * sizeof(*s->refblocks));
+            s->nb_refblocks--;
+            return;
+        }
+    }
+}
+
+/* Whether refcount block bi counts nothing but, perhaps, itself. */
+static int refblock_empty(qcow2_state *s, uint64_t bi, uint64_t rb, bool *empty)
+{
+    uint64_t per_block = 1ull << s->rb_bits;
+    uint64_t self = rb >> s->cluster_bits;
+    *empty = true;
+    for (uint64_t c = bi * per_block; c < (bi + 1) * per_block && *empty; c++) {
+        uint64_t rc;
+        int ret = qcow2_get_refcount(s, c, &rc);
+        if (ret < 0) {
+            return ret;
+        }
+        *empty = rc == 0 || (c == self && rc == 1);
+    }
+    return 0;
+}
+
+int qcow2_drop_empty_refblocks_locked(qcow2_state *s)
+{
+    uint64_t cs = s->cluster_size;
+    for (uint64_t bi = 0; bi < s->reftable_entries; bi++) {
+        uint64_t rb = s->reftable[bi] & QCOW2_REFT_OFFSET_MASK;
+        bool empty;
+        if (!rb) {
+            continue;
+        }
+        int ret = refblock_empty(s, bi, rb, &empty);
+        if (ret < 0) {
+            return ret;
+        }
+        if (!empty) {
+            continue;
+        }
+        /* Unhooked first: a crash after this leaks the block at most. */
+        static const uint8_t zero[8];
+        ret = vd_node_pwrite(s->file, zero, sizeof(zero), s->reftable_offset + bi * 8, 0);
+        if (ret < 0) {
+            return pwrite_sync_err(s, "refcount table", s->reftable_offset + bi * 8, ret);
+        }
+        ret = qcow2_sync(s);
+        if (ret < 0) {
+            return ret;
+        }
+        s->reftable[bi] = 0;
+        refblocks_remove(s, rb);
+        qcow2_cache_discard_range(s->rb_cache, rb, cs);
+        uint64_t self = rb >> s->cluster_bits;
+        if ((self >> s->rb_bits) == bi) {
+            vd_node_pdiscard(s->file, rb, cs);  /* it counted itself: nothing else to do */
+        } else {
+            ret = qcow2_update_refcount(s, rb, cs, -1, true);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+    }
+    return 0;
 }
 
 int64_t qcow2_last_used_cluster(qcow2_state *s)

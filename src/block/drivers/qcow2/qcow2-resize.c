@@ -265,6 +265,13 @@ int qcow2_truncate_locked(qcow2_state *s, uint64_t size, bool shrink, const char
         }
         s->h.size = size;
         s->node->size = size;
+        ret = qcow2_drop_empty_refblocks_locked(s);
+        if (ret == 0) {
+            ret = qcow2_flush_locked(s);
+        }
+        if (ret < 0) {
+            return io_err(s, ret, "could not drop unused refcount blocks", errp);
+        }
         return trim_file(s, errp);
     }
 

@@ -236,6 +236,9 @@ void qcow2_free_deferred(qcow2_state *s, uint64_t offset, uint64_t len, bool pun
 void qcow2_frees_mark_synced(qcow2_state *s);
 /* Applies the frees whose conditions are met; returns true if any was applied. */
 bool qcow2_frees_apply(qcow2_state *s);
+/* Unhooks and frees the refcount blocks that count nothing but themselves (after a
+ * shrink, as QEMU does). The refcount cache must be clean. */
+int qcow2_drop_empty_refblocks_locked(qcow2_state *s);
 /* Which metadata structure [offset, offset+len) overlaps, or NULL. */
 const char *qcow2_metadata_overlap(qcow2_state *s, uint64_t offset, uint64_t len);
 /* Highest cluster index with a non-zero refcount, or -1. */
