@@ -576,7 +576,7 @@ int vd_create(vd_engine *e, const char *filename, const char *fmt, uint64_t size
         return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP, "Format driver '%s' does not "
                             "support image creation", fmt);
     }
-    return drv->create(e, filename, size, opts, flags, errp);
+    return drv->create(e, vd_strip_file_prefix(filename), size, opts, flags, errp);
 }
 
 const vd_create_option *vd_create_options(const char *fmt, size_t *count)

@@ -113,15 +113,26 @@ static int open_logwrites(vd_engine *e, const char *spec, unsigned flags, vd_nod
     return ret;
 }
 
+const char *vd_strip_file_prefix(const char *filename)
+{
+    return strncmp(filename, "file:", 5) ? filename : filename + 5;
+}
+
 int vd_node_open_file(vd_engine *e, const char *filename, unsigned flags, vd_node **out,
                       vd_error **errp)
 {
-    if (!strncmp(filename, VD_BLKDEBUG_PREFIX, strlen(VD_BLKDEBUG_PREFIX))) {
-        return open_blkdebug(e, filename, flags, out, errp);
+    /* "file:PATH" names the file protocol explicitly (as in QEMU): PATH is taken
+     * literally, whatever prefix it looks like. */
+    const char *plain = vd_strip_file_prefix(filename);
+    if (plain == filename) {
+        if (!strncmp(filename, VD_BLKDEBUG_PREFIX, strlen(VD_BLKDEBUG_PREFIX))) {
+            return open_blkdebug(e, filename, flags, out, errp);
+        }
+        if (!strncmp(filename, VD_LOGWRITES_PREFIX, strlen(VD_LOGWRITES_PREFIX))) {
+            return open_logwrites(e, filename, flags, out, errp);
+        }
     }
-    if (!strncmp(filename, VD_LOGWRITES_PREFIX, strlen(VD_LOGWRITES_PREFIX))) {
-        return open_logwrites(e, filename, flags, out, errp);
-    }
+    filename = plain;
     const vd_driver *drv = vd_driver_find("file");
     vd_node *n = node_new(e, drv, filename, flags);
     int ret = drv->open(n, flags, errp);

@@ -181,6 +181,10 @@ static int collect(vd_engine *e, const char *filename, const char *fmt, bool cha
             en->nb_snaps = 0;
         }
         vd_close(d);
+        /* "file:PATH" is PATH, shown without the protocol as qemu-img shows it. */
+        if (!strncmp(name, "file:", 5)) {
+            memmove(name, name + 5, strlen(name + 5) + 1);
+        }
         en->filename = name;
         name = NULL;
         n++;
