@@ -74,6 +74,20 @@ typedef struct vd_engine vd_engine;
 vd_engine *vd_engine_new(void);
 void vd_engine_free(vd_engine *e);
 
+/* Something the engine's nodes report as it happens, named as QMP names the event.
+ * BLOCK_IMAGE_CORRUPTED: the image was found corrupt (msg says where); with fatal it is
+ * marked corrupt and takes no more writes. Reported once per image. */
+typedef struct vd_event {
+    const char *type;
+    const char *image;   /* the image file's name */
+    const char *msg;
+    bool fatal;
+} vd_event;
+typedef void vd_event_fn(void *opaque, const vd_event *ev);
+/* The handler runs on the thread that found the event, possibly with driver locks held:
+ * it must not call back into the engine. NULL removes it. */
+void vd_engine_set_event_handler(vd_engine *e, vd_event_fn *fn, void *opaque);
+
 /* ---- opening disks --------------------------------------------------------------------- */
 
 typedef struct vd_disk vd_disk;

@@ -158,6 +158,8 @@ struct vd_node {
 int vd_node_open(vd_engine *e, const char *filename, const char *format, unsigned flags,
                  vd_node **out, vd_error **errp);
 /* Opens the file protocol node alone. */
+/* Hands an event to the engine user's handler, if any; e may be NULL (a probe). */
+void vd_engine_emit(vd_engine *e, const vd_event *ev);
 /* The path of a "file:PATH" name (QEMU's explicit file protocol), else the name itself. */
 const char *vd_strip_file_prefix(const char *filename);
 int vd_node_open_file(vd_engine *e, const char *filename, unsigned flags, vd_node **out,

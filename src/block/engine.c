@@ -31,3 +31,16 @@ void vd_engine_free(vd_engine *e)
 {
     free(e);
 }
+
+void vd_engine_set_event_handler(vd_engine *e, vd_event_fn *fn, void *opaque)
+{
+    e->event_fn = fn;
+    e->event_opaque = opaque;
+}
+
+void vd_engine_emit(vd_engine *e, const vd_event *ev)
+{
+    if (e && e->event_fn) {
+        e->event_fn(e->event_opaque, ev);
+    }
+}

@@ -5,7 +5,8 @@
 #include "block/block.h"
 
 struct vd_engine {
-    int reserved;  /* node table, worker pool and event bus arrive with the daemon */
+    vd_event_fn *event_fn;   /* the user's event handler, or NULL */
+    void *event_opaque;
 };
 
 extern const vd_driver *const vd_drivers[];

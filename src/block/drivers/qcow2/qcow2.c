@@ -114,6 +114,11 @@ int qcow2_signal_corruption(qcow2_state *s, const char *fmt, ...)
         s->h.incompatible_features |= QCOW2_INCOMPAT_CORRUPT;
         qcow2_write_header(s);
     }
+    if (first) {
+        vd_event ev = {.type = "BLOCK_IMAGE_CORRUPTED", .image = s->name, .msg = msg,
+                       .fatal = s->writable};
+        vd_engine_emit(s->node->engine, &ev);
+    }
     if (s->writable) {
         vd_set_io_error("%s: qcow2: Marking image as corrupt: %s; further corruption events "
                         "will be suppressed", s->name, msg);
