@@ -284,6 +284,16 @@ static void m_incompat_named(uint8_t *c)
     c[0x78 + 4 * 48 + 1] = 5;
     memcpy(c + 0x78 + 4 * 48 + 2, "fancy thing\0\0\0\0\0\0\0\0\0", 20);
 }
+static void m_incompat_partial_table(uint8_t *c)
+{
+    /* A feature table of 14 bytes: one entry cut short, the rest of it taken as zeros. */
+    c[79] = 0x20;
+    vd_put_be32(c + 116, 14);
+    c[0x78] = 0;
+    c[0x79] = 5;
+    memcpy(c + 0x7a, "short entry", 12);
+    memset(c + 0x88, 0, 8);
+}
 static void m_compression_unknown(uint8_t *c)
 {
     c[104] = 2;
@@ -362,6 +372,8 @@ static void test_rejections(void **state)
     expect_reject(m_incompat_unknown, len, ENOTSUP,
                   "Unsupported qcow2 feature(s): Unknown incompatible feature: 20");
     expect_reject(m_incompat_named, len, ENOTSUP, "Unsupported qcow2 feature(s): fancy thing");
+    expect_reject(m_incompat_partial_table, len, ENOTSUP,
+                  "Unsupported qcow2 feature(s): short entry");
     expect_reject(m_compression_unknown, len, ENOTSUP, "unknown compression type: 2");
     expect_reject(m_compression_bit_set, len, EINVAL, "bit must not be set");
     expect_reject(m_compression_bit_clear, len, EINVAL, "bit must be set");

@@ -119,7 +119,9 @@ static int add_unknown_ext(qcow2_header *h, uint32_t type, const uint8_t *data, 
 
 static void decode_feature_table(qcow2_header *h, const uint8_t *p, uint32_t len)
 {
-    size_t n = len / FEATURE_ENTRY_LEN;
+    /* A last, partial entry counts, zero-padded (QEMU reads the table into a zeroed
+     * buffer). */
+    size_t n = (len + FEATURE_ENTRY_LEN - 1) / FEATURE_ENTRY_LEN;
 
     free(h->feature_names);
     h->feature_names = NULL;
@@ -129,7 +131,9 @@ static void decode_feature_table(qcow2_header *h, const uint8_t *p, uint32_t len
     }
     h->feature_names = xmalloc(n * sizeof(*h->feature_names));
     for (size_t i = 0; i < n; i++) {
-        const uint8_t *e = p + i * FEATURE_ENTRY_LEN;
+        uint8_t e[FEATURE_ENTRY_LEN] = {0};
+        size_t have = len - i * FEATURE_ENTRY_LEN;
+        memcpy(e, p + i * FEATURE_ENTRY_LEN, have < sizeof(e) ? have : sizeof(e));
         if (e[2] == '\0') {
             /* QEMU stops at the first entry without a name. */
             break;
