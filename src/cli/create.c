@@ -248,8 +248,10 @@ static int img_create(const char *filename, const char *fmt, const char *base,
     int r = vd_create(e, filename, fmt, size, o, unsafe ? VD_CREATE_UNSAFE : 0, &err);
     if (r == -EFBIG) {
         vd_error_free(err);
+        /* qemu-img hints whenever the format has a cluster_size option (it has a default). */
+        bool has_cs = vd_opts_get(o, "cluster_size") || !strcmp(fmt, "qcow2");
         cli_error("%s: The image size is too large for file format '%s'%s", filename, fmt,
-                  vd_opts_get(o, "cluster_size") ? " (try using a larger cluster size)" : "");
+                  has_cs ? " (try using a larger cluster size)" : "");
         goto out;
     }
     if (r < 0) {

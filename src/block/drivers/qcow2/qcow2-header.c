@@ -161,8 +161,7 @@ static int walk_extensions(qcow2_header *h, const uint8_t *c, uint64_t start, ui
                 return 0;
             }
             return vd_error_set(errp, VD_ERR_CORRUPT, EINVAL,
-                                "%s: Header extension too large (extension header at "
-                                "offset %" PRIu64 " is truncated)", what, off);
+                                "%s: Header extension too large", what);
         }
         uint32_t type = vd_be32(c + off);
         uint32_t len = vd_be32(c + off + 4);
@@ -172,9 +171,7 @@ static int walk_extensions(qcow2_header *h, const uint8_t *c, uint64_t start, ui
                 return 0;
             }
             return vd_error_set(errp, VD_ERR_CORRUPT, EINVAL,
-                                "%s: Header extension too large (type 0x%08" PRIx32
-                                ", length %" PRIu32 " at offset %" PRIu64 ")",
-                                what, type, len, off - 8);
+                                "%s: Header extension too large", what);
         }
         const uint8_t *data = c + off;
 
@@ -280,13 +277,13 @@ static int validate_table(const qcow2_header *h, const char *what, const char *n
                           uint64_t max_bytes, vd_error **errp)
 {
     if (entries > max_bytes / entry_len) {
-        return vd_error_set(errp, VD_ERR_CORRUPT, EFBIG, "%s: %s too large (%" PRIu64
-                            " entries)", what, name, entries);
+        return vd_error_set(errp, VD_ERR_CORRUPT, EFBIG, "%s: %s too large", what,
+                            name);
     }
     if ((uint64_t)INT64_MAX - entries * entry_len < offset ||
         (offset & (qcow2_cluster_size(h) - 1)) != 0) {
-        return vd_error_set(errp, VD_ERR_CORRUPT, EINVAL, "%s: %s offset invalid (0x%" PRIx64
-                            ")", what, name, offset);
+        return vd_error_set(errp, VD_ERR_CORRUPT, EINVAL, "%s: %s offset invalid",
+                            what, name);
     }
     return 0;
 }
@@ -323,14 +320,12 @@ static int decode(const uint8_t *c, uint64_t file_len, const char *what, qcow2_h
         h->header_length = vd_be32(c + 100);
         if (h->header_length < QCOW2_V3_HEADER_LEN) {
             return vd_error_set(errp, VD_ERR_CORRUPT, EINVAL,
-                                "%s: qcow2 header too short (header_length %" PRIu32 ")",
-                                what, h->header_length);
+                                "%s: qcow2 header too short", what);
         }
     }
     if (h->header_length > cs) {
         return vd_error_set(errp, VD_ERR_CORRUPT, EINVAL,
-                            "%s: qcow2 header exceeds cluster size (header_length %" PRIu32
-                            ")", what, h->header_length);
+                            "%s: qcow2 header exceeds cluster size", what);
     }
     if (h->header_length > QCOW2_WRITE_HEADER_LEN) {
         h->unknown_fields_len = h->header_length - QCOW2_WRITE_HEADER_LEN;
@@ -339,8 +334,7 @@ static int decode(const uint8_t *c, uint64_t file_len, const char *what, qcow2_h
     }
     if (h->backing_file_offset > cs) {
         return vd_error_set(errp, VD_ERR_CORRUPT, EINVAL,
-                            "%s: Invalid backing file offset 0x%" PRIx64, what,
-                            h->backing_file_offset);
+                            "%s: Invalid backing file offset", what);
     }
     uint64_t ext_end = h->backing_file_offset ? h->backing_file_offset : cs;
 
@@ -418,13 +412,11 @@ static int decode(const uint8_t *c, uint64_t file_len, const char *what, qcow2_h
     uint64_t l1_needed = (h->size >> l1_bits) + ((h->size & ((1ull << l1_bits) - 1)) != 0);
     if (l1_needed > INT32_MAX) {
         return vd_error_set(errp, VD_ERR_CORRUPT, EFBIG,
-                            "%s: Image is too big (virtual size %" PRIu64 ")", what, h->size);
+                            "%s: Image is too big", what);
     }
     if (h->l1_size < l1_needed) {
         return vd_error_set(errp, VD_ERR_CORRUPT, EINVAL,
-                            "%s: L1 table is too small (%" PRIu32 " entries, %" PRIu64
-                            " needed for virtual size %" PRIu64 ")", what, h->l1_size,
-                            l1_needed, h->size);
+                            "%s: L1 table is too small", what);
     }
 
     /* Our addition to QEMU's checks: the tables must exist in the file. */
@@ -461,9 +453,7 @@ static int decode(const uint8_t *c, uint64_t file_len, const char *what, qcow2_h
         }
         if (h->backing_file_size > max) {
             return vd_error_set(errp, VD_ERR_CORRUPT, EINVAL,
-                                "%s: Backing file name too long (%" PRIu32 " bytes at "
-                                "offset 0x%" PRIx64 ")", what, h->backing_file_size,
-                                h->backing_file_offset);
+                                "%s: Backing file name too long", what);
         }
         if (h->backing_file_size > 0) {
             h->backing_file = dup_string(c + h->backing_file_offset, h->backing_file_size);
