@@ -75,4 +75,12 @@ done
 "$QEMU_IO" -c 'read -P 0x31 0 10M' -c 'read -P 0x32 700M 1M' one.qcow2 >>out.txt 2>&1 || ok=0
 [ "$ok" = 1 ] && pass "round-trip-1-64-2-16" || fail "round-trip-1-64-2-16" "failed" out.txt
 
+# Widths qemu-img refuses at create, in its words ("-1" is a number that wraps).
+for w in 0 -1 128 42 1x; do
+    "$VDISK" create -q -f qcow2 -o refcount_bits=$w w.qcow2 64M 2>&1 | sed 's/^[a-z-]*: //' >v.out
+    "$QEMU_IMG" create -q -f qcow2 -o refcount_bits=$w w.qcow2 64M 2>&1 | sed 's/^[a-z-]*: //' >q.out
+    cmp -s v.out q.out && pass "create-refuses-$w" ||
+        { diff v.out q.out >d.out; fail "create-refuses-$w" "message differs" d.out; }
+done
+
 vd_finish

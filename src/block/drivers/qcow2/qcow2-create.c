@@ -66,7 +66,9 @@ static int parse_number(const vd_opts *opts, const char *key, uint64_t def, uint
     }
     errno = 0;
     *out = strtoull(v, &end, 0);
-    if (end == v || *end != '\0' || errno != 0 || v[0] == '-') {
+    /* As QEMU's number options: a leading '-' wraps ("-1" is 2^64 - 1), which the
+     * range checks then refuse. */
+    if (end == v || *end != '\0' || errno != 0) {
         return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "%s: Parameter '%s' expects a number",
                             what, key);
     }
