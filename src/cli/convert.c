@@ -82,6 +82,11 @@ static bool allocated_sectors(const uint8_t *buf, int64_t n, int64_t *pnum, int6
             break;
         }
     }
+    if (i == n) {
+        /* The whole buffer is alike: nothing to split, so no boundary to move to. */
+        *pnum = i;
+        return !zero;
+    }
     int64_t tail = (sector_num + i) & (alignment - 1);
     if (tail) {
         if (zero && i <= tail) {
@@ -707,6 +712,10 @@ int cmd_convert(int argc, char **argv)
     }
     if (!a.out_fmt) {
         a.out_fmt = "raw";
+    }
+    if (a.skip_create && a.options) {
+        cli_error("-o has no effect when skipping image creation");
+        goto fail_getopt;
     }
     if (a.target_is_zero && !a.skip_create) {
         cli_error("--target-is-zero requires use of -n flag");
