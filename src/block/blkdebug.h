@@ -1,5 +1,6 @@
 /* The fault-injection filter (drivers/blkdebug.c) as node.c sees it: a filename of the form
- * `blkdebug:RULES:PATH` opens PATH through the filter. */
+ * `blkdebug:RULES:PATH` or `blkdebug:CONFIG:PATH` (a QEMU config file) opens PATH through
+ * the filter. */
 #ifndef VD_BLKDEBUG_H
 #define VD_BLKDEBUG_H
 
@@ -10,12 +11,15 @@
 typedef struct vd_blkdebug_rules {
     void *rules;         /* parsed rules (private to the driver) */
     int nb_rules;
+    void *qrules;        /* rules of a QEMU config file (blkdebug-config.h) */
+    int nb_qrules;
     const char *path;    /* points into the spec: the image file */
 } vd_blkdebug_rules;
 
 extern const vd_driver vd_blkdebug_driver;
 
-/* Parses `blkdebug:RULES:PATH`; errors name the bad part. */
+/* Parses `blkdebug:RULES:PATH` or `blkdebug:CONFIG:PATH` (reading CONFIG); errors name the
+ * bad part. */
 int vd_blkdebug_parse(const char *spec, vd_blkdebug_rules *out, vd_error **errp);
 void vd_blkdebug_rules_free(vd_blkdebug_rules *r);
 /* Makes `filter` (a node of vd_blkdebug_driver) a filter over the open `child`. */

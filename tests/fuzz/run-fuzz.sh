@@ -35,6 +35,7 @@ targets=(
     "decompress-zstd 262144 $target_time"
     "nbd 65536 $target_time"
     "qmp 65536 $target_time"
+    "blkdebug-config 4096 $target_time"
 )
 
 selected() {

@@ -221,6 +221,107 @@ static void test_parse_limits(void **state)
     vd_error_free(err);
 }
 
+/* ---- QEMU config files ------------------------------------------------------------------- */
+
+static void write_config(fixture *f, const char *text)
+{
+    snprintf(f->counts, sizeof(f->counts), "%s/bd.conf", f->dir);
+    FILE *c = fopen(f->counts, "w");
+    assert_non_null(c);
+    assert_int_equal(fputs(text, c) >= 0, 1);
+    assert_int_equal(fclose(c), 0);
+}
+
+/* read_aio with once=off fails every data read after it; the file is otherwise intact. */
+static void test_config_read_aio(void **state)
+{
+    fixture *f = *state;
+    uint8_t buf[BLK];
+    write_config(f, "# a comment\n[inject-error]\nevent = \"read_aio\"\nerrno = \"5\"\n"
+                    "once =\"off\"\n");
+    vd_disk *d = open_rules(f, f->counts, f->raw, "raw", 0);
+    fill(buf, 3);
+    assert_int_equal(vd_pwrite(d, buf, BLK, 0, 0), 0);
+    assert_int_equal(vd_pread(d, buf, BLK, 0), -EIO);
+    assert_int_equal(vd_pread(d, buf, BLK, 0), -EIO);
+    /* Active rules stay active: the next write fails too (no iotype given: all types). */
+    assert_int_equal(vd_pwrite(d, buf, BLK, 0, 0), -EIO);
+    vd_close(d);
+    d = open_plain(f, f->raw, 0);
+    assert_block(d, 0, 3);
+    vd_close(d);
+}
+
+/* once=on fires a single time; sector limits it to requests covering that sector; iotype
+ * to that kind of request. */
+static void test_config_once_sector_iotype(void **state)
+{
+    fixture *f = *state;
+    uint8_t buf[BLK];
+    write_config(f, "[inject-error]\nevent = \"write_aio\"\nerrno = \"28\"\n"
+                    "once = \"on\"\nsector = \"16\"\niotype = \"write\"\n");
+    vd_disk *d = open_rules(f, f->counts, f->raw, "raw", 0);
+    fill(buf, 4);
+    assert_int_equal(vd_pwrite(d, buf, BLK, 0, 0), 0);         /* sectors 0-7 */
+    assert_int_equal(vd_pread(d, buf, BLK, 2 * BLK), 0);       /* a read, not a write */
+    assert_int_equal(vd_pwrite(d, buf, BLK, 2 * BLK, 0), -ENOSPC); /* sectors 16-23 */
+    assert_int_equal(vd_pwrite(d, buf, BLK, 2 * BLK, 0), 0);   /* once: gone */
+    vd_close(d);
+}
+
+/* set-state: the error rule only acts in state 2, which the first flush_to_disk enters. */
+static void test_config_states(void **state)
+{
+    fixture *f = *state;
+    uint8_t buf[BLK];
+    write_config(f, "[set-state]\nevent = \"flush_to_disk\"\nstate = \"1\"\n"
+                    "new_state = \"2\"\n\n[inject-error]\nevent = \"write_aio\"\n"
+                    "state = \"2\"\nerrno = \"1\"\n");
+    vd_disk *d = open_rules(f, f->counts, f->raw, "raw", 0);
+    fill(buf, 5);
+    assert_int_equal(vd_pwrite(d, buf, BLK, 0, 0), 0);
+    assert_int_equal(vd_flush(d), 0);
+    assert_int_equal(vd_pwrite(d, buf, BLK, 0, 0), -EPERM);
+    vd_close(d);
+}
+
+static void test_config_errors(void **state)
+{
+    fixture *f = *state;
+    static const struct {
+        const char *text;
+        const char *msg;
+    } cases[] = {
+        {"[inject-error]\nevent = \"no_such_event\"\n", "line 2: unknown event name "
+                                                           "no_such_event"},
+        {"[inject-error]\nevent = read_aio\n", "line 2: expected key = \"value\""},
+        {"[inject-error]\nerrno = \"5\"\n", "line 3: a section has no event"},
+        {"[bogus]\n", "line 1: unknown section [bogus]"},
+        {"event = \"read_aio\"\n", "line 1: a key outside any section"},
+        {"[inject-error]\nevent = \"read_aio\"\nerrno = \"x\"\n", "'errno' expects a "
+                                                                       "number"},
+        {"[inject-error]\nevent = \"read_aio\"\nonce = \"maybe\"\n", "'once' expects"},
+        {"[inject-error]\nevent = \"read_aio\"\nnew_state = \"2\"\n", "unknown key "
+                                                                          "new_state"},
+        {"[set-state]\nevent = \"read_aio\"\n", "needs new_state"},
+        {"[inject-error]\nevent = \"read_aio\"\niotype = \"read,bogus\"\n",
+         "unknown iotype"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        write_config(f, cases[i].text);
+        char spec[700];
+        snprintf(spec, sizeof(spec), "blkdebug:%s:%s", f->counts, f->raw);
+        char *msg = open_error(f, spec);
+        if (!strstr(msg, cases[i].msg)) {
+            fail_msg("case %zu: got '%s', wanted '%s'", i, msg, cases[i].msg);
+        }
+        free(msg);
+    }
+    char *msg = open_error(f, "blkdebug:/no/such/config:img");
+    assert_non_null(strstr(msg, "could not read config file '/no/such/config'"));
+    free(msg);
+}
+
 /* ---- raw through the filter -------------------------------------------------------------- */
 
 static void test_raw_write(void **state)
@@ -516,6 +617,10 @@ int main(void)
         cmocka_unit_test(test_parse_ok),
         cmocka_unit_test_setup_teardown(test_parse_errors, setup, teardown),
         cmocka_unit_test(test_parse_limits),
+        cmocka_unit_test_setup_teardown(test_config_read_aio, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_config_once_sector_iotype, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_config_states, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_config_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_raw_write, setup, teardown),
         cmocka_unit_test_setup_teardown(test_raw_read, setup, teardown),
         cmocka_unit_test_setup_teardown(test_raw_flush, setup, teardown),

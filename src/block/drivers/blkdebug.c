@@ -8,7 +8,8 @@
  * and size queries are no I/O and are not counted; failed requests count too. With
  * VDISK_BLKDEBUG_COUNT set to a file name, the counts are appended there at close
  * ("reads=R writes=W flushes=F") so a test can learn how many requests an operation makes
- * and loop over them. */
+ * and loop over them. A CONFIG file in QEMU's format (blkdebug-config.h) may stand in for
+ * RULES: `blkdebug:CONFIG:PATH`, told apart by having neither '#' nor '='. */
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -17,6 +18,7 @@
 #include <string.h>
 
 #include "block/blkdebug.h"
+#include "block/drivers/blkdebug-config.h"
 
 #define MAX_RULES 64
 #define MAX_EVENT_NAME 63
@@ -37,6 +39,9 @@ typedef struct blkdebug_state {
     pthread_mutex_t lock;
     rule rules[MAX_RULES];
     int nb_rules;
+    bd_qrule *qrules;
+    int nb_qrules;
+    int64_t qstate;      /* the config rules' state, 1 at the start as in QEMU */
     uint64_t reads, writes, flushes;
     char *count_file;
 } blkdebug_state;
@@ -154,14 +159,26 @@ static int parse_rule(const char *s, size_t len, rule *r, vd_error **errp)
 
 int vd_blkdebug_parse(const char *spec, vd_blkdebug_rules *out, vd_error **errp)
 {
-    out->rules = NULL;
-    out->nb_rules = 0;
-    out->path = NULL;
+    memset(out, 0, sizeof(*out));
     if (strncmp(spec, VD_BLKDEBUG_PREFIX, strlen(VD_BLKDEBUG_PREFIX)) != 0) {
         return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "not a blkdebug filename: '%s'",
                             spec);
     }
     const char *p = spec + strlen(VD_BLKDEBUG_PREFIX);
+    size_t first = rule_len(p);
+    if (first > 0 && p[first] == ':' && !memchr(p, '#', first) && !memchr(p, '=', first)) {
+        int ret = bd_config_parse(p, first, (bd_qrule **)&out->qrules, &out->nb_qrules, errp);
+        if (ret < 0) {
+            return ret;
+        }
+        if (p[first + 1] == '\0') {
+            vd_blkdebug_rules_free(out);
+            return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "blkdebug: no image path in "
+                                "'%s'", spec);
+        }
+        out->path = p + first + 1;
+        return 0;
+    }
     rule *rules = calloc(MAX_RULES, sizeof(*rules));
     if (!rules) {
         return vd_error_set(errp, VD_ERR_NOMEM, ENOMEM, "out of memory");
@@ -201,10 +218,33 @@ int vd_blkdebug_parse(const char *spec, vd_blkdebug_rules *out, vd_error **errp)
     return 0;
 }
 
+/* The config rules' verdict on a request (lock held): the first active rule that covers
+ * it fails it; a `once` rule goes. Returns 0 or -errno. */
+static int qrule_check(blkdebug_state *s, unsigned iotype, uint64_t off, uint64_t len)
+{
+    for (int i = 0; i < s->nb_qrules; i++) {
+        bd_qrule *r = &s->qrules[i];
+        if (!r->active || r->gone) {
+            continue;
+        }
+        bool covers = r->offset < 0 ||
+                      (len && (uint64_t)r->offset >= off && (uint64_t)r->offset - off < len);
+        if (!covers || !(r->iotypes & iotype)) {
+            continue;
+        }
+        if (r->once) {
+            r->active = false;
+            r->gone = true;
+        }
+        return -r->err;
+    }
+    return 0;
+}
+
 /* Counts a request of kind op and decides whether it fails: returns 0 or -errno. A request
  * is failed by the first rule due for it: a count rule for this op whose N is reached, or an
- * event rule whose event has happened N times. */
-static int account(vd_node *n, rule_op op)
+ * event rule whose event has happened N times; then the config rules. */
+static int account(vd_node *n, rule_op op, unsigned iotype, uint64_t off, uint64_t len)
 {
     blkdebug_state *s = n->opaque;
     pthread_mutex_lock(&s->lock);
@@ -218,9 +258,10 @@ static int account(vd_node *n, rule_op op)
         }
     }
     rule fired = hit ? *hit : (rule){0};
+    int qret = hit ? 0 : qrule_check(s, iotype, off, len);
     pthread_mutex_unlock(&s->lock);
     if (!hit) {
-        return 0;
+        return qret;  /* as QEMU: the bare errno, no message of ours */
     }
     if (fired.op == OP_EVENT) {
         vd_set_io_error("blkdebug: injected %s on %s #%" PRIu64 " after event %s #%" PRIu64,
@@ -234,39 +275,39 @@ static int account(vd_node *n, rule_op op)
 
 static int blkdebug_pread(vd_node *n, void *buf, uint64_t len, uint64_t off)
 {
-    int ret = account(n, OP_READ);
+    int ret = account(n, OP_READ, BD_IO_READ, off, len);
     return ret < 0 ? ret : vd_node_pread(n->file, buf, len, off);
 }
 
 static int blkdebug_pwrite(vd_node *n, const void *buf, uint64_t len, uint64_t off,
                            unsigned flags)
 {
-    int ret = account(n, OP_WRITE);
+    int ret = account(n, OP_WRITE, BD_IO_WRITE, off, len);
     return ret < 0 ? ret : vd_node_pwrite(n->file, buf, len, off, flags);
 }
 
 static int blkdebug_pwrite_zeroes(vd_node *n, uint64_t off, uint64_t len, unsigned flags)
 {
-    int ret = account(n, OP_WRITE);
+    int ret = account(n, OP_WRITE, BD_IO_WRITE_ZEROES, off, len);
     return ret < 0 ? ret : vd_node_pwrite_zeroes(n->file, off, len, flags);
 }
 
 static int blkdebug_pdiscard(vd_node *n, uint64_t off, uint64_t len)
 {
-    int ret = account(n, OP_WRITE);
+    int ret = account(n, OP_WRITE, BD_IO_DISCARD, off, len);
     return ret < 0 ? ret : vd_node_pdiscard(n->file, off, len);
 }
 
 static int blkdebug_flush(vd_node *n)
 {
-    int ret = account(n, OP_FLUSH);
+    int ret = account(n, OP_FLUSH, BD_IO_FLUSH, 0, 0);
     return ret < 0 ? ret : vd_node_flush(n->file);
 }
 
 static int blkdebug_truncate(vd_node *n, uint64_t size, bool shrink, const char *prealloc,
                              vd_error **errp)
 {
-    int ret = account(n, OP_WRITE);
+    int ret = account(n, OP_WRITE, BD_IO_WRITE, size, 0);
     if (ret < 0) {
         return vd_error_set(errp, VD_ERR_IO, -ret, "%s: Could not resize file: %s (%s)",
                             n->filename, strerror(-ret), vd_get_io_error());
@@ -286,6 +327,27 @@ static void blkdebug_event(vd_node *n, const char *name)
             r->armed = true;
         }
     }
+    /* The config rules for this event, in QEMU's order (the last one written first). */
+    bool injected = false;
+    int64_t new_state = s->qstate;
+    for (int i = s->nb_qrules; i-- > 0;) {
+        bd_qrule *r = &s->qrules[i];
+        if (r->gone || strcmp(r->event, name) || (r->state && r->state != s->qstate)) {
+            continue;
+        }
+        if (r->action == BD_SET_STATE) {
+            new_state = r->new_state;
+            continue;
+        }
+        if (!injected) {
+            for (int k = 0; k < s->nb_qrules; k++) {
+                s->qrules[k].active = false;
+            }
+            injected = true;
+        }
+        r->active = true;
+    }
+    s->qstate = new_state;
     pthread_mutex_unlock(&s->lock);
 }
 
@@ -305,6 +367,7 @@ static void blkdebug_close(vd_node *n)
         free(s->count_file);
     }
     pthread_mutex_destroy(&s->lock);
+    free(s->qrules);
     free(s);
     n->opaque = NULL;
 }
@@ -340,13 +403,27 @@ int vd_blkdebug_wrap(vd_node *filter, vd_node *child, const vd_blkdebug_rules *r
         return -ENOMEM;
     }
     pthread_mutex_init(&s->lock, NULL);
-    memcpy(s->rules, rules->rules, sizeof(rule) * (size_t)rules->nb_rules);
+    if (rules->nb_rules) {
+        memcpy(s->rules, rules->rules, sizeof(rule) * (size_t)rules->nb_rules);
+    }
     s->nb_rules = rules->nb_rules;
+    s->qstate = 1;
+    if (rules->nb_qrules) {
+        s->qrules = malloc(sizeof(bd_qrule) * (size_t)rules->nb_qrules);
+        if (!s->qrules) {
+            pthread_mutex_destroy(&s->lock);
+            free(s);
+            return -ENOMEM;
+        }
+        memcpy(s->qrules, rules->qrules, sizeof(bd_qrule) * (size_t)rules->nb_qrules);
+        s->nb_qrules = rules->nb_qrules;
+    }
     const char *cf = getenv("VDISK_BLKDEBUG_COUNT");
     if (cf && *cf) {
         s->count_file = strdup(cf);
         if (!s->count_file) {
             pthread_mutex_destroy(&s->lock);
+            free(s->qrules);
             free(s);
             return -ENOMEM;
         }
@@ -362,5 +439,8 @@ int vd_blkdebug_wrap(vd_node *filter, vd_node *child, const vd_blkdebug_rules *r
 void vd_blkdebug_rules_free(vd_blkdebug_rules *r)
 {
     free(r->rules);
+    free(r->qrules);
     r->rules = NULL;
+    r->qrules = NULL;
+    r->nb_qrules = 0;
 }

@@ -26,11 +26,13 @@ static int raw_open(vd_node *n, unsigned flags, vd_error **errp)
 
 static int raw_pread(vd_node *n, void *buf, uint64_t len, uint64_t off)
 {
+    vd_node_event(n->file, "read_aio");
     return vd_node_pread(n->file, buf, len, off);
 }
 
 static int raw_pwrite(vd_node *n, const void *buf, uint64_t len, uint64_t off, unsigned flags)
 {
+    vd_node_event(n->file, "write_aio");
     return vd_node_pwrite(n->file, buf, len, off, flags);
 }
 
@@ -46,6 +48,7 @@ static int raw_pdiscard(vd_node *n, uint64_t off, uint64_t len)
 
 static int raw_flush(vd_node *n)
 {
+    vd_node_event(n->file, "flush_to_disk");
     return vd_node_flush(n->file);
 }
 

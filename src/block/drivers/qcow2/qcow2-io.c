@@ -156,6 +156,7 @@ int qcow2_co_pread(vd_node *node, void *buf, uint64_t len, uint64_t off)
         case QCOW2_SC_NORMAL:
             qcow2_io_begin(s, &io);
             pthread_mutex_unlock(&s->lock);
+            vd_node_event(s->file, "read_aio");
             ret = vd_node_pread(s->file, p, r.bytes, r.host);
             pthread_mutex_lock(&s->lock);
             qcow2_io_end(s, &io);
@@ -265,6 +266,7 @@ static int read_old(qcow2_state *s, uint64_t e, uint64_t bm, uint64_t g, uint64_
             ret = read_backing(s, dst, end - a, g + a);
             break;
         case QCOW2_SC_NORMAL:
+            vd_node_event(s->file, "read_aio");
             ret = vd_node_pread(s->file, dst, end - a, host + a);
             break;
         case QCOW2_SC_COMPRESSED: {
@@ -388,6 +390,7 @@ static int seg_write(qcow2_state *s, const seg *g, const uint8_t *buf, uint64_t 
             vd_node_pwrite_zeroes(s->file, g->host, g->count * cs, VD_REQ_NO_FALLBACK);
         }
     }
+    vd_node_event(s->file, "write_aio");
     if (lo == ws && hi == we) {
         return vd_node_pwrite(s->file, buf, we - ws, g->host + ws, 0);
     }
@@ -579,6 +582,7 @@ static int write_segment(qcow2_state *s, const uint8_t *buf, uint64_t off, uint6
         }
         qcow2_io_begin(s, &io);
         pthread_mutex_unlock(&s->lock);
+        vd_node_event(s->file, "write_aio");
         ret = vd_node_pwrite(s->file, buf, n, g.host + in_cl, 0);
         pthread_mutex_lock(&s->lock);
         qcow2_io_end(s, &io);

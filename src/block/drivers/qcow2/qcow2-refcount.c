@@ -447,6 +447,9 @@ static int update_refcount(qcow2_state *s, uint64_t offset, uint64_t len, int64_
     uint64_t last = (offset + len - 1) >> s->cluster_bits;
     int ret = 0;
 
+    if (addend < 0) {
+        vd_node_event(s->file, "cluster_free");
+    }
     while (c <= last) {
         uint64_t rb;
         ret = refblock_of(s, c >> s->rb_bits, &rb);

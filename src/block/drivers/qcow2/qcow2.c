@@ -14,6 +14,7 @@
 
 int qcow2_sync(qcow2_state *s)
 {
+    vd_node_event(s->file, "flush_to_disk");
     int ret = vd_node_flush(s->file);
     if (ret < 0) {
         vd_set_io_error("%s: could not flush the image file: %s", s->name, strerror(-ret));
