@@ -132,9 +132,19 @@ int vd_node_open_file(vd_engine *e, const char *filename, unsigned flags, vd_nod
             return open_logwrites(e, filename, flags, out, errp);
         }
     }
-    filename = plain;
+    /* A relative name with a ':' before any '/' would read as a protocol prefix when used
+     * again (as a base for backing names, in messages): QEMU names it "./NAME". */
+    char *dotted = NULL;
+    if (plain != filename && strchr(plain, ':') &&
+        (!strchr(plain, '/') || strchr(plain, ':') < strchr(plain, '/')) &&
+        asprintf(&dotted, "./%s", plain) < 0) {
+        abort();
+    }
+    filename = dotted ? dotted : plain;
     const vd_driver *drv = vd_driver_find("file");
     vd_node *n = node_new(e, drv, filename, flags);
+    free(dotted);
+    filename = n->filename;
     int ret = drv->open(n, flags, errp);
     if (ret < 0) {
         node_free(n);

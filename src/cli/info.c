@@ -180,11 +180,13 @@ static int collect(vd_engine *e, const char *filename, const char *fmt, bool cha
             en->snaps = NULL;
             en->nb_snaps = 0;
         }
-        vd_close(d);
-        /* "file:PATH" is PATH, shown without the protocol as qemu-img shows it. */
+        /* "file:PATH" is shown as the library names the file: PATH, or ./PATH when PATH
+         * could be mistaken for a protocol (as qemu-img shows it). */
         if (!strncmp(name, "file:", 5)) {
-            memmove(name, name + 5, strlen(name + 5) + 1);
+            free(name);
+            name = cli_xstrdup(vd_disk_filename(d));
         }
+        vd_close(d);
         en->filename = name;
         name = NULL;
         n++;

@@ -44,6 +44,13 @@ same compare TOOL compare file:a.qcow2 a.qcow2
 "$VDISK" snapshot -c s1 file:a.qcow2 >out.txt 2>&1 && "$QEMU_IMG" snapshot -l a.qcow2 | grep -q s1 &&
     pass snapshot || fail snapshot "no snapshot made through a file: name" out.txt
 
+# A relative name with a colon is shown as ./NAME, and its backing file resolves from there.
+"$QEMU_IMG" create -q -f qcow2 'img:base.qcow2' 4M
+"$QEMU_IMG" create -q -f qcow2 -b 'base.qcow2' -F qcow2 -u 'img:top.qcow2' 4M
+cp 'img:base.qcow2' base.qcow2
+same info-colon-name TOOL info file:img:top.qcow2
+same info-colon-chain TOOL info --backing-chain file:img:top.qcow2
+
 # Taken literally: a file named like a blkdebug rule.
 cp a.qcow2 'blkdebug:x'
 "$VDISK" io -c 'read -P 0x41 0 1M' 'file:blkdebug:x' >out.txt 2>&1 && pass literal-path ||
