@@ -45,9 +45,9 @@ same compare TOOL compare file:a.qcow2 a.qcow2
     pass snapshot || fail snapshot "no snapshot made through a file: name" out.txt
 
 # A relative name with a colon is shown as ./NAME, and its backing file resolves from there.
-"$QEMU_IMG" create -q -f qcow2 'img:base.qcow2' 4M
-"$QEMU_IMG" create -q -f qcow2 -b 'base.qcow2' -F qcow2 -u 'img:top.qcow2' 4M
-cp 'img:base.qcow2' base.qcow2
+"$QEMU_IMG" create -q -f qcow2 base.qcow2 4M
+"$QEMU_IMG" create -q -f qcow2 -b base.qcow2 -F qcow2 -u 'file:img:top.qcow2' 4M
+[ -f 'img:top.qcow2' ] || fail colon-name/setup "qemu-img made no img:top.qcow2"
 same info-colon-name TOOL info file:img:top.qcow2
 same info-colon-chain TOOL info --backing-chain file:img:top.qcow2
 
