@@ -53,4 +53,25 @@ zcase deep-chain-data "$deep_chain" 'write -z 0 4k' 'write -z 192k 4k'
 zcase raw-backing-holes "$sparse_raw" 'write -z 4k 4k' 'write -z 68k 1k'
 zcase past-short-backing "$short_qcow2" 'write -z 100k 4k' 'write -z 64k 4k'
 
+# Extended L2: zeroing up to an end of the disk that falls inside a cluster marks only the
+# subclusters the disk reaches (QEMU's bitmap), not all 32.
+l2_entry() {
+    "$PYTHON" - "$VD_TESTS" "$1" "$2" <<'PY'
+import sys
+sys.path.insert(0, sys.argv[1])
+import qcow2img as q
+img = q.Image(sys.argv[2])
+l2 = img.l1()[0] & 0x00fffffffffffe00
+print(img.read(l2 + int(sys.argv[3]) * 16, 16).hex())
+PY
+}
+for t in v q; do
+    rm -f "$t.qcow2"
+    "$QEMU_IMG" create -q -f qcow2 -o extended_l2=on "$t.qcow2" $((2048 + 35))k
+done
+"$VDISK" io -c 'write -z 2048k 35k' v.qcow2 >v.out 2>&1
+"$QEMU_IO" -c 'write -z 2048k 35k' q.qcow2 >q.out 2>&1
+[ "$(l2_entry v.qcow2 32)" = "$(l2_entry q.qcow2 32)" ] && pass extl2-zero-to-disk-end ||
+    fail extl2-zero-to-disk-end "L2 entry $(l2_entry v.qcow2 32), qemu-io's $(l2_entry q.qcow2 32)"
+
 vd_finish

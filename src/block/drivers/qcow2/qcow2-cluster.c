@@ -376,7 +376,9 @@ int qcow2_zeroize_locked(qcow2_state *s, uint64_t off, uint64_t len, unsigned fl
             uint64_t cstart = gci << s->cluster_bits;
             uint64_t a = off - cstart;
             uint64_t b = end - cstart < cs ? end - cstart : cs;
-            bool whole = a == 0 && (b == cs || end >= s->node->size);
+            /* Up to the end of the disk counts as the whole cluster, except with
+             * subclusters: then only those the disk reaches become zero, as in QEMU. */
+            bool whole = a == 0 && (b == cs || (end >= s->node->size && !s->extl2));
             uint64_t e = qcow2_l2_get(s, sl->data, i);
             uint64_t bm = qcow2_l2_get_bitmap(s, sl->data, i);
             uint64_t ne = e, nbm = bm;
