@@ -160,6 +160,12 @@ int vd_node_open(vd_engine *e, const char *filename, const char *format, unsigne
 /* Opens the file protocol node alone. */
 /* Hands an event to the engine user's handler, if any; e may be NULL (a probe). */
 void vd_engine_emit(vd_engine *e, const vd_event *ev);
+/* The file protocol's creation options (extent_size_hint, nocow), which every format's
+ * create accepts: is key one of them? */
+bool vd_file_create_option(const char *key);
+/* Creates (or empties) the host file of a new image and applies those options (opts may
+ * be NULL: the defaults). */
+int vd_file_create(const char *filename, const vd_opts *opts, vd_error **errp);
 /* The path of a "file:PATH" name (QEMU's explicit file protocol), else the name itself. */
 const char *vd_strip_file_prefix(const char *filename);
 int vd_node_open_file(vd_engine *e, const char *filename, unsigned flags, vd_node **out,

@@ -424,7 +424,8 @@ static int cmp_option(const void *a, const void *b)
  * filename says which protocol is used. */
 static bool protocol_level(const char *fmt, const char *name)
 {
-    return !strcmp(fmt, "raw") && !strcmp(name, "preallocation");
+    return (!strcmp(fmt, "raw") && !strcmp(name, "preallocation")) ||
+           !strcmp(name, "extent_size_hint") || !strcmp(name, "nocow");
 }
 
 int cli_print_option_help(const char *fmt, const char *filename, const char *const *only,

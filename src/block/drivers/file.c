@@ -3,9 +3,11 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <linux/fs.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -279,3 +281,56 @@ const vd_driver vd_file_driver = {
     .truncate = file_truncate,
     .allocated_size = file_allocated_size,
 };
+
+/* ---- creating image files ---------------------------------------------------------------- */
+
+bool vd_file_create_option(const char *key)
+{
+    return !strcmp(key, "extent_size_hint") || !strcmp(key, "nocow");
+}
+
+int vd_file_create(const char *filename, const vd_opts *opts, vd_error **errp)
+{
+    uint64_t hint = 0;
+    bool nocow = false;
+    int ret = opts ? vd_opts_get_size(opts, "extent_size_hint", 1u << 20, &hint, errp) : 0;
+    if (ret == 0 && opts) {
+        ret = vd_opts_get_bool(opts, "nocow", false, &nocow, errp);
+    }
+    if (ret < 0) {
+        vd_error_prepend(errp, "%s: ", filename);
+        return ret;
+    }
+    if (!opts) {
+        hint = 1u << 20;
+    }
+    if (hint > UINT32_MAX) {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "%s: Extent size hint is too large",
+                            filename);
+    }
+    int fd = open(filename, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        int err = errno;
+        return vd_error_set(errp, VD_ERR_IO, err, "%s: Could not create '%s': %s", filename,
+                            filename, strerror(err));
+    }
+    /* Both are hints to the file system, set while the file is still empty as they must
+     * be; a file system without them (ext4 has neither) just ignores them, as QEMU does. */
+    if (nocow) {
+        int attr = 0;
+        if (ioctl(fd, FS_IOC_GETFLAGS, &attr) == 0) {
+            attr |= FS_NOCOW_FL;
+            (void)ioctl(fd, FS_IOC_SETFLAGS, &attr);
+        }
+    }
+    if (hint) {
+        struct fsxattr fsx;
+        if (ioctl(fd, FS_IOC_FSGETXATTR, &fsx) == 0 && fsx.fsx_extsize == 0) {
+            fsx.fsx_xflags |= FS_XFLAG_EXTSIZE;
+            fsx.fsx_extsize = (uint32_t)hint;
+            (void)ioctl(fd, FS_IOC_FSSETXATTR, &fsx);
+        }
+    }
+    close(fd);
+    return 0;
+}

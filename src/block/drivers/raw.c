@@ -82,6 +82,8 @@ static int64_t raw_allocated_size(vd_node *n)
 static const vd_create_option raw_options[] = {
     {"size", "size", "Virtual disk size", NULL},
     {"preallocation", "str", "Preallocation mode (allowed values: off, falloc, full)", "off"},
+    {"extent_size_hint", "size", "Extent size hint for the image file, 0 to disable", NULL},
+    {"nocow", "bool", "Turn off copy-on-write (valid only on btrfs)", NULL},
 };
 
 static int raw_create(vd_engine *e, const char *filename, uint64_t size, const vd_opts *opts,
@@ -90,7 +92,7 @@ static int raw_create(vd_engine *e, const char *filename, uint64_t size, const v
     (void)flags;
     for (size_t i = 0; i < vd_opts_count(opts); i++) {
         const char *k = vd_opts_key(opts, i);
-        if (strcmp(k, "size") && strcmp(k, "preallocation")) {
+        if (strcmp(k, "size") && strcmp(k, "preallocation") && !vd_file_create_option(k)) {
             return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Invalid parameter '%s'", k);
         }
     }
@@ -114,14 +116,12 @@ static int raw_create(vd_engine *e, const char *filename, uint64_t size, const v
                             "parameter");
     }
     size = (size + 511) & ~511ull;
-    int fd = open(filename, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        return vd_error_set(errp, VD_ERR_IO, errno, "%s: Could not create '%s': %s", filename,
-                            filename, strerror(errno));
+    int ret = vd_file_create(filename, opts, errp);
+    if (ret < 0) {
+        return ret;
     }
-    close(fd);
     vd_node *file = NULL;
-    int ret = vd_node_open_file(e, filename, VD_OPEN_RDWR, &file, errp);
+    ret = vd_node_open_file(e, filename, VD_OPEN_RDWR, &file, errp);
     if (ret < 0) {
         return ret;
     }

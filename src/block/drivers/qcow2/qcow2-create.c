@@ -18,8 +18,23 @@ const vd_create_option qcow2_create_options[] = {
     {"compat", "str", "Compatibility level (v2 [0.10] or v3 [1.1])", NULL},
     {"compression_type", "str", "Compression method used for image cluster compression",
      "zlib"},
+    {"data_file", "str", "File name of an external data file", NULL},
+    {"data_file_raw", "bool", "The external data file must stay valid as a raw image", NULL},
+    {"encrypt.cipher-alg", "str", "Name of encryption cipher algorithm", NULL},
+    {"encrypt.cipher-mode", "str", "Name of encryption cipher mode", NULL},
+    {"encrypt.format", "str", "Encrypt the image, format choices: 'aes', 'luks'", NULL},
+    {"encrypt.hash-alg", "str", "Name of encryption hash algorithm", NULL},
+    {"encrypt.iter-time", "num", "Time to spend in PBKDF in milliseconds", NULL},
+    {"encrypt.ivgen-alg", "str", "Name of IV generator algorithm", NULL},
+    {"encrypt.ivgen-hash-alg", "str", "Name of IV generator hash algorithm", NULL},
+    {"encrypt.key-secret", "str", "ID of secret providing qcow AES key or LUKS passphrase",
+     NULL},
+    {"encryption", "bool", "Encrypt the image with format 'aes'. (Deprecated in favor of "
+     "encrypt.format=aes)", NULL},
     {"extended_l2", "bool", "Extended L2 tables", "off"},
+    {"extent_size_hint", "size", "Extent size hint for the image file, 0 to disable", NULL},
     {"lazy_refcounts", "bool", "Postpone refcount updates", "off"},
+    {"nocow", "bool", "Turn off copy-on-write (valid only on btrfs)", NULL},
     {"preallocation", "str", "Preallocation mode (allowed values: off, metadata, falloc, full)",
      NULL},
     {"refcount_bits", "num", "Width of a reference count entry in bits", "16"},
@@ -51,7 +66,8 @@ static bool is_known_option(const char *key)
     }
     /* Known to qemu-img but refused below with a clearer message than "Invalid". */
     return !strcmp(key, "encryption") || !strncmp(key, "encrypt.", 8) ||
-           !strcmp(key, "data_file") || !strcmp(key, "data_file_raw");
+           !strcmp(key, "data_file") || !strcmp(key, "data_file_raw") ||
+           vd_file_create_option(key);
 }
 
 static int parse_number(const vd_opts *opts, const char *key, uint64_t def, uint64_t *out,
@@ -720,13 +736,10 @@ int qcow2_create(vd_engine *e, const char *filename, uint64_t size, const vd_opt
                             p.backing_fmt ? p.backing_fmt : "", strerror(ENOSPC));
     }
 
-    int fd = open(filename, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        int err = errno;
-        return vd_error_set(errp, VD_ERR_IO, err, "%s: Could not create '%s': %s", filename,
-                            filename, strerror(err));
+    ret = vd_file_create(filename, opts, errp);
+    if (ret < 0) {
+        return ret;
     }
-    close(fd);
     ret = vd_node_open_file(e, filename, VD_OPEN_RDWR, &file, errp);
     if (ret < 0) {
         unlink(filename);

@@ -261,7 +261,7 @@ int qcow2_measure(const vd_opts *opts, uint64_t size, vd_disk *src, vd_measure_r
                   vd_error **errp);
 /* The count is a constant so that the const driver table can hold it; declaring the array
  * with it makes the compiler check it against the definition in qcow2-create.c. */
-#define QCOW2_NB_CREATE_OPTIONS 10
+#define QCOW2_NB_CREATE_OPTIONS 23
 extern const vd_create_option qcow2_create_options[QCOW2_NB_CREATE_OPTIONS];
 extern const size_t qcow2_nb_create_options;
 
