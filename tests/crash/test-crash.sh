@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Crash consistency: every workload (random allocating writes and overwrites, discard and
-# write zeroes, internal snapshots, compressed writes, resize, backing-file COW, refcount
-# width changes (amend); lazy
-# refcounts off and on; clusters of 512 B, 64 KiB and 2 MiB) is recorded through the
+# write zeroes, internal snapshots, compressed writes, resize up and down, backing-file COW,
+# refcount width changes (amend); lazy refcounts off and on; clusters of 512 B, 64 KiB and
+# 2 MiB) is recorded through the
 # logwrites filter and replayed into crash states that crash-test checks (tests/crash/
 # crash.h). Then two proofs that the harness can fail: a test-only switch that writes L2
 # entries before the refcounts they depend on must be caught as corruption, and a replay

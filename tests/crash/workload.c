@@ -222,6 +222,44 @@ static int op_resize(wl *w)
     return end_op(w, o, old / SECTOR, (w->size - old) / SECTOR);
 }
 
+/* Shrinks the disk by one cluster to a quarter of it (never below a quarter of the size it
+ * started with): the cut clusters are freed, refcount blocks left empty are dropped, and
+ * the file is truncated. A later grow reads zeros there, which is what the op records. */
+static int op_shrink(wl *w)
+{
+    uint64_t cs = w->cfg->cluster_size;
+    uint64_t floor = w->j->size0 / 4 > cs ? w->j->size0 / 4 : cs;
+    if (w->size <= floor + cs) {
+        return op_resize(w);
+    }
+    uint64_t room = (w->size - floor) / cs;
+    uint64_t most = w->size / 4 / cs + 1;
+    uint64_t cut = (1 + rng_below(&w->r, room < most ? room : most)) * cs;
+    uint64_t old = w->size;
+    gop *o = add_op(w, OP_RESIZE, log_len(w));
+    vd_error *err = NULL;
+    if (vd_truncate(w->d, old - cut, true, "off", &err) < 0) {
+        int r = fail("shrink", vd_error_msg(err));
+        vd_error_free(err);
+        return r;
+    }
+    w->size = vd_disk_size(w->d);
+    for (size_t i = 0; i < sizeof(w->recent) / sizeof(w->recent[0]); i++) {
+        if (w->recent[i] >= w->size / SECTOR) {
+            w->recent[i] = 0;
+        }
+    }
+    o->end = log_len(w);
+    o->size_after = w->size;
+    o->first = w->size / SECTOR;
+    o->count = (old - w->size) / SECTOR;
+    o->vals = calloc(o->count ? o->count : 1, sizeof(uint32_t));  /* zeros after a regrow */
+    if (!o->vals) {
+        abort();
+    }
+    return 0;
+}
+
 static int op_snapshot(wl *w, op_kind kind)
 {
     vd_error *err = NULL;
@@ -293,7 +331,7 @@ static int op_amend(wl *w)
 
 typedef struct weights {
     int write, zero, discard, flush, compress, resize, snap_create, snap_apply, snap_delete;
-    int amend;
+    int amend, shrink;
 } weights;
 
 static weights kind_weights(const char *kind)
@@ -306,7 +344,8 @@ static weights kind_weights(const char *kind)
         return (weights){.write = 30, .zero = 7, .discard = 8, .flush = 10, .compress = 45};
     }
     if (!strcmp(kind, "resize")) {
-        return (weights){.write = 60, .zero = 8, .discard = 7, .flush = 10, .resize = 15};
+        return (weights){.write = 56, .zero = 8, .discard = 7, .flush = 10, .resize = 12,
+                         .shrink = 7};
     }
     if (!strcmp(kind, "amend")) {
         return (weights){.write = 50, .zero = 6, .discard = 6, .flush = 10, .compress = 8,
@@ -322,7 +361,7 @@ static weights kind_weights(const char *kind)
 static int run_one(wl *w, const weights *wt)
 {
     int total = wt->write + wt->zero + wt->discard + wt->flush + wt->compress + wt->resize +
-                wt->snap_create + wt->snap_apply + wt->snap_delete + wt->amend;
+                wt->snap_create + wt->snap_apply + wt->snap_delete + wt->amend + wt->shrink;
     int x = (int)rng_below(&w->r, (uint64_t)total);
     if ((x -= wt->write) < 0) {
         return op_write(w);
@@ -350,6 +389,9 @@ static int run_one(wl *w, const weights *wt)
     }
     if ((x -= wt->amend) < 0) {
         return op_amend(w);
+    }
+    if ((x -= wt->shrink) < 0) {
+        return op_shrink(w);
     }
     return op_snapshot(w, OP_SNAP_DELETE);
 }
