@@ -38,6 +38,11 @@ typedef struct vd_nbd_server_opts {
      * options get ERR_TLS_REQD). The server keeps a reference; the caller must keep
      * the credentials alive until vd_nbd_server_free. */
     vd_tls_creds *tls;
+    /* qemu-nbd without --persistent: once a client that finished the handshake leaves
+     * and no other is connected, accept no more clients and report it through
+     * vd_nbd_server_finished. Clients that leave during the handshake (a port probe)
+     * do not count. */
+    bool one_shot;
 } vd_nbd_server_opts;
 
 int vd_nbd_server_new(const vd_nbd_server_opts *opts, vd_nbd_server **out, vd_error **errp);
@@ -47,12 +52,17 @@ int vd_nbd_server_new(const vd_nbd_server_opts *opts, vd_nbd_server **out, vd_er
 int vd_nbd_server_listen_unix(vd_nbd_server *s, const char *path, vd_error **errp);
 int vd_nbd_server_listen_inet(vd_nbd_server *s, const char *host, const char *port,
                               vd_error **errp);
-/* Connections open now, and accepted since the start (qemu-nbd exits when the last
- * client leaves). */
+/* Serves on a socket that already listens (systemd socket activation, QEMU's addr.type=fd);
+ * the server owns fd from then on and closes it at free. */
+int vd_nbd_server_listen_fd(vd_nbd_server *s, int fd, vd_error **errp);
+/* Connections open now, and accepted since the start. */
 void vd_nbd_server_counts(vd_nbd_server *s, unsigned *open, uint64_t *accepted);
-/* Stops accepting, closes every connection (in-flight requests finish first; further
- * requests get ESHUTDOWN), removes the unix sockets it created, frees everything. The
- * disks of the exports are not closed (they belong to the caller). */
+/* With one_shot: true once the server takes no more clients (its owner should free it). */
+bool vd_nbd_server_finished(vd_nbd_server *s);
+/* Stops accepting, shuts every connection down (requests already running finish; those
+ * not started are not run, and nothing more is read), removes the unix sockets it
+ * created, frees everything. Returns in bounded time whatever the clients do. The disks
+ * of the exports are not closed (they belong to the caller). */
 void vd_nbd_server_free(vd_nbd_server *s);
 
 typedef struct vd_nbd_export_opts {
@@ -60,6 +70,9 @@ typedef struct vd_nbd_export_opts {
     const char *description;  /* may be NULL */
     vd_disk *disk;            /* must stay open while exported */
     bool writable;            /* else READ_ONLY; a read-only disk cannot be writable */
+    /* The minimum block size advertised (NBD_INFO_BLOCK_SIZE); 0 means 1. qemu-nbd says
+     * 512 for an image whose format was probed as raw. A power of two up to 4096. */
+    uint32_t min_block;
 } vd_nbd_export_opts;
 
 int vd_nbd_export_add(vd_nbd_server *s, const vd_nbd_export_opts *o, vd_error **errp);

@@ -1,7 +1,10 @@
 /* `vdisk nbd`: exports one image over NBD with qemu-nbd's options (server mode only; no
- * kernel /dev/nbd device). Without -t it exits when the last client has gone, as qemu-nbd
- * does; SIGINT and SIGTERM flush and close the image. */
+ * kernel /dev/nbd device). Without -t it exits when the last client that finished the
+ * handshake has gone, as qemu-nbd does; SIGINT and SIGTERM flush and close the image. */
+#include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,7 +45,8 @@ static const char nbd_help[] =
     "  -D, --description=TEXT    export a human-readable description\n"
     "\n"
     "General purpose options:\n"
-    "  --object type,id=ID,...   tls-creds-x509,id=ID,dir=DIR,endpoint=server[,verify-peer=on]\n"
+    "  --object type,id=ID,...   tls-creds-x509,id=ID,dir=DIR,endpoint=server\n"
+    "                            [,verify-peer=on|off] (default on)\n"
     "                            or tls-creds-psk,id=ID,dir=DIR,endpoint=server\n"
     "  --tls-creds=ID            use id of an earlier --object to provide TLS\n"
     "  --fork                    fork off the server process and exit the parent\n"
@@ -62,7 +66,8 @@ typedef struct tls_object {
     vd_tls_creds *creds;
 } tls_object;
 
-/* --object tls-creds-x509,id=..,dir=..,endpoint=server[,verify-peer=on|off] (or -psk). */
+/* --object tls-creds-x509,id=..,dir=..,endpoint=server[,verify-peer=on|off] (or -psk);
+ * verify-peer defaults to on, as in QEMU. */
 static int add_object(const char *arg, tls_object **objs, size_t *nb)
 {
     vd_opts *o = vd_opts_new();
@@ -104,8 +109,9 @@ static int add_object(const char *arg, tls_object **objs, size_t *nb)
         fprintf(stderr, "vdisk: Expecting TLS credentials with a server endpoint\n");
         ret = -1;
     } else if (!strcmp(type, "tls-creds-x509")) {
-        bool verify = false;
-        ret = vd_opts_get_bool(o, "verify-peer", false, &verify, &err);
+        /* QEMU's default: clients must show a certificate the CA signed. */
+        bool verify = true;
+        ret = vd_opts_get_bool(o, "verify-peer", true, &verify, &err);
         if (ret == 0) {
             ret = vd_tls_creds_new_x509(id, dir, verify, &creds, &err);
         }
@@ -128,6 +134,35 @@ static int add_object(const char *arg, tls_object **objs, size_t *nb)
     free(copy);
     vd_opts_free(o);
     return ret < 0 ? -1 : 0;
+}
+
+/* The first fd systemd passes (sd_listen_fds). */
+#define SOCKET_ACTIVATION_FD 3
+
+/* systemd socket activation: LISTEN_PID names this process and LISTEN_FDS counts the
+ * listening sockets passed from fd 3 on. Returns that count, 0 when not activated. */
+static int socket_activation(void)
+{
+    const char *pid = getenv("LISTEN_PID"), *fds = getenv("LISTEN_FDS");
+    if (!pid || !fds) {
+        return 0;
+    }
+    char *end;
+    errno = 0;
+    long p = strtol(pid, &end, 10);
+    if (errno || end == pid || *end || p != (long)getpid()) {
+        return 0;
+    }
+    errno = 0;
+    long n = strtol(fds, &end, 10);
+    if (errno || end == fds || *end || n <= 0 || n > INT_MAX - SOCKET_ACTIVATION_FD) {
+        return 0;
+    }
+    /* Not for the children of this process. */
+    for (long fd = SOCKET_ACTIVATION_FD; fd < SOCKET_ACTIVATION_FD + n; fd++) {
+        fcntl((int)fd, F_SETFD, FD_CLOEXEC);
+    }
+    return (int)n;
 }
 
 int cmd_nbd(int argc, char **argv)
@@ -266,6 +301,21 @@ int cmd_nbd(int argc, char **argv)
         cli_error_exit("Invalid number of arguments");
     }
     const char *file = argv[optind];
+    /* Checked before --fork, as qemu-nbd does: LISTEN_PID names this process. */
+    int activated = socket_activation();
+    if (activated) {
+        const char *why = sock ? "Unix socket can't be set when using socket activation"
+                          : bind_addr ? "The interface can't be set when using socket "
+                                        "activation"
+                          : port ? "TCP port number can't be set when using socket activation"
+                          : activated > 1 ? "vdisk nbd does not support socket activation "
+                                            "with LISTEN_FDS > 1"
+                                          : NULL;
+        if (why) {
+            fprintf(stderr, "vdisk: %s\n", why);
+            goto out;
+        }
+    }
     vd_tls_creds *tls = NULL;
     if (tls_id) {
         for (size_t i = 0; i < nb_objs; i++) {
@@ -292,18 +342,22 @@ int cmd_nbd(int argc, char **argv)
     if (cli_open(e, file, fmt, flags | (readonly ? 0 : VD_OPEN_RDWR), &d) < 0) {
         goto done;
     }
-    vd_nbd_server_opts so = {.max_connections = shared, .tls = tls};
+    vd_nbd_server_opts so = {.max_connections = shared, .tls = tls, .one_shot = !persistent};
     if (vd_nbd_server_new(&so, &srv, &err) < 0) {
         cli_report_err(err, "%s", "");
         goto done;
     }
+    /* qemu-nbd restricts an image probed as raw to whole sectors (so that its first
+     * sector stays guarded) and advertises that as the minimum block size. */
+    bool probed_raw = !fmt && !strcmp(vd_disk_format(d), "raw");
     vd_nbd_export_opts eo = {.name = name, .description = desc, .disk = d,
-                             .writable = !readonly};
+                             .writable = !readonly, .min_block = probed_raw ? 512 : 0};
     int ret = vd_nbd_export_add(srv, &eo, &err);
     if (ret == 0) {
-        ret = sock ? vd_nbd_server_listen_unix(srv, sock, &err)
-                   : vd_nbd_server_listen_inet(srv, bind_addr ? bind_addr : "0.0.0.0",
-                                               port ? port : "10809", &err);
+        ret = activated ? vd_nbd_server_listen_fd(srv, SOCKET_ACTIVATION_FD, &err)
+              : sock    ? vd_nbd_server_listen_unix(srv, sock, &err)
+                        : vd_nbd_server_listen_inet(srv, bind_addr ? bind_addr : "0.0.0.0",
+                                                    port ? port : "10809", &err);
     }
     if (ret < 0) {
         cli_report_err(err, "%s", "");
@@ -313,16 +367,9 @@ int cmd_nbd(int argc, char **argv)
         goto done;
     }
     status = 0;
-    for (;;) {
-        if (vd_service_wait(&sv, 100)) {
-            break;
-        }
-        unsigned open;
-        uint64_t accepted;
-        vd_nbd_server_counts(srv, &open, &accepted);
-        if (!persistent && accepted > 0 && open == 0) {
-            break;
-        }
+    /* Without -t the server itself stops taking clients once the last one that finished
+     * the handshake has gone (qemu-nbd's rule); a signal ends it in any case. */
+    while (!vd_service_wait(&sv, 50) && !vd_nbd_server_finished(srv)) {
     }
 done:
     vd_nbd_server_free(srv);

@@ -471,8 +471,9 @@ int tls_object_add(json_object *args, vd_error **errp)
     vd_tls_creds *c = NULL;
     int ret;
     if (!strcmp(type, "tls-creds-x509")) {
-        bool verify = false;
-        ret = opt_bool(args, "verify-peer", false, &verify, errp);
+        /* QEMU's default: clients must show a certificate the CA signed. */
+        bool verify = true;
+        ret = opt_bool(args, "verify-peer", true, &verify, errp);
         if (ret == 0) {
             ret = vd_tls_creds_new_x509(id, dir, verify, &c, errp);
         }

@@ -2,6 +2,7 @@
  * line of documentation), with QEMU's names, argument names and error messages. */
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -248,6 +249,18 @@ int nbd_server_listen(json_object *addr, vd_error **errp)
         return vd_nbd_server_listen_inet(vdiskd.nbd, opt_str(data, "host"),
                                          opt_str(data, "port"), errp);
     }
+    if (type && !strcmp(type, "fd")) {
+        /* A listening socket the daemon inherited, by number (names of fds passed over
+         * QMP with getfd are not supported). */
+        const char *str = opt_str(data, "str");
+        char *end = NULL;
+        long fd = str ? strtol(str, &end, 10) : -1;
+        if (!str || !*str || *end || fd < 0 || fd > INT_MAX) {
+            return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Unable to parse FD number %s",
+                                str ? str : "");
+        }
+        return vd_nbd_server_listen_fd(vdiskd.nbd, (int)fd, errp);
+    }
     return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Parameter 'type' does not accept "
                         "value '%s'", type ? type : "");
 }
@@ -259,7 +272,7 @@ int nbd_server_start(json_object *addr, const char *tls_creds, int64_t max_conn,
         return vd_error_set(errp, VD_ERR_INVALID, EBUSY, "NBD server already running");
     }
     const char *type = opt_str(addr, "type");
-    if (!type || (strcmp(type, "unix") && strcmp(type, "inet"))) {
+    if (!type || (strcmp(type, "unix") && strcmp(type, "inet") && strcmp(type, "fd"))) {
         return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Parameter 'type' does not accept "
                             "value '%s'", type ? type : "");
     }
@@ -802,7 +815,7 @@ static const qmp_arg resize_args[] = {
 static const qmp_arg stats_args[] = {
     {"query-nodes", QMP_BOOL, true, "list nodes"}, {NULL, 0, false, NULL}};
 static const qmp_arg nbd_start_args[] = {
-    {"addr", QMP_OBJ, false, "{type: unix|inet, data: {path} | {host, port}}"},
+    {"addr", QMP_OBJ, false, "{type: unix|inet|fd, data: {path} | {host, port} | {str}}"},
     {"tls-creds", QMP_STR, true, "id of a tls-creds object"},
     {"tls-authz", QMP_STR, true, "not supported"},
     {"max-connections", QMP_INT, true, "default 100"},

@@ -3,6 +3,7 @@
  * to the server's workers (nbd_req_run), which reply under the connection's write lock,
  * so many requests of one client run at once and replies may come out of order. */
 #include <errno.h>
+#include <limits.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -117,7 +118,8 @@ static int conn_writev_locked(nbd_conn *c, struct iovec *iov, int n)
         if (c->tls) {
             w = nbd_tls_send(c->tls, iov[0].iov_base, iov[0].iov_len);
         } else {
-            struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+            /* A sparse read can have more pieces than one call takes. */
+            struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)(n < IOV_MAX ? n : IOV_MAX)};
             w = sendmsg(c->fd, &msg, MSG_NOSIGNAL);
         }
         if (w < 0 && errno == EINTR) {
@@ -239,6 +241,7 @@ static int start_transmission(nbd_conn *c, nbd_export *e)
     }
     e->clients++;
     c->exp = e;
+    c->negotiated = true;
     if (c->meta_export && strcmp(c->meta_export, e->name) != 0) {
         c->meta_base = false;  /* contexts were chosen for another export */
     }
@@ -323,8 +326,9 @@ static int opt_info_go(nbd_conn *c, uint32_t opt, const uint8_t *d, uint32_t len
                         strlen(e->description));
     }
     if (ret == 0) {
-        /* Any byte alignment works; 4 KiB is what the formats like; 32 MiB per request. */
-        put32(b, 1);
+        /* Any byte alignment works unless the owner asked for more; 4 KiB is what the
+         * formats like; 32 MiB per request. */
+        put32(b, e->min_block);
         put32(b + 4, NBD_PREFERRED_BLOCK);
         put32(b + 8, NBD_MAX_PAYLOAD);
         ret = send_info(c, opt, NBD_INFO_BLOCK_SIZE, b, 12);
@@ -667,6 +671,103 @@ static int reply_read(nbd_conn *c, const nbd_req *r, const uint8_t *data)
     return ret;
 }
 
+/* One run of a structured read: bytes that read as zeros (a hole chunk) or data. */
+typedef struct read_span {
+    uint64_t off;
+    uint32_t len;
+    bool hole;
+} read_span;
+
+/* A structured read as qemu-nbd answers it: the ranges that read as zeros (holes and zero
+ * clusters) go out as OFFSET_HOLE chunks and the rest as OFFSET_DATA chunks, the last one
+ * flagged DONE. Everything is read before the first chunk goes out, so a failure is still
+ * one plain error reply. r->len is at most NBD_MAX_PAYLOAD and not 0. */
+static int reply_sparse_read(nbd_conn *c, const nbd_req *r)
+{
+    vd_disk *d = c->exp->disk;
+    uint64_t off = r->off, end = r->off + r->len, data_bytes = 0;
+    size_t n = 0, cap = 8;
+    read_span *spans = malloc(cap * sizeof(*spans));
+    uint8_t *hdrs = NULL, *buf = NULL;
+    struct iovec *iov = NULL;
+    int ret = 0;
+    if (!spans) {
+        return reply_error(c, r, NBD_ENOMEM, "out of memory");
+    }
+    while (off < end) {
+        vd_extent ext;
+        ret = vd_block_status(d, off, end - off, &ext);
+        if (ret == 0 && ext.length == 0) {
+            ret = -EIO;
+        }
+        if (ret < 0) {
+            goto fail;
+        }
+        uint32_t l = (uint32_t)(ext.length < end - off ? ext.length : end - off);
+        bool hole = ext.flags & VD_BS_ZERO;
+        if (n > 0 && spans[n - 1].hole == hole) {
+            spans[n - 1].len += l;
+        } else {
+            if (n == cap) {
+                cap *= 2;
+                read_span *ns = realloc(spans, cap * sizeof(*spans));
+                if (!ns) {
+                    ret = -ENOMEM;
+                    goto fail;
+                }
+                spans = ns;
+            }
+            spans[n++] = (read_span){.off = off, .len = l, .hole = hole};
+        }
+        data_bytes += hole ? 0 : l;
+        off += l;
+    }
+    hdrs = malloc(n * 32);
+    iov = malloc(n * 2 * sizeof(*iov));
+    buf = data_bytes ? malloc(data_bytes) : NULL;
+    if (!hdrs || !iov || (data_bytes && !buf)) {
+        ret = -ENOMEM;
+        goto fail;
+    }
+    int niov = 0;
+    uint8_t *p = buf;
+    for (size_t i = 0; i < n; i++) {
+        uint8_t *h = hdrs + i * 32;
+        uint16_t flags = i + 1 == n ? NBD_REPLY_FLAG_DONE : 0;
+        if (spans[i].hole) {
+            chunk_header(h, flags, NBD_REPLY_TYPE_OFFSET_HOLE, r->cookie, 12);
+            put64(h + 20, spans[i].off);
+            put32(h + 28, spans[i].len);
+            iov[niov++] = (struct iovec){h, 32};
+            continue;
+        }
+        ret = vd_pread(d, p, spans[i].len, spans[i].off);
+        if (ret < 0) {
+            goto fail;
+        }
+        chunk_header(h, flags, NBD_REPLY_TYPE_OFFSET_DATA, r->cookie, 8 + spans[i].len);
+        put64(h + 20, spans[i].off);
+        iov[niov++] = (struct iovec){h, 28};
+        iov[niov++] = (struct iovec){p, spans[i].len};
+        p += spans[i].len;
+    }
+    pthread_mutex_lock(&c->wlock);
+    ret = conn_writev_locked(c, iov, niov);
+    pthread_mutex_unlock(&c->wlock);
+    free(spans);
+    free(hdrs);
+    free(iov);
+    free(buf);
+    return ret;
+
+fail:
+    free(spans);
+    free(hdrs);
+    free(iov);
+    free(buf);
+    return reply_error(c, r, nbd_errno(-ret), ret == -ENOMEM ? "out of memory" : "read failed");
+}
+
 /* base:allocation extents from r->off: consecutive, merged when equal, at most one with
  * REQ_ONE (and then not past the request). */
 static int reply_block_status(nbd_conn *c, const nbd_req *r)
@@ -823,6 +924,9 @@ static int run(nbd_conn *c, nbd_req *r)
         if (fua && (ret = vd_flush(d)) < 0) {
             return reply_error(c, r, nbd_errno(-ret), "flush failed");
         }
+        if (c->structured && !(r->flags & NBD_CMD_FLAG_DF) && r->len) {
+            return reply_sparse_read(c, r);
+        }
         uint8_t *buf = r->len ? malloc(r->len) : NULL;
         if (r->len && !buf) {
             return reply_error(c, r, NBD_ENOMEM, "out of memory");
@@ -888,7 +992,9 @@ void nbd_req_run(nbd_req *r)
         } else {
             reply_simple(c, r->cookie, 0, NULL, 0);
         }
-    } else if (c->closing && !c->write_failed) {
+    } else if (nbd_conn_closing(c)) {
+        /* Not started before the shutdown: not run at all. The socket is shut down, so
+         * the reply fails at once (or is skipped after an earlier failure). */
         reply_error(c, r, NBD_ESHUTDOWN, "server shutting down");
     } else if (run(c, r) == DEFERRED) {
         return;   /* a worker sends the reply and finishes the request */
@@ -902,7 +1008,7 @@ void nbd_req_run(nbd_req *r)
 
 static void transmission(nbd_conn *c)
 {
-    for (;;) {
+    while (!nbd_conn_closing(c)) {
         uint8_t h[28];
         if (conn_read(c, h, sizeof(h), 0) < 0 || get32(h) != NBD_REQUEST_MAGIC) {
             return;
@@ -939,17 +1045,25 @@ static void transmission(nbd_conn *c)
                 }
             }
         }
-        if (r->type == NBD_CMD_WRITE) {
-            /* Writes to one file take turns in the kernel anyway: running them here
-             * saves two thread switches per request. Reads and the rest go to the
-             * workers, so a slow one does not hold up the requests behind it. */
-            nbd_run_now(c->srv, r);
-        } else {
-            nbd_queue_request(c->srv, r);
+        /* Writes to one file take turns in the kernel anyway: running them here saves two
+         * thread switches per request. Reads and the rest go to the workers, so a slow
+         * one does not hold up the requests behind it. Once the connection is closing,
+         * what the socket still holds is dropped unread. */
+        int ret = r->type == NBD_CMD_WRITE ? nbd_run_now(c->srv, r)
+                                           : nbd_queue_request(c->srv, r);
+        if (ret < 0) {
+            free(r->data);
+            free(r);
+            return;
         }
     }
 }
 
+/* The end of a connection, in an order that lets the server's shutdown rely on it: the
+ * requests in flight finish (their replies still go out); the TLS session ends while the
+ * connection is still listed, so a server shutdown can still wake a close_notify that
+ * blocks on a client that does not read; the connection leaves the list and its memory
+ * and socket are released under the lock, so once the list is empty nothing of it runs. */
 void *nbd_conn_main(void *arg)
 {
     nbd_conn *c = arg;
@@ -957,7 +1071,6 @@ void *nbd_conn_main(void *arg)
     if (negotiate(c) == 0) {
         transmission(c);
     }
-    /* Wait for the requests in flight: their replies still go out. */
     pthread_mutex_lock(&s->lock);
     while (c->inflight) {
         pthread_cond_wait(&s->cond, &s->lock);
@@ -967,6 +1080,12 @@ void *nbd_conn_main(void *arg)
         nbd_export_unref_locked(s, c->exp);
         c->exp = NULL;
     }
+    pthread_mutex_unlock(&s->lock);
+    if (c->tls) {
+        nbd_tls_free(c->tls);
+        c->tls = NULL;
+    }
+    pthread_mutex_lock(&s->lock);
     if (c->prev) {
         c->prev->next = c->next;
     } else {
@@ -976,14 +1095,19 @@ void *nbd_conn_main(void *arg)
         c->next->prev = c->prev;
     }
     s->nb_conns--;
-    pthread_cond_broadcast(&s->cond);
-    pthread_mutex_unlock(&s->lock);
-    if (c->tls) {
-        nbd_tls_free(c->tls);
+    /* qemu-nbd without --persistent: the last client that got as far as transmission
+     * ends the server; one that left during the handshake (a port probe) does not. */
+    if (s->one_shot && c->negotiated && s->nb_conns == 0) {
+        s->no_more_clients = true;
+        char b = 0;
+        ssize_t w = write(s->wake[1], &b, 1);
+        (void)w;
     }
     close(c->fd);
     pthread_mutex_destroy(&c->wlock);
     free(c->meta_export);
     free(c);
+    pthread_cond_broadcast(&s->cond);
+    pthread_mutex_unlock(&s->lock);
     return NULL;
 }

@@ -17,6 +17,7 @@ typedef struct nbd_export {
     char *description;
     vd_disk *disk;
     bool writable;
+    uint32_t min_block;          /* advertised minimum block size */
     unsigned clients;            /* connections in transmission on it */
     unsigned refs;               /* the registry's + one per connection using it */
     bool removed;                /* no longer listed; hard removal closes its clients */
@@ -68,7 +69,11 @@ struct nbd_conn {
     /* Requests queued or running (under srv->lock). */
     unsigned inflight;
     uint64_t inflight_bytes;
-    bool closing;                /* shut down: replies fail with ESHUTDOWN */
+    /* Set (under srv->lock, read atomically elsewhere) when the server or a hard export
+     * removal shuts the socket down: the reader stops, requests not started yet are
+     * answered ESHUTDOWN (or dropped once the socket is gone) instead of run. */
+    bool closing;
+    bool negotiated;             /* reached transmission */
     struct nbd_conn *prev, *next;
 };
 
@@ -89,7 +94,9 @@ struct vd_nbd_server {
     size_t nb_listeners;
     int wake[2];                 /* wakes the accept thread (new listener, stop) */
     pthread_t accept_thread;
-    bool stopping;
+    bool stopping;               /* no more connections: the accept thread ends */
+    bool no_more_clients;        /* one_shot's condition was met: accept no more */
+    bool one_shot;
 
     nbd_conn *conns;
     unsigned nb_conns;
@@ -100,7 +107,19 @@ struct vd_nbd_server {
     unsigned nb_workers;
     nbd_req *q_head, *q_tail;
     pthread_cond_t q_cond;
+    /* Set only once every connection is gone, so that no reader is ever left waiting on
+     * a request that no worker will run. */
+    bool workers_exit;
 };
+
+static inline bool nbd_conn_closing(const nbd_conn *c)
+{
+    return __atomic_load_n(&c->closing, __ATOMIC_ACQUIRE);
+}
+
+/* Marks a connection closing and shuts its socket down, which wakes its reader and any
+ * thread blocked sending to it (server lock held). */
+void nbd_conn_shutdown_locked(vd_nbd_server *s, nbd_conn *c);
 
 /* conn.c: serves one accepted socket until the client leaves or the server stops; runs
  * on its own thread, and frees the connection at the end. */
@@ -115,10 +134,12 @@ void nbd_req_run(nbd_req *r);
 /* server.c */
 nbd_export *nbd_export_find_locked(vd_nbd_server *s, const char *name);
 void nbd_export_unref_locked(vd_nbd_server *s, nbd_export *e);
-/* Queues a request for the workers; waits while the connection has too much in flight. */
-void nbd_queue_request(vd_nbd_server *s, nbd_req *r);
-/* Runs a request on the calling (reader) thread, counted as in flight like a queued one. */
-void nbd_run_now(vd_nbd_server *s, nbd_req *r);
+/* Queues a request for the workers; waits while the connection has too much in flight.
+ * Returns -1 without queueing (the caller still owns r) once the connection is closing. */
+int nbd_queue_request(vd_nbd_server *s, nbd_req *r);
+/* Runs a request on the calling (reader) thread, counted as in flight like a queued one;
+ * -1 (nothing run, r still the caller's) once the connection is closing. */
+int nbd_run_now(vd_nbd_server *s, nbd_req *r);
 /* Hands a request already counted as in flight to the workers (no waiting). */
 void nbd_queue_counted(vd_nbd_server *s, nbd_req *r);
 /* Called by a worker when a request is done (its reply sent or given up). */

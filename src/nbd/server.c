@@ -38,12 +38,12 @@ static void *worker_main(void *arg)
     vd_nbd_server *s = arg;
     pthread_mutex_lock(&s->lock);
     for (;;) {
-        while (!s->q_head && !s->stopping) {
+        while (!s->q_head && !s->workers_exit) {
             pthread_cond_wait(&s->q_cond, &s->lock);
         }
         nbd_req *r = s->q_head;
         if (!r) {
-            break;   /* stopping and nothing left */
+            break;   /* every connection is gone and nothing is left */
         }
         s->q_head = r->next;
         if (!s->q_head) {
@@ -77,17 +77,25 @@ static void enqueue_locked(vd_nbd_server *s, nbd_req *r)
     pthread_cond_signal(&s->q_cond);
 }
 
-void nbd_queue_request(vd_nbd_server *s, nbd_req *r)
+int nbd_queue_request(vd_nbd_server *s, nbd_req *r)
 {
     nbd_conn *c = r->c;
     pthread_mutex_lock(&s->lock);
-    while (c->inflight >= CONN_MAX_INFLIGHT ||
-           (c->inflight && c->inflight_bytes + nbd_req_bytes(r) > CONN_MAX_INFLIGHT_BYTES)) {
+    /* Closing ends the wait: the reply could not be sent anyway, and a reader that waits
+     * for room while the server stops would hold up the shutdown. */
+    while (!c->closing && (c->inflight >= CONN_MAX_INFLIGHT ||
+                           (c->inflight && c->inflight_bytes + nbd_req_bytes(r) >
+                                               CONN_MAX_INFLIGHT_BYTES))) {
         pthread_cond_wait(&s->cond, &s->lock);
+    }
+    if (c->closing) {
+        pthread_mutex_unlock(&s->lock);
+        return -1;
     }
     count_locked(r);
     enqueue_locked(s, r);
     pthread_mutex_unlock(&s->lock);
+    return 0;
 }
 
 void nbd_queue_counted(vd_nbd_server *s, nbd_req *r)
@@ -97,13 +105,18 @@ void nbd_queue_counted(vd_nbd_server *s, nbd_req *r)
     pthread_mutex_unlock(&s->lock);
 }
 
-void nbd_run_now(vd_nbd_server *s, nbd_req *r)
+int nbd_run_now(vd_nbd_server *s, nbd_req *r)
 {
     pthread_mutex_lock(&s->lock);
+    if (r->c->closing) {
+        pthread_mutex_unlock(&s->lock);
+        return -1;
+    }
     count_locked(r);
     pthread_mutex_unlock(&s->lock);
     r->on_reader = true;
     nbd_req_run(r);
+    return 0;
 }
 
 void nbd_request_done(vd_nbd_server *s, nbd_conn *c, uint32_t bytes)
@@ -163,6 +176,11 @@ int vd_nbd_export_add(vd_nbd_server *s, const vd_nbd_export_opts *o, vd_error **
     if (!o->disk) {
         return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "export '%s' has no disk", name);
     }
+    if ((o->min_block & (o->min_block - 1)) != 0 || o->min_block > NBD_PREFERRED_BLOCK) {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "export '%s': minimum block size "
+                            "%u is not a power of two up to %u", name, o->min_block,
+                            NBD_PREFERRED_BLOCK);
+    }
     pthread_mutex_lock(&s->lock);
     if (nbd_export_find_locked(s, name)) {
         pthread_mutex_unlock(&s->lock);
@@ -177,6 +195,7 @@ int vd_nbd_export_add(vd_nbd_server *s, const vd_nbd_export_opts *o, vd_error **
     e->description = o->description ? xstrdup(o->description) : NULL;
     e->disk = o->disk;
     e->writable = o->writable;
+    e->min_block = o->min_block ? o->min_block : 1;
     e->refs = 1;
     nbd_export **p = &s->exports;
     while (*p) {
@@ -204,8 +223,7 @@ int vd_nbd_export_remove(vd_nbd_server *s, const char *name, bool hard, vd_error
     /* Its clients lose the connection now; they drop their references as they go. */
     for (nbd_conn *c = s->conns; c; c = c->next) {
         if (c->exp == e) {
-            c->closing = true;
-            shutdown(c->fd, SHUT_RDWR);
+            nbd_conn_shutdown_locked(s, c);
         }
     }
     while (e->clients) {
@@ -266,9 +284,18 @@ static void wake_acceptor(vd_nbd_server *s)
     (void)r;
 }
 
+void nbd_conn_shutdown_locked(vd_nbd_server *s, nbd_conn *c)
+{
+    __atomic_store_n(&c->closing, true, __ATOMIC_RELEASE);
+    shutdown(c->fd, SHUT_RDWR);
+    /* A reader waiting for room in the queue must see it. */
+    pthread_cond_broadcast(&s->cond);
+}
+
 nbd_conn *nbd_conn_register_locked(vd_nbd_server *s, int fd)
 {
-    if (s->stopping || (s->max_connections && s->nb_conns >= s->max_connections)) {
+    if (s->stopping || s->no_more_clients ||
+        (s->max_connections && s->nb_conns >= s->max_connections)) {
         return NULL;
     }
     nbd_conn *c = calloc(1, sizeof(*c));
@@ -326,7 +353,7 @@ static void *accept_main(void *arg)
     struct pollfd *pfd = NULL;
     for (;;) {
         pthread_mutex_lock(&s->lock);
-        if (s->stopping) {
+        if (s->stopping || s->no_more_clients) {
             pthread_mutex_unlock(&s->lock);
             break;
         }
@@ -364,6 +391,12 @@ static void *accept_main(void *arg)
 
 static int add_listener(vd_nbd_server *s, int fd, const char *unix_path)
 {
+    /* A client that resets between poll and accept must not leave the accept thread
+     * blocked in accept (the server's free joins it). */
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0) {
+        fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+    }
     pthread_mutex_lock(&s->lock);
     nbd_listener *l = realloc(s->listeners, (s->nb_listeners + 1) * sizeof(*l));
     if (!l) {
@@ -382,6 +415,24 @@ int vd_nbd_server_listen_unix(vd_nbd_server *s, const char *path, vd_error **err
 {
     int fd = vd_unix_listen(path, 128, errp);
     return fd < 0 ? fd : add_listener(s, fd, path);
+}
+
+int vd_nbd_server_listen_fd(vd_nbd_server *s, int fd, vd_error **errp)
+{
+    int type = 0, listening = 0;
+    socklen_t len = sizeof(type);
+    if (fd < 0 || getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0) {
+        return vd_error_set(errp, VD_ERR_INVALID, fd < 0 || errno == EBADF ? EBADF : ENOTSOCK,
+                            "File descriptor '%d' is not a socket", fd);
+    }
+    len = sizeof(listening);
+    if (type != SOCK_STREAM ||
+        getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) < 0 || !listening) {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "File descriptor '%d' is not a "
+                            "listening stream socket", fd);
+    }
+    fcntl(fd, F_SETFD, FD_CLOEXEC);
+    return add_listener(s, fd, NULL);
 }
 
 int vd_nbd_server_listen_inet(vd_nbd_server *s, const char *host, const char *port,
@@ -434,6 +485,14 @@ void vd_nbd_server_counts(vd_nbd_server *s, unsigned *open, uint64_t *accepted)
     pthread_mutex_unlock(&s->lock);
 }
 
+bool vd_nbd_server_finished(vd_nbd_server *s)
+{
+    pthread_mutex_lock(&s->lock);
+    bool done = s->no_more_clients;
+    pthread_mutex_unlock(&s->lock);
+    return done;
+}
+
 int vd_nbd_server_new(const vd_nbd_server_opts *opts, vd_nbd_server **out, vd_error **errp)
 {
     vd_nbd_server *s = calloc(1, sizeof(*s));
@@ -444,6 +503,7 @@ int vd_nbd_server_new(const vd_nbd_server_opts *opts, vd_nbd_server **out, vd_er
     signal(SIGPIPE, SIG_IGN);
     s->max_connections = opts ? opts->max_connections : 0;
     s->tls = opts ? opts->tls : NULL;
+    s->one_shot = opts && opts->one_shot;
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
     pthread_cond_init(&s->q_cond, NULL);
@@ -479,6 +539,10 @@ int vd_nbd_server_new(const vd_nbd_server_opts *opts, vd_nbd_server **out, vd_er
     return 0;
 }
 
+/* The order matters: no new connection; every connection shut down, so that readers,
+ * senders and handshakes return and readers stop queueing; the connections drain what
+ * is queued with the workers still running (a request never waits for a worker that is
+ * gone) and tear themselves down; only then the workers end. */
 void vd_nbd_server_free(vd_nbd_server *s)
 {
     if (!s) {
@@ -498,15 +562,14 @@ void vd_nbd_server_free(vd_nbd_server *s)
     }
     free(s->listeners);
 
-    /* Every connection: no more requests read; what is in flight finishes. */
     pthread_mutex_lock(&s->lock);
     for (nbd_conn *c = s->conns; c; c = c->next) {
-        c->closing = true;
-        shutdown(c->fd, SHUT_RDWR);
+        nbd_conn_shutdown_locked(s, c);
     }
     while (s->conns) {
         pthread_cond_wait(&s->cond, &s->lock);
     }
+    s->workers_exit = true;
     pthread_cond_broadcast(&s->q_cond);
     pthread_mutex_unlock(&s->lock);
     for (unsigned i = 0; i < s->nb_workers; i++) {

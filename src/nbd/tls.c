@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 
 #include <gnutls/gnutls.h>
@@ -254,6 +256,11 @@ void nbd_tls_free(nbd_tls *t)
     if (!t) {
         return;
     }
+    /* The close_notify is a courtesy: a client that does not read must not hold the
+     * connection's thread here, so the send may wait one second at most. */
+    int fd = gnutls_transport_get_int(t->session);
+    struct timeval tv = {.tv_sec = 1};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
     gnutls_bye(t->session, GNUTLS_SHUT_WR);
     gnutls_deinit(t->session);
     free(t);

@@ -90,16 +90,20 @@ class Conn:
             data = self.recv(want_len) if err == 0 and want_len else b""
             return err, data
         assert magic == STRUCT, hex(magic)
-        err, data = 0, b""
+        err, pieces = 0, []
         while True:
             flags, typ, cookie, ln = struct.unpack(">HHQI", self.recv(16))
             body = self.recv(ln)
             if typ == 1:
-                data += body[8:]
+                pieces.append((struct.unpack(">Q", body[:8])[0], body[8:]))
+            elif typ == 2:
+                # A hole chunk: that range reads as zeros.
+                off, hlen = struct.unpack(">QI", body)
+                pieces.append((off, bytes(hlen)))
             elif typ & 0x8000:
                 err = struct.unpack(">I", body[:4])[0]
             if flags & 1:
-                return err, data
+                return err, b"".join(p for _, p in sorted(pieces, key=lambda x: x[0]))
             magic = struct.unpack(">I", self.recv(4))[0]
             assert magic == STRUCT
 

@@ -128,25 +128,17 @@ wait "$once" 2>/dev/null
 # ---- TLS -----------------------------------------------------------------------------------
 if command -v certtool >/dev/null; then
     T=$D/tls
-    mkdir -p "$T"
-    certtool --generate-privkey >"$T/ca-key.pem" 2>/dev/null
-    printf 'cn = vdisk test CA\nca\ncert_signing_key\n' >"$T/ca.info"
-    certtool --generate-self-signed --load-privkey "$T/ca-key.pem" --template "$T/ca.info" \
-        --outfile "$T/ca-cert.pem" 2>/dev/null
-    certtool --generate-privkey >"$T/server-key.pem" 2>/dev/null
-    printf 'cn = localhost\ndns_name = localhost\ntls_www_server\nencryption_key\nsigning_key\n' \
-        >"$T/server.info"
-    certtool --generate-certificate --load-ca-certificate "$T/ca-cert.pem" \
-        --load-ca-privkey "$T/ca-key.pem" --load-privkey "$T/server-key.pem" \
-        --template "$T/server.info" --outfile "$T/server-cert.pem" 2>/dev/null
-    serve x509 -f qcow2 --object "tls-creds-x509,id=t0,dir=$T,endpoint=server" \
+    # Server and client certificates: the server asks for a client certificate by default.
+    . "$VD_TESTS/interop/nbd-tls-certs.sh"
+    make_tls_certs "$T" || fail nbd-tls-certs "certtool failed"
+    serve x509 -f qcow2 --object "tls-creds-x509,id=t0,dir=$T/srv,endpoint=server" \
         --tls-creds t0 img.qcow2
-    tu="nbds+unix:///?socket=$D/x509.sock&tls-certificates=$T"
+    tu="nbds+unix:///?socket=$D/x509.sock&tls-certificates=$T/cli"
     nbdinfo "$tu" >tls.out 2>&1 && grep -q "with TLS" tls.out && pass nbd-tls-x509-nbdinfo ||
         fail nbd-tls-x509-nbdinfo "nbdinfo over TLS failed" tls.out
     nbdcopy "$tu" tls.raw && cmp -s tls.raw rand.raw && pass nbd-tls-x509-nbdcopy ||
         fail nbd-tls-x509-nbdcopy "data over TLS differs"
-    check_ok nbd-tls-x509-qemu-io "$QEMU_IO" --object "tls-creds-x509,id=c0,dir=$T,endpoint=client" \
+    check_ok nbd-tls-x509-qemu-io "$QEMU_IO" --object "tls-creds-x509,id=c0,dir=$T/cli,endpoint=client" \
         --image-opts "driver=nbd,path=$D/x509.sock,tls-creds=c0,tls-hostname=localhost" -c 'write -P 0x44 5M 1M' \
         -c 'read -P 0x44 5M 1M'
     nbdinfo "nbd+unix:///?socket=$D/x509.sock" >plain.out 2>&1 &&
