@@ -543,7 +543,7 @@ int qcow2_l1_install_locked(qcow2_state *s, uint64_t *l1, uint32_t size)
     return 0;
 }
 
-int qcow2_grow_l1_locked(qcow2_state *s, uint64_t min_size)
+int qcow2_grow_l1_locked(qcow2_state *s, uint64_t min_size, bool exact)
 {
     if (min_size <= s->l1_size) {
         return 0;
@@ -551,6 +551,15 @@ int qcow2_grow_l1_locked(qcow2_state *s, uint64_t min_size)
     if (min_size > QCOW2_MAX_L1_BYTES / 8) {
         vd_set_io_error("%s: the L1 table would exceed %u bytes", s->name, QCOW2_MAX_L1_BYTES);
         return -EFBIG;
+    }
+    if (!exact) {
+        /* A write past the table grows it by half again until it fits, as QEMU does, so
+         * that a stream of such writes (VM state) grows it rarely; the same sizes result. */
+        uint64_t n = s->l1_size ? s->l1_size : 1;
+        while (n < min_size) {
+            n = (n * 3 + 1) / 2;
+        }
+        min_size = n < QCOW2_MAX_L1_BYTES / 8 ? n : QCOW2_MAX_L1_BYTES / 8;
     }
     /* Everything the old table references must be durable before a copy of it is. */
     int ret = qcow2_flush_locked(s);

@@ -281,7 +281,7 @@ int qcow2_truncate_locked(qcow2_state *s, uint64_t size, bool shrink, const char
         return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP,
                             "Failed to zero out new clusters: Operation not supported");
     }
-    ret = qcow2_grow_l1_locked(s, l1_entries_for(s, size));
+    ret = qcow2_grow_l1_locked(s, l1_entries_for(s, size), true);
     if (ret < 0) {
         return io_err(s, ret, "Failed to grow the L1 table", errp);
     }

@@ -590,7 +590,7 @@ static int create_prepare_locked(qcow2_state *s, const vd_snap_params *p, snap_t
     if (p->vm_state_size) {
         uint64_t off = vmstate_offset(s);
         ret = qcow2_grow_l1_locked(s, (off + p->vm_state_size + l1_span(s) - 1) /
-                                          l1_span(s));
+                                          l1_span(s), false);
         if (ret == 0) {
             t->vm_off = off;
             t->vm_len = round_up(p->vm_state_size, s->cluster_size);
@@ -1057,7 +1057,7 @@ int qcow2_vmstate_rw(vd_node *node, void *buf, uint64_t len, uint64_t pos, bool 
     qcow2_enter_locked(s);
     int ret = check_usable(s, errp);
     if (ret == 0) {
-        ret = qcow2_grow_l1_locked(s, (off + len + l1_span(s) - 1) / l1_span(s));
+        ret = qcow2_grow_l1_locked(s, (off + len + l1_span(s) - 1) / l1_span(s), false);
         if (ret == 0) {
             ret = qcow2_pwrite_locked(s, buf, len, off);
         }

@@ -308,7 +308,9 @@ int qcow2_zeroize_locked(qcow2_state *s, uint64_t off, uint64_t len, unsigned fl
 /* Whether every byte of [off, off+len) reads as zeros from this layer's metadata. */
 int qcow2_reads_zero_locked(qcow2_state *s, uint64_t off, uint64_t len, bool *zero);
 
-int qcow2_grow_l1_locked(qcow2_state *s, uint64_t min_size);
+/* Grows the active L1 table to min_size entries (exact: a resize), or past it by QEMU's
+ * steps of half again (a write beyond the table: VM state). */
+int qcow2_grow_l1_locked(qcow2_state *s, uint64_t min_size, bool exact);
 /* Writes l1 (size entries, host-endian) to fresh clusters, switches the header to it with
  * one synced write and frees the old table's clusters (not what it references). Takes l1
  * on success; on failure the caller keeps it and nothing changed but leaked clusters. */
