@@ -447,7 +447,7 @@ int cmd_bench(int argc, char **argv)
     if (ret < 0) {
         /* Unlike cli_error, no flush of stdout first: qemu-img's stdout stays buffered, so in
          * a log of both streams its error comes before the "Sending" line. */
-        fprintf(stderr, "vdisk: Failed request: %s\n", strerror(-ret));
+        fprintf(stderr, "%s: Failed request: %s\n", cli_progname(), strerror(-ret));
     } else {
         printf("Run completed in %3.3f seconds.\n", elapsed);
     }

@@ -98,20 +98,33 @@ static void msg_flush(check_out *o)
     }
 }
 
-static bool print_msg(void *opaque, const char *line)
+static void msg_append(check_out *o, const char *s, size_t n)
 {
-    check_out *o = opaque;
-    size_t n = strlen(line);
-    if (o->len + n + 1 > sizeof(o->buf)) {
+    if (o->len + n > sizeof(o->buf)) {
         msg_flush(o);
     }
-    if (n + 1 > sizeof(o->buf)) {
-        fprintf(stderr, "%s\n", line);
-        return true;
+    if (n > sizeof(o->buf)) {
+        fwrite(s, 1, n, stderr);
+        return;
     }
-    memcpy(o->buf + o->len, line, n);
-    o->buf[o->len + n] = '\n';
-    o->len += n + 1;
+    memcpy(o->buf + o->len, s, n);
+    o->len += n;
+}
+
+static bool print_msg(void *opaque, const char *line)
+{
+    /* The library starts the lines qemu-img prints through error_report() with "vdisk: ";
+     * they carry the name this program runs under (qemu-img when started as qemu-img). */
+    static const char lib_prefix[] = "vdisk: ";
+    check_out *o = opaque;
+    if (!strncmp(line, lib_prefix, sizeof(lib_prefix) - 1)) {
+        const char *name = cli_progname();
+        msg_append(o, name, strlen(name));
+        msg_append(o, ": ", 2);
+        line += sizeof(lib_prefix) - 1;
+    }
+    msg_append(o, line, strlen(line));
+    msg_append(o, "\n", 1);
     return true;
 }
 

@@ -27,10 +27,23 @@ enum {
     OPT_FORCE,
 };
 
+/* ---- program name ----------------------------------------------------------------------- */
+
+/* The name the command answers to in its messages, usage and version lines: "vdisk", or
+ * "qemu-img", "qemu-io" or "qemu-nbd" when started through a link of that name. main() sets
+ * it once, before anything is printed; one value per process is all the CLI needs. */
+const char *cli_progname(void);
+/* `verb`: the verb the name stands for ("io" for qemu-io, "nbd" for qemu-nbd), or NULL for
+ * a name that takes verbs (vdisk, qemu-img). */
+void cli_set_progname(const char *name, const char *verb);
+/* How usage text names the command that runs `verb`: "qemu-io" for io when started as
+ * qemu-io, otherwise "<progname> <verb>" ("vdisk io"). */
+const char *cli_command_name(const char *verb);
+
 /* ---- errors ----------------------------------------------------------------------------- */
 
-/* Prints "vdisk: msg", then "Try 'vdisk --help' for more information", and exits 1: the
- * reply to a malformed command line (qemu-img's error_exit). */
+/* Prints "<progname>: msg", then "Try '<progname> --help' for more information", and exits
+ * 1: the reply to a malformed command line (qemu-img's error_exit). */
 void cli_error_exit(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 /* The getopt ':' and '?' cases. */
 void cli_missing_argument(const char *option) __attribute__((noreturn));
@@ -39,7 +52,7 @@ void cli_unrecognized_option(const char *option) __attribute__((noreturn));
 void cli_bad_option(int c, char **argv) __attribute__((noreturn));
 /* Prints the global help text and exits 0. */
 void cli_help(void) __attribute__((noreturn));
-/* "vdisk: <prefix><error message>" and any continuation lines, then frees the error. */
+/* "<progname>: <prefix><error message>" and any continuation lines, then frees the error. */
 void cli_report_err(vd_error *err, const char *prefix_fmt, ...)
     __attribute__((format(printf, 2, 3)));
 /* Same, for a prefix that already names `name`: a library message that starts with

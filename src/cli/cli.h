@@ -25,8 +25,9 @@ int cmd_snapshot(int argc, char **argv);
 int cmd_nbd(int argc, char **argv);    /* src/cli/nbd.c: qemu-nbd compatible server */
 int cmd_io(int argc, char **argv);     /* src/cli/io.c: qemu-io compatible */
 int cmd_bench(int argc, char **argv);  /* src/cli/bench.c: qemu-img bench compatible */
+int cmd_dd(int argc, char **argv);     /* src/cli/dd.c: qemu-img dd compatible */
 
-/* "vdisk: " + formatted message + newline on stderr. */
+/* "<progname>: " (see cli_progname) + formatted message + newline on stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Parses a -t cache mode (none, writeback, writethrough, directsync, unsafe) into
  * VD_OPEN_* flags; returns -1 for an unknown mode. */

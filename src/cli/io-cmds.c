@@ -91,6 +91,46 @@ static int do_pwrite_zeroes(io_state *s, int64_t offset, int64_t count, unsigned
     return ret < 0 ? ret : vd_pwrite_zeroes(s->disk, (uint64_t)offset, (uint64_t)count, flags);
 }
 
+/* qemu's BDRV_MAX_LENGTH: INT64_MAX rounded down to 1 GiB, the end of any request. */
+#define IO_MAX_LENGTH (INT64_MAX & ~(int64_t)((1 << 30) - 1))
+
+/* read -b / write -b: the VM state area instead of the disk (qemu-io's do_load_vmstate and
+ * do_save_vmstate). Positions are not bounded by the disk size, only as qemu bounds them. */
+static int do_vmstate_rw(io_state *s, void *buf, int64_t offset, int64_t count, bool write)
+{
+    if (offset > IO_MAX_LENGTH || count > IO_MAX_LENGTH - offset) {
+        return -EIO;
+    }
+    vd_error *err = NULL;
+    int ret;
+    if (count == 0) {
+        /* qemu asks the format even for nothing: a raw image refuses an empty request too.
+         * The library answers an empty request without asking, so a one-byte read (which
+         * changes nothing) finds out whether the format keeps VM state at all. */
+        uint8_t probe;
+        ret = vd_vmstate_read(s->disk, &probe, 1, 0, &err);
+        vd_error_free(err);
+        return ret == -ENOTSUP ? ret : 0;
+    }
+    ret = write ? vd_vmstate_write(s->disk, buf, (uint64_t)count, (uint64_t)offset, &err)
+                : vd_vmstate_read(s->disk, buf, (uint64_t)count, (uint64_t)offset, &err);
+    vd_error_free(err);
+    if (ret == -EINVAL) {
+        /* The library refuses positions that no L1 table can map. Nothing is stored there:
+         * qemu reads zeros, and fails a write when it cannot grow the L1 table that far. */
+        if (!write) {
+            memset(buf, 0, (size_t)count);
+            return 0;
+        }
+        return -EFBIG;
+    }
+    if (ret == 0 && write && (s->flags & VD_OPEN_WRITETHROUGH)) {
+        /* qemu flushes a VM state write when the write cache is off. */
+        ret = vd_flush(s->disk);
+    }
+    return ret;
+}
+
 /* Parses the lengths of a vectored request (qemu's create_iovec) and returns one buffer of
  * their total size, or NULL after printing why. */
 static void *create_iovec(io_state *s, char **argv, int nr_iov, int pattern, int64_t *total)
@@ -293,8 +333,7 @@ static int read_f(io_state *s, int argc, char **argv)
     uint8_t *buf = io_alloc(s, (size_t)count, 0xab);
     struct timespec t1, t2;
     now(&t1);
-    /* vdisk keeps no VM state area. */
-    ret = bflag ? -ENOTSUP : do_pread(s, buf, offset, count);
+    ret = bflag ? do_vmstate_rw(s, buf, offset, count, false) : do_pread(s, buf, offset, count);
     now(&t2);
     if (ret < 0) {
         printf("read failed: %s\n", strerror(-ret));
@@ -572,7 +611,7 @@ static int write_f(io_state *s, int argc, char **argv)
     struct timespec t1, t2;
     now(&t1);
     if (bflag) {
-        ret = -ENOTSUP;  /* no VM state area */
+        ret = do_vmstate_rw(s, buf, offset, count, true);
     } else if (zflag) {
         ret = do_pwrite_zeroes(s, offset, count, flags);
     } else if (compressed) {

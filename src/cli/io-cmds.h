@@ -64,7 +64,7 @@ void io_print_report(const char *op, const struct timespec *t, int64_t offset, i
 /* The -v hex dump. */
 void io_dump_buffer(const void *buf, int64_t offset, int64_t len);
 
-/* "vdisk: <message>" on stderr, the stream qemu-io's error_report uses. */
+/* "<progname>: <message>" on stderr, the stream qemu-io's error_report uses. */
 void io_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* Opens `name` into s (the "open" command and the command line); `snapshot` puts a temporary

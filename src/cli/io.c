@@ -26,7 +26,7 @@ void io_error(const char *fmt, ...)
     va_list ap;
     /* No flush of stdout first: qemu-io does not flush either, and scripts that capture
      * both streams into one file see qemu-io's ordering only if we buffer the same way. */
-    fputs("vdisk: ", stderr);
+    fprintf(stderr, "%s: ", cli_progname());
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
@@ -843,7 +843,8 @@ int io_help_f(io_state *s, int argc, char **argv)
 
 static void usage(void)
 {
-    printf("Usage: vdisk io [OPTIONS]... [-c STRING]... [file]\n"
+    const char *cmd = cli_command_name("io");
+    printf("Usage: %s [OPTIONS]... [-c STRING]... [file]\n"
            "vdisk disk exerciser (qemu-io compatible)\n"
            "\n"
            "  --object OBJECTDEF   accepted for compatibility (no objects are needed)\n"
@@ -867,7 +868,8 @@ static void usage(void)
            "  -h, --help           display this help and exit\n"
            "  -V, --version        output version information and exit\n"
            "\n"
-           "See 'vdisk io -c help' for information on available commands.\n");
+           "See '%s -c help' for information on available commands.\n",
+           cmd, cmd);
 }
 
 /* qemu's bdrv_parse_discard_flags. */
@@ -932,9 +934,10 @@ int cmd_io(int argc, char **argv)
     int ncmds = 0;
     int c;
 
-    /* getopt names the program in its messages: make that "vdisk", not the verb. */
+    /* getopt names the program in its messages: make that the program name, not the verb
+     * or the path it was started by. */
     char *argv0 = argv[0];
-    argv[0] = (char *)"vdisk";
+    argv[0] = (char *)cli_progname();
     while ((c = getopt_long(argc, argv, "hVc:d:f:rsnCmki:t:T:U", lopt, NULL)) != -1) {
         switch (c) {
         case 's':
@@ -992,7 +995,8 @@ int cmd_io(int argc, char **argv)
             }
             break;
         case 'V':
-            printf("vdisk io version " VDISK_VERSION " (qemu-io 7.2 compatible)\n");
+            printf("%s version " VDISK_VERSION " (qemu-io 7.2 compatible)\n",
+                   cli_command_name("io"));
             free(cmds);
             return 0;
         case 'h':

@@ -1,5 +1,6 @@
 /* The vdisk command: `vdisk <verb> ...` dispatch, global options (--help, --version) and
- * the error helpers every verb uses. Verbs and their syntax follow qemu-img 7.2. */
+ * the error helpers every verb uses. Verbs and their syntax follow qemu-img 7.2. Started
+ * through a link named qemu-img, qemu-io or qemu-nbd, vdisk stands in for that program. */
 #include <getopt.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -13,7 +14,7 @@ void cli_error(const char *fmt, ...)
 {
     va_list ap;
     fflush(stdout);
-    fputs("vdisk: ", stderr);
+    fprintf(stderr, "%s: ", cli_progname());
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
@@ -45,9 +46,11 @@ int cli_parse_cache(const char *mode, unsigned *flags)
     return -1;
 }
 
+/* The help text names the program (%1$s) as it was started, and notes the vdisk version
+ * (%2$s) when that name is not vdisk's own. */
 static const char help_text[] =
-    "vdisk version " VDISK_VERSION "\n"
-    "usage: vdisk [standard options] command [command options]\n"
+    "%1$s version " VDISK_VERSION "%2$s\n"
+    "usage: %1$s [standard options] command [command options]\n"
     "vdisk disk image utility (qemu-img compatible)\n"
     "\n"
     "    '-h', '--help'       display this help and exit\n"
@@ -68,6 +71,8 @@ static const char help_text[] =
     "output_filename\n"
     "  create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename "
     "[size]\n"
+    "  dd [-U] [-f fmt] [-O output_fmt] [bs=block_size] [count=blocks] [skip=blocks] "
+    "if=input of=output\n"
     "  info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename\n"
     "  io [qemu-io options] filename\n"
     "  map [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] "
@@ -109,13 +114,13 @@ static const char help_text[] =
     "  '-p' show progress of command (only certain commands)\n"
     "  '-q' use Quiet mode - do not print any output (except errors)\n"
     "  '-S' indicates the consecutive number of bytes (defaults to 4k) that must\n"
-    "       contain only zeros for vdisk to create a sparse image during\n"
+    "       contain only zeros for %1$s to create a sparse image during\n"
     "       conversion. If the number of bytes is 0, the source will not be scanned for\n"
     "       unallocated or zero sectors, and the destination image will always be\n"
     "       fully allocated\n"
     "  '--output' takes the format in which the output must be done (human or json)\n"
     "  '-n' skips the target volume creation (useful if the volume is created\n"
-    "       prior to running vdisk)\n"
+    "       prior to running %1$s)\n"
     "\n"
     "Parameters to check subcommand:\n"
     "  '-r' tries to repair any inconsistencies that are found during the check.\n"
@@ -150,11 +155,24 @@ static const char help_text[] =
     "  '-F' second image format\n"
     "  '-s' run in Strict mode - fail on different image size or sector allocation\n"
     "\n"
+    "Parameters to dd subcommand:\n"
+    "  'bs=BYTES' read and write up to BYTES bytes at a time (default: 512)\n"
+    "  'count=N' copy only N input blocks\n"
+    "  'if=FILE' read from FILE\n"
+    "  'of=FILE' write to FILE\n"
+    "  'skip=N' skip N bs-sized blocks at the start of input\n"
+    "\n"
     "Supported formats: qcow2 raw\n";
+
+/* " (vdisk)" after the version when vdisk runs under a QEMU tool's name. */
+static const char *version_note(void)
+{
+    return strcmp(cli_progname(), "vdisk") ? " (vdisk)" : "";
+}
 
 void cli_help(void)
 {
-    fputs(help_text, stdout);
+    printf(help_text, cli_progname(), version_note());
     exit(0);
 }
 
@@ -171,6 +189,7 @@ static const verb verbs[] = {
     {"compare", cmd_compare},
     {"convert", cmd_convert},
     {"create", cmd_create},
+    {"dd", cmd_dd},
     {"info", cmd_info},
     {"io", cmd_io},
     {"map", cmd_map},
@@ -180,6 +199,29 @@ static const verb verbs[] = {
     {"resize", cmd_resize},
     {"snapshot", cmd_snapshot},
 };
+
+/* The QEMU programs vdisk stands in for when started under their name (a symlink), and the
+ * verb each one runs; qemu-img (NULL) takes the verb as its first argument, as vdisk does. */
+static const struct {
+    const char *name;
+    const char *verb;
+} dropins[] = {
+    {"qemu-img", NULL},
+    {"qemu-io", "io"},
+    {"qemu-nbd", "nbd"},
+};
+
+static int run_verb(const char *name, int argc, char **argv)
+{
+    for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++) {
+        if (!strcmp(name, verbs[i].name)) {
+            int ret = verbs[i].handler(argc, argv);
+            fflush(stdout);
+            return ret;
+        }
+    }
+    cli_error_exit("Command not found: %s", name);
+}
 
 int main(int argc, char **argv)
 {
@@ -194,6 +236,19 @@ int main(int argc, char **argv)
     /* A closed pipe (vdisk info | head) must end the output, not the process mid-write. */
     signal(SIGPIPE, SIG_IGN);
 
+    const char *base = argc > 0 ? strrchr(argv[0], '/') : NULL;
+    base = base ? base + 1 : argc > 0 ? argv[0] : "";
+    for (size_t i = 0; i < sizeof(dropins) / sizeof(dropins[0]); i++) {
+        if (!strcmp(base, dropins[i].name)) {
+            cli_set_progname(dropins[i].name, dropins[i].verb);
+            if (dropins[i].verb) {
+                /* `qemu-io ARGS` is `vdisk io ARGS`: the verb parses the whole line. */
+                optind = 0;
+                return run_verb(dropins[i].verb, argc, argv);
+            }
+        }
+    }
+
     if (argc < 2) {
         cli_error_exit("Not enough arguments");
     }
@@ -202,8 +257,9 @@ int main(int argc, char **argv)
         case 'h':
             cli_help();
         case 'V':
-            printf("vdisk version " VDISK_VERSION "\n"
-                   "qemu-img 7.2 compatible disk image utility\n");
+            printf("%s version " VDISK_VERSION "%s\n"
+                   "qemu-img 7.2 compatible disk image utility\n",
+                   cli_progname(), version_note());
             return 0;
         case 'T':
             /* Tracing is a QEMU facility; accepted for command-line compatibility. */
@@ -220,13 +276,5 @@ int main(int argc, char **argv)
     argv += optind;
     /* Each verb parses its own options from a fresh start. */
     optind = 0;
-
-    for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++) {
-        if (!strcmp(name, verbs[i].name)) {
-            int ret = verbs[i].handler(argc, argv);
-            fflush(stdout);
-            return ret;
-        }
-    }
-    cli_error_exit("Command not found: %s", name);
+    return run_verb(name, argc, argv);
 }

@@ -111,9 +111,9 @@ int cmd_resize(int argc, char **argv)
     }
     if (total < current && !shrink) {
         cli_error("Use the --shrink option to perform a shrink operation.");
-        fprintf(stderr, "vdisk: warning: Shrinking an image will delete all data beyond the "
+        fprintf(stderr, "%s: warning: Shrinking an image will delete all data beyond the "
                 "shrunken image's end. Before performing such an operation, make sure there "
-                "is no important data there.\n");
+                "is no important data there.\n", cli_progname());
         goto out;
     }
 
@@ -128,8 +128,8 @@ int cmd_resize(int argc, char **argv)
         goto out;
     }
     if (new_size != total) {
-        fprintf(stderr, "vdisk: warning: Image should have been resized to %" PRId64
-                " bytes, but was resized to %" PRId64 " bytes\n", total, new_size);
+        fprintf(stderr, "%s: warning: Image should have been resized to %" PRId64
+                " bytes, but was resized to %" PRId64 " bytes\n", cli_progname(), total, new_size);
     }
     ret = 0;
 out:

@@ -11,13 +11,39 @@
 
 #include "cli/cli-util.h"
 
+/* ---- program name ------------------------------------------------------------------------ */
+
+static const char *progname = "vdisk";
+static const char *progname_verb;
+
+const char *cli_progname(void)
+{
+    return progname;
+}
+
+void cli_set_progname(const char *name, const char *verb)
+{
+    progname = name;
+    progname_verb = verb;
+}
+
+const char *cli_command_name(const char *verb)
+{
+    static char buf[64];
+    if (progname_verb && !strcmp(progname_verb, verb)) {
+        return progname;
+    }
+    snprintf(buf, sizeof(buf), "%s %s", progname, verb);
+    return buf;
+}
+
 /* ---- allocation ------------------------------------------------------------------------ */
 
 void *cli_xmalloc(size_t n)
 {
     void *p = malloc(n ? n : 1);
     if (!p) {
-        fprintf(stderr, "vdisk: out of memory\n");
+        fprintf(stderr, "%s: out of memory\n", cli_progname());
         abort();
     }
     return p;
@@ -27,7 +53,7 @@ void *cli_xcalloc(size_t n, size_t size)
 {
     void *p = calloc(n ? n : 1, size ? size : 1);
     if (!p) {
-        fprintf(stderr, "vdisk: out of memory\n");
+        fprintf(stderr, "%s: out of memory\n", cli_progname());
         abort();
     }
     return p;
@@ -37,7 +63,7 @@ char *cli_xstrdup(const char *s)
 {
     char *p = strdup(s);
     if (!p) {
-        fprintf(stderr, "vdisk: out of memory\n");
+        fprintf(stderr, "%s: out of memory\n", cli_progname());
         abort();
     }
     return p;
@@ -51,7 +77,7 @@ void *cli_alloc_io_buffer(size_t n)
     size_t huge = (size_t)2 << 20;
     void *p = NULL;
     if (posix_memalign(&p, n >= huge ? huge : 4096, n ? n : 4096) != 0) {
-        fprintf(stderr, "vdisk: out of memory\n");
+        fprintf(stderr, "%s: out of memory\n", cli_progname());
         abort();
     }
     if (n >= huge) {
@@ -77,11 +103,11 @@ void cli_error_exit(const char *fmt, ...)
 {
     va_list ap;
     fflush(stdout);
-    fputs("vdisk: ", stderr);
+    fprintf(stderr, "%s: ", progname);
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
-    fputs("\nTry 'vdisk --help' for more information\n", stderr);
+    fprintf(stderr, "\nTry '%s --help' for more information\n", progname);
     exit(1);
 }
 
@@ -106,7 +132,7 @@ void cli_bad_option(int c, char **argv)
 static void report_err(vd_error *err, const char *name, const char *prefix_fmt, va_list ap)
 {
     fflush(stdout);
-    fputs("vdisk: ", stderr);
+    fprintf(stderr, "%s: ", progname);
     if (prefix_fmt) {
         vfprintf(stderr, prefix_fmt, ap);
     }
@@ -889,7 +915,7 @@ void cli_print_io_detail(vd_disk *d)
     if (!msg) {
         return;
     }
-    /* Driver notes read "<image>: qcow2: ..."; errors all start with "vdisk: ". */
+    /* Driver notes read "<image>: qcow2: ..."; errors all start with "<progname>: ". */
     fflush(stdout);
-    fprintf(stderr, "vdisk: %s\n", msg);
+    fprintf(stderr, "%s: %s\n", progname, msg);
 }
