@@ -140,7 +140,7 @@ int cmd_amend(int argc, char **argv)
         cli_error("Invalid cache option: %s", cache);
         goto out;
     }
-    e = vd_engine_new();
+    e = cli_engine_new();
     if (cli_open(e, filename, fmt, flags, &d) < 0) {
         goto out;
     }
@@ -160,7 +160,7 @@ int cmd_amend(int argc, char **argv)
     cli_normalize_bools(fmt, o);
     if (vd_opts_get(o, "backing_file") || vd_opts_get(o, "backing_fmt")) {
         cli_error("Cannot amend the backing file");
-        fprintf(stderr, "You can use 'vdisk rebase' instead.\n");
+        fprintf(stderr, "You can use '%s rebase' instead.\n", cli_progname());
         goto out;
     }
 

@@ -422,7 +422,7 @@ int cmd_bench(int argc, char **argv)
         return 1;
     }
 
-    vd_engine *e = vd_engine_new();
+    vd_engine *e = cli_engine_new();
     if (!e) {
         cli_error("out of memory");
         return 1;

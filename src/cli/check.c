@@ -205,7 +205,7 @@ int cmd_check(int argc, char **argv)
         return 1;
     }
 
-    vd_engine *e = vd_engine_new();
+    vd_engine *e = cli_engine_new();
     vd_disk *d = NULL;
     if (cli_open(e, filename, fmt, flags, &d) < 0) {
         vd_engine_free(e);

@@ -29,6 +29,9 @@ enum {
 
 /* ---- program name ----------------------------------------------------------------------- */
 
+/* A library engine whose events (a corrupt image) are printed as QEMU's tools print them. */
+vd_engine *cli_engine_new(void);
+
 /* The name the command answers to in its messages, usage and version lines: "vdisk", or
  * "qemu-img", "qemu-io" or "qemu-nbd" when started through a link of that name. main() sets
  * it once, before anything is printed; one value per process is all the CLI needs. */

@@ -165,7 +165,7 @@ int cmd_commit(int argc, char **argv)
         return 1;
     }
 
-    vd_engine *e = vd_engine_new();
+    vd_engine *e = cli_engine_new();
     vd_disk *top = NULL, *base = NULL;
     vd_error *err = NULL;
     cli_progress prog;

@@ -253,7 +253,7 @@ int cmd_compare(int argc, char **argv)
         return 2;
     }
 
-    vd_engine *e = vd_engine_new();
+    vd_engine *e = cli_engine_new();
     vd_disk *d1 = NULL, *d2 = NULL;
     if (cli_open(e, f1, fmt1, flags, &d1) < 0) {
         ret = 2;

@@ -745,7 +745,7 @@ int cmd_convert(int argc, char **argv)
     cli_progress_init(&prog, a.progress, 1.0f);
     cli_progress_print(&prog, 0, 100);
 
-    vd_engine *e = vd_engine_new();
+    vd_engine *e = cli_engine_new();
     convert_state s = {
         .src_num = src_num,
         .min_sparse = a.min_sparse,

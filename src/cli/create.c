@@ -204,7 +204,7 @@ static int img_create(const char *filename, const char *fmt, const char *base,
 
     const char *backing = vd_opts_get(o, "backing_file");
     const char *backing_fmt = vd_opts_get(o, "backing_fmt");
-    e = vd_engine_new();
+    e = cli_engine_new();
     if (backing) {
         if (!strcmp(filename, backing)) {
             cli_error("%s: Error: Trying to create an image with the same filename as the "

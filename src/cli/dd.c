@@ -140,7 +140,7 @@ static int copy_blocks(vd_disk *src, vd_disk *dst, int64_t in_pos, int64_t size,
 
 static int img_dd(const dd_args *a, const char *fmt, const char *out_fmt)
 {
-    vd_engine *e = vd_engine_new();
+    vd_engine *e = cli_engine_new();
     vd_disk *src = NULL, *dst = NULL;
     int ret = 1;
 

@@ -253,7 +253,7 @@ int cmd_info(int argc, char **argv)
         return 1;
     }
 
-    vd_engine *e = vd_engine_new();
+    vd_engine *e = cli_engine_new();
     image_entry *list = NULL;
     int n = collect(e, filename, fmt, chain, &list);
     if (n < 0) {

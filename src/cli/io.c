@@ -1033,7 +1033,7 @@ int cmd_io(int argc, char **argv)
         flags |= VD_OPEN_RDWR;
     }
 
-    io_state s = {.engine = vd_engine_new(), .format = format, .misalign = s_misalign};
+    io_state s = {.engine = cli_engine_new(), .format = format, .misalign = s_misalign};
     if (!s.engine) {
         io_error("out of memory");
         free(cmds);

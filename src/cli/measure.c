@@ -104,7 +104,7 @@ int cmd_measure(int argc, char **argv)
         goto out;
     }
 
-    e = vd_engine_new();
+    e = cli_engine_new();
     if (filename && cli_open(e, filename, fmt, 0, &src) < 0) {
         goto out;
     }

@@ -220,7 +220,7 @@ int cmd_rebase(int argc, char **argv)
     cli_progress_init(&prog, progress, 2.0f);
     cli_progress_print(&prog, 0, 100);
 
-    vd_engine *e = vd_engine_new();
+    vd_engine *e = cli_engine_new();
     vd_disk *top = NULL, *new_b = NULL;
     int ret = 1;
     unsigned flags = VD_OPEN_RDWR | (unsafe ? VD_OPEN_NO_BACKING : 0);

@@ -83,7 +83,7 @@ int cmd_resize(int argc, char **argv)
         return 1;
     }
 
-    vd_engine *e = vd_engine_new();
+    vd_engine *e = cli_engine_new();
     vd_disk *d = NULL;
     int ret = 1;
     if (cli_open(e, filename, fmt, VD_OPEN_RDWR, &d) < 0) {

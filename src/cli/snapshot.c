@@ -224,7 +224,7 @@ int cmd_snapshot(int argc, char **argv)
                   "images", argv[optind]);
         return 1;
     }
-    vd_engine *e = vd_engine_new();
+    vd_engine *e = cli_engine_new();
     vd_disk **d = calloc((size_t)nfiles, sizeof(*d));
     if (!d) {
         abort();

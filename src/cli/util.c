@@ -858,6 +858,25 @@ bool cli_format_known(const char *fmt)
     return fmt && vd_create_options(fmt, &n) != NULL;
 }
 
+/* The library reports a corrupt image once, as it finds it; QEMU's tools print this line
+ * then (with no program name), and so do we. */
+static void on_engine_event(void *opaque, const vd_event *ev)
+{
+    (void)opaque;
+    if (!strcmp(ev->type, "BLOCK_IMAGE_CORRUPTED")) {
+        fprintf(stderr, "qcow2: %s: %s; further %scorruption events will be suppressed\n",
+                ev->fatal ? "Marking image as corrupt" : "Image is corrupt", ev->msg,
+                ev->fatal ? "" : "non-fatal ");
+    }
+}
+
+vd_engine *cli_engine_new(void)
+{
+    vd_engine *e = vd_engine_new();
+    vd_engine_set_event_handler(e, on_engine_event, NULL);
+    return e;
+}
+
 int cli_open(vd_engine *e, const char *filename, const char *fmt, unsigned flags,
              vd_disk **out)
 {
