@@ -70,7 +70,10 @@ static void print_value(const char *fmt, const char *key, const char *value)
             return;
         }
     }
-    fputs(value, stdout);
+    /* Option values are shown as they would be written in -o: a comma doubled. */
+    for (const char *p = value; *p; p++) {
+        fputs(*p == ',' ? ",," : (char[]){*p, '\0'}, stdout);
+    }
 }
 
 static bool line_has(const line_opt *line, const char *key)
@@ -157,12 +160,23 @@ static int probe_backing(vd_engine *e, const char *filename, const char *backing
     return 0;
 }
 
+/* Formats QEMU reads but cannot create: qemu-img names them so rather than calling them
+ * unknown. */
+static bool read_only_format(const char *fmt)
+{
+    return fmt && (!strcmp(fmt, "bochs") || !strcmp(fmt, "cloop") || !strcmp(fmt, "dmg"));
+}
+
 static int img_create(const char *filename, const char *fmt, const char *base,
                       const char *base_fmt, const char *options, int64_t img_size,
                       bool unsafe, bool quiet)
 {
     char prefix[4096];
     snprintf(prefix, sizeof(prefix), "%s: ", filename);
+    if (read_only_format(fmt)) {
+        cli_error("%s: Format driver '%s' does not support image creation", filename, fmt);
+        return 1;
+    }
     if (!cli_format_known(fmt)) {
         cli_error("%s: Unknown file format '%s'", filename, fmt);
         return 1;
@@ -314,6 +328,10 @@ int cmd_create(int argc, char **argv)
     const char *filename = optind < argc ? argv[optind] : NULL;
     if (options && cli_has_help_option(options)) {
         free(options);
+        if (read_only_format(fmt)) {
+            cli_error("Format driver '%s' does not support image creation", fmt);
+            return 1;
+        }
         return cli_print_option_help(fmt, filename, NULL, false);
     }
     if (optind >= argc) {

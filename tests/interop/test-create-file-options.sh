@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # create's options of the file protocol (extent_size_hint, nocow) and qemu-img's -o help
 # lists: every format takes them, bad values are refused in qemu-img's words, and the help
-# with and without a file name lists what qemu-img lists.
+# with and without a file name lists what qemu-img lists. Also create's words for formats
+# QEMU cannot create and its Formatting line for values with commas.
 . "$(dirname "$0")/../lib.sh"
 vd_init
 
@@ -39,6 +40,13 @@ for f in qcow2 raw; do
     same "$f/nocow" -f $f -o nocow=on img.$f 1M
     same "$f/nocow-bad" -f $f -o nocow=maybe img.$f 1M
 done
+# Formats QEMU only reads are named as such; a comma in a value is shown doubled, as typed
+# in -o.
+same read-only-format -f bochs img.bochs 1M
+same read-only-format-help -f bochs -o help
+same read-only-format-cloop -f cloop img.cloop 1M
+same comma-in-backing-name -f qcow2 -b 'a,b' -F raw -u img.qcow2 1M
+
 # The images made with them are ordinary images.
 "$VDISK" create -q -f qcow2 -o extent_size_hint=1M,nocow=on img.qcow2 1M
 qemu_check_clean img.qcow2 chk.out && pass qcow2/made-clean ||
