@@ -159,6 +159,26 @@ out:
     return ret;
 }
 
+/* Every driver name QEMU 7.2 knows: qemu-img takes any of them for -F, and with -u only
+ * writes the name into the image, so vdisk does the same. */
+static bool qemu_driver_name(const char *name)
+{
+    static const char *const names[] = {
+        "blkdebug", "blklogwrites", "blkreplay", "blkverify", "bochs", "cloop", "compress",
+        "copy-before-write", "copy-on-read", "dmg", "file", "ftp", "ftps", "gluster",
+        "host_cdrom", "host_device", "http", "https", "iscsi", "iser", "luks", "nbd", "nfs",
+        "null-aio", "null-co", "nvme", "parallels", "preallocate", "qcow", "qcow2", "qed",
+        "quorum", "raw", "rbd", "replication", "snapshot-access", "ssh", "throttle", "vdi",
+        "vhdx", "vmdk", "vpc", "vvfat",
+    };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (!strcmp(name, names[i])) {
+            return true;
+        }
+    }
+    return false;
+}
+
 int cmd_rebase(int argc, char **argv)
 {
     static const struct option long_options[] = {
@@ -236,7 +256,7 @@ int cmd_rebase(int argc, char **argv)
     if (cli_open(e, filename, fmt, flags, &top) < 0) {
         goto out;
     }
-    if (out_basefmt && !cli_format_known(out_basefmt)) {
+    if (out_basefmt && !cli_format_known(out_basefmt) && !qemu_driver_name(out_basefmt)) {
         cli_error("Invalid format name: '%s'", out_basefmt);
         goto out;
     }
