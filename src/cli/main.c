@@ -13,7 +13,8 @@
 void cli_error(const char *fmt, ...)
 {
     va_list ap;
-    fflush(stdout);
+    /* No flush of stdout first: as with QEMU's error_report, an error written to a pipe
+     * comes before output still in stdout's buffer, and scripts' captures show that order. */
     fprintf(stderr, "%s: ", cli_progname());
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);

@@ -102,7 +102,6 @@ void cli_qprintf(bool quiet, const char *fmt, ...)
 void cli_error_exit(const char *fmt, ...)
 {
     va_list ap;
-    fflush(stdout);
     fprintf(stderr, "%s: ", progname);
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
@@ -131,7 +130,6 @@ void cli_bad_option(int c, char **argv)
 
 static void report_err(vd_error *err, const char *name, const char *prefix_fmt, va_list ap)
 {
-    fflush(stdout);
     fprintf(stderr, "%s: ", progname);
     if (prefix_fmt) {
         vfprintf(stderr, prefix_fmt, ap);
@@ -886,7 +884,6 @@ int cli_open(vd_engine *e, const char *filename, const char *fmt, unsigned flags
         vd_error *perr = NULL;
         if (vd_probe_format(filename, &probed, &perr) == 0 && probed &&
             !strcmp(probed, "raw")) {
-            fflush(stdout);
             fprintf(stderr,
                     "WARNING: Image format was not specified for '%s' and probing guessed "
                     "raw.\n"
@@ -935,6 +932,5 @@ void cli_print_io_detail(vd_disk *d)
         return;
     }
     /* Driver notes read "<image>: qcow2: ..."; errors all start with "<progname>: ". */
-    fflush(stdout);
     fprintf(stderr, "%s: %s\n", progname, msg);
 }
