@@ -2,13 +2,17 @@
 # Runs QEMU 7.2's own qemu-iotests against vdisk (`make iotests`): vdisk stands in for
 # qemu-img, qemu-io and qemu-nbd through symlinks of those names, and every selected test
 # runs a second time with Debian's QEMU binaries, for -qcow2, -raw and -nbd (raw over NBD).
+# A fourth set, nbd-server, runs -nbd with only qemu-nbd being vdisk (QEMU's qemu-img and
+# qemu-io as the clients): vdisk's NBD server under QEMU's NBD tests, while vdisk has no NBD
+# client for the full -nbd set.
 # QEMU's test suite comes from the Debian source of the installed qemu-utils (a deb-src entry
 # and `apt-get source`), unpacked into a cache outside the repository and reused; nothing of
 # QEMU is ever part of vdisk's tree. Needs root the first time (apt-get).
 #
 #   bash tests/iotests/run.sh [options] [TEST...]
 #     -j N            parallel jobs for QEMU's check (default 1)
-#     --formats LIST  space or comma separated subset of "qcow2 raw nbd" (default: all)
+#     --formats LIST  space or comma separated subset of "qcow2 raw nbd nbd-server"
+#                     (default: all)
 #     --update        rewrite tests/iotests/pass-FMT.list from this run's vdisk results
 #                     (with TESTs: add or drop only those tests)
 #     --reuse-qemu    compare with QEMU's results of an earlier run instead of running
@@ -43,7 +47,7 @@ PY=/usr/bin/python3
 export LC_ALL=C
 
 jobs=${IOTESTS_JOBS:-1}
-formats="qcow2 raw nbd"
+formats="qcow2 raw nbd nbd-server"
 update=0
 reuse_qemu=0
 fetch_only=0
@@ -151,7 +155,10 @@ need_packages sudo dmsetup gnutls-bin
 [ -x "$VDISK" ] || die "$VDISK is not built (make build BUILD=$BUILD)"
 [ -x "$PY" ] || die "$PY not found"
 for f in $formats; do
-    case $f in qcow2 | raw | nbd) ;; *) die "unknown format '$f' (qcow2, raw, nbd)" ;; esac
+    case $f in
+    qcow2 | raw | nbd | nbd-server) ;;
+    *) die "unknown format '$f' (qcow2, raw, nbd, nbd-server)" ;;
+    esac
 done
 iotests_dir=$QEMU_SRC/tests/qemu-iotests
 results=$CACHE/results          # logs and per-test status of the last run of each kind
@@ -284,8 +291,11 @@ run_check() {
     vdisk) img=$run/vdisk/qemu-img io=$run/vdisk/qemu-io nbd=$run/vdisk/qemu-nbd ;;
     qemu) img=/usr/bin/qemu-img io=/usr/bin/qemu-io nbd=/usr/bin/qemu-nbd ;;
     esac
+    if [ "$fmt" = nbd-server ]; then
+        img=/usr/bin/qemu-img io=/usr/bin/qemu-io   # only the server is vdisk's
+    fi
     case $fmt in
-    nbd) fmtarg=(-raw -nbd) ;;
+    nbd | nbd-server) fmtarg=(-raw -nbd) ;;
     *) fmtarg=("-$fmt") ;;
     esac
     marks=$run/marks-$tool-$fmt
