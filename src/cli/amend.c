@@ -16,7 +16,7 @@ static const char *const qcow2_amendable[] = {
 
 static int print_amend_help(const char *fmt)
 {
-    if (!cli_format_known(fmt)) {
+    if (!cli_format_known(fmt) && !cli_read_only_format(fmt)) {
         cli_error("Unknown file format '%s'", fmt);
         return 1;
     }

@@ -137,6 +137,9 @@ void cli_progress_end(cli_progress *p);
 
 /* ---- images ----------------------------------------------------------------------------- */
 
+/* Formats QEMU reads but cannot create or amend (bochs, cloop, dmg): qemu-img names them
+ * so rather than calling them unknown. */
+bool cli_read_only_format(const char *fmt);
 /* Opens an image; prints "Could not open 'FILE': why" and returns -1 on failure. Opening a
  * probed raw image for writing prints qemu's warning about format probing first. */
 int cli_open(vd_engine *e, const char *filename, const char *fmt, unsigned flags,

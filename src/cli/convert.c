@@ -24,7 +24,7 @@
 #define MAX_WORKERS 16
 
 /* Long options only convert has. */
-enum { OPT_COMPRESSION_LEVEL = 1024 };
+enum { OPT_COMPRESSION_LEVEL = 1024, OPT_SALVAGE };
 
 typedef enum { BLK_DATA, BLK_ZERO, BLK_BACKING_FILE } blk_status;
 
@@ -45,6 +45,8 @@ typedef struct convert_state {
     int alignment;    /* sectors */
     int64_t buf_sectors;
     bool compressed;
+    bool salvage;     /* --salvage: unreadable sectors become zeros, with a warning */
+    bool quiet;
     int64_t cluster_sectors;  /* with compressed: the target's cluster, in sectors */
     int num_workers;
     cli_progress *prog;
@@ -184,11 +186,31 @@ static int64_t iteration_sectors(convert_state *s, int64_t sector_num)
                 count = s->src_bytes[cur] - offset;
             }
             vd_extent st;
-            int ret = s->target_has_backing
+            int ret;
+            for (;;) {
+                ret = s->target_has_backing
                           ? vd_block_status_top(s->src[cur], offset, count, &st)
                           : vd_block_status(s->src[cur], offset, count, &st);
-            if (ret < 0 || st.length == 0) {
-                ret = ret < 0 ? ret : -EIO;
+                if (ret == 0 && st.length == 0) {
+                    ret = -EIO;
+                }
+                if (ret == 0 || !s->salvage || count <= SECTOR) {
+                    break;
+                }
+                /* Salvaging: narrow down to the sector whose status cannot be read. */
+                count = (count / SECTOR + 3) / 4 * SECTOR;
+            }
+            if (ret < 0 && s->salvage) {
+                if (!s->quiet) {
+                    fprintf(stderr, "%s: warning: error while reading block status at offset "
+                            "%" PRIu64 ": %s\n", cli_progname(), offset, strerror(-ret));
+                }
+                /* Just try to read the data, then. */
+                st.length = count;
+                st.flags = VD_BS_DATA;
+                ret = 0;
+            }
+            if (ret < 0) {
                 cli_print_io_detail(s->src[cur]);
                 cli_error("error while reading block status at offset %" PRIu64 ": %s",
                           offset, strerror(-ret));
@@ -233,6 +255,32 @@ static int64_t iteration_sectors(convert_state *s, int64_t sector_num)
     return n;
 }
 
+/* Salvaging read of [off, off+len) of one source: a failing range is read again in
+ * quarters down to single sectors, and a sector that cannot be read becomes zeros. */
+static int salvage_read(convert_state *s, vd_disk *d, uint8_t *buf, uint64_t len, uint64_t off)
+{
+    int ret = vd_pread(d, buf, len, off);
+    if (ret == 0) {
+        return 0;
+    }
+    if (len <= SECTOR) {
+        if (!s->quiet) {
+            pthread_mutex_lock(&s->lock);
+            fprintf(stderr, "%s: warning: error while reading offset %" PRIu64 ": %s\n",
+                    cli_progname(), off, strerror(-ret));
+            pthread_mutex_unlock(&s->lock);
+        }
+        memset(buf, 0, len);
+        return 0;
+    }
+    uint64_t step = (len / SECTOR + 3) / 4 * SECTOR;
+    for (uint64_t done = 0; done < len; done += step) {
+        uint64_t n = len - done < step ? len - done : step;
+        salvage_read(s, d, buf + done, n, off + done);
+    }
+    return 0;
+}
+
 /* Reads n sectors of the concatenated sources; the bytes past a source's end read as zero. */
 static int convert_read(convert_state *s, int64_t sector_num, int64_t nb, uint8_t *buf)
 {
@@ -251,7 +299,8 @@ static int convert_read(convert_state *s, int64_t sector_num, int64_t nb, uint8_
             avail = len;
         }
         if (avail > 0) {
-            int ret = vd_pread(s->src[cur], buf, avail, off);
+            int ret = s->salvage ? salvage_read(s, s->src[cur], buf, avail, off)
+                                 : vd_pread(s->src[cur], buf, avail, off);
             if (ret < 0) {
                 return ret;
             }
@@ -535,6 +584,8 @@ typedef struct convert_args {
     const char *fmt, *out_fmt, *cache, *src_cache, *out_base, *out_basefmt;
     char *options;
     bool compress, progress, skip_create, target_is_zero;
+    bool copy_range;             /* -C: nothing to offload to, but qemu-img's refusals hold */
+    bool salvage;
     int min_sparse;
     bool explicit_min_sparse;
     long num_workers;
@@ -588,6 +639,7 @@ int cmd_convert(int argc, char **argv)
         {"target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO},
         {"bitmaps", no_argument, NULL, OPT_FORCE},
         {"compression-level", required_argument, NULL, OPT_COMPRESSION_LEVEL},
+        {"salvage", no_argument, NULL, OPT_SALVAGE},
         {NULL, 0, NULL, 0},
     };
     convert_args a = {
@@ -620,6 +672,7 @@ int cmd_convert(int argc, char **argv)
             break;
         case 'C':
             /* Copy offloading is an optimisation; the plain copy gives the same result. */
+            a.copy_range = true;
             break;
         case 'c':
             a.compress = true;
@@ -690,6 +743,9 @@ int cmd_convert(int argc, char **argv)
         case OPT_TARGET_IS_ZERO:
             a.target_is_zero = true;
             break;
+        case OPT_SALVAGE:
+            a.salvage = true;
+            break;
         case OPT_FORCE:
             /* --bitmaps: the library keeps no persistent bitmaps, so there are none. */
             break;
@@ -713,6 +769,18 @@ int cmd_convert(int argc, char **argv)
     if (!a.out_fmt) {
         a.out_fmt = "raw";
     }
+    if (a.compress && a.copy_range) {
+        cli_error("Cannot enable copy offloading when -c is used");
+        goto fail_getopt;
+    }
+    if (a.explicit_min_sparse && a.copy_range) {
+        cli_error("Cannot enable copy offloading when -S is used");
+        goto fail_getopt;
+    }
+    if (a.copy_range && a.salvage) {
+        cli_error("Cannot use copy offloading in salvaging mode");
+        goto fail_getopt;
+    }
     if (a.skip_create && a.options) {
         cli_error("-o has no effect when skipping image creation");
         goto fail_getopt;
@@ -725,6 +793,10 @@ int cmd_convert(int argc, char **argv)
     int src_num = argc - optind - 1;
     const char *out_filename = src_num >= 1 ? argv[argc - 1] : NULL;
     if (a.options && cli_has_help_option(a.options)) {
+        if (cli_read_only_format(a.out_fmt)) {
+            cli_error("Format driver '%s' does not support image creation", a.out_fmt);
+            goto fail_getopt;
+        }
         ret = cli_print_option_help(a.out_fmt, out_filename, NULL, false);
         goto fail_getopt;
     }
@@ -749,6 +821,8 @@ int cmd_convert(int argc, char **argv)
     convert_state s = {
         .src_num = src_num,
         .min_sparse = a.min_sparse,
+        .salvage = a.salvage,
+        .quiet = a.quiet,
         .wr_in_order = a.wr_in_order,
         .num_workers = (int)a.num_workers,
         .buf_sectors = IO_BUF_SECTORS,

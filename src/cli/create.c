@@ -160,20 +160,13 @@ static int probe_backing(vd_engine *e, const char *filename, const char *backing
     return 0;
 }
 
-/* Formats QEMU reads but cannot create: qemu-img names them so rather than calling them
- * unknown. */
-static bool read_only_format(const char *fmt)
-{
-    return fmt && (!strcmp(fmt, "bochs") || !strcmp(fmt, "cloop") || !strcmp(fmt, "dmg"));
-}
-
 static int img_create(const char *filename, const char *fmt, const char *base,
                       const char *base_fmt, const char *options, int64_t img_size,
                       bool unsafe, bool quiet)
 {
     char prefix[4096];
     snprintf(prefix, sizeof(prefix), "%s: ", filename);
-    if (read_only_format(fmt)) {
+    if (cli_read_only_format(fmt)) {
         cli_error("%s: Format driver '%s' does not support image creation", filename, fmt);
         return 1;
     }
@@ -328,7 +321,7 @@ int cmd_create(int argc, char **argv)
     const char *filename = optind < argc ? argv[optind] : NULL;
     if (options && cli_has_help_option(options)) {
         free(options);
-        if (read_only_format(fmt)) {
+        if (cli_read_only_format(fmt)) {
             cli_error("Format driver '%s' does not support image creation", fmt);
             return 1;
         }

@@ -850,6 +850,11 @@ void cli_progress_end(cli_progress *p)
 
 /* ---- images ---------------------------------------------------------------------------------- */
 
+bool cli_read_only_format(const char *fmt)
+{
+    return fmt && (!strcmp(fmt, "bochs") || !strcmp(fmt, "cloop") || !strcmp(fmt, "dmg"));
+}
+
 bool cli_format_known(const char *fmt)
 {
     size_t n = 0;
