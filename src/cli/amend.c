@@ -14,6 +14,17 @@ static const char *const qcow2_amendable[] = {
     "lazy_refcounts", "refcount_bits", "size", NULL,
 };
 
+/* Options qemu-img lists for amend only: changing the key slots of a LUKS-encrypted image
+ * (which vdisk refuses, as it refuses encryption). */
+static const vd_create_option amend_only[] = {
+    {"encrypt.iter-time", "num", "Time to spend in PBKDF in milliseconds", NULL},
+    {"encrypt.keyslot", "num", "Select a single keyslot to modify explicitly", NULL},
+    {"encrypt.new-secret", "str", "New secret to set in the matching keyslots. Empty string to "
+     "erase", NULL},
+    {"encrypt.old-secret", "str", "Select all keyslots that match this password", NULL},
+    {"encrypt.state", "str", "Select new state of affected keyslots (active/inactive)", NULL},
+};
+
 static int print_amend_help(const char *fmt)
 {
     if (!cli_format_known(fmt) && !cli_read_only_format(fmt)) {
@@ -24,7 +35,8 @@ static int print_amend_help(const char *fmt)
         cli_error("Format driver '%s' does not support option amendment", fmt);
         return 1;
     }
-    return cli_print_option_help(fmt, NULL, qcow2_amendable, true);
+    return cli_print_option_help_extra(fmt, NULL, qcow2_amendable, true, amend_only,
+                                       sizeof(amend_only) / sizeof(amend_only[0]));
 }
 
 static bool is_v3(const char *compat)

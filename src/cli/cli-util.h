@@ -99,6 +99,10 @@ cli_opt_type cli_option_type(const char *fmt, const char *key);
  * exit code (1 for an unknown format). amend_title: print qemu-img amend's layout instead. */
 int cli_print_option_help(const char *fmt, const char *filename, const char *const *only,
                           bool amend_title);
+/* The same, with options of this listing only (amend's) added to the format's. */
+int cli_print_option_help_extra(const char *fmt, const char *filename,
+                                const char *const *only, bool amend_title,
+                                const vd_create_option *extra, size_t nb_extra);
 
 /* ---- JSON in qemu-img's layout ---------------------------------------------------------- */
 

@@ -455,14 +455,24 @@ static bool protocol_level(const char *fmt, const char *name)
 int cli_print_option_help(const char *fmt, const char *filename, const char *const *only,
                           bool amend_title)
 {
+    return cli_print_option_help_extra(fmt, filename, only, amend_title, NULL, 0);
+}
+
+int cli_print_option_help_extra(const char *fmt, const char *filename,
+                                const char *const *only, bool amend_title,
+                                const vd_create_option *extra, size_t nb_extra)
+{
     size_t n = 0;
     const vd_create_option *t = vd_create_options(fmt, &n);
     if (!t) {
         cli_error("Unknown file format '%s'", fmt);
         return 1;
     }
-    const vd_create_option **sorted = cli_xcalloc(n, sizeof(*sorted));
+    const vd_create_option **sorted = cli_xcalloc(n + nb_extra, sizeof(*sorted));
     size_t m = 0;
+    for (size_t i = 0; i < nb_extra; i++) {
+        sorted[m++] = &extra[i];
+    }
     for (size_t i = 0; i < n; i++) {
         if (only && !in_list(only, t[i].name)) {
             continue;

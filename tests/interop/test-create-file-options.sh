@@ -47,6 +47,11 @@ same read-only-format-help -f bochs -o help
 same read-only-format-cloop -f cloop img.cloop 1M
 same comma-in-backing-name -f qcow2 -b 'a,b' -F raw -u img.qcow2 1M
 
+# amend's help lists its own options (the LUKS key-slot ones) as qemu-img's does.
+"$VDISK" amend -f qcow2 -o help x >v.out 2>&1
+"$QEMU_IMG" amend -f qcow2 -o help x >q.out 2>&1
+cmp -s v.out q.out && pass amend-help || { diff v.out q.out >d.out; fail amend-help "differs" d.out; }
+
 # The images made with them are ordinary images.
 "$VDISK" create -q -f qcow2 -o extent_size_hint=1M,nocow=on img.qcow2 1M
 qemu_check_clean img.qcow2 chk.out && pass qcow2/made-clean ||
