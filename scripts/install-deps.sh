@@ -7,7 +7,7 @@ pkgs=(
     build-essential meson ninja-build pkg-config clang libclang-rt-14-dev
     zlib1g-dev libzstd-dev libisal-dev libdeflate-dev libjson-c-dev libcmocka-dev
     libgnutls28-dev gnutls-bin qemu-system-common fio
-    qemu-utils libnbd-bin python3 time valgrind
+    qemu-utils libnbd-bin python3 python3-libnbd time valgrind
 )
 
 missing=()

@@ -1,7 +1,8 @@
 /* NBD server: exports vd_disk handles over the NBD protocol (fixed newstyle, structured
- * replies, base:allocation block status, TLS), on unix sockets and TCP. One server holds
- * any number of listeners and exports; every call is thread-safe. Used by vdiskd
- * (nbd-server-start, block-export-add) and by `vdisk nbd`. */
+ * replies, base:allocation and qemu:allocation-depth block status, TLS), on unix sockets
+ * and TCP. One server holds any number of listeners and exports; every call is
+ * thread-safe. Used by vdiskd (nbd-server-start, block-export-add) and by `vdisk nbd`,
+ * whose --list also uses the small client at the end of this header. */
 #ifndef VDISK_NBD_H
 #define VDISK_NBD_H
 
@@ -73,6 +74,13 @@ typedef struct vd_nbd_export_opts {
     /* The minimum block size advertised (NBD_INFO_BLOCK_SIZE); 0 means 1. qemu-nbd says
      * 512 for an image whose format was probed as raw. A power of two up to 4096. */
     uint32_t min_block;
+    /* The export starts at this byte of the disk and ends where the disk does (qemu-nbd
+     * --offset); must not be past the disk's end. With an offset, block status reports the
+     * disk's top image only, as qemu-nbd's raw node over the image does. */
+    uint64_t offset;
+    /* Also offer the qemu:allocation-depth meta context (qemu-nbd -A): 0 unallocated,
+     * N allocated in the Nth image of the backing chain (1 = the top). */
+    bool allocation_depth;
 } vd_nbd_export_opts;
 
 int vd_nbd_export_add(vd_nbd_server *s, const vd_nbd_export_opts *o, vd_error **errp);
@@ -92,5 +100,24 @@ typedef struct vd_nbd_export_info {
 /* The exports in the order they were added. Free with vd_nbd_export_list_free. */
 int vd_nbd_export_list(vd_nbd_server *s, vd_nbd_export_info **out, size_t *nb);
 void vd_nbd_export_list_free(vd_nbd_export_info *list, size_t nb);
+
+/* ---- client: listing a server's exports (qemu-nbd --list) ------------------------------- */
+
+typedef struct vd_nbd_export_desc {
+    char *name;
+    char *description;        /* NULL when the server gave none */
+    uint64_t size;
+    uint16_t flags;           /* NBD_FLAG_*; 0 when the server did not answer NBD_OPT_INFO */
+    uint32_t min_block, opt_block, max_block;  /* 0 when not advertised */
+    char **contexts;          /* the meta contexts the server lists */
+    size_t nb_contexts;
+} vd_nbd_export_desc;
+
+/* Lists the exports of the server connected on fd as qemu-nbd --list learns them: the
+ * handshake (structured replies asked for), NBD_OPT_LIST, then NBD_OPT_INFO and
+ * NBD_OPT_LIST_META_CONTEXT for each export, then NBD_OPT_ABORT. An old-style server gives
+ * its one unnamed export. Errors carry qemu-nbd's messages. fd stays the caller's. */
+int vd_nbd_list_exports(int fd, vd_nbd_export_desc **out, size_t *nb, vd_error **errp);
+void vd_nbd_export_desc_free(vd_nbd_export_desc *list, size_t nb);
 
 #endif

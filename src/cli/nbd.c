@@ -4,10 +4,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <limits.h>
+#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "cli/cli-util.h"
@@ -28,6 +32,7 @@ enum {
 
 static const char nbd_help[] =
     "Usage: vdisk nbd [OPTIONS] FILE\n"
+    "  or:  vdisk nbd -L [OPTIONS]\n"
     "Exports FILE (a disk image) over NBD, as qemu-nbd does.\n"
     "\n"
     "  -h, --help                display this help and exit\n"
@@ -44,7 +49,12 @@ static const char nbd_help[] =
     "  -x, --export-name=NAME    expose export by name (default is empty string)\n"
     "  -D, --description=TEXT    export a human-readable description\n"
     "\n"
+    "Exposing part of the image:\n"
+    "  -o, --offset=OFFSET       offset into the image\n"
+    "  -A, --allocation-depth    expose the allocation depth\n"
+    "\n"
     "General purpose options:\n"
+    "  -L, --list                list exports available from another NBD server\n"
     "  --object type,id=ID,...   tls-creds-x509,id=ID,dir=DIR,endpoint=server\n"
     "                            [,verify-peer=on|off] (default on)\n"
     "                            or tls-creds-psk,id=ID,dir=DIR,endpoint=server\n"
@@ -136,6 +146,108 @@ static int add_object(const char *arg, tls_object **objs, size_t *nb)
     return ret < 0 ? -1 : 0;
 }
 
+/* Connects as qemu-nbd's client modes do: the unix socket when given, else TCP
+ * host:port. Returns the socket, or -1 after printing qemu-nbd's message. */
+static int connect_server(const char *sock, const char *host, const char *port)
+{
+    int fd = -1, err = 0;
+    if (sock) {
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        if (strlen(sock) >= sizeof(sa.sun_path)) {
+            fprintf(stderr, "vdisk: UNIX socket path '%s' is too long\n", sock);
+            return -1;
+        }
+        memcpy(sa.sun_path, sock, strlen(sock) + 1);
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+            return fd;
+        }
+        err = errno;
+        if (fd >= 0) {
+            close(fd);
+        }
+        fprintf(stderr, "vdisk: Failed to connect to '%s': %s\n", sock, strerror(err));
+        return -1;
+    }
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res;
+    int g = getaddrinfo(host, port, &hints, &res);
+    if (g != 0) {
+        fprintf(stderr, "vdisk: address resolution failed for %s:%s: %s\n", host, port,
+                gai_strerror(g));
+        return -1;
+    }
+    for (struct addrinfo *a = res; a; a = a->ai_next) {
+        fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+        if (fd >= 0 && connect(fd, a->ai_addr, a->ai_addrlen) == 0) {
+            break;
+        }
+        err = errno;
+        if (fd >= 0) {
+            close(fd);
+        }
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (fd < 0) {
+        fprintf(stderr, "vdisk: Failed to connect to '%s:%s': %s\n", host, port, strerror(err));
+    }
+    return fd;
+}
+
+/* qemu-nbd --list: what the server says about each of its exports, in qemu-nbd's words. */
+static int list_exports(const char *sock, const char *host, const char *port)
+{
+    static const char *const flag_names[] = {
+        [1] = "readonly", [2] = "flush", [3] = "fua", [4] = "rotational", [5] = "trim",
+        [6] = "zeroes", [7] = "df", [8] = "multi", [9] = "resize", [10] = "cache",
+        [11] = "fast-zero",
+    };
+    int fd = connect_server(sock, host, port);
+    if (fd < 0) {
+        return 1;
+    }
+    vd_nbd_export_desc *list = NULL;
+    size_t nb = 0;
+    vd_error *err = NULL;
+    int ret = vd_nbd_list_exports(fd, &list, &nb, &err);
+    close(fd);
+    if (ret < 0) {
+        cli_report_err(err, "%s", "");
+        return 1;
+    }
+    printf("exports available: %zu\n", nb);
+    for (size_t i = 0; i < nb; i++) {
+        const vd_nbd_export_desc *e = &list[i];
+        printf(" export: '%s'\n", e->name);
+        if (e->description && *e->description) {
+            printf("  description: %s\n", e->description);
+        }
+        if (e->flags & 1) {   /* NBD_FLAG_HAS_FLAGS */
+            printf("  size:  %" PRIu64 "\n", e->size);
+            printf("  flags: 0x%x (", e->flags);
+            for (unsigned bit = 0; bit < sizeof(flag_names) / sizeof(flag_names[0]); bit++) {
+                if (flag_names[bit] && (e->flags & (1u << bit))) {
+                    printf(" %s", flag_names[bit]);
+                }
+            }
+            printf(" )\n");
+        }
+        if (e->min_block) {
+            printf("  min block: %u\n", e->min_block);
+            printf("  opt block: %u\n", e->opt_block);
+            printf("  max block: %u\n", e->max_block);
+        }
+        if (e->nb_contexts) {
+            printf("  available meta contexts: %zu\n", e->nb_contexts);
+            for (size_t j = 0; j < e->nb_contexts; j++) {
+                printf("   %s\n", e->contexts[j]);
+            }
+        }
+    }
+    vd_nbd_export_desc_free(list, nb);
+    return 0;
+}
+
 /* The first fd systemd passes (sd_listen_fds). */
 #define SOCKET_ACTIVATION_FD 3
 
@@ -190,18 +302,24 @@ int cmd_nbd(int argc, char **argv)
         {"fork", no_argument, NULL, OPT_FORK},
         {"pid-file", required_argument, NULL, OPT_PID_FILE},
         {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS},
+        {"offset", required_argument, NULL, 'o'},
+        {"allocation-depth", no_argument, NULL, 'A'},
+        {"list", no_argument, NULL, 'L'},
         {NULL, 0, NULL, 0},
     };
     const char *port = NULL, *bind_addr = NULL, *sock = NULL, *name = "", *desc = NULL;
     const char *fmt = NULL, *tls_id = NULL, *pid_file = NULL;
     unsigned shared = 1;
-    bool persistent = false, readonly = false, do_fork = false;
+    bool persistent = false, readonly = false, do_fork = false, alloc_depth = false;
+    /* For --list: the options that describe an export, which it cannot take. */
+    bool list = false, per_device = false;
+    uint64_t dev_offset = 0;
     unsigned flags = 0;
     tls_object *objs = NULL;
     size_t nb_objs = 0;
     int c, status = 1;
 
-    while ((c = getopt_long(argc, argv, ":hVp:b:k:e:tvx:D:f:rn", long_options, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":hVp:b:k:e:tvx:D:f:rno:AL", long_options, NULL)) != -1) {
         switch (c) {
         case 'h':
             fputs(nbd_help, stdout);
@@ -239,27 +357,52 @@ int cmd_nbd(int argc, char **argv)
         case 'v':
             break;
         case 'x':
+            per_device = true;
             name = optarg;
             if (strlen(name) > 4096) {
                 cli_error_exit("export name '%s' too long", name);
             }
             break;
         case 'D':
+            per_device = true;
             desc = optarg;
             if (strlen(desc) > 4096) {
                 cli_error_exit("export description '%s' too long", desc);
             }
             break;
         case 'f':
+            per_device = true;
             fmt = optarg;
             break;
         case 'r':
             readonly = true;
             break;
+        case 'o': {
+            /* qemu-nbd's parser: any base, a minus sign wraps around, no suffixes. */
+            char *end;
+            errno = 0;
+            unsigned long long v = strtoull(optarg, &end, 0);
+            if (errno || end == optarg || *end) {
+                fprintf(stderr, "vdisk: Invalid offset '%s'\n", optarg);
+                goto out;
+            }
+            dev_offset = v;
+            per_device |= v != 0;
+            break;
+        }
+        case 'A':
+            alloc_depth = true;
+            per_device = true;
+            break;
+        case 'L':
+            list = true;
+            break;
         case 'n':
+            per_device = true;
             flags |= VD_OPEN_NOCACHE;
             break;
         case OPT_CACHE: {
+            per_device = true;
             unsigned cf = 0;
             if (cli_parse_cache(optarg, &cf) < 0) {
                 cli_error_exit("Invalid cache mode '%s'", optarg);
@@ -268,6 +411,7 @@ int cmd_nbd(int argc, char **argv)
             break;
         }
         case OPT_DISCARD:
+            per_device = true;
             if (!strcmp(optarg, "unmap") || !strcmp(optarg, "on")) {
                 flags |= VD_OPEN_UNMAP;
             } else if (strcmp(optarg, "ignore") && strcmp(optarg, "off")) {
@@ -275,8 +419,10 @@ int cmd_nbd(int argc, char **argv)
             }
             break;
         case OPT_AIO:
+            per_device = true;
+            break;   /* accepted: our I/O path has no such choice */
         case OPT_DETECT_ZEROES:
-            break;   /* accepted: our I/O path has no such choices */
+            break;   /* accepted: our I/O path has no such choice */
         case OPT_OBJECT:
             if (add_object(optarg, &objs, &nb_objs) < 0) {
                 goto out;
@@ -296,6 +442,21 @@ int cmd_nbd(int argc, char **argv)
         default:
             cli_bad_option(c, argv);
         }
+    }
+    if (list) {
+        const char *why = optind != argc ? "List mode is incompatible with a file name"
+                          : per_device   ? "List mode is incompatible with per-device settings"
+                          : do_fork      ? "List mode is incompatible with forking"
+                          /* Our credentials are all server ones; a client needs its own. */
+                          : tls_id ? "Expecting TLS credentials with a client endpoint"
+                                   : NULL;
+        if (why) {
+            fprintf(stderr, "vdisk: %s\n", why);
+        } else {
+            status = list_exports(sock, bind_addr ? bind_addr : "0.0.0.0",
+                                  port ? port : "10809");
+        }
+        goto out;
     }
     if (optind != argc - 1) {
         cli_error_exit("Invalid number of arguments");
@@ -342,6 +503,20 @@ int cmd_nbd(int argc, char **argv)
     if (cli_open(e, file, fmt, flags | (readonly ? 0 : VD_OPEN_RDWR), &d) < 0) {
         goto done;
     }
+    /* qemu-nbd puts a raw node with this offset over the image; these are that node's
+     * complaints. */
+    if (dev_offset > INT64_MAX) {
+        fprintf(stderr, "vdisk: Parameter 'offset' expects a non-negative number below 2^64\n"
+                        "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, "
+                        "peta-\nand exabytes, respectively.\n");
+        goto done;
+    }
+    if (dev_offset > vd_disk_size(d)) {
+        fprintf(stderr, "vdisk: Offset (%llu) cannot be greater than size of the containing "
+                        "file (%llu)\n", (unsigned long long)dev_offset,
+                (unsigned long long)vd_disk_size(d));
+        goto done;
+    }
     vd_nbd_server_opts so = {.max_connections = shared, .tls = tls, .one_shot = !persistent};
     if (vd_nbd_server_new(&so, &srv, &err) < 0) {
         cli_report_err(err, "%s", "");
@@ -349,9 +524,10 @@ int cmd_nbd(int argc, char **argv)
     }
     /* qemu-nbd restricts an image probed as raw to whole sectors (so that its first
      * sector stays guarded) and advertises that as the minimum block size. */
-    bool probed_raw = !fmt && !strcmp(vd_disk_format(d), "raw");
+    bool probed_raw = !fmt && !strcmp(vd_disk_format(d), "raw") && !dev_offset;
     vd_nbd_export_opts eo = {.name = name, .description = desc, .disk = d,
-                             .writable = !readonly, .min_block = probed_raw ? 512 : 0};
+                             .writable = !readonly, .min_block = probed_raw ? 512 : 0,
+                             .offset = dev_offset, .allocation_depth = alloc_depth};
     int ret = vd_nbd_export_add(srv, &eo, &err);
     if (ret == 0) {
         ret = activated ? vd_nbd_server_listen_fd(srv, SOCKET_ACTIVATION_FD, &err)

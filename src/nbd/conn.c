@@ -205,6 +205,13 @@ static uint16_t export_flags(nbd_conn *c, const nbd_export *e)
     return f;
 }
 
+/* The export's size: the disk's from the export's offset on. */
+static uint64_t export_size(const nbd_export *e)
+{
+    uint64_t size = vd_disk_size(e->disk);
+    return size > e->offset ? size - e->offset : 0;
+}
+
 /* ---- options ---------------------------------------------------------------------------------- */
 
 enum { OPT_CONTINUE, OPT_TRANSMISSION, OPT_CLOSE };
@@ -243,7 +250,7 @@ static int start_transmission(nbd_conn *c, nbd_export *e)
     c->exp = e;
     c->negotiated = true;
     if (c->meta_export && strcmp(c->meta_export, e->name) != 0) {
-        c->meta_base = false;  /* contexts were chosen for another export */
+        c->meta = 0;  /* contexts were chosen for another export */
     }
     pthread_mutex_unlock(&s->lock);
     return 0;
@@ -315,7 +322,7 @@ static int opt_info_go(nbd_conn *c, uint32_t opt, const uint8_t *d, uint32_t len
         return send_rep_err(c, opt, NBD_REP_ERR_UNKNOWN, "export '%s' not present", name);
     }
     uint8_t b[12];
-    put64(b, vd_disk_size(e->disk));
+    put64(b, export_size(e));
     put16(b + 8, export_flags(c, e));
     int ret = send_info(c, opt, NBD_INFO_EXPORT, b, 10);
     if (ret == 0 && want_name) {
@@ -344,13 +351,44 @@ static int opt_info_go(nbd_conn *c, uint32_t opt, const uint8_t *d, uint32_t len
     return ret;
 }
 
-/* LIST_META_CONTEXT and SET_META_CONTEXT; the only context is base:allocation. */
+/* The contexts (NBD_META_* bits) one query names, as QEMU reads it: "base:allocation" and
+ * "qemu:allocation-depth" (when the export offers it) exactly; in a LIST, a bare namespace
+ * ("base:", "qemu:") names all of its contexts. */
+static unsigned meta_query(const char *q, uint32_t ql, bool list, const nbd_export *e)
+{
+    unsigned depth = e->allocation_depth ? 1u << NBD_META_ID_ALLOCATION_DEPTH : 0;
+    if (ql == 15 && memcmp(q, "base:allocation", 15) == 0) {
+        return 1u << NBD_META_ID_BASE_ALLOCATION;
+    }
+    if (ql == 21 && memcmp(q, "qemu:allocation-depth", 21) == 0) {
+        return depth;
+    }
+    if (list && ql == 5 && memcmp(q, "base:", 5) == 0) {
+        return 1u << NBD_META_ID_BASE_ALLOCATION;
+    }
+    if (list && ql == 5 && memcmp(q, "qemu:", 5) == 0) {
+        return depth;
+    }
+    return 0;
+}
+
+static int send_meta_context(nbd_conn *c, uint32_t opt, uint32_t id, const char *name)
+{
+    uint8_t b[4 + 32];
+    size_t nl = strlen(name);
+    put32(b, id);
+    memcpy(b + 4, name, nl);
+    return send_rep(c, opt, NBD_REP_META_CONTEXT, b, (uint32_t)(4 + nl));
+}
+
+/* LIST_META_CONTEXT and SET_META_CONTEXT: base:allocation, and qemu:allocation-depth on
+ * exports that offer it. */
 static int opt_meta(nbd_conn *c, uint32_t opt, const uint8_t *d, uint32_t len)
 {
     bool set = opt == NBD_OPT_SET_META_CONTEXT;
     if (set) {
         /* Each SET replaces the selection, even when it fails. */
-        c->meta_base = false;
+        c->meta = 0;
         free(c->meta_export);
         c->meta_export = NULL;
     }
@@ -368,51 +406,57 @@ static int opt_meta(nbd_conn *c, uint32_t opt, const uint8_t *d, uint32_t len)
     char name[NBD_MAX_STRING + 1];
     memcpy(name, d + 4, nl);
     name[nl] = '\0';
-    uint32_t nq = get32(d + 4 + nl);
-    uint64_t pos = 8 + (uint64_t)nl;
-    bool base = nq == 0 && !set;   /* LIST with no query lists everything */
-    for (uint32_t i = 0; i < nq; i++) {
-        if (pos + 4 > len) {
-            return send_rep_err(c, opt, NBD_REP_ERR_INVALID, "query %u runs past the "
-                                "option", i);
-        }
-        uint32_t ql = get32(d + pos);
-        pos += 4;
-        if (ql > len - pos || ql > NBD_MAX_STRING) {
-            return send_rep_err(c, opt, NBD_REP_ERR_INVALID, "query %u runs past the "
-                                "option", i);
-        }
-        const char *q = (const char *)d + pos;
-        if ((ql == 15 && memcmp(q, "base:allocation", 15) == 0) ||
-            (!set && ql == 5 && memcmp(q, "base:", 5) == 0)) {
-            base = true;
-        }
-        pos += ql;
-    }
-    if (pos != len) {
-        return send_rep_err(c, opt, NBD_REP_ERR_INVALID, "option length %u does not match "
-                            "its contents", len);
-    }
     nbd_export *e = export_get(c, name);
     if (!e) {
         return send_rep_err(c, opt, NBD_REP_ERR_UNKNOWN, "export '%s' not present", name);
     }
-    export_put(c, e);
+    uint32_t nq = get32(d + 4 + nl);
+    uint64_t pos = 8 + (uint64_t)nl;
+    unsigned sel = 0;
+    if (nq == 0 && !set) {
+        /* LIST with no query lists everything. */
+        sel = meta_query("base:", 5, true, e) | meta_query("qemu:", 5, true, e);
+    }
     int ret = 0;
-    if (base) {
-        uint8_t b[4 + 15];
-        put32(b, 0);
-        memcpy(b + 4, "base:allocation", 15);
-        ret = send_rep(c, opt, NBD_REP_META_CONTEXT, b, sizeof(b));
-        if (set) {
-            c->meta_base = true;
-            c->meta_export = strdup(name);
-            if (!c->meta_export) {
-                abort();
-            }
+    for (uint32_t i = 0; i < nq && ret == 0; i++) {
+        /* Each query takes at least its length field, so a huge count fails soon. */
+        uint32_t ql = pos + 4 <= len ? get32(d + pos) : 0;
+        pos += 4;
+        if (pos > len || ql > len - pos || ql > NBD_MAX_STRING) {
+            ret = send_rep_err(c, opt, NBD_REP_ERR_INVALID, "query %u runs past the option",
+                               i);
+            goto out;
+        }
+        sel |= meta_query((const char *)d + pos, ql, !set, e);
+        pos += ql;
+    }
+    if (pos != len) {
+        ret = send_rep_err(c, opt, NBD_REP_ERR_INVALID, "option length %u does not match "
+                           "its contents", len);
+        goto out;
+    }
+    /* QEMU's order and ids; a LIST reply carries id 0. */
+    if (sel & (1u << NBD_META_ID_BASE_ALLOCATION)) {
+        ret = send_meta_context(c, opt, set ? NBD_META_ID_BASE_ALLOCATION : 0,
+                                "base:allocation");
+    }
+    if (ret == 0 && (sel & (1u << NBD_META_ID_ALLOCATION_DEPTH))) {
+        ret = send_meta_context(c, opt, set ? NBD_META_ID_ALLOCATION_DEPTH : 0,
+                                "qemu:allocation-depth");
+    }
+    if (ret == 0 && set && sel) {
+        c->meta = sel;
+        c->meta_export = strdup(name);
+        if (!c->meta_export) {
+            abort();
         }
     }
-    return ret ? ret : send_rep(c, opt, NBD_REP_ACK, NULL, 0);
+    if (ret == 0) {
+        ret = send_rep(c, opt, NBD_REP_ACK, NULL, 0);
+    }
+out:
+    export_put(c, e);
+    return ret;
 }
 
 static int opt_export_name(nbd_conn *c, const uint8_t *d, uint32_t len)
@@ -431,7 +475,7 @@ static int opt_export_name(nbd_conn *c, const uint8_t *d, uint32_t len)
     }
     uint8_t b[10 + 124];
     memset(b, 0, sizeof(b));
-    put64(b, vd_disk_size(e->disk));
+    put64(b, export_size(e));
     put16(b + 8, export_flags(c, e));
     if (conn_write(c, b, c->no_zeroes ? 10 : sizeof(b)) < 0) {
         export_put(c, e);
@@ -462,7 +506,7 @@ static int opt_starttls(nbd_conn *c, uint32_t opt, uint32_t len, int64_t deadlin
     }
     /* Nothing negotiated in plaintext survives. */
     c->structured = false;
-    c->meta_base = false;
+    c->meta = 0;
     free(c->meta_export);
     c->meta_export = NULL;
     return 0;
@@ -685,6 +729,7 @@ typedef struct read_span {
 static int reply_sparse_read(nbd_conn *c, const nbd_req *r)
 {
     vd_disk *d = c->exp->disk;
+    uint64_t base = c->exp->offset;
     uint64_t off = r->off, end = r->off + r->len, data_bytes = 0;
     size_t n = 0, cap = 8;
     read_span *spans = malloc(cap * sizeof(*spans));
@@ -696,7 +741,7 @@ static int reply_sparse_read(nbd_conn *c, const nbd_req *r)
     }
     while (off < end) {
         vd_extent ext;
-        ret = vd_block_status(d, off, end - off, &ext);
+        ret = vd_block_status(d, base + off, end - off, &ext);
         if (ret == 0 && ext.length == 0) {
             ret = -EIO;
         }
@@ -741,7 +786,7 @@ static int reply_sparse_read(nbd_conn *c, const nbd_req *r)
             iov[niov++] = (struct iovec){h, 32};
             continue;
         }
-        ret = vd_pread(d, p, spans[i].len, spans[i].off);
+        ret = vd_pread(d, p, spans[i].len, base + spans[i].off);
         if (ret < 0) {
             goto fail;
         }
@@ -768,36 +813,99 @@ fail:
     return reply_error(c, r, nbd_errno(-ret), ret == -ENOMEM ? "out of memory" : "read failed");
 }
 
-/* base:allocation extents from r->off: consecutive, merged when equal, at most one with
- * REQ_ONE (and then not past the request). */
-static int reply_block_status(nbd_conn *c, const nbd_req *r)
+/* QEMU counts the zeros read past the end of a backing image shorter than the image above
+ * as allocated in that backing image: its depth, or 0 when off is within every image.
+ * Only asked where nothing is allocated, so every image down to that one is reached. The
+ * lock keeps walks apart: a walk may create the disk's backing handles. */
+static uint32_t past_short_backing(nbd_export *e, uint64_t off)
 {
-    vd_disk *d = c->exp->disk;
-    uint64_t size = vd_disk_size(d);
+    uint32_t depth = 1, ret = 0;
+    pthread_mutex_lock(&e->chain_lock);
+    for (vd_disk *b = vd_disk_backing(e->disk); b && !ret; b = vd_disk_backing(b)) {
+        depth++;
+        if (off >= vd_disk_size(b)) {
+            ret = depth;
+        }
+    }
+    pthread_mutex_unlock(&e->chain_lock);
+    return ret;
+}
+
+/* Whether the top image alone reads as zeros at off where it has nothing allocated, as
+ * QEMU's status of one image says: with no backing image, or past the backing's end. */
+static bool top_hole_reads_zero(nbd_export *e, uint64_t off)
+{
+    pthread_mutex_lock(&e->chain_lock);
+    vd_disk *b = vd_disk_backing(e->disk);
+    bool zero = !b || off >= vd_disk_size(b);
+    pthread_mutex_unlock(&e->chain_lock);
+    return zero;
+}
+
+/* The status of one extent of the export as a context describes it: NBD_STATE_* bits for
+ * base:allocation, QEMU's depth for qemu:allocation-depth (0 unallocated, N from the Nth
+ * image of the chain). With an offset qemu-nbd reads through a raw node whose status is the
+ * top image's alone, so that is what is reported then. */
+static int export_status(nbd_export *e, unsigned id, uint64_t off, uint64_t len,
+                         uint64_t *plen, uint32_t *val)
+{
+    vd_extent ext;
+    int ret = e->offset ? vd_block_status_top(e->disk, e->offset + off, len, &ext)
+                        : vd_block_status(e->disk, off, len, &ext);
+    if (ret < 0) {
+        return ret;
+    }
+    if (ext.length == 0) {
+        return -EIO;
+    }
+    *plen = ext.length;
+    if (e->offset && !(ext.flags & (VD_BS_ALLOCATED | VD_BS_DATA | VD_BS_ZERO)) &&
+        top_hole_reads_zero(e, e->offset + off)) {
+        ext.flags |= VD_BS_ZERO;
+    }
+    if (id == NBD_META_ID_ALLOCATION_DEPTH) {
+        if (ext.flags & VD_BS_ALLOCATED) {
+            *val = (uint32_t)ext.depth + 1;
+        } else {
+            *val = e->offset ? 0 : past_short_backing(e, off);
+        }
+    } else {
+        *val = (ext.flags & VD_BS_DATA ? 0 : NBD_STATE_HOLE) |
+               (ext.flags & VD_BS_ZERO ? NBD_STATE_ZERO : 0);
+    }
+    return 0;
+}
+
+/* One BLOCK_STATUS chunk for context id: extents from r->off, consecutive, merged when
+ * equal, at most one with REQ_ONE (and then not past the request). Returns the chunk in
+ * *out (its header still to fill) and its size, or -errno. */
+static int build_extents(nbd_conn *c, const nbd_req *r, unsigned id, uint8_t **out,
+                         size_t *outlen)
+{
+    nbd_export *e = c->exp;
+    uint64_t size = export_size(e);
     uint64_t off = r->off, end = r->off + r->len;
     bool one = r->flags & NBD_CMD_FLAG_REQ_ONE;
     size_t cap = 64, n = 0;
     uint8_t *buf = malloc(20 + 4 + cap * 8);
     if (!buf) {
-        return reply_error(c, r, NBD_ENOMEM, "out of memory");
+        return -ENOMEM;
     }
-    uint32_t last_flags = 0;
+    uint32_t last = 0;
     int ret = 0;
     while (off < end && n < NBD_MAX_EXTENTS) {
-        vd_extent ext;
-        ret = vd_block_status(d, off, (end < size ? end : size) - off, &ext);
+        uint64_t l;
+        uint32_t v;
+        ret = export_status(e, id, off, (end < size ? end : size) - off, &l, &v);
         if (ret < 0) {
             break;
         }
-        if (ext.length == 0) {
-            break;
-        }
-        uint32_t f = (ext.flags & VD_BS_DATA ? 0 : NBD_STATE_HOLE) |
-                     (ext.flags & VD_BS_ZERO ? NBD_STATE_ZERO : 0);
-        uint64_t l = ext.length;
-        if (n > 0 && f == last_flags && get32(buf + 24 + (n - 1) * 8) + l <= UINT32_MAX) {
+        if (n > 0 && v == last && get32(buf + 24 + (n - 1) * 8) + l <= UINT32_MAX) {
             put32(buf + 24 + (n - 1) * 8, (uint32_t)(get32(buf + 24 + (n - 1) * 8) + l));
         } else {
+            if (one && n == 1) {
+                break;   /* REQ_ONE: equal extents merge into the one, as in QEMU */
+            }
             if (l > UINT32_MAX - 511) {
                 l = (UINT32_MAX - 511) & ~511ull;   /* an extent length is 32 bits */
             }
@@ -805,33 +913,67 @@ static int reply_block_status(nbd_conn *c, const nbd_req *r)
                 cap *= 2;
                 uint8_t *nb = realloc(buf, 20 + 4 + cap * 8);
                 if (!nb) {
-                    free(buf);
-                    return reply_error(c, r, NBD_ENOMEM, "out of memory");
+                    ret = -ENOMEM;
+                    break;
                 }
                 buf = nb;
             }
             put32(buf + 24 + n * 8, (uint32_t)l);
-            put32(buf + 24 + n * 8 + 4, f);
+            put32(buf + 24 + n * 8 + 4, v);
             n++;
-            last_flags = f;
+            last = v;
         }
         off += l;
-        if (one) {
-            break;
-        }
     }
-    if (ret < 0 || n == 0) {
+    if (ret == 0 && n == 0) {
+        ret = -EIO;
+    }
+    if (ret < 0) {
         free(buf);
-        return reply_error(c, r, nbd_errno(ret < 0 ? -ret : EIO), "block status failed");
+        return ret;
     }
     if (one && get32(buf + 24) > r->len) {
         put32(buf + 24, r->len);
     }
-    chunk_header(buf, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, r->cookie,
-                 (uint32_t)(4 + n * 8));
-    put32(buf + 20, 0);   /* the id SET_META_CONTEXT gave base:allocation */
-    ret = conn_write(c, buf, 24 + n * 8);
-    free(buf);
+    put32(buf + 20, id);
+    *out = buf;
+    *outlen = 24 + n * 8;
+    return 0;
+}
+
+/* One chunk per selected context, in id order (QEMU's), the last flagged DONE. Every
+ * chunk is built before the first goes out, so a failure is one plain error reply. */
+static int reply_block_status(nbd_conn *c, const nbd_req *r)
+{
+    uint8_t *bufs[2] = {NULL, NULL};
+    size_t lens[2] = {0, 0};
+    unsigned ids[2], n = 0;
+    int ret = 0;
+    for (unsigned id = 0; id < 2; id++) {
+        if (c->meta & (1u << id)) {
+            ids[n++] = id;
+        }
+    }
+    for (unsigned i = 0; i < n && ret == 0; i++) {
+        ret = build_extents(c, r, ids[i], &bufs[i], &lens[i]);
+    }
+    if (ret < 0) {
+        free(bufs[0]);
+        free(bufs[1]);
+        return reply_error(c, r, nbd_errno(-ret), ret == -ENOMEM ? "out of memory"
+                                                                 : "block status failed");
+    }
+    struct iovec iov[2];
+    for (unsigned i = 0; i < n; i++) {
+        chunk_header(bufs[i], i + 1 == n ? NBD_REPLY_FLAG_DONE : 0,
+                     NBD_REPLY_TYPE_BLOCK_STATUS, r->cookie, (uint32_t)(lens[i] - 20));
+        iov[i] = (struct iovec){bufs[i], lens[i]};
+    }
+    pthread_mutex_lock(&c->wlock);
+    ret = conn_writev_locked(c, iov, (int)n);
+    pthread_mutex_unlock(&c->wlock);
+    free(bufs[0]);
+    free(bufs[1]);
     return ret;
 }
 
@@ -894,7 +1036,7 @@ static int run(nbd_conn *c, nbd_req *r)
 {
     nbd_export *e = c->exp;
     vd_disk *d = e->disk;
-    uint64_t size = vd_disk_size(d);
+    uint64_t size = export_size(e), at = e->offset + r->off;
     bool writes = r->type == NBD_CMD_WRITE || r->type == NBD_CMD_WRITE_ZEROES ||
                   r->type == NBD_CMD_TRIM;
     bool fua = r->flags & NBD_CMD_FLAG_FUA;
@@ -931,20 +1073,20 @@ static int run(nbd_conn *c, nbd_req *r)
         if (r->len && !buf) {
             return reply_error(c, r, NBD_ENOMEM, "out of memory");
         }
-        ret = r->len ? vd_pread(d, buf, r->len, r->off) : 0;
+        ret = r->len ? vd_pread(d, buf, r->len, at) : 0;
         int w = ret < 0 ? reply_error(c, r, nbd_errno(-ret), "read failed")
                         : reply_read(c, r, buf);
         free(buf);
         return w;
     }
     case NBD_CMD_WRITE:
-        ret = r->len ? vd_pwrite(d, r->data, r->len, r->off, fua ? VD_REQ_FUA : 0) : 0;
+        ret = r->len ? vd_pwrite(d, r->data, r->len, at, fua ? VD_REQ_FUA : 0) : 0;
         break;
     case NBD_CMD_FLUSH:
         ret = vd_flush(d);
         break;
     case NBD_CMD_TRIM:
-        ret = r->len ? vd_pdiscard(d, r->off, r->len) : 0;
+        ret = r->len ? vd_pdiscard(d, at, r->len) : 0;
         if (ret == 0 && fua) {
             ret = vd_flush(d);
         }
@@ -956,14 +1098,14 @@ static int run(nbd_conn *c, nbd_req *r)
         unsigned f = (r->flags & NBD_CMD_FLAG_NO_HOLE ? 0 : VD_REQ_MAY_UNMAP) |
                      (fua ? VD_REQ_FUA : 0) |
                      (r->flags & NBD_CMD_FLAG_FAST_ZERO ? VD_REQ_NO_FALLBACK : 0);
-        ret = r->len ? vd_pwrite_zeroes(d, r->off, r->len, f) : 0;
+        ret = r->len ? vd_pwrite_zeroes(d, at, r->len, f) : 0;
         if (ret == -ENOTSUP && !(r->flags & NBD_CMD_FLAG_FAST_ZERO)) {
             ret = -EIO;   /* ENOTSUP is only for FAST_ZERO */
         }
         break;
     }
     case NBD_CMD_BLOCK_STATUS:
-        if (!c->structured || !c->meta_base) {
+        if (!c->structured || !c->meta) {
             return reply_error(c, r, NBD_EINVAL, "no metadata context negotiated");
         }
         if (r->len == 0) {

@@ -18,6 +18,9 @@ typedef struct nbd_export {
     vd_disk *disk;
     bool writable;
     uint32_t min_block;          /* advertised minimum block size */
+    uint64_t offset;             /* the export's byte 0 in the disk */
+    bool allocation_depth;       /* offers qemu:allocation-depth */
+    pthread_mutex_t chain_lock;  /* one look down its backing chain at a time */
     unsigned clients;            /* connections in transmission on it */
     unsigned refs;               /* the registry's + one per connection using it */
     bool removed;                /* no longer listed; hard removal closes its clients */
@@ -62,7 +65,7 @@ struct nbd_conn {
     bool fixed;
     bool no_zeroes;
     bool structured;
-    bool meta_base;              /* base:allocation selected ... */
+    unsigned meta;               /* NBD_META_* contexts selected ... */
     char *meta_export;           /* ... for this export name */
     nbd_export *exp;             /* the export in transmission (a reference held) */
 

@@ -83,6 +83,10 @@
 #define NBD_REPLY_TYPE_ERROR_OFFSET 0x8002
 
 /* base:allocation status bits. */
+/* Meta context ids, as QEMU numbers them; bit (1 << id) marks one selected. */
+#define NBD_META_ID_BASE_ALLOCATION 0u
+#define NBD_META_ID_ALLOCATION_DEPTH 1u
+
 #define NBD_STATE_HOLE (1u << 0)
 #define NBD_STATE_ZERO (1u << 1)
 

@@ -2,6 +2,7 @@
  * connection list and the worker pool that runs every connection's requests. */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -144,6 +145,7 @@ static void export_free(nbd_export *e)
 {
     free(e->name);
     free(e->description);
+    pthread_mutex_destroy(&e->chain_lock);
     free(e);
 }
 
@@ -181,6 +183,11 @@ int vd_nbd_export_add(vd_nbd_server *s, const vd_nbd_export_opts *o, vd_error **
                             "%u is not a power of two up to %u", name, o->min_block,
                             NBD_PREFERRED_BLOCK);
     }
+    if (o->offset > vd_disk_size(o->disk)) {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "export '%s': offset %" PRIu64
+                            " is beyond the end of the disk (%" PRIu64 " bytes)", name,
+                            o->offset, vd_disk_size(o->disk));
+    }
     pthread_mutex_lock(&s->lock);
     if (nbd_export_find_locked(s, name)) {
         pthread_mutex_unlock(&s->lock);
@@ -196,6 +203,9 @@ int vd_nbd_export_add(vd_nbd_server *s, const vd_nbd_export_opts *o, vd_error **
     e->disk = o->disk;
     e->writable = o->writable;
     e->min_block = o->min_block ? o->min_block : 1;
+    e->offset = o->offset;
+    e->allocation_depth = o->allocation_depth;
+    pthread_mutex_init(&e->chain_lock, NULL);
     e->refs = 1;
     nbd_export **p = &s->exports;
     while (*p) {

@@ -34,6 +34,7 @@ targets=(
     "decompress-zlib 262144 $target_time"
     "decompress-zstd 262144 $target_time"
     "nbd 65536 $target_time"
+    "nbd-client 65536 $target_time"
     "qmp 65536 $target_time"
     "blkdebug-config 4096 $target_time"
 )
