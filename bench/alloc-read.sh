@@ -2,19 +2,28 @@
 # Case alloc-read: the alloc-write pattern (4 KiB reads, qd32, one per 64 KiB cluster) over
 # an image whose clusters are all allocated. One image, written by qemu-img beforehand
 # (untimed), is read by both tools; -t writeback and an untimed warm-up read by each tool
-# mean both read from the page cache, so this measures the engine, not the disk.
+# mean both read from the page cache, so this measures the engine, not the disk. Argument
+# none (case alloc-read-direct): -t none, O_DIRECT reads that go to the disk every time.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
+cache=${1:-writeback}
+name=alloc-read
+what="page cache warm"
+if [ "$cache" != writeback ]; then
+    name=alloc-read-direct
+    what="-t $cache (O_DIRECT)"
+fi
 clusters=$(bench_size 20480 1024)
 size=$((clusters * 64 * 1024))
 count=$((clusters * 10))              # ten passes over the image
-opts=(-t writeback -d 32 -s 4k -S 64k -c "$count")
-bench_case alloc-read time vdisk qemu-img 1.0 \
-    "4 KiB reads, qd32, one per 64 KiB cluster, allocated qcow2, page cache warm" \
+[ "$cache" = writeback ] || count=$clusters   # one pass: each read goes to the disk
+opts=(-t "$cache" -d 32 -s 4k -S 64k -c "$count")
+bench_case "$name" time vdisk qemu-img 1.0 \
+    "4 KiB reads, qd32, one per 64 KiB cluster, allocated qcow2, $what" \
     "bench ${opts[*]}"
 
-img="$BENCH_DIR/alloc-read.qcow2"
+img="$BENCH_DIR/$name.qcow2"
 rm -f "$img"
 "$QEMU_IMG" create -q -f qcow2 "$img" "$size"
 "$QEMU_IMG" bench -w -t writeback -d 32 -s 4k -S 64k -c "$clusters" --pattern=165 "$img" >/dev/null
@@ -26,7 +35,7 @@ done
 
 for ((round = 1; round <= BENCH_ROUNDS; round++)); do
     for who in $(bench_order "$round" vdisk qemu-img); do
-        bench_run alloc-read "$who" "$round" "$(bench_tool "$who")" bench "${opts[@]}" "$img" \
+        bench_run "$name" "$who" "$round" "$(bench_tool "$who")" bench "${opts[@]}" "$img" \
             || true
     done
 done

@@ -2,12 +2,13 @@
 # Runs the vdisk benchmarks side by side with qemu-img and writes the results table
 # (bench/results.md; quick runs go to $BENCH_DIR instead). Usage: bench/run.sh [CASE...]
 # Cases: alloc-write alloc-read seq convert create compress codec snapshot nbd (the default set),
-# create-full, compress-zlib, compress-zstd (one compression type only).
+# create-full, compress-zlib, compress-zstd (one compression type only), alloc-write-direct
+# and alloc-read-direct (the alloc cases with -t none: O_DIRECT, no page cache).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 all_cases=(alloc-write alloc-read seq convert create compress codec snapshot nbd create-full
-    compress-zlib compress-zstd)
+    compress-zlib compress-zstd alloc-write-direct alloc-read-direct)
 default_cases=(alloc-write alloc-read seq convert create compress codec snapshot nbd)
 
 usage() {
@@ -98,6 +99,7 @@ for c in "${cases[@]}"; do
         create) script=(create.sh meta) ;;
         create-full) script=(create.sh full) ;;
         compress-zlib | compress-zstd) script=(compress.sh "${c#compress-}") ;;
+        alloc-write-direct | alloc-read-direct) script=("${c%-direct}.sh" none) ;;
         *) script=("$c.sh") ;;
     esac
     if ! bash "$BENCH_SRC/${script[0]}" "${script[@]:1}"; then
