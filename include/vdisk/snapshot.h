@@ -37,6 +37,24 @@ int vd_snapshot_apply(vd_disk *d, const char *id_or_name, vd_error **errp);
 /* Deletes by id and/or name (either may be NULL, not both), as QMP
  * blockdev-snapshot-delete-internal-sync; qemu-img snapshot -d passes the name only. */
 int vd_snapshot_delete(vd_disk *d, const char *id, const char *name, vd_error **errp);
+/* Makes a disk opened read-only read an internal snapshot (its data; the disk keeps its
+ * size) until it is closed, as QEMU's bdrv_snapshot_load_tmp: by id and name when both are
+ * given (both must match), else by the one given (not both NULL). Nothing is written to the
+ * image. Refused (EINVAL, "Device is not readonly") on a writable disk; ENOENT ("Can't find
+ * snapshot") when none matches; EINVAL or EFBIG for a snapshot whose L1 table is bad; ENOTSUP
+ * for a format without internal snapshots. On failure the disk reads as before. */
+int vd_snapshot_load_tmp(vd_disk *d, const char *id, const char *name, vd_error **errp);
+/* The same for one string, as qemu-img convert -l and qemu-nbd -l take a bare ID_OR_NAME:
+ * as an id first, then, if that fails with ENOENT or EINVAL, as a name (that error wins). */
+int vd_snapshot_load_tmp_by_id_or_name(vd_disk *d, const char *id_or_name, vd_error **errp);
+/* Parses QEMU's SNAPSHOT_PARAM "snapshot.id=ID[,snapshot.name=NAME]" with QEMU's option
+ * syntax (",," is a comma; the last of a repeated key counts; "key" alone means key=on and
+ * "nokey" key=off, with QEMU's deprecation warning passed to warn, which may be NULL).
+ * *id and *name (caller frees) get the values given, or NULL. An unknown key is an error
+ * in QEMU's words ("Invalid parameter 'x'"). */
+int vd_snapshot_param_parse(const char *param, char **id, char **name,
+                            void (*warn)(const char *msg, void *opaque), void *opaque,
+                            vd_error **errp);
 /* The VM state of the active image (what the last apply brought back, or what the next
  * create saves): QEMU's bdrv_load_vmstate / bdrv_save_vmstate. */
 int vd_vmstate_read(vd_disk *d, void *buf, uint64_t len, uint64_t pos, vd_error **errp);

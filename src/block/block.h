@@ -112,6 +112,14 @@ struct vd_driver {
     void (*snapshot_clean)(vd_node *node, void *txn);
     /* Reverts to a snapshot (id first, then name). Drained by the caller. */
     int (*snapshot_apply)(vd_node *node, const char *id_or_name, vd_error **errp);
+    /* Makes the node read an internal snapshot instead of the active image until it is
+     * closed (QEMU's bdrv_snapshot_load_tmp): found by id and name when both are given
+     * (both must match), else by the one given; at least one is non-NULL. The core
+     * guarantees the node was opened read-only, and has drained it. Writes nothing; the
+     * guest size stays. -ENOENT when no snapshot matches, -EINVAL or -EFBIG for a bad L1
+     * table (QEMU's callers retry by name on those). On failure the node reads as before. */
+    int (*snapshot_load_tmp)(vd_node *node, const char *id, const char *name,
+                             vd_error **errp);
     /* Reads or writes the active image's VM-state area. */
     int (*vmstate_rw)(vd_node *node, void *buf, uint64_t len, uint64_t pos, bool write,
                       vd_error **errp);

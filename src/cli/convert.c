@@ -593,7 +593,63 @@ typedef struct convert_args {
     bool quiet;
     const char *level_arg;  /* --compression-level, as given */
     int level;
+    /* -l: a bare ID_OR_NAME, or (winning over it, as in qemu-img) the id and name of the
+     * last "snapshot.id=...,snapshot.name=..." given. */
+    const char *snapshot_name;
+    bool sn_opts;
+    char *sn_id, *sn_name;
 } convert_args;
+
+/* QEMU's deprecation warnings from the -l parser. */
+static void snapshot_param_warn(const char *msg, void *opaque)
+{
+    (void)opaque;
+    fprintf(stderr, "%s: warning: %s\n", cli_progname(), msg);
+}
+
+/* -l: qemu-img tells the option syntax by its "snapshot." prefix. */
+static int parse_snapshot_param(convert_args *a, const char *param)
+{
+    if (strncmp(param, "snapshot.", 9) != 0) {
+        a->snapshot_name = param;
+        return 0;
+    }
+    char *id, *name;
+    vd_error *err = NULL;
+    if (vd_snapshot_param_parse(param, &id, &name, snapshot_param_warn, NULL, &err) < 0) {
+        cli_report_err(err, NULL);
+        cli_error("Failed in parsing snapshot param '%s'", param);
+        return -1;
+    }
+    free(a->sn_id);
+    free(a->sn_name);
+    a->sn_id = id;
+    a->sn_name = name;
+    a->sn_opts = true;
+    return 0;
+}
+
+/* Makes the first source read the snapshot -l named (qemu-img's order: after every source
+ * is open, before the target is made). The sources are open read-only, as the load needs. */
+static int load_snapshot(const convert_args *a, convert_state *s, const char *file)
+{
+    vd_error *err = NULL;
+    int ret = 0;
+    if (a->sn_opts) {
+        ret = vd_snapshot_load_tmp(s->src[0], a->sn_id, a->sn_name, &err);
+    } else if (a->snapshot_name) {
+        if (s->src_num > 1) {
+            cli_error("No support for concatenating multiple snapshot");
+            return -1;
+        }
+        ret = vd_snapshot_load_tmp_by_id_or_name(s->src[0], a->snapshot_name, &err);
+    }
+    if (ret < 0) {
+        cli_report_err_for(err, file, "Failed to load snapshot: ");
+        return -1;
+    }
+    return 0;
+}
 
 /* Builds the target's creation options as qemu-img convert does. Returns 0 or 1 after
  * printing the error. */
@@ -683,8 +739,10 @@ int cmd_convert(int argc, char **argv)
             }
             break;
         case 'l':
-            cli_error("Failed to load snapshot: internal snapshots are not supported");
-            goto fail_getopt;
+            if (parse_snapshot_param(&a, optarg) < 0) {
+                goto fail_getopt;
+            }
+            break;
         case 'S': {
             int64_t sval;
             if (cli_cvtnum("buffer size for sparse output", optarg, &sval) < 0) {
@@ -844,6 +902,9 @@ int cmd_convert(int argc, char **argv)
         s.src_bytes[i] = vd_disk_size(s.src[i]);
         s.src_sectors[i] = (int64_t)((s.src_bytes[i] + SECTOR - 1) / SECTOR);
         s.total_sectors += s.src_sectors[i];
+    }
+    if (load_snapshot(&a, &s, vd_disk_filename(s.src[0])) < 0) {
+        goto out;
     }
 
     const char *backing = a.out_base, *backing_fmt = a.out_basefmt;
@@ -1007,5 +1068,7 @@ out:
     vd_engine_free(e);
 fail_getopt:
     free(a.options);
+    free(a.sn_id);
+    free(a.sn_name);
     return ret;
 }

@@ -1,7 +1,9 @@
 /* The public snapshot API (include/vdisk/snapshot.h): vd_transaction turns the caller's
  * actions into engine actions with one shared timestamp; single snapshot operations are
- * transactions of one action; apply, list and VM state go to the driver directly. */
+ * transactions of one action; apply, list, VM state and the temporary (read-only) load of
+ * a snapshot go to the driver directly. */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -285,4 +287,176 @@ int vd_vmstate_write(vd_disk *d, const void *buf, uint64_t len, uint64_t pos,
                      vd_error **errp)
 {
     return vmstate_rw(d, (void *)buf, len, pos, true, errp);
+}
+
+/* ---- temporary load ------------------------------------------------------------------------ */
+
+/* The node serves the snapshot from now on, so nothing may read it half-switched: the
+ * handle is drained, as for apply. */
+int vd_snapshot_load_tmp(vd_disk *d, const char *id, const char *name, vd_error **errp)
+{
+    vd_disk *disks[1] = {d};
+    vd_disks_drain_begin(disks, 1);
+    vd_node *n = d->node;
+    vd_error *err = NULL;
+    int ret;
+    /* QEMU's order of checks, and its words. */
+    if (!id && !name) {
+        ret = vd_error_set(&err, VD_ERR_INVALID, EINVAL, "snapshot_id and name are both NULL");
+    } else if (n->open_flags & VD_OPEN_RDWR) {
+        /* The swapped table would be the one a write updates and a flush writes back. */
+        ret = vd_error_set(&err, VD_ERR_INVALID, EINVAL, "Device is not readonly");
+    } else if (!n->drv->snapshot_load_tmp) {
+        /* A library handle has no device name; QEMU's tools print the empty one too. */
+        ret = vd_error_set(&err, VD_ERR_UNSUPPORTED, ENOTSUP, "Block format '%s' used by "
+                           "device '' does not support temporarily loading internal "
+                           "snapshots", n->drv->name);
+    } else {
+        ret = n->drv->snapshot_load_tmp(n, id, name, &err);
+    }
+    if (ret < 0) {
+        ret = vd_txn_name_error(n->filename, ret, &err);
+    }
+    vd_disks_drain_end(disks, 1);
+    if (ret < 0) {
+        if (errp && !*errp) {
+            *errp = err;
+        } else {
+            vd_error_free(err);
+        }
+    }
+    return ret;
+}
+
+int vd_snapshot_load_tmp_by_id_or_name(vd_disk *d, const char *id_or_name, vd_error **errp)
+{
+    vd_error *err = NULL;
+    int ret = vd_snapshot_load_tmp(d, id_or_name, NULL, &err);
+    if (ret == -ENOENT || ret == -EINVAL) {
+        vd_error_free(err);
+        err = NULL;
+        ret = vd_snapshot_load_tmp(d, NULL, id_or_name, &err);
+    }
+    if (ret < 0) {
+        if (errp && !*errp) {
+            *errp = err;
+        } else {
+            vd_error_free(err);
+        }
+    }
+    return ret;
+}
+
+/* ---- SNAPSHOT_PARAM -------------------------------------------------------------------- */
+
+/* One "key=value" or "key" item of QEMU's option syntax at p. A key ends at '=' or ','; a
+ * value at a single ',' (",," stands for one). A bare key is a flag: "key" is key=on and
+ * "nokey" key=off. Returns where the next item starts; *flag tells a bare key. */
+static const char *param_item(const char *p, char **key, char **value, bool *flag)
+{
+    size_t len = strcspn(p, "=,");
+    *key = strndup(p, len);
+    if (!*key) {
+        abort();
+    }
+    p += len;
+    *flag = *p != '=';
+    if (*flag) {
+        bool no = strncmp(*key, "no", 2) == 0;
+        if (no) {
+            memmove(*key, *key + 2, strlen(*key + 2) + 1);
+        }
+        *value = strdup(no ? "off" : "on");
+    } else {
+        p++;
+        size_t cap = strlen(p) + 1, n = 0;
+        *value = malloc(cap);
+        if (*value) {
+            while (*p && !(p[0] == ',' && p[1] != ',')) {
+                if (p[0] == ',') {
+                    p++;   /* ",," */
+                }
+                (*value)[n++] = *p++;
+            }
+            (*value)[n] = '\0';
+        }
+    }
+    if (!*value) {
+        abort();
+    }
+    return *p == ',' ? p + 1 : p;
+}
+
+/* QEMU's test for an "id=" value: a letter, then letters, digits, '-', '.' or '_'. */
+static bool id_wellformed(const char *id)
+{
+    if (!((*id >= 'a' && *id <= 'z') || (*id >= 'A' && *id <= 'Z'))) {
+        return false;
+    }
+    for (const char *c = id + 1; *c; c++) {
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
+              (*c >= '0' && *c <= '9') || *c == '-' || *c == '.' || *c == '_')) {
+            return false;
+        }
+    }
+    return true;
+}
+
+int vd_snapshot_param_parse(const char *param, char **id, char **name,
+                            void (*warn)(const char *msg, void *opaque), void *opaque,
+                            vd_error **errp)
+{
+    *id = NULL;
+    *name = NULL;
+    char *key, *value;
+    bool flag;
+    /* QEMU looks for the options group's own "id=" first (quietly), and checks it. */
+    for (const char *p = param; *p;) {
+        p = param_item(p, &key, &value, &flag);
+        bool is_id = strcmp(key, "id") == 0;
+        bool ok = !is_id || id_wellformed(value);
+        free(key);
+        free(value);
+        if (!ok) {
+            return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Parameter 'id' expects an "
+                                "identifier\nIdentifiers consist of letters, digits, '-', "
+                                "'.', '_', starting with a letter.");
+        }
+        if (is_id) {
+            break;
+        }
+    }
+    for (const char *p = param; *p;) {
+        p = param_item(p, &key, &value, &flag);
+        if (flag && warn) {
+            char *msg = NULL;
+            bool off = strcmp(value, "off") == 0;
+            if (asprintf(&msg, "short-form boolean option '%s%s' deprecated\nPlease use "
+                         "%s=%s instead", off ? "no" : "", key, key, value) < 0) {
+                abort();
+            }
+            warn(msg, opaque);
+            free(msg);
+        }
+        char **slot = strcmp(key, "snapshot.id") == 0     ? id
+                      : strcmp(key, "snapshot.name") == 0 ? name
+                                                          : NULL;
+        if (slot) {
+            free(*slot);
+            *slot = value;
+        } else {
+            free(value);
+        }
+        if (!slot && strcmp(key, "id") != 0) {
+            int ret = vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Invalid parameter '%s'",
+                                   key);
+            free(key);
+            free(*id);
+            free(*name);
+            *id = *name = NULL;
+            return ret;
+        }
+        free(key);
+    }
+    return 0;
 }

@@ -1000,6 +1000,133 @@ int qcow2_snapshot_apply(vd_node *node, const char *id_or_name, vd_error **errp)
     return ret;
 }
 
+/* ---- temporary load (read-only) ---------------------------------------------------------- */
+
+/* QEMU's rule: both given, both must match; else the one given. */
+static int find_by_id_and_name(const qcow2_snapshot *tab, uint32_t nb, const char *id,
+                               const char *name)
+{
+    for (uint32_t i = 0; i < nb; i++) {
+        if ((!id || strcmp(tab[i].id, id) == 0) && (!name || strcmp(tab[i].name, name) == 0)) {
+            return (int)i;
+        }
+    }
+    return -1;
+}
+
+/* QEMU's largest request end: INT64_MAX rounded down to its largest alignment (1 GiB). */
+#define TMP_MAX_REQUEST_END (INT64_MAX & ~(((uint64_t)1 << 30) - 1))
+
+/* Reads a snapshot's L1 table for reading through it. The checks and their words are
+ * QEMU's (its callers retry by name on EINVAL, so the errno matters too). Bytes past the end
+ * of the file read as zeros, as they do in QEMU: such entries are unallocated; a range QEMU's
+ * block layer would not even try to read fails as its read does (EIO). */
+static int read_tmp_l1(qcow2_state *s, const qcow2_snapshot *sn, uint64_t **out,
+                       vd_error **errp)
+{
+    uint64_t bytes = (uint64_t)sn->l1_size * 8;
+    *out = NULL;
+    if (bytes > QCOW2_MAX_L1_BYTES) {
+        return vd_error_set(errp, VD_ERR_CORRUPT, EFBIG, "%s: Snapshot L1 table too large",
+                            s->name);
+    }
+    if ((uint64_t)INT64_MAX - bytes < sn->l1_table_offset ||
+        (sn->l1_table_offset & (s->cluster_size - 1))) {
+        return vd_error_set(errp, VD_ERR_CORRUPT, EINVAL, "%s: Snapshot L1 table offset "
+                            "invalid", s->name);
+    }
+    if (sn->l1_table_offset > TMP_MAX_REQUEST_END ||
+        bytes > TMP_MAX_REQUEST_END - sn->l1_table_offset) {
+        return vd_error_set(errp, VD_ERR_IO, EIO, "%s: Failed to read l1 table for snapshot",
+                            s->name);
+    }
+    uint64_t *l1 = calloc(sn->l1_size ? sn->l1_size : 1, sizeof(*l1));
+    uint8_t *buf = malloc(bytes ? bytes : 1);
+    if (!l1 || !buf) {
+        free(l1);
+        free(buf);
+        return vd_error_set(errp, VD_ERR_NOMEM, ENOMEM, "%s: out of memory", s->name);
+    }
+    int ret = bytes ? vd_node_pread_zero_pad(s->file, buf, bytes, sn->l1_table_offset) : 0;
+    if (ret < 0) {
+        free(l1);
+        free(buf);
+        return vd_error_set(errp, VD_ERR_IO, -ret, "%s: Failed to read l1 table for snapshot",
+                            s->name);
+    }
+    for (uint32_t i = 0; i < sn->l1_size; i++) {
+        l1[i] = vd_be64(buf + (size_t)i * 8);
+    }
+    free(buf);
+    *out = l1;
+    return 0;
+}
+
+/* Only the in-memory view changes: the active L1 table is replaced by the snapshot's. The
+ * guest size stays, as in QEMU (reads past the snapshot's table are unallocated). Cached L2
+ * slices stay valid: they are keyed by host offset. Nothing is written, and nothing can be
+ * later: the node is read-only for its whole life, so the swapped table never reaches the
+ * file and the close writes nothing. */
+int qcow2_snapshot_load_tmp(vd_node *node, const char *id, const char *name, vd_error **errp)
+{
+    qcow2_state *s = node->opaque;
+    qcow2_snapshot *tab = NULL;
+    uint32_t nb = 0;
+    uint64_t *l1 = NULL;
+    uint8_t *l1_dirty = NULL;
+
+    pthread_mutex_lock(&s->lock);
+    qcow2_drain_locked(s);
+    int ret;
+    /* The core refuses a writable node; this is the driver's own guard against ever writing
+     * a foreign table back as the active one. */
+    if (s->writable) {
+        ret = vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Device is not readonly");
+        goto out;
+    }
+    if (!s->loaded) {
+        ret = vd_error_set(errp, VD_ERR_IO, EIO, "%s: the image metadata is not loaded",
+                           s->name);
+        goto out;
+    }
+    ret = load_table(s, &tab, &nb, errp);
+    if (ret < 0) {
+        goto out;
+    }
+    int i = find_by_id_and_name(tab, nb, id, name);
+    if (i < 0) {
+        ret = vd_error_set(errp, VD_ERR_NOT_FOUND, ENOENT, "%s: Can't find snapshot", s->name);
+        goto out;
+    }
+    ret = read_tmp_l1(s, &tab[i], &l1, errp);
+    if (ret < 0) {
+        goto out;
+    }
+    /* One flag per 4 KiB chunk of the table, as the loader sizes it. */
+    size_t chunks = ((size_t)tab[i].l1_size * 8 + 4095) / 4096;
+    l1_dirty = calloc(chunks ? chunks : 1, 1);
+    if (!l1_dirty) {
+        ret = vd_error_set(errp, VD_ERR_NOMEM, ENOMEM, "%s: out of memory", s->name);
+        goto out;
+    }
+    free(s->l1);
+    free(s->l1_dirty);
+    s->l1 = l1;
+    s->l1_dirty = l1_dirty;
+    s->l1_nb_dirty = 0;
+    s->l1_size = tab[i].l1_size;
+    s->l1_offset = tab[i].l1_table_offset;
+    l1 = NULL;
+    l1_dirty = NULL;
+out:
+    free(l1);
+    free(l1_dirty);
+    qcow2_snapshots_free(tab, nb);
+    qcow2_undrain_locked(s);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
 /* ---- list, VM state ------------------------------------------------------------------------ */
 
 int qcow2_snapshot_list(vd_node *node, vd_snapshot_info **out, size_t *nbp,

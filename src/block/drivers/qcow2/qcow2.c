@@ -1160,6 +1160,7 @@ const vd_driver vd_qcow2_driver = {
     .snapshot_abort = qcow2_snapshot_abort,
     .snapshot_clean = qcow2_snapshot_clean,
     .snapshot_apply = qcow2_snapshot_apply,
+    .snapshot_load_tmp = qcow2_snapshot_load_tmp,
     .vmstate_rw = qcow2_vmstate_rw,
     .create = qcow2_create,
     .create_options = qcow2_create_options,

@@ -407,6 +407,8 @@ int qcow2_snapshot_commit(vd_node *node, void *txn, vd_error **errp);
 int qcow2_snapshot_abort(vd_node *node, void *txn, vd_error **errp);
 void qcow2_snapshot_clean(vd_node *node, void *txn);
 int qcow2_snapshot_apply(vd_node *node, const char *id_or_name, vd_error **errp);
+int qcow2_snapshot_load_tmp(vd_node *node, const char *id, const char *name,
+                            vd_error **errp);
 int qcow2_vmstate_rw(vd_node *node, void *buf, uint64_t len, uint64_t pos, bool write,
                      vd_error **errp);
 /* amend: refuses (ENOTSUP, QEMU's words) a downgrade to v2 that would lose what a v2
