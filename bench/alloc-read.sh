@@ -35,6 +35,8 @@ done
 
 for ((round = 1; round <= BENCH_ROUNDS; round++)); do
     for who in $(bench_order "$round" vdisk qemu-img); do
+        # O_DIRECT reads must find nothing of the image cached; the warm case keeps it.
+        [ "$cache" = writeback ] || bench_drop_caches
         bench_run "$name" "$who" "$round" "$(bench_tool "$who")" bench "${opts[@]}" "$img" \
             || true
     done

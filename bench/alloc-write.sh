@@ -22,7 +22,7 @@ for ((round = 1; round <= BENCH_ROUNDS; round++)); do
         img="$BENCH_DIR/$name.$who.qcow2"
         rm -f "$img"
         "$QEMU_IMG" create -q -f qcow2 "$img" "$size"
-        bench_settle
+        bench_drop_caches   # the same free memory, so the same dirty-page limits, every run
         bench_run "$name" "$who" "$round" "$(bench_tool "$who")" bench "${opts[@]}" "$img" \
             || true
         bench_settle
