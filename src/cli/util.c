@@ -873,6 +873,8 @@ bool cli_format_known(const char *fmt)
 
 /* The library reports a corrupt image once, as it finds it; QEMU's tools print this line
  * then (with no program name), and so do we. */
+static char reported_corruption[512];   /* the message that line gave, not to repeat it */
+
 static void on_engine_event(void *opaque, const vd_event *ev)
 {
     (void)opaque;
@@ -880,6 +882,7 @@ static void on_engine_event(void *opaque, const vd_event *ev)
         fprintf(stderr, "qcow2: %s: %s; further %scorruption events will be suppressed\n",
                 ev->fatal ? "Marking image as corrupt" : "Image is corrupt", ev->msg,
                 ev->fatal ? "" : "non-fatal ");
+        snprintf(reported_corruption, sizeof(reported_corruption), "%s", ev->msg);
     }
 }
 
@@ -944,6 +947,10 @@ void cli_print_io_detail(vd_disk *d)
 {
     const char *msg = d ? vd_disk_last_error(d) : NULL;
     if (!msg) {
+        return;
+    }
+    /* The corruption line said it already, as QEMU says it once. */
+    if (reported_corruption[0] && strstr(msg, reported_corruption)) {
         return;
     }
     /* Driver notes read "<image>: qcow2: ..."; errors all start with "<progname>: ". */

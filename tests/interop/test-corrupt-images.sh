@@ -75,7 +75,10 @@ run_one() {
             fi
         else
             local first
-            first=$(grep -m1 -v '^[[:space:]]*$' stderr.txt)
+            # QEMU's "qcow2: Image is corrupt: ..." notice may come first, as with qemu-img.
+            first=$(grep -v -e '^[[:space:]]*$' \
+                -e '^qcow2: \(Image is corrupt\|Marking image as corrupt\): .*; further' \
+                stderr.txt | head -n 1)
             case $first in
                 vdisk:?*) ;;
                 "") err="exit $rc with nothing on stderr" ;;
