@@ -54,10 +54,20 @@ vd_disk *vd_disk_backing(vd_disk *d)
     vd_disk_enter(d);
     vd_disk *b = NULL;
     if (d->node->backing) {
-        if (!d->backing) {
-            d->backing = disk_wrap(d->engine, d->node->backing, false);
+        /* Made on first use, maybe by two threads at once (the drain lock is shared):
+         * the first handle published wins, a second one is freed. */
+        b = __atomic_load_n(&d->backing, __ATOMIC_ACQUIRE);
+        if (!b) {
+            vd_disk *made = disk_wrap(d->engine, d->node->backing, false);
+            vd_disk *none = NULL;
+            if (__atomic_compare_exchange_n(&d->backing, &none, made, false, __ATOMIC_ACQ_REL,
+                                            __ATOMIC_ACQUIRE)) {
+                b = made;
+            } else {
+                vd_disk_free(made);
+                b = none;
+            }
         }
-        b = d->backing;
     }
     vd_disk_leave(d);
     return b;
