@@ -30,9 +30,9 @@ enum {
     OPT_DETECT_ZEROES,
 };
 
+/* After "Usage: <name> [OPTIONS] FILE" and "  or:  <name> -L [OPTIONS]" (cmd_nbd prints
+ * those with the name it was started under). */
 static const char nbd_help[] =
-    "Usage: vdisk nbd [OPTIONS] FILE\n"
-    "  or:  vdisk nbd -L [OPTIONS]\n"
     "Exports FILE (a disk image) over NBD, as qemu-nbd does.\n"
     "\n"
     "  -h, --help                display this help and exit\n"
@@ -99,7 +99,7 @@ static int add_object(const char *arg, tls_object **objs, size_t *nb)
     }
     type = copy;
     if (strchr(type, '=')) {
-        fprintf(stderr, "vdisk: --object: the first item must be the object type\n");
+        fprintf(stderr, "%s: --object: the first item must be the object type\n", cli_progname());
         free(copy);
         vd_opts_free(o);
         return -1;
@@ -115,13 +115,14 @@ static int add_object(const char *arg, tls_object **objs, size_t *nb)
     int ret = 0;
     vd_tls_creds *creds = NULL;
     if (!id) {
-        fprintf(stderr, "vdisk: Parameter 'id' is missing\n");
+        fprintf(stderr, "%s: Parameter 'id' is missing\n", cli_progname());
         ret = -1;
     } else if (strcmp(type, "tls-creds-x509") && strcmp(type, "tls-creds-psk")) {
-        fprintf(stderr, "vdisk: invalid object type: %s\n", type);
+        fprintf(stderr, "%s: invalid object type: %s\n", cli_progname(), type);
         ret = -1;
     } else if (endpoint && strcmp(endpoint, "server")) {
-        fprintf(stderr, "vdisk: Expecting TLS credentials with a server endpoint\n");
+        fprintf(stderr, "%s: Expecting TLS credentials with a server endpoint\n",
+                cli_progname());
         ret = -1;
     } else if (!strcmp(type, "tls-creds-x509")) {
         /* QEMU's default: clients must show a certificate the CA signed. */
@@ -159,7 +160,7 @@ static int connect_server(const char *sock, const char *host, const char *port)
     if (sock) {
         struct sockaddr_un sa = {.sun_family = AF_UNIX};
         if (strlen(sock) >= sizeof(sa.sun_path)) {
-            fprintf(stderr, "vdisk: UNIX socket path '%s' is too long\n", sock);
+            fprintf(stderr, "%s: UNIX socket path '%s' is too long\n", cli_progname(), sock);
             return -1;
         }
         memcpy(sa.sun_path, sock, strlen(sock) + 1);
@@ -171,14 +172,15 @@ static int connect_server(const char *sock, const char *host, const char *port)
         if (fd >= 0) {
             close(fd);
         }
-        fprintf(stderr, "vdisk: Failed to connect to '%s': %s\n", sock, strerror(err));
+        fprintf(stderr, "%s: Failed to connect to '%s': %s\n", cli_progname(), sock,
+                strerror(err));
         return -1;
     }
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res;
     int g = getaddrinfo(host, port, &hints, &res);
     if (g != 0) {
-        fprintf(stderr, "vdisk: address resolution failed for %s:%s: %s\n", host, port,
-                gai_strerror(g));
+        fprintf(stderr, "%s: address resolution failed for %s:%s: %s\n", cli_progname(), host,
+                port, gai_strerror(g));
         return -1;
     }
     for (struct addrinfo *a = res; a; a = a->ai_next) {
@@ -194,7 +196,8 @@ static int connect_server(const char *sock, const char *host, const char *port)
     }
     freeaddrinfo(res);
     if (fd < 0) {
-        fprintf(stderr, "vdisk: Failed to connect to '%s:%s': %s\n", host, port, strerror(err));
+        fprintf(stderr, "%s: Failed to connect to '%s:%s': %s\n", cli_progname(), host, port,
+                strerror(err));
     }
     return fd;
 }
@@ -341,10 +344,12 @@ int cmd_nbd(int argc, char **argv)
     while ((c = getopt_long(argc, argv, ":hVp:b:k:e:tvx:D:f:rl:no:AL", long_options, NULL)) != -1) {
         switch (c) {
         case 'h':
+            printf("Usage: %s [OPTIONS] FILE\n  or:  %s -L [OPTIONS]\n",
+                   cli_command_name("nbd"), cli_command_name("nbd"));
             fputs(nbd_help, stdout);
             return 0;
         case 'V':
-            printf("vdisk nbd version " VDISK_VERSION "\n");
+            printf("%s version " VDISK_VERSION "\n", cli_command_name("nbd"));
             return 0;
         case 'p': {
             char *end;
@@ -426,7 +431,7 @@ int cmd_nbd(int argc, char **argv)
             errno = 0;
             unsigned long long v = strtoull(optarg, &end, 0);
             if (errno || end == optarg || *end) {
-                fprintf(stderr, "vdisk: Invalid offset '%s'\n", optarg);
+                fprintf(stderr, "%s: Invalid offset '%s'\n", cli_progname(), optarg);
                 goto out;
             }
             dev_offset = v;
@@ -494,7 +499,7 @@ int cmd_nbd(int argc, char **argv)
                           : tls_id ? "Expecting TLS credentials with a client endpoint"
                                    : NULL;
         if (why) {
-            fprintf(stderr, "vdisk: %s\n", why);
+            fprintf(stderr, "%s: %s\n", cli_progname(), why);
         } else {
             status = list_exports(sock, bind_addr ? bind_addr : "0.0.0.0",
                                   port ? port : "10809");
@@ -516,7 +521,7 @@ int cmd_nbd(int argc, char **argv)
                                             "with LISTEN_FDS > 1"
                                           : NULL;
         if (why) {
-            fprintf(stderr, "vdisk: %s\n", why);
+            fprintf(stderr, "%s: %s\n", cli_progname(), why);
             goto out;
         }
     }
@@ -528,13 +533,13 @@ int cmd_nbd(int argc, char **argv)
             }
         }
         if (!tls) {
-            fprintf(stderr, "vdisk: Failed to get TLS creds: No TLS credentials with id "
-                            "'%s'\n", tls_id);
+            fprintf(stderr, "%s: Failed to get TLS creds: No TLS credentials with id "
+                            "'%s'\n", cli_progname(), tls_id);
             goto out;
         }
     }
 
-    vd_service sv = {.prog = "vdisk", .pidfile = pid_file,
+    vd_service sv = {.prog = cli_progname(), .pidfile = pid_file,
                      .pid_error = "Failed to write pid file"};
     if (vd_service_start(&sv, do_fork) < 0) {
         goto out;
@@ -548,14 +553,14 @@ int cmd_nbd(int argc, char **argv)
     /* qemu-nbd puts a raw node with this offset over the image; these are that node's
      * complaints. */
     if (dev_offset > INT64_MAX) {
-        fprintf(stderr, "vdisk: Parameter 'offset' expects a non-negative number below 2^64\n"
+        fprintf(stderr, "%s: Parameter 'offset' expects a non-negative number below 2^64\n"
                         "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, "
-                        "peta-\nand exabytes, respectively.\n");
+                        "peta-\nand exabytes, respectively.\n", cli_progname());
         goto done;
     }
     if (dev_offset > vd_disk_size(d)) {
-        fprintf(stderr, "vdisk: Offset (%llu) cannot be greater than size of the containing "
-                        "file (%llu)\n", (unsigned long long)dev_offset,
+        fprintf(stderr, "%s: Offset (%llu) cannot be greater than size of the containing "
+                        "file (%llu)\n", cli_progname(), (unsigned long long)dev_offset,
                 (unsigned long long)vd_disk_size(d));
         goto done;
     }

@@ -142,6 +142,18 @@ if grep -q "^vdisk: invalid option -- 'x'" out.txt && grep -q '^vdisk version ' 
 else
     fail "vdisk-io-name-kept" "vdisk io's messages changed" out.txt
 fi
+# qemu-nbd's own errors carry its name too.
+"$L/qemu-nbd" -o x foo >v.err 2>&1
+vrc=$?
+qemu-nbd -o x foo >q.err 2>&1
+qrc=$?
+if [ "$vrc" = "$qrc" ] && cmp -s v.err q.err; then
+    pass "qemu-nbd-error-name"
+else
+    { echo "exit $vrc vs $qrc"; diff v.err q.err; } >d.out
+    fail "qemu-nbd-error-name" "differs from qemu-nbd's" d.out
+fi
+
 # A link with any other name is vdisk.
 ln -s "$VDISK" links/qemu-img-old
 "$L/qemu-img-old" bogus >out.txt 2>&1
