@@ -374,6 +374,30 @@ static int fix_copied(qcow2_state *s)
     return 0;
 }
 
+/* Reads and decodes a snapshot's L1 table (its offset and size already checked by the
+ * caller); zero_pad: bytes past the end of the file read as zeros. Returns 0 or -errno. */
+static int load_l1(qcow2_state *s, const qcow2_snapshot *sn, bool zero_pad, uint64_t **out)
+{
+    uint64_t bytes = (uint64_t)sn->l1_size * 8;
+    uint64_t *l1 = calloc(sn->l1_size ? sn->l1_size : 1, sizeof(*l1));
+    uint8_t *buf = malloc(bytes ? bytes : 1);
+    int ret = !l1 || !buf ? -ENOMEM : 0;
+    if (ret == 0 && bytes) {
+        ret = zero_pad ? vd_node_pread_zero_pad(s->file, buf, bytes, sn->l1_table_offset)
+                       : vd_node_pread(s->file, buf, bytes, sn->l1_table_offset);
+    }
+    for (uint32_t i = 0; ret == 0 && i < sn->l1_size; i++) {
+        l1[i] = vd_be64(buf + (size_t)i * 8);
+    }
+    free(buf);
+    if (ret < 0) {
+        free(l1);
+        return ret;
+    }
+    *out = l1;
+    return 0;
+}
+
 /* Reads a snapshot's L1 table (host-endian), after checking where it claims to be. */
 static int read_snap_l1(qcow2_state *s, const qcow2_snapshot *sn, uint64_t **out,
                         vd_error **errp)
@@ -394,25 +418,14 @@ static int read_snap_l1(qcow2_state *s, const qcow2_snapshot *sn, uint64_t **out
         return vd_error_set(errp, VD_ERR_CORRUPT, EINVAL, "%s: Snapshot L1 table of snapshot "
                             "%s lies outside the image file", s->name, sn->id);
     }
-    uint64_t *l1 = calloc(sn->l1_size ? sn->l1_size : 1, sizeof(*l1));
-    uint8_t *buf = malloc(bytes ? bytes : 1);
-    if (!l1 || !buf) {
-        free(l1);
-        free(buf);
+    int ret = load_l1(s, sn, false, out);
+    if (ret == -ENOMEM) {
         return vd_error_set(errp, VD_ERR_NOMEM, ENOMEM, "%s: out of memory", s->name);
     }
-    int ret = bytes ? vd_node_pread(s->file, buf, bytes, sn->l1_table_offset) : 0;
     if (ret < 0) {
-        free(l1);
-        free(buf);
         return vd_error_set(errp, VD_ERR_IO, -ret, "%s: could not read the L1 table of "
                             "snapshot %s: %s", s->name, sn->id, strerror(-ret));
     }
-    for (uint32_t i = 0; i < sn->l1_size; i++) {
-        l1[i] = vd_be64(buf + (size_t)i * 8);
-    }
-    free(buf);
-    *out = l1;
     return 0;
 }
 
@@ -1040,25 +1053,14 @@ static int read_tmp_l1(qcow2_state *s, const qcow2_snapshot *sn, uint64_t **out,
         return vd_error_set(errp, VD_ERR_IO, EIO, "%s: Failed to read l1 table for snapshot",
                             s->name);
     }
-    uint64_t *l1 = calloc(sn->l1_size ? sn->l1_size : 1, sizeof(*l1));
-    uint8_t *buf = malloc(bytes ? bytes : 1);
-    if (!l1 || !buf) {
-        free(l1);
-        free(buf);
+    int ret = load_l1(s, sn, true, out);
+    if (ret == -ENOMEM) {
         return vd_error_set(errp, VD_ERR_NOMEM, ENOMEM, "%s: out of memory", s->name);
     }
-    int ret = bytes ? vd_node_pread_zero_pad(s->file, buf, bytes, sn->l1_table_offset) : 0;
     if (ret < 0) {
-        free(l1);
-        free(buf);
         return vd_error_set(errp, VD_ERR_IO, -ret, "%s: Failed to read l1 table for snapshot",
                             s->name);
     }
-    for (uint32_t i = 0; i < sn->l1_size; i++) {
-        l1[i] = vd_be64(buf + (size_t)i * 8);
-    }
-    free(buf);
-    *out = l1;
     return 0;
 }
 
