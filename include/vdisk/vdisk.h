@@ -39,6 +39,9 @@ int vd_error_set(vd_error **errp, vd_error_class cls, int errnum, const char *fm
 void vd_error_prepend(vd_error **errp, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void vd_error_free(vd_error *err);
 void vd_error_freep(vd_error **errp);
+/* Hands err (may be NULL) to the caller: into *errp if errp is given and still empty, else
+ * freed (a first error already there wins). */
+void vd_error_propagate(vd_error **errp, vd_error *err);
 const char *vd_error_msg(const vd_error *err);
 
 /* ---- options: "key=value,key=value" lists (qemu-img -o syntax, ",," escapes a comma) --- */

@@ -193,11 +193,7 @@ int vd_snapshot_apply(vd_disk *d, const char *id_or_name, vd_error **errp)
     }
     vd_disks_drain_end(disks, 1);
     if (ret < 0) {
-        if (errp && !*errp) {
-            *errp = err;
-        } else {
-            vd_error_free(err);
-        }
+        vd_error_propagate(errp, err);
     }
     return ret;
 }
@@ -216,11 +212,7 @@ int vd_snapshot_list(vd_disk *d, vd_snapshot_info **out, size_t *nb, vd_error **
             ret = vd_txn_name_error(n->filename, ret, &err);
             *out = NULL;
             *nb = 0;
-            if (errp && !*errp) {
-                *errp = err;
-            } else {
-                vd_error_free(err);
-            }
+            vd_error_propagate(errp, err);
         }
     }
     vd_disk_leave(d);
@@ -269,11 +261,7 @@ static int vmstate_rw(vd_disk *d, void *buf, uint64_t len, uint64_t pos, bool wr
     }
     vd_disk_leave(d);
     if (ret < 0) {
-        if (errp && !*errp) {
-            *errp = err;
-        } else {
-            vd_error_free(err);
-        }
+        vd_error_propagate(errp, err);
     }
     return ret;
 }
@@ -319,11 +307,7 @@ int vd_snapshot_load_tmp(vd_disk *d, const char *id, const char *name, vd_error 
     }
     vd_disks_drain_end(disks, 1);
     if (ret < 0) {
-        if (errp && !*errp) {
-            *errp = err;
-        } else {
-            vd_error_free(err);
-        }
+        vd_error_propagate(errp, err);
     }
     return ret;
 }
@@ -338,11 +322,7 @@ int vd_snapshot_load_tmp_by_id_or_name(vd_disk *d, const char *id_or_name, vd_er
         ret = vd_snapshot_load_tmp(d, NULL, id_or_name, &err);
     }
     if (ret < 0) {
-        if (errp && !*errp) {
-            *errp = err;
-        } else {
-            vd_error_free(err);
-        }
+        vd_error_propagate(errp, err);
     }
     return ret;
 }

@@ -68,15 +68,6 @@ static void rollback(vd_txn_action *acts, const size_t *order, size_t nb, vd_err
     }
 }
 
-static void pass_error(vd_error *err, vd_error **errp)
-{
-    if (errp && !*errp) {
-        *errp = err;
-    } else {
-        vd_error_free(err);
-    }
-}
-
 static int run_locked(vd_txn_action *acts, const size_t *order, size_t n, vd_error **errp)
 {
     vd_error *err = NULL;
@@ -87,7 +78,7 @@ static int run_locked(vd_txn_action *acts, const size_t *order, size_t n, vd_err
         if (ret < 0) {
             ret = name_error(a, ret, &err);
             rollback(acts, order, prepared, err);
-            pass_error(err, errp);
+            vd_error_propagate(errp, err);
             return ret;
         }
     }
@@ -97,7 +88,7 @@ static int run_locked(vd_txn_action *acts, const size_t *order, size_t n, vd_err
         if (ret < 0) {
             ret = name_error(a, ret, &err);
             rollback(acts, order, n, err);
-            pass_error(err, errp);
+            vd_error_propagate(errp, err);
             return ret;
         }
     }

@@ -75,3 +75,12 @@ const char *vd_error_msg(const vd_error *err)
 {
     return err ? err->msg : "unknown error";
 }
+
+void vd_error_propagate(vd_error **errp, vd_error *err)
+{
+    if (errp && !*errp) {
+        *errp = err;
+    } else {
+        vd_error_free(err);
+    }
+}
