@@ -753,43 +753,56 @@ static int refblock_empty(qcow2_state *s, uint64_t bi, uint64_t rb, bool *empty)
 int qcow2_drop_empty_refblocks_locked(qcow2_state *s)
 {
     uint64_t cs = s->cluster_size;
-    for (uint64_t bi = 0; bi < s->reftable_entries; bi++) {
+    uint64_t *dropped = NULL;   /* the unhooked blocks, by table index (0: kept) */
+    bool any = false;
+    int ret = 0;
+    for (uint64_t bi = 0; bi < s->reftable_entries && ret == 0; bi++) {
         uint64_t rb = s->reftable[bi] & QCOW2_REFT_OFFSET_MASK;
         bool empty;
-        if (!rb) {
+        if (!rb || (ret = refblock_empty(s, bi, rb, &empty)) < 0 || !empty) {
             continue;
         }
-        int ret = refblock_empty(s, bi, rb, &empty);
-        if (ret < 0) {
-            return ret;
+        if (!dropped && !(dropped = calloc(s->reftable_entries, sizeof(*dropped)))) {
+            return -ENOMEM;
         }
-        if (!empty) {
-            continue;
-        }
-        /* Unhooked first: a crash after this leaks the block at most. */
+        /* Unhooked first, all of them under one sync: a crash after it leaks them at most. */
         static const uint8_t zero[8];
         ret = vd_node_pwrite(s->file, zero, sizeof(zero), s->reftable_offset + bi * 8, 0);
         if (ret < 0) {
-            return pwrite_sync_err(s, "refcount table", s->reftable_offset + bi * 8, ret);
+            ret = pwrite_sync_err(s, "refcount table", s->reftable_offset + bi * 8, ret);
+            break;
         }
-        ret = qcow2_sync(s);
-        if (ret < 0) {
-            return ret;
+        dropped[bi] = rb;
+        any = true;
+    }
+    bool synced = false;
+    if (any) {
+        int sret = qcow2_sync(s);
+        synced = sret == 0;
+        ret = ret < 0 ? ret : sret;
+    }
+    for (uint64_t bi = 0; any && bi < s->reftable_entries; bi++) {
+        uint64_t rb = dropped[bi];
+        if (!rb) {
+            continue;
         }
+        /* The file's table may no longer reach it, so ours must not either; its cluster
+         * is freed only once that is durable (else it leaks). */
         s->reftable[bi] = 0;
         refblocks_remove(s, rb);
         qcow2_cache_discard_range(s->rb_cache, rb, cs);
-        uint64_t self = rb >> s->cluster_bits;
-        if ((self >> s->rb_bits) == bi) {
+        if (!synced) {
+            continue;
+        }
+        if (((rb >> s->cluster_bits) >> s->rb_bits) == bi) {
             vd_node_pdiscard(s->file, rb, cs);  /* it counted itself: nothing else to do */
         } else {
-            ret = qcow2_update_refcount(s, rb, cs, -1, true);
-            if (ret < 0) {
-                return ret;
-            }
+            int fret = qcow2_update_refcount(s, rb, cs, -1, true);
+            ret = ret < 0 ? ret : fret;
         }
     }
-    return 0;
+    free(dropped);
+    return ret;
 }
 
 int64_t qcow2_last_used_cluster(qcow2_state *s)
