@@ -291,18 +291,17 @@ bool vd_file_create_option(const char *key)
 
 int vd_file_create(const char *filename, const vd_opts *opts, vd_error **errp)
 {
-    uint64_t hint = 0;
+    uint64_t hint = 1u << 20;   /* QEMU's default extent size hint */
     bool nocow = false;
-    int ret = opts ? vd_opts_get_size(opts, "extent_size_hint", 1u << 20, &hint, errp) : 0;
-    if (ret == 0 && opts) {
-        ret = vd_opts_get_bool(opts, "nocow", false, &nocow, errp);
-    }
-    if (ret < 0) {
-        vd_error_prepend(errp, "%s: ", filename);
-        return ret;
-    }
-    if (!opts) {
-        hint = 1u << 20;
+    if (opts) {
+        int ret = vd_opts_get_size(opts, "extent_size_hint", hint, &hint, errp);
+        if (ret == 0) {
+            ret = vd_opts_get_bool(opts, "nocow", false, &nocow, errp);
+        }
+        if (ret < 0) {
+            vd_error_prepend(errp, "%s: ", filename);
+            return ret;
+        }
     }
     if (hint > UINT32_MAX) {
         return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "%s: Extent size hint is too large",
