@@ -179,3 +179,20 @@ apply_ops() {
     "$PYTHON" "$VD_TESTS/interop/diff-ops.py" apply --tool "$cmd" --format "$fmt" \
         --image "$img" --ops "$ops"
 }
+
+# make_snapshot_chain: a.qcow2 with three internal snapshots — s1 (1 MiB: 0x11 at 0, 0x12 at
+# 512k), "1" (after a resize to 2 MiB: 0x22 at 0, a zeroed and a compressed cluster) and
+# s3 — and an active image that moved on since (ids: 1 = s1, 2 = "1", 3 = s3). For the tests
+# of reading snapshots in place (convert -l, nbd -l).
+make_snapshot_chain() {
+    "$QEMU_IMG" create -q -f qcow2 a.qcow2 1M
+    "$QEMU_IO" -c 'write -P 0x11 0 64k' -c 'write -P 0x12 512k 4k' a.qcow2 >/dev/null
+    "$QEMU_IMG" snapshot -c s1 a.qcow2
+    "$QEMU_IO" -c 'write -P 0x22 0 64k' -c 'write -z 512k 64k' a.qcow2 >/dev/null
+    "$QEMU_IMG" resize -q a.qcow2 2M
+    "$QEMU_IO" -c 'write -c -P 0x23 1M 64k' a.qcow2 >/dev/null
+    "$QEMU_IMG" snapshot -c 1 a.qcow2
+    "$QEMU_IO" -c 'write -P 0x33 0 128k' -c 'write -P 0x34 1536k 4k' a.qcow2 >/dev/null
+    "$QEMU_IMG" snapshot -c s3 a.qcow2
+    "$QEMU_IO" -c 'write -P 0x44 64k 64k' a.qcow2 >/dev/null
+}

@@ -9,18 +9,8 @@ need_tool nbdinfo nbdcopy qemu-nbd
 . "$VD_TESTS/interop/nbd_side_by_side.sh"
 D=$VD_TESTDIR
 
-# s1 at 1 MiB (0x11 at 0, 0x12 at 512k), "1" after a resize to 2 MiB (a zeroed and a
-# compressed cluster), s3; then the active image moves on. Ids: 1 = s1, 2 = "1", 3 = s3.
-"$QEMU_IMG" create -q -f qcow2 a.qcow2 1M
-"$QEMU_IO" -c 'write -P 0x11 0 64k' -c 'write -P 0x12 512k 4k' a.qcow2 >/dev/null
-"$QEMU_IMG" snapshot -c s1 a.qcow2
-"$QEMU_IO" -c 'write -P 0x22 0 64k' -c 'write -z 512k 64k' a.qcow2 >/dev/null
-"$QEMU_IMG" resize -q a.qcow2 2M
-"$QEMU_IO" -c 'write -c -P 0x23 1M 64k' a.qcow2 >/dev/null
-"$QEMU_IMG" snapshot -c 1 a.qcow2
-"$QEMU_IO" -c 'write -P 0x33 0 128k' -c 'write -P 0x34 1536k 4k' a.qcow2 >/dev/null
-"$QEMU_IMG" snapshot -c s3 a.qcow2
-"$QEMU_IO" -c 'write -P 0x44 64k 64k' a.qcow2 >/dev/null
+# The snapshots s1, "1" and s3 of a.qcow2 (tests/lib.sh).
+make_snapshot_chain
 "$QEMU_IMG" create -q -f qcow2 -b a.qcow2 -F qcow2 top.qcow2
 "$QEMU_IO" -c 'write -P 0x55 1M 4k' top.qcow2 >/dev/null
 "$QEMU_IMG" snapshot -c t1 top.qcow2
