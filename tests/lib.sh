@@ -57,6 +57,17 @@ fail() {
     fi
 }
 
+# same_output NAME EXPECTED-FILE ACTUAL-FILE: one case that passes when the files are
+# identical; the diff shows on failure.
+same_output() {
+    if cmp -s "$2" "$3"; then
+        pass "$1"
+    else
+        diff -u "$2" "$3" >"$VD_TESTDIR/same-output.diff"
+        fail "$1" "output differs from the expected" "$VD_TESTDIR/same-output.diff"
+    fi
+}
+
 # check_ok NAME CMD...: one case that passes when CMD exits 0; its output shows on failure.
 check_ok() {
     local name=$1 out rc

@@ -91,6 +91,23 @@ typedef void vd_event_fn(void *opaque, const vd_event *ev);
  * it must not call back into the engine. NULL removes it. */
 void vd_engine_set_event_handler(vd_engine *e, vd_event_fn *fn, void *opaque);
 
+/* TLS credentials that client nodes (driver=nbd, tls-creds=ID) use, as QEMU's --object
+ * tls-creds-x509,endpoint=client (dir holds ca-cert.pem, client-cert.pem, client-key.pem;
+ * verify_peer checks the server's certificate) or tls-creds-psk,endpoint=client (dir holds
+ * keys.psk; username, QEMU's default "qemu" when NULL). */
+typedef struct vd_tls_client_creds {
+    const char *id;
+    bool psk;
+    const char *dir;
+    bool verify_peer;
+    const char *username;
+} vd_tls_client_creds;
+/* Copies c into the engine; an id that is already there is refused. */
+int vd_engine_add_tls_client_creds(vd_engine *e, const vd_tls_client_creds *c,
+                                   vd_error **errp);
+/* The credentials with that id, or NULL. They live as long as the engine. */
+const vd_tls_client_creds *vd_engine_tls_client_creds(vd_engine *e, const char *id);
+
 /* ---- opening disks --------------------------------------------------------------------- */
 
 typedef struct vd_disk vd_disk;
@@ -201,6 +218,9 @@ typedef struct vd_image_info {
     char *format;
     uint64_t virtual_size;
     uint64_t actual_size;   /* allocated bytes on the host (st_blocks * 512) */
+    bool is_protocol;       /* the disk is a protocol or filter node (null-co, file, ...):
+                             * no format layer, so no format details (QEMU's
+                             * bdrv_get_info fails for it) */
     bool has_cluster_size;
     uint64_t cluster_size;
     bool dirty_flag;        /* only for formats that have one */

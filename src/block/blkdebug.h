@@ -25,4 +25,12 @@ void vd_blkdebug_rules_free(vd_blkdebug_rules *r);
 /* Makes `filter` (a node of vd_blkdebug_driver) a filter over the open `child`. */
 int vd_blkdebug_wrap(vd_node *filter, vd_node *child, const vd_blkdebug_rules *rules);
 
+/* Applies QEMU's blkdebug options besides the rules (align, max-transfer) to an open
+ * filter; any other key in opts is refused. */
+int vd_blkdebug_set_options(vd_node *filter, const vd_tree *opts, vd_error **errp);
+/* Opens a filter node from its options (n->options: image, config, inject-error,
+ * set-state, align, max-transfer). */
+int vd_blkdebug_open_options(vd_node *n, vd_error **errp);
+extern const char *const vd_blkdebug_runtime_opts[];
+
 #endif

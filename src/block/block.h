@@ -10,6 +10,7 @@
 #include <sys/types.h>
 
 #include "vdisk/snapshot.h"
+#include "vdisk/tree.h"
 #include "vdisk/vdisk.h"
 
 typedef struct vd_node vd_node;
@@ -40,13 +41,19 @@ typedef struct vd_snap_params {
 struct vd_driver {
     const char *name;
     bool is_format;       /* a format driver needs a `file` child */
+    /* The options of its own that .open reads from node->options (besides the ones every
+     * node takes, see open-tree.c); any other key is refused before .open runs. */
+    const char *const *runtime_opts;
 
     /* Score 0..100 for the first bytes of a file (up to 2048, fewer if the file is
      * shorter). NULL: never probed. */
     int (*probe)(const uint8_t *buf, size_t len);
 
     /* Opens node (node->file is already open for a format driver; node->filename set).
-     * Sets node->size. May open a backing chain with vd_node_open_backing(). */
+     * Sets node->size. May open a backing chain with vd_node_open_backing(). When the node
+     * was opened from an options tree, node->options holds its own options (children
+     * that the core opened are taken out); a filter opens its child with
+     * vd_node_open_child(). */
     int (*open)(vd_node *node, unsigned flags, vd_error **errp);
     /* Releases everything; called once, after a final flush. */
     void (*close)(vd_node *node);
@@ -146,6 +153,10 @@ struct vd_node {
     uint64_t size;          /* virtual size in bytes */
     uint32_t request_alignment; /* 1 unless O_DIRECT etc. */
     uint64_t max_transfer;  /* 0 = unlimited */
+    /* Limits of write-zeroes and discard requests (0: none), and the multiples the core
+     * cuts longer ones at (QEMU's max/opt-write-zero, max/opt-discard). */
+    uint64_t max_pwrite_zeroes, pwrite_zeroes_alignment;
+    uint64_t max_pdiscard, pdiscard_alignment;
     vd_node *file;          /* child "file" (format drivers) */
     vd_node *backing;       /* child "backing" (NULL if none or not opened) */
     char *backing_filename; /* as stored in the image */
@@ -159,13 +170,39 @@ struct vd_node {
      * with nothing to make durable is skipped: it costs a sync, and after an operation
      * that ended with one (a snapshot, say) it could only fail for nothing. */
     bool unflushed;
+    /* The options the node was opened from (driver options and children not yet opened:
+     * "backing", a filter's "image"), or NULL for a node opened from a filename. */
+    vd_tree *options;
 };
 
 /* Opens a node graph for filename: a file node, then the format node (probed when
  * format is NULL), then its backing chain (unless VD_OPEN_NO_BACKING). */
 int vd_node_open(vd_engine *e, const char *filename, const char *format, unsigned flags,
                  vd_node **out, vd_error **errp);
-/* Opens the file protocol node alone. */
+/* Opens a node graph from an options tree of QEMU's blockdev shape (opts is consumed):
+ * "driver" (a format, protocol or filter; absent: probed from "filename", as qemu-img
+ * does), "file" (object) or "filename" for a format's file child, "backing" (object,
+ * or null for none), "read-only", "cache.direct", "cache.no-flush", "discard",
+ * "node-name", and the driver's own options. flags are the defaults the options refine.
+ * overlay: the node whose backing this is, or NULL. */
+int vd_node_open_tree(vd_engine *e, vd_tree *opts, unsigned flags, vd_node *overlay,
+                      vd_node **out, vd_error **errp);
+/* The same for a node in a protocol's place (a format's file child): a filename alone
+ * opens a protocol node, with no format probed. */
+int vd_node_open_tree_protocol(vd_engine *e, vd_tree *opts, unsigned flags, vd_node **out,
+                               vd_error **errp);
+/* A `json:{...}` filename's tree (or -EINVAL naming what is wrong). */
+int vd_json_filename(const char *filename, vd_tree **out, vd_error **errp);
+/* A child's options must be an object (a node name cannot be looked up yet); else t is
+ * freed and an error names key. */
+int vd_child_options_check(vd_tree *t, const char *key, vd_error **errp);
+/* For filters: opens the child under parent->options' `key` (an object of options) as a
+ * node of any kind; the member is taken out of parent->options. */
+int vd_node_open_child(vd_node *parent, const char *key, vd_node **out, vd_error **errp);
+/* Node allocation for the open paths (node.c, open-tree.c). */
+vd_node *vd_node_alloc(vd_engine *e, const vd_driver *drv, const char *filename,
+                       unsigned flags);
+void vd_node_release(vd_node *n);
 /* Hands an event to the engine user's handler, if any; e may be NULL (a probe). */
 void vd_engine_emit(vd_engine *e, const vd_event *ev);
 /* The file protocol's creation options (extent_size_hint, nocow), which every format's
@@ -178,6 +215,8 @@ int vd_file_create(const char *filename, const vd_opts *opts, vd_error **errp);
 const char *vd_strip_file_prefix(const char *filename);
 int vd_node_open_file(vd_engine *e, const char *filename, unsigned flags, vd_node **out,
                       vd_error **errp);
+/* The format of a protocol node's first bytes, as qemu-img probes ("qcow2", "raw", ...). */
+int vd_node_probe_format(vd_node *file, const char **fmt, vd_error **errp);
 /* For format drivers: opens node->backing from name/format as stored in the image,
  * resolving a relative name against the directory of node->filename. Detects loops and
  * limits the chain depth. Respects VD_OPEN_NO_BACKING (then does nothing). The backing

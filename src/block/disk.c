@@ -442,6 +442,7 @@ static int disk_get_info(vd_disk *d, vd_image_info *info, vd_error **errp)
     info->filename = strdup(n->filename);
     info->format = strdup(n->drv->name);
     info->virtual_size = n->size;
+    info->is_protocol = !n->drv->is_format;
     int64_t alloc = n->drv->allocated_size ? n->drv->allocated_size(n) : -1;
     info->actual_size = alloc > 0 ? (uint64_t)alloc : 0;
     if (n->backing_filename) {

@@ -1,20 +1,32 @@
 /* The engine context and the list of built-in drivers. */
+#include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "block/engine.h"
 
 extern const vd_driver vd_file_driver;
+extern const vd_driver vd_host_device_driver;
+extern const vd_driver vd_host_cdrom_driver;
 extern const vd_driver vd_raw_driver;
 extern const vd_driver vd_qcow2_driver;
 extern const vd_driver vd_blkdebug_driver;
 extern const vd_driver vd_logwrites_driver;
+extern const vd_driver vd_null_co_driver;
+extern const vd_driver vd_copy_on_read_driver;
+extern const vd_driver vd_null_aio_driver;
 
 const vd_driver *const vd_drivers[] = {
     &vd_file_driver,
+    &vd_host_device_driver,
+    &vd_host_cdrom_driver,
     &vd_raw_driver,
     &vd_qcow2_driver,
     &vd_blkdebug_driver,
     &vd_logwrites_driver,
+    &vd_null_co_driver,
+    &vd_copy_on_read_driver,
+    &vd_null_aio_driver,
     NULL,
 };
 
@@ -29,7 +41,61 @@ vd_engine *vd_engine_new(void)
 
 void vd_engine_free(vd_engine *e)
 {
+    if (!e) {
+        return;
+    }
+    while (e->tls_clients) {
+        vd_tls_client_entry *t = e->tls_clients;
+        e->tls_clients = t->next;
+        free((char *)t->c.id);
+        free((char *)t->c.dir);
+        free((char *)t->c.username);
+        free(t);
+    }
     free(e);
+}
+
+static char *dup_or_null(const char *s)
+{
+    char *p = s ? strdup(s) : NULL;
+    if (s && !p) {
+        abort();
+    }
+    return p;
+}
+
+int vd_engine_add_tls_client_creds(vd_engine *e, const vd_tls_client_creds *c,
+                                   vd_error **errp)
+{
+    if (!c->id || !c->dir) {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Parameter '%s' is missing",
+                            c->id ? "dir" : "id");
+    }
+    if (vd_engine_tls_client_creds(e, c->id)) {
+        return vd_error_set(errp, VD_ERR_INVALID, EEXIST, "attempt to add duplicate property "
+                            "'%s' to object", c->id);
+    }
+    vd_tls_client_entry *t = calloc(1, sizeof(*t));
+    if (!t) {
+        abort();
+    }
+    t->c = *c;
+    t->c.id = dup_or_null(c->id);
+    t->c.dir = dup_or_null(c->dir);
+    t->c.username = dup_or_null(c->username);
+    t->next = e->tls_clients;
+    e->tls_clients = t;
+    return 0;
+}
+
+const vd_tls_client_creds *vd_engine_tls_client_creds(vd_engine *e, const char *id)
+{
+    for (vd_tls_client_entry *t = e ? e->tls_clients : NULL; t; t = t->next) {
+        if (!strcmp(t->c.id, id)) {
+            return &t->c;
+        }
+    }
+    return NULL;
 }
 
 void vd_engine_set_event_handler(vd_engine *e, vd_event_fn *fn, void *opaque)

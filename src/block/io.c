@@ -156,6 +156,24 @@ int vd_node_pwrite(vd_node *n, const void *buf, uint64_t len, uint64_t off, unsi
     return ret;
 }
 
+/* The first piece of [off, off+len) for a node that takes at most max bytes per request
+ * (max > 0) and prefers pieces on multiples of align (0: any): up to the next boundary,
+ * then whole multiples of align, as QEMU splits write-zeroes and discards. */
+static uint64_t split_len(uint64_t off, uint64_t len, uint64_t max, uint64_t align)
+{
+    uint64_t piece = len < max ? len : max;
+    if (align > 1 && align <= max) {
+        if (off % align) {
+            uint64_t head = align - off % align;
+            return head < piece ? head : piece;
+        }
+        if (piece < len) {
+            piece -= piece % align;
+        }
+    }
+    return piece;
+}
+
 int vd_node_pwrite_zeroes(vd_node *n, uint64_t off, uint64_t len, unsigned flags)
 {
     if (!(n->open_flags & VD_OPEN_RDWR)) {
@@ -169,6 +187,17 @@ int vd_node_pwrite_zeroes(vd_node *n, uint64_t off, uint64_t len, unsigned flags
         return ret;
     }
     __atomic_store_n(&n->unflushed, true, __ATOMIC_RELAXED);
+    if (n->max_pwrite_zeroes && len > split_len(off, len, n->max_pwrite_zeroes,
+                                                n->pwrite_zeroes_alignment)) {
+        while (len > 0 && ret == 0) {
+            uint64_t now = split_len(off, len, n->max_pwrite_zeroes,
+                                     n->pwrite_zeroes_alignment);
+            ret = vd_node_pwrite_zeroes(n, off, now, flags);
+            off += now;
+            len -= now;
+        }
+        return ret;
+    }
     ret = -ENOTSUP;
     if (n->drv->pwrite_zeroes) {
         ret = n->drv->pwrite_zeroes(n, off, len, flags);
@@ -208,6 +237,15 @@ int vd_node_pdiscard(vd_node *n, uint64_t off, uint64_t len)
     __atomic_store_n(&n->unflushed, true, __ATOMIC_RELAXED);
     if (!n->drv->pdiscard) {
         return 0;  /* discard is advisory */
+    }
+    if (n->max_pdiscard && len > split_len(off, len, n->max_pdiscard, n->pdiscard_alignment)) {
+        while (len > 0 && ret == 0) {
+            uint64_t now = split_len(off, len, n->max_pdiscard, n->pdiscard_alignment);
+            ret = vd_node_pdiscard(n, off, now);
+            off += now;
+            len -= now;
+        }
+        return ret;
     }
     ret = n->drv->pdiscard(n, off, len);
     return ret == -ENOTSUP ? 0 : ret;

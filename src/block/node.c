@@ -28,7 +28,7 @@ const vd_driver *vd_driver_find(const char *name)
     return NULL;
 }
 
-static vd_node *node_new(vd_engine *e, const vd_driver *drv, const char *filename,
+vd_node *vd_node_alloc(vd_engine *e, const vd_driver *drv, const char *filename,
                          unsigned flags)
 {
     vd_node *n = calloc(1, sizeof(*n));
@@ -49,13 +49,14 @@ static vd_node *node_new(vd_engine *e, const vd_driver *drv, const char *filenam
     return n;
 }
 
-static void node_free(vd_node *n)
+void vd_node_release(vd_node *n)
 {
     pthread_mutex_destroy(&n->rmw_lock);
     free(n->filename);
     free(n->realpath);
     free(n->backing_filename);
     free(n->backing_format);
+    vd_tree_free(n->options);
     free(n);
 }
 
@@ -71,10 +72,10 @@ static int open_blkdebug(vd_engine *e, const char *spec, unsigned flags, vd_node
     vd_node *child = NULL;
     ret = vd_node_open_file(e, rules.path, flags, &child, errp);
     if (ret == 0) {
-        vd_node *f = node_new(e, &vd_blkdebug_driver, rules.path, flags);
+        vd_node *f = vd_node_alloc(e, &vd_blkdebug_driver, rules.path, flags);
         ret = vd_blkdebug_wrap(f, child, &rules);
         if (ret < 0) {
-            node_free(f);
+            vd_node_release(f);
             vd_node_close(child);
             vd_error_set(errp, VD_ERR_IO, -ret, "blkdebug: %s", strerror(-ret));
         } else {
@@ -98,10 +99,10 @@ static int open_logwrites(vd_engine *e, const char *spec, unsigned flags, vd_nod
     vd_node *child = NULL;
     ret = vd_node_open_file(e, path, flags, &child, errp);
     if (ret == 0) {
-        vd_node *f = node_new(e, &vd_logwrites_driver, path, flags);
+        vd_node *f = vd_node_alloc(e, &vd_logwrites_driver, path, flags);
         ret = vd_logwrites_wrap(f, child, log, errp);
         if (ret < 0) {
-            node_free(f);
+            vd_node_release(f);
             vd_node_close(child);
         } else {
             f->realpath = child->realpath ? strdup(child->realpath) : NULL;
@@ -111,6 +112,21 @@ static int open_logwrites(vd_engine *e, const char *spec, unsigned flags, vd_nod
     free(log);
     free(path);
     return ret;
+}
+
+/* `null-co://` (or null-aio): QEMU's null protocol with its defaults; the name admits no
+ * path. */
+static int open_null(vd_engine *e, const char *filename, unsigned flags, vd_node **out,
+                     vd_error **errp)
+{
+    const char *colon = strchr(filename, ':');
+    if (strcmp(colon, "://")) {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "The only allowed filename for this "
+                            "driver is '%.*s://'", (int)(colon - filename), filename);
+    }
+    vd_tree *t = vd_tree_new(VD_TREE_OBJECT);
+    vd_tree_put(t, "driver", vd_tree_new_stringn(filename, (size_t)(colon - filename)));
+    return vd_node_open_tree(e, t, flags, NULL, out, errp);
 }
 
 const char *vd_strip_file_prefix(const char *filename)
@@ -131,6 +147,14 @@ int vd_node_open_file(vd_engine *e, const char *filename, unsigned flags, vd_nod
         if (!strncmp(filename, VD_LOGWRITES_PREFIX, strlen(VD_LOGWRITES_PREFIX))) {
             return open_logwrites(e, filename, flags, out, errp);
         }
+        if (!strncmp(filename, "null-co:", 8) || !strncmp(filename, "null-aio:", 9)) {
+            return open_null(e, filename, flags, out, errp);
+        }
+        if (!strncmp(filename, "json:", 5)) {
+            vd_tree *t = NULL;
+            int ret = vd_json_filename(filename, &t, errp);
+            return ret < 0 ? ret : vd_node_open_tree_protocol(e, t, flags, out, errp);
+        }
     }
     /* A relative name with a ':' before any '/' would read as a protocol prefix when used
      * again (as a base for backing names, in messages): QEMU names it "./NAME". */
@@ -142,12 +166,12 @@ int vd_node_open_file(vd_engine *e, const char *filename, unsigned flags, vd_nod
     }
     filename = dotted ? dotted : plain;
     const vd_driver *drv = vd_driver_find("file");
-    vd_node *n = node_new(e, drv, filename, flags);
+    vd_node *n = vd_node_alloc(e, drv, filename, flags);
     free(dotted);
     filename = n->filename;
     int ret = drv->open(n, flags, errp);
     if (ret < 0) {
-        node_free(n);
+        vd_node_release(n);
         return ret;
     }
     n->realpath = realpath(filename, NULL);
@@ -171,9 +195,9 @@ static const char *probe_buf(const uint8_t *buf, size_t len)
     return best;
 }
 
-static int probe_node(vd_node *file, const char **fmt, vd_error **errp)
+int vd_node_probe_format(vd_node *file, const char **fmt, vd_error **errp)
 {
-    uint8_t buf[VD_PROBE_BYTES];
+    uint8_t buf[VD_PROBE_BYTES] = {0};
     int64_t flen = vd_node_file_length(file);
     if (flen < 0) {
         return vd_error_set(errp, VD_ERR_IO, (int)-flen, "Could not open '%s': %s",
@@ -189,6 +213,37 @@ static int probe_node(vd_node *file, const char **fmt, vd_error **errp)
     }
     *fmt = probe_buf(buf, len);
     return 0;
+}
+
+/* Options that name a driver are that driver (QEMU probes nothing then); without one, the
+ * format of what "file"/"filename" opens. */
+static int probe_json(const char *filename, const char **fmt, vd_error **errp)
+{
+    vd_tree *t = NULL;
+    int ret = vd_json_filename(filename, &t, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    const char *driver = vd_tree_string(vd_tree_get(t, "driver"));
+    const vd_driver *drv = driver ? vd_driver_find(driver) : NULL;
+    if (drv) {
+        *fmt = drv->name;
+        vd_tree_free(t);
+        return 0;
+    }
+    if (driver) {
+        ret = vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Unknown driver '%s'", driver);
+        vd_tree_free(t);
+        return ret;
+    }
+    vd_tree_put(t, "read-only", vd_tree_new_bool(true));
+    vd_node *n = NULL;
+    ret = vd_node_open_tree(NULL, t, VD_OPEN_NO_BACKING, NULL, &n, errp);
+    if (ret == 0) {
+        *fmt = n->drv->name;
+        vd_node_close(n);
+    }
+    return ret;
 }
 
 int vd_probe_format(const char *filename, const char **fmt, vd_error **errp)
@@ -214,12 +269,15 @@ int vd_probe_format(const char *filename, const char **fmt, vd_error **errp)
         }
         return ret;
     }
+    if (!strncmp(filename, "json:", 5)) {
+        return probe_json(filename, fmt, errp);
+    }
     vd_node *file = NULL;
     int ret = vd_node_open_file(NULL, filename, 0, &file, errp);
     if (ret < 0) {
         return ret;
     }
-    ret = probe_node(file, fmt, errp);
+    ret = vd_node_probe_format(file, fmt, errp);
     vd_node_close(file);
     return ret;
 }
@@ -233,43 +291,69 @@ static int node_open(vd_engine *e, const char *filename, const char *format, uns
         return ret;
     }
     if (!format) {
-        ret = probe_node(file, &format, errp);
+        ret = vd_node_probe_format(file, &format, errp);
         if (ret < 0) {
             vd_node_close(file);
             return ret;
         }
     }
     const vd_driver *drv = vd_driver_find(format);
+    if (drv && drv == file->drv) {
+        /* A protocol named as the format (-f null-co null-co://): the node is the disk. */
+        file->overlay = overlay;
+        *out = file;
+        return 0;
+    }
     if (!drv || !drv->is_format) {
         vd_node_close(file);
         return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Unknown driver '%s'", format);
     }
     /* The format node is named after the image file (without a blkdebug: prefix), so that
      * messages and relative backing names work as without the filter. */
-    vd_node *n = node_new(e, drv, file->filename, flags);
+    vd_node *n = vd_node_alloc(e, drv, file->filename, flags);
     n->file = file;
     n->overlay = overlay;
     n->realpath = file->realpath ? strdup(file->realpath) : NULL;
     ret = drv->open(n, flags, errp);
     if (ret < 0) {
         vd_node_close(file);
-        node_free(n);
+        vd_node_release(n);
         return ret;
     }
     *out = n;
     return 0;
 }
 
+/* A `json:{...}` name opens from its options; a format given beside it (-f) is its
+ * driver unless the options name one. */
+static int open_json(vd_engine *e, const char *filename, const char *format, unsigned flags,
+                     vd_node *overlay, vd_node **out, vd_error **errp)
+{
+    vd_tree *t = NULL;
+    int ret = vd_json_filename(filename, &t, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    if (format && !vd_tree_get(t, "driver")) {
+        vd_tree_put(t, "driver", vd_tree_new_string(format));
+    }
+    return vd_node_open_tree(e, t, flags, overlay, out, errp);
+}
+
 int vd_node_open(vd_engine *e, const char *filename, const char *format, unsigned flags,
                  vd_node **out, vd_error **errp)
 {
+    if (!strncmp(filename, "json:", 5)) {
+        return open_json(e, filename, format, flags, NULL, out, errp);
+    }
     return node_open(e, filename, format, flags, NULL, out, errp);
 }
 
 char *vd_backing_path(const char *image, const char *backing)
 {
     char *r = NULL;
-    if (backing[0] == '/' || strchr(image, '/') == NULL) {
+    /* Options (json:) name no file to resolve, as QEMU takes them. */
+    if (backing[0] == '/' || strchr(image, '/') == NULL || !strncmp(backing, "json:", 5)) {
         r = strdup(backing);
     } else {
         char *copy = strdup(image);
@@ -287,10 +371,59 @@ char *vd_backing_path(const char *image, const char *backing)
     return r;
 }
 
+/* The backing given in the node's options: null (none), or options that refine the
+ * backing file named in the image (driver, cache sizes, or another file altogether). */
+static int open_backing_tree(vd_node *node, vd_tree *t, const char *name, const char *format,
+                             unsigned flags, vd_error **errp)
+{
+    int ret = vd_child_options_check(t, "backing", errp);
+    if (ret < 0) {
+        return ret;
+    }
+    if (name && !vd_tree_get(t, "file") && !vd_tree_get(t, "filename")) {
+        char *path = vd_backing_path(node->filename, name);
+        vd_tree_put(t, "filename", vd_tree_new_string(path));
+        free(path);
+    }
+    if (format && !vd_tree_get(t, "driver")) {
+        vd_tree_put(t, "driver", vd_tree_new_string(format));
+    }
+    vd_node *b = NULL;
+    ret = vd_node_open_tree(node->engine, t, flags, node, &b, errp);
+    if (ret < 0) {
+        vd_error_prepend(errp, "Could not open backing file");
+        return ret;
+    }
+    node->backing = b;
+    return 0;
+}
+
 int vd_node_open_backing(vd_node *node, const char *name, const char *format,
                          vd_error **errp)
 {
-    if (!name || (node->open_flags & VD_OPEN_NO_BACKING)) {
+    vd_tree *opts = node->options ? vd_tree_take(node->options, "backing") : NULL;
+    if (opts && vd_tree_type_of(opts) == VD_TREE_NULL) {
+        vd_tree_free(opts);
+        return 0;
+    }
+    if ((!name && !opts) || (node->open_flags & VD_OPEN_NO_BACKING)) {
+        vd_tree_free(opts);
+        return 0;
+    }
+    /* Backing files are read-only; the check/repair flags apply to the top image only. */
+    unsigned flags = node->open_flags & (VD_OPEN_NOCACHE | VD_OPEN_NO_FLUSH);
+    flags |= VD_OPEN_NO_REPAIR;
+    if (opts) {
+        return open_backing_tree(node, opts, name, format, flags, errp);
+    }
+    if (!strncmp(name, "json:", 5)) {
+        vd_node *b = NULL;
+        int ret = open_json(node->engine, name, format, flags, node, &b, errp);
+        if (ret < 0) {
+            vd_error_prepend(errp, "Could not open backing file");
+            return ret;
+        }
+        node->backing = b;
         return 0;
     }
     char *path = vd_backing_path(node->filename, name);
@@ -314,9 +447,6 @@ int vd_node_open_backing(vd_node *node, const char *name, const char *format,
                             "of '%s': backing chain deeper than %d", name, node->filename,
                             VD_MAX_CHAIN_DEPTH);
     }
-    /* Backing files are read-only; the check/repair flags apply to the top image only. */
-    unsigned flags = node->open_flags & (VD_OPEN_NOCACHE | VD_OPEN_NO_FLUSH);
-    flags |= VD_OPEN_NO_REPAIR;
     vd_node *b = NULL;
     int ret = node_open(node->engine, path, format, flags, node, &b, errp);
     if (ret < 0) {
@@ -345,7 +475,7 @@ static int node_close(vd_node *n, bool flush)
     }
     node_close(n->backing, false);
     node_close(n->file, false);
-    node_free(n);
+    vd_node_release(n);
     return ret;
 }
 

@@ -26,7 +26,6 @@
 
 enum {
     OPT_FLUSH_INTERVAL = 300,
-    OPT_IMAGE_OPTS,
     OPT_PATTERN,
     OPT_NO_DRAIN,
 };
@@ -299,7 +298,6 @@ int cmd_bench(int argc, char **argv)
     static const struct option long_options[] = {
         {"help", no_argument, NULL, 'h'},
         {"flush-interval", required_argument, NULL, OPT_FLUSH_INTERVAL},
-        {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS},
         {"pattern", required_argument, NULL, OPT_PATTERN},
         {"no-drain", no_argument, NULL, OPT_NO_DRAIN},
         {"force-share", no_argument, NULL, 'U'},
@@ -397,9 +395,6 @@ int cmd_bench(int argc, char **argv)
         case OPT_NO_DRAIN:
             b.drain = false;
             break;
-        case OPT_IMAGE_OPTS:
-            cli_error("--image-opts is not supported");
-            return 1;
         default:
             cli_bad_option(c, argv);
         }

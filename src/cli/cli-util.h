@@ -9,6 +9,7 @@
 #include <stdio.h>
 
 #include "cli/cli.h"
+#include "vdisk/tree.h"
 
 #ifndef VDISK_VERSION
 #define VDISK_VERSION "0.1.0"
@@ -146,6 +147,26 @@ void cli_progress_end(cli_progress *p);
 bool cli_read_only_format(const char *fmt);
 /* Opens an image; prints "Could not open 'FILE': why" and returns -1 on failure. Opening a
  * probed raw image for writing prints qemu's warning about format probing first. */
+/* --image-opts: file arguments are option lists (driver=qcow2,file.filename=a.qcow2), as
+ * qemu-img takes them; cli_open reads them so. The target of convert follows
+ * --target-image-opts instead (cli_open_target). Each setter returns the previous mode. */
+bool cli_set_image_opts(bool on);
+bool cli_set_target_image_opts(bool on);
+/* Removes every `flag` argument before a "--" from argv; true if there was one. */
+bool cli_take_flag(int *argc, char **argv, const char *flag);
+/* Takes every `--object ARG` (TLS credentials for client connections) out of argv, for the
+ * engines cli_engine_new makes. -1 after printing an error. */
+int cli_take_objects(int *argc, char **argv);
+/* qemu-img's warning when opening name read-write probes it as raw (display names it). */
+void cli_warn_probed_raw(const char *name, const char *display);
+/* An option list (a=b,c.d=e) as a tree, or NULL after printing the error. */
+vd_tree *cli_parse_optlist(const char *optstr);
+/* "json:{...}" naming the options of t (caller frees). */
+char *cli_tree_json_name(const vd_tree *t);
+/* An option list as a json: filename (NULL after printing an error). Caller frees. */
+char *cli_opts_to_json(const char *optstr);
+int cli_open_target(vd_engine *e, const char *filename, const char *fmt, unsigned flags,
+                    vd_disk **out);
 int cli_open(vd_engine *e, const char *filename, const char *fmt, unsigned flags,
              vd_disk **out);
 /* Is `fmt` a format the library knows (has an option table)? */

@@ -195,8 +195,23 @@ int cmd_commit(int argc, char **argv)
         }
     }
 
-    /* The chain's copy of the base is read-only; write through a handle of our own. */
-    char *base_file = cli_xstrdup(vd_disk_filename(base_layer));
+    /* The chain's copy of the base is read-only; write through a handle of our own, opened
+     * by the name its overlay gives it (a json: name keeps its filters, as in QEMU). */
+    vd_disk *above = top;
+    while (vd_disk_backing(above) != base_layer) {
+        above = vd_disk_backing(above);
+    }
+    vd_image_info above_info;
+    char *base_file = NULL;
+    if (vd_get_info(above, &above_info, NULL) == 0) {
+        if (above_info.full_backing_filename) {
+            base_file = cli_xstrdup(above_info.full_backing_filename);
+        }
+        vd_image_info_clear(&above_info);
+    }
+    if (!base_file) {
+        base_file = cli_xstrdup(vd_disk_filename(base_layer));
+    }
     vd_open_opts bo = {.format = vd_disk_format(base_layer), .flags = flags};
     int r = vd_open(e, base_file, &bo, &base, &err);
     free(base_file);

@@ -962,7 +962,7 @@ int cmd_convert(int argc, char **argv)
             goto out;
         }
     }
-    if (cli_open(e, out_filename, a.out_fmt, flags, &s.target) < 0) {
+    if (cli_open_target(e, out_filename, a.out_fmt, flags, &s.target) < 0) {
         goto out;
     }
     if (a.compress && strcmp(vd_disk_format(s.target), "qcow2") != 0) {

@@ -156,7 +156,10 @@ static int collect(vd_engine *e, const char *filename, const char *fmt, bool cha
             }
         }
         vd_disk *d = NULL;
-        if (cli_open(e, name, cur_fmt, VD_OPEN_NO_BACKING, &d) < 0) {
+        int oret = cli_open(e, name, cur_fmt, VD_OPEN_NO_BACKING, &d);
+        /* Backing files are named by the image, never as option lists. */
+        bool opts = cli_set_image_opts(false);
+        if (oret < 0) {
             goto err;
         }
         if (n == cap) {
@@ -181,8 +184,9 @@ static int collect(vd_engine *e, const char *filename, const char *fmt, bool cha
             en->nb_snaps = 0;
         }
         /* "file:PATH" is shown as the library names the file: PATH, or ./PATH when PATH
-         * could be mistaken for a protocol (as qemu-img shows it). */
-        if (!strncmp(name, "file:", 5)) {
+         * could be mistaken for a protocol (as qemu-img shows it); options as the file
+         * they open. */
+        if (!strncmp(name, "file:", 5) || !strncmp(name, "json:", 5) || opts) {
             free(name);
             name = cli_xstrdup(vd_disk_filename(d));
         }

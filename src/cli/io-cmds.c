@@ -965,6 +965,13 @@ static int info_f(io_state *s, int argc, char **argv)
         vd_error_free(err);
         return ret;
     }
+    if (info.is_protocol) {
+        /* qemu-io names a protocol driver twice (its format and its protocol name, the
+         * same string), and has no format details for it. */
+        printf("format name: %s\n", vd_disk_format(s->disk));
+        vd_image_info_clear(&info);
+        return -ENOTSUP;
+    }
     uint64_t cluster = info.has_cluster_size ? info.cluster_size : 0;
     uint64_t vm_state = 0;
     if (info.is_qcow2 && cluster >= 512) {

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <time.h>
 
+#include "vdisk/tree.h"
 #include "vdisk/vdisk.h"
 
 /* qemu's BDRV_REQUEST_MAX_BYTES: the largest single request qemu-io accepts. */
@@ -21,6 +22,9 @@ typedef struct io_state {
     const char *format;/* -f / open -o driver=, or NULL to probe */
     bool misalign;     /* -m: buffers deliberately not aligned */
     bool snapshot;     /* -s: the disk is an unlinked temporary overlay */
+    vd_tree *opts;     /* the block options it was opened with (-o, --image-opts), or NULL
+                        * for a filename alone */
+    bool cor;          /* -C: the next open puts a copy-on-read filter on top */
     bool quit;
 } io_state;
 
@@ -70,8 +74,21 @@ void io_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Opens `name` into s (the "open" command and the command line); `snapshot` puts a temporary
  * overlay on top so the image itself is never written. Returns 0 or -errno after printing
  * why. */
-int io_open_image(io_state *s, const char *name, const char *format, unsigned flags,
-                  bool native_aio, bool snapshot);
+/* Opens name (a filename or a json: name); display names it in messages ("can't open
+ * device DISPLAY: ..."), NULL when the options name no file ("can't open: ..."). */
+int io_open_image(io_state *s, const char *name, const char *display, const char *format,
+                  unsigned flags, bool native_aio, bool snapshot);
+/* Block options (io-opts.c). Appends an -o list to *list (comma-joined). */
+void io_append_optlist(char **list, const char *more);
+/* Opens from a block option list (open -o, --image-opts) plus an optional filename. */
+int io_open_optlist(io_state *s, const char *optlist, const char *file, unsigned flags,
+                    bool native_aio);
+/* The json: name of name (a filename or json: name, in format or probed) under a
+ * copy-on-read filter; NULL after printing an error. */
+char *io_cor_name(const char *name, const char *format);
+/* reopen with options: the open's options with optlist's on top, and QEMU's refusals. */
+int io_reopen_opts(io_state *s, const char *optlist, unsigned flags, bool has_rw,
+                   bool has_cache);
 void io_close_image(io_state *s);
 /* -d MODE (qemu's bdrv_parse_discard_flags): updates VD_OPEN_UNMAP; -1 if unknown. */
 int io_parse_discard(const char *mode, unsigned *flags);

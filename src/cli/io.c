@@ -258,8 +258,8 @@ void io_dump_buffer(const void *buffer, int64_t offset, int64_t len)
 
 static int open_snapshot(io_state *s, const char *name, const char *format, unsigned flags);
 
-int io_open_image(io_state *s, const char *name, const char *format, unsigned flags,
-                  bool native_aio, bool snapshot)
+int io_open_image(io_state *s, const char *name, const char *display, const char *format,
+                  unsigned flags, bool native_aio, bool snapshot)
 {
     if (s->disk) {
         io_error("file open already, try 'help close'");
@@ -267,25 +267,30 @@ int io_open_image(io_state *s, const char *name, const char *format, unsigned fl
     }
     if (native_aio && !(flags & VD_OPEN_NOCACHE)) {
         io_error("can't open device %s: aio=native was specified, but it requires "
-                 "cache.direct=on, which was not specified.", name);
+                 "cache.direct=on, which was not specified.", display ? display : name);
         return -EINVAL;
     }
     if (snapshot) {
         return open_snapshot(s, name, format, flags);
     }
-    if (!format && (flags & VD_OPEN_RDWR)) {
-        const char *probed = NULL;
-        vd_error *perr = NULL;
-        if (vd_probe_format(name, &probed, &perr) == 0 && probed && !strcmp(probed, "raw")) {
-            fprintf(stderr,
-                    "WARNING: Image format was not specified for '%s' and probing guessed "
-                    "raw.\n"
-                    "         Automatically detecting the format is dangerous for raw images, "
-                    "write operations on block 0 will be restricted.\n"
-                    "         Specify the 'raw' format explicitly to remove the "
-                    "restrictions.\n", name);
+    char *cor_name = NULL;
+    if (s->cor && !(flags & VD_OPEN_RDWR)) {
+        s->cor = false;
+        io_error("can't open device %s: Can't use copy-on-read on read-only device",
+                 display ? display : name);
+        return -EINVAL;
+    }
+    if (s->cor) {
+        s->cor = false;
+        cor_name = io_cor_name(name, format);
+        if (!cor_name) {
+            return -EINVAL;
         }
-        vd_error_free(perr);
+        name = cor_name;
+        format = NULL;
+    }
+    if (!format && (flags & VD_OPEN_RDWR)) {
+        cli_warn_probed_raw(name, display ? display : name);
     }
     vd_open_opts o = {.format = format, .flags = flags};
     vd_error *err = NULL;
@@ -297,11 +302,17 @@ int io_open_image(io_state *s, const char *name, const char *format, unsigned fl
         if (!strncmp(msg, name, n) && !strncmp(msg + n, ": ", 2)) {
             msg += n + 2;
         }
-        io_error("can't open device %s: %s", name, msg);
+        if (display) {
+            io_error("can't open device %s: %s", display, msg);
+        } else {
+            io_error("can't open: %s", msg);
+        }
         vd_error_free(err);
+        free(cor_name);
         s->disk = NULL;
         return ret;
     }
+    free(cor_name);
     s->flags = flags;
     return 0;
 }
@@ -370,6 +381,8 @@ void io_close_image(io_state *s)
         vd_close(s->disk);
         s->disk = NULL;
     }
+    vd_tree_free(s->opts);
+    s->opts = NULL;
     s->snapshot = false;
 }
 
@@ -524,34 +537,12 @@ void io_open_help(void)
            "\n");
 }
 
-/* Takes "driver=FMT" (the only block option vdisk io knows) out of an -o list. */
-static int parse_open_options(const char *list, char *format, size_t len)
-{
-    char *copy = cli_xstrdup(list);
-    char *save = copy;
-    char *item;
-    int ret = 0;
-    while ((item = strsep(&save, ",")) != NULL) {
-        if (!*item) {
-            continue;
-        }
-        if (!strncmp(item, "driver=", 7)) {
-            snprintf(format, len, "%s", item + 7);
-            continue;
-        }
-        io_error("Block option '%s' is not supported by vdisk io", item);
-        ret = -EINVAL;
-        break;
-    }
-    free(copy);
-    return ret;
-}
-
 int io_open_f(io_state *s, int argc, char **argv)
 {
     unsigned flags = VD_OPEN_UNMAP | VD_OPEN_WRITETHROUGH;
     bool readonly = false, native_aio = false, force_share = false, snapshot = false;
-    char format[64] = "";
+    bool cor = false;
+    char *optlist = NULL;
     int c;
 
     while ((c = getopt(argc, argv, "snCro:ki:t:d:U")) != -1) {
@@ -563,6 +554,7 @@ int io_open_f(io_state *s, int argc, char **argv)
             flags = (flags | VD_OPEN_NOCACHE) & ~(unsigned)VD_OPEN_WRITETHROUGH;
             break;
         case 'C':
+            cor = true;
             break;
         case 'U':
             force_share = true;
@@ -595,11 +587,10 @@ int io_open_f(io_state *s, int argc, char **argv)
             break;
         }
         case 'o':
-            if (parse_open_options(optarg, format, sizeof(format)) < 0) {
-                return -EINVAL;
-            }
+            io_append_optlist(&optlist, optarg);
             break;
         default:
+            free(optlist);
             io_usage(io_find_cmd("open"));
             return -EINVAL;
         }
@@ -607,23 +598,27 @@ int io_open_f(io_state *s, int argc, char **argv)
     if (!readonly) {
         flags |= VD_OPEN_RDWR;
     }
-    if (optind != argc - 1) {
-        if (optind == argc) {
+    const char *file = optind == argc - 1 ? argv[optind] : NULL;
+    if (optind < argc - 1 || (!file && !optlist)) {
+        if (!file && !optlist) {
             io_error("can't open: A block device must be specified for \"file\"");
         } else {
             io_usage(io_find_cmd("open"));
         }
+        free(optlist);
         return -EINVAL;
     }
     if (force_share && !readonly) {
         io_error("can't open device %s: force-share=on can only be used with read-only images",
-                 argv[optind]);
+                 file ? file : "");
+        free(optlist);
         return -EINVAL;
     }
-    return io_open_image(s, argv[optind], format[0] ? format : NULL, flags, native_aio,
-                         snapshot) < 0
-               ? -EINVAL
-               : 0;
+    s->cor = cor;
+    int ret = optlist ? io_open_optlist(s, optlist, file, flags, native_aio)
+                      : io_open_image(s, file, file, NULL, flags, native_aio, snapshot);
+    free(optlist);
+    return ret < 0 ? -EINVAL : 0;
 }
 
 int io_close_f(io_state *s, int argc, char **argv)
@@ -655,7 +650,8 @@ void io_reopen_help(void)
 int io_reopen_f(io_state *s, int argc, char **argv)
 {
     unsigned flags = s->flags;
-    bool has_rw = false;
+    bool has_rw = false, has_cache = false;
+    char *optlist = NULL;
     int c;
 
     while ((c = getopt(argc, argv, "c:o:rw")) != -1) {
@@ -663,31 +659,42 @@ int io_reopen_f(io_state *s, int argc, char **argv)
         case 'c':
             if (cli_parse_cache(optarg, &flags) < 0) {
                 io_error("Invalid cache option: %s", optarg);
+                free(optlist);
                 return -EINVAL;
             }
+            has_cache = true;
             break;
         case 'o':
-            io_error("Block option '%s' cannot be changed by vdisk io", optarg);
-            return -EINVAL;
+            io_append_optlist(&optlist, optarg);
+            break;
         case 'r':
         case 'w':
             if (has_rw) {
                 io_error("Only one -r/-w option may be given");
+                free(optlist);
                 return -EINVAL;
             }
             flags = c == 'r' ? flags & ~(unsigned)VD_OPEN_RDWR : flags | VD_OPEN_RDWR;
             has_rw = true;
             break;
         default:
+            free(optlist);
             return io_usage(io_find_cmd("reopen"));
         }
     }
     if (optind != argc) {
+        free(optlist);
         return io_usage(io_find_cmd("reopen"));
     }
     if (s->snapshot) {
+        free(optlist);
         io_error("Cannot reopen a temporary snapshot overlay");
         return -ENOTSUP;
+    }
+    if (optlist || s->opts) {
+        int ret = io_reopen_opts(s, optlist, flags, has_rw, has_cache);
+        free(optlist);
+        return ret;
     }
     char *name = cli_xstrdup(vd_disk_filename(s->disk));
     char *format = cli_xstrdup(vd_disk_format(s->disk));
@@ -697,8 +704,8 @@ int io_reopen_f(io_state *s, int argc, char **argv)
     if (ret < 0) {
         io_error("Could not flush '%s': %s", name, strerror(-ret));
     }
-    ret = io_open_image(s, name, format, flags, false, false);
-    if (ret < 0 && io_open_image(s, name, format, old_flags, false, false) < 0) {
+    ret = io_open_image(s, name, name, format, flags, false, false);
+    if (ret < 0 && io_open_image(s, name, name, format, old_flags, false, false) < 0) {
         s->disk = NULL;
     }
     free(name);
@@ -848,7 +855,7 @@ static void usage(void)
            "vdisk disk exerciser (qemu-io compatible)\n"
            "\n"
            "  --object OBJECTDEF   accepted for compatibility (no objects are needed)\n"
-           "  --image-opts         treat file as option string (not supported)\n"
+           "  --image-opts         treat file as option string\n"
            "  -c, --cmd STRING     execute command with its arguments\n"
            "                       from the given string\n"
            "  -f, --format FMT     specifies the block driver to use\n"
@@ -897,7 +904,7 @@ int io_parse_aio(const char *mode)
     return -1;
 }
 
-enum { OPT_IO_OBJECT = 256, OPT_IO_IMAGE_OPTS };
+enum { OPT_IO_IMAGE_OPTS = 256 };
 
 int cmd_io(int argc, char **argv)
 {
@@ -916,7 +923,6 @@ int cmd_io(int argc, char **argv)
         {"discard", required_argument, NULL, 'd'},
         {"cache", required_argument, NULL, 't'},
         {"trace", required_argument, NULL, 'T'},
-        {"object", required_argument, NULL, OPT_IO_OBJECT},
         {"image-opts", no_argument, NULL, OPT_IO_IMAGE_OPTS},
         {"force-share", no_argument, NULL, 'U'},
         {NULL, 0, NULL, 0},
@@ -925,6 +931,7 @@ int cmd_io(int argc, char **argv)
     unsigned flags = VD_OPEN_WRITETHROUGH | VD_OPEN_UNMAP;
     bool readonly = false;
     bool native_aio = false;
+    bool cor = false;
     bool snapshot = false;
     bool image_opts = false;
     bool force_share = false;
@@ -953,10 +960,10 @@ int cmd_io(int argc, char **argv)
             force_share = true;
             break;
         case 'C':
+            cor = true;
+            break;
         case 'T':
-        case OPT_IO_OBJECT:
-            /* Copy-on-read, misaligned buffers, lock sharing and tracing change nothing
-             * that vdisk io's output shows. */
+            /* Tracing changes nothing that vdisk io's output shows. */
             break;
         case 'd':
             if (io_parse_discard(optarg, &flags) < 0) {
@@ -1024,16 +1031,12 @@ int cmd_io(int argc, char **argv)
         free(cmds);
         return 1;
     }
-    if (image_opts) {
-        io_error("--image-opts is not supported by vdisk io");
-        free(cmds);
-        return 1;
-    }
     if (!readonly) {
         flags |= VD_OPEN_RDWR;
     }
 
-    io_state s = {.engine = cli_engine_new(), .format = format, .misalign = s_misalign};
+    io_state s = {.engine = cli_engine_new(), .format = format, .misalign = s_misalign,
+                  .cor = cor};
     if (!s.engine) {
         io_error("out of memory");
         free(cmds);
@@ -1046,7 +1049,9 @@ int cmd_io(int argc, char **argv)
                      "images", argv[optind]);
             ret = -EINVAL;
         } else {
-            ret = io_open_image(&s, argv[optind], format, flags, native_aio, snapshot);
+            ret = image_opts ? io_open_optlist(&s, argv[optind], NULL, flags, native_aio)
+                             : io_open_image(&s, argv[optind], argv[optind], format, flags,
+                                             native_aio, snapshot);
         }
     }
     if (ret == 0) {

@@ -216,6 +216,16 @@ static int run_verb(const char *name, int argc, char **argv)
 {
     for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++) {
         if (!strcmp(name, verbs[i].name)) {
+            /* --image-opts means the same to every qemu-img verb (file arguments are
+             * option lists), so it is taken here; qemu-io parses its own. */
+            if (strcmp(name, "io")) {
+                cli_set_image_opts(cli_take_flag(&argc, argv, "--image-opts"));
+                cli_set_target_image_opts(cli_take_flag(&argc, argv, "--target-image-opts"));
+            }
+            /* qemu-nbd's --object is its server's; everyone else's is for clients. */
+            if (strcmp(name, "nbd") && cli_take_objects(&argc, argv) < 0) {
+                return 1;
+            }
             int ret = verbs[i].handler(argc, argv);
             fflush(stdout);
             return ret;

@@ -25,7 +25,6 @@ enum {
     OPT_PID_FILE,
     OPT_CACHE,
     OPT_DISCARD,
-    OPT_IMAGE_OPTS,
     OPT_AIO,
     OPT_DETECT_ZEROES,
 };
@@ -317,7 +316,6 @@ int cmd_nbd(int argc, char **argv)
         {"tls-creds", required_argument, NULL, OPT_TLS_CREDS},
         {"fork", no_argument, NULL, OPT_FORK},
         {"pid-file", required_argument, NULL, OPT_PID_FILE},
-        {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS},
         {"offset", required_argument, NULL, 'o'},
         {"allocation-depth", no_argument, NULL, 'A'},
         {"list", no_argument, NULL, 'L'},
@@ -485,8 +483,6 @@ int cmd_nbd(int argc, char **argv)
         case OPT_PID_FILE:
             pid_file = optarg;
             break;
-        case OPT_IMAGE_OPTS:
-            cli_error_exit("--image-opts is not supported");
         default:
             cli_bad_option(c, argv);
         }

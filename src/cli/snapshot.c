@@ -38,7 +38,7 @@ void cli_print_snapshot_table(const vd_snapshot_info *list, size_t n)
 }
 
 enum { ACT_NONE, ACT_LIST, ACT_CREATE, ACT_APPLY, ACT_DELETE };
-enum { OPT_OBJECT = 400, OPT_IMAGE_OPTS };
+enum { OPT_OBJECT = 400 };
 
 /* The library names the image in front of its messages; qemu-img's message for one
  * image names the snapshot instead. A leading "could not apply the snapshot: " (or the
@@ -154,7 +154,6 @@ int cmd_snapshot(int argc, char **argv)
         {"format", required_argument, NULL, 'f'},
         {"force-share", no_argument, NULL, 'U'},
         {"object", required_argument, NULL, OPT_OBJECT},
-        {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS},
         {NULL, 0, NULL, 0},
     };
     const char *fmt = NULL, *name = NULL;
@@ -177,8 +176,6 @@ int cmd_snapshot(int argc, char **argv)
             break;
         case OPT_OBJECT:
             break;   /* secrets and the like: no image format of ours uses them */
-        case OPT_IMAGE_OPTS:
-            cli_error_exit("--image-opts is not supported");
         case 'l':
             next = ACT_LIST;
             break;

@@ -886,31 +886,245 @@ static void on_engine_event(void *opaque, const vd_event *ev)
     }
 }
 
+/* --object tls-creds-x509 / tls-creds-psk with endpoint=client, for the engines this run
+ * makes (the client side of driver=nbd, tls-creds=ID). */
+static vd_tls_client_creds *client_objs;
+static size_t nb_client_objs;
+
+static char *opt_dup(const vd_opts *o, const char *key)
+{
+    const char *v = vd_opts_get(o, key);
+    return v ? cli_xstrdup(v) : NULL;
+}
+
+static int add_client_object(const char *arg)
+{
+    char *copy = cli_xstrdup(arg);
+    char *comma = strchr(copy, ',');
+    if (comma) {
+        *comma = '\0';
+    }
+    vd_opts *o = vd_opts_new();
+    vd_error *err = NULL;
+    int ret = 0;
+    bool verify = true;
+    if (strchr(copy, '=')) {
+        cli_error("--object: the first item must be the object type");
+        ret = -1;
+    } else if (comma && vd_opts_parse(o, comma + 1, &err) < 0) {
+        cli_report_err(err, "--object: ");
+        ret = -1;
+    } else if (strcmp(copy, "tls-creds-x509") && strcmp(copy, "tls-creds-psk")) {
+        cli_error("invalid object type: %s", copy);
+        ret = -1;
+    } else if (!vd_opts_get(o, "id")) {
+        cli_error("Parameter 'id' is missing");
+        ret = -1;
+    } else if (vd_opts_get(o, "endpoint") && strcmp(vd_opts_get(o, "endpoint"), "client")) {
+        cli_error("Expecting TLS credentials with a client endpoint");
+        ret = -1;
+    } else if (vd_opts_get_bool(o, "verify-peer", true, &verify, &err) < 0) {
+        cli_report_err(err, "--object: ");
+        ret = -1;
+    }
+    if (ret == 0) {
+        client_objs = realloc(client_objs, (nb_client_objs + 1) * sizeof(*client_objs));
+        if (!client_objs) {
+            abort();
+        }
+        client_objs[nb_client_objs++] = (vd_tls_client_creds){
+            .id = opt_dup(o, "id"),
+            .psk = !strcmp(copy, "tls-creds-psk"),
+            .dir = opt_dup(o, "dir"),
+            .verify_peer = verify,
+            .username = opt_dup(o, "username"),
+        };
+    }
+    vd_opts_free(o);
+    free(copy);
+    return ret;
+}
+
+int cli_take_objects(int *argc, char **argv)
+{
+    int out = 0;
+    bool done = false;
+    for (int i = 0; i < *argc; i++) {
+        done |= !strcmp(argv[i], "--");
+        const char *arg = NULL;
+        if (!done && i > 0 && !strcmp(argv[i], "--object") && i + 1 < *argc) {
+            arg = argv[++i];
+        } else if (!done && i > 0 && !strncmp(argv[i], "--object=", 9)) {
+            arg = argv[i] + 9;
+        }
+        if (arg) {
+            if (add_client_object(arg) < 0) {
+                return -1;
+            }
+            continue;
+        }
+        argv[out++] = argv[i];
+    }
+    argv[out] = NULL;
+    *argc = out;
+    return 0;
+}
+
 vd_engine *cli_engine_new(void)
 {
     vd_engine *e = vd_engine_new();
     vd_engine_set_event_handler(e, on_engine_event, NULL);
+    for (size_t i = 0; i < nb_client_objs; i++) {
+        vd_error *err = NULL;
+        if (vd_engine_add_tls_client_creds(e, &client_objs[i], &err) < 0) {
+            /* Only a duplicate id gets here, before any image is open. */
+            cli_report_err(err, "--object: ");
+            exit(1);
+        }
+    }
     return e;
+}
+
+/* Options that name their driver leave nothing to probe. */
+static bool names_driver(const char *name)
+{
+    vd_tree *t = NULL;
+    if (strncmp(name, "json:", 5) ||
+        vd_tree_parse_json(name + 5, strlen(name + 5), &t, NULL) < 0) {
+        return false;
+    }
+    bool named = vd_tree_get(t, "driver") != NULL;
+    vd_tree_free(t);
+    return named;
+}
+
+void cli_warn_probed_raw(const char *name, const char *display)
+{
+    const char *probed = NULL;
+    vd_error *perr = NULL;
+    if (!names_driver(name) && vd_probe_format(name, &probed, &perr) == 0 && probed &&
+        !strcmp(probed, "raw")) {
+        fprintf(stderr,
+                "WARNING: Image format was not specified for '%s' and probing guessed "
+                "raw.\n"
+                "         Automatically detecting the format is dangerous for raw images, "
+                "write operations on block 0 will be restricted.\n"
+                "         Specify the 'raw' format explicitly to remove the "
+                "restrictions.\n", display);
+    }
+    vd_error_free(perr);
+}
+
+/* How this run reads file arguments: set once by main before the verb runs. */
+static bool image_opts, target_image_opts;
+
+bool cli_set_image_opts(bool on)
+{
+    bool was = image_opts;
+    image_opts = on;
+    return was;
+}
+
+bool cli_set_target_image_opts(bool on)
+{
+    bool was = target_image_opts;
+    target_image_opts = on;
+    return was;
+}
+
+bool cli_take_flag(int *argc, char **argv, const char *flag)
+{
+    bool found = false;
+    int out = 0;
+    bool done = false;
+    for (int i = 0; i < *argc; i++) {
+        done |= !strcmp(argv[i], "--");
+        if (!done && i > 0 && !strcmp(argv[i], flag)) {
+            found = true;
+            continue;
+        }
+        argv[out++] = argv[i];
+    }
+    argv[out] = NULL;
+    *argc = out;
+    return found;
+}
+
+vd_tree *cli_parse_optlist(const char *optstr)
+{
+    vd_tree *t = NULL;
+    vd_error *err = NULL;
+    if (vd_tree_parse_keyval(optstr, NULL, &t, &err) < 0) {
+        cli_report_err(err, "%s", "");
+        return NULL;
+    }
+    return t;
+}
+
+char *cli_tree_json_name(const vd_tree *t)
+{
+    char *json = vd_tree_to_json(t);
+    char *name = NULL;
+    if (asprintf(&name, "json:%s", json) < 0) {
+        abort();
+    }
+    free(json);
+    return name;
+}
+
+char *cli_opts_to_json(const char *optstr)
+{
+    vd_tree *t = cli_parse_optlist(optstr);
+    if (!t) {
+        return NULL;
+    }
+    char *name = cli_tree_json_name(t);
+    vd_tree_free(t);
+    return name;
+}
+
+static int open_as(vd_engine *e, const char *filename, const char *fmt, unsigned flags,
+                   vd_disk **out, bool opts);
+
+int cli_open_target(vd_engine *e, const char *filename, const char *fmt, unsigned flags,
+                    vd_disk **out)
+{
+    return open_as(e, filename, fmt, flags, out, target_image_opts);
 }
 
 int cli_open(vd_engine *e, const char *filename, const char *fmt, unsigned flags,
              vd_disk **out)
 {
+    return open_as(e, filename, fmt, flags, out, image_opts);
+}
+
+static int open_as(vd_engine *e, const char *filename, const char *fmt, unsigned flags,
+                   vd_disk **out, bool opts)
+{
+    *out = NULL;
+    if (opts) {
+        if (fmt) {
+            cli_error("--image-opts and --format are mutually exclusive");
+            return -1;
+        }
+        char *json = cli_opts_to_json(filename);
+        if (!json) {
+            return -1;
+        }
+        vd_error *err = NULL;
+        vd_open_opts o = {.flags = flags};
+        int ret = vd_open(e, json, &o, out, &err);
+        free(json);
+        if (ret < 0) {
+            cli_report_err_for(err, filename, "Could not open '%s': ", filename);
+            *out = NULL;
+            return -1;
+        }
+        return 0;
+    }
     vd_error *err = NULL;
     if (!fmt && (flags & VD_OPEN_RDWR)) {
-        const char *probed = NULL;
-        vd_error *perr = NULL;
-        if (vd_probe_format(filename, &probed, &perr) == 0 && probed &&
-            !strcmp(probed, "raw")) {
-            fprintf(stderr,
-                    "WARNING: Image format was not specified for '%s' and probing guessed "
-                    "raw.\n"
-                    "         Automatically detecting the format is dangerous for raw images, "
-                    "write operations on block 0 will be restricted.\n"
-                    "         Specify the 'raw' format explicitly to remove the "
-                    "restrictions.\n", filename);
-        }
-        vd_error_free(perr);
+        cli_warn_probed_raw(filename, filename);
     }
     vd_open_opts o = {.format = fmt, .flags = flags};
     if (vd_open(e, filename, &o, out, &err) < 0) {
@@ -924,7 +1138,7 @@ int cli_open(vd_engine *e, const char *filename, const char *fmt, unsigned flags
 char *cli_backing_path(const char *image, const char *backing)
 {
     const char *slash = strrchr(image, '/');
-    if (backing[0] == '/' || !slash) {
+    if (backing[0] == '/' || !slash || !strncmp(backing, "json:", 5)) {
         return cli_xstrdup(backing);
     }
     size_t plen = (size_t)(slash - image) + 1;

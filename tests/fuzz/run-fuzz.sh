@@ -37,6 +37,7 @@ targets=(
     "nbd-client 65536 $target_time"
     "qmp 65536 $target_time"
     "blkdebug-config 4096 $target_time"
+    "json 65536 $target_time"
 )
 
 selected() {

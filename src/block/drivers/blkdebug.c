@@ -372,17 +372,21 @@ static void blkdebug_close(vd_node *n)
     n->opaque = NULL;
 }
 
-/* The filter is opened by vd_blkdebug_open, never through a driver lookup by name. */
+/* From options (driver=blkdebug); a `blkdebug:` filename goes through node.c. */
 static int blkdebug_open(vd_node *n, unsigned flags, vd_error **errp)
 {
     (void)flags;
-    return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "%s: blkdebug is opened with a "
-                        "'blkdebug:RULES:PATH' filename", n->filename);
+    if (!n->options) {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "%s: blkdebug is opened with "
+                            "options or a 'blkdebug:RULES:PATH' filename", n->filename);
+    }
+    return vd_blkdebug_open_options(n, errp);
 }
 
 const vd_driver vd_blkdebug_driver = {
     .name = "blkdebug",
     .is_format = false,
+    .runtime_opts = vd_blkdebug_runtime_opts,
     .open = blkdebug_open,
     .close = blkdebug_close,
     .pread = blkdebug_pread,

@@ -21,8 +21,47 @@ typedef struct file_state {
     pthread_mutex_t write_lock;
 } file_state;
 
+/* QEMU's file options that mean something here: the name, the AIO engine (vdisk has one
+ * engine of its own, so any of QEMU's is accepted) and locking (vdisk takes no image locks,
+ * so only "off" or "auto" describe what happens). */
+static const char *const file_runtime_opts[] = {"filename", "aio", "locking", NULL};
+
+static int file_options(const vd_tree *opts, vd_error **errp)
+{
+    const char *aio, *locking;
+    int ret = vd_tree_get_str(opts, "aio", "aio", &aio, errp);
+    if (ret == 0) {
+        ret = vd_tree_get_str(opts, "locking", "locking", &locking, errp);
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    if (aio && strcmp(aio, "threads") && strcmp(aio, "native") && strcmp(aio, "io_uring")) {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Parameter 'aio' does not accept "
+                            "value '%s'", aio);
+    }
+    if (locking && strcmp(locking, "off") && strcmp(locking, "auto")) {
+        return vd_error_set(errp, strcmp(locking, "on") ? VD_ERR_INVALID : VD_ERR_UNSUPPORTED,
+                            strcmp(locking, "on") ? EINVAL : ENOTSUP,
+                            strcmp(locking, "on") ? "Parameter 'locking' does not accept "
+                            "value '%s'" : "locking=%s is not supported: vdisk takes no image "
+                            "locks", locking);
+    }
+    return 0;
+}
+
 static int file_open(vd_node *n, unsigned flags, vd_error **errp)
 {
+    if (n->options && !vd_tree_get(n->options, "filename")) {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "The 'file' block driver requires a "
+                            "file name");
+    }
+    if (n->options) {
+        int ret = file_options(n->options, errp);
+        if (ret < 0) {
+            return ret;
+        }
+    }
     int oflags = O_CLOEXEC | ((flags & VD_OPEN_RDWR) ? O_RDWR : O_RDONLY);
     if (flags & VD_OPEN_NOCACHE) {
         oflags |= O_DIRECT;
@@ -34,11 +73,34 @@ static int file_open(vd_node *n, unsigned flags, vd_error **errp)
                             "Could not open '%s': %s", n->filename, strerror(err));
     }
     struct stat st;
-    if (fstat(fd, &st) < 0 || S_ISDIR(st.st_mode)) {
-        int err = S_ISDIR(st.st_mode) ? EISDIR : errno;
+    if (fstat(fd, &st) < 0) {
+        int err = errno;
         close(fd);
         return vd_error_set(errp, VD_ERR_IO, err, "Could not open '%s': %s", n->filename,
                             strerror(err));
+    }
+    /* A driver named in options wants its kind of file, as QEMU checks; a bare filename
+     * takes anything but a directory. */
+    bool device = strcmp(n->drv->name, "file") != 0;
+    if (n->options && (device ? !S_ISBLK(st.st_mode) && !S_ISCHR(st.st_mode)
+                              : !S_ISREG(st.st_mode))) {
+        close(fd);
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, device
+                            ? "'%s' driver requires '%s' to be either a character or block "
+                              "device" : "'%s' driver requires '%s' to be a regular file",
+                            n->drv->name, n->filename);
+    }
+    if (S_ISDIR(st.st_mode)) {
+        close(fd);
+        return vd_error_set(errp, VD_ERR_IO, EISDIR, "Could not open '%s': %s", n->filename,
+                            strerror(EISDIR));
+    }
+    uint64_t size = (uint64_t)st.st_size;
+    if (S_ISBLK(st.st_mode) && ioctl(fd, BLKGETSIZE64, &size) < 0) {
+        int err = errno;
+        close(fd);
+        return vd_error_set(errp, VD_ERR_IO, err, "Could not get the size of '%s': %s",
+                            n->filename, strerror(err));
     }
     file_state *fs = calloc(1, sizeof(*fs));
     if (!fs) {
@@ -48,7 +110,7 @@ static int file_open(vd_node *n, unsigned flags, vd_error **errp)
     pthread_mutex_init(&fs->write_lock, NULL);
     n->opaque = fs;
     n->fd = fd;
-    n->size = (uint64_t)st.st_size;
+    n->size = size;
     if (flags & VD_OPEN_NOCACHE) {
         n->request_alignment = 4096;
     }
@@ -254,33 +316,39 @@ static int64_t file_allocated_size(vd_node *n)
 
 int64_t vd_node_file_length(vd_node *n)
 {
-    while (n && n->fd < 0) {
+    /* Filters pass the question down; a node with no host file under it (a format node in a
+     * protocol's place, null-co) is as long as its disk. */
+    while (n->fd < 0) {
+        if (n->drv->is_format || !n->file) {
+            return (int64_t)n->size;
+        }
         n = n->file;
-    }
-    if (!n) {
-        return -ENOTSUP;
     }
     struct stat st;
     if (fstat(n->fd, &st) < 0) {
         return -errno;
     }
-    return st.st_size;
+    uint64_t size = (uint64_t)st.st_size;
+    if (S_ISBLK(st.st_mode) && ioctl(n->fd, BLKGETSIZE64, &size) < 0) {
+        return -errno;
+    }
+    return (int64_t)size;
 }
 
-const vd_driver vd_file_driver = {
-    .name = "file",
-    .is_format = false,
-    .open = file_open,
-    .close = file_close,
-    .pread = file_pread,
-    .pwrite = file_pwrite,
-    .pwrite_zeroes = file_pwrite_zeroes,
-    .pdiscard = file_pdiscard,
-    .flush = file_flush,
-    .block_status = file_block_status,
-    .truncate = file_truncate,
-    .allocated_size = file_allocated_size,
-};
+#define FILE_DRIVER(NAME)                                                                   \
+    {                                                                                       \
+        .name = NAME, .is_format = false, .runtime_opts = file_runtime_opts,                \
+        .open = file_open, .close = file_close, .pread = file_pread, .pwrite = file_pwrite, \
+        .pwrite_zeroes = file_pwrite_zeroes, .pdiscard = file_pdiscard,                     \
+        .flush = file_flush, .block_status = file_block_status, .truncate = file_truncate,  \
+        .allocated_size = file_allocated_size,                                              \
+    }
+
+/* QEMU's three names for a host file: file for regular files, host_device and host_cdrom
+ * for devices (vdisk treats a CD-ROM as any device: no media change). */
+const vd_driver vd_file_driver = FILE_DRIVER("file");
+const vd_driver vd_host_device_driver = FILE_DRIVER("host_device");
+const vd_driver vd_host_cdrom_driver = FILE_DRIVER("host_cdrom");
 
 /* ---- creating image files ---------------------------------------------------------------- */
 

@@ -2,48 +2,100 @@
  * preallocation off, falloc or full. */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "block/block.h"
 
+/* QEMU's raw options: the disk is the file's bytes [offset, offset + size). */
+typedef struct raw_state {
+    uint64_t offset;
+    bool has_size;
+} raw_state;
+
+static const char *const raw_runtime_opts[] = {"offset", "size", NULL};
+
+static uint64_t base(const vd_node *n)
+{
+    const raw_state *s = n->opaque;
+    return s ? s->offset : 0;
+}
+
 static int raw_open(vd_node *n, unsigned flags, vd_error **errp)
 {
     (void)flags;
-    (void)errp;
     int64_t len = vd_node_file_length(n->file);
     if (len < 0) {
         return vd_error_set(errp, VD_ERR_IO, (int)-len, "%s: %s", n->filename,
                             strerror((int)-len));
     }
+    uint64_t offset, size;
+    bool has_size = vd_tree_get(n->options, "size") != NULL;
+    int ret = vd_tree_get_size(n->options, "offset", NULL, 0, &offset, errp);
+    if (ret == 0) {
+        ret = vd_tree_get_size(n->options, "size", NULL, 0, &size, errp);
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    if (has_size && size % 512) {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Specified size is not multiple of "
+                            "512");
+    }
+    if (has_size && (offset > (uint64_t)len || size > (uint64_t)len - offset)) {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "The sum of offset (%" PRIu64 ") "
+                            "and size (%" PRIu64 ") has to be smaller or equal to the  actual "
+                            "size of the containing file (%" PRId64 ")", offset, size, len);
+    }
+    if (!has_size && offset > (uint64_t)len) {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Offset (%" PRIu64 ") cannot be "
+                            "greater than size of the containing file (%" PRId64 ")", offset,
+                            len);
+    }
+    if (offset || has_size) {
+        raw_state *s = calloc(1, sizeof(*s));
+        if (!s) {
+            abort();
+        }
+        s->offset = offset;
+        s->has_size = has_size;
+        n->opaque = s;
+    }
     /* QEMU counts disks in 512-byte sectors: a file of another length is a disk rounded
      * up, whose tail past the end of the file reads as zeros (the file node's reads do). */
-    n->size = ((uint64_t)len + 511) & ~511ull;
+    n->size = has_size ? size : (((uint64_t)len - offset) + 511) & ~511ull;
     n->request_alignment = n->file->request_alignment;
     return 0;
+}
+
+static void raw_close(vd_node *n)
+{
+    free(n->opaque);
+    n->opaque = NULL;
 }
 
 static int raw_pread(vd_node *n, void *buf, uint64_t len, uint64_t off)
 {
     vd_node_event(n->file, "read_aio");
-    return vd_node_pread(n->file, buf, len, off);
+    return vd_node_pread(n->file, buf, len, base(n) + off);
 }
 
 static int raw_pwrite(vd_node *n, const void *buf, uint64_t len, uint64_t off, unsigned flags)
 {
     vd_node_event(n->file, "write_aio");
-    return vd_node_pwrite(n->file, buf, len, off, flags);
+    return vd_node_pwrite(n->file, buf, len, base(n) + off, flags);
 }
 
 static int raw_pwrite_zeroes(vd_node *n, uint64_t off, uint64_t len, unsigned flags)
 {
-    return vd_node_pwrite_zeroes(n->file, off, len, flags);
+    return vd_node_pwrite_zeroes(n->file, base(n) + off, len, flags);
 }
 
 static int raw_pdiscard(vd_node *n, uint64_t off, uint64_t len)
 {
-    return vd_node_pdiscard(n->file, off, len);
+    return vd_node_pdiscard(n->file, base(n) + off, len);
 }
 
 static int raw_flush(vd_node *n)
@@ -54,7 +106,7 @@ static int raw_flush(vd_node *n)
 
 static int raw_block_status(vd_node *n, uint64_t off, uint64_t len, vd_node_status *st)
 {
-    int ret = n->file->drv->block_status(n->file, off, len, st);
+    int ret = n->file->drv->block_status(n->file, base(n) + off, len, st);
     st->flags |= VD_BS_ALLOCATED;
     return ret;
 }
@@ -67,7 +119,12 @@ static int raw_truncate(vd_node *n, uint64_t size, bool shrink, const char *prea
                             "Unsupported preallocation mode '%s' (allowed: off, falloc, full)",
                             prealloc);
     }
-    int ret = vd_node_truncate(n->file, size, shrink, prealloc, errp);
+    const raw_state *s = n->opaque;
+    if (s && s->has_size) {
+        return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP, "Cannot resize fixed-size raw "
+                            "disks");
+    }
+    int ret = vd_node_truncate(n->file, base(n) + size, shrink, prealloc, errp);
     if (ret == 0) {
         n->size = size;
     }
@@ -170,8 +227,10 @@ static int raw_probe(const uint8_t *buf, size_t len)
 const vd_driver vd_raw_driver = {
     .name = "raw",
     .is_format = true,
+    .runtime_opts = raw_runtime_opts,
     .probe = raw_probe,
     .open = raw_open,
+    .close = raw_close,
     .pread = raw_pread,
     .pwrite = raw_pwrite,
     .pwrite_zeroes = raw_pwrite_zeroes,

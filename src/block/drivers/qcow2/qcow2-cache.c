@@ -240,6 +240,8 @@ static int cache_get(qcow2_state *s, qcow2_cache *c, uint64_t offset, bool empty
     if (empty) {
         memset(sl->data, 0, c->slice_size);
     } else {
+        /* QEMU's event names, so blkdebug rules for them fire at the same reads. */
+        vd_node_event(s->file, c->is_l2 ? "l2_load" : "refblock_load");
         ret = vd_node_pread(s->file, sl->data, c->slice_size, offset);
         if (ret < 0) {
             vd_set_io_error("%s: could not read %s table slice at 0x%llx: %s", s->name,

@@ -62,8 +62,7 @@ int qcow2_write_incompat(qcow2_state *s, uint64_t bits)
 
 int qcow2_mark_dirty_locked(qcow2_state *s)
 {
-    if (s->dirty_on_disk || s->h.version < 3 ||
-        !(s->h.compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS)) {
+    if (s->dirty_on_disk || s->h.version < 3 || !s->lazy_refcounts) {
         return 0;
     }
     int ret = qcow2_write_incompat(s, s->h.incompatible_features | QCOW2_INCOMPAT_DIRTY);
@@ -465,8 +464,12 @@ static int load_image(qcow2_state *s, vd_error **errp)
     if (ret < 0) {
         return ret;
     }
-    s->l2_cache = qcow2_cache_new("L2", true, s->slice_size, QCOW2_L2_CACHE_BYTES);
-    s->rb_cache = qcow2_cache_new("refcount", false, s->slice_size, QCOW2_RB_CACHE_BYTES);
+    ret = qcow2_read_options(s, s->node->options, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    s->l2_cache = qcow2_cache_new("L2", true, s->slice_size, s->l2_cache_bytes);
+    s->rb_cache = qcow2_cache_new("refcount", false, s->slice_size, s->rb_cache_bytes);
     s->rb_unsynced = false;
     s->free_hint = 0;
     s->free_byte_offset = 0;
@@ -1029,6 +1032,7 @@ static int amend_locked(qcow2_state *s, const amend_req *r, vd_error **errp)
                                     "compat=1.1 or greater)");
             }
             s->h.compatible_features |= QCOW2_COMPAT_LAZY_REFCOUNTS;
+            s->lazy_refcounts = true;
         } else {
             ret = mark_clean_locked(s);
             if (ret < 0) {
@@ -1036,6 +1040,7 @@ static int amend_locked(qcow2_state *s, const amend_req *r, vd_error **errp)
                                     "clean: %s", s->name, strerror(-ret));
             }
             s->h.compatible_features &= ~QCOW2_COMPAT_LAZY_REFCOUNTS;
+            s->lazy_refcounts = false;
         }
         ret = qcow2_write_header(s);
         if (ret < 0) {
@@ -1136,6 +1141,7 @@ static int qcow2_block_status_op(vd_node *node, uint64_t off, uint64_t len, vd_n
 const vd_driver vd_qcow2_driver = {
     .name = "qcow2",
     .is_format = true,
+    .runtime_opts = qcow2_runtime_opts,
     .probe = qcow2_probe,
     .open = qcow2_open,
     .close = qcow2_close,

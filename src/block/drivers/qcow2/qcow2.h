@@ -165,6 +165,10 @@ struct qcow2_state {
     /* Test only (VDISK_TEST_BREAK_ORDERING=1): L2 slices go out before the refcounts they
      * depend on, with no sync between, so that tests/crash/ can show it detects that. */
     bool break_ordering;
+    /* Open options (qcow2-options.c): lazy refcounts for this session (the header's bit
+     * unless lazy-refcounts says otherwise) and the metadata cache sizes. */
+    bool lazy_refcounts;
+    uint64_t l2_cache_bytes, rb_cache_bytes;
 
     /* Allocation */
     uint64_t free_hint;          /* every cluster below it is in use */
@@ -418,5 +422,9 @@ int qcow2_snapshots_check_v2_locked(qcow2_state *s, vd_error **errp);
 /* amend: rewrites the snapshot table with the extra data v3 requires (VM state size and
  * disk size; a missing disk size is the image's), when some entry lacks it. */
 int qcow2_snapshots_make_v3_locked(qcow2_state *s, vd_error **errp);
+
+/* Reads the node's open options into s (after the header, before the caches). */
+int qcow2_read_options(qcow2_state *s, const vd_tree *opts, vd_error **errp);
+extern const char *const qcow2_runtime_opts[];
 
 #endif
