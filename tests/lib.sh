@@ -57,9 +57,9 @@ fail() {
     fi
 }
 
-# same_output NAME EXPECTED-FILE ACTUAL-FILE: one case that passes when the files are
+# same_files NAME EXPECTED-FILE ACTUAL-FILE: one case that passes when the files are
 # identical; the diff shows on failure.
-same_output() {
+same_files() {
     if cmp -s "$2" "$3"; then
         pass "$1"
     else

@@ -246,6 +246,16 @@ int vd_node_pread_zero_pad(vd_node *n, void *buf, uint64_t len, uint64_t off);
 /* Size of the underlying host file for a protocol node (fstat), or -errno. */
 int64_t vd_node_file_length(vd_node *n);
 
+/* The first node at or below n that is not a filter (a node with a file child but no
+ * format of its own: blkdebug, copy-on-read, logwrites): where a chain's layers start. */
+static inline vd_node *vd_node_skip_filters(vd_node *n)
+{
+    while (!n->drv->is_format && n->file) {
+        n = n->file;
+    }
+    return n;
+}
+
 /* For protocol filters (blkdebug, logwrites): block status and allocated size straight
  * from the child's driver. A status query is no I/O, so filters neither count nor log it;
  * it skips the child's request path since a protocol node's size can lag its file. */

@@ -53,12 +53,13 @@ vd_disk *vd_disk_backing(vd_disk *d)
 {
     vd_disk_enter(d);
     vd_disk *b = NULL;
-    if (d->node->backing) {
+    vd_node *cow = vd_node_skip_filters(d->node);
+    if (cow->backing) {
         /* Made on first use, maybe by two threads at once (the drain lock is shared):
          * the first handle published wins, a second one is freed. */
         b = __atomic_load_n(&d->backing, __ATOMIC_ACQUIRE);
         if (!b) {
-            vd_disk *made = disk_wrap(d->engine, d->node->backing, false);
+            vd_disk *made = disk_wrap(d->engine, cow->backing, false);
             vd_disk *none = NULL;
             if (__atomic_compare_exchange_n(&d->backing, &none, made, false, __ATOMIC_ACQ_REL,
                                             __ATOMIC_ACQUIRE)) {
@@ -399,7 +400,9 @@ static int disk_block_status(vd_disk *d, uint64_t off, uint64_t len, vd_extent *
     int depth = 0;
     vd_node_status prev;
     memset(&prev, 0, sizeof(prev));
-    for (vd_node *n = d->node; n; n = n->backing, depth++) {
+    /* A layer is asked through its filters (blkdebug may fail the query); its backing is
+     * the one of the format node under them, as QEMU counts layers. */
+    for (vd_node *n = d->node; n; n = vd_node_skip_filters(n)->backing, depth++) {
         vd_node_status s;
         if (off >= n->size) {
             /* Past the end of a shorter backing file: reads as zeros. QEMU answers with the
@@ -414,7 +417,7 @@ static int disk_block_status(vd_disk *d, uint64_t off, uint64_t len, vd_extent *
             return ret;
         }
         len = s.pnum;
-        if ((s.flags & VD_BS_ALLOCATED) || !n->backing) {
+        if ((s.flags & VD_BS_ALLOCATED) || !vd_node_skip_filters(n)->backing) {
             refine_with_file(&s);
             fill_status(st, &s, depth);
             if (!(s.flags & VD_BS_ALLOCATED)) {

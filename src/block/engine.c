@@ -14,6 +14,7 @@ extern const vd_driver vd_blkdebug_driver;
 extern const vd_driver vd_logwrites_driver;
 extern const vd_driver vd_null_co_driver;
 extern const vd_driver vd_copy_on_read_driver;
+extern const vd_driver vd_compress_driver;
 extern const vd_driver vd_null_aio_driver;
 
 const vd_driver *const vd_drivers[] = {
@@ -26,6 +27,7 @@ const vd_driver *const vd_drivers[] = {
     &vd_logwrites_driver,
     &vd_null_co_driver,
     &vd_copy_on_read_driver,
+    &vd_compress_driver,
     &vd_null_aio_driver,
     NULL,
 };

@@ -29,7 +29,7 @@ compare_img() {
     run_to act "$L/qemu-img" "$@"
     cat exp.rc exp.out exp.err >exp.all
     cat act.rc act.out act.err >act.all
-    same_output "$name" exp.all act.all
+    same_files "$name" exp.all act.all
 }
 
 # ---- qemu-img -----------------------------------------------------------------------------
@@ -63,16 +63,16 @@ io_filter() {
 }
 "$QEMU_IO" -c 'write -P 0x5a 0 4k' a.qcow2 2>&1 | io_filter >exp.txt
 "$L/qemu-io" -c 'write -P 0x5a 0 4k' a.qcow2 2>&1 | io_filter >act.txt
-same_output "qemu-io-write" exp.txt act.txt
+same_files "qemu-io-write" exp.txt act.txt
 "$QEMU_IO" -c 'read -P 0x5a 0 4k' -c 'read -P 0 4k 4k' a.qcow2 2>&1 | io_filter >exp.txt
 "$L/qemu-io" -c 'read -P 0x5a 0 4k' -c 'read -P 0 4k 4k' a.qcow2 2>&1 | io_filter >act.txt
-same_output "qemu-io-read" exp.txt act.txt
+same_files "qemu-io-read" exp.txt act.txt
 
 run_to exp "$QEMU_IO" -c 'read 0 512' missing.qcow2
 run_to act "$L/qemu-io" -c 'read 0 512' missing.qcow2
 cat exp.rc exp.err >exp.all
 cat act.rc act.err >act.all
-same_output "qemu-io-open-error" exp.all act.all
+same_files "qemu-io-open-error" exp.all act.all
 
 "$L/qemu-io" -x >out.txt 2>&1
 if grep -q "^qemu-io: invalid option -- 'x'" out.txt; then

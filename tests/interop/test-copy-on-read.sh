@@ -37,10 +37,10 @@ for how in flag open filter; do
             driver=copy-on-read,file.driver=qcow2,file.file.filename=q-filter.qcow2 2>&1 |
             filter >q.out ;;
     esac
-    same_output "$how/reads" q.out v.out
+    same_files "$how/reads" q.out v.out
     "$QEMU_IO" -f qcow2 -c map v-$how.qcow2 >v.map 2>&1
     "$QEMU_IO" -f qcow2 -c map q-$how.qcow2 >q.map 2>&1
-    same_output "$how/map-after" q.map v.map
+    same_files "$how/map-after" q.map v.map
     # The overlay alone (no backing) now holds what was read.
     "$QEMU_IMG" convert -O raw "json:{'driver': 'qcow2', 'backing': null, 'file.filename': 'v-$how.qcow2'}" v.raw
     "$QEMU_IMG" convert -O raw "json:{'driver': 'qcow2', 'backing': null, 'file.filename': 'q-$how.qcow2'}" q.raw
@@ -54,6 +54,6 @@ done
 "$QEMU_IO" -f qcow2 -C -r q-flag.qcow2 >q.err 2>&1
 sed 's/v-flag/X/' v.err >v2.err
 sed 's/q-flag/X/' q.err >q2.err
-same_output read-only-refused q2.err v2.err
+same_files read-only-refused q2.err v2.err
 
 vd_finish

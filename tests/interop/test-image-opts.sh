@@ -36,7 +36,7 @@ while IFS= read -r spec; do
     fi
     "$VIMG" map --output=json "$spec" >v.map 2>&1
     "$QEMU_IMG" map --output=json "$spec" >q.map 2>&1
-    same_output "$n/map" v.map q.map
+    same_files "$n/map" v.map q.map
     rm -f v.raw q.raw
 done <<'EOF'
 json:{"driver": "qcow2", "file": {"driver": "file", "filename": "top.qcow2"}}
@@ -46,6 +46,7 @@ json:{'driver': 'raw', 'offset': 65536, 'size': 131072, 'file': {'driver': 'file
 json:{'driver': 'qcow2', 'file': {'driver': 'blkdebug', 'image': {'driver': 'file', 'filename': 'top.qcow2'}, 'align': 4096}}
 json:{'driver': 'qcow2', 'lazy-refcounts': true, 'cache-size': '1M', 'l2-cache-entry-size': 4096, 'file.filename': 'top.qcow2'}
 json:{'driver': 'null-co', 'size': '1M', 'read-zeroes': true}
+json:{'driver': 'blkdebug', 'image': {'driver': 'qcow2', 'file.filename': 'top.qcow2'}}
 EOF
 
 # --image-opts: the same options as a key=value list.
@@ -57,12 +58,12 @@ EOF
     fail image-opts/convert "vdisk and qemu-img read other bytes" v.err
 "$VIMG" info --image-opts driver=qcow2,file.filename=top.qcow2 >v.info 2>&1
 "$QEMU_IMG" info --image-opts driver=qcow2,file.filename=top.qcow2 >q.info 2>&1
-same_output image-opts/info v.info q.info
+same_files image-opts/info v.info q.info
 "$VIMG" compare --image-opts driver=qcow2,file.filename=top.qcow2 \
     "driver=raw,file.filename=v.raw" >v.cmp 2>&1
 "$QEMU_IMG" compare --image-opts driver=qcow2,file.filename=top.qcow2 \
     "driver=raw,file.filename=v.raw" >q.cmp 2>&1
-same_output image-opts/compare v.cmp q.cmp
+same_files image-opts/compare v.cmp q.cmp
 
 # Options that are wrong: the same message from both (program name included).
 i=0
@@ -70,7 +71,7 @@ while IFS= read -r spec; do
     i=$((i + 1))
     "$VIMG" info "$spec" >v.err 2>&1
     "$QEMU_IMG" info "$spec" >q.err 2>&1
-    same_output "bad$i" v.err q.err
+    same_files "bad$i" v.err q.err
 done <<'EOF'
 json:{'driver': 'qcow2', 'file.filename': 'top.qcow2', 'foo': 1}
 json:{'driver': 'qcow2', 'file.filename': 'top.qcow2', 'lazy-refcounts': 'maybe'}
@@ -93,7 +94,7 @@ EOF
 rule="json:{'driver': 'qcow2', 'file': {'driver': 'blkdebug', 'inject-error': [{'event': 'l2_load'}], 'image.filename': 'top.qcow2'}}"
 "$VIO" -c 'read -P 0x22 64k 64k' "$rule" 2>&1 | sed 's/[0-9.]* [KMG]*i*B\/sec.*//' >v.out
 "$QEMU_IO" -c 'read -P 0x22 64k 64k' "$rule" 2>&1 | sed 's/[0-9.]* [KMG]*i*B\/sec.*//' >q.out
-grep -q 'read failed: Input/output error' q.out && same_output blkdebug/inject-l2-load v.out q.out ||
+grep -q 'read failed: Input/output error' q.out && same_files blkdebug/inject-l2-load v.out q.out ||
     fail blkdebug/inject-l2-load "qemu-io did not fail the read" q.out
 
 # qemu-io: open -o with a blkdebug filename and limits on it, reopen -o with QEMU's
@@ -122,10 +123,63 @@ for t in v q; do
 done
 (cd v && "$VIO" <../script.txt 2>&1 | filter >../v.out)
 (cd q && "$QEMU_IO" <../script.txt 2>&1 | filter >../q.out)
-same_output qemu-io/open-reopen-options v.out q.out
+same_files qemu-io/open-reopen-options v.out q.out
 qemu_check_clean v/top.qcow2 chk.txt && pass qemu-io/image-clean ||
     fail qemu-io/image-clean "qemu-img check" chk.txt
 "$QEMU_IMG" compare v/top.qcow2 q/top.qcow2 >cmp.txt 2>&1 && pass qemu-io/same-image-data ||
     fail qemu-io/same-image-data "the images differ after the same writes" cmp.txt
+
+# The compress filter: writes through it are stored compressed, partial clusters
+# completed from what is there; the same writes give the same data and the same number
+# of compressed clusters as qemu-io's. A disk whose size is not whole clusters, or a
+# format without compression, is refused with QEMU's words.
+for t in v q; do
+    "$QEMU_IMG" create -q -f qcow2 "c$t.qcow2" 2M
+    "$QEMU_IMG" create -q -f qcow2 "odd$t.qcow2" 1000000
+done
+cz() { printf "json:{'driver': 'compress', 'file': {'driver': '%s', 'file.filename': '%s'}}" "$1" "$2"; }
+writes=(-c 'write -P 0xbb 0 229376' -c 'write -P 0xcc 278528 229376')
+"$VIO" "${writes[@]}" "$(cz qcow2 cv.qcow2)" >/dev/null 2>&1
+"$QEMU_IO" "${writes[@]}" "$(cz qcow2 cq.qcow2)" >/dev/null 2>&1
+"$QEMU_IMG" compare cv.qcow2 cq.qcow2 >cmp.txt 2>&1 && pass compress/data ||
+    fail compress/data "the images differ" cmp.txt
+for t in v q; do
+    "$QEMU_IMG" check --output=json "c$t.qcow2" | grep compressed-clusters >"c$t.count"
+done
+grep -q '"compressed-clusters": 8' cq.count && same_files compress/clusters cq.count cv.count ||
+    fail compress/clusters "qemu-img counts $(cat cq.count)"
+"$VIO" -c 'write 0 4k' "$(cz qcow2 oddv.qcow2)" 2>&1 | sed 's/oddv/X/' >v.err
+"$QEMU_IO" -c 'write 0 4k' "$(cz qcow2 oddq.qcow2)" 2>&1 | sed 's/oddq/X/' >q.err
+same_files compress/partial-cluster-refused q.err v.err
+"$VIO" -c 'write 0 4k' "$(cz raw r.img)" >v.err 2>&1
+"$QEMU_IO" -c 'write 0 4k' "$(cz raw r.img)" >q.err 2>&1
+same_files compress/raw-refused q.err v.err
+
+# blkdebug over qcow2 with write-zero limits: pieces shorter than opt-write-zero are
+# written as zeros (data), the aligned middle as zero clusters; both tools leave the same
+# map.
+for t in v q; do
+    "$QEMU_IMG" create -q -f qcow2 -o cluster_size=1M "z$t.qcow2" 64M
+    "$QEMU_IO" -c 'write -P 22 0 64M' "z$t.qcow2" >/dev/null
+done
+lim=driver=blkdebug,image.driver=qcow2,align=512,opt-write-zero=15M,max-write-zero=15M
+"$VIO" -c "open -o $lim blkdebug::zv.qcow2" -c 'write -z 32M 32M' >/dev/null 2>&1
+"$QEMU_IO" -c "open -o $lim blkdebug::zq.qcow2" -c 'write -z 32M 32M' >/dev/null 2>&1
+"$QEMU_IMG" map --output=json zv.qcow2 | sed 's/"offset": [0-9]*//' >v.map
+"$QEMU_IMG" map --output=json zq.qcow2 | sed 's/"offset": [0-9]*//' >q.map
+same_files blkdebug/write-zero-limits q.map v.map
+
+# Rules of the "none" event apply from the start; a block-status rule fails status
+# queries. convert --salvage warns for each and copies the rest: the same warnings (the
+# order of status and read warnings follows each tool's chunking), and the same result.
+src="json:{'driver': 'blkdebug', 'image': {'driver': 'qcow2', 'file.filename': 'top.qcow2'},
+  'inject-error': [{'event': 'none', 'iotype': 'block-status', 'errno': 5, 'sector': 300},
+                   {'event': 'none', 'iotype': 'read', 'errno': 5, 'sector': 200}]}"
+"$VIMG" convert --salvage -O qcow2 "$src" sv.qcow2 2>&1 | sort >v.err
+"$QEMU_IMG" convert --salvage -O qcow2 "$src" sq.qcow2 2>&1 | sort >q.err
+grep -q 'block status' q.err && same_files blkdebug/salvage-warnings q.err v.err ||
+    fail blkdebug/salvage-warnings "qemu-img did not warn about block status" q.err
+"$QEMU_IMG" compare sv.qcow2 sq.qcow2 >cmp.txt 2>&1 && pass blkdebug/salvage-result ||
+    fail blkdebug/salvage-result "the copies differ" cmp.txt
 
 vd_finish

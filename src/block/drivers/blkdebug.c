@@ -288,6 +288,13 @@ static int blkdebug_pwrite(vd_node *n, const void *buf, uint64_t len, uint64_t o
 
 static int blkdebug_pwrite_zeroes(vd_node *n, uint64_t off, uint64_t len, unsigned flags)
 {
+    /* As QEMU's blkdebug: pieces shorter than the preferred alignment are refused, so the
+     * layer above falls back to writing zeros (which tests that fallback). */
+    uint64_t align = n->pwrite_zeroes_alignment > n->request_alignment
+                         ? n->pwrite_zeroes_alignment : n->request_alignment;
+    if (len < align) {
+        return -ENOTSUP;
+    }
     int ret = account(n, OP_WRITE, BD_IO_WRITE_ZEROES, off, len);
     return ret < 0 ? ret : vd_node_pwrite_zeroes(n->file, off, len, flags);
 }
@@ -296,6 +303,17 @@ static int blkdebug_pdiscard(vd_node *n, uint64_t off, uint64_t len)
 {
     int ret = account(n, OP_WRITE, BD_IO_DISCARD, off, len);
     return ret < 0 ? ret : vd_node_pdiscard(n->file, off, len);
+}
+
+/* Status queries are no I/O and are not counted, but a config rule for the block-status
+ * I/O type fails them, as in QEMU. */
+static int blkdebug_block_status(vd_node *n, uint64_t off, uint64_t len, vd_node_status *st)
+{
+    blkdebug_state *s = n->opaque;
+    pthread_mutex_lock(&s->lock);
+    int ret = qrule_check(s, BD_IO_BLOCK_STATUS, off, len);
+    pthread_mutex_unlock(&s->lock);
+    return ret < 0 ? ret : vd_filter_block_status(n, off, len, st);
 }
 
 static int blkdebug_flush(vd_node *n)
@@ -394,7 +412,7 @@ const vd_driver vd_blkdebug_driver = {
     .pwrite_zeroes = blkdebug_pwrite_zeroes,
     .pdiscard = blkdebug_pdiscard,
     .flush = blkdebug_flush,
-    .block_status = vd_filter_block_status,
+    .block_status = blkdebug_block_status,
     .truncate = blkdebug_truncate,
     .allocated_size = vd_filter_allocated_size,
     .event = blkdebug_event,
@@ -433,6 +451,8 @@ int vd_blkdebug_wrap(vd_node *filter, vd_node *child, const vd_blkdebug_rules *r
         }
     }
     filter->opaque = s;
+    /* QEMU's "none" event happens once, when the filter opens: its rules apply at once. */
+    blkdebug_event(filter, "none");
     filter->file = child;
     filter->size = child->size;
     filter->request_alignment = child->request_alignment;
