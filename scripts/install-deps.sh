@@ -6,7 +6,7 @@ set -euo pipefail
 pkgs=(
     build-essential meson ninja-build pkg-config clang libclang-rt-14-dev
     zlib1g-dev libzstd-dev libisal-dev libdeflate-dev libjson-c-dev libcmocka-dev
-    libgnutls28-dev gnutls-bin qemu-system-common fio
+    libgnutls28-dev libnbd-dev gnutls-bin qemu-system-common fio
     qemu-utils libnbd-bin python3 python3-libnbd time valgrind
 )
 

@@ -72,8 +72,9 @@ char *vd_tree_to_json(const vd_tree *t);
 /* A key=value list ("driver=qcow2,file.filename=a.qcow2,file.locking=off"; ",," escapes a
  * comma) as a tree: dotted keys become nested objects, and an object whose keys are all
  * 0, 1, 2, ... becomes a list (QEMU's crumpling). A first item without '=' is the value of
- * implied_key when one is given (NULL: an error). Conflicts ("file=x,file.driver=y") are
- * errors naming the key. Values stay strings. */
+ * implied_key when one is given, else the key of a flag that is on. A key that has a value
+ * and dotted keys under it ("overlap-check=all,overlap-check.template=all") keeps the
+ * dotted ones flat beside it, as QEMU's flat option dictionaries do. Values stay strings. */
 int vd_tree_parse_keyval(const char *text, const char *implied_key, vd_tree **out,
                          vd_error **errp);
 /* Merges a flat object whose keys may be dotted into nested form, in place (the same

@@ -136,6 +136,10 @@ int vd_open(vd_engine *e, const char *filename, const vd_open_opts *opts, vd_dis
  * regardless). */
 int vd_close(vd_disk *d);
 
+/* Whether a driver of that name exists (formats, protocols and filters, as QEMU's
+ * blockdev-add names them: "qcow2", "file", "nbd", "null-co", "blkdebug", ...). */
+bool vd_driver_exists(const char *name);
+
 /* Detects the format of a file's first bytes as qemu-img does: "qcow2" or "raw". */
 int vd_probe_format(const char *filename, const char **fmt, vd_error **errp);
 
@@ -218,6 +222,8 @@ typedef struct vd_image_info {
     char *format;
     uint64_t virtual_size;
     uint64_t actual_size;   /* allocated bytes on the host (st_blocks * 512) */
+    bool actual_size_unknown; /* the node cannot tell (an NBD export): qemu-img's
+                               * "disk size: unavailable" */
     bool is_protocol;       /* the disk is a protocol or filter node (null-co, file, ...):
                              * no format layer, so no format details (QEMU's
                              * bdrv_get_info fails for it) */

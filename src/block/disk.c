@@ -421,7 +421,10 @@ static int disk_block_status(vd_disk *d, uint64_t off, uint64_t len, vd_extent *
             refine_with_file(&s);
             fill_status(st, &s, depth);
             if (!(s.flags & VD_BS_ALLOCATED)) {
-                st->flags = (st->flags & ~VD_BS_DATA) | VD_BS_ZERO;
+                /* Unallocated at the bottom of a format's chain reads as zeros; a protocol
+                 * node that holds nothing there (an NBD hole) says nothing of the data. */
+                st->flags = vd_node_skip_filters(n)->drv->is_format
+                                ? (st->flags & ~VD_BS_DATA) | VD_BS_ZERO : 0;
             }
             return 0;
         }
@@ -448,6 +451,7 @@ static int disk_get_info(vd_disk *d, vd_image_info *info, vd_error **errp)
     info->is_protocol = !n->drv->is_format;
     int64_t alloc = n->drv->allocated_size ? n->drv->allocated_size(n) : -1;
     info->actual_size = alloc > 0 ? (uint64_t)alloc : 0;
+    info->actual_size_unknown = alloc == -ENOTSUP;
     if (n->backing_filename) {
         info->backing_filename = strdup(n->backing_filename);
         info->full_backing_filename = vd_backing_path(n->filename, n->backing_filename);

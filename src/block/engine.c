@@ -16,6 +16,7 @@ extern const vd_driver vd_null_co_driver;
 extern const vd_driver vd_copy_on_read_driver;
 extern const vd_driver vd_compress_driver;
 extern const vd_driver vd_null_aio_driver;
+extern const vd_driver vd_nbd_driver;
 
 const vd_driver *const vd_drivers[] = {
     &vd_file_driver,
@@ -29,6 +30,7 @@ const vd_driver *const vd_drivers[] = {
     &vd_copy_on_read_driver,
     &vd_compress_driver,
     &vd_null_aio_driver,
+    &vd_nbd_driver,
     NULL,
 };
 

@@ -14,9 +14,15 @@
 #include "block/block.h"
 #include "block/engine.h"
 #include "block/logwrites.h"
+#include "block/drivers/nbd-uri.h"
 
 #define VD_MAX_CHAIN_DEPTH 256
 #define VD_PROBE_BYTES 2048
+
+bool vd_driver_exists(const char *name)
+{
+    return vd_driver_find(name) != NULL;
+}
 
 const vd_driver *vd_driver_find(const char *name)
 {
@@ -149,6 +155,11 @@ int vd_node_open_file(vd_engine *e, const char *filename, unsigned flags, vd_nod
         }
         if (!strncmp(filename, "null-co:", 8) || !strncmp(filename, "null-aio:", 9)) {
             return open_null(e, filename, flags, out, errp);
+        }
+        if (vd_nbd_filename_prefix(filename)) {
+            vd_tree *t = NULL;
+            int ret = vd_nbd_filename_options(filename, &t, errp);
+            return ret < 0 ? ret : vd_node_open_tree_protocol(e, t, flags, out, errp);
         }
         if (!strncmp(filename, "json:", 5)) {
             vd_tree *t = NULL;

@@ -42,7 +42,9 @@ static cli_json *entry_json(const image_entry *en)
     cli_json_add_str(o, "filename", en->filename);
     cli_json_add_str(o, "format", info->format);
     cli_json_add_bool(o, "dirty-flag", info->dirty_flag);
-    cli_json_add_int(o, "actual-size", (int64_t)info->actual_size);
+    if (!info->actual_size_unknown) {
+        cli_json_add_int(o, "actual-size", (int64_t)info->actual_size);
+    }
     cli_json_add_int(o, "virtual-size", (int64_t)info->virtual_size);
     if (info->has_cluster_size) {
         cli_json_add_int(o, "cluster-size", (int64_t)info->cluster_size);
@@ -91,6 +93,9 @@ static void dump_human(const image_entry *en)
     char vsize[64], dsize[64];
     vd_format_size(info->virtual_size, vsize, sizeof(vsize));
     vd_format_size(info->actual_size, dsize, sizeof(dsize));
+    if (info->actual_size_unknown) {
+        snprintf(dsize, sizeof(dsize), "unavailable");
+    }
     printf("image: %s\n"
            "file format: %s\n"
            "virtual size: %s (%" PRIu64 " bytes)\n"
@@ -185,8 +190,9 @@ static int collect(vd_engine *e, const char *filename, const char *fmt, bool cha
         }
         /* "file:PATH" is shown as the library names the file: PATH, or ./PATH when PATH
          * could be mistaken for a protocol (as qemu-img shows it); options as the file
-         * they open. */
-        if (!strncmp(name, "file:", 5) || !strncmp(name, "json:", 5) || opts) {
+         * they open; a URI as its node rebuilds it (nbd+unix://?socket=...). */
+        if (!strncmp(name, "file:", 5) || !strncmp(name, "json:", 5) || opts ||
+            !strncmp(name, "nbd:", 4) || strstr(name, "://")) {
             free(name);
             name = cli_xstrdup(vd_disk_filename(d));
         }

@@ -108,6 +108,35 @@ static void merge(vd_tree *dst, const vd_tree *src)
     }
 }
 
+/* qcow2's options that replace others at a reopen, as QEMU joins them: a new
+ * overlap-check (or template) replaces every old overlap-check key, a new cache-size the
+ * old l2-cache-size and refcount-cache-size. */
+static void drop_replaced(vd_tree *old, const vd_tree *new)
+{
+    if (vd_tree_get(new, "overlap-check") || vd_tree_get(new, "overlap-check.template")) {
+        for (size_t i = vd_tree_size(old); i-- > 0;) {
+            const char *k = vd_tree_key(old, i);
+            if (!strncmp(k, "overlap-check", 13) && (!k[13] || k[13] == '.')) {
+                vd_tree_free(vd_tree_take(old, k));
+            }
+        }
+    }
+    if (vd_tree_get(new, "cache-size")) {
+        vd_tree_free(vd_tree_take(old, "l2-cache-size"));
+        vd_tree_free(vd_tree_take(old, "refcount-cache-size"));
+    }
+}
+
+/* All three cache sizes after the join, the total an old one: the total goes (three new
+ * ones stay, for qcow2 to refuse). */
+static void drop_stale_total(vd_tree *next, const vd_tree *new)
+{
+    if (vd_tree_get(next, "cache-size") && vd_tree_get(next, "l2-cache-size") &&
+        vd_tree_get(next, "refcount-cache-size") && !vd_tree_get(new, "cache-size")) {
+        vd_tree_free(vd_tree_take(next, "cache-size"));
+    }
+}
+
 /* The scalar at a child's key ("file", "node-name"), as a string, or NULL. */
 static const char *child_str(const vd_tree *t, const char *child, const char *key)
 {
@@ -177,7 +206,9 @@ int io_reopen_opts(io_state *s, const char *optlist, unsigned flags, bool has_rw
         return ret;
     }
     vd_tree *next = vd_tree_clone(old);
+    drop_replaced(next, new);
     merge(next, new);
+    drop_stale_total(next, new);
     vd_tree_free(new);
     /* -r/-w and -c override what the options said before. */
     if (has_rw) {

@@ -74,7 +74,7 @@ dnode *node_find(const char *name)
     return NULL;
 }
 
-static void node_append(dnode *n)
+void node_add(dnode *n)
 {
     dnode **p = &vdiskd.nodes;
     while (*p) {
@@ -165,9 +165,34 @@ static int add_file_node(json_object *args, const char *name, bool auto_name, dn
         node_free(n);
         return ret;
     }
-    node_append(n);
+    node_add(n);
     *out = n;
     return 0;
+}
+
+/* The shapes this registry opens lazily by itself: a file node, or qcow2/raw over a file
+ * node (nested or named) with the options every node takes. Anything else goes to the
+ * library whole (blockdev-generic.c). */
+static bool legacy_shape(json_object *args, const char *driver)
+{
+    if (!strcmp(driver, "file")) {
+        return check_keys(args, file_keys, NULL) == 0;
+    }
+    if ((strcmp(driver, "qcow2") && strcmp(driver, "raw")) ||
+        check_keys(args, format_keys, NULL) < 0) {
+        return false;
+    }
+    json_object *fv = NULL, *bv = NULL;
+    if (json_object_object_get_ex(args, "backing", &bv) && bv &&
+        !(json_object_is_type(bv, json_type_string) &&
+          !strcmp(json_object_get_string(bv), "null"))) {
+        return false;
+    }
+    if (!json_object_object_get_ex(args, "file", &fv) || json_object_is_type(fv, json_type_string)) {
+        return true;  /* a missing file is refused below, with QEMU's message */
+    }
+    const char *fd = json_object_is_type(fv, json_type_object) ? opt_str(fv, "driver") : NULL;
+    return fd && !strcmp(fd, "file") && check_keys(fv, file_keys, NULL) == 0;
 }
 
 int blockdev_add(json_object *args, vd_error **errp)
@@ -176,10 +201,6 @@ int blockdev_add(json_object *args, vd_error **errp)
     const char *name = opt_str(args, "node-name");
     if (!driver) {
         return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Parameter 'driver' is missing");
-    }
-    if (strcmp(driver, "file") && strcmp(driver, "qcow2") && strcmp(driver, "raw")) {
-        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Parameter 'driver' does not "
-                            "accept value '%s'", driver);
     }
     if (!name) {
         return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "'node-name' must be specified "
@@ -191,6 +212,13 @@ int blockdev_add(json_object *args, vd_error **errp)
     if (node_find(name)) {
         return vd_error_set(errp, VD_ERR_INVALID, EEXIST, "Duplicate nodes with "
                             "node-name='%s'", name);
+    }
+    if (!vd_driver_exists(driver)) {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Parameter 'driver' does not "
+                            "accept value '%s'", driver);
+    }
+    if (!legacy_shape(args, driver)) {
+        return blockdev_add_generic(args, name, errp);
     }
     dnode *file = NULL;
     if (!strcmp(driver, "file")) {
@@ -277,7 +305,7 @@ int blockdev_add(json_object *args, vd_error **errp)
     }
     n->owns_disk = true;
     file->users++;
-    node_append(n);
+    node_add(n);
     return 0;
 }
 

@@ -59,6 +59,10 @@ extern daemon_state vdiskd;
 int blockdev_add(json_object *args, vd_error **errp);
 int blockdev_del(const char *name, vd_error **errp);
 dnode *node_find(const char *name);
+/* Puts a node at the end of the registry. */
+void node_add(dnode *n);
+/* blockdev-add of a node the library opens whole from its options (blockdev-generic.c). */
+int blockdev_add_generic(json_object *args, const char *name, vd_error **errp);
 /* The node's disk handle, opening a file node as raw on first use. */
 int node_disk(dnode *n, vd_disk **out, vd_error **errp);
 json_object *node_info(dnode *n);

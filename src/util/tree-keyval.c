@@ -15,6 +15,27 @@
 static int insert(vd_tree *obj, const char *key, vd_tree *val, const char *full, int depth,
                   vd_error **errp);
 
+/* Puts the members of sub (freed) into obj as "prefix.key", recursively. */
+static void flatten_into(vd_tree *obj, const char *prefix, vd_tree *sub)
+{
+    while (vd_tree_size(sub) > 0) {
+        char *k = strdup(vd_tree_key(sub, 0));
+        char *full = NULL;
+        if (!k || asprintf(&full, "%s.%s", prefix, k) < 0) {
+            abort();
+        }
+        vd_tree *v = vd_tree_take(sub, k);
+        if (vd_tree_type_of(v) == VD_TREE_OBJECT) {
+            flatten_into(obj, full, v);
+        } else {
+            vd_tree_put(obj, full, v);
+        }
+        free(k);
+        free(full);
+    }
+    vd_tree_free(sub);
+}
+
 /* Moves every member of src (an object, freed here) into dst. */
 static int merge(vd_tree *dst, vd_tree *src, const char *full, int depth, vd_error **errp)
 {
@@ -53,23 +74,25 @@ static int insert(vd_tree *obj, const char *key, vd_tree *val, const char *full,
             have = vd_tree_new(VD_TREE_OBJECT);
             vd_tree_put(obj, head, have);
         } else if (vd_tree_type_of(have) != VD_TREE_OBJECT) {
-            vd_tree_free(val);
-            ret = vd_error_set(errp, VD_ERR_INVALID, EINVAL,
-                               "Parameters '%s.*' used inconsistently", head);
+            /* "x=a,x.y=b": both stay, the second one flat, as in QEMU's flat option
+             * dictionaries (qcow2's overlap-check and overlap-check.template). */
+            vd_tree_put(obj, key, val);
             free(head);
-            return ret;
+            return 0;
         }
         if (dot) {
             ret = insert(have, dot + 1, val, full, depth + 1, errp);
         } else {
             ret = merge(have, val, full, depth, errp);
         }
+    } else if (have && vd_tree_type_of(have) == VD_TREE_OBJECT) {
+        /* The other order: the object's members go back to flat keys beside the value. */
+        vd_tree *sub = vd_tree_take(obj, head);
+        flatten_into(obj, head, sub);
+        vd_tree_put(obj, head, val);
     } else if (have) {
         vd_tree_free(val);
-        ret = vd_error_set(errp, VD_ERR_INVALID, EINVAL,
-                           vd_tree_type_of(have) == VD_TREE_OBJECT
-                               ? "Parameters '%s.*' used inconsistently"
-                               : "Duplicate parameter '%s'", head);
+        ret = vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Duplicate parameter '%s'", head);
     } else {
         vd_tree_put(obj, head, val);
     }

@@ -271,10 +271,11 @@ int vd_tree_get_bool(const vd_tree *obj, const char *key, const char *what, bool
                         what ? what : key);
 }
 
-/* A decimal or 0x number with nothing after it. */
+/* A decimal or 0x number with nothing after it. A leading '-' wraps, as QEMU's number
+ * options take it ("-1" is the largest value, which range checks then refuse). */
 static int parse_uint(const char *s, uint64_t *out)
 {
-    if (*s == '-' || *s == '+' || *s == ' ' || *s == '\0') {
+    if (*s == '+' || *s == ' ' || *s == '\0') {
         return -EINVAL;
     }
     errno = 0;

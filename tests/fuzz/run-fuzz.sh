@@ -38,6 +38,7 @@ targets=(
     "qmp 65536 $target_time"
     "blkdebug-config 4096 $target_time"
     "json 65536 $target_time"
+    "nbd-uri 4096 $target_time"
 )
 
 selected() {

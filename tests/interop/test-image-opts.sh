@@ -129,6 +129,43 @@ qemu_check_clean v/top.qcow2 chk.txt && pass qemu-io/image-clean ||
 "$QEMU_IMG" compare v/top.qcow2 q/top.qcow2 >cmp.txt 2>&1 && pass qemu-io/same-image-data ||
     fail qemu-io/same-image-data "the images differ after the same writes" cmp.txt
 
+# qcow2 options QEMU checks together: overlap-check and its template, cache sizes that
+# cannot go together, a clean interval out of range; the same refusals from both tools.
+cat >qopts.txt <<'EOF'
+open -o driver=qcow2,overlap-check=constant,overlap-check.template=all top.qcow2
+open -o driver=qcow2,overlap-check=blubb top.qcow2
+open -o driver=qcow2,overlap-check.template=blubb top.qcow2
+open -o driver=qcow2,overlap-check.main-header=maybe top.qcow2
+open -o driver=qcow2,cache-clean-interval=-1 top.qcow2
+open -o driver=qcow2,refcount-cache-size=256T top.qcow2
+open -o driver=qcow2,l2-cache-entry-size=512,l2-cache-size=1T top.qcow2
+open -o driver=qcow2,pass-discard-other=maybe top.qcow2
+open -o driver=qcow2,overlap-check=none,pass-discard-request=on,cache-clean-interval=5 top.qcow2
+read -P 0x22 64k 64k
+EOF
+"$VIO" <qopts.txt 2>&1 | filter >v.out
+"$QEMU_IO" <qopts.txt 2>&1 | filter >q.out
+same_files qcow2-options/refusals q.out v.out
+
+# pass-discard-request: a guest discard frees the clusters; with it on they become holes
+# in the file, with it off they stay allocated on the host. Both tools agree on the space.
+for pd in on off; do
+    for t in v q; do
+        "$QEMU_IMG" create -q -f qcow2 "pd$t.qcow2" 8M
+        "$QEMU_IO" -c 'write -P 1 0 4M' "pd$t.qcow2" >/dev/null
+    done
+    "$VIO" -c "open -o driver=qcow2,pass-discard-request=$pd pdv.qcow2" -c 'discard 0 4M' \
+        >/dev/null 2>&1
+    "$QEMU_IO" -c "open -o driver=qcow2,pass-discard-request=$pd pdq.qcow2" -c 'discard 0 4M' \
+        >/dev/null 2>&1
+    # Holes or not, by the 4 MiB the discard freed (metadata may differ by a cluster).
+    v=$(( $(du -k pdv.qcow2 | cut -f1) >= 4096 ))
+    q=$(( $(du -k pdq.qcow2 | cut -f1) >= 4096 ))
+    [ "$v" = "$q" ] && [ "$q" = $([ $pd = off ] && echo 1 || echo 0) ] &&
+        pass "qcow2-options/pass-discard-request=$pd" ||
+        fail "qcow2-options/pass-discard-request=$pd" "vdisk keeps the 4 MiB: $v, qemu-io: $q"
+done
+
 # The compress filter: writes through it are stored compressed, partial clusters
 # completed from what is there; the same writes give the same data and the same number
 # of compressed clusters as qemu-io's. A disk whose size is not whole clusters, or a

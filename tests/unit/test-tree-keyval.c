@@ -81,8 +81,12 @@ static void test_lists(void **state)
 static void test_conflicts(void **state)
 {
     (void)state;
-    expect("file=x,file.driver=file", NULL, "ERR: Parameters 'file.*' used inconsistently");
-    expect("file.driver=file,file=x", NULL, "ERR: Parameters 'file.*' used inconsistently");
+    /* A key with a value and dotted keys under it: both kept, the dotted ones flat, as in
+     * QEMU's flat option dictionaries (in either order). */
+    expect("overlap-check=constant,overlap-check.template=all", NULL,
+           "{\"overlap-check\": \"constant\", \"overlap-check.template\": \"all\"}");
+    expect("o.t.a=1,o.b=2,o=x", NULL,
+           "{\"o.t.a\": \"1\", \"o.b\": \"2\", \"o\": \"x\"}");
     expect("a..b=1", NULL, "ERR: Invalid parameter 'a..b'");
     expect("a.=1", NULL, "ERR: Invalid parameter 'a.'");
     expect("=1", NULL, "ERR: Invalid parameter ''");

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "block/drivers/qcow2/qcow2.h"
 
@@ -213,11 +214,49 @@ static int obtain_slice(qcow2_state *s, qcow2_cache *c, qcow2_slice **out)
     return 0;
 }
 
+static uint64_t coarse_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+void qcow2_cache_set_clean_interval(qcow2_cache *c, uint64_t seconds)
+{
+    c->clean_interval_ns = seconds * 1000000000u;
+    c->next_clean_ns = seconds ? coarse_now_ns() + c->clean_interval_ns : 0;
+}
+
+/* Frees the slices that stayed unused for a whole interval; the rest start a new one. */
+static void clean_unused(qcow2_cache *c)
+{
+    qcow2_slice *sl = c->lru_tail;
+    while (sl) {
+        qcow2_slice *prev = sl->lru_prev;
+        if (!sl->used && !sl->pins && !sl->dirty) {
+            lru_unlink(c, sl);
+            hash_remove(c, sl);
+            slice_destroy(c, sl);
+        } else {
+            sl->used = false;
+        }
+        sl = prev;
+    }
+}
+
 static int cache_get(qcow2_state *s, qcow2_cache *c, uint64_t offset, bool empty,
                      qcow2_slice **out)
 {
+    if (c->clean_interval_ns) {
+        uint64_t now = coarse_now_ns();
+        if (now >= c->next_clean_ns) {
+            clean_unused(c);
+            c->next_clean_ns = now + c->clean_interval_ns;
+        }
+    }
     qcow2_slice *sl = lookup(c, offset);
     if (sl) {
+        sl->used = true;
         if (c->lru_head != sl) {
             lru_unlink(c, sl);
             lru_push_head(c, sl);
@@ -254,6 +293,7 @@ static int cache_get(qcow2_state *s, qcow2_cache *c, uint64_t offset, bool empty
     }
     sl->offset = offset;
     sl->pins = 1;
+    sl->used = true;
     sl->dirty = empty;
     if (empty) {
         c->nb_dirty++;

@@ -115,7 +115,7 @@ static int l2_allocate(qcow2_state *s, uint64_t l1_idx)
 {
     uint64_t old = s->l1[l1_idx] & QCOW2_L1E_OFFSET_MASK;
     uint64_t off;
-    int ret = qcow2_alloc_clusters(s, 1, &off, NULL);
+    int ret = qcow2_alloc_clusters_for(s, 1, &off, NULL, "L2 table");
     if (ret < 0) {
         return ret;
     }
@@ -293,7 +293,7 @@ int qcow2_discard_locked(qcow2_state *s, uint64_t off, uint64_t len, bool full)
     uint64_t cs = s->cluster_size;
     uint64_t gci = off >> s->cluster_bits;
     uint64_t n = (len + cs - 1) >> s->cluster_bits;
-    bool punch = full || (s->node->open_flags & VD_OPEN_UNMAP);
+    bool punch = full || s->pass_discard_request;
 
     while (n > 0) {
         qcow2_slice *sl;
@@ -355,7 +355,7 @@ int qcow2_zeroize_locked(qcow2_state *s, uint64_t off, uint64_t len, unsigned fl
 {
     uint64_t cs = s->cluster_size;
     uint64_t end = off + len;
-    bool punch = s->node->open_flags & VD_OPEN_UNMAP;
+    bool punch = s->pass_discard_request;
 
     if (s->h.version < 3) {
         /* No zero flag: without a backing file an unallocated cluster reads as zeros. */

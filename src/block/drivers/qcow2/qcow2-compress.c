@@ -256,7 +256,7 @@ static int batch_link_locked(qcow2_state *s, cwrite *w, uint64_t gci, size_t n)
             qcow2_l2_set(s, sl->data, idx + k, ne, nbm);
             it->allocated = false;
             if (qcow2_entry_allocated(e)) {
-                qcow2_free_entry(s, e, false);
+                qcow2_free_entry(s, e, s->pass_discard_other);
             }
         }
         qcow2_cache_mark_dirty(s->l2_cache, sl);

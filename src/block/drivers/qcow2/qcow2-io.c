@@ -480,7 +480,7 @@ static int seg_link(qcow2_state *s, const seg *g, uint64_t off, uint64_t n)
         }
         qcow2_l2_set(s, sl->data, i, ne, nbm);
         if (g->kind == SEG_NEW && qcow2_entry_allocated(e)) {
-            qcow2_free_entry(s, e, false);
+            qcow2_free_entry(s, e, s->pass_discard_other);
         }
     }
     qcow2_cache_mark_dirty(s->l2_cache, sl);

@@ -16,7 +16,8 @@ static uint64_t rb_slice_entries(const qcow2_state *s)
     return ((uint64_t)s->slice_size * 8) >> s->refcount_order;
 }
 
-static void refblocks_insert(qcow2_state *s, uint64_t off)
+/* Index of the first refcount block at or after off in the sorted list. */
+static size_t refblock_lower_bound(const qcow2_state *s, uint64_t off)
 {
     size_t lo = 0, hi = s->nb_refblocks;
     while (lo < hi) {
@@ -27,6 +28,12 @@ static void refblocks_insert(qcow2_state *s, uint64_t off)
             hi = mid;
         }
     }
+    return lo;
+}
+
+static void refblocks_insert(qcow2_state *s, uint64_t off)
+{
+    size_t lo = refblock_lower_bound(s, off);
     if (lo < s->nb_refblocks && s->refblocks[lo] == off) {
         return;
     }
@@ -302,7 +309,7 @@ static int ensure_refblocks(qcow2_state *s, uint64_t start, uint64_t n, uint64_t
                         "offset", s->name);
         return -EFBIG;
     }
-    const char *ov = qcow2_metadata_overlap(s, start * cs, (k + t) * cs);
+    const char *ov = qcow2_metadata_overlap_mask(s, start * cs, (k + t) * cs, QCOW2_OL_ALL);
     if (ov) {
         return qcow2_signal_corruption(s, "Preventing invalid allocation of refcount "
                                        "structures at offset %#" PRIx64 " (overlaps with %s)",
@@ -414,11 +421,22 @@ out:
  * system's blocks. */
 typedef struct punch_acc {
     uint64_t start, len;
+    qcow2_punch_later *later;   /* collect the holes instead of punching them now */
 } punch_acc;
 
 static void punch_flush(qcow2_state *s, punch_acc *p)
 {
-    if (p->len) {
+    if (p->len && p->later) {
+        qcow2_punch_later *l = p->later;
+        if (l->n == l->cap) {
+            l->cap = l->cap ? l->cap * 2 : 16;
+            l->r = realloc(l->r, l->cap * sizeof(*l->r));
+            if (!l->r) {
+                abort();
+            }
+        }
+        l->r[l->n++] = (qcow2_range){p->start, p->len};
+    } else if (p->len) {
         /* Advisory: a failed punch only costs space. */
         vd_node_pdiscard(s->file, p->start, p->len);
     }
@@ -522,10 +540,30 @@ static int update_refcount(qcow2_state *s, uint64_t offset, uint64_t len, int64_
 int qcow2_update_refcount(qcow2_state *s, uint64_t offset, uint64_t len, int64_t addend,
                           bool punch)
 {
-    punch_acc acc = {0, 0};
+    punch_acc acc = {0, 0, NULL};
     int ret = update_refcount(s, offset, len, addend, punch ? &acc : NULL);
     punch_flush(s, &acc);
     return ret;
+}
+
+int qcow2_update_refcount_later(qcow2_state *s, uint64_t offset, uint64_t len,
+                                int64_t addend, qcow2_punch_later *later)
+{
+    punch_acc acc = {0, 0, later};
+    int ret = update_refcount(s, offset, len, addend, later ? &acc : NULL);
+    punch_flush(s, &acc);
+    return ret;
+}
+
+void qcow2_punch_later_flush(qcow2_state *s, qcow2_punch_later *later)
+{
+    punch_acc acc = {0, 0, NULL};
+    for (size_t i = 0; i < later->n; i++) {
+        punch_add(s, &acc, later->r[i].offset, later->r[i].len);
+    }
+    punch_flush(s, &acc);
+    free(later->r);
+    memset(later, 0, sizeof(*later));
 }
 
 /* Creates the refcount block after the one the allocation front is in, if missing.
@@ -565,6 +603,12 @@ static int refcount_headroom(qcow2_state *s)
 
 int qcow2_alloc_clusters(qcow2_state *s, uint64_t n, uint64_t *offset, bool *fresh)
 {
+    return qcow2_alloc_clusters_for(s, n, offset, fresh, NULL);
+}
+
+int qcow2_alloc_clusters_for(qcow2_state *s, uint64_t n, uint64_t *offset, bool *fresh,
+                             const char *what)
+{
     uint64_t cs = s->cluster_size;
     uint64_t start;
     int ret;
@@ -599,7 +643,12 @@ int qcow2_alloc_clusters(qcow2_state *s, uint64_t n, uint64_t *offset, bool *fre
             break;
         }
     }
-    const char *ov = qcow2_metadata_overlap(s, start * cs, n * cs);
+    if (start == 0 && what) {
+        /* Refcounts that call the header free: QEMU's words for it. */
+        return qcow2_signal_corruption(s, "Preventing invalid allocation of %s at offset 0",
+                                       what);
+    }
+    const char *ov = qcow2_metadata_overlap_mask(s, start * cs, n * cs, QCOW2_OL_ALL);
     if (ov) {
         return qcow2_signal_corruption(s, "Preventing invalid allocation of %" PRIu64
                                        " clusters at offset %#" PRIx64 " (overlaps with %s)",
@@ -658,7 +707,7 @@ bool qcow2_frees_apply(qcow2_state *s)
     uint64_t oldest = s->io_head ? s->io_head->seq : UINT64_MAX;
     bool applied = false;
     size_t j = 0;
-    punch_acc acc = {0, 0};
+    punch_acc acc = {0, 0, NULL};
     for (size_t i = 0; i < s->nb_frees; i++) {
         qcow2_free f = s->frees[i];
         if (f.synced && f.seq < oldest) {
@@ -679,7 +728,21 @@ static bool ranges_overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
     return alen && blen && a < b + blen && b < a + alen;
 }
 
+/* Whether a refcount block lies in [start, end). */
+static bool overlaps_refblock(const qcow2_state *s, uint64_t start, uint64_t end)
+{
+    size_t lo = refblock_lower_bound(s, start);
+    return lo < s->nb_refblocks && s->refblocks[lo] < end;
+}
+
 const char *qcow2_metadata_overlap(qcow2_state *s, uint64_t offset, uint64_t len)
+{
+    return s->overlap_mask ? qcow2_metadata_overlap_mask(s, offset, len, s->overlap_mask)
+                           : NULL;
+}
+
+const char *qcow2_metadata_overlap_mask(qcow2_state *s, uint64_t offset, uint64_t len,
+                                        unsigned mask)
 {
     uint64_t cs = s->cluster_size;
     /* Whole clusters: metadata owns every cluster it touches. */
@@ -687,33 +750,27 @@ const char *qcow2_metadata_overlap(qcow2_state *s, uint64_t offset, uint64_t len
     uint64_t end = (offset + len + cs - 1) & ~(cs - 1);
     uint64_t rlen = end - start;
 
-    if (start < cs) {
+    if ((mask & QCOW2_OL_MAIN_HEADER) && start < cs) {
         return "qcow2_header";
     }
-    if (s->l1_size && ranges_overlap(start, rlen, s->l1_offset & ~(cs - 1),
-                                     (uint64_t)s->l1_size * 8 + (s->l1_offset & (cs - 1)))) {
+    if ((mask & QCOW2_OL_ACTIVE_L1) && s->l1_size &&
+        ranges_overlap(start, rlen, s->l1_offset & ~(cs - 1),
+                       (uint64_t)s->l1_size * 8 + (s->l1_offset & (cs - 1)))) {
         return "active L1 table";
     }
-    if (ranges_overlap(start, rlen, s->reftable_offset, (uint64_t)s->reftable_clusters * cs)) {
+    if ((mask & QCOW2_OL_REFCOUNT_TABLE) &&
+        ranges_overlap(start, rlen, s->reftable_offset, (uint64_t)s->reftable_clusters * cs)) {
         return "refcount table";
     }
-    size_t lo = 0, hi = s->nb_refblocks;
-    while (lo < hi) {
-        size_t mid = (lo + hi) / 2;
-        if (s->refblocks[mid] < start) {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
-    }
-    if (lo < s->nb_refblocks && s->refblocks[lo] < end) {
+    if ((mask & QCOW2_OL_REFCOUNT_BLOCK) && overlaps_refblock(s, start, end)) {
         return "refcount block";
     }
-    if (s->nb_snapshots && ranges_overlap(start, rlen, s->snapshots_offset & ~(cs - 1),
-                                          s->snapshots_len + (s->snapshots_offset & (cs - 1)))) {
+    if ((mask & QCOW2_OL_SNAPSHOT_TABLE) && s->nb_snapshots &&
+        ranges_overlap(start, rlen, s->snapshots_offset & ~(cs - 1),
+                       s->snapshots_len + (s->snapshots_offset & (cs - 1)))) {
         return "snapshot table";
     }
-    for (uint32_t i = 0; i < s->nb_snap_l1; i++) {
+    for (uint32_t i = 0; (mask & QCOW2_OL_INACTIVE_L1) && i < s->nb_snap_l1; i++) {
         if (ranges_overlap(start, rlen, s->snap_l1[i].offset, s->snap_l1[i].len)) {
             return "inactive L1 table";
         }

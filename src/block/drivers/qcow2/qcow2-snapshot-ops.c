@@ -226,8 +226,10 @@ static int find_by_name(const qcow2_snapshot *tab, uint32_t nb, const char *name
 /* ---- references of a tree of tables ----------------------------------------------------- */
 
 /* Adds addend to one referenced range. Increases are checked first, so an overflow
- * changes nothing (refcount_bits=1 cannot hold a second reference). */
-static int ref_range(qcow2_state *s, uint64_t off, uint64_t len, int64_t addend)
+ * changes nothing (refcount_bits=1 cannot hold a second reference). Frees go into punch
+ * (when given), to become holes after the walk. */
+static int ref_range(qcow2_state *s, uint64_t off, uint64_t len, int64_t addend,
+                     qcow2_punch_later *punch)
 {
     if (addend > 0) {
         for (uint64_t c = off >> s->cluster_bits; c <= (off + len - 1) >> s->cluster_bits;
@@ -245,14 +247,15 @@ static int ref_range(qcow2_state *s, uint64_t off, uint64_t len, int64_t addend)
             }
         }
     }
-    return qcow2_update_refcount(s, off, len, addend, false);
+    return qcow2_update_refcount_later(s, off, len, addend, punch);
 }
 
 /* Adds addend to everything a tree references: each L2 table of l1, then each host range
  * of its entries, in a fixed order. Stops after `limit` items; *done counts the items
  * changed, so a failed pass is undone exactly by the opposite pass limited to *done. */
-static int tree_refs(qcow2_state *s, const uint64_t *l1, uint32_t l1_size, int64_t addend,
-                     uint64_t limit, uint64_t *done)
+static int tree_refs_punch(qcow2_state *s, const uint64_t *l1, uint32_t l1_size,
+                           int64_t addend, uint64_t limit, uint64_t *done,
+                           qcow2_punch_later *punch)
 {
     uint64_t cs = s->cluster_size;
     uint64_t n = 0;
@@ -271,7 +274,7 @@ static int tree_refs(qcow2_state *s, const uint64_t *l1, uint32_t l1_size, int64
         }
         /* The table, then its entries: the same order for every pass, so that a
          * limited pass covers exactly the items of the pass it undoes. */
-        ret = ref_range(s, l2, cs, addend);
+        ret = ref_range(s, l2, cs, addend, punch);
         if (ret < 0) {
             break;
         }
@@ -300,7 +303,7 @@ static int tree_refs(qcow2_state *s, const uint64_t *l1, uint32_t l1_size, int64
                         break;
                     }
                 }
-                ret = ref_range(s, host, len, addend);
+                ret = ref_range(s, host, len, addend, punch);
                 if (ret < 0) {
                     break;
                 }
@@ -316,6 +319,24 @@ static int tree_refs(qcow2_state *s, const uint64_t *l1, uint32_t l1_size, int64
         }
     }
     *done = n;
+    return ret;
+}
+
+static int tree_refs(qcow2_state *s, const uint64_t *l1, uint32_t l1_size, int64_t addend,
+                     uint64_t limit, uint64_t *done)
+{
+    return tree_refs_punch(s, l1, l1_size, addend, limit, done, NULL);
+}
+
+/* Drops every reference of a tree that nothing durable refers to any more; the clusters
+ * freed become holes afterwards with pass-discard-snapshot (the walk reads the tables it
+ * frees, so they are punched only at the end, as QEMU queues its discards). */
+static int tree_drop(qcow2_state *s, const uint64_t *l1, uint32_t l1_size, uint64_t *done)
+{
+    qcow2_punch_later later = {0};
+    int ret = tree_refs_punch(s, l1, l1_size, -1, UINT64_MAX, done,
+                              s->pass_discard_snapshot ? &later : NULL);
+    qcow2_punch_later_flush(s, &later);
     return ret;
 }
 
@@ -734,7 +755,7 @@ static void drop_snapshot_refs(qcow2_state *s, const qcow2_snapshot *sn)
         return;
     }
     uint64_t done;
-    if (tree_refs(s, l1, sn->l1_size, -1, UINT64_MAX, &done) == 0 && sn->l1_size) {
+    if (tree_drop(s, l1, sn->l1_size, &done) == 0 && sn->l1_size) {
         qcow2_update_refcount(s, sn->l1_table_offset, (uint64_t)sn->l1_size * 8, -1, false);
     }
     free(l1);
@@ -988,7 +1009,7 @@ static int apply_locked(qcow2_state *s, const char *id_or_name, vd_error **errp)
     }
     new_l1 = NULL;   /* the active table now */
     /* The old active tree is unreachable: drop it, then leaks at worst. */
-    tree_refs(s, old_l1, old_size, -1, UINT64_MAX, &refs);
+    tree_drop(s, old_l1, old_size, &refs);
     fix_copied(s);
     finish(s, &dirty);
 out:

@@ -470,6 +470,8 @@ static int load_image(qcow2_state *s, vd_error **errp)
     }
     s->l2_cache = qcow2_cache_new("L2", true, s->slice_size, s->l2_cache_bytes);
     s->rb_cache = qcow2_cache_new("refcount", false, s->slice_size, s->rb_cache_bytes);
+    qcow2_cache_set_clean_interval(s->l2_cache, s->cache_clean_interval);
+    qcow2_cache_set_clean_interval(s->rb_cache, s->cache_clean_interval);
     s->rb_unsynced = false;
     s->free_hint = 0;
     s->free_byte_offset = 0;

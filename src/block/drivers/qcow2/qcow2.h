@@ -37,6 +37,7 @@ typedef struct qcow2_slice {
     uint8_t *data;               /* slice_size bytes, on-disk (big-endian) layout */
     unsigned pins;               /* callers holding it: not evictable while > 0 */
     bool dirty;
+    bool used;                   /* looked up since the last clean (cache-clean-interval) */
     struct qcow2_slice *lru_prev, *lru_next;  /* most recently used at the head */
     struct qcow2_slice *hash_next;
 } qcow2_slice;
@@ -51,6 +52,10 @@ typedef struct qcow2_cache {
     qcow2_slice *lru_head, *lru_tail;
     qcow2_slice **buckets;
     size_t nb_buckets;           /* power of two */
+    /* cache-clean-interval: every interval, slices nobody looked up since the last clean
+     * (and not dirty or pinned) are freed, as QEMU frees idle cache memory. 0: never. */
+    uint64_t clean_interval_ns;
+    uint64_t next_clean_ns;
 } qcow2_cache;
 
 qcow2_cache *qcow2_cache_new(const char *name, bool is_l2, uint32_t slice_size,
@@ -71,6 +76,8 @@ int qcow2_cache_writeback(qcow2_state *s, qcow2_cache *c);
 void qcow2_cache_discard_range(qcow2_cache *c, uint64_t offset, uint64_t len);
 /* Forgets everything; the caller has written back dirty slices (or gives them up). */
 void qcow2_cache_drop_all(qcow2_cache *c);
+/* Sets the cache-clean-interval (seconds; 0: never clean). */
+void qcow2_cache_set_clean_interval(qcow2_cache *c, uint64_t seconds);
 
 /* ---- runtime state ------------------------------------------------------------------ */
 
@@ -169,6 +176,11 @@ struct qcow2_state {
      * unless lazy-refcounts says otherwise) and the metadata cache sizes. */
     bool lazy_refcounts;
     uint64_t l2_cache_bytes, rb_cache_bytes;
+    uint64_t cache_clean_interval;   /* seconds, 0: never */
+    unsigned overlap_mask;           /* QCOW2_OL_* checked before guest data writes */
+    /* pass-discard-request/-snapshot/-other: clusters freed by a guest discard, by a
+     * snapshot deletion, or otherwise (overwrites, COW) become holes in the file. */
+    bool pass_discard_request, pass_discard_snapshot, pass_discard_other;
 
     /* Allocation */
     uint64_t free_hint;          /* every cluster below it is in use */
@@ -229,11 +241,25 @@ int qcow2_get_refcount(qcow2_state *s, uint64_t cluster, uint64_t *rc);
 /* Adds addend to the refcount of every cluster touched by [offset, offset+len). Clusters
  * reaching 0 become allocatable at once: callers use it only when no reference to them is
  * left on disk (or ever was). punch: punch holes for clusters that reach 0. */
+/* Holes to punch once a walk that still reads the freed clusters is over. */
+typedef struct qcow2_punch_later {
+    qcow2_range *r;
+    size_t n, cap;
+} qcow2_punch_later;
+/* qcow2_update_refcount whose frees (when later is given) are collected into later;
+ * qcow2_punch_later_flush punches them and empties the list. */
+int qcow2_update_refcount_later(qcow2_state *s, uint64_t offset, uint64_t len,
+                                int64_t addend, qcow2_punch_later *later);
+void qcow2_punch_later_flush(qcow2_state *s, qcow2_punch_later *later);
 int qcow2_update_refcount(qcow2_state *s, uint64_t offset, uint64_t len, int64_t addend,
                           bool punch);
 /* Allocates n contiguous clusters (refcount 1), first fit. *fresh tells whether they lie
  * past everything ever written, so they read as zeros. */
 int qcow2_alloc_clusters(qcow2_state *s, uint64_t n, uint64_t *offset, bool *fresh);
+/* The same, naming what the clusters are for ("L2 table") in the corruption message when
+ * the refcounts offer offset 0, as QEMU words it. */
+int qcow2_alloc_clusters_for(qcow2_state *s, uint64_t n, uint64_t *offset, bool *fresh,
+                             const char *what);
 /* Queues one reference drop for after the metadata that no longer references the range
  * is durable and the I/O that might still use it has finished. */
 void qcow2_free_deferred(qcow2_state *s, uint64_t offset, uint64_t len, bool punch);
@@ -244,6 +270,25 @@ bool qcow2_frees_apply(qcow2_state *s);
  * shrink, as QEMU does). The refcount cache must be clean. */
 int qcow2_drop_empty_refblocks_locked(qcow2_state *s);
 /* Which metadata structure [offset, offset+len) overlaps, or NULL. */
+/* Metadata kinds, as QEMU's overlap-check names them (qcow2-options.c maps its modes). */
+enum {
+    QCOW2_OL_MAIN_HEADER = 1 << 0,
+    QCOW2_OL_ACTIVE_L1 = 1 << 1,
+    QCOW2_OL_ACTIVE_L2 = 1 << 2,
+    QCOW2_OL_REFCOUNT_TABLE = 1 << 3,
+    QCOW2_OL_REFCOUNT_BLOCK = 1 << 4,
+    QCOW2_OL_SNAPSHOT_TABLE = 1 << 5,
+    QCOW2_OL_INACTIVE_L1 = 1 << 6,
+    QCOW2_OL_INACTIVE_L2 = 1 << 7,
+    QCOW2_OL_BITMAP_DIRECTORY = 1 << 8,
+    QCOW2_OL_ALL = (1 << 9) - 1,
+};
+/* The first metadata kind in `mask` that [offset, offset+len) overlaps (whole clusters),
+ * or NULL. vdisk tracks the header, the L1 tables, the refcount structures and the snapshot
+ * table; L2 tables and the bitmap directory are not looked for. */
+const char *qcow2_metadata_overlap_mask(qcow2_state *s, uint64_t offset, uint64_t len,
+                                        unsigned mask);
+/* The same for a guest data write, with the node's overlap-check setting. */
 const char *qcow2_metadata_overlap(qcow2_state *s, uint64_t offset, uint64_t len);
 /* Highest cluster index with a non-zero refcount, or -1. */
 int64_t qcow2_last_used_cluster(qcow2_state *s);
