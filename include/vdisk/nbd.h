@@ -44,6 +44,8 @@ typedef struct vd_nbd_server_opts {
      * vd_nbd_server_finished. Clients that leave during the handshake (a port probe)
      * do not count. */
     bool one_shot;
+    /* Worker threads that run requests; 0: four per core, at least 8. */
+    unsigned workers;
 } vd_nbd_server_opts;
 
 int vd_nbd_server_new(const vd_nbd_server_opts *opts, vd_nbd_server **out, vd_error **errp);

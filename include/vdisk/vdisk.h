@@ -71,10 +71,29 @@ void vd_format_size(uint64_t v, char *buf, size_t len);
 
 /* ---- engine ---------------------------------------------------------------------------- */
 
-/* An explicit context (node table, future worker pool and event bus). No global state. */
+/* An explicit context that owns what the library shares between disks: the compression
+ * worker pool, the cache of codec contexts, the settings, the event handler and client
+ * TLS credentials. Two engines in one process share nothing. */
 typedef struct vd_engine vd_engine;
 
+/* What an engine is set up with; zero is the default everywhere. The library reads no
+ * environment: the tools map their variables (VDISK_THREADS, ...) onto these. */
+typedef struct vd_engine_settings {
+    /* Threads one compression batch may use, the caller included (1: no workers);
+     * 0: one worker per online core plus the caller. */
+    unsigned threads;
+    /* Test aid: each blkdebug filter appends "reads=R writes=W flushes=F" to this file
+     * when it closes, so a test can learn how many requests an operation makes. */
+    const char *blkdebug_count_file;
+    /* Test aid for tests/crash only: qcow2 writes L2 tables before the refcounts they
+     * depend on, with no sync between, so that the harness can show it sees the damage. */
+    bool break_write_ordering;
+} vd_engine_settings;
+
 vd_engine *vd_engine_new(void);
+/* An engine with these settings (copied; NULL: the defaults). */
+vd_engine *vd_engine_new_with(const vd_engine_settings *settings);
+/* Stops the engine's worker threads and frees it; every disk must be closed first. */
 void vd_engine_free(vd_engine *e);
 
 /* Something the engine's nodes report as it happens, named as QMP names the event.

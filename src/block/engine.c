@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "block/engine.h"
 
@@ -36,8 +37,28 @@ const vd_driver *const vd_drivers[] = {
 
 vd_engine *vd_engine_new(void)
 {
+    return vd_engine_new_with(NULL);
+}
+
+vd_engine *vd_engine_new_with(const vd_engine_settings *settings)
+{
+    vd_engine_settings none = {0};
+    const vd_engine_settings *st = settings ? settings : &none;
     vd_engine *e = calloc(1, sizeof(*e));
     if (!e) {
+        abort();
+    }
+    /* Read-only anonymous pages all map the kernel's zero page: no memory is spent. */
+    void *z = mmap(NULL, VD_ENGINE_ZEROS, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (z == MAP_FAILED) {
+        abort();
+    }
+    e->zeros = z;
+    e->pool = vd_pool_new(st->threads);
+    e->codecs = vd_codec_cache_new();
+    e->break_write_ordering = st->break_write_ordering;
+    if (st->blkdebug_count_file && !(e->blkdebug_count_file =
+                                         strdup(st->blkdebug_count_file))) {
         abort();
     }
     return e;
@@ -48,6 +69,10 @@ void vd_engine_free(vd_engine *e)
     if (!e) {
         return;
     }
+    munmap((void *)e->zeros, VD_ENGINE_ZEROS);
+    vd_pool_free(e->pool);
+    vd_codec_cache_free(e->codecs);
+    free(e->blkdebug_count_file);
     while (e->tls_clients) {
         vd_tls_client_entry *t = e->tls_clients;
         e->tls_clients = t->next;

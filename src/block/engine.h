@@ -3,6 +3,8 @@
 #define VD_ENGINE_H
 
 #include "block/block.h"
+#include "compress/codec.h"
+#include "compress/pool.h"
 
 /* One registered set of client TLS credentials (strings owned). */
 typedef struct vd_tls_client_entry {
@@ -14,7 +16,33 @@ struct vd_engine {
     vd_event_fn *event_fn;   /* the user's event handler, or NULL */
     void *event_opaque;
     vd_tls_client_entry *tls_clients;
+    vd_pool *pool;           /* compression workers (started at the first batch) */
+    vd_codec_cache *codecs;  /* idle codec contexts */
+    char *blkdebug_count_file;
+    bool break_write_ordering;
+    const uint8_t *zeros;    /* VD_ENGINE_ZEROS read-only zero bytes (anonymous pages) */
 };
+
+#define VD_ENGINE_ZEROS (4u << 20)
+
+/* At least len (<= VD_ENGINE_ZEROS) zero bytes, never to be written, aligned for O_DIRECT;
+ * NULL without an engine. */
+static inline const uint8_t *vd_engine_zeros(const vd_engine *e, size_t len)
+{
+    return e && len <= VD_ENGINE_ZEROS ? e->zeros : NULL;
+}
+
+/* The engine's pool and codec cache, or NULL for a node opened without an engine (a
+ * format probe): then the callers run alone and make contexts as they go. */
+static inline vd_pool *vd_engine_pool(const vd_engine *e)
+{
+    return e ? e->pool : NULL;
+}
+
+static inline vd_codec_cache *vd_engine_codecs(const vd_engine *e)
+{
+    return e ? e->codecs : NULL;
+}
 
 extern const vd_driver *const vd_drivers[];
 

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli/cli-util.h"
 #include "util/zero.h"
@@ -869,6 +870,17 @@ int cmd_convert(int argc, char **argv)
     }
     if (a.quiet) {
         a.progress = false;
+    }
+    /* QEMU opens the sources and then refuses a target format that cannot be created;
+     * vdisk cannot read those formats (bochs, cloop, dmg) at all, so for sources that exist
+     * the refusal comes first, to say what QEMU says. */
+    bool sources_exist = true;
+    for (int i = 0; i < src_num; i++) {
+        sources_exist &= access(argv[optind + i], F_OK) == 0;
+    }
+    if (!a.skip_create && sources_exist && cli_read_only_format(a.out_fmt)) {
+        cli_error("Format driver '%s' does not support image creation", a.out_fmt);
+        goto fail_getopt;
     }
 
     cli_progress prog;

@@ -17,6 +17,7 @@
 #include "cli/cli-util.h"
 #include "util/service.h"
 #include "vdisk/nbd.h"
+#include "tools/engine-env.h"
 
 enum {
     OPT_OBJECT = 300,
@@ -540,7 +541,7 @@ int cmd_nbd(int argc, char **argv)
     if (vd_service_start(&sv, do_fork) < 0) {
         goto out;
     }
-    vd_engine *e = vd_engine_new();
+    vd_engine *e = cli_engine_new();
     vd_disk *d = NULL;
     vd_nbd_server *srv = NULL;
     if (cli_open(e, file, fmt, flags | (readonly ? 0 : VD_OPEN_RDWR), &d) < 0) {
@@ -574,7 +575,8 @@ int cmd_nbd(int argc, char **argv)
             goto done;
         }
     }
-    vd_nbd_server_opts so = {.max_connections = shared, .tls = tls, .one_shot = !persistent};
+    vd_nbd_server_opts so = {.max_connections = shared, .tls = tls, .one_shot = !persistent,
+                             .workers = vd_nbd_workers_from_env()};
     if (vd_nbd_server_new(&so, &srv, &err) < 0) {
         cli_report_err(err, "%s", "");
         goto done;

@@ -10,6 +10,7 @@
 #include <sys/mman.h>
 
 #include "cli/cli-util.h"
+#include "tools/engine-env.h"
 
 /* ---- program name ------------------------------------------------------------------------ */
 
@@ -982,7 +983,8 @@ int cli_take_objects(int *argc, char **argv)
 
 vd_engine *cli_engine_new(void)
 {
-    vd_engine *e = vd_engine_new();
+    vd_engine_settings st = vd_engine_settings_from_env();
+    vd_engine *e = vd_engine_new_with(&st);
     vd_engine_set_event_handler(e, on_engine_event, NULL);
     for (size_t i = 0; i < nb_client_objs; i++) {
         vd_error *err = NULL;

@@ -1,5 +1,5 @@
-/* The codec registry (ids, names, level ranges), level checks, contexts and the shared
- * cache of idle contexts. The backends live in codec-deflate.c and codec-zstd.c. */
+/* The codec registry (ids, names, level ranges), level checks, contexts and the cache of
+ * idle contexts (one per engine). The backends live in codec-deflate.c and codec-zstd.c. */
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -87,22 +87,44 @@ int vd_codec_ctx_level(const vd_codec_ctx *ctx)
 
 /* ---- the idle cache ------------------------------------------------------------------- */
 
-/* One free list per (codec, level). A list keeps at most cache_limit() contexts: enough for
- * every pool worker and a burst of request threads, while a one-off spike of threads does
- * not pin its contexts' memory forever. */
-static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
-static vd_codec_ctx *cache_head[N_CODECS][MAX_LEVEL + 1];
-static unsigned cache_count[N_CODECS][MAX_LEVEL + 1];
+/* One free list per (codec, level), owned by an engine. A list keeps at most `limit`
+ * contexts: enough for every pool worker and a burst of request threads, while a one-off
+ * spike of threads does not pin its contexts' memory forever. */
+struct vd_codec_cache {
+    pthread_mutex_t lock;
+    unsigned limit;
+    vd_codec_ctx *head[N_CODECS][MAX_LEVEL + 1];
+    unsigned count[N_CODECS][MAX_LEVEL + 1];
+};
 
-static unsigned cache_limit(void)
+vd_codec_cache *vd_codec_cache_new(void)
 {
-    static unsigned limit;
-    if (!__atomic_load_n(&limit, __ATOMIC_RELAXED)) {
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        unsigned l = (unsigned)(n > 0 && n < 4096 ? n : 1) * 4 + 8;
-        __atomic_store_n(&limit, l, __ATOMIC_RELAXED);
+    vd_codec_cache *c = calloc(1, sizeof(*c));
+    if (!c) {
+        abort();
     }
-    return __atomic_load_n(&limit, __ATOMIC_RELAXED);
+    pthread_mutex_init(&c->lock, NULL);
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    c->limit = (unsigned)(n > 0 && n < 4096 ? n : 1) * 4 + 8;
+    return c;
+}
+
+void vd_codec_cache_free(vd_codec_cache *c)
+{
+    if (!c) {
+        return;
+    }
+    for (size_t ci = 0; ci < N_CODECS; ci++) {
+        for (int l = 0; l <= MAX_LEVEL; l++) {
+            while (c->head[ci][l]) {
+                vd_codec_ctx *ctx = c->head[ci][l];
+                c->head[ci][l] = ctx->next;
+                vd_codec_ctx_free(ctx);
+            }
+        }
+    }
+    pthread_mutex_destroy(&c->lock);
+    free(c);
 }
 
 static size_t codec_index(const vd_codec *c)
@@ -110,40 +132,39 @@ static size_t codec_index(const vd_codec *c)
     return (size_t)(c - codecs);
 }
 
-vd_codec_ctx *vd_codec_ctx_get(const vd_codec *c, int level)
+vd_codec_ctx *vd_codec_ctx_get(vd_codec_cache *cache, const vd_codec *c, int level)
 {
     size_t ci = codec_index(c);
     vd_codec_ctx *ctx = NULL;
-    if (level >= 0 && level <= MAX_LEVEL) {
-        pthread_mutex_lock(&cache_lock);
-        ctx = cache_head[ci][level];
+    if (cache && level >= 0 && level <= MAX_LEVEL) {
+        pthread_mutex_lock(&cache->lock);
+        ctx = cache->head[ci][level];
         if (ctx) {
-            cache_head[ci][level] = ctx->next;
-            cache_count[ci][level]--;
+            cache->head[ci][level] = ctx->next;
+            cache->count[ci][level]--;
             ctx->next = NULL;
         }
-        pthread_mutex_unlock(&cache_lock);
+        pthread_mutex_unlock(&cache->lock);
     }
     return ctx ? ctx : vd_codec_ctx_new(c, level);
 }
 
-void vd_codec_ctx_put(vd_codec_ctx *ctx)
+void vd_codec_ctx_put(vd_codec_cache *cache, vd_codec_ctx *ctx)
 {
     if (!ctx) {
         return;
     }
     size_t ci = codec_index(ctx->codec);
     int level = ctx->level;
-    if (level >= 0 && level <= MAX_LEVEL) {
-        unsigned limit = cache_limit();
-        pthread_mutex_lock(&cache_lock);
-        if (cache_count[ci][level] < limit) {
-            ctx->next = cache_head[ci][level];
-            cache_head[ci][level] = ctx;
-            cache_count[ci][level]++;
+    if (cache && level >= 0 && level <= MAX_LEVEL) {
+        pthread_mutex_lock(&cache->lock);
+        if (cache->count[ci][level] < cache->limit) {
+            ctx->next = cache->head[ci][level];
+            cache->head[ci][level] = ctx;
+            cache->count[ci][level]++;
             ctx = NULL;
         }
-        pthread_mutex_unlock(&cache_lock);
+        pthread_mutex_unlock(&cache->lock);
     }
     vd_codec_ctx_free(ctx);
 }
@@ -168,16 +189,16 @@ int vd_codec_decompress(vd_codec_ctx *ctx, const uint8_t *src, size_t src_len, u
     return vd_zstd_decompress(ctx, src, src_len, dst, dst_len);
 }
 
-int vd_codec_decompress_once(const vd_codec *c, const uint8_t *src, size_t src_len,
-                             uint8_t *dst, size_t dst_len)
+int vd_codec_decompress_once(vd_codec_cache *cache, const vd_codec *c, const uint8_t *src,
+                             size_t src_len, uint8_t *dst, size_t dst_len)
 {
     /* An idle cached context is as good as a new one and saves building a decoder per
      * call; it goes back to the cache afterwards. */
-    vd_codec_ctx *ctx = vd_codec_ctx_get(c, c->default_level);
+    vd_codec_ctx *ctx = vd_codec_ctx_get(cache, c, c->default_level);
     if (!ctx) {
         return -ENOMEM;
     }
     int ret = vd_codec_decompress(ctx, src, src_len, dst, dst_len);
-    vd_codec_ctx_put(ctx);
+    vd_codec_ctx_put(cache, ctx);
     return ret;
 }

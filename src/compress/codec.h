@@ -43,11 +43,14 @@ void vd_codec_ctx_free(vd_codec_ctx *ctx);
 const vd_codec *vd_codec_ctx_codec(const vd_codec_ctx *ctx);
 int vd_codec_ctx_level(const vd_codec_ctx *ctx);
 
-/* Contexts from a shared cache of idle ones, for threads that compress one cluster at a
- * time (pool workers, many request threads): get one for (codec, level), use it, put it
- * back. NULL on ENOMEM. */
-vd_codec_ctx *vd_codec_ctx_get(const vd_codec *c, int level);
-void vd_codec_ctx_put(vd_codec_ctx *ctx);
+/* A cache of idle contexts (each engine has one), for threads that compress one cluster at
+ * a time (pool workers, many request threads): get one for (codec, level), use it, put it
+ * back. NULL on ENOMEM. A NULL cache makes get a new context and put free it. */
+typedef struct vd_codec_cache vd_codec_cache;
+vd_codec_cache *vd_codec_cache_new(void);
+void vd_codec_cache_free(vd_codec_cache *cache);
+vd_codec_ctx *vd_codec_ctx_get(vd_codec_cache *cache, const vd_codec *c, int level);
+void vd_codec_ctx_put(vd_codec_cache *cache, vd_codec_ctx *ctx);
 
 /* Compresses src[0..len) into dst as one self-contained stream readable by QEMU for that
  * qcow2 compression type (deflate: raw, window <= 4 KiB; zstd: one frame with the content
@@ -61,9 +64,10 @@ ssize_t vd_codec_compress(vd_codec_ctx *ctx, const uint8_t *src, size_t len, uin
  * Never writes past dst_len and never reads past src_len. */
 int vd_codec_decompress(vd_codec_ctx *ctx, const uint8_t *src, size_t src_len, uint8_t *dst,
                         size_t dst_len);
-/* Same, with a context of its own (slower; for one-off use and the fuzzer). */
-int vd_codec_decompress_once(const vd_codec *c, const uint8_t *src, size_t src_len,
-                             uint8_t *dst, size_t dst_len);
+/* Same, with a context from cache (or a new one when cache is NULL: slower; for one-off
+ * use and the fuzzer). */
+int vd_codec_decompress_once(vd_codec_cache *cache, const vd_codec *c, const uint8_t *src,
+                             size_t src_len, uint8_t *dst, size_t dst_len);
 
 /* ---- streaming (the migration stream): unbounded input in pieces ---------------------- */
 

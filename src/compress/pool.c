@@ -1,9 +1,8 @@
-/* The process-wide batch runner behind pool.h. Batches wait in a FIFO; a thread (worker or
- * caller) takes the next unclaimed index of the oldest batch under the pool mutex, runs
- * it unlocked, and counts it done. A batch leaves the FIFO once its last index is claimed
- * and its caller returns once every index is done, so the batch (on the caller's stack) is
- * never touched after that. Workers are detached and live until the process exits; they
- * allocate nothing, so leak checkers have nothing to report. */
+/* The batch runner behind pool.h. Batches wait in a FIFO; a thread (worker or caller) takes
+ * the next unclaimed index of the oldest batch under the pool mutex, runs it unlocked, and
+ * counts it done. A batch leaves the FIFO once its last index is claimed and its caller
+ * returns once every index is done, so the batch (on the caller's stack) is never touched
+ * after that. Workers start at the first batch and are joined when the pool is freed. */
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -21,58 +20,58 @@ typedef struct batch {
     struct batch *q_next;
 } batch;
 
-static struct {
-    pthread_once_t once;
+struct vd_pool {
     pthread_mutex_t lock;
-    pthread_cond_t work_cv; /* a batch was queued */
+    pthread_cond_t work_cv; /* a batch was queued, or the pool stops */
     batch *head, *tail;     /* batches with unclaimed indices */
-    unsigned workers;
-} pool = {PTHREAD_ONCE_INIT, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, NULL,
-          0};
+    unsigned wanted;        /* workers to start */
+    unsigned workers;       /* started */
+    pthread_t *tids;
+    bool started, stopping;
+    unsigned active_callers; /* threads inside vd_pool_run right now */
+};
 
-/* Threads per batch: VDISK_THREADS when valid, else one worker per online core (plus
- * the caller). */
-/* Threads inside vd_pool_run right now. */
-static unsigned active_callers;
-
-static unsigned wanted_workers(void)
+vd_pool *vd_pool_new(unsigned threads)
 {
-    const char *env = getenv("VDISK_THREADS");
-    if (env && *env) {
-        char *end;
-        long v = strtol(env, &end, 10);
-        if (*end == '\0' && v >= 1 && v <= MAX_THREADS) {
-            return (unsigned)v - 1;
-        }
+    vd_pool *p = calloc(1, sizeof(*p));
+    if (!p) {
+        abort();
     }
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n > 0 && n < MAX_THREADS ? (unsigned)n : 1;
+    pthread_mutex_init(&p->lock, NULL);
+    pthread_cond_init(&p->work_cv, NULL);
+    if (threads >= 1 && threads <= MAX_THREADS) {
+        p->wanted = threads - 1;
+    } else {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        p->wanted = n > 0 && n < MAX_THREADS ? (unsigned)n : 1;
+    }
+    return p;
 }
 
 /* Takes the next index of the oldest batch; lock held. False when nothing is queued. */
-static bool claim_locked(batch **b, size_t *i)
+static bool claim_locked(vd_pool *p, batch **b, size_t *i)
 {
-    batch *h = pool.head;
+    batch *h = p->head;
     if (!h) {
         return false;
     }
     *b = h;
     *i = h->next++;
     if (h->next == h->n) {
-        pool.head = h->q_next;
-        if (!pool.head) {
-            pool.tail = NULL;
+        p->head = h->q_next;
+        if (!p->head) {
+            p->tail = NULL;
         }
     }
     return true;
 }
 
 /* Runs task i of b unlocked and counts it; lock held on entry and on return. */
-static void run_task_locked(batch *b, size_t i)
+static void run_task_locked(vd_pool *p, batch *b, size_t i)
 {
-    pthread_mutex_unlock(&pool.lock);
+    pthread_mutex_unlock(&p->lock);
     b->fn(b->arg, i);
-    pthread_mutex_lock(&pool.lock);
+    pthread_mutex_lock(&p->lock);
     if (++b->done == b->n) {
         pthread_cond_signal(&b->done_cv);
     }
@@ -80,87 +79,114 @@ static void run_task_locked(batch *b, size_t i)
 
 static void *worker_main(void *opaque)
 {
-    (void)opaque;
-    pthread_mutex_lock(&pool.lock);
+    vd_pool *p = opaque;
+    pthread_mutex_lock(&p->lock);
     for (;;) {
         batch *b;
         size_t i;
-        if (claim_locked(&b, &i)) {
-            run_task_locked(b, i);
+        if (claim_locked(p, &b, &i)) {
+            run_task_locked(p, b, i);
+        } else if (p->stopping) {
+            break;
         } else {
-            pthread_cond_wait(&pool.work_cv, &pool.lock);
+            pthread_cond_wait(&p->work_cv, &p->lock);
         }
     }
+    pthread_mutex_unlock(&p->lock);
     return NULL;
 }
 
-static void pool_start(void)
+/* Starts the workers once, at the first batch (lock held). An engine that never compresses
+ * starts no thread. */
+static void start_locked(vd_pool *p)
 {
-    unsigned want = wanted_workers();
-    pthread_attr_t attr;
-    if (want == 0 || pthread_attr_init(&attr) != 0) {
+    if (p->started) {
         return;
     }
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    unsigned started = 0;
-    for (unsigned k = 0; k < want; k++) {
-        pthread_t t;
-        if (pthread_create(&t, &attr, worker_main, NULL) != 0) {
+    p->started = true;
+    p->tids = calloc(p->wanted ? p->wanted : 1, sizeof(*p->tids));
+    if (!p->tids) {
+        abort();
+    }
+    for (unsigned k = 0; k < p->wanted; k++) {
+        if (pthread_create(&p->tids[k], NULL, worker_main, p) != 0) {
             break; /* run with what we have; the callers make progress regardless */
         }
-        started++;
+        p->workers++;
     }
-    pthread_attr_destroy(&attr);
-    pthread_mutex_lock(&pool.lock);
-    pool.workers = started;
-    pthread_mutex_unlock(&pool.lock);
 }
 
-unsigned vd_pool_threads(void)
+void vd_pool_free(vd_pool *p)
 {
-    pthread_once(&pool.once, pool_start);
-    pthread_mutex_lock(&pool.lock);
-    unsigned n = pool.workers + 1;
-    pthread_mutex_unlock(&pool.lock);
+    if (!p) {
+        return;
+    }
+    pthread_mutex_lock(&p->lock);
+    p->stopping = true;
+    pthread_cond_broadcast(&p->work_cv);
+    pthread_mutex_unlock(&p->lock);
+    for (unsigned k = 0; k < p->workers; k++) {
+        pthread_join(p->tids[k], NULL);
+    }
+    free(p->tids);
+    pthread_cond_destroy(&p->work_cv);
+    pthread_mutex_destroy(&p->lock);
+    free(p);
+}
+
+unsigned vd_pool_threads(vd_pool *p)
+{
+    if (!p) {
+        return 1;
+    }
+    pthread_mutex_lock(&p->lock);
+    start_locked(p);
+    unsigned n = p->workers + 1;
+    pthread_mutex_unlock(&p->lock);
     return n;
 }
 
-void vd_pool_run(size_t n, void (*fn)(void *arg, size_t i), void *arg)
+void vd_pool_run(vd_pool *p, size_t n, void (*fn)(void *arg, size_t i), void *arg)
 {
     if (n == 0) {
         return;
     }
-    pthread_once(&pool.once, pool_start);
-    pthread_mutex_lock(&pool.lock);
-    unsigned workers = pool.workers;
-    pthread_mutex_unlock(&pool.lock);
+    unsigned workers = 0;
+    if (p) {
+        pthread_mutex_lock(&p->lock);
+        start_locked(p);
+        workers = p->workers;
+        pthread_mutex_unlock(&p->lock);
+    }
     /* When as many callers as there are workers already run batches (e.g. convert's
      * reader threads each decompressing their own request), the cores are busy: handing
      * tasks over would only add locking and wake-ups, so the caller runs its batch. */
-    unsigned busy = __atomic_add_fetch(&active_callers, 1, __ATOMIC_RELAXED);
+    unsigned busy = p ? __atomic_add_fetch(&p->active_callers, 1, __ATOMIC_RELAXED) : 1;
     if (n == 1 || workers == 0 || busy > workers) {
         for (size_t i = 0; i < n; i++) {
             fn(arg, i);
         }
-        __atomic_sub_fetch(&active_callers, 1, __ATOMIC_RELAXED);
+        if (p) {
+            __atomic_sub_fetch(&p->active_callers, 1, __ATOMIC_RELAXED);
+        }
         return;
     }
 
     batch b = {.fn = fn, .arg = arg, .n = n};
     pthread_cond_init(&b.done_cv, NULL);
-    pthread_mutex_lock(&pool.lock);
-    if (pool.tail) {
-        pool.tail->q_next = &b;
+    pthread_mutex_lock(&p->lock);
+    if (p->tail) {
+        p->tail->q_next = &b;
     } else {
-        pool.head = &b;
+        p->head = &b;
     }
-    pool.tail = &b;
+    p->tail = &b;
     /* Wake no more workers than there are tasks for them (the caller takes one). */
     if (n - 1 >= workers) {
-        pthread_cond_broadcast(&pool.work_cv);
+        pthread_cond_broadcast(&p->work_cv);
     } else {
         for (size_t k = 0; k < n - 1; k++) {
-            pthread_cond_signal(&pool.work_cv);
+            pthread_cond_signal(&p->work_cv);
         }
     }
     /* The caller works on its own batch only: it must return as soon as that is done, not
@@ -169,22 +195,22 @@ void vd_pool_run(size_t n, void (*fn)(void *arg, size_t i), void *arg)
         size_t i = b.next++;
         if (b.next == b.n) {
             /* The last index: unlink b, wherever it sits in the FIFO. */
-            batch **pp = &pool.head, *prev = NULL;
+            batch **pp = &p->head, *prev = NULL;
             while (*pp != &b) {
                 prev = *pp;
                 pp = &(*pp)->q_next;
             }
             *pp = b.q_next;
-            if (pool.tail == &b) {
-                pool.tail = prev;
+            if (p->tail == &b) {
+                p->tail = prev;
             }
         }
-        run_task_locked(&b, i);
+        run_task_locked(p, &b, i);
     }
     while (b.done < b.n) {
-        pthread_cond_wait(&b.done_cv, &pool.lock);
+        pthread_cond_wait(&b.done_cv, &p->lock);
     }
-    pthread_mutex_unlock(&pool.lock);
+    pthread_mutex_unlock(&p->lock);
     pthread_cond_destroy(&b.done_cv);
-    __atomic_sub_fetch(&active_callers, 1, __ATOMIC_RELAXED);
+    __atomic_sub_fetch(&p->active_callers, 1, __ATOMIC_RELAXED);
 }

@@ -10,6 +10,7 @@
 
 #include "daemon/daemon.h"
 #include "vdisk/snapshot.h"
+#include "tools/engine-env.h"
 
 static int64_t opt_int(json_object *o, const char *key, int64_t def)
 {
@@ -285,7 +286,7 @@ int nbd_server_start(json_object *addr, const char *tls_creds, int64_t max_conn,
         }
     }
     vd_nbd_server_opts o = {.max_connections = max_conn < 0 ? 100 : (unsigned)max_conn,
-                            .tls = tls};
+                            .tls = tls, .workers = vd_nbd_workers_from_env()};
     int ret = vd_nbd_server_new(&o, &vdiskd.nbd, errp);
     if (ret < 0) {
         return ret;

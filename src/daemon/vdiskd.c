@@ -11,6 +11,7 @@
 
 #include "daemon/daemon.h"
 #include "util/service.h"
+#include "tools/engine-env.h"
 
 static const char help_text[] =
     "Usage: vdiskd [options]\n"
@@ -300,7 +301,8 @@ int main(int argc, char **argv)
         free(vals);
         return 1;
     }
-    vdiskd.engine = vd_engine_new();
+    vd_engine_settings st = vd_engine_settings_from_env();
+    vdiskd.engine = vd_engine_new_with(&st);
     vd_error *err = NULL;
     int status = 1;
     if (qmp_server_new(&vdiskd.qmp, &err) < 0) {

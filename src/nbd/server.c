@@ -529,9 +529,8 @@ int vd_nbd_server_new(const vd_nbd_server_opts *opts, vd_nbd_server **out, vd_er
     if (s->nb_workers < 8) {
         s->nb_workers = 8;
     }
-    const char *env = getenv("VDISK_NBD_WORKERS");
-    if (env && atoi(env) > 0 && atoi(env) <= 256) {
-        s->nb_workers = (unsigned)atoi(env);
+    if (opts && opts->workers) {
+        s->nb_workers = opts->workers;
     }
     s->workers = calloc(s->nb_workers, sizeof(*s->workers));
     if (!s->workers) {

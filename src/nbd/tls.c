@@ -27,24 +27,6 @@ struct nbd_tls {
     gnutls_session_t session;
 };
 
-static pthread_once_t init_once = PTHREAD_ONCE_INIT;
-static int init_ret;
-
-static void global_init(void)
-{
-    init_ret = gnutls_global_init();
-}
-
-static int tls_init(vd_error **errp)
-{
-    pthread_once(&init_once, global_init);
-    if (init_ret < 0) {
-        return vd_error_set(errp, VD_ERR_GENERIC, EIO, "Cannot initialize GnuTLS: %s",
-                            gnutls_strerror(init_ret));
-    }
-    return 0;
-}
-
 static char *path_in(const char *dir, const char *file)
 {
     char *p = NULL;
@@ -54,26 +36,34 @@ static char *path_in(const char *dir, const char *file)
     return p;
 }
 
-static vd_tls_creds *creds_new(const char *id)
+/* New credentials; each holds a reference on GnuTLS's global state (counted by GnuTLS),
+ * so the library keeps no state of its own for it. */
+static int creds_new(const char *id, vd_tls_creds **out, vd_error **errp)
 {
+    int r = gnutls_global_init();
+    if (r < 0) {
+        return vd_error_set(errp, VD_ERR_GENERIC, EIO, "Cannot initialize GnuTLS: %s",
+                            gnutls_strerror(r));
+    }
     vd_tls_creds *c = calloc(1, sizeof(*c));
     if (!c || !(c->id = strdup(id ? id : ""))) {
         abort();
     }
-    return c;
+    *out = c;
+    return 0;
 }
 
 int vd_tls_creds_new_x509(const char *id, const char *dir, bool verify_peer,
                           vd_tls_creds **out, vd_error **errp)
 {
-    int ret = tls_init(errp);
-    if (ret < 0) {
-        return ret;
-    }
     if (!dir) {
         return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Parameter 'dir' is missing");
     }
-    vd_tls_creds *c = creds_new(id);
+    vd_tls_creds *c = NULL;
+    int ret = creds_new(id, &c, errp);
+    if (ret < 0) {
+        return ret;
+    }
     c->verify_peer = verify_peer;
     char *ca = path_in(dir, "ca-cert.pem");
     char *cert = path_in(dir, "server-cert.pem");
@@ -111,10 +101,7 @@ int vd_tls_creds_new_x509(const char *id, const char *dir, bool verify_peer,
 int vd_tls_creds_new_psk(const char *id, const char *dir, vd_tls_creds **out,
                          vd_error **errp)
 {
-    int ret = tls_init(errp);
-    if (ret < 0) {
-        return ret;
-    }
+    int ret;
     if (!dir) {
         return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Parameter 'dir' is missing");
     }
@@ -128,7 +115,12 @@ int vd_tls_creds_new_psk(const char *id, const char *dir, vd_tls_creds **out,
         return ret;
     }
     fclose(f);
-    vd_tls_creds *c = creds_new(id);
+    vd_tls_creds *c = NULL;
+    ret = creds_new(id, &c, errp);
+    if (ret < 0) {
+        free(file);
+        return ret;
+    }
     c->psk = true;
     int r = gnutls_psk_allocate_server_credentials(&c->psk_creds);
     if (r >= 0) {
@@ -164,6 +156,7 @@ void vd_tls_creds_free(vd_tls_creds *c)
     }
     free(c->id);
     free(c);
+    gnutls_global_deinit();
 }
 
 int nbd_tls_start(vd_tls_creds *creds, int fd, int timeout_ms, nbd_tls **out, char *err,

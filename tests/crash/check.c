@@ -15,6 +15,7 @@
 
 #include "crash.h"
 #include "vdisk/vdisk.h"
+#include "tools/engine-env.h"
 
 extern char **environ;
 
@@ -291,7 +292,8 @@ static bool qemu_repair(const check_ctx *c, check_totals *t)
 
 bool check_state(const check_ctx *c, check_totals *t)
 {
-    vd_engine *e = vd_engine_new();
+    vd_engine_settings st = vd_engine_settings_from_env();
+    vd_engine *e = vd_engine_new_with(&st);
     bool ok = true;
     /* A dirty image (lazy_refcounts, or a v3 image inside a snapshot's refcount and COPIED
      * window) may have stale refcounts until it is repaired on the next read-write open:

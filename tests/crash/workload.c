@@ -10,6 +10,7 @@
 #include "crash.h"
 #include "vdisk/snapshot.h"
 #include "vdisk/vdisk.h"
+#include "tools/engine-env.h"
 
 #define MAX_SNAPS 8
 
@@ -479,7 +480,8 @@ int workload_run(const workload_cfg *cfg, journal *j)
 {
     memset(j, 0, sizeof(*j));
     wl w = {.cfg = cfg, .j = j, .r = {cfg->seed}};
-    w.e = vd_engine_new();
+    vd_engine_settings st = vd_engine_settings_from_env();
+    w.e = vd_engine_new_with(&st);
     uint64_t size = disk_size(cfg);
     snprintf(j->image, sizeof(j->image), "%s/image.qcow2", cfg->dir);
     snprintf(j->log, sizeof(j->log), "%s/writes.log", cfg->dir);

@@ -77,19 +77,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (r == 0) {
         /* The one-off entry point agrees. */
         uint8_t *again = malloc(dst_len);
-        if (!again || vd_codec_decompress_once(c, src, src_len, again, dst_len) != 0 ||
+        if (!again || vd_codec_decompress_once(NULL, c, src, src_len, again, dst_len) != 0 ||
             memcmp(again, dst, dst_len) != 0) {
             abort();
         }
         /* Round trip what was accepted. */
         size_t cap = c->bound(dst_len);
         uint8_t *comp = malloc(cap);
-        vd_codec_ctx *cctx = vd_codec_ctx_get(c, level);
+        vd_codec_ctx *cctx = vd_codec_ctx_get(NULL, c, level);
         if (!comp || !cctx) {
             abort();
         }
         ssize_t n = vd_codec_compress(cctx, dst, dst_len, comp, cap);
-        vd_codec_ctx_put(cctx);
+        vd_codec_ctx_put(NULL, cctx);
         if (n <= 0 || vd_codec_decompress(ctx, comp, (size_t)n, again, dst_len) != 0 ||
             memcmp(again, dst, dst_len) != 0) {
             fprintf(stderr, "round trip of an accepted cluster failed (%zd)\n", n);

@@ -219,4 +219,10 @@ grep -q 'block status' q.err && same_files blkdebug/salvage-warnings q.err v.err
 "$QEMU_IMG" compare sv.qcow2 sq.qcow2 >cmp.txt 2>&1 && pass blkdebug/salvage-result ||
     fail blkdebug/salvage-result "the copies differ" cmp.txt
 
+# A target format that cannot be created (bochs) is refused before the source is read, as
+# qemu-img words it, wherever the target is.
+"$VIMG" convert -f raw -O bochs r.img nbd://example.com >v.err 2>&1
+"$QEMU_IMG" convert -f raw -O bochs r.img nbd://example.com >q.err 2>&1
+same_files convert-to-read-only-format q.err v.err
+
 vd_finish

@@ -48,7 +48,6 @@ static int setup(void **state)
     f->e = vd_engine_new();
     create_image(f, f->raw, "raw");
     create_image(f, f->qcow2, "qcow2");
-    unsetenv("VDISK_BLKDEBUG_COUNT");
     *state = f;
     return 0;
 }
@@ -56,7 +55,6 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     fixture *f = *state;
-    unsetenv("VDISK_BLKDEBUG_COUNT");
     unlink(f->raw);
     unlink(f->qcow2);
     unlink(f->counts);
@@ -64,6 +62,15 @@ static int teardown(void **state)
     vd_engine_free(f->e);
     free(f);
     return 0;
+}
+
+/* Makes the fixture's engine one whose blkdebug filters count into path (NULL: do not
+ * count). Every disk of the old engine is closed by then. */
+static void count_into(fixture *f, const char *path)
+{
+    vd_engine_free(f->e);
+    vd_engine_settings st = {.blkdebug_count_file = path};
+    f->e = vd_engine_new_with(&st);
 }
 
 /* Opens `blkdebug:RULES:PATH` read-write (format NULL: probed through the filter). */
@@ -452,12 +459,12 @@ static void test_qcow2_each_write(void **state)
     assert_int_equal(vd_pwrite(d, buf, BLK, 0, 0), 0);
     vd_close(d);
 
-    setenv("VDISK_BLKDEBUG_COUNT", f->counts, 1);
+    count_into(f, f->counts);
     d = open_rules(f, "", f->qcow2, NULL, 0);
     fill(buf, 0x22);
     assert_int_equal(vd_pwrite(d, buf, BLK, 2 * MiB, 0), 0);
     assert_int_equal(vd_close(d), 0);
-    unsetenv("VDISK_BLKDEBUG_COUNT");
+    count_into(f, NULL);
     unsigned long reads = 0, writes = 0, flushes = 0;
     FILE *cf = fopen(f->counts, "r");
     assert_non_null(cf);
@@ -533,7 +540,7 @@ static void test_counts(void **state)
 {
     fixture *f = *state;
     uint8_t buf[BLK];
-    setenv("VDISK_BLKDEBUG_COUNT", f->counts, 1);
+    count_into(f, f->counts);
     /* Raw with the format given: no probe, so every request here is one of ours. */
     vd_disk *d = open_rules(f, "write#2=EIO;read#1=EIO", f->raw, "raw", VD_OPEN_UNMAP);
     fill(buf, 3);
@@ -550,7 +557,7 @@ static void test_counts(void **state)
     vd_close(d);
     d = open_rules(f, "", f->raw, NULL, 0);   /* probing reads through the filter */
     vd_close(d);
-    unsetenv("VDISK_BLKDEBUG_COUNT");
+    count_into(f, NULL);
 
     char text[256] = "";
     FILE *cf = fopen(f->counts, "r");
@@ -584,7 +591,7 @@ static void *reader(void *p)
 static void test_threads(void **state)
 {
     fixture *f = *state;
-    setenv("VDISK_BLKDEBUG_COUNT", f->counts, 1);
+    count_into(f, f->counts);
     vd_open_opts o = {.format = "raw", .flags = 0};
     char spec[320];
     snprintf(spec, sizeof(spec), "blkdebug::%s", f->raw);
@@ -602,7 +609,7 @@ static void test_threads(void **state)
         assert_null(r);
     }
     vd_close(d);
-    unsetenv("VDISK_BLKDEBUG_COUNT");
+    count_into(f, NULL);
     char text[128] = "";
     FILE *cf = fopen(f->counts, "r");
     assert_non_null(cf);

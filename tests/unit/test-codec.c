@@ -285,15 +285,20 @@ static void check_roundtrip(const vd_codec *c, int level, int kind, size_t len)
 
     /* Our decoder, through a cached context and the one-off call. */
     uint8_t *dst = guarded_new(len);
-    vd_codec_ctx *ctx = vd_codec_ctx_get(c, level);
+    vd_codec_cache *cache = vd_codec_cache_new();
+    vd_codec_ctx *ctx = vd_codec_ctx_get(cache, c, level);
     assert_non_null(ctx);
     assert_int_equal(vd_codec_decompress(ctx, comp, clen, dst, len), 0);
-    vd_codec_ctx_put(ctx);
+    vd_codec_ctx_put(cache, ctx);
     assert_memory_equal(dst, src, len);
     guard_check(dst, len);
     memset(dst, 0, len);
-    assert_int_equal(vd_codec_decompress_once(c, comp, clen, dst, len), 0);
+    assert_int_equal(vd_codec_decompress_once(cache, c, comp, clen, dst, len), 0);
     assert_memory_equal(dst, src, len);
+    memset(dst, 0, len);
+    assert_int_equal(vd_codec_decompress_once(NULL, c, comp, clen, dst, len), 0);
+    assert_memory_equal(dst, src, len);
+    vd_codec_cache_free(cache);
 
     /* The reference decoders, with QEMU's settings. */
     if (c->id == VD_CODEC_DEFLATE) {
@@ -452,31 +457,32 @@ static void test_ctx_cache(void **state)
 {
     (void)state;
     const vd_codec *d = deflate_codec(), *z = zstd_codec();
-    vd_codec_ctx *a = vd_codec_ctx_get(d, 6);
-    vd_codec_ctx *b = vd_codec_ctx_get(d, 6);
-    vd_codec_ctx *c = vd_codec_ctx_get(z, 6);
+    vd_codec_cache *cache = vd_codec_cache_new();
+    vd_codec_ctx *a = vd_codec_ctx_get(cache, d, 6);
+    vd_codec_ctx *b = vd_codec_ctx_get(cache, d, 6);
+    vd_codec_ctx *c = vd_codec_ctx_get(cache, z, 6);
     assert_non_null(a);
     assert_non_null(b);
     assert_non_null(c);
     assert_ptr_not_equal(a, b);
     assert_ptr_equal(vd_codec_ctx_codec(c), z);
     assert_int_equal(vd_codec_ctx_level(c), 6);
-    vd_codec_ctx_put(a);
-    vd_codec_ctx_put(c);
+    vd_codec_ctx_put(cache, a);
+    vd_codec_ctx_put(cache, c);
     /* An idle context comes back for its own key only. */
-    vd_codec_ctx *a2 = vd_codec_ctx_get(d, 6);
+    vd_codec_ctx *a2 = vd_codec_ctx_get(cache, d, 6);
     assert_ptr_equal(a2, a);
-    vd_codec_ctx *d7 = vd_codec_ctx_get(d, 7);
+    vd_codec_ctx *d7 = vd_codec_ctx_get(cache, d, 7);
     assert_ptr_not_equal(d7, c);
     assert_ptr_equal(vd_codec_ctx_codec(d7), d);
     assert_int_equal(vd_codec_ctx_level(d7), 7);
-    vd_codec_ctx *c2 = vd_codec_ctx_get(z, 6);
+    vd_codec_ctx *c2 = vd_codec_ctx_get(cache, z, 6);
     assert_ptr_equal(c2, c);
-    vd_codec_ctx_put(a2);
-    vd_codec_ctx_put(b);
-    vd_codec_ctx_put(c2);
-    vd_codec_ctx_put(d7);
-    vd_codec_ctx_put(NULL);
+    vd_codec_ctx_put(cache, a2);
+    vd_codec_ctx_put(cache, b);
+    vd_codec_ctx_put(cache, c2);
+    vd_codec_ctx_put(cache, d7);
+    vd_codec_ctx_put(cache, NULL);
 
     /* Putting back far more than the cache keeps frees the rest (ASan/LSan would notice a
      * leak); all of them work. */
@@ -486,7 +492,7 @@ static void test_ctx_cache(void **state)
     uint8_t src[4096], comp[8192], back[4096];
     fill(src, sizeof(src), DATA_TEXT, 5);
     for (int i = 0; i < MANY; i++) {
-        many[i] = vd_codec_ctx_get(z, 1);
+        many[i] = vd_codec_ctx_get(cache, z, 1);
         assert_non_null(many[i]);
     }
     for (int i = 0; i < MANY; i += 50) {
@@ -496,9 +502,10 @@ static void test_ctx_cache(void **state)
         assert_memory_equal(back, src, sizeof(src));
     }
     for (int i = 0; i < MANY; i++) {
-        vd_codec_ctx_put(many[i]);
+        vd_codec_ctx_put(cache, many[i]);
     }
     free(many);
+    vd_codec_cache_free(cache);
 }
 
 /* ---- -ENOSPC -------------------------------------------------------------------------- */
@@ -512,7 +519,7 @@ static void test_enospc(void **state)
     for (int ci = 0; ci < 2; ci++) {
         for (int level = 1; level <= cs[ci]->max_level; level++) {
             fill(src, CLUSTER, DATA_RANDOM, (uint64_t)level);
-            vd_codec_ctx *ctx = vd_codec_ctx_get(cs[ci], level);
+            vd_codec_ctx *ctx = vd_codec_ctx_get(NULL, cs[ci], level);
             assert_non_null(ctx);
             uint8_t *dst = guarded_new(CLUSTER - 1);
             assert_int_equal(vd_codec_compress(ctx, src, CLUSTER, dst, CLUSTER - 1), -ENOSPC);
@@ -530,7 +537,7 @@ static void test_enospc(void **state)
             assert_memory_equal(back, src, CLUSTER);
             free(back);
             free(dst);
-            vd_codec_ctx_put(ctx);
+            vd_codec_ctx_put(NULL, ctx);
         }
     }
     free(src);
@@ -541,7 +548,7 @@ static void test_enospc(void **state)
 static int decode(const vd_codec *c, const uint8_t *src, size_t src_len, size_t dst_len)
 {
     uint8_t *dst = guarded_new(dst_len);
-    int r = vd_codec_decompress_once(c, src, src_len, dst, dst_len);
+    int r = vd_codec_decompress_once(NULL, c, src, src_len, dst, dst_len);
     guard_check(dst, dst_len);
     free(dst);
     return r;
@@ -567,7 +574,7 @@ static void test_trailing_input(void **state)
                 buf[i] = fillk == 0 ? 0 : fillk == 1 ? 0xff : (uint8_t)rnd();
             }
             uint8_t *dst = guarded_new(CLUSTER);
-            assert_int_equal(vd_codec_decompress_once(cs[ci], buf, padded, dst, CLUSTER), 0);
+            assert_int_equal(vd_codec_decompress_once(NULL, cs[ci], buf, padded, dst, CLUSTER), 0);
             assert_memory_equal(dst, src, CLUSTER);
             guard_check(dst, CLUSTER);
             free(dst);
@@ -662,7 +669,7 @@ static void test_zstd_other_frames(void **state)
     size_t n = zstd_stream_frame(src, CLUSTER, comp, cap, false);
     assert_int_equal(ZSTD_getFrameContentSize(comp, n), ZSTD_CONTENTSIZE_UNKNOWN);
     uint8_t *dst = guarded_new(CLUSTER);
-    assert_int_equal(vd_codec_decompress_once(z, comp, n, dst, CLUSTER), 0);
+    assert_int_equal(vd_codec_decompress_once(NULL, z, comp, n, dst, CLUSTER), 0);
     assert_memory_equal(dst, src, CLUSTER);
     guard_check(dst, CLUSTER);
     n = zstd_stream_frame(src, 2 * CLUSTER, comp, cap, false);
@@ -683,7 +690,7 @@ static void test_zstd_other_frames(void **state)
     size_t b = ZSTD_compress(comp + a, cap, src + CLUSTER / 4, CLUSTER - CLUSTER / 4, 3);
     assert_false(ZSTD_isError(b));
     memset(dst, 0, CLUSTER);
-    assert_int_equal(vd_codec_decompress_once(z, comp, a + b, dst, CLUSTER), 0);
+    assert_int_equal(vd_codec_decompress_once(NULL, z, comp, a + b, dst, CLUSTER), 0);
     assert_memory_equal(dst, src, CLUSTER);
     guard_check(dst, CLUSTER);
     /* ...and frames that together overflow it. */
@@ -769,7 +776,7 @@ static void test_deflate_big_window_input(void **state)
     memcpy(src + CLUSTER / 2, src, CLUSTER / 2); /* matches 32 KiB back */
     size_t n = zlib_deflate_raw(src, CLUSTER, 9, 15, comp, cap);
     uint8_t *dst = guarded_new(CLUSTER);
-    assert_int_equal(vd_codec_decompress_once(deflate_codec(), comp, n, dst, CLUSTER), 0);
+    assert_int_equal(vd_codec_decompress_once(NULL, deflate_codec(), comp, n, dst, CLUSTER), 0);
     assert_memory_equal(dst, src, CLUSTER);
     guard_check(dst, CLUSTER);
     free(dst);

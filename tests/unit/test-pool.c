@@ -1,8 +1,8 @@
 /* Unit tests of the batch runner (src/compress/pool.h): every task runs exactly once and
  * has finished when vd_pool_run returns, batches from many threads at once, nested
  * batches, a caller finishing its batch while every worker is stuck in someone else's, the
- * VDISK_THREADS setting (in child processes, since the pool starts once per process), and
- * the codec context cache used from pool tasks. */
+ * threads setting (pools of different sizes side by side, and none), and the codec context
+ * cache used from pool tasks. */
 #include <errno.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -12,13 +12,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
 #include "compress/codec.h"
 #include "compress/pool.h"
+
+/* The pool the tests share (made in main). */
+static vd_pool *P;
 
 /* ---- every task once ------------------------------------------------------------------ */
 
@@ -40,7 +42,7 @@ static void run_and_check(size_t n)
 {
     marks m = {calloc(n ? n : 1, sizeof(unsigned)), n};
     assert_non_null(m.hits);
-    vd_pool_run(n, mark, &m);
+    vd_pool_run(P, n, mark, &m);
     /* Plain reads: vd_pool_run's return must already order every task before it. */
     for (size_t i = 0; i < n; i++) {
         if (m.hits[i] != 1) {
@@ -59,8 +61,8 @@ static void never(void *arg, size_t i)
 static void test_counts(void **state)
 {
     (void)state;
-    assert_true(vd_pool_threads() >= 1);
-    vd_pool_run(0, never, NULL);
+    assert_true(vd_pool_threads(P) >= 1);
+    vd_pool_run(P, 0, never, NULL);
     run_and_check(1);
     run_and_check(2);
     run_and_check(3);
@@ -87,7 +89,7 @@ static void test_uses_workers(void **state)
     (void)state;
     owners o;
     memset(&o, 0, sizeof(o));
-    vd_pool_run(64, slow_task, &o);
+    vd_pool_run(P, 64, slow_task, &o);
     size_t distinct = 0;
     for (size_t i = 0; i < 64; i++) {
         bool seen = false;
@@ -96,8 +98,8 @@ static void test_uses_workers(void **state)
         }
         distinct += !seen;
     }
-    assert_true(distinct >= 1 && distinct <= vd_pool_threads());
-    if (vd_pool_threads() > 1) {
+    assert_true(distinct >= 1 && distinct <= vd_pool_threads(P));
+    if (vd_pool_threads(P) > 1) {
         assert_true(distinct > 1);
     }
 }
@@ -138,7 +140,7 @@ static void nested_outer(void *arg, size_t i)
 static void test_nested(void **state)
 {
     (void)state;
-    vd_pool_run(8, nested_outer, NULL);
+    vd_pool_run(P, 8, nested_outer, NULL);
 }
 
 /* ---- a caller is never held up by other batches ------------------------------------------ */
@@ -163,7 +165,7 @@ static void blocking_task(void *arg, size_t i)
 
 static void *blocking_caller(void *arg)
 {
-    vd_pool_run((size_t)(uintptr_t)arg, blocking_task, NULL);
+    vd_pool_run(P, (size_t)(uintptr_t)arg, blocking_task, NULL);
     return NULL;
 }
 
@@ -171,13 +173,13 @@ static void test_caller_progress(void **state)
 {
     (void)state;
     /* More blocking tasks than threads, so every worker ends up stuck in them. */
-    size_t n = vd_pool_threads() + 2;
+    size_t n = vd_pool_threads(P) + 2;
     gate_open = false;
     blocked_running = 0;
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, blocking_caller, (void *)(uintptr_t)n), 0);
     pthread_mutex_lock(&gate_lock);
-    while (blocked_running < vd_pool_threads()) { /* the workers and that caller */
+    while (blocked_running < vd_pool_threads(P)) { /* the workers and that caller */
         pthread_cond_wait(&gate_cv, &gate_lock);
     }
     pthread_mutex_unlock(&gate_lock);
@@ -191,31 +193,7 @@ static void test_caller_progress(void **state)
     assert_int_equal(blocked_running, n);
 }
 
-/* ---- VDISK_THREADS, in child processes ------------------------------------------------ */
-
-static const char *self_path;
-
-/* Runs this program again with VDISK_THREADS=value (NULL: unset) in "child mode", which
- * checks that the pool has `expect` threads (0: any) and works; returns its exit status. */
-static int run_child(const char *value, unsigned expect)
-{
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        if (value) {
-            setenv("VDISK_THREADS", value, 1);
-        } else {
-            unsetenv("VDISK_THREADS");
-        }
-        char arg[32];
-        snprintf(arg, sizeof(arg), "%u", expect);
-        execl(self_path, self_path, "--child", arg, (char *)NULL);
-        _exit(127);
-    }
-    int status;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
-}
+/* ---- the threads setting -------------------------------------------------------------- */
 
 static void record_thread(void *arg, size_t i)
 {
@@ -223,51 +201,47 @@ static void record_thread(void *arg, size_t i)
     who[i] = pthread_self();
 }
 
-/* Child mode: exit 0 when the pool matches expectations. */
-static int child_main(unsigned expect)
+/* A pool made for `threads` has `expect` threads and works; with one, the caller runs it
+ * all. */
+static void check_pool(unsigned threads, unsigned expect)
 {
-    unsigned threads = vd_pool_threads();
-    if (expect && threads != expect) {
-        fprintf(stderr, "child: VDISK_THREADS=%s: %u threads, expected %u\n",
-                getenv("VDISK_THREADS") ? getenv("VDISK_THREADS") : "(unset)", threads, expect);
-        return 1;
-    }
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    if (!getenv("VDISK_THREADS") && cpus > 0 && threads != (unsigned)cpus + 1) {
-        fprintf(stderr, "child: %u threads with %ld CPUs\n", threads, cpus);
-        return 1;
-    }
+    vd_pool *p = vd_pool_new(threads);
+    assert_int_equal(vd_pool_threads(p), expect);
     enum { N = 1000 };
     pthread_t *who = calloc(N, sizeof(*who));
-    if (!who) {
-        return 1;
-    }
-    vd_pool_run(N, record_thread, who);
+    assert_non_null(who);
+    vd_pool_run(p, N, record_thread, who);
     for (size_t i = 0; i < N; i++) {
-        /* With a single thread everything runs in the caller. */
-        if (threads == 1 && !pthread_equal(who[i], pthread_self())) {
-            fprintf(stderr, "child: task %zu ran on another thread\n", i);
-            return 1;
+        if (expect == 1 && !pthread_equal(who[i], pthread_self())) {
+            fail_msg("threads=%u: task %zu ran on another thread", threads, i);
         }
     }
     free(who);
-    return 0;
+    vd_pool_free(p);
 }
 
-static void test_vdisk_threads(void **state)
+static void test_threads_setting(void **state)
 {
     (void)state;
-    assert_int_equal(run_child("1", 1), 0);
-    assert_int_equal(run_child("2", 2), 0);
-    assert_int_equal(run_child("5", 5), 0);
-    assert_int_equal(run_child(NULL, 0), 0);
-    /* Invalid values fall back to the default (one worker per CPU plus the caller). */
+    check_pool(1, 1);
+    check_pool(2, 2);
+    check_pool(5, 5);
+    /* 0 (and anything out of range) is the default: one worker per CPU plus the caller. */
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    unsigned def = cpus > 0 ? (unsigned)cpus + 1 : 0;
-    assert_int_equal(run_child("0", def), 0);
-    assert_int_equal(run_child("abc", def), 0);
-    assert_int_equal(run_child("-3", def), 0);
-    assert_int_equal(run_child("", def), 0);
+    unsigned def = cpus > 0 ? (unsigned)cpus + 1 : 2;
+    check_pool(0, def);
+    check_pool(100000, def);
+    /* No pool: the caller alone. */
+    marks m = {calloc(10, sizeof(unsigned)), 10};
+    assert_non_null(m.hits);
+    assert_int_equal(vd_pool_threads(NULL), 1);
+    vd_pool_run(NULL, 10, mark, &m);
+    for (size_t i = 0; i < 10; i++) {
+        assert_int_equal(m.hits[i], 1);
+    }
+    free(m.hits);
+    /* A pool that never ran a batch starts no thread and frees at once. */
+    vd_pool_free(vd_pool_new(8));
 }
 
 /* ---- the context cache from pool tasks ------------------------------------------------ */
@@ -276,6 +250,7 @@ enum { CL = 16 * 1024, NCL = 96 };
 
 typedef struct {
     const vd_codec *codec;
+    vd_codec_cache *cache;
     int level;
     uint8_t *plain, *comp, *back;
     size_t cap;
@@ -286,19 +261,19 @@ typedef struct {
 static void compress_cluster(void *arg, size_t i)
 {
     cluster_job *j = arg;
-    vd_codec_ctx *ctx = vd_codec_ctx_get(j->codec, j->level);
+    vd_codec_ctx *ctx = vd_codec_ctx_get(j->cache, j->codec, j->level);
     if (!ctx) {
         j->clen[i] = -ENOMEM;
         return;
     }
     j->clen[i] = vd_codec_compress(ctx, j->plain + i * CL, CL, j->comp + i * j->cap, j->cap);
-    vd_codec_ctx_put(ctx);
+    vd_codec_ctx_put(j->cache, ctx);
 }
 
 static void decompress_cluster(void *arg, size_t i)
 {
     cluster_job *j = arg;
-    vd_codec_ctx *ctx = vd_codec_ctx_get(j->codec, j->level);
+    vd_codec_ctx *ctx = vd_codec_ctx_get(j->cache, j->codec, j->level);
     if (!ctx) {
         j->dret[i] = -ENOMEM;
         return;
@@ -309,7 +284,7 @@ static void decompress_cluster(void *arg, size_t i)
     if (j->clen[i] == -ENOSPC) {
         memcpy(j->back + i * CL, j->plain + i * CL, CL); /* stored uncompressed */
     }
-    vd_codec_ctx_put(ctx);
+    vd_codec_ctx_put(j->cache, ctx);
 }
 
 static void test_parallel_codec(void **state)
@@ -325,7 +300,7 @@ static void test_parallel_codec(void **state)
         plain[i] = cl % 3 == 0 ? (uint8_t)(x >> 24) : (uint8_t)("abcabdabe"[(x >> 28) % 9]);
     }
     for (int id = 0; id < 2; id++) {
-        cluster_job j = {.codec = vd_codec_by_id(id)};
+        cluster_job j = {.codec = vd_codec_by_id(id), .cache = vd_codec_cache_new()};
         j.level = j.codec->default_level;
         j.plain = plain;
         j.cap = CL - 512; /* worth storing compressed only if it saves a sector */
@@ -333,7 +308,7 @@ static void test_parallel_codec(void **state)
         j.back = malloc((size_t)NCL * CL);
         assert_non_null(j.comp);
         assert_non_null(j.back);
-        vd_pool_run(NCL, compress_cluster, &j);
+        vd_pool_run(P, NCL, compress_cluster, &j);
         for (size_t i = 0; i < NCL; i++) {
             if (i % 3 == 0) {
                 assert_int_equal(j.clen[i], -ENOSPC);
@@ -341,26 +316,23 @@ static void test_parallel_codec(void **state)
                 assert_true(j.clen[i] > 0);
             }
         }
-        vd_pool_run(NCL, decompress_cluster, &j);
+        vd_pool_run(P, NCL, decompress_cluster, &j);
         for (size_t i = 0; i < NCL; i++) {
             assert_int_equal(j.dret[i], 0);
         }
         assert_memory_equal(j.back, plain, (size_t)NCL * CL);
         free(j.comp);
         free(j.back);
+        vd_codec_cache_free(j.cache);
     }
     free(plain);
 }
 
-int main(int argc, char **argv)
+int main(void)
 {
-    if (argc == 3 && strcmp(argv[1], "--child") == 0) {
-        return child_main((unsigned)atoi(argv[2]));
-    }
-    /* The program itself, by its path: under valgrind /proc/self/exe is the tool. */
-    self_path = strchr(argv[0], '/') ? argv[0] : "/proc/self/exe";
+    P = vd_pool_new(0);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_vdisk_threads),
+        cmocka_unit_test(test_threads_setting),
         cmocka_unit_test(test_counts),
         cmocka_unit_test(test_uses_workers),
         cmocka_unit_test(test_many_callers),
@@ -368,5 +340,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_caller_progress),
         cmocka_unit_test(test_parallel_codec),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    int ret = cmocka_run_group_tests(tests, NULL, NULL);
+    vd_pool_free(P);
+    return ret;
 }

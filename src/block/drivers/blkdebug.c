@@ -5,10 +5,10 @@
  * `;`-separated `OP#N=ERR` with OP read|write|flush|event:NAME: the Nth such request fails
  * with ERR (for event:NAME, the first request after the Nth occurrence of that event).
  * Each rule fires once. write_zeroes, discard and truncate count as writes; block status
- * and size queries are no I/O and are not counted; failed requests count too. With
- * VDISK_BLKDEBUG_COUNT set to a file name, the counts are appended there at close
- * ("reads=R writes=W flushes=F") so a test can learn how many requests an operation makes
- * and loop over them. A CONFIG file in QEMU's format (blkdebug-config.h) may stand in for
+ * and size queries are no I/O and are not counted; failed requests count too. With the
+ * engine's blkdebug_count_file set (the CLI's VDISK_BLKDEBUG_COUNT), the counts are
+ * appended there at close ("reads=R writes=W flushes=F") so a test can learn how many
+ * requests an operation makes and loop over them. A CONFIG file in QEMU's format (blkdebug-config.h) may stand in for
  * RULES: `blkdebug:CONFIG:PATH`, told apart by having neither '#' nor '='. */
 #include <errno.h>
 #include <inttypes.h>
@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "block/blkdebug.h"
+#include "block/engine.h"
 #include "block/drivers/blkdebug-config.h"
 
 #define MAX_RULES 64
@@ -440,7 +441,7 @@ int vd_blkdebug_wrap(vd_node *filter, vd_node *child, const vd_blkdebug_rules *r
         memcpy(s->qrules, rules->qrules, sizeof(bd_qrule) * (size_t)rules->nb_qrules);
         s->nb_qrules = rules->nb_qrules;
     }
-    const char *cf = getenv("VDISK_BLKDEBUG_COUNT");
+    const char *cf = filter->engine ? filter->engine->blkdebug_count_file : NULL;
     if (cf && *cf) {
         s->count_file = strdup(cf);
         if (!s->count_file) {

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "block/drivers/qcow2/qcow2.h"
+#include "block/engine.h"
 #include "compress/codec.h"
 #include "compress/pool.h"
 
@@ -115,7 +116,8 @@ static void compress_task(void *arg, size_t i)
 {
     cwrite *w = arg;
     citem *it = &w->items[i];
-    vd_codec_ctx *ctx = vd_codec_ctx_get(w->codec, w->level);
+    vd_codec_cache *cache = vd_engine_codecs(w->s->node->engine);
+    vd_codec_ctx *ctx = vd_codec_ctx_get(cache, w->codec, w->level);
     if (!ctx) {
         it->clen = -ENOMEM;
         return;
@@ -123,7 +125,7 @@ static void compress_task(void *arg, size_t i)
     /* A stream must be smaller than a cluster to be worth a descriptor (QEMU's rule). */
     it->clen = vd_codec_compress(ctx, it->src, w->s->cluster_size, it->out,
                                  w->s->cluster_size - 1);
-    vd_codec_ctx_put(ctx);
+    vd_codec_ctx_put(cache, ctx);
     if (it->clen == 0) {
         it->clen = -ENOSPC;  /* no codec does this; a descriptor needs at least a byte */
     }
@@ -272,7 +274,7 @@ static int batch_link_locked(qcow2_state *s, cwrite *w, uint64_t gci, size_t n)
 static int write_batch(qcow2_state *s, cwrite *w, uint64_t gci, size_t n)
 {
     if (n > 1) {
-        vd_pool_run(n, compress_task, w);
+        vd_pool_run(vd_engine_pool(s->node->engine), n, compress_task, w);
     } else {
         compress_task(w, 0);
     }
@@ -393,7 +395,7 @@ int qcow2_co_pwrite_compressed(vd_node *node, const void *buf, uint64_t len, uin
     /* Enough clusters per batch to keep every thread busy, with bounded buffers. */
     uint64_t total = (len + cs - 1) >> s->cluster_bits;
     uint64_t per = QCOW2_MAX_ALLOC_BYTES >> s->cluster_bits;
-    uint64_t min_per = 2ull * vd_pool_threads();
+    uint64_t min_per = 2ull * vd_pool_threads(vd_engine_pool(s->node->engine));
     if (per < min_per) {
         per = min_per;
     }
@@ -447,16 +449,11 @@ static const vd_codec *image_codec(qcow2_state *s, uint64_t guest_off)
     return codec;
 }
 
-static int decompress(const vd_codec *codec, const uint8_t *src, uint64_t src_len,
-                      uint8_t *dst, uint64_t dst_len)
+static int decompress(qcow2_state *s, const vd_codec *codec, const uint8_t *src,
+                      uint64_t src_len, uint8_t *dst, uint64_t dst_len)
 {
-    vd_codec_ctx *ctx = vd_codec_ctx_get(codec, codec->default_level);
-    if (!ctx) {
-        return -ENOMEM;
-    }
-    int ret = vd_codec_decompress(ctx, src, src_len, dst, dst_len);
-    vd_codec_ctx_put(ctx);
-    return ret;
+    return vd_codec_decompress_once(vd_engine_codecs(s->node->engine), codec, src, src_len,
+                                    dst, dst_len);
 }
 
 static int decompress_error(qcow2_state *s, uint64_t guest_off, uint64_t host)
@@ -481,7 +478,7 @@ int qcow2_read_compressed(qcow2_state *s, uint64_t e, uint64_t guest_off, uint8_
     }
     int ret = vd_node_pread(s->file, src, csize, host);  /* past EOF reads as zeros */
     if (ret == 0) {
-        ret = decompress(codec, src, csize, dst, s->cluster_size);
+        ret = decompress(s, codec, src, csize, dst, s->cluster_size);
         if (ret == -EIO) {
             ret = decompress_error(s, guest_off, host);
         }
@@ -542,7 +539,7 @@ static void decompress_task(void *arg, size_t i)
 {
     cread_run *r = arg;
     qcow2_cread_job *j = &r->jobs[i];
-    j->ret = decompress(r->codec, j->src, j->csize, j->out, r->s->cluster_size);
+    j->ret = decompress(r->s, r->codec, j->src, j->csize, j->out, r->s->cluster_size);
 }
 
 /* Reads the compressed bytes of every job (overlapping or adjacent ranges in one read:
@@ -605,7 +602,7 @@ static int cread_run_batch(qcow2_state *s, qcow2_cread *b)
     }
     cread_run r = {.s = s, .codec = codec, .jobs = b->jobs};
     if (b->nb > 1) {
-        vd_pool_run(b->nb, decompress_task, &r);
+        vd_pool_run(vd_engine_pool(s->node->engine), b->nb, decompress_task, &r);
     } else {
         decompress_task(&r, 0);
     }

@@ -672,7 +672,7 @@ int qcow2_co_pwrite(vd_node *node, const void *buf, uint64_t len, uint64_t off,
 /* Writes real zeros through the allocating write path. */
 static int write_zero_buffer(qcow2_state *s, uint64_t off, uint64_t len)
 {
-    const uint8_t *z = qcow2_zeros();
+    const uint8_t *z = qcow2_zeros(s);
     while (len > 0) {
         uint64_t now = len < QCOW2_MAX_BOUNCE_BYTES ? len : QCOW2_MAX_BOUNCE_BYTES;
         int ret = qcow2_pwrite_locked(s, z, now, off);

@@ -171,13 +171,13 @@ static int zero_new_area(qcow2_state *s, uint64_t from, uint64_t to, vd_error **
         a = to;
     }
     if (from < a) {
-        const uint8_t *z = qcow2_zeros();
+        const uint8_t *z = qcow2_zeros(s);
         ret = qcow2_pwrite_locked(s, z, a - from, from);
     }
     if (ret == 0 && a < to) {
         ret = qcow2_zeroize_locked(s, a, to - a, 0);
         if (ret == -ENOTSUP) {
-            const uint8_t *z = qcow2_zeros();
+            const uint8_t *z = qcow2_zeros(s);
             for (uint64_t o = a; o < to && ret <= 0;) {
                 uint64_t now = to - o < QCOW2_MAX_BOUNCE_BYTES ? to - o : QCOW2_MAX_BOUNCE_BYTES;
                 ret = qcow2_pwrite_locked(s, z, now, o);

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "block/drivers/qcow2/qcow2.h"
+#include "block/engine.h"
 
 /* ---- header writes ------------------------------------------------------------------- */
 
@@ -211,14 +212,18 @@ void qcow2_undrain_locked(qcow2_state *s)
     pthread_cond_broadcast(&s->cond);
 }
 
-/* One buffer for every image, never written: in .bss its pages map the kernel's zero page,
- * so it costs no memory, and an open no longer allocates (and faults in) its own. Aligned
- * for O_DIRECT. */
-static uint8_t zero_buf[QCOW2_MAX_BOUNCE_BYTES] __attribute__((aligned(4096)));
-
-const uint8_t *qcow2_zeros(void)
+const uint8_t *qcow2_zeros(qcow2_state *s)
 {
-    return zero_buf;
+    /* The engine's read-only zero pages cost no memory; a node without an engine (never
+     * written in practice) makes its own on first use. */
+    const uint8_t *z = vd_engine_zeros(s->node->engine, QCOW2_MAX_BOUNCE_BYTES);
+    if (!z && !s->own_zeros) {
+        if (posix_memalign((void **)&s->own_zeros, 4096, QCOW2_MAX_BOUNCE_BYTES) != 0) {
+            abort();
+        }
+        memset(s->own_zeros, 0, QCOW2_MAX_BOUNCE_BYTES);
+    }
+    return z ? z : s->own_zeros;
 }
 
 /* ---- loading the image --------------------------------------------------------------- */
@@ -494,6 +499,7 @@ static int qcow2_probe(const uint8_t *buf, size_t len)
 static void state_free(qcow2_state *s)
 {
     free_tables(s);
+    free(s->own_zeros);
     free(s->frees);
     pthread_mutex_destroy(&s->lock);
     pthread_cond_destroy(&s->cond);
@@ -530,8 +536,7 @@ static int qcow2_open(vd_node *node, unsigned flags, vd_error **errp)
     s->file = node->file;
     s->name = node->filename;
     s->writable = (flags & VD_OPEN_RDWR) != 0;
-    const char *brk = getenv("VDISK_TEST_BREAK_ORDERING");
-    s->break_ordering = brk && !strcmp(brk, "1");
+    s->break_ordering = node->engine && node->engine->break_write_ordering;
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
     s->check_only = (flags & VD_OPEN_CHECK) != 0;

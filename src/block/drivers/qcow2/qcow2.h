@@ -169,13 +169,14 @@ struct qcow2_state {
     qcow2_cache *rb_cache;
     bool rb_unsynced;            /* refcount slices or linked data written since the last
                                   * sync: L2 slices wait for one (qcow2-cache.c) */
-    /* Test only (VDISK_TEST_BREAK_ORDERING=1): L2 slices go out before the refcounts they
+    /* Test only (the engine's break_write_ordering): L2 slices go out before the refcounts they
      * depend on, with no sync between, so that tests/crash/ can show it detects that. */
     bool break_ordering;
     /* Open options (qcow2-options.c): lazy refcounts for this session (the header's bit
      * unless lazy-refcounts says otherwise) and the metadata cache sizes. */
     bool lazy_refcounts;
     uint64_t l2_cache_bytes, rb_cache_bytes;
+    uint8_t *own_zeros;              /* qcow2_zeros() without an engine */
     uint64_t cache_clean_interval;   /* seconds, 0: never */
     unsigned overlap_mask;           /* QCOW2_OL_* checked before guest data writes */
     /* pass-discard-request/-snapshot/-other: clusters freed by a guest discard, by a
@@ -232,7 +233,7 @@ int qcow2_sync(qcow2_state *s);
  * until qcow2_undrain_locked(). */
 void qcow2_drain_locked(qcow2_state *s);
 void qcow2_undrain_locked(qcow2_state *s);
-const uint8_t *qcow2_zeros(void);
+const uint8_t *qcow2_zeros(qcow2_state *s);
 
 /* ---- qcow2-refcount.c ---------------------------------------------------------------- */
 
