@@ -144,6 +144,35 @@ struct vd_driver {
                    vd_error **errp);
 };
 
+/* ---- the write path (write-path.c) ---------------------------------------------------- */
+
+/* What a request that changes a node's data is, as write notifiers see it. */
+typedef enum vd_write_kind {
+    VD_WRITE,
+    VD_WRITE_ZEROES,
+    VD_WRITE_DISCARD,
+    VD_WRITE_COMPRESSED,
+    VD_WRITE_TRUNCATE,   /* [off, off+len): the range that appears or goes */
+} vd_write_kind;
+
+typedef struct vd_write_req {
+    vd_write_kind kind;
+    uint64_t off, len;
+    unsigned flags;      /* VD_REQ_* */
+} vd_write_req;
+
+/* Sees every request that changes a node's data, once each, with the range the caller
+ * asked for (before the node splits it or aligns it). `before` runs first and may fail the
+ * request (nothing is changed then, and `after` is not called); it may do I/O of its own
+ * (a copy-before-write filter copies the old data there). `after` runs once the request
+ * is done, with its result (a dirty bitmap sets its bits there). Either may be NULL. */
+typedef struct vd_write_notifier vd_write_notifier;
+struct vd_write_notifier {
+    int (*before)(vd_write_notifier *nt, vd_node *n, const vd_write_req *req);
+    void (*after)(vd_write_notifier *nt, vd_node *n, const vd_write_req *req, int ret);
+    vd_write_notifier *next;
+};
+
 struct vd_node {
     const vd_driver *drv;
     void *opaque;           /* the driver's state */
@@ -173,6 +202,13 @@ struct vd_node {
     /* The options the node was opened from (driver options and children not yet opened:
      * "backing", a filter's "image"), or NULL for a node opened from a filename. */
     vd_tree *options;
+    /* The write path (write-path.c): notifiers, and the requests in flight that a drain
+     * waits for. */
+    vd_write_notifier *notifiers;
+    unsigned in_flight;
+    unsigned drain_waiters;
+    pthread_mutex_t drain_lock;
+    pthread_cond_t drained;
 };
 
 /* Opens a node graph for filename: a file node, then the format node (probed when
@@ -229,6 +265,20 @@ char *vd_backing_path(const char *image, const char *backing);
 int vd_node_close(vd_node *node);
 
 const vd_driver *vd_driver_find(const char *name);
+
+/* Adds / removes a write notifier. Only while no request is in flight on the node (the
+ * caller has drained it, e.g. with vd_disks_drain_begin): requests read the list without a
+ * lock. */
+void vd_node_add_write_notifier(vd_node *n, vd_write_notifier *nt);
+void vd_node_remove_write_notifier(vd_node *n, vd_write_notifier *nt);
+/* Waits until no request that changes the node's data is in flight. It does not hold back
+ * new ones: the caller does (the disk handle's drain). */
+void vd_node_drain_writes(vd_node *n);
+/* The pair every data-changing request passes (io.c): prepare counts it in flight and runs
+ * the notifiers' `before` (on failure the request is over: finish is not called); finish
+ * runs `after` and ends it, returning ret. */
+int vd_write_prepare(vd_node *n, const vd_write_req *req);
+int vd_write_finish(vd_node *n, const vd_write_req *req, int ret);
 
 /* The generic request path: bounds checks, alignment (read-modify-write), fallbacks. */
 int vd_node_pread(vd_node *n, void *buf, uint64_t len, uint64_t off);

@@ -1,6 +1,8 @@
 /* The generic request path: every node op passes here once. It checks bounds, splits by
  * max_transfer, does read-modify-write for nodes that need aligned requests, and supplies
- * the write-zeroes fallback, so drivers never re-check what block.h promises them. */
+ * the write-zeroes fallback, so drivers never re-check what block.h promises them. Every
+ * request that changes data passes vd_write_prepare/finish (write-path.c) once, with the
+ * range its caller asked for; the splitting and fallbacks below it do not pass again. */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -40,6 +42,20 @@ static int check_range(vd_node *n, uint64_t off, uint64_t len)
         return -EINVAL;
     }
     return 0;
+}
+
+/* What every data-changing request checks first: 1 to go on, 0 when there is nothing to
+ * do (len 0), or -errno. */
+static int write_checks(vd_node *n, uint64_t off, uint64_t len)
+{
+    if (!(n->open_flags & VD_OPEN_RDWR)) {
+        return -EACCES;
+    }
+    if (len == 0) {
+        return 0;
+    }
+    int ret = check_range(n, off, len);
+    return ret < 0 ? ret : 1;
 }
 
 static void *aligned_buf(size_t align, size_t len)
@@ -117,18 +133,12 @@ int vd_node_pread(vd_node *n, void *buf, uint64_t len, uint64_t off)
     return ret;
 }
 
-int vd_node_pwrite(vd_node *n, const void *buf, uint64_t len, uint64_t off, unsigned flags)
+/* A checked write, split and aligned as the node needs; no notifier sees it again (the
+ * caller's request already did). */
+static int pwrite_body(vd_node *n, const void *buf, uint64_t len, uint64_t off,
+                       unsigned flags)
 {
-    if (!(n->open_flags & VD_OPEN_RDWR)) {
-        return -EACCES;
-    }
-    if (len == 0) {
-        return 0;
-    }
-    int ret = check_range(n, off, len);
-    if (ret < 0) {
-        return ret;
-    }
+    int ret = 0;
     __atomic_store_n(&n->unflushed, true, __ATOMIC_RELAXED);
     if (is_aligned(n, off, len, buf)) {
         return split_pwrite(n, buf, len, off, flags);
@@ -156,6 +166,17 @@ int vd_node_pwrite(vd_node *n, const void *buf, uint64_t len, uint64_t off, unsi
     return ret;
 }
 
+int vd_node_pwrite(vd_node *n, const void *buf, uint64_t len, uint64_t off, unsigned flags)
+{
+    int ret = write_checks(n, off, len);
+    if (ret <= 0) {
+        return ret;
+    }
+    vd_write_req req = {VD_WRITE, off, len, flags};
+    ret = vd_write_prepare(n, &req);
+    return ret < 0 ? ret : vd_write_finish(n, &req, pwrite_body(n, buf, len, off, flags));
+}
+
 /* The first piece of [off, off+len) for a node that takes at most max bytes per request
  * (max > 0) and prefers pieces on multiples of align (0: any): up to the next boundary,
  * then whole multiples of align, as QEMU splits write-zeroes and discards. */
@@ -174,31 +195,10 @@ static uint64_t split_len(uint64_t off, uint64_t len, uint64_t max, uint64_t ali
     return piece;
 }
 
-int vd_node_pwrite_zeroes(vd_node *n, uint64_t off, uint64_t len, unsigned flags)
+/* One piece of a write-zeroes: the driver's, or zeros written when it has none. */
+static int zeroes_piece(vd_node *n, uint64_t off, uint64_t len, unsigned flags)
 {
-    if (!(n->open_flags & VD_OPEN_RDWR)) {
-        return -EACCES;
-    }
-    if (len == 0) {
-        return 0;
-    }
-    int ret = check_range(n, off, len);
-    if (ret < 0) {
-        return ret;
-    }
-    __atomic_store_n(&n->unflushed, true, __ATOMIC_RELAXED);
-    if (n->max_pwrite_zeroes && len > split_len(off, len, n->max_pwrite_zeroes,
-                                                n->pwrite_zeroes_alignment)) {
-        while (len > 0 && ret == 0) {
-            uint64_t now = split_len(off, len, n->max_pwrite_zeroes,
-                                     n->pwrite_zeroes_alignment);
-            ret = vd_node_pwrite_zeroes(n, off, now, flags);
-            off += now;
-            len -= now;
-        }
-        return ret;
-    }
-    ret = -ENOTSUP;
+    int ret = -ENOTSUP;
     if (n->drv->pwrite_zeroes) {
         ret = n->drv->pwrite_zeroes(n, off, len, flags);
     }
@@ -214,7 +214,7 @@ int vd_node_pwrite_zeroes(vd_node *n, uint64_t off, uint64_t len, unsigned flags
     ret = 0;
     while (len > 0 && ret == 0) {
         uint64_t now = len < chunk ? len : chunk;
-        ret = vd_node_pwrite(n, zeros, now, off, flags & VD_REQ_FUA);
+        ret = pwrite_body(n, zeros, now, off, flags & VD_REQ_FUA);
         off += now;
         len -= now;
     }
@@ -222,33 +222,60 @@ int vd_node_pwrite_zeroes(vd_node *n, uint64_t off, uint64_t len, unsigned flags
     return ret;
 }
 
-int vd_node_pdiscard(vd_node *n, uint64_t off, uint64_t len)
+static int zeroes_body(vd_node *n, uint64_t off, uint64_t len, unsigned flags)
 {
-    if (!(n->open_flags & VD_OPEN_RDWR)) {
-        return -EACCES;
+    __atomic_store_n(&n->unflushed, true, __ATOMIC_RELAXED);
+    if (!n->max_pwrite_zeroes) {
+        return zeroes_piece(n, off, len, flags);
     }
-    if (len == 0) {
-        return 0;
+    int ret = 0;
+    while (len > 0 && ret == 0) {
+        uint64_t now = split_len(off, len, n->max_pwrite_zeroes, n->pwrite_zeroes_alignment);
+        ret = zeroes_piece(n, off, now, flags);
+        off += now;
+        len -= now;
     }
-    int ret = check_range(n, off, len);
-    if (ret < 0) {
+    return ret;
+}
+
+int vd_node_pwrite_zeroes(vd_node *n, uint64_t off, uint64_t len, unsigned flags)
+{
+    int ret = write_checks(n, off, len);
+    if (ret <= 0) {
         return ret;
     }
+    vd_write_req req = {VD_WRITE_ZEROES, off, len, flags};
+    ret = vd_write_prepare(n, &req);
+    return ret < 0 ? ret : vd_write_finish(n, &req, zeroes_body(n, off, len, flags));
+}
+
+static int discard_body(vd_node *n, uint64_t off, uint64_t len)
+{
     __atomic_store_n(&n->unflushed, true, __ATOMIC_RELAXED);
     if (!n->drv->pdiscard) {
         return 0;  /* discard is advisory */
     }
-    if (n->max_pdiscard && len > split_len(off, len, n->max_pdiscard, n->pdiscard_alignment)) {
-        while (len > 0 && ret == 0) {
-            uint64_t now = split_len(off, len, n->max_pdiscard, n->pdiscard_alignment);
-            ret = vd_node_pdiscard(n, off, now);
-            off += now;
-            len -= now;
-        }
+    int ret = 0;
+    while (len > 0 && ret == 0) {
+        uint64_t now = n->max_pdiscard ? split_len(off, len, n->max_pdiscard,
+                                                   n->pdiscard_alignment) : len;
+        ret = n->drv->pdiscard(n, off, now);
+        ret = ret == -ENOTSUP ? 0 : ret;
+        off += now;
+        len -= now;
+    }
+    return ret;
+}
+
+int vd_node_pdiscard(vd_node *n, uint64_t off, uint64_t len)
+{
+    int ret = write_checks(n, off, len);
+    if (ret <= 0) {
         return ret;
     }
-    ret = n->drv->pdiscard(n, off, len);
-    return ret == -ENOTSUP ? 0 : ret;
+    vd_write_req req = {VD_WRITE_DISCARD, off, len, 0};
+    ret = vd_write_prepare(n, &req);
+    return ret < 0 ? ret : vd_write_finish(n, &req, discard_body(n, off, len));
 }
 
 int vd_node_pwrite_compressed(vd_node *n, const void *buf, uint64_t len, uint64_t off)
@@ -260,14 +287,21 @@ int vd_node_pwrite_compressed(vd_node *n, const void *buf, uint64_t len, uint64_
     if (ret < 0) {
         return ret;
     }
-    __atomic_store_n(&n->unflushed, true, __ATOMIC_RELAXED);
     if (!n->drv->pwrite_compressed) {
         vd_set_io_error("%s: the %s format does not support compressed writes", n->filename,
                         n->drv->name);
         return -ENOTSUP;
     }
+    __atomic_store_n(&n->unflushed, true, __ATOMIC_RELAXED);
     int level = __atomic_load_n(&n->compress_level, __ATOMIC_RELAXED);
-    return n->drv->pwrite_compressed(n, buf, len, off, level);
+    if (len == 0) {
+        return n->drv->pwrite_compressed(n, buf, 0, off, level);  /* padding, no data */
+    }
+    vd_write_req req = {VD_WRITE_COMPRESSED, off, len, 0};
+    ret = vd_write_prepare(n, &req);
+    return ret < 0 ? ret
+                   : vd_write_finish(n, &req, n->drv->pwrite_compressed(n, buf, len, off,
+                                                                        level));
 }
 
 int vd_node_flush(vd_node *n)
@@ -324,8 +358,18 @@ int vd_node_truncate(vd_node *n, uint64_t size, bool shrink, const char *preallo
         return vd_error_set(errp, VD_ERR_INVALID, EINVAL,
                             "Use the --shrink option to perform a shrink operation.");
     }
+    uint64_t old = n->size;
+    vd_write_req req = {VD_WRITE_TRUNCATE, old < size ? old : size,
+                        old < size ? size - old : old - size, 0};
+    int ret = vd_write_prepare(n, &req);
+    if (ret < 0) {
+        return vd_error_set(errp, VD_ERR_IO, -ret, "%s: resize refused: %s", n->filename,
+                            strerror(-ret));
+    }
     __atomic_store_n(&n->unflushed, true, __ATOMIC_RELAXED);
-    return n->drv->truncate(n, size, shrink, prealloc ? prealloc : "off", errp);
+    return vd_write_finish(n, &req,
+                           n->drv->truncate(n, size, shrink, prealloc ? prealloc : "off",
+                                            errp));
 }
 
 int vd_node_pread_zero_pad(vd_node *n, void *buf, uint64_t len, uint64_t off)

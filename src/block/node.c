@@ -49,6 +49,8 @@ vd_node *vd_node_alloc(vd_engine *e, const vd_driver *drv, const char *filename,
     n->fd = -1;
     n->compress_level = VD_COMPRESSION_LEVEL_DEFAULT;
     pthread_mutex_init(&n->rmw_lock, NULL);
+    pthread_mutex_init(&n->drain_lock, NULL);
+    pthread_cond_init(&n->drained, NULL);
     if (!n->filename) {
         abort();
     }
@@ -58,6 +60,8 @@ vd_node *vd_node_alloc(vd_engine *e, const vd_driver *drv, const char *filename,
 void vd_node_release(vd_node *n)
 {
     pthread_mutex_destroy(&n->rmw_lock);
+    pthread_mutex_destroy(&n->drain_lock);
+    pthread_cond_destroy(&n->drained);
     free(n->filename);
     free(n->realpath);
     free(n->backing_filename);
