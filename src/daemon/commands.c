@@ -78,9 +78,10 @@ static int cmd_query_commands(qmp_session *qs, json_object *args, json_object **
     (void)args;
     (void)errp;
     *ret = json_object_new_array();
-    for (size_t i = 0; i < qmp_nb_commands; i++) {
+    for (size_t i = 0; i < vdiskd_commands.nb; i++) {
         json_object *c = json_object_new_object();
-        json_object_object_add(c, "name", json_object_new_string(qmp_commands[i].name));
+        json_object_object_add(c, "name",
+                               json_object_new_string(vdiskd_commands.commands[i].name));
         json_object_array_add(*ret, c);
     }
     return 0;
@@ -861,7 +862,7 @@ static const qmp_arg transaction_args[] = {
     {"properties", QMP_OBJ, true, "accepted"},
     {NULL, 0, false, NULL}};
 
-const qmp_command qmp_commands[] = {
+static const qmp_command qmp_commands[] = {
     {"qmp_capabilities", cmd_qmp_capabilities, caps_args, false,
      "ends capability negotiation (first command of a session)"},
     {"query-version", cmd_query_version, no_args, false, "the QEMU version vdiskd speaks"},
@@ -897,4 +898,6 @@ const qmp_command qmp_commands[] = {
     {"transaction", cmd_transaction, transaction_args, false,
      "runs the actions as one all-or-nothing step"},
 };
-const size_t qmp_nb_commands = sizeof(qmp_commands) / sizeof(qmp_commands[0]);
+const qmp_command_table vdiskd_commands = {
+    qmp_commands, sizeof(qmp_commands) / sizeof(qmp_commands[0]),
+};

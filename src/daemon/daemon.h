@@ -56,6 +56,8 @@ extern daemon_state vdiskd;
 
 /* blockdev.c: blockdev-add from a QMP object or a --blockdev option (values may be
  * strings "on"/"off"/numbers, as the command line gives them). */
+/* vdiskd's QMP commands (commands.c), for its QMP server. */
+extern const qmp_command_table vdiskd_commands;
 int blockdev_add(json_object *args, vd_error **errp);
 int blockdev_del(const char *name, vd_error **errp);
 dnode *node_find(const char *name);

@@ -267,7 +267,7 @@ int main(int argc, char **argv)
             free(vals);
             return 0;
         case 'r':
-            qmp_print_reference();
+            qmp_print_reference(&vdiskd_commands);
             free(opts);
             free(vals);
             return 0;
@@ -305,7 +305,7 @@ int main(int argc, char **argv)
     vdiskd.engine = vd_engine_new_with(&st);
     vd_error *err = NULL;
     int status = 1;
-    if (qmp_server_new(&vdiskd.qmp, &err) < 0) {
+    if (qmp_server_new(&vdiskd_commands, &vdiskd.qmp, &err) < 0) {
         fail_opt("QMP", err);
         goto out;
     }

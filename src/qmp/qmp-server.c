@@ -34,6 +34,7 @@ typedef struct qmp_listener {
 } qmp_listener;
 
 struct qmp_server {
+    const qmp_command_table *table;
     pthread_mutex_t lock;        /* sessions and listeners */
     pthread_mutex_t run_lock;    /* one command at a time */
     qmp_listener *listeners;
@@ -169,11 +170,11 @@ const char *qmp_error_class(const vd_error *err)
 
 /* ---- commands ------------------------------------------------------------------------------ */
 
-static const qmp_command *find_command(const char *name)
+static const qmp_command *find_command(const qmp_command_table *t, const char *name)
 {
-    for (size_t i = 0; i < qmp_nb_commands; i++) {
-        if (strcmp(qmp_commands[i].name, name) == 0) {
-            return &qmp_commands[i];
+    for (size_t i = 0; i < t->nb; i++) {
+        if (strcmp(t->commands[i].name, name) == 0) {
+            return &t->commands[i];
         }
     }
     return NULL;
@@ -297,7 +298,7 @@ static void handle(qmp_session *qs, json_object *req)
                    "Capabilities negotiation is already complete, command ignored");
         return;
     }
-    const qmp_command *c = find_command(name);
+    const qmp_command *c = find_command(qs->srv->table, name);
     if (!c) {
         snprintf(msg, sizeof(msg), "The command %s has not been found", name);
         send_error(qs, id, "CommandNotFound", msg);
@@ -549,12 +550,13 @@ void qmp_serve_fd(qmp_server *s, int fd)
     }
 }
 
-int qmp_server_new(qmp_server **out, vd_error **errp)
+int qmp_server_new(const qmp_command_table *table, qmp_server **out, vd_error **errp)
 {
     qmp_server *s = calloc(1, sizeof(*s));
     if (!s) {
         return vd_error_set(errp, VD_ERR_NOMEM, ENOMEM, "out of memory");
     }
+    s->table = table;
     signal(SIGPIPE, SIG_IGN);
     pthread_mutex_init(&s->lock, NULL);
     pthread_mutex_init(&s->run_lock, NULL);
@@ -665,11 +667,11 @@ void qmp_server_free(qmp_server *s)
     free(s);
 }
 
-void qmp_print_reference(void)
+void qmp_print_reference(const qmp_command_table *table)
 {
     printf("| command | arguments | what it does |\n|---|---|---|\n");
-    for (size_t i = 0; i < qmp_nb_commands; i++) {
-        const qmp_command *c = &qmp_commands[i];
+    for (size_t i = 0; i < table->nb; i++) {
+        const qmp_command *c = &table->commands[i];
         printf("| `%s` | ", c->name);
         bool any = false;
         for (const qmp_arg *a = c->args; a && a->name; a++) {

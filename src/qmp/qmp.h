@@ -48,9 +48,12 @@ typedef struct qmp_command {
     const char *doc;
 } qmp_command;
 
-/* The table (src/daemon/commands.c) and its size. */
-extern const qmp_command qmp_commands[];
-extern const size_t qmp_nb_commands;
+/* A command table: the program's commands (vdiskd: src/daemon/commands.c). The QMP layer
+ * knows no command of its own; the server is given its table. */
+typedef struct qmp_command_table {
+    const qmp_command *commands;
+    size_t nb;
+} qmp_command_table;
 
 /* Error classes on the wire: vd_error classes map onto them. */
 const char *qmp_error_class(const vd_error *err);
@@ -59,7 +62,9 @@ const char *qmp_error_class(const vd_error *err);
 
 typedef struct qmp_server qmp_server;
 
-int qmp_server_new(qmp_server **out, vd_error **errp);
+/* A server that runs the commands of `table` (kept by reference: it must outlive the
+ * server). */
+int qmp_server_new(const qmp_command_table *table, qmp_server **out, vd_error **errp);
 /* Listens on a unix socket (mode 0600). */
 int qmp_server_listen(qmp_server *s, const char *path, vd_error **errp);
 /* Serves one client on an already connected socket in the calling thread until it
@@ -79,6 +84,6 @@ qmp_server *qmp_session_server(qmp_session *qs);
 char *qmp_to_string(json_object *o);
 
 /* The README's QMP reference, as markdown, from the table. */
-void qmp_print_reference(void);
+void qmp_print_reference(const qmp_command_table *table);
 
 #endif

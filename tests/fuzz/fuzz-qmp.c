@@ -44,20 +44,20 @@ static const qmp_arg typed[] = {
 static const qmp_arg none[] = {{NULL, 0, false, NULL}};
 static const qmp_arg caps[] = {{"enable", QMP_ARRAY, true, ""}, {NULL, 0, false, NULL}};
 
-const qmp_command qmp_commands[] = {
+static const qmp_command commands[] = {
     {"qmp_capabilities", echo, caps, false, ""},
     {"typed", echo, typed, false, ""},
     {"open", echo, none, true, ""},
     {"refuse", refuse, none, false, ""},
     {"event", event, none, true, ""},
 };
-const size_t qmp_nb_commands = sizeof(qmp_commands) / sizeof(qmp_commands[0]);
+static const qmp_command_table table = {commands, sizeof(commands) / sizeof(commands[0])};
 
 static qmp_server *server;
 
 static void setup(void)
 {
-    if (qmp_server_new(&server, NULL) < 0) {
+    if (qmp_server_new(&table, &server, NULL) < 0) {
         abort();
     }
 }
