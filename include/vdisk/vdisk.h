@@ -308,6 +308,9 @@ typedef struct vd_check_hooks {
      * holds; qemu-img prints "The following inconsistencies were found and repaired"
      * here, between the two passes' messages. */
     void (*recheck)(void *opaque, int64_t leaks_fixed, int64_t corruptions_fixed);
+    /* The program name that the messages qemu-img prints through error_report() start
+     * with ("<name>: "). NULL: they have no prefix. */
+    const char *program_name;
     void *opaque;
 } vd_check_hooks;
 

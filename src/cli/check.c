@@ -113,16 +113,7 @@ static void msg_append(check_out *o, const char *s, size_t n)
 
 static bool print_msg(void *opaque, const char *line)
 {
-    /* The library starts the lines qemu-img prints through error_report() with "vdisk: ";
-     * they carry the name this program runs under (qemu-img when started as qemu-img). */
-    static const char lib_prefix[] = "vdisk: ";
     check_out *o = opaque;
-    if (!strncmp(line, lib_prefix, sizeof(lib_prefix) - 1)) {
-        const char *name = cli_progname();
-        msg_append(o, name, strlen(name));
-        msg_append(o, ": ", 2);
-        line += sizeof(lib_prefix) - 1;
-    }
     msg_append(o, line, strlen(line));
     msg_append(o, "\n", 1);
     return true;
@@ -218,7 +209,9 @@ int cmd_check(int argc, char **argv)
     /* The library's findings go to stderr while the check runs, before the summary, as
      * qemu-img's do; all of them, however many. */
     check_out out = {.quiet = quiet, .human = !json};
-    vd_check_hooks hooks = {.msg = print_msg, .recheck = print_recheck, .opaque = &out};
+    /* qemu-img's error_report() lines carry the name this program runs under. */
+    vd_check_hooks hooks = {.msg = print_msg, .recheck = print_recheck,
+                            .program_name = cli_progname(), .opaque = &out};
     fflush(stdout);
     int ret = vd_check_stream(d, fix, &hooks, &r, &err);
     msg_flush(&out);

@@ -9,17 +9,9 @@
 
 #include "daemon/daemon.h"
 #include "vdisk/snapshot.h"
+#include "util/common.h"
 
 daemon_state vdiskd;
-
-static char *xstrdup(const char *s)
-{
-    char *p = strdup(s ? s : "");
-    if (!p) {
-        abort();
-    }
-    return p;
-}
 
 const char *opt_str(json_object *o, const char *key)
 {
@@ -156,10 +148,10 @@ static int add_file_node(json_object *args, const char *name, bool auto_name, dn
     if (!n) {
         abort();
     }
-    n->name = xstrdup(name);
+    n->name = vd_xstrdup(name);
     n->auto_name = auto_name;
-    n->driver = xstrdup("file");
-    n->filename = xstrdup(filename);
+    n->driver = vd_xstrdup("file");
+    n->filename = vd_xstrdup(filename);
     ret = common_opts(args, n, errp);
     if (ret < 0) {
         node_free(n);
@@ -278,9 +270,9 @@ int blockdev_add(json_object *args, vd_error **errp)
     if (!n) {
         abort();
     }
-    n->name = xstrdup(name);
-    n->driver = xstrdup(driver);
-    n->filename = xstrdup(file->filename);
+    n->name = vd_xstrdup(name);
+    n->driver = vd_xstrdup(driver);
+    n->filename = vd_xstrdup(file->filename);
     n->file = file;
     ret = common_opts(args, n, errp);
     if (ret == 0) {
@@ -517,7 +509,7 @@ int tls_object_add(json_object *args, vd_error **errp)
     if (!t) {
         abort();
     }
-    t->id = xstrdup(id);
+    t->id = vd_xstrdup(id);
     t->creds = c;
     t->next = vdiskd.tls;
     vdiskd.tls = t;

@@ -127,9 +127,9 @@ static int drop(client *c, uint32_t len)
 static int send_option(client *c, uint32_t opt, const void *data, uint32_t len)
 {
     uint8_t h[16];
-    put64(h, NBD_OPTS_MAGIC);
-    put32(h + 8, opt);
-    put32(h + 12, len);
+    vd_put_be64(h, NBD_OPTS_MAGIC);
+    vd_put_be32(h + 8, opt);
+    vd_put_be32(h + 12, len);
     if (c->io->write(c->io->opaque, h, sizeof(h)) < 0) {
         return vd_error_set(c->errp, VD_ERR_IO, EIO, "Failed to send option request header: "
                             "Unable to write to socket: %s", strerror(errno ? errno : EIO));
@@ -176,10 +176,10 @@ static int read_reply(client *c, uint32_t opt, reply *r)
         send_abort(c);
         return -EIO;
     }
-    r->opt = get32(h + 8);
-    r->type = get32(h + 12);
-    r->len = get32(h + 16);
-    if (get64(h) != NBD_REP_MAGIC) {
+    r->opt = vd_be32(h + 8);
+    r->type = vd_be32(h + 12);
+    r->len = vd_be32(h + 16);
+    if (vd_be64(h) != NBD_REP_MAGIC) {
         return fail_abort(c, "Unexpected option reply magic");
     }
     if (r->opt != opt) {
@@ -325,7 +325,7 @@ static int list_one(client *c, char **name, char **desc)
         send_abort(c);
         return -EIO;
     }
-    uint32_t nl = get32(b), left = r.len - 4;
+    uint32_t nl = vd_be32(b), left = r.len - 4;
     if (nl > left || nl > NBD_MAX_STRING) {
         return fail_abort(c, "incorrect name length in server's list response");
     }
@@ -376,10 +376,10 @@ static int info_one(client *c, vd_nbd_export_desc *e)
     if (!q) {
         abort();
     }
-    put32(q, (uint32_t)nl);
+    vd_put_be32(q, (uint32_t)nl);
     memcpy(q + 4, e->name, nl);
-    put16(q + 4 + nl, 1);
-    put16(q + 4 + nl + 2, NBD_INFO_BLOCK_SIZE);
+    vd_put_be16(q + 4 + nl, 1);
+    vd_put_be16(q + 4 + nl + 2, NBD_INFO_BLOCK_SIZE);
     int ret = send_option(c, NBD_OPT_INFO, q, (uint32_t)(4 + nl + 4));
     free(q);
     if (ret < 0) {
@@ -419,7 +419,7 @@ static int info_one(client *c, vd_nbd_export_desc *e)
             send_abort(c);
             return -EIO;
         }
-        uint16_t type = get16(b);
+        uint16_t type = vd_be16(b);
         uint32_t len = r.len - 2;
         if (type == NBD_INFO_EXPORT) {
             if (len != 10) {
@@ -430,8 +430,8 @@ static int info_one(client *c, vd_nbd_export_desc *e)
                 send_abort(c);
                 return -EIO;
             }
-            e->size = get64(b);
-            e->flags = get16(b + 8);
+            e->size = vd_be64(b);
+            e->flags = vd_be16(b + 8);
             if (e->min_block && e->size % e->min_block) {
                 return fail_abort(c, "export size %" PRIu64 " is not multiple of minimum "
                                   "block size %" PRIu32, e->size, e->min_block);
@@ -445,7 +445,7 @@ static int info_one(client *c, vd_nbd_export_desc *e)
                 send_abort(c);
                 return -EIO;
             }
-            e->min_block = get32(b);
+            e->min_block = vd_be32(b);
             if (!is_pow2(e->min_block)) {
                 return fail_abort(c, "server minimum block size %" PRIu32 " is not a power "
                                   "of two", e->min_block);
@@ -454,7 +454,7 @@ static int info_one(client *c, vd_nbd_export_desc *e)
                 send_abort(c);
                 return -EIO;
             }
-            e->opt_block = get32(b);
+            e->opt_block = vd_be32(b);
             if (!is_pow2(e->opt_block) || e->opt_block < e->min_block) {
                 return fail_abort(c, "server preferred block size %" PRIu32 " is not valid",
                                   e->opt_block);
@@ -463,7 +463,7 @@ static int info_one(client *c, vd_nbd_export_desc *e)
                 send_abort(c);
                 return -EIO;
             }
-            e->max_block = get32(b);
+            e->max_block = vd_be32(b);
             if (e->max_block < e->min_block) {
                 return fail_abort(c, "server maximum block size %" PRIu32 " is not valid",
                                   e->max_block);
@@ -484,11 +484,11 @@ static int send_meta_list(client *c, const char *export, const char *query)
     if (!q) {
         abort();
     }
-    put32(q, (uint32_t)el);
+    vd_put_be32(q, (uint32_t)el);
     memcpy(q + 4, export, el);
-    put32(q + 4 + el, query ? 1 : 0);
+    vd_put_be32(q + 4 + el, query ? 1 : 0);
     if (query) {
-        put32(q + 8 + el, (uint32_t)ql);
+        vd_put_be32(q + 8 + el, (uint32_t)ql);
         memcpy(q + 12 + el, query, ql);
     }
     int ret = send_option(c, NBD_OPT_LIST_META_CONTEXT, q, (uint32_t)len);
@@ -575,11 +575,11 @@ static int oldstyle(client *c, vd_nbd_export_desc *e)
     if (rd(c, b, 8, "export length") < 0) {
         return -EIO;
     }
-    e->size = get64(b);
+    e->size = vd_be64(b);
     if (rd(c, b, 4, "export flags") < 0) {
         return -EIO;
     }
-    uint32_t flags = get32(b);
+    uint32_t flags = vd_be32(b);
     if (flags & ~0xffffu) {
         /* QEMU's format string has a stray "x" after the number. */
         return vd_error_set(c->errp, VD_ERR_IO, EIO, "Unexpected export flags %xx", flags);
@@ -591,8 +591,8 @@ static int oldstyle(client *c, vd_nbd_export_desc *e)
     if (drop(&quiet, 124) == 0) {
         uint8_t rq[28];
         memset(rq, 0, sizeof(rq));
-        put32(rq, NBD_REQUEST_MAGIC);
-        put16(rq + 6, NBD_CMD_DISC);
+        vd_put_be32(rq, NBD_REQUEST_MAGIC);
+        vd_put_be16(rq + 6, NBD_CMD_DISC);
         c->io->write(c->io->opaque, rq, sizeof(rq));
     }
     vd_error_free(ignored);
@@ -625,15 +625,15 @@ int nbd_client_list(const nbd_client_io *io, vd_nbd_export_desc **out, size_t *n
     if (rd(c, b, 8, "initial magic") < 0) {
         goto out;
     }
-    if (get64(b) != NBD_INIT_MAGIC) {
+    if (vd_be64(b) != NBD_INIT_MAGIC) {
         vd_error_set(errp, VD_ERR_IO, EIO, "Bad initial magic received: 0x%" PRIx64,
-                     get64(b));
+                     vd_be64(b));
         goto out;
     }
     if (rd(c, b, 8, "server magic") < 0) {
         goto out;
     }
-    uint64_t magic = get64(b);
+    uint64_t magic = vd_be64(b);
     if (magic == NBD_OLDSTYLE_MAGIC) {
         list = calloc(1, sizeof(*list));
         if (!list) {
@@ -654,9 +654,9 @@ int nbd_client_list(const nbd_client_io *io, vd_nbd_export_desc **out, size_t *n
     if (rd(c, b, 2, "server flags") < 0) {
         goto out;
     }
-    uint16_t gflags = get16(b);
+    uint16_t gflags = vd_be16(b);
     uint32_t cflags = gflags & (NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
-    put32(b, cflags);
+    vd_put_be32(b, cflags);
     if (io->write(io->opaque, b, 4) < 0) {
         vd_error_set(errp, VD_ERR_IO, EIO, "Failed to send clientflags field: Unable to "
                      "write to socket: %s", strerror(errno ? errno : EIO));

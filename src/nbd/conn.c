@@ -128,10 +128,10 @@ static int conn_write(nbd_conn *c, const void *buf, size_t len)
 static int send_rep(nbd_conn *c, uint32_t opt, uint32_t type, const void *data, uint32_t len)
 {
     uint8_t h[20];
-    put64(h, NBD_REP_MAGIC);
-    put32(h + 8, opt);
-    put32(h + 12, type);
-    put32(h + 16, len);
+    vd_put_be64(h, NBD_REP_MAGIC);
+    vd_put_be32(h + 8, opt);
+    vd_put_be32(h + 12, type);
+    vd_put_be32(h + 16, len);
     struct iovec iov[2] = {{h, sizeof(h)}, {(void *)data, len}};
     pthread_mutex_lock(&c->wlock);
     int ret = conn_writev_locked(c, iov, len ? 2 : 1);
@@ -243,7 +243,7 @@ static int opt_list(nbd_conn *c, uint32_t opt, uint32_t len)
         if (!p) {
             abort();
         }
-        put32(p, (uint32_t)nl);
+        vd_put_be32(p, (uint32_t)nl);
         memcpy(p + 4, list[i].name, nl);
         if (dl) {
             memcpy(p + 4 + nl, list[i].description, dl);
@@ -258,7 +258,7 @@ static int opt_list(nbd_conn *c, uint32_t opt, uint32_t len)
 static int send_info(nbd_conn *c, uint32_t opt, uint16_t type, const void *body, size_t len)
 {
     uint8_t buf[2 + NBD_MAX_STRING];
-    put16(buf, type);
+    vd_put_be16(buf, type);
     memcpy(buf + 2, body, len);
     return send_rep(c, opt, NBD_REP_INFO, buf, (uint32_t)(2 + len));
 }
@@ -270,11 +270,11 @@ static int opt_info_go(nbd_conn *c, uint32_t opt, const uint8_t *d, uint32_t len
     if (len < 6) {
         return send_rep_err(c, opt, NBD_REP_ERR_INVALID, "option too short");
     }
-    uint32_t nl = get32(d);
+    uint32_t nl = vd_be32(d);
     if (nl > len - 6 || nl > NBD_MAX_STRING) {
         return send_rep_err(c, opt, NBD_REP_ERR_INVALID, "name length %u too long", nl);
     }
-    uint16_t nreq = get16(d + 4 + nl);
+    uint16_t nreq = vd_be16(d + 4 + nl);
     if ((uint64_t)4 + nl + 2 + 2ull * nreq != len) {
         return send_rep_err(c, opt, NBD_REP_ERR_INVALID, "option length %u does not match "
                             "its contents", len);
@@ -284,7 +284,7 @@ static int opt_info_go(nbd_conn *c, uint32_t opt, const uint8_t *d, uint32_t len
     name[nl] = '\0';
     bool want_name = false;
     for (uint16_t i = 0; i < nreq; i++) {
-        if (get16(d + 4 + nl + 2 + 2 * i) == NBD_INFO_NAME) {
+        if (vd_be16(d + 4 + nl + 2 + 2 * i) == NBD_INFO_NAME) {
             want_name = true;
         }
     }
@@ -293,8 +293,8 @@ static int opt_info_go(nbd_conn *c, uint32_t opt, const uint8_t *d, uint32_t len
         return send_rep_err(c, opt, NBD_REP_ERR_UNKNOWN, "export '%s' not present", name);
     }
     uint8_t b[12];
-    put64(b, export_size(e));
-    put16(b + 8, export_flags(c, e));
+    vd_put_be64(b, export_size(e));
+    vd_put_be16(b + 8, export_flags(c, e));
     int ret = send_info(c, opt, NBD_INFO_EXPORT, b, 10);
     if (ret == 0 && want_name) {
         ret = send_info(c, opt, NBD_INFO_NAME, e->name, strlen(e->name));
@@ -306,9 +306,9 @@ static int opt_info_go(nbd_conn *c, uint32_t opt, const uint8_t *d, uint32_t len
     if (ret == 0) {
         /* Any byte alignment works unless the owner asked for more; 4 KiB is what the
          * formats like; 32 MiB per request. */
-        put32(b, e->min_block);
-        put32(b + 4, NBD_PREFERRED_BLOCK);
-        put32(b + 8, NBD_MAX_PAYLOAD);
+        vd_put_be32(b, e->min_block);
+        vd_put_be32(b + 4, NBD_PREFERRED_BLOCK);
+        vd_put_be32(b + 8, NBD_MAX_PAYLOAD);
         ret = send_info(c, opt, NBD_INFO_BLOCK_SIZE, b, 12);
     }
     if (ret == 0) {
@@ -347,7 +347,7 @@ static int send_meta_context(nbd_conn *c, uint32_t opt, uint32_t id, const char 
 {
     uint8_t b[4 + 32];
     size_t nl = strlen(name);
-    put32(b, id);
+    vd_put_be32(b, id);
     memcpy(b + 4, name, nl);
     return send_rep(c, opt, NBD_REP_META_CONTEXT, b, (uint32_t)(4 + nl));
 }
@@ -370,7 +370,7 @@ static int opt_meta(nbd_conn *c, uint32_t opt, const uint8_t *d, uint32_t len)
     if (len < 8) {
         return send_rep_err(c, opt, NBD_REP_ERR_INVALID, "option too short");
     }
-    uint32_t nl = get32(d);
+    uint32_t nl = vd_be32(d);
     if (nl > len - 8 || nl > NBD_MAX_STRING) {
         return send_rep_err(c, opt, NBD_REP_ERR_INVALID, "name length %u too long", nl);
     }
@@ -381,7 +381,7 @@ static int opt_meta(nbd_conn *c, uint32_t opt, const uint8_t *d, uint32_t len)
     if (!e) {
         return send_rep_err(c, opt, NBD_REP_ERR_UNKNOWN, "export '%s' not present", name);
     }
-    uint32_t nq = get32(d + 4 + nl);
+    uint32_t nq = vd_be32(d + 4 + nl);
     uint64_t pos = 8 + (uint64_t)nl;
     unsigned sel = 0;
     if (nq == 0 && !set) {
@@ -391,7 +391,7 @@ static int opt_meta(nbd_conn *c, uint32_t opt, const uint8_t *d, uint32_t len)
     int ret = 0;
     for (uint32_t i = 0; i < nq && ret == 0; i++) {
         /* Each query takes at least its length field, so a huge count fails soon. */
-        uint32_t ql = pos + 4 <= len ? get32(d + pos) : 0;
+        uint32_t ql = pos + 4 <= len ? vd_be32(d + pos) : 0;
         pos += 4;
         if (pos > len || ql > len - pos || ql > NBD_MAX_STRING) {
             ret = send_rep_err(c, opt, NBD_REP_ERR_INVALID, "query %u runs past the option",
@@ -446,8 +446,8 @@ static int opt_export_name(nbd_conn *c, const uint8_t *d, uint32_t len)
     }
     uint8_t b[10 + 124];
     memset(b, 0, sizeof(b));
-    put64(b, export_size(e));
-    put16(b + 8, export_flags(c, e));
+    vd_put_be64(b, export_size(e));
+    vd_put_be16(b + 8, export_flags(c, e));
     if (conn_write(c, b, c->no_zeroes ? 10 : sizeof(b)) < 0) {
         export_put(c, e);
         return -1;
@@ -488,9 +488,9 @@ static int negotiate(nbd_conn *c)
 {
     int64_t deadline = now_ms() + NBD_HANDSHAKE_SECS * 1000;
     uint8_t g[18];
-    put64(g, NBD_INIT_MAGIC);
-    put64(g + 8, NBD_OPTS_MAGIC);
-    put16(g + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
+    vd_put_be64(g, NBD_INIT_MAGIC);
+    vd_put_be64(g + 8, NBD_OPTS_MAGIC);
+    vd_put_be16(g + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
     if (conn_write(c, g, sizeof(g)) < 0) {
         return -1;
     }
@@ -498,7 +498,7 @@ static int negotiate(nbd_conn *c)
     if (conn_read(c, cf, 4, deadline) < 0) {
         return -1;
     }
-    uint32_t flags = get32(cf);
+    uint32_t flags = vd_be32(cf);
     if (flags & ~(uint32_t)(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES)) {
         return -1;   /* unknown client flags: the spec says drop */
     }
@@ -507,10 +507,10 @@ static int negotiate(nbd_conn *c)
 
     for (;;) {
         uint8_t h[16];
-        if (conn_read(c, h, sizeof(h), deadline) < 0 || get64(h) != NBD_OPTS_MAGIC) {
+        if (conn_read(c, h, sizeof(h), deadline) < 0 || vd_be64(h) != NBD_OPTS_MAGIC) {
             return -1;
         }
-        uint32_t opt = get32(h + 8), len = get32(h + 12);
+        uint32_t opt = vd_be32(h + 8), len = vd_be32(h + 12);
         if (len > NBD_MAX_OPTION) {
             return -1;
         }
@@ -627,9 +627,9 @@ static int reply_simple(nbd_conn *c, uint64_t cookie, uint32_t err, const void *
                         uint32_t len)
 {
     uint8_t h[16];
-    put32(h, NBD_SIMPLE_REPLY_MAGIC);
-    put32(h + 4, err);
-    put64(h + 8, cookie);
+    vd_put_be32(h, NBD_SIMPLE_REPLY_MAGIC);
+    vd_put_be32(h + 4, err);
+    vd_put_be64(h + 8, cookie);
     struct iovec iov[2] = {{h, sizeof(h)}, {(void *)data, len}};
     pthread_mutex_lock(&c->wlock);
     int ret = conn_writev_locked(c, iov, data && len ? 2 : 1);
@@ -640,11 +640,11 @@ static int reply_simple(nbd_conn *c, uint64_t cookie, uint32_t err, const void *
 static void chunk_header(uint8_t *h, uint16_t flags, uint16_t type, uint64_t cookie,
                          uint32_t len)
 {
-    put32(h, NBD_STRUCTURED_REPLY_MAGIC);
-    put16(h + 4, flags);
-    put16(h + 6, type);
-    put64(h + 8, cookie);
-    put32(h + 16, len);
+    vd_put_be32(h, NBD_STRUCTURED_REPLY_MAGIC);
+    vd_put_be16(h + 4, flags);
+    vd_put_be16(h + 6, type);
+    vd_put_be64(h + 8, cookie);
+    vd_put_be32(h + 16, len);
 }
 
 static int reply_error(nbd_conn *c, const nbd_req *r, uint32_t err, const char *msg)
@@ -658,8 +658,8 @@ static int reply_error(nbd_conn *c, const nbd_req *r, uint32_t err, const char *
     }
     uint8_t h[20 + 6];
     chunk_header(h, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR, r->cookie, (uint32_t)(6 + ml));
-    put32(h + 20, err);
-    put16(h + 24, (uint16_t)ml);
+    vd_put_be32(h + 20, err);
+    vd_put_be16(h + 24, (uint16_t)ml);
     struct iovec iov[2] = {{h, sizeof(h)}, {(void *)msg, ml}};
     pthread_mutex_lock(&c->wlock);
     int ret = conn_writev_locked(c, iov, ml ? 2 : 1);
@@ -678,7 +678,7 @@ static int reply_read(nbd_conn *c, const nbd_req *r, const uint8_t *data)
         return conn_write(c, h, 20);
     }
     chunk_header(h, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA, r->cookie, 8 + r->len);
-    put64(h + 20, r->off);
+    vd_put_be64(h + 20, r->off);
     struct iovec iov[2] = {{h, sizeof(h)}, {(void *)data, r->len}};
     pthread_mutex_lock(&c->wlock);
     int ret = conn_writev_locked(c, iov, 2);
@@ -752,8 +752,8 @@ static int reply_sparse_read(nbd_conn *c, const nbd_req *r)
         uint16_t flags = i + 1 == n ? NBD_REPLY_FLAG_DONE : 0;
         if (spans[i].hole) {
             chunk_header(h, flags, NBD_REPLY_TYPE_OFFSET_HOLE, r->cookie, 12);
-            put64(h + 20, spans[i].off);
-            put32(h + 28, spans[i].len);
+            vd_put_be64(h + 20, spans[i].off);
+            vd_put_be32(h + 28, spans[i].len);
             iov[niov++] = (struct iovec){h, 32};
             continue;
         }
@@ -762,7 +762,7 @@ static int reply_sparse_read(nbd_conn *c, const nbd_req *r)
             goto fail;
         }
         chunk_header(h, flags, NBD_REPLY_TYPE_OFFSET_DATA, r->cookie, 8 + spans[i].len);
-        put64(h + 20, spans[i].off);
+        vd_put_be64(h + 20, spans[i].off);
         iov[niov++] = (struct iovec){h, 28};
         iov[niov++] = (struct iovec){p, spans[i].len};
         p += spans[i].len;
@@ -871,8 +871,8 @@ static int build_extents(nbd_conn *c, const nbd_req *r, unsigned id, uint8_t **o
         if (ret < 0) {
             break;
         }
-        if (n > 0 && v == last && get32(buf + 24 + (n - 1) * 8) + l <= UINT32_MAX) {
-            put32(buf + 24 + (n - 1) * 8, (uint32_t)(get32(buf + 24 + (n - 1) * 8) + l));
+        if (n > 0 && v == last && vd_be32(buf + 24 + (n - 1) * 8) + l <= UINT32_MAX) {
+            vd_put_be32(buf + 24 + (n - 1) * 8, (uint32_t)(vd_be32(buf + 24 + (n - 1) * 8) + l));
         } else {
             if (one && n == 1) {
                 break;   /* REQ_ONE: equal extents merge into the one, as in QEMU */
@@ -889,8 +889,8 @@ static int build_extents(nbd_conn *c, const nbd_req *r, unsigned id, uint8_t **o
                 }
                 buf = nb;
             }
-            put32(buf + 24 + n * 8, (uint32_t)l);
-            put32(buf + 24 + n * 8 + 4, v);
+            vd_put_be32(buf + 24 + n * 8, (uint32_t)l);
+            vd_put_be32(buf + 24 + n * 8 + 4, v);
             n++;
             last = v;
         }
@@ -903,10 +903,10 @@ static int build_extents(nbd_conn *c, const nbd_req *r, unsigned id, uint8_t **o
         free(buf);
         return ret;
     }
-    if (one && get32(buf + 24) > r->len) {
-        put32(buf + 24, r->len);
+    if (one && vd_be32(buf + 24) > r->len) {
+        vd_put_be32(buf + 24, r->len);
     }
-    put32(buf + 20, id);
+    vd_put_be32(buf + 20, id);
     *out = buf;
     *outlen = 24 + n * 8;
     return 0;
@@ -957,9 +957,9 @@ static int reply_from_reader(nbd_conn *c, nbd_req *r, uint32_t err)
 {
     if (!err && !c->tls && pthread_mutex_trylock(&c->wlock) == 0) {
         uint8_t h[16];
-        put32(h, NBD_SIMPLE_REPLY_MAGIC);
-        put32(h + 4, 0);
-        put64(h + 8, r->cookie);
+        vd_put_be32(h, NBD_SIMPLE_REPLY_MAGIC);
+        vd_put_be32(h + 4, 0);
+        vd_put_be64(h + 8, r->cookie);
         ssize_t w = c->write_failed ? -1 : send(c->fd, h, sizeof(h), MSG_NOSIGNAL | MSG_DONTWAIT);
         int ret = 0;
         if (w > 0 && (size_t)w < sizeof(h)) {
@@ -1123,7 +1123,7 @@ static void transmission(nbd_conn *c)
 {
     while (!nbd_conn_closing(c)) {
         uint8_t h[28];
-        if (conn_read(c, h, sizeof(h), 0) < 0 || get32(h) != NBD_REQUEST_MAGIC) {
+        if (conn_read(c, h, sizeof(h), 0) < 0 || vd_be32(h) != NBD_REQUEST_MAGIC) {
             return;
         }
         nbd_req *r = calloc(1, sizeof(*r));
@@ -1131,11 +1131,11 @@ static void transmission(nbd_conn *c)
             return;
         }
         r->c = c;
-        r->flags = get16(h + 4);
-        r->type = get16(h + 6);
-        r->cookie = get64(h + 8);
-        r->off = get64(h + 16);
-        r->len = get32(h + 24);
+        r->flags = vd_be16(h + 4);
+        r->type = vd_be16(h + 6);
+        r->cookie = vd_be64(h + 8);
+        r->off = vd_be64(h + 16);
+        r->len = vd_be32(h + 24);
         if (r->type == NBD_CMD_DISC) {
             free(r);
             return;

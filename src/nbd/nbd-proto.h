@@ -4,6 +4,8 @@
 
 #include <stdint.h>
 
+#include "util/common.h"
+
 #define NBD_INIT_MAGIC 0x4e42444d41474943ull      /* "NBDMAGIC" */
 #define NBD_OPTS_MAGIC 0x49484156454f5054ull      /* "IHAVEOPT" */
 #define NBD_REP_MAGIC 0x0003e889045565a9ull
@@ -109,34 +111,5 @@
 #define NBD_MAX_EXTENTS 131072
 #define NBD_PREFERRED_BLOCK 4096
 #define NBD_HANDSHAKE_SECS 10
-
-/* Big-endian fields of the wire format, for the server (conn.c) and the client (client.c). */
-static inline void put16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)(v >> 8);
-    p[1] = (uint8_t)v;
-}
-static inline void put32(uint8_t *p, uint32_t v)
-{
-    put16(p, (uint16_t)(v >> 16));
-    put16(p + 2, (uint16_t)v);
-}
-static inline void put64(uint8_t *p, uint64_t v)
-{
-    put32(p, (uint32_t)(v >> 32));
-    put32(p + 4, (uint32_t)v);
-}
-static inline uint16_t get16(const uint8_t *p)
-{
-    return (uint16_t)((p[0] << 8) | p[1]);
-}
-static inline uint32_t get32(const uint8_t *p)
-{
-    return ((uint32_t)get16(p) << 16) | get16(p + 2);
-}
-static inline uint64_t get64(const uint8_t *p)
-{
-    return ((uint64_t)get32(p) << 32) | get32(p + 4);
-}
 
 #endif

@@ -17,20 +17,12 @@
 #include "nbd/nbd-int.h"
 #include "nbd/nbd-proto.h"
 #include "util/socket.h"
+#include "util/common.h"
 
 /* Per connection: requests and payload bytes queued or running before the reader stops
  * reading, so a client cannot make the server buffer without bound. */
 #define CONN_MAX_INFLIGHT 64
 #define CONN_MAX_INFLIGHT_BYTES (64u << 20)
-
-static char *xstrdup(const char *s)
-{
-    char *p = strdup(s ? s : "");
-    if (!p) {
-        abort();
-    }
-    return p;
-}
 
 /* ---- worker pool ------------------------------------------------------------------------- */
 
@@ -198,8 +190,8 @@ int vd_nbd_export_add(vd_nbd_server *s, const vd_nbd_export_opts *o, vd_error **
     if (!e) {
         abort();
     }
-    e->name = xstrdup(name);
-    e->description = o->description ? xstrdup(o->description) : NULL;
+    e->name = vd_xstrdup(name ? name : "");
+    e->description = o->description ? vd_xstrdup(o->description) : NULL;
     e->disk = o->disk;
     e->writable = o->writable;
     e->min_block = o->min_block ? o->min_block : 1;
@@ -260,8 +252,8 @@ int vd_nbd_export_list(vd_nbd_server *s, vd_nbd_export_info **out, size_t *nb)
         if (e->removed) {
             continue;
         }
-        list[i].name = xstrdup(e->name);
-        list[i].description = e->description ? xstrdup(e->description) : NULL;
+        list[i].name = vd_xstrdup(e->name);
+        list[i].description = e->description ? vd_xstrdup(e->description) : NULL;
         list[i].disk = e->disk;
         list[i].writable = e->writable;
         list[i].clients = e->clients;
@@ -414,7 +406,7 @@ static int add_listener(vd_nbd_server *s, int fd, const char *unix_path)
     }
     s->listeners = l;
     l[s->nb_listeners].fd = fd;
-    l[s->nb_listeners].unix_path = unix_path ? xstrdup(unix_path) : NULL;
+    l[s->nb_listeners].unix_path = unix_path ? vd_xstrdup(unix_path) : NULL;
     s->nb_listeners++;
     pthread_mutex_unlock(&s->lock);
     wake_acceptor(s);

@@ -295,7 +295,7 @@ int qcow2_chk_rebuild(chk *k)
     }
     if (ret < 0) {
         k->c.check_errors++;
-        qcow2_chk_log(k, REPORT "%s: %s", what_failed, strerror(-ret));
+        qcow2_chk_report(k, "%s: %s", what_failed, strerror(-ret));
         free(rt);
         return ret;
     }
@@ -321,7 +321,7 @@ int qcow2_chk_rebuild(chk *k)
         ret = vd_node_flush(k->file);
     }
     if (ret < 0) {
-        qcow2_chk_log(k, REPORT "ERROR writing reftable: %s", strerror(-ret));
+        qcow2_chk_report(k, "ERROR writing reftable: %s", strerror(-ret));
         free(rt);
         return ret;
     }
@@ -333,7 +333,7 @@ int qcow2_chk_rebuild(chk *k)
         ret = vd_node_flush(k->file);
     }
     if (ret < 0) {
-        qcow2_chk_log(k, REPORT "ERROR setting reftable: %s", strerror(-ret));
+        qcow2_chk_report(k, "ERROR setting reftable: %s", strerror(-ret));
         free(rt);
         return ret;
     }
@@ -484,14 +484,14 @@ int qcow2_chk_read_snapshots(chk *k, counts *sr)
     }
     if (nb > QCOW2_MAX_SNAPSHOTS) {
         sr->check_errors++;
-        qcow2_chk_log(k, REPORT "ERROR snapshot table too large");
+        qcow2_chk_report(k, "ERROR snapshot table too large");
         qcow2_chk_log(k, "You can force-remove all %" PRIu32 " overhanging snapshots with "
                       "qemu-img check -r all", nb - QCOW2_MAX_SNAPSHOTS);
         return -EFBIG;
     }
     if ((uint64_t)INT64_MAX - (uint64_t)nb * SNAPSHOT_HEADER_LEN < off || (off & (k->cs - 1))) {
         sr->check_errors++;
-        qcow2_chk_log(k, REPORT "ERROR snapshot table offset invalid");
+        qcow2_chk_report(k, "ERROR snapshot table offset invalid");
         return -EINVAL;
     }
     k->sn_offset = off;
@@ -536,7 +536,7 @@ int qcow2_chk_read_snapshots(chk *k, counts *sr)
                 msg += wl + 2;
             }
             sr->check_errors++;
-            qcow2_chk_log(k, REPORT "ERROR failed to read the snapshot table: %s", msg);
+            qcow2_chk_report(k, "ERROR failed to read the snapshot table: %s", msg);
             vd_error_free(err);
             return ret;
         }

@@ -15,9 +15,11 @@
 
 /* ---- small helpers ------------------------------------------------------------------- */
 
-/* Formats one line and hands it over, as qemu-img would print it on stderr. Most lines
- * fit the stack buffer; one naming a long snapshot ID is formatted again on the heap. */
-void qcow2_chk_log(chk *k, const char *fmt, ...)
+/* Formats one line and hands it over, as qemu-img would print it on stderr; a report
+ * (error_report() in qemu-img) starts with the program's name when the caller gave one.
+ * Most lines fit the stack buffer; one naming a long snapshot ID is formatted again on the
+ * heap. */
+static void chk_vlog(chk *k, bool report, const char *fmt, va_list ap)
 {
     chk_sink *s = k->log;
     if (!s->fn) {
@@ -28,20 +30,29 @@ void qcow2_chk_log(chk *k, const char *fmt, ...)
         return;
     }
     char line[512], *p = line;
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(line, sizeof(line), fmt, ap);
-    va_end(ap);
+    va_list aq;
+    va_copy(aq, ap);
+    int n = vsnprintf(line, sizeof(line), fmt, aq);
+    va_end(aq);
     if (n < 0) {
         return;
     }
     if ((size_t)n >= sizeof(line)) {
         char *big = malloc((size_t)n + 1);
         if (big) {  /* else the cut line is still worth showing */
-            va_start(ap, fmt);
             vsnprintf(big, (size_t)n + 1, fmt, ap);
-            va_end(ap);
             p = big;
+        }
+    }
+    if (report && s->program_name) {
+        size_t len = strlen(s->program_name) + 2 + strlen(p) + 1;
+        char *named = malloc(len);
+        if (named) {  /* else the message without the name is still worth showing */
+            snprintf(named, len, "%s: %s", s->program_name, p);
+            if (p != line) {
+                free(p);
+            }
+            p = named;
         }
     }
     if (!s->fn(s->opaque, p)) {
@@ -51,6 +62,22 @@ void qcow2_chk_log(chk *k, const char *fmt, ...)
     if (p != line) {
         free(p);
     }
+}
+
+void qcow2_chk_log(chk *k, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    chk_vlog(k, false, fmt, ap);
+    va_end(ap);
+}
+
+void qcow2_chk_report(chk *k, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    chk_vlog(k, true, fmt, ap);
+    va_end(ap);
 }
 
 uint64_t qcow2_chk_clusters(const chk *k, uint64_t size)
@@ -705,12 +732,12 @@ static int check_refblocks(chk *k, bool *rebuild)
                  * answer as QEMU does when that resize fails (as it does for offsets the
                  * file system cannot reach): the rebuild below replaces the entry. */
                 ret = -EFBIG;
-                qcow2_chk_log(k, REPORT "Could not resize file: %s", strerror(EFBIG));
+                qcow2_chk_report(k, "Could not resize file: %s", strerror(EFBIG));
             } else {
                 ret = vd_node_truncate(k->file, off + k->cs, false, "off", &err);
                 vd_error_free(err);
                 if (ret < 0) {
-                    qcow2_chk_log(k, REPORT "Could not resize file: %s", strerror(-ret));
+                    qcow2_chk_report(k, "Could not resize file: %s", strerror(-ret));
                 }
             }
             if (ret == 0) {
@@ -1149,6 +1176,7 @@ int qcow2_check_image(struct vd_node *file, const char *what, unsigned fix,
                       const vd_check_hooks *hooks, vd_check_result *res, vd_error **errp)
 {
     chk_sink log = {.fn = hooks ? hooks->msg : NULL, .opaque = hooks ? hooks->opaque : NULL};
+    log.program_name = hooks ? hooks->program_name : NULL;
     bool dead = false;
     int ret;
 

@@ -31,15 +31,12 @@
 
 enum { CHECK_FRAG_INFO = 1 };
 
-/* Starts the log lines that qemu-img prints through error_report(), which prefixes them
- * with the program's name; ours is vdisk. */
-#define REPORT "vdisk: "
-
 /* Where the check's messages go. A hostile image can produce billions of them, so none
  * is formatted once nobody will read it. */
 typedef struct chk_sink {
     bool (*fn)(void *opaque, const char *line);  /* NULL: nobody reads them */
     void *opaque;
+    const char *program_name;  /* starts the reports (qcow2_chk_report), or NULL */
     bool refused;            /* fn returned false: count the rest, don't format them */
     uint64_t dropped;
 } chk_sink;
@@ -106,6 +103,8 @@ enum ctype { CT_UNALLOCATED, CT_NORMAL, CT_COMPRESSED, CT_ZERO_PLAIN, CT_ZERO_AL
 
 /* qcow2-check.c */
 void qcow2_chk_log(chk *k, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* A line qemu-img prints through error_report(), which starts it with the program's name. */
+void qcow2_chk_report(chk *k, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void qcow2_chk_corruption(chk *k, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 uint64_t qcow2_chk_clusters(const chk *k, uint64_t size);
 /* Bytes of the file from off to its end; what lies beyond reads as zeros. */

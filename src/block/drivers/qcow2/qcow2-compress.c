@@ -359,8 +359,8 @@ static int pad_file(qcow2_state *s)
     return ret;
 }
 
-int qcow2_co_pwrite_compressed(vd_node *node, const void *buf, uint64_t len, uint64_t off,
-                               int level)
+int qcow2_pwrite_compressed(vd_node *node, const void *buf, uint64_t len, uint64_t off,
+                            int level)
 {
     qcow2_state *s = node->opaque;
     uint64_t cs = s->cluster_size;

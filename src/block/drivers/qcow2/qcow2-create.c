@@ -115,7 +115,7 @@ static int parse_types(const vd_opts *opts, const char *what, create_params *p,
     return parse_number(opts, "refcount_bits", 16, bits, what, errp);
 }
 
-/* Phase three (after the backing checks): values, as qcow2_co_create checks them. */
+/* Phase three (after the backing checks): values, as QEMU's qcow2_co_create checks them. */
 static int validate(const vd_opts *opts, const char *what, create_params *p, uint64_t cs,
                     uint64_t bits, vd_error **errp)
 {
@@ -177,7 +177,7 @@ static int validate(const vd_opts *opts, const char *what, create_params *p, uin
                             p->backing_fmt);
     }
 
-    /* qcow2_co_create's own checks. */
+    /* QEMU's qcow2_co_create's own checks. */
     if (p->extl2 && p->version < 3) {
         return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "%s: Extended L2 entries are only "
                             "supported with compatibility level 1.1 and above (use version=v3 "
@@ -621,7 +621,7 @@ static int create_off(vd_node *file, const create_params *p, qcow2_header *h,
     s.per_block = s.cs * 8 >> s.order;
     s.refmax = s.order == 6 ? UINT64_MAX : (1ull << (1u << s.order)) - 1;
 
-    /* What qcow2_co_create writes first: header, reftable (one cluster, entry 0 pointing
+    /* What QEMU's qcow2_co_create writes first: header, reftable (one cluster, entry 0 pointing
      * at cluster 2) and an empty refblock, then it allocates clusters 0..2. */
     s.rt_size = s.cs / 8;
     s.rt = calloc(s.rt_size, sizeof(*s.rt));

@@ -9,6 +9,8 @@
 
 #include "vdisk/vdisk.h"
 
+#include "util/common.h"
+
 #define QCOW2_MAGIC 0x514649fbu
 #define QCOW2_MIN_CLUSTER_BITS 9
 #define QCOW2_MAX_CLUSTER_BITS 21
@@ -137,37 +139,6 @@ void qcow2_header_clear(qcow2_header *h);
  * cluster-sized and is fully written (rest zero). Returns -EFBIG if it does not fit. */
 int qcow2_header_encode(qcow2_header *h, uint8_t *buf, size_t cluster_size);
 
-/* Big-endian helpers. */
-static inline uint16_t vd_be16(const uint8_t *p)
-{
-    return (uint16_t)((p[0] << 8) | p[1]);
-}
-static inline uint32_t vd_be32(const uint8_t *p)
-{
-    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
-}
-static inline uint64_t vd_be64(const uint8_t *p)
-{
-    return ((uint64_t)vd_be32(p) << 32) | vd_be32(p + 4);
-}
-static inline void vd_put_be16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)(v >> 8);
-    p[1] = (uint8_t)v;
-}
-static inline void vd_put_be32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)(v >> 24);
-    p[1] = (uint8_t)(v >> 16);
-    p[2] = (uint8_t)(v >> 8);
-    p[3] = (uint8_t)v;
-}
-static inline void vd_put_be64(uint8_t *p, uint64_t v)
-{
-    vd_put_be32(p, (uint32_t)(v >> 32));
-    vd_put_be32(p + 4, (uint32_t)v);
-}
-
 /* Refcount entry access for any refcount_order 0..6 (sub-byte entries LSB-first). */
 uint64_t qcow2_refcount_get(const uint8_t *block, uint32_t order, uint64_t index);
 void qcow2_refcount_set(uint8_t *block, uint32_t order, uint64_t index, uint64_t value);
@@ -238,7 +209,7 @@ struct vd_node;
  * clearing the dirty and corrupt bits after a successful repair. The caller must have
  * flushed and dropped any cached metadata and must re-read everything afterwards.
  * hooks->msg gets qemu-img's stderr lines of both passes (see vd_check_hooks); the ones
- * qemu-img prints through error_report() (with its program name) start with "vdisk: ". A
+ * qemu-img prints through error_report() start with the program's name and ": ". A
  * negative return is qemu-img's "Check failed: <strerror>" (res still holds the counts so
  * far). Without hooks (or hooks->msg), no line is formatted. */
 int qcow2_check_image(struct vd_node *file, const char *what, unsigned fix,

@@ -115,7 +115,7 @@ static int read_backing(qcow2_state *s, void *buf, uint64_t len, uint64_t off)
     return vd_node_pread_zero_pad(s->node->backing, buf, len, off);
 }
 
-int qcow2_co_pread(vd_node *node, void *buf, uint64_t len, uint64_t off)
+int qcow2_pread(vd_node *node, void *buf, uint64_t len, uint64_t off)
 {
     qcow2_state *s = node->opaque;
     uint8_t *p = buf;
@@ -653,8 +653,8 @@ int qcow2_pwrite_locked(qcow2_state *s, const void *buf, uint64_t len, uint64_t 
     return 0;
 }
 
-int qcow2_co_pwrite(vd_node *node, const void *buf, uint64_t len, uint64_t off,
-                    unsigned flags)
+int qcow2_pwrite(vd_node *node, const void *buf, uint64_t len, uint64_t off,
+                 unsigned flags)
 {
     qcow2_state *s = node->opaque;
     pthread_mutex_lock(&s->lock);
@@ -732,7 +732,7 @@ static int zero_partial(qcow2_state *s, uint64_t off, uint64_t len, unsigned fla
     return write_zero_buffer(s, off, len);
 }
 
-int qcow2_co_pwrite_zeroes(vd_node *node, uint64_t off, uint64_t len, unsigned flags)
+int qcow2_pwrite_zeroes(vd_node *node, uint64_t off, uint64_t len, unsigned flags)
 {
     qcow2_state *s = node->opaque;
     uint64_t unit = s->sc_size;
@@ -782,7 +782,7 @@ int qcow2_co_pwrite_zeroes(vd_node *node, uint64_t off, uint64_t len, unsigned f
     return ret;
 }
 
-int qcow2_co_pdiscard(vd_node *node, uint64_t off, uint64_t len)
+int qcow2_pdiscard(vd_node *node, uint64_t off, uint64_t len)
 {
     qcow2_state *s = node->opaque;
     uint64_t cs = s->cluster_size;
@@ -844,7 +844,7 @@ static void detect_metadata_prealloc(qcow2_state *s)
     s->metadata_prealloc = count >= threshold;
 }
 
-int qcow2_co_block_status(vd_node *node, uint64_t off, uint64_t len, vd_node_status *st)
+int qcow2_block_status(vd_node *node, uint64_t off, uint64_t len, vd_node_status *st)
 {
     qcow2_state *s = node->opaque;
     qcow2_run r;

@@ -1200,7 +1200,7 @@ int qcow2_vmstate_rw(vd_node *node, void *buf, uint64_t len, uint64_t pos, bool 
     }
     uint64_t off = base + pos;
     if (!write) {
-        int ret = qcow2_co_pread(node, buf, len, off);
+        int ret = qcow2_pread(node, buf, len, off);
         return ret < 0 ? io_err(s, ret, "could not read the VM state", errp) : 0;
     }
     pthread_mutex_lock(&s->lock);

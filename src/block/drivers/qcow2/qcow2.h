@@ -234,6 +234,18 @@ int qcow2_sync(qcow2_state *s);
 void qcow2_drain_locked(qcow2_state *s);
 void qcow2_undrain_locked(qcow2_state *s);
 const uint8_t *qcow2_zeros(qcow2_state *s);
+/* Flushes everything and clears the dirty bit; refuses (-EBUSY) a dirty bit this open did
+ * not set, whose refcounts may be stale. */
+int qcow2_mark_clean_locked(qcow2_state *s);
+/* Writes a new backing file name and format (NULL: none) to the header. */
+int qcow2_set_backing_locked(qcow2_state *s, const char *backing, const char *fmt,
+                             vd_error **errp);
+
+/* ---- qcow2-amend.c -------------------------------------------------------------------- */
+
+/* The driver's amend op: applies the options of `amend -o` to an image opened read/write;
+ * options it does not know or cannot change are refused before anything is written. */
+int qcow2_amend(vd_node *node, const vd_opts *opts, vd_error **errp);
 
 /* ---- qcow2-refcount.c ---------------------------------------------------------------- */
 
@@ -383,12 +395,12 @@ int qcow2_has_compressed_locked(qcow2_state *s, bool *found, vd_error **errp);
 
 /* ---- qcow2-io.c -------------------------------------------------------------------------- */
 
-int qcow2_co_pread(vd_node *node, void *buf, uint64_t len, uint64_t off);
-int qcow2_co_pwrite(vd_node *node, const void *buf, uint64_t len, uint64_t off,
-                    unsigned flags);
-int qcow2_co_pwrite_zeroes(vd_node *node, uint64_t off, uint64_t len, unsigned flags);
-int qcow2_co_pdiscard(vd_node *node, uint64_t off, uint64_t len);
-int qcow2_co_block_status(vd_node *node, uint64_t off, uint64_t len, vd_node_status *st);
+int qcow2_pread(vd_node *node, void *buf, uint64_t len, uint64_t off);
+int qcow2_pwrite(vd_node *node, const void *buf, uint64_t len, uint64_t off,
+                 unsigned flags);
+int qcow2_pwrite_zeroes(vd_node *node, uint64_t off, uint64_t len, unsigned flags);
+int qcow2_pdiscard(vd_node *node, uint64_t off, uint64_t len);
+int qcow2_block_status(vd_node *node, uint64_t off, uint64_t len, vd_node_status *st);
 /* The write path with the lock held on entry and exit (it drops it around data I/O). */
 int qcow2_pwrite_locked(qcow2_state *s, const void *buf, uint64_t len, uint64_t off);
 void qcow2_io_begin(qcow2_state *s, qcow2_io_rec *io);
@@ -408,8 +420,8 @@ int qcow2_read_compressed(qcow2_state *s, uint64_t e, uint64_t guest_off, uint8_
 /* ---- qcow2-compress.c ------------------------------------------------------------------ */
 
 /* The compressed write (block.h's pwrite_compressed contract). */
-int qcow2_co_pwrite_compressed(vd_node *node, const void *buf, uint64_t len, uint64_t off,
-                               int level);
+int qcow2_pwrite_compressed(vd_node *node, const void *buf, uint64_t len, uint64_t off,
+                            int level);
 /* Allocates size (1..cluster_size-1) bytes for a compressed stream, packed after the
  * previous stream, and counts one reference on every host cluster the bytes touch. */
 int qcow2_alloc_bytes(qcow2_state *s, uint64_t size, uint64_t *offset);
