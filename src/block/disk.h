@@ -40,4 +40,11 @@ void vd_disk_leave(const vd_disk *d);
 void vd_disks_drain_begin(vd_disk **disks, size_t n);
 void vd_disks_drain_end(vd_disk **disks, size_t n);
 
+/* Points the handle at node n instead of its current top and returns the old top. The
+ * caller holds the handle drained (vd_disks_drain_begin), so every request of its users
+ * runs wholly on the old node or wholly on the new one: what an external snapshot, a
+ * mirror pivot or an active commit needs. The nodes' own links (backing, overlay) are the
+ * caller's to set. */
+vd_node *vd_disk_replace_node_locked(vd_disk *d, vd_node *n);
+
 #endif

@@ -116,7 +116,7 @@ static int ext_commit(vd_txn_action *a, vd_error **errp)
     /* Backing handles already handed out stay valid: the old top's handle goes in front. */
     s->old_top->backing = d->backing;
     d->backing = s->old_top;
-    d->node = s->overlay;
+    vd_disk_replace_node_locked(d, s->overlay);
     s->swapped = true;
     return 0;
 }
@@ -127,7 +127,7 @@ static int ext_abort(vd_txn_action *a, vd_error **errp)
     vd_disk *d = s->act->disk;
     if (s->swapped) {
         vd_node *top = s->old_top->node;
-        d->node = top;
+        vd_disk_replace_node_locked(d, top);
         d->backing = s->old_top->backing;
         s->old_top->backing = NULL;
         top->open_flags = s->old_flags;

@@ -549,6 +549,112 @@ static void test_external_concurrent_io(void **state)
     free(ov);
 }
 
+/* 16 threads each writing their own run of blocks in order while the node is replaced:
+ * every write lands wholly in the old node or wholly in the new one, each thread's old
+ * node holds a prefix of its writes and the new one the rest, and the handle reads all. */
+#define NB_WRITERS 16
+#define PER_WRITER 16
+
+typedef struct run_writer {
+    vd_disk *d;
+    int id;
+    int ret;
+    int done;
+    int *go;
+} run_writer;
+
+static int run_byte(int id, int i)
+{
+    return (id * PER_WRITER + i) % 250 + 1;
+}
+
+static void *run_writer_thread(void *arg)
+{
+    run_writer *w = arg;
+    uint8_t *buf = malloc(BLOCK);
+    for (int i = 0; i < PER_WRITER && w->ret == 0; i++) {
+        memset(buf, run_byte(w->id, i), BLOCK);
+        uint64_t off = ((uint64_t)w->id * PER_WRITER + (uint64_t)i) * BLOCK;
+        w->ret = vd_pwrite(w->d, buf, BLOCK, off, 0);
+        __atomic_store_n(&w->done, i + 1, __ATOMIC_SEQ_CST);
+        while (i == 3 && !__atomic_load_n(w->go, __ATOMIC_SEQ_CST)) {
+            sched_yield();  /* the replace lands in the middle of every stream */
+        }
+    }
+    free(buf);
+    return NULL;
+}
+
+static void test_replace_under_16_writers(void **state)
+{
+    (void)state;
+    vd_engine *e = vd_engine_new();
+    char *base = path("w16-base.qcow2"), *ov = path("w16-ov.qcow2");
+    vd_error *err = NULL;
+    create_image(e, base, "qcow2", (uint64_t)NB_WRITERS * PER_WRITER * BLOCK);
+    vd_disk *d = open_image(e, base, VD_OPEN_RDWR);
+    run_writer w[NB_WRITERS];
+    pthread_t th[NB_WRITERS];
+    int go = 0;
+    for (int t = 0; t < NB_WRITERS; t++) {
+        w[t] = (run_writer){.d = d, .id = t, .go = &go};
+        pthread_create(&th[t], NULL, run_writer_thread, &w[t]);
+    }
+    for (int t = 0; t < NB_WRITERS; t++) {
+        while (__atomic_load_n(&w[t].done, __ATOMIC_SEQ_CST) < 4 && w[t].ret == 0) {
+            sched_yield();
+        }
+    }
+    __atomic_store_n(&go, 1, __ATOMIC_SEQ_CST);
+    assert_int_equal(vd_snapshot_external(d, ov, NULL, &err), 0);
+    for (int t = 0; t < NB_WRITERS; t++) {
+        pthread_join(th[t], NULL);
+        assert_int_equal(w[t].ret, 0);
+    }
+    for (int t = 0; t < NB_WRITERS; t++) {
+        for (int i = 0; i < PER_WRITER; i++) {
+            expect_pattern(d, ((uint64_t)t * PER_WRITER + (uint64_t)i) * BLOCK, BLOCK,
+                           run_byte(t, i));
+        }
+    }
+    assert_int_equal(vd_close(d), 0);
+
+    vd_disk *b = open_image(e, base, 0);
+    d = open_image(e, ov, 0);
+    uint8_t *buf = malloc(BLOCK);
+    int total_in_base = 0;
+    for (int t = 0; t < NB_WRITERS; t++) {
+        int in_base = 0;
+        for (int i = 0; i < PER_WRITER; i++) {
+            uint64_t off = ((uint64_t)t * PER_WRITER + (uint64_t)i) * BLOCK;
+            assert_int_equal(vd_pread(b, buf, BLOCK, off), 0);
+            int want = buf[0] ? run_byte(t, i) : 0;
+            for (uint32_t k = 0; k < BLOCK; k++) {
+                assert_int_equal(buf[k], want);   /* never half a write */
+            }
+            if (want) {
+                assert_int_equal(in_base, i);     /* a prefix of this thread's writes */
+                in_base++;
+            }
+            vd_extent ext;
+            assert_int_equal(vd_block_status_top(d, off, BLOCK, &ext), 0);
+            assert_int_equal((ext.flags & VD_BS_ALLOCATED) != 0, !want);
+        }
+        assert_true(in_base >= 4);
+        total_in_base += in_base;
+    }
+    /* The threads wrote on after the replace: the new node has some of it. */
+    assert_true(total_in_base < NB_WRITERS * PER_WRITER);
+    print_message("%d of %d writes went to the old node\n", total_in_base,
+                  NB_WRITERS * PER_WRITER);
+    free(buf);
+    vd_close(b);
+    vd_close(d);
+    vd_engine_free(e);
+    free(base);
+    free(ov);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -557,6 +663,7 @@ int main(void)
         cmocka_unit_test(test_external_refusals),
         cmocka_unit_test(test_external_commit_fails),
         cmocka_unit_test(test_external_concurrent_io),
+        cmocka_unit_test(test_replace_under_16_writers),
     };
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
 }
