@@ -104,6 +104,9 @@ typedef struct vd_event {
     const char *image;   /* the image file's name */
     const char *msg;
     bool fatal;
+    /* The host range at fault (a write that would land on metadata), or -1 when the
+     * event names none (QEMU's optional offset and size). */
+    int64_t offset, size;
 } vd_event;
 typedef void vd_event_fn(void *opaque, const vd_event *ev);
 /* The handler runs on the thread that found the event, possibly with driver locks held:

@@ -56,6 +56,10 @@ extern daemon_state vdiskd;
 
 /* blockdev.c: blockdev-add from a QMP object or a --blockdev option (values may be
  * strings "on"/"off"/numbers, as the command line gives them). */
+/* events.c: the engine's event handler (queues), and the main loop's delivery of the
+ * queue as QMP events. */
+void daemon_on_engine_event(void *opaque, const vd_event *ev);
+void daemon_deliver_events(void);
 /* vdiskd's QMP commands (commands.c), for its QMP server. */
 extern const qmp_command_table vdiskd_commands;
 int blockdev_add(json_object *args, vd_error **errp);

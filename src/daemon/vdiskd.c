@@ -303,6 +303,7 @@ int main(int argc, char **argv)
     }
     vd_engine_settings st = vd_engine_settings_from_env();
     vdiskd.engine = vd_engine_new_with(&st);
+    vd_engine_set_event_handler(vdiskd.engine, daemon_on_engine_event, NULL);
     vd_error *err = NULL;
     int status = 1;
     if (qmp_server_new(&vdiskd_commands, &vdiskd.qmp, &err) < 0) {
@@ -319,6 +320,7 @@ int main(int argc, char **argv)
     }
     status = 0;
     while (!qmp_quit_requested(vdiskd.qmp) && !vd_service_wait(&sv, 100)) {
+        daemon_deliver_events();
     }
 out:
     /* Commands first, so none runs while the images close. */
@@ -326,6 +328,7 @@ out:
     vdiskd.qmp = NULL;
     daemon_stop_all();
     vd_engine_free(vdiskd.engine);
+    daemon_deliver_events();   /* no server now: what is left is freed */
     while (chardevs) {
         chardev *ch = chardevs;
         chardevs = ch->next;

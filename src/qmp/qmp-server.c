@@ -618,6 +618,13 @@ void qmp_event(qmp_server *s, const char *name, json_object *data)
     json_object_put(ev);
 }
 
+void qmp_run_exclusive(qmp_server *s, void (*fn)(void *arg), void *arg)
+{
+    pthread_mutex_lock(&s->run_lock);
+    fn(arg);
+    pthread_mutex_unlock(&s->run_lock);
+}
+
 bool qmp_quit_requested(qmp_server *s)
 {
     return s->quit;

@@ -72,6 +72,9 @@ int qmp_server_listen(qmp_server *s, const char *path, vd_error **errp);
 void qmp_serve_fd(qmp_server *s, int fd);
 /* Sends an event to every client that finished negotiation. data may be NULL. Takes data. */
 void qmp_event(qmp_server *s, const char *name, json_object *data);
+/* Runs fn(arg) as a command runs: one at a time with the commands, so it may use what the
+ * handlers use (the daemon's node registry). */
+void qmp_run_exclusive(qmp_server *s, void (*fn)(void *arg), void *arg);
 /* Set by the quit command; vdiskd's main loop polls it. */
 bool qmp_quit_requested(qmp_server *s);
 void qmp_request_quit(qmp_server *s);

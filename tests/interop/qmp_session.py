@@ -7,6 +7,7 @@
   qmp_session.py external VDISKD QSD DIR  blockdev-snapshot and blockdev-snapshot-sync (also
                                           in a transaction) on both daemons; the replies
                                           and the resulting files compared
+  qmp_session.py events VDISKD QSD DIR    BLOCK_IMAGE_CORRUPTED from both daemons, compared
 
 Prints one "PASS name" or "FAIL name: reason" line per check.
 """
@@ -402,10 +403,69 @@ def cmd_external(vdiskd, qsd, d):
         result(r.returncode == 0, "external-file-%s-clean" % name)
 
 
+def corrupt_image(path):
+    """A qcow2 image whose guest cluster 0 maps onto its active L1 table."""
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", path, "64M"], check=True)
+    subprocess.run(["qemu-io", "-c", "write -P 1 0 64k", path], check=True,
+                   stdout=subprocess.DEVNULL)
+    with open(path, "r+b") as f:
+        hdr = f.read(72)
+        l1_off = int.from_bytes(hdr[40:48], "big")
+        f.seek(l1_off)
+        l2 = int.from_bytes(f.read(8), "big") & 0x00fffffffffffe00
+        f.seek(l2)
+        f.write(((1 << 63) | l1_off).to_bytes(8, "big"))
+
+
+def cmd_events(vdiskd, qsd, d):
+    """A write through an export that would land on metadata: both daemons send
+    BLOCK_IMAGE_CORRUPTED with the same data (QEMU's members, node name, message, the
+    host range, fatal)."""
+    got = {}
+    for tag, binary in (("v", vdiskd), ("q", qsd)):
+        img = "%s/%s-corrupt.qcow2" % (d, tag)
+        corrupt_image(img)
+        qmp = "%s/%s-ev.qmp" % (d, tag)
+        sock = "%s/%s-ev.nbd" % (d, tag)
+        p = start([binary, "--blockdev",
+                   '{"driver": "qcow2", "node-name": "d0", "file": {"driver": "file", '
+                   '"filename": "%s"}}' % img,
+                   "--nbd-server", "addr.type=unix,addr.path=" + sock,
+                   "--export", "type=nbd,id=e0,node-name=d0,name=disk,writable=on",
+                   "--chardev", "socket,id=m0,path=%s,server=on,wait=off" % qmp,
+                   "--monitor", "chardev=m0"], qmp)
+        c = Client(qmp)
+        c.cmd("qmp_capabilities")
+        subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 2 0 64k",
+                        "nbd+unix:///disk?socket=" + sock],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        ev = None
+        c.sock.settimeout(10)
+        try:
+            while ev is None:
+                m = c.read()
+                if m.get("event") == "BLOCK_IMAGE_CORRUPTED":
+                    ev = m
+        except (OSError, EOFError, ValueError):
+            pass
+        c.cmd("quit")
+        c.close()
+        stop(p)
+        got[tag] = ev
+    v, q = got["v"], got["q"]
+    result(q is not None, "corrupt-event-from-qsd", "qemu-storage-daemon sent none")
+    result(v is not None, "corrupt-event-from-vdiskd", "vdiskd sent none")
+    if v and q:
+        result(v["data"] == q["data"] and list(v["data"]) == list(q["data"]),
+               "corrupt-event-data", "%s vs %s" % (v["data"], q["data"]))
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "session":
         cmd_session(sys.argv[2], sys.argv[3], sys.argv[4])
     elif sys.argv[1] == "external":
         cmd_external(sys.argv[2], sys.argv[3], sys.argv[4])
+    elif sys.argv[1] == "events":
+        cmd_events(sys.argv[2], sys.argv[3], sys.argv[4])
     else:
         cmd_bad(sys.argv[2], sys.argv[3])

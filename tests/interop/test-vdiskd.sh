@@ -15,6 +15,7 @@ D=$VD_TESTDIR
 "$PYTHON" "$VD_TESTS/interop/qmp_session.py" session "$VDISKD" qemu-storage-daemon "$D"
 "$PYTHON" "$VD_TESTS/interop/qmp_session.py" bad "$VDISKD" "$D"
 "$PYTHON" "$VD_TESTS/interop/qmp_session.py" external "$VDISKD" qemu-storage-daemon "$D"
+"$PYTHON" "$VD_TESTS/interop/qmp_session.py" events "$VDISKD" qemu-storage-daemon "$D"
 
 # The command line alone: nodes, server and exports, as qemu-storage-daemon takes them.
 "$QEMU_IMG" create -q -f qcow2 cl.qcow2 32M

@@ -178,9 +178,9 @@ int qcow2_l2_slice(qcow2_state *s, uint64_t gci, bool for_write, qcow2_slice **s
         } else {
             const char *ov = qcow2_metadata_overlap(s, l2, s->cluster_size);
             if (ov) {
-                return qcow2_signal_corruption(s, "Preventing invalid write on metadata "
-                                               "(L2 table at %#" PRIx64 " overlaps with %s)",
-                                               l2, ov);
+                return qcow2_signal_corruption_at(s, l2, s->cluster_size, "Preventing "
+                                                  "invalid write on metadata (L2 table at %#"
+                                                  PRIx64 " overlaps with %s)", l2, ov);
             }
         }
     } else if (l2 == 0) {

@@ -182,9 +182,10 @@ static int batch_alloc_locked(qcow2_state *s, cwrite *w, uint64_t gci, size_t n)
         if (it->clen >= 0) {
             const char *ov = qcow2_metadata_overlap(s, it->host, (uint64_t)it->clen);
             if (ov) {
-                ret = qcow2_signal_corruption(s, "Preventing invalid write on metadata "
-                                              "(compressed data at %#" PRIx64 " overlaps "
-                                              "with %s)", it->host, ov);
+                ret = qcow2_signal_corruption_at(s, it->host, (uint64_t)it->clen,
+                                                 "Preventing invalid write on metadata "
+                                                 "(compressed data at %#" PRIx64 " overlaps "
+                                                 "with %s)", it->host, ov);
                 goto fail;
             }
         }

@@ -577,8 +577,8 @@ static int write_segment(qcow2_state *s, const uint8_t *buf, uint64_t off, uint6
     if (g.kind == SEG_INPLACE) {
         const char *ov = qcow2_metadata_overlap(s, g.host + in_cl, n);
         if (ov) {
-            return qcow2_signal_corruption(s, "Preventing invalid write on metadata (overlaps "
-                                           "with %s)", ov);
+            return qcow2_signal_corruption_at(s, g.host + in_cl, n, "Preventing invalid write "
+                                              "on metadata (overlaps with %s)", ov);
         }
         qcow2_io_begin(s, &io);
         pthread_mutex_unlock(&s->lock);
@@ -610,9 +610,9 @@ static int write_segment(qcow2_state *s, const uint8_t *buf, uint64_t off, uint6
     } else {
         const char *ov = qcow2_metadata_overlap(s, g.host, cs);
         if (ov) {
-            return qcow2_signal_corruption(s, "Preventing invalid write on metadata "
-                                           "(preallocated cluster %#" PRIx64 " overlaps with "
-                                           "%s)", g.host, ov);
+            return qcow2_signal_corruption_at(s, g.host, cs, "Preventing invalid write on "
+                                              "metadata (preallocated cluster %#" PRIx64
+                                              " overlaps with %s)", g.host, ov);
         }
     }
     qcow2_alloc_rec rec;

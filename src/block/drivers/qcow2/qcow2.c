@@ -102,13 +102,11 @@ int qcow2_mark_clean_locked(qcow2_state *s)
     return 0;
 }
 
-int qcow2_signal_corruption(qcow2_state *s, const char *fmt, ...)
+static int signal_corruption(qcow2_state *s, int64_t offset, int64_t size, const char *fmt,
+                             va_list ap)
 {
     char msg[400];
-    va_list ap;
-    va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
 
     bool first = !s->broken;
     s->broken = true;
@@ -118,7 +116,7 @@ int qcow2_signal_corruption(qcow2_state *s, const char *fmt, ...)
     }
     if (first) {
         vd_event ev = {.type = "BLOCK_IMAGE_CORRUPTED", .image = s->name, .msg = msg,
-                       .fatal = s->writable};
+                       .fatal = s->writable, .offset = offset, .size = size};
         vd_engine_emit(s->node->engine, &ev);
     }
     if (s->writable) {
@@ -128,6 +126,25 @@ int qcow2_signal_corruption(qcow2_state *s, const char *fmt, ...)
         vd_set_io_error("%s: qcow2: Image is corrupt: %s", s->name, msg);
     }
     return -EIO;
+}
+
+int qcow2_signal_corruption(qcow2_state *s, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int ret = signal_corruption(s, -1, -1, fmt, ap);
+    va_end(ap);
+    return ret;
+}
+
+int qcow2_signal_corruption_at(qcow2_state *s, uint64_t offset, uint64_t size,
+                               const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int ret = signal_corruption(s, (int64_t)offset, (int64_t)size, fmt, ap);
+    va_end(ap);
+    return ret;
 }
 
 /* ---- flush and drain ----------------------------------------------------------------- */

@@ -226,6 +226,9 @@ int qcow2_mark_dirty_locked(qcow2_state *s);
  * message for the I/O error. Returns -EIO. */
 int qcow2_signal_corruption(qcow2_state *s, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* The same for a host range at fault (the event reports its offset and size). */
+int qcow2_signal_corruption_at(qcow2_state *s, uint64_t offset, uint64_t size,
+                               const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 /* Writes back all dirty metadata in dependency order, syncs, and applies frees. */
 int qcow2_flush_locked(qcow2_state *s);
 int qcow2_sync(qcow2_state *s);
