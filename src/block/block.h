@@ -247,6 +247,9 @@ bool vd_file_create_option(const char *key);
 /* Creates (or empties) the host file of a new image and applies those options (opts may
  * be NULL: the defaults). */
 int vd_file_create(const char *filename, const vd_opts *opts, vd_error **errp);
+/* True for a name another protocol driver owns (nbd URIs, json:): no file to create or
+ * remove. */
+bool vd_file_is_other_protocol(const char *filename);
 /* The path of a "file:PATH" name (QEMU's explicit file protocol), else the name itself. */
 const char *vd_strip_file_prefix(const char *filename);
 int vd_node_open_file(vd_engine *e, const char *filename, unsigned flags, vd_node **out,

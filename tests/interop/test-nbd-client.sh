@@ -309,6 +309,40 @@ same_files map-context-missing q2.err v2.err
 "$QEMU_IMG" info "nbd+unix:///?socket=$D/depth.sock" >q.info 2>&1
 same_files info-export q.info v.info
 
+# create on an export: the export is formatted in place (it cannot be created or grown), the
+# result checks clean with qemu-img and holds what vdisk wrote; preallocation that would
+# need a larger export fails with qemu-img's message, and no local file is made or removed.
+for who in vdisk qemu; do
+    "$QEMU_IMG" create -q -f raw "mk-$who.raw" 8M
+    rm -f "$D/mk-$who.sock"
+    qemu-nbd -t -f raw -k "$D/mk-$who.sock" "mk-$who.raw" >"mk-$who.log" 2>&1 &
+    servers+=($!)
+    wait_listen unix "$D/mk-$who.sock"
+done
+uv="nbd+unix:///?socket=$D/mk-vdisk.sock"
+uq="nbd+unix:///?socket=$D/mk-qemu.sock"
+"$VDISK" create -f qcow2 "$uv" 8M >v.out 2>&1
+"$QEMU_IMG" create -f qcow2 "$uq" 8M >q.out 2>&1
+sed "s|$uv|URI|" v.out >v2.out
+sed "s|$uq|URI|" q.out >q2.out
+same_files create-on-export q2.out v2.out
+"$VDISK" io -c 'write -P 0x5a 1M 64k' "$uv" >/dev/null 2>&1
+"$QEMU_IMG" check "$uv" >chk.out 2>&1 &&
+    "$QEMU_IO" -c 'read -P 0x5a 1M 64k' "$uv" >rd.out 2>&1 && ! grep -q 'fail' rd.out &&
+    [ "$("$QEMU_IMG" info --output=json "$uv" | "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["format"])')" = qcow2 ] &&
+    pass create-on-export/check ||
+    { cat rd.out >>chk.out; fail create-on-export/check "the formatted export" chk.out; }
+"$VDISK" create -f qcow2 -o preallocation=metadata "$uv" 8M >v.out 2>&1; vrc=$?
+"$QEMU_IMG" create -f qcow2 -o preallocation=metadata "$uq" 8M >q.out 2>&1; qrc=$?
+sed -e "s|$uv|URI|g" -e 's/^vdisk: /PROG: /' v.out >v2.out
+sed -e "s|$uq|URI|g" -e 's/^qemu-img: /PROG: /' q.out >q2.out
+[ $vrc -ne 0 ] && [ $qrc -ne 0 ] && grep -q "Could not resize image: Cannot grow NBD nodes" v2.out &&
+    pass create-on-export/grow-fails ||
+    { cat q2.out >>v2.out; fail create-on-export/grow-fails "exit $vrc (qemu-img $qrc)" v2.out; }
+same_files create-on-export/grow-message q2.out v2.out
+ls nbd* >/dev/null 2>&1 && fail create-on-export/no-local-file "a local file named like the URI" /dev/null ||
+    pass create-on-export/no-local-file
+
 for p in "${servers[@]}"; do
     kill "$p" 2>/dev/null
     wait "$p" 2>/dev/null

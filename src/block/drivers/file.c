@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "block/block.h"
+#include "block/drivers/nbd-uri.h"
 
 /* Buffered writes to one file serialise in the kernel (the inode lock, where waiters
  * spin); taking turns here lets them sleep instead, leaving the CPU to the rest of the
@@ -357,8 +358,36 @@ bool vd_file_create_option(const char *key)
     return !strcmp(key, "extent_size_hint") || !strcmp(key, "nocow");
 }
 
+bool vd_file_is_other_protocol(const char *filename)
+{
+    return vd_nbd_filename_prefix(filename) || !strncmp(filename, "json:", 5);
+}
+
+/* A name the file protocol does not own (nbd://..., json:...): QEMU's simple create, which
+ * opens what is already there and zeroes its first sector, so no probe sees old data. */
+static int create_on_protocol(const char *filename, vd_error **errp)
+{
+    vd_node *n = NULL;
+    int ret = vd_node_open_file(NULL, filename, VD_OPEN_RDWR, &n, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    static const uint8_t zeros[512];
+    uint64_t len = n->size < sizeof(zeros) ? n->size : sizeof(zeros);
+    ret = len ? vd_node_pwrite(n, zeros, len, 0, 0) : 0;
+    if (ret < 0) {
+        vd_error_set(errp, VD_ERR_IO, -ret, "%s: Could not write: %s", filename,
+                     strerror(-ret));
+    }
+    int cret = vd_node_close(n);
+    return ret < 0 ? ret : cret;
+}
+
 int vd_file_create(const char *filename, const vd_opts *opts, vd_error **errp)
 {
+    if (vd_file_is_other_protocol(filename)) {
+        return create_on_protocol(filename, errp);
+    }
     uint64_t hint = 1u << 20;   /* QEMU's default extent size hint */
     bool nocow = false;
     if (opts) {

@@ -472,15 +472,17 @@ static void nbdc_close_node(vd_node *n)
     client_free(c);
 }
 
-/* An NBD export has the size the server gives it (QEMU: "Cannot resize NBD nodes"). */
+/* An NBD export has the size the server gives it. A caller that only needs "at least this
+ * big" (shrink false: a format laying out a new image) is content with a larger export. */
 static int nbdc_truncate(vd_node *n, uint64_t size, bool shrink, const char *prealloc,
                         vd_error **errp)
 {
-    (void)shrink, (void)prealloc;
-    if (size == n->size) {
+    (void)prealloc;
+    if (size == n->size || (size < n->size && !shrink)) {
         return 0;
     }
-    return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP, "Cannot resize NBD nodes");
+    return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP, size > n->size
+                        ? "Cannot grow NBD nodes" : "Cannot resize NBD nodes");
 }
 
 /* The server knows nothing of host allocation (qemu-img: "disk size: unavailable"). */

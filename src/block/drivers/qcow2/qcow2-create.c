@@ -742,7 +742,9 @@ int qcow2_create(vd_engine *e, const char *filename, uint64_t size, const vd_opt
     }
     ret = vd_node_open_file(e, filename, VD_OPEN_RDWR, &file, errp);
     if (ret < 0) {
-        unlink(filename);
+        if (!vd_file_is_other_protocol(filename)) {
+            unlink(filename);
+        }
         return ret;
     }
     if (!strcmp(p.prealloc, "off")) {
@@ -757,7 +759,9 @@ int qcow2_create(vd_engine *e, const char *filename, uint64_t size, const vd_opt
     }
     if (ret < 0) {
         /* As qemu-img does, a failed create leaves no file behind. */
-        unlink(filename);
+        if (!vd_file_is_other_protocol(filename)) {
+            unlink(filename);
+        }
     }
     return ret;
 }

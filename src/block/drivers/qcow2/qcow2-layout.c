@@ -173,6 +173,10 @@ int qcow2_layout_write(vd_node *file, const qcow2_layout *l, qcow2_header *h,
     const char *file_mode = strcmp(mode, "metadata") == 0 ? "off" : mode;
     ret = vd_node_truncate(file, l->total_clusters * cs, false, file_mode, errp);
     if (ret < 0) {
+        /* The file driver names the file in its own words; other protocols (NBD) do not. */
+        if (strcmp(file->drv->name, "file")) {
+            vd_error_prepend(errp, "Could not resize image");
+        }
         goto out;
     }
     ret = vd_node_flush(file);
