@@ -15,6 +15,7 @@
 
 typedef struct vd_node vd_node;
 typedef struct vd_driver vd_driver;
+typedef struct vd_perm_claim vd_edge;
 
 /* Block status answered by one node for [off, off+len). Besides the public VD_BS_* flags a
  * format driver may set VD_BS_RECURSE: "look at the file for holes too" — qcow2 does this
@@ -209,7 +210,35 @@ struct vd_node {
     unsigned drain_waiters;
     pthread_mutex_t drain_lock;
     pthread_cond_t drained;
+    /* The engine's graph (graph.c), under the engine's graph lock. A node opened outside
+     * the registry has one owner and no uses: refcnt 1, no name, no parents. */
+    unsigned refcnt;        /* owners: the registry, parent nodes, handles */
+    char *node_name;        /* "node-name" from the options; registered nodes always */
+    bool added;             /* a root of vd_blockdev_add: the registry owns a reference */
+    bool registered;
+    vd_edge *parents;       /* the uses of this node and their permissions, newest first */
+    vd_node *graph_next;    /* the engine's registry, newest first */
 };
+
+/* One use of a node: by a parent node as its child ("file", "backing", "image"), or by a
+ * handle's user ("root"; parent NULL), with the permissions it takes and shares. */
+struct vd_perm_claim {
+    vd_node *child;
+    vd_node *parent;
+    const vd_disk *owner;   /* a handle's claim: the handle */
+    const char *role;
+    unsigned perm, shared;
+    vd_edge *next;          /* in child->parents */
+};
+
+/* graph.c, for node.c: drops one owner's reference; true when it was the last, and the
+ * node is now out of the registry with no uses (the caller closes it). */
+bool vd_graph_release(vd_node *n);
+/* For the handle code: moves the claims a handle made from its old node to n. */
+void vd_graph_move_claims(const vd_disk *d, vd_node *old, vd_node *n);
+/* The node named name in e's registry with one more reference, or -ENOENT with QEMU's
+ * "Cannot find device='' nor node-name='NAME'". */
+int vd_graph_ref(vd_engine *e, const char *name, vd_node **out, vd_error **errp);
 
 /* Opens a node graph for filename: a file node, then the format node (probed when
  * format is NULL), then its backing chain (unless VD_OPEN_NO_BACKING). */
@@ -229,9 +258,11 @@ int vd_node_open_tree_protocol(vd_engine *e, vd_tree *opts, unsigned flags, vd_n
                                vd_error **errp);
 /* A `json:{...}` filename's tree (or -EINVAL naming what is wrong). */
 int vd_json_filename(const char *filename, vd_tree **out, vd_error **errp);
-/* A child's options must be an object (a node name cannot be looked up yet); else t is
- * freed and an error names key. */
-int vd_child_options_check(vd_tree *t, const char *key, vd_error **errp);
+/* A child's options: an object of options (0), or the name of a node in e's registry
+ * (1: *ref gets it, with a reference, and t is freed); anything else frees t and fails
+ * naming key. */
+int vd_child_options_check(vd_engine *e, vd_tree *t, const char *key, vd_node **ref,
+                           vd_error **errp);
 /* For filters: opens the child under parent->options' `key` (an object of options) as a
  * node of any kind; the member is taken out of parent->options. */
 int vd_node_open_child(vd_node *parent, const char *key, vd_node **out, vd_error **errp);

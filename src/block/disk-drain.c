@@ -71,6 +71,7 @@ void vd_disks_drain_end(vd_disk **disks, size_t n)
 vd_node *vd_disk_replace_node_locked(vd_disk *d, vd_node *n)
 {
     vd_node *old = d->node;
+    vd_graph_move_claims(d, old, n);
     /* Readers take the handle's lock shared, which orders this store before their loads;
      * the release store keeps the new node's setup visible all the same. */
     __atomic_store_n(&d->node, n, __ATOMIC_RELEASE);

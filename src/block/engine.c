@@ -54,6 +54,7 @@ vd_engine *vd_engine_new_with(const vd_engine_settings *settings)
         abort();
     }
     e->zeros = z;
+    pthread_mutex_init(&e->graph_lock, NULL);
     e->pool = vd_pool_new(st->threads);
     e->codecs = vd_codec_cache_new();
     e->break_write_ordering = st->break_write_ordering;
@@ -69,6 +70,23 @@ void vd_engine_free(vd_engine *e)
     if (!e) {
         return;
     }
+    /* The registry's references go; nodes a handle still holds stay until it closes. */
+    for (;;) {
+        pthread_mutex_lock(&e->graph_lock);
+        vd_node *n = e->graph;
+        while (n && !n->added) {
+            n = n->graph_next;
+        }
+        if (n) {
+            n->added = false;
+        }
+        pthread_mutex_unlock(&e->graph_lock);
+        if (!n) {
+            break;
+        }
+        vd_node_close(n);
+    }
+    pthread_mutex_destroy(&e->graph_lock);
     munmap((void *)e->zeros, VD_ENGINE_ZEROS);
     vd_pool_free(e->pool);
     vd_codec_cache_free(e->codecs);

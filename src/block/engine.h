@@ -21,6 +21,11 @@ struct vd_engine {
     char *blkdebug_count_file;
     bool break_write_ordering;
     const uint8_t *zeros;    /* VD_ENGINE_ZEROS read-only zero bytes (anonymous pages) */
+    /* The graph of named nodes (graph.c): every change to it, to a registered node's
+     * references and to the uses of a node takes graph_lock. */
+    pthread_mutex_t graph_lock;
+    vd_node *graph;          /* registered nodes, newest first */
+    unsigned next_auto;      /* for "#blockNNN" */
 };
 
 #define VD_ENGINE_ZEROS (4u << 20)

@@ -48,6 +48,7 @@ vd_node *vd_node_alloc(vd_engine *e, const vd_driver *drv, const char *filename,
     n->request_alignment = 1;
     n->fd = -1;
     n->compress_level = VD_COMPRESSION_LEVEL_DEFAULT;
+    n->refcnt = 1;
     pthread_mutex_init(&n->rmw_lock, NULL);
     pthread_mutex_init(&n->drain_lock, NULL);
     pthread_cond_init(&n->drained, NULL);
@@ -63,6 +64,7 @@ void vd_node_release(vd_node *n)
     pthread_mutex_destroy(&n->drain_lock);
     pthread_cond_destroy(&n->drained);
     free(n->filename);
+    free(n->node_name);
     free(n->realpath);
     free(n->backing_filename);
     free(n->backing_format);
@@ -391,9 +393,16 @@ char *vd_backing_path(const char *image, const char *backing)
 static int open_backing_tree(vd_node *node, vd_tree *t, const char *name, const char *format,
                              unsigned flags, vd_error **errp)
 {
-    int ret = vd_child_options_check(t, "backing", errp);
+    vd_node *b = NULL;
+    int ret = vd_child_options_check(node->engine, t, "backing", &b, errp);
     if (ret < 0) {
+        vd_error_prepend(errp, "Could not open backing file");
         return ret;
+    }
+    if (ret > 0) {
+        b->overlay = node;
+        node->backing = b;
+        return 0;
     }
     if (name && !vd_tree_get(t, "file") && !vd_tree_get(t, "filename")) {
         char *path = vd_backing_path(node->filename, name);
@@ -403,7 +412,6 @@ static int open_backing_tree(vd_node *node, vd_tree *t, const char *name, const 
     if (format && !vd_tree_get(t, "driver")) {
         vd_tree_put(t, "driver", vd_tree_new_string(format));
     }
-    vd_node *b = NULL;
     ret = vd_node_open_tree(node->engine, t, flags, node, &b, errp);
     if (ret < 0) {
         vd_error_prepend(errp, "Could not open backing file");
@@ -474,8 +482,9 @@ int vd_node_open_backing(vd_node *node, const char *name, const char *format,
     return 0;
 }
 
-/* Closes a node; with `flush`, flushes it first. A format driver's flush covers its file
- * child, so children are closed without a second flush. */
+/* Drops one owner's reference to a node; with `flush`, flushes it first. The last
+ * reference closes it and drops its own on its children; a format driver's flush covers
+ * its file child, so children are closed without a second flush. */
 static int node_close(vd_node *n, bool flush)
 {
     if (!n) {
@@ -484,6 +493,9 @@ static int node_close(vd_node *n, bool flush)
     int ret = 0;
     if (flush) {
         ret = vd_node_flush(n);
+    }
+    if (!vd_graph_release(n)) {
+        return ret;
     }
     if (n->drv->close) {
         n->drv->close(n);

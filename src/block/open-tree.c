@@ -149,6 +149,8 @@ static int check_unknown(const vd_driver *drv, const vd_tree *t, const char *con
 
 static int open_tree(vd_engine *e, vd_tree *t, unsigned flags, vd_node *overlay,
                      bool probe, vd_node **out, vd_error **errp);
+static int open_tree_named(vd_engine *e, vd_tree *t, unsigned flags, vd_node *overlay,
+                           bool probe, vd_node **out, vd_error **errp);
 
 /* A protocol node from a filename (prefixes such as blkdebug: work as on the command
  * line) with the options given beside it (t: consumed), e.g. file.align with a
@@ -180,7 +182,12 @@ static int open_file_child(vd_engine *e, vd_tree *t, unsigned flags, vd_node **o
 {
     vd_tree *file = vd_tree_take(t, "file");
     vd_tree *fname = vd_tree_take(t, "filename");
-    int ret = file ? vd_child_options_check(file, "file", errp) : 0;
+    int ret = file ? vd_child_options_check(e, file, "file", out, errp) : 0;
+    if (ret > 0) {
+        /* A named node, shared. */
+        vd_tree_free(fname);
+        return 0;
+    }
     if (ret == 0 && fname && vd_tree_type_of(fname) != VD_TREE_STRING) {
         ret = vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Invalid parameter type for "
                            "'filename', expected: string");
@@ -202,13 +209,13 @@ static int open_file_child(vd_engine *e, vd_tree *t, unsigned flags, vd_node **o
     } else if (fname) {
         /* The filename is the file child's, whose driver is given. */
         vd_tree_put(file, "filename", vd_tree_clone(fname));
-        ret = open_tree(e, file, flags, NULL, false, out, errp);
+        ret = open_tree_named(e, file, flags, NULL, false, out, errp);
     } else if (vd_tree_size(file) == 0) {
         ret = vd_error_set(errp, VD_ERR_INVALID, EINVAL, "A block device must be specified "
                            "for \"file\"");
         vd_tree_free(file);
     } else {
-        ret = open_tree(e, file, flags, NULL, false, out, errp);
+        ret = open_tree_named(e, file, flags, NULL, false, out, errp);
     }
     vd_tree_free(fname);
     return ret;
@@ -236,6 +243,25 @@ static int merge_json_filename(vd_tree *t, vd_error **errp)
     }
     vd_tree_free(j);
     return 0;
+}
+
+/* open_tree, which also keeps the node's "node-name" on the node it opened. */
+static int open_tree_named(vd_engine *e, vd_tree *t, unsigned flags, vd_node *overlay,
+                           bool probe, vd_node **out, vd_error **errp)
+{
+    const char *given = vd_tree_string(vd_tree_get(t, "node-name"));
+    char *name = given ? strdup(given) : NULL;
+    if (given && !name) {
+        abort();
+    }
+    int ret = open_tree(e, t, flags, overlay, probe, out, errp);
+    if (ret == 0 && name) {
+        free((*out)->node_name);
+        (*out)->node_name = name;
+        name = NULL;
+    }
+    free(name);
+    return ret;
 }
 
 static int open_tree(vd_engine *e, vd_tree *t, unsigned flags, vd_node *overlay,
@@ -336,27 +362,30 @@ static int open_tree(vd_engine *e, vd_tree *t, unsigned flags, vd_node *overlay,
 int vd_node_open_tree(vd_engine *e, vd_tree *opts, unsigned flags, vd_node *overlay,
                       vd_node **out, vd_error **errp)
 {
-    return open_tree(e, opts, flags, overlay, true, out, errp);
+    return open_tree_named(e, opts, flags, overlay, true, out, errp);
 }
 
 int vd_node_open_tree_protocol(vd_engine *e, vd_tree *opts, unsigned flags, vd_node **out,
                                vd_error **errp)
 {
-    return open_tree(e, opts, flags, NULL, false, out, errp);
+    return open_tree_named(e, opts, flags, NULL, false, out, errp);
 }
 
-int vd_child_options_check(vd_tree *t, const char *key, vd_error **errp)
+int vd_child_options_check(vd_engine *e, vd_tree *t, const char *key, vd_node **ref,
+                           vd_error **errp)
 {
     int ret = 0;
     if (vd_tree_type_of(t) == VD_TREE_STRING) {
-        /* A node name: there is no graph of named nodes to look it up in yet. */
-        ret = vd_error_set(errp, VD_ERR_NOT_FOUND, ENODEV, "Cannot find device='' nor "
-                           "node-name='%s'", vd_tree_string(t));
+        /* A node name: the engine's registry has it, or nothing does. */
+        ret = vd_graph_ref(e, vd_tree_string(t), ref, errp);
+        if (ret == 0) {
+            ret = 1;
+        }
     } else if (vd_tree_type_of(t) != VD_TREE_OBJECT) {
         ret = vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Invalid parameter type for '%s', "
                            "expected: object", key);
     }
-    if (ret < 0) {
+    if (ret != 0) {
         vd_tree_free(t);
     }
     return ret;
@@ -369,7 +398,9 @@ int vd_node_open_child(vd_node *parent, const char *key, vd_node **out, vd_error
         return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "A block device must be specified "
                             "for \"%s\"", key);
     }
-    int ret = vd_child_options_check(t, key, errp);
-    return ret < 0 ? ret : open_tree(parent->engine, t, parent->open_flags, NULL, false, out,
-                                     errp);
+    int ret = vd_child_options_check(parent->engine, t, key, out, errp);
+    if (ret != 0) {
+        return ret < 0 ? ret : 0;
+    }
+    return open_tree_named(parent->engine, t, parent->open_flags, NULL, false, out, errp);
 }

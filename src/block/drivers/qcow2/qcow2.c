@@ -597,7 +597,8 @@ static int qcow2_open(vd_node *node, unsigned flags, vd_error **errp)
     node->request_alignment = 1;
     node->opaque = s;
     set_node_backing_names(s);
-    if (s->h.backing_file) {
+    /* A backing given in the options counts even when the image names none (QEMU). */
+    if (s->h.backing_file || (node->options && vd_tree_get(node->options, "backing"))) {
         ret = vd_node_open_backing(node, s->h.backing_file, s->h.backing_format, errp);
         if (ret < 0) {
             node->opaque = NULL;

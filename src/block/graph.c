@@ -1,0 +1,504 @@
+/* The engine's graph of named nodes: registration, references, the uses of each node with
+ * the permissions they take and share (QEMU's rules and messages), and the public
+ * blockdev API over it (include/vdisk/graph.h). */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "block/disk.h"
+#include "block/engine.h"
+#include "util/common.h"
+#include "vdisk/graph.h"
+
+#define CR VD_PERM_CONSISTENT_READ
+#define WR VD_PERM_WRITE
+#define WU VD_PERM_WRITE_UNCHANGED
+#define RS VD_PERM_RESIZE
+
+/* ---- permissions ------------------------------------------------------------------------ */
+
+static void perm_names(unsigned perm, char *buf, size_t len)
+{
+    static const char *const names[] = {"consistent read", "write", "write unchanged",
+                                        "resize"};
+    size_t used = 0;
+    buf[0] = '\0';
+    for (unsigned i = 0; i < 4; i++) {
+        if (perm & (1u << i)) {
+            used += (size_t)snprintf(buf + used, used < len ? len - used : 0, "%s%s",
+                                     used ? ", " : "", names[i]);
+        }
+    }
+}
+
+static void user_desc(const vd_edge *u, char *buf, size_t len)
+{
+    if (u->parent) {
+        snprintf(buf, len, "node '%s'", u->parent->node_name ? u->parent->node_name : "");
+    } else {
+        snprintf(buf, len, "an unnamed block device");
+    }
+}
+
+/* Every use of a node must share what each other use takes. The pairs are tried in QEMU's
+ * order (newest use first), so a refusal names the pair QEMU's would. */
+static int check_uses(const vd_node *n, vd_error **errp)
+{
+    for (const vd_edge *a = n->parents; a; a = a->next) {
+        for (const vd_edge *b = n->parents; b; b = b->next) {
+            unsigned missing = b->perm & ~a->shared;
+            if (a == b || !missing) {
+                continue;
+            }
+            char perms[64], ua[64], ub[64];
+            const char *name = n->node_name ? n->node_name : "";
+            perm_names(missing, perms, sizeof(perms));
+            user_desc(a, ua, sizeof(ua));
+            user_desc(b, ub, sizeof(ub));
+            return vd_error_set(errp, VD_ERR_GENERIC, EPERM, "Permission conflict on node "
+                                "'%s': permissions '%s' are both required by %s (uses node "
+                                "'%s' as '%s' child) and unshared by %s (uses node '%s' as "
+                                "'%s' child).", name, perms, ub, name, b->role, ua, name,
+                                a->role);
+        }
+    }
+    return 0;
+}
+
+/* What a node's users take and share, all together. */
+static void cumulative(const vd_node *n, unsigned *perm, unsigned *shared)
+{
+    *perm = 0;
+    *shared = VD_PERM_ALL;
+    for (const vd_edge *u = n->parents; u; u = u->next) {
+        *perm |= u->perm;
+        *shared &= u->shared;
+    }
+}
+
+/* What a parent takes on one child, from what its own users take (QEMU's defaults): a
+ * backing file is only read, and others may change it only if the parent's users let
+ * others write; a format's file holds metadata, which a writable format writes and
+ * resizes whoever its users are, and lets no one else write or resize; a filter or raw
+ * passes its users' permissions through. */
+static void child_perms(const vd_node *parent, const char *role, unsigned *perm,
+                        unsigned *shared)
+{
+    unsigned p, s;
+    cumulative(parent, &p, &s);
+    if (!strcmp(role, "backing")) {
+        p &= CR;
+        s = ((s & WR) ? WR | RS : 0) | CR | WU;
+    } else if (parent->drv->is_format && strcmp(parent->drv->name, "raw")) {
+        p |= CR | ((parent->open_flags & VD_OPEN_RDWR) ? WR | RS : 0);
+        s &= ~(WR | RS);
+        if (p & WU) {
+            p |= WR;
+        }
+        if (p & WR) {
+            p |= RS;
+        }
+    }
+    *perm = p;
+    *shared = s;
+}
+
+static const char *file_role(const vd_node *n)
+{
+    return strcmp(n->drv->name, "blkdebug") ? "file" : "image";
+}
+
+static vd_edge *edge_of(const vd_node *child, const vd_node *parent)
+{
+    for (vd_edge *u = child ? child->parents : NULL; u; u = u->next) {
+        if (u->parent == parent) {
+            return u;
+        }
+    }
+    return NULL;
+}
+
+/* Recomputes what n takes on its children and checks their uses, down the graph. With a
+ * NULL errp it only recomputes (after a use went away: nothing can conflict more). */
+static int refresh(vd_node *n, vd_error **errp)
+{
+    vd_node *kids[2] = {n->file, n->backing};
+    int first = 0;
+    for (int i = 0; i < 2; i++) {
+        vd_edge *u = edge_of(kids[i], n);
+        if (!u) {
+            continue;
+        }
+        child_perms(n, u->role, &u->perm, &u->shared);
+        int ret = check_uses(kids[i], errp);
+        if (ret == 0) {
+            ret = refresh(kids[i], errp);
+        }
+        if (ret < 0 && errp) {
+            return ret;
+        }
+        first = first ? first : ret;
+    }
+    return first;
+}
+
+static void edge_unlink(vd_node *child, vd_edge *u)
+{
+    for (vd_edge **p = &child->parents; *p; p = &(*p)->next) {
+        if (*p == u) {
+            *p = u->next;
+            return;
+        }
+    }
+}
+
+/* ---- the registry -------------------------------------------------------------------------- */
+
+static vd_node *find_locked(vd_engine *e, const char *name)
+{
+    for (vd_node *n = e->graph; n && name; n = n->graph_next) {
+        if (!strcmp(n->node_name, name)) {
+            return n;
+        }
+    }
+    return NULL;
+}
+
+static void unregister_locked(vd_node *n)
+{
+    vd_engine *e = n->engine;
+    for (vd_node **p = &e->graph; *p; p = &(*p)->graph_next) {
+        if (*p == n) {
+            *p = n->graph_next;
+            break;
+        }
+    }
+    n->registered = false;
+}
+
+bool vd_graph_release(vd_node *n)
+{
+    vd_engine *e = n->engine;
+    if (!e) {
+        return --n->refcnt == 0;
+    }
+    pthread_mutex_lock(&e->graph_lock);
+    bool last = --n->refcnt == 0;
+    if (last) {
+        /* Its uses of its children go with it; they may now allow more. */
+        vd_node *kids[2] = {n->file, n->backing};
+        for (int i = 0; i < 2; i++) {
+            vd_edge *u = edge_of(kids[i], n);
+            if (u) {
+                edge_unlink(kids[i], u);
+                free(u);
+                refresh(kids[i], NULL);
+            }
+        }
+        if (n->registered) {
+            unregister_locked(n);
+        }
+    }
+    pthread_mutex_unlock(&e->graph_lock);
+    return last;
+}
+
+int vd_graph_ref(vd_engine *e, const char *name, vd_node **out, vd_error **errp)
+{
+    vd_node *n = NULL;
+    if (e) {
+        pthread_mutex_lock(&e->graph_lock);
+        n = find_locked(e, name);
+        if (n) {
+            n->refcnt++;
+        }
+        pthread_mutex_unlock(&e->graph_lock);
+    }
+    if (!n) {
+        return vd_error_set(errp, VD_ERR_NOT_FOUND, ENOENT, "Cannot find device='' nor "
+                            "node-name='%s'", name);
+    }
+    *out = n;
+    return 0;
+}
+
+/* Names and links the nodes of a graph just opened, children first (QEMU names them in
+ * that order), down to the registered nodes it shares, which gain a use. */
+static int register_new(vd_engine *e, vd_node *n, vd_error **errp)
+{
+    if (n->registered) {
+        return 0;
+    }
+    vd_node *kids[2] = {n->file, n->backing};
+    const char *roles[2] = {file_role(n), "backing"};
+    for (int i = 0; i < 2; i++) {
+        if (!kids[i]) {
+            continue;
+        }
+        int ret = register_new(e, kids[i], errp);
+        if (ret < 0) {
+            return ret;
+        }
+        vd_edge *u = calloc(1, sizeof(*u));
+        if (!u) {
+            abort();
+        }
+        u->child = kids[i];
+        u->parent = n;
+        u->role = roles[i];
+        u->shared = VD_PERM_ALL;
+        u->next = kids[i]->parents;
+        kids[i]->parents = u;
+    }
+    if (!n->node_name) {
+        char name[32];
+        snprintf(name, sizeof(name), "#block%03u", e->next_auto++);
+        n->node_name = vd_xstrdup(name);
+    } else if (find_locked(e, n->node_name)) {
+        return vd_error_set(errp, VD_ERR_INVALID, EEXIST, "Duplicate nodes with "
+                            "node-name='%s'", n->node_name);
+    }
+    n->registered = true;
+    n->graph_next = e->graph;
+    e->graph = n;
+    return 0;
+}
+
+int vd_blockdev_add(vd_engine *e, vd_tree *opts, unsigned flags, vd_error **errp)
+{
+    const char *name = vd_tree_string(vd_tree_get(opts, "node-name"));
+    if (!name) {
+        vd_tree_free(opts);
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "'node-name' must be specified "
+                            "for the root node");
+    }
+    if (vd_blockdev_exists(e, name)) {
+        int ret = vd_error_set(errp, VD_ERR_INVALID, EEXIST, "Duplicate nodes with "
+                               "node-name='%s'", name);
+        vd_tree_free(opts);
+        return ret;
+    }
+    vd_node *n = NULL;
+    int ret = vd_node_open_tree(e, opts, flags, NULL, &n, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    pthread_mutex_lock(&e->graph_lock);
+    ret = register_new(e, n, errp);
+    if (ret == 0) {
+        ret = refresh(n, errp);
+    }
+    if (ret == 0) {
+        n->added = true;
+    }
+    pthread_mutex_unlock(&e->graph_lock);
+    if (ret < 0) {
+        vd_node_close(n);
+    }
+    return ret;
+}
+
+bool vd_blockdev_exists(vd_engine *e, const char *node_name)
+{
+    pthread_mutex_lock(&e->graph_lock);
+    bool found = find_locked(e, node_name) != NULL;
+    pthread_mutex_unlock(&e->graph_lock);
+    return found;
+}
+
+/* Why a node cannot go, in QEMU's words and order, or 0. */
+static int del_refusal(vd_node *n, const char *name, vd_error **errp)
+{
+    for (const vd_edge *u = n->parents; u; u = u->next) {
+        if (!u->parent) {
+            return vd_error_set(errp, VD_ERR_BUSY, EBUSY, "Node %s is in use", name);
+        }
+    }
+    for (const vd_edge *u = n->parents; u; u = u->next) {
+        if (!strcmp(u->role, "backing")) {
+            return vd_error_set(errp, VD_ERR_BUSY, EBUSY, "Node '%s' is busy: node is used "
+                                "as backing hd of '%s'", name, u->parent->node_name);
+        }
+    }
+    if (!n->added) {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Node %s is not owned by the "
+                            "monitor", name);
+    }
+    if (n->refcnt > 1) {
+        return vd_error_set(errp, VD_ERR_BUSY, EBUSY, "Block device %s is in use", name);
+    }
+    return 0;
+}
+
+int vd_blockdev_del(vd_engine *e, const char *node_name, vd_error **errp)
+{
+    pthread_mutex_lock(&e->graph_lock);
+    vd_node *n = find_locked(e, node_name);
+    int ret = n ? del_refusal(n, node_name, errp)
+                : vd_error_set(errp, VD_ERR_NOT_FOUND, ENOENT, "Failed to find node with "
+                               "node-name='%s'", node_name);
+    if (ret == 0) {
+        n->added = false;
+    }
+    pthread_mutex_unlock(&e->graph_lock);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = vd_node_close(n);
+    if (ret < 0) {
+        return vd_error_set(errp, VD_ERR_IO, -ret, "Could not flush '%s': %s", node_name,
+                            strerror(-ret));
+    }
+    return 0;
+}
+
+int vd_blockdev_open(vd_engine *e, const char *node_name, vd_disk **out, vd_error **errp)
+{
+    vd_node *n = NULL;
+    int ret = vd_graph_ref(e, node_name, &n, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    *out = vd_disk_new(e, n, true);
+    return 0;
+}
+
+const char *vd_disk_node_name(const vd_disk *d)
+{
+    vd_disk_enter(d);
+    const char *name = d->node->registered ? d->node->node_name : NULL;
+    vd_disk_leave(d);
+    return name;
+}
+
+/* ---- claims of handles -------------------------------------------------------------------- */
+
+int vd_disk_claim(vd_disk *d, unsigned perm, unsigned shared, vd_perm_claim **out,
+                  vd_error **errp)
+{
+    vd_engine *e = d->engine;
+    vd_edge *u = calloc(1, sizeof(*u));
+    if (!u) {
+        abort();
+    }
+    vd_disk_enter(d);
+    pthread_mutex_lock(&e->graph_lock);
+    vd_node *n = d->node;
+    u->child = n;
+    u->owner = d;
+    u->role = "root";
+    u->perm = perm & VD_PERM_ALL;
+    /* As a QEMU user attaches sharing everything and then narrows what it shares, the
+     * two steps are checked in that order. */
+    u->shared = VD_PERM_ALL;
+    u->next = n->parents;
+    n->parents = u;
+    int ret = check_uses(n, errp);
+    if (ret == 0) {
+        ret = refresh(n, errp);
+    }
+    if (ret == 0 && (shared & VD_PERM_ALL) != VD_PERM_ALL) {
+        u->shared = shared & VD_PERM_ALL;
+        ret = check_uses(n, errp);
+        if (ret == 0) {
+            ret = refresh(n, errp);
+        }
+    }
+    if (ret < 0) {
+        edge_unlink(n, u);
+        free(u);
+        refresh(n, NULL);
+    }
+    pthread_mutex_unlock(&e->graph_lock);
+    vd_disk_leave(d);
+    if (ret == 0) {
+        *out = u;
+    }
+    return ret;
+}
+
+void vd_disk_unclaim(vd_disk *d, vd_perm_claim *c)
+{
+    if (!c) {
+        return;
+    }
+    vd_engine *e = d->engine;
+    pthread_mutex_lock(&e->graph_lock);
+    vd_node *n = c->child;
+    edge_unlink(n, c);
+    free(c);
+    refresh(n, NULL);
+    pthread_mutex_unlock(&e->graph_lock);
+}
+
+void vd_graph_move_claims(const vd_disk *d, vd_node *old, vd_node *n)
+{
+    vd_engine *e = d->engine;
+    if (!e || old == n) {
+        return;
+    }
+    pthread_mutex_lock(&e->graph_lock);
+    for (vd_edge **p = &old->parents; *p;) {
+        vd_edge *u = *p;
+        if (u->owner != d) {
+            p = &u->next;
+            continue;
+        }
+        *p = u->next;
+        u->child = n;
+        u->next = n->parents;
+        n->parents = u;
+    }
+    refresh(old, NULL);
+    refresh(n, NULL);
+    pthread_mutex_unlock(&e->graph_lock);
+}
+
+/* ---- listing ------------------------------------------------------------------------------- */
+
+static char *name_or_null(const vd_node *n)
+{
+    return n && n->registered ? vd_xstrdup(n->node_name) : NULL;
+}
+
+int vd_blockdev_list(vd_engine *e, vd_blockdev_info **out, size_t *nb)
+{
+    pthread_mutex_lock(&e->graph_lock);
+    size_t count = 0;
+    for (vd_node *n = e->graph; n; n = n->graph_next) {
+        count++;
+    }
+    vd_blockdev_info *list = calloc(count ? count : 1, sizeof(*list));
+    if (!list) {
+        abort();
+    }
+    size_t i = 0;
+    for (vd_node *n = e->graph; n; n = n->graph_next, i++) {
+        list[i].node_name = vd_xstrdup(n->node_name);
+        list[i].driver = vd_xstrdup(n->drv->name);
+        list[i].filename = vd_xstrdup(n->filename);
+        list[i].read_only = !(n->open_flags & VD_OPEN_RDWR);
+        list[i].direct = (n->open_flags & VD_OPEN_NOCACHE) != 0;
+        list[i].no_flush = (n->open_flags & VD_OPEN_NO_FLUSH) != 0;
+        list[i].added = n->added;
+        list[i].file_child = name_or_null(n->file);
+        list[i].backing_child = name_or_null(n->backing);
+    }
+    pthread_mutex_unlock(&e->graph_lock);
+    *out = list;
+    *nb = count;
+    return 0;
+}
+
+void vd_blockdev_list_free(vd_blockdev_info *list, size_t nb)
+{
+    for (size_t i = 0; i < nb; i++) {
+        free(list[i].node_name);
+        free(list[i].driver);
+        free(list[i].filename);
+        free(list[i].file_child);
+        free(list[i].backing_child);
+    }
+    free(list);
+}
