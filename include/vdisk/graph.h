@@ -34,7 +34,8 @@ int vd_blockdev_del(vd_engine *e, const char *node_name, vd_error **errp);
 bool vd_blockdev_exists(vd_engine *e, const char *node_name);
 
 /* A handle on a named node; it keeps the node open until vd_close. It claims nothing
- * until vd_disk_claim. "Cannot find device='' nor node-name='NAME'" if there is none. */
+ * until vd_disk_claim. "Cannot find device='NAME' nor node-name='NAME'" if there is
+ * none. */
 int vd_blockdev_open(vd_engine *e, const char *node_name, vd_disk **out, vd_error **errp);
 
 /* The name of the node a handle reads and writes (it changes with an external snapshot),

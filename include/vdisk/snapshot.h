@@ -93,6 +93,11 @@ typedef struct vd_action {
     int64_t icount;
     const char *overlay;     /* external: the new overlay file */
     const char *overlay_format; /* external: NULL = "qcow2" */
+    /* external, on a handle from vd_blockdev_open: a node of the engine's registry to put
+     * on top instead of a file (QMP blockdev-snapshot; it must have no backing and no
+     * users), or the name the new overlay gets there (NULL: "#blockNNN"). */
+    const char *overlay_node;
+    const char *overlay_node_name;
     bool overlay_exists;     /* external: the overlay file exists already (QMP
                               * blockdev-snapshot): it is opened, not created, and kept
                               * on abort; its stored backing name is left as it is */

@@ -176,6 +176,8 @@ enum {
 uint64_t vd_disk_size(const vd_disk *d);
 const char *vd_disk_filename(const vd_disk *d);
 const char *vd_disk_format(const vd_disk *d);
+/* Whether the handle's top node was opened (or has turned) read-only. */
+bool vd_disk_read_only(const vd_disk *d);
 int vd_pread(vd_disk *d, void *buf, uint64_t len, uint64_t off);
 int vd_pwrite(vd_disk *d, const void *buf, uint64_t len, uint64_t off, unsigned flags);
 int vd_pwrite_zeroes(vd_disk *d, uint64_t off, uint64_t len, unsigned flags);

@@ -236,8 +236,15 @@ struct vd_perm_claim {
 bool vd_graph_release(vd_node *n);
 /* For the handle code: moves the claims a handle made from its old node to n. */
 void vd_graph_move_claims(const vd_disk *d, vd_node *old, vd_node *n);
+/* For external snapshots of a registered node: does a handle claim n (QEMU: "in use")?
+ * link_overlay registers a new overlay (under name, or "#blockNNN") or links a registered
+ * one to the backing it was just given; unlink_backing undoes the link before an abort
+ * takes the backing away. */
+bool vd_graph_has_claims(vd_node *n);
+void vd_graph_link_overlay(vd_node *overlay, const char *name);
+void vd_graph_unlink_backing(vd_node *overlay);
 /* The node named name in e's registry with one more reference, or -ENOENT with QEMU's
- * "Cannot find device='' nor node-name='NAME'". */
+ * "Cannot find device='NAME' nor node-name='NAME'". */
 int vd_graph_ref(vd_engine *e, const char *name, vd_node **out, vd_error **errp);
 
 /* Opens a node graph for filename: a file node, then the format node (probed when

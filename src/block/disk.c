@@ -99,6 +99,14 @@ const char *vd_disk_format(const vd_disk *d)
     return name;
 }
 
+bool vd_disk_read_only(const vd_disk *d)
+{
+    vd_disk_enter(d);
+    bool ro = !(d->node->open_flags & VD_OPEN_RDWR);
+    vd_disk_leave(d);
+    return ro;
+}
+
 const char *vd_disk_last_error(vd_disk *d)
 {
     (void)d;

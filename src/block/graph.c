@@ -63,6 +63,11 @@ static int check_uses(const vd_node *n, vd_error **errp)
                                 a->role);
         }
     }
+    for (const vd_edge *u = n->parents; u; u = u->next) {
+        if ((u->perm & (WR | WU)) && !(n->open_flags & VD_OPEN_RDWR)) {
+            return vd_error_set(errp, VD_ERR_GENERIC, EACCES, "Block node is read-only");
+        }
+    }
     return 0;
 }
 
@@ -216,11 +221,25 @@ int vd_graph_ref(vd_engine *e, const char *name, vd_node **out, vd_error **errp)
         pthread_mutex_unlock(&e->graph_lock);
     }
     if (!n) {
-        return vd_error_set(errp, VD_ERR_NOT_FOUND, ENOENT, "Cannot find device='' nor "
-                            "node-name='%s'", name);
+        return vd_error_set(errp, VD_ERR_NOT_FOUND, ENOENT, "Cannot find device='%s' nor "
+                            "node-name='%s'", name, name);
     }
     *out = n;
     return 0;
+}
+
+static void add_edge(vd_node *child, vd_node *parent, const char *role)
+{
+    vd_edge *u = calloc(1, sizeof(*u));
+    if (!u) {
+        abort();
+    }
+    u->child = child;
+    u->parent = parent;
+    u->role = role;
+    u->shared = VD_PERM_ALL;
+    u->next = child->parents;
+    child->parents = u;
 }
 
 /* Names and links the nodes of a graph just opened, children first (QEMU names them in
@@ -240,16 +259,7 @@ static int register_new(vd_engine *e, vd_node *n, vd_error **errp)
         if (ret < 0) {
             return ret;
         }
-        vd_edge *u = calloc(1, sizeof(*u));
-        if (!u) {
-            abort();
-        }
-        u->child = kids[i];
-        u->parent = n;
-        u->role = roles[i];
-        u->shared = VD_PERM_ALL;
-        u->next = kids[i]->parents;
-        kids[i]->parents = u;
+        add_edge(kids[i], n, roles[i]);
     }
     if (!n->node_name) {
         char name[32];
@@ -455,6 +465,121 @@ void vd_graph_move_claims(const vd_disk *d, vd_node *old, vd_node *n)
     pthread_mutex_unlock(&e->graph_lock);
 }
 
+/* ---- external snapshots -------------------------------------------------------------- */
+
+bool vd_graph_has_claims(vd_node *n)
+{
+    if (!n->engine) {
+        return false;
+    }
+    pthread_mutex_lock(&n->engine->graph_lock);
+    bool found = false;
+    for (const vd_edge *u = n->parents; u && !found; u = u->next) {
+        found = u->parent == NULL;
+    }
+    pthread_mutex_unlock(&n->engine->graph_lock);
+    return found;
+}
+
+void vd_graph_link_overlay(vd_node *overlay, const char *name)
+{
+    vd_engine *e = overlay->engine;
+    pthread_mutex_lock(&e->graph_lock);
+    if (!overlay->registered) {
+        if (name && !overlay->node_name) {
+            overlay->node_name = vd_xstrdup(name);
+        }
+        register_new(e, overlay, NULL);
+    } else {
+        add_edge(overlay->backing, overlay, "backing");
+    }
+    refresh(overlay, NULL);
+    pthread_mutex_unlock(&e->graph_lock);
+}
+
+void vd_graph_unlink_backing(vd_node *overlay)
+{
+    vd_engine *e = overlay->engine;
+    if (!e || !overlay->backing) {
+        return;
+    }
+    pthread_mutex_lock(&e->graph_lock);
+    vd_edge *u = edge_of(overlay->backing, overlay);
+    if (u) {
+        edge_unlink(overlay->backing, u);
+        free(u);
+        refresh(overlay->backing, NULL);
+    }
+    pthread_mutex_unlock(&e->graph_lock);
+}
+
+/* ---- names -------------------------------------------------------------------------------- */
+
+/* QEMU's test: is a format node's backing other than the one its image names (or none
+ * where it names one)? */
+static bool backing_overridden(const vd_node *n)
+{
+    if (!n->drv->is_format) {
+        return false;
+    }
+    if (!n->backing) {
+        return n->backing_filename && n->backing_filename[0];
+    }
+    if (!n->backing_filename) {
+        return true;
+    }
+    char *path = vd_backing_path(n->filename, n->backing_filename);
+    bool same = !strcmp(path, n->backing->filename);
+    free(path);
+    return !same;
+}
+
+static bool needs_json(const vd_node *n)
+{
+    for (; n; n = n->file) {
+        if (backing_overridden(n)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* The options that say what a graph is (QEMU's json: filenames): driver, file, and a
+ * backing where it is not the image's own; keys in QEMU's (alphabetical) order. */
+static vd_tree *graph_tree(const vd_node *n)
+{
+    vd_tree *t = vd_tree_new(VD_TREE_OBJECT);
+    if (backing_overridden(n)) {
+        vd_tree_put(t, "backing", n->backing ? graph_tree(n->backing)
+                                             : vd_tree_new(VD_TREE_NULL));
+    }
+    vd_tree_put(t, "driver", vd_tree_new_string(n->drv->name));
+    if (n->file) {
+        vd_tree_put(t, "file", graph_tree(n->file));
+    } else {
+        vd_tree_put(t, "filename", vd_tree_new_string(n->filename));
+    }
+    return t;
+}
+
+/* The name a node shows: its file's, or json:{...} when its graph is not what the image
+ * files say. */
+static char *display_name(const vd_node *n)
+{
+    if (!needs_json(n)) {
+        return vd_xstrdup(n->filename);
+    }
+    vd_tree *t = graph_tree(n);
+    char *json = vd_tree_to_json(t);
+    vd_tree_free(t);
+    char *name = NULL;
+    if (!json || asprintf(&name, "json:%s", json) < 0) {
+        abort();
+    }
+    free(json);
+    return name;
+}
+
 /* ---- listing ------------------------------------------------------------------------------- */
 
 static char *name_or_null(const vd_node *n)
@@ -477,7 +602,7 @@ int vd_blockdev_list(vd_engine *e, vd_blockdev_info **out, size_t *nb)
     for (vd_node *n = e->graph; n; n = n->graph_next, i++) {
         list[i].node_name = vd_xstrdup(n->node_name);
         list[i].driver = vd_xstrdup(n->drv->name);
-        list[i].filename = vd_xstrdup(n->filename);
+        list[i].filename = display_name(n);
         list[i].read_only = !(n->open_flags & VD_OPEN_RDWR);
         list[i].direct = (n->open_flags & VD_OPEN_NOCACHE) != 0;
         list[i].no_flush = (n->open_flags & VD_OPEN_NO_FLUSH) != 0;

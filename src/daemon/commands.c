@@ -24,23 +24,17 @@ static int64_t opt_int(json_object *o, const char *key, int64_t def)
     return json_object_get_int64(v);
 }
 
-/* The node a "device" / "node-name" pair names (vdiskd has no devices: both name nodes). */
-static int find_disk(const char *device, const char *node_name, dnode **out,
+/* The node a "device" / "node-name" pair names (vdiskd has no devices: both name nodes),
+ * through the daemon's handle on it. */
+static int find_disk(const char *device, const char *node_name, dhandle **out,
                      vd_error **errp)
 {
     const char *name = node_name ? node_name : device;
-    dnode *n = name ? node_find(name) : NULL;
-    if (!n) {
+    if (!name || !vd_blockdev_exists(vdiskd.engine, name)) {
         return vd_error_set(errp, VD_ERR_NOT_FOUND, ENOENT, "Cannot find device='%s' nor "
                             "node-name='%s'", device ? device : "", name ? name : "");
     }
-    vd_disk *d;
-    int ret = node_disk(n, &d, errp);
-    if (ret < 0) {
-        return ret;
-    }
-    *out = n;
-    return 0;
+    return node_handle(name, out, errp);
 }
 
 /* ---- general ------------------------------------------------------------------------------ */
@@ -120,10 +114,14 @@ static int cmd_query_named_block_nodes(qmp_session *qs, json_object *args, json_
     (void)qs;
     (void)args;
     (void)errp;
+    vd_blockdev_info *list = NULL;
+    size_t nb = 0;
+    vd_blockdev_list(vdiskd.engine, &list, &nb);
     *ret = json_object_new_array();
-    for (dnode *n = vdiskd.nodes; n; n = n->next) {
-        json_object_array_add(*ret, node_info(n));
+    for (size_t i = 0; i < nb; i++) {
+        json_object_array_add(*ret, node_info(&list[i]));
     }
+    vd_blockdev_list_free(list, nb);
     return 0;
 }
 
@@ -170,13 +168,28 @@ static json_object *stats_json(vd_disk *d)
     return s;
 }
 
-/* One node's entry; file nodes carry the file driver's own counters, as QEMU's do. */
-static json_object *node_stats(dnode *n)
+static const vd_blockdev_info *info_of(const vd_blockdev_info *list, size_t nb,
+                                      const char *name)
+{
+    for (size_t i = 0; i < nb && name; i++) {
+        if (!strcmp(list[i].node_name, name)) {
+            return &list[i];
+        }
+    }
+    return NULL;
+}
+
+/* One node's entry: the counters of the daemon's handle on it (exports count there);
+ * protocol nodes carry the file driver's own counters, as QEMU's do. */
+static json_object *node_stats(const vd_blockdev_info *list, size_t nb,
+                               const vd_blockdev_info *n)
 {
     json_object *o = json_object_new_object();
-    json_object_object_add(o, "stats", stats_json(n->file ? n->disk : NULL));
-    json_object_object_add(o, "node-name", json_object_new_string(n->name));
-    if (!n->file) {
+    dhandle *h = handle_of(n->node_name);
+    json_object_object_add(o, "stats", stats_json(h ? h->disk : NULL));
+    json_object_object_add(o, "node-name", json_object_new_string(n->node_name));
+    const vd_blockdev_info *file = info_of(list, nb, n->file_child);
+    if (!file) {
         json_object *ds = json_object_new_object();
         json_object_object_add(ds, "driver", json_object_new_string("file"));
         json_object_object_add(ds, "discard-nb-ok", json_object_new_int(0));
@@ -184,7 +197,7 @@ static json_object *node_stats(dnode *n)
         json_object_object_add(ds, "discard-bytes-ok", json_object_new_int(0));
         json_object_object_add(o, "driver-specific", ds);
     } else {
-        json_object_object_add(o, "parent", node_stats(n->file));
+        json_object_object_add(o, "parent", node_stats(list, nb, file));
     }
     return o;
 }
@@ -199,10 +212,14 @@ static int cmd_query_blockstats(qmp_session *qs, json_object *args, json_object 
     if (r < 0) {
         return r;
     }
+    vd_blockdev_info *list = NULL;
+    size_t nb = 0;
+    vd_blockdev_list(vdiskd.engine, &list, &nb);
     *ret = json_object_new_array();
-    for (dnode *n = vdiskd.nodes; n && nodes; n = n->next) {
-        json_object_array_add(*ret, node_stats(n));
+    for (size_t i = 0; i < nb && nodes; i++) {
+        json_object_array_add(*ret, node_stats(list, nb, &list[i]));
     }
+    vd_blockdev_list_free(list, nb);
     return 0;
 }
 
@@ -211,26 +228,27 @@ static int cmd_block_resize(qmp_session *qs, json_object *args, json_object **re
 {
     (void)qs;
     (void)ret;
-    dnode *n;
-    int r = find_disk(opt_str(args, "device"), opt_str(args, "node-name"), &n, errp);
+    dhandle *h;
+    int r = find_disk(opt_str(args, "device"), opt_str(args, "node-name"), &h, errp);
     if (r < 0) {
         return r;
     }
-    if (n->file && n->users) {
-        /* An export's block backend does not share resizing in QEMU; clients cached the
-         * size. Same refusal, same words. */
-        return vd_error_set(errp, VD_ERR_BUSY, EBUSY, "Permission conflict on node '%s': "
-                            "permissions 'resize' are both required by an unnamed block "
-                            "device (uses node '%s' as 'root' child) and unshared by an "
-                            "unnamed block device (uses node '%s' as 'root' child).",
-                            n->name, n->name, n->name);
+    /* As QEMU's block_resize, a user that resizes and shares everything: an export, whose
+     * clients cached the size, does not share resizing. */
+    vd_perm_claim *c = NULL;
+    r = vd_disk_claim(h->disk, VD_PERM_RESIZE, VD_PERM_ALL, &c, errp);
+    if (r < 0) {
+        return r;
     }
     int64_t size = opt_int(args, "size", -1);
     if (size < 0) {
-        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Parameter 'size' expects a "
-                            "value >= 0");
+        r = vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Parameter 'size' expects a value "
+                         ">= 0");
+    } else {
+        r = vd_truncate(h->disk, (uint64_t)size, true, "off", errp);
     }
-    return vd_truncate(n->disk, (uint64_t)size, true, "off", errp);
+    vd_disk_unclaim(h->disk, c);
+    return r;
 }
 
 /* ---- NBD ------------------------------------------------------------------------------------- */
@@ -318,7 +336,8 @@ static void export_deleted(dexport *e)
         json_object_object_add(data, "id", json_object_new_string(e->id));
         qmp_event(vdiskd.qmp, "BLOCK_EXPORT_DELETED", data);
     }
-    e->node->users--;
+    vd_disk_unclaim(e->h->disk, e->claim);
+    e->h->users--;
     free(e->id);
     free(e->name);
     free(e);
@@ -373,33 +392,44 @@ int export_add(json_object *args, vd_error **errp)
         return vd_error_set(errp, VD_ERR_INVALID, EEXIST, "Block export id '%s' is already "
                             "in use", id);
     }
-    dnode *n;
-    int ret = find_disk(NULL, node_name, &n, errp);
-    if (ret < 0) {
-        return ret;
-    }
     bool writable = false;
-    ret = opt_bool(args, "writable", false, &writable, errp);
+    int ret = opt_bool(args, "writable", false, &writable, errp);
     if (ret < 0) {
         return ret;
     }
-    if (writable && n->read_only) {
-        return vd_error_set(errp, VD_ERR_INVALID, EACCES, "Block node is read-only");
+    dhandle *h;
+    ret = find_disk(NULL, node_name, &h, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    if (writable && vd_disk_read_only(h->disk)) {
+        return vd_error_set(errp, VD_ERR_INVALID, EACCES, "Cannot export read-only node as "
+                            "writable");
+    }
+    /* QEMU's export: it reads consistently, writes if writable, and lets no one resize
+     * the node under its clients. */
+    vd_perm_claim *claim = NULL;
+    ret = vd_disk_claim(h->disk, VD_PERM_CONSISTENT_READ | (writable ? VD_PERM_WRITE : 0),
+                        VD_PERM_ALL & ~VD_PERM_RESIZE, &claim, errp);
+    if (ret < 0) {
+        return ret;
     }
     const char *name = opt_str(args, "name");
     vd_nbd_export_opts o = {.name = name ? name : node_name,
                             .description = opt_str(args, "description"),
-                            .disk = n->disk, .writable = writable};
+                            .disk = h->disk, .writable = writable};
     ret = vd_nbd_export_add(vdiskd.nbd, &o, errp);
     if (ret < 0) {
+        vd_disk_unclaim(h->disk, claim);
         return ret;
     }
     dexport *e = calloc(1, sizeof(*e));
     if (!e || !(e->id = strdup(id)) || !(e->name = strdup(o.name))) {
         abort();
     }
-    e->node = n;
-    n->users++;
+    e->h = h;
+    e->claim = claim;
+    h->users++;
     /* Newest first, as qemu-storage-daemon lists them. */
     e->next = vdiskd.exports;
     vdiskd.exports = e;
@@ -452,7 +482,8 @@ static int cmd_query_block_exports(qmp_session *qs, json_object *args, json_obje
     *ret = json_object_new_array();
     for (dexport *e = vdiskd.exports; e; e = e->next) {
         json_object *o = json_object_new_object();
-        json_object_object_add(o, "node-name", json_object_new_string(e->node->name));
+        const char *node = vd_disk_node_name(e->h->disk);
+        json_object_object_add(o, "node-name", json_object_new_string(node ? node : ""));
         json_object_object_add(o, "shutting-down", json_object_new_boolean(false));
         json_object_object_add(o, "type", json_object_new_string("nbd"));
         json_object_object_add(o, "id", json_object_new_string(e->id));
@@ -470,7 +501,8 @@ void daemon_stop_all(void)
     while (vdiskd.exports) {
         dexport *e = vdiskd.exports;
         vdiskd.exports = e->next;
-        e->node->users--;
+        vd_disk_unclaim(e->h->disk, e->claim);
+        e->h->users--;
         free(e->id);
         free(e->name);
         free(e);
@@ -487,11 +519,50 @@ void daemon_stop_all(void)
 
 /* ---- snapshots -------------------------------------------------------------------------------- */
 
+/* QEMU's refusal to put an overlay on a node that is another node's backing file. */
+static int busy_as_backing(const char *name, vd_error **errp)
+{
+    vd_blockdev_info *list = NULL;
+    size_t nb = 0;
+    int ret = 0;
+    vd_blockdev_list(vdiskd.engine, &list, &nb);
+    for (size_t i = 0; i < nb && ret == 0; i++) {
+        if (list[i].backing_child && !strcmp(list[i].backing_child, name)) {
+            ret = vd_error_set(errp, VD_ERR_BUSY, EBUSY, "Node '%s' is busy: node is used "
+                               "as backing hd of '%s'", name, list[i].node_name);
+        }
+    }
+    vd_blockdev_list_free(list, nb);
+    return ret;
+}
+
+/* The checks QEMU makes on an existing overlay, in its order and words. */
+static int overlay_checks(const char *name, vd_error **errp)
+{
+    vd_blockdev_info *list = NULL;
+    size_t nb = 0;
+    int ret = 0;
+    vd_blockdev_list(vdiskd.engine, &list, &nb);
+    const vd_blockdev_info *ov = info_of(list, nb, name);
+    dhandle *h = handle_of(name);
+    if (!ov) {
+        ret = vd_error_set(errp, VD_ERR_NOT_FOUND, ENOENT, "Cannot find device='%s' nor "
+                           "node-name='%s'", name, name);
+    } else if (h && h->users) {
+        ret = vd_error_set(errp, VD_ERR_BUSY, EBUSY, "The overlay is already in use");
+    } else if (ov->backing_child) {
+        ret = vd_error_set(errp, VD_ERR_INVALID, EINVAL, "The overlay already has a backing "
+                           "image");
+    }
+    vd_blockdev_list_free(list, nb);
+    return ret;
+}
+
 /* One QMP snapshot action onto a vd_action; the strings stay owned by `data`. */
 static int snapshot_action(const char *type, json_object *data, vd_action *a, vd_error **errp)
 {
     memset(a, 0, sizeof(*a));
-    dnode *n;
+    dhandle *h;
     int ret;
     if (!strcmp(type, "blockdev-snapshot-internal-sync")) {
         const char *device = opt_str(data, "device"), *name = opt_str(data, "name");
@@ -499,7 +570,7 @@ static int snapshot_action(const char *type, json_object *data, vd_action *a, vd
             return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Parameter '%s' is missing",
                                 !device ? "device" : "name");
         }
-        ret = find_disk(device, NULL, &n, errp);
+        ret = find_disk(device, NULL, &h, errp);
         a->kind = VD_ACTION_SNAPSHOT_INTERNAL;
         a->name = name;
         /* As QEMU's QMP stores them: the guest clock (without a guest, qemu-storage-daemon
@@ -524,66 +595,29 @@ static int snapshot_action(const char *type, json_object *data, vd_action *a, vd
             return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "New overlay node-name "
                                 "missing");
         }
-        if (snode && node_find(snode)) {
+        if (snode && vd_blockdev_exists(vdiskd.engine, snode)) {
             return vd_error_set(errp, VD_ERR_INVALID, EEXIST, "New overlay node-name "
                                 "already in use");
         }
-        ret = find_disk(opt_str(data, "device"), opt_str(data, "node-name"), &n, errp);
+        const char *target = opt_str(data, "node-name") ? opt_str(data, "node-name")
+                                                         : opt_str(data, "device");
+        ret = target && vd_blockdev_exists(vdiskd.engine, target)
+                  ? busy_as_backing(target, errp) : 0;
+        if (ret == 0) {
+            ret = find_disk(opt_str(data, "device"), opt_str(data, "node-name"), &h, errp);
+        }
         a->kind = VD_ACTION_SNAPSHOT_EXTERNAL;
         a->overlay = file;
         a->overlay_format = opt_str(data, "format");
+        a->overlay_node_name = snode;
     } else {
         return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Invalid parameter '%s'", type);
     }
     if (ret < 0) {
         return ret;
     }
-    a->disk = n->disk;
+    a->disk = h->disk;
     return 0;
-}
-
-/* After an external snapshot of n: the handle reads and writes through the overlay. The
- * overlay gets a node of its own (named, or "#blockNNN"), which owns the handle; n names
- * the image under it. */
-static void adopt_overlay(dnode *n, dnode *ov)
-{
-    ov->disk = n->disk;
-    ov->owns_disk = n->owns_disk;
-    ov->flags &= ~VD_OPEN_NO_BACKING;
-    n->disk = vd_disk_backing(ov->disk);
-    n->owns_disk = false;
-    n->read_only = true;
-    n->users++;   /* the backing of the overlay */
-    ov->backing = n;
-}
-
-/* A node for an overlay blockdev-snapshot-sync created. */
-static void overlay_node(dnode *n, const char *name, const char *file, const char *fmt)
-{
-    dnode *ov = calloc(1, sizeof(*ov));
-    char autoname[32];
-    if (!name) {
-        snprintf(autoname, sizeof(autoname), "#block%03u", vdiskd.next_auto++);
-        name = autoname;
-    }
-    if (!ov || !(ov->name = strdup(name)) || !(ov->driver = strdup(fmt ? fmt : "qcow2")) ||
-        !(ov->filename = strdup(file))) {
-        abort();
-    }
-    ov->auto_name = name == autoname;
-    ov->file = n->file;     /* shown as its file; the overlay file has no node here */
-    if (ov->file) {
-        ov->file->users++;
-    }
-    ov->flags = n->flags;
-    ov->direct = n->direct;
-    ov->no_flush = n->no_flush;
-    dnode **p = &vdiskd.nodes;
-    while (*p) {
-        p = &(*p)->next;
-    }
-    *p = ov;
-    adopt_overlay(n, ov);
 }
 
 /* QEMU's errors for the internal snapshot checks it makes before anything runs. */
@@ -627,56 +661,31 @@ static int cmd_snapshot_sync(qmp_session *qs, json_object *args, json_object **r
     (void)ret;
     vd_action a;
     int r = snapshot_action("blockdev-snapshot-sync", args, &a, errp);
-    if (r == 0) {
-        dnode *n = node_find(opt_str(args, "node-name") ? opt_str(args, "node-name")
-                                                         : opt_str(args, "device"));
-        r = vd_transaction(&a, 1, errp);
-        if (r == 0) {
-            overlay_node(n, opt_str(args, "snapshot-node-name"), a.overlay, a.overlay_format);
-        }
-    }
-    return r;
+    return r < 0 ? r : vd_transaction(&a, 1, errp);
 }
 
-/* blockdev-snapshot: node moves onto overlay, an existing node added with backing: null.
- * The daemon's handle of the overlay closes first (one writer per file); the node's handle
- * then reads and writes through the overlay, and the overlay's node name refers to it. */
+/* blockdev-snapshot: an existing node, added with backing: null, goes on top of node;
+ * the users of node (its exports) read and write through it from then on. */
 static int blockdev_snapshot(const char *node_name, const char *overlay_name, vd_error **errp)
 {
-    dnode *n, *ov = node_find(overlay_name);
-    int r = find_disk(NULL, node_name, &n, errp);
+    if (!vd_blockdev_exists(vdiskd.engine, node_name)) {
+        return vd_error_set(errp, VD_ERR_NOT_FOUND, ENOENT, "Cannot find device='%s' nor "
+                            "node-name='%s'", node_name, node_name);
+    }
+    int r = busy_as_backing(node_name, errp);
+    if (r == 0) {
+        r = overlay_checks(overlay_name, errp);
+    }
+    dhandle *h;
+    if (r == 0) {
+        r = find_disk(NULL, node_name, &h, errp);
+    }
     if (r < 0) {
         return r;
     }
-    if (!ov || !ov->file) {
-        return vd_error_set(errp, VD_ERR_NOT_FOUND, ENOENT, "Cannot find device='' nor "
-                            "node-name='%s'", overlay_name);
-    }
-    if (!(ov->flags & VD_OPEN_NO_BACKING)) {
-        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "The overlay already has a "
-                            "backing image");
-    }
-    if (ov->users || ov == n) {
-        return vd_error_set(errp, VD_ERR_BUSY, EBUSY, "Node %s is in use", overlay_name);
-    }
-    if (n->read_only) {
-        return vd_error_set(errp, VD_ERR_INVALID, EACCES, "Block node is read-only");
-    }
-    if (ov->disk) {
-        vd_close(ov->disk);
-        ov->disk = NULL;
-    }
-    vd_action a = {.kind = VD_ACTION_SNAPSHOT_EXTERNAL, .disk = n->disk,
-                   .overlay = ov->filename, .overlay_format = ov->driver,
-                   .overlay_exists = true};
-    r = vd_transaction(&a, 1, errp);
-    if (r < 0) {
-        vd_open_opts o = {.format = ov->driver, .flags = ov->flags};
-        vd_open(vdiskd.engine, ov->filename, &o, &ov->disk, NULL);
-        return r;
-    }
-    adopt_overlay(n, ov);
-    return 0;
+    vd_action a = {.kind = VD_ACTION_SNAPSHOT_EXTERNAL, .disk = h->disk,
+                   .overlay = overlay_name, .overlay_node = overlay_name};
+    return vd_transaction(&a, 1, errp);
 }
 
 static int cmd_blockdev_snapshot(qmp_session *qs, json_object *args, json_object **ret,
@@ -711,7 +720,7 @@ static int cmd_snapshot_delete_internal(qmp_session *qs, json_object *args, json
     (void)qs;
     const char *device = opt_str(args, "device");
     const char *id = opt_str(args, "id"), *name = opt_str(args, "name");
-    dnode *n;
+    dhandle *n;
     int r = find_disk(device, NULL, &n, errp);
     if (r < 0) {
         return r;
@@ -783,17 +792,6 @@ static int cmd_transaction(qmp_session *qs, json_object *args, json_object **ret
     }
     if (r == 0) {
         r = vd_transaction(acts, n, errp);
-    }
-    for (size_t i = 0; i < n && r == 0; i++) {
-        if (acts[i].kind != VD_ACTION_SNAPSHOT_EXTERNAL) {
-            continue;
-        }
-        json_object *data = NULL;
-        json_object_object_get_ex(json_object_array_get_idx(actions, i), "data", &data);
-        dnode *node = node_find(opt_str(data, "node-name") ? opt_str(data, "node-name")
-                                                            : opt_str(data, "device"));
-        overlay_node(node, opt_str(data, "snapshot-node-name"), acts[i].overlay,
-                     acts[i].overlay_format);
     }
     free(acts);
     return r;

@@ -1,6 +1,7 @@
-/* vdiskd's state: the block node registry (blockdev-add / --blockdev), TLS objects, the
- * NBD server and its exports, shared by the command line (vdiskd.c), the registry
- * (blockdev.c) and the QMP commands (commands.c). One daemon per process. */
+/* vdiskd's state: the engine (whose graph holds the block nodes of blockdev-add and
+ * --blockdev), the daemon's handles on them, TLS objects, the NBD server and its exports,
+ * shared by the command line (vdiskd.c), blockdev.c and the QMP commands (commands.c).
+ * One daemon per process. */
 #ifndef VD_DAEMON_H
 #define VD_DAEMON_H
 
@@ -9,30 +10,24 @@
 #include <json-c/json.h>
 
 #include "qmp/qmp.h"
+#include "vdisk/graph.h"
 #include "vdisk/nbd.h"
 #include "vdisk/vdisk.h"
 
-/* A node as QMP names it: a file node (a path; opened only through the format node
- * above it, or as raw when exported itself) or a format node (an open disk handle). */
-typedef struct dnode {
-    char *name;
-    bool auto_name;              /* "#blockNNN", made for a nested file node */
-    char *driver;                /* "file", "qcow2", "raw" */
-    char *filename;              /* the file's path (format nodes: their file's) */
-    struct dnode *file;          /* format nodes: the file child */
-    struct dnode *backing;       /* after blockdev-snapshot: the node under this overlay */
-    unsigned flags;              /* VD_OPEN_* */
-    bool read_only, direct, no_flush;
-    vd_disk *disk;               /* format nodes; file nodes only while exported */
-    bool owns_disk;              /* false for the backing handle left by a snapshot */
-    int users;                   /* format nodes above, exports on it */
-    struct dnode *next;
-} dnode;
+/* A handle vdiskd keeps on a node of the engine's graph: the one its exports, resizes
+ * and snapshots use, made on first use. It follows its node through an external
+ * snapshot (the library moves it onto the overlay), as QEMU's users of a node do. */
+typedef struct dhandle {
+    vd_disk *disk;
+    int users;                   /* exports on it */
+    struct dhandle *next;
+} dhandle;
 
 typedef struct dexport {
     char *id;
     char *name;                  /* NBD export name */
-    dnode *node;
+    dhandle *h;
+    vd_perm_claim *claim;        /* what the export takes on the node */
     struct dexport *next;
 } dexport;
 
@@ -43,9 +38,8 @@ typedef struct dtls {
 } dtls;
 
 typedef struct daemon_state {
-    vd_engine *engine;
-    dnode *nodes;                /* in order of addition */
-    unsigned next_auto;
+    vd_engine *engine;           /* owns the graph of nodes (vdisk/graph.h) */
+    dhandle *handles;
     dtls *tls;
     vd_nbd_server *nbd;
     dexport *exports;
@@ -54,24 +48,23 @@ typedef struct daemon_state {
 
 extern daemon_state vdiskd;
 
-/* blockdev.c: blockdev-add from a QMP object or a --blockdev option (values may be
- * strings "on"/"off"/numbers, as the command line gives them). */
 /* events.c: the engine's event handler (queues), and the main loop's delivery of the
  * queue as QMP events. */
 void daemon_on_engine_event(void *opaque, const vd_event *ev);
 void daemon_deliver_events(void);
 /* vdiskd's QMP commands (commands.c), for its QMP server. */
 extern const qmp_command_table vdiskd_commands;
+/* blockdev.c: blockdev-add from a QMP object or a --blockdev option (values may be
+ * strings "on"/"off"/numbers, as the command line gives them). */
 int blockdev_add(json_object *args, vd_error **errp);
+/* blockdev-del: the daemon's idle handle on the node goes first. */
 int blockdev_del(const char *name, vd_error **errp);
-dnode *node_find(const char *name);
-/* Puts a node at the end of the registry. */
-void node_add(dnode *n);
-/* blockdev-add of a node the library opens whole from its options (blockdev-generic.c). */
-int blockdev_add_generic(json_object *args, const char *name, vd_error **errp);
-/* The node's disk handle, opening a file node as raw on first use. */
-int node_disk(dnode *n, vd_disk **out, vd_error **errp);
-json_object *node_info(dnode *n);
+/* The daemon's handle on the named node. */
+int node_handle(const char *name, dhandle **out, vd_error **errp);
+/* query-named-block-nodes' BlockDeviceInfo for one node. */
+json_object *node_info(const vd_blockdev_info *i);
+/* The handle on a node, if the daemon keeps one (for its statistics). */
+dhandle *handle_of(const char *name);
 void nodes_close_all(void);
 
 /* --object tls-creds-x509 / tls-creds-psk (QMP object-add has the same members). */

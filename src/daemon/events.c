@@ -40,15 +40,22 @@ void daemon_on_engine_event(void *opaque, const vd_event *ev)
     pthread_mutex_unlock(&queue.lock);
 }
 
-/* The node whose image this is: the top node opened on that file. */
-static const char *node_of(const char *image)
+/* The node whose image this is: the format node opened on that file (newest first), or
+ * NULL. The caller frees it. */
+static char *node_of(const char *image)
 {
-    for (dnode *n = vdiskd.nodes; n; n = n->next) {
-        if (n->disk && n->owns_disk && !strcmp(vd_disk_filename(n->disk), image)) {
-            return n->name;
+    vd_blockdev_info *list = NULL;
+    size_t nb = 0;
+    char *name = NULL;
+    vd_blockdev_list(vdiskd.engine, &list, &nb);
+    for (size_t i = 0; i < nb && !name; i++) {
+        if (list[i].file_child && !strcmp(list[i].filename, image)) {
+            name = list[i].node_name;
+            list[i].node_name = NULL;
         }
     }
-    return NULL;
+    vd_blockdev_list_free(list, nb);
+    return name;
 }
 
 static void free_event(queued_event *q)
@@ -70,9 +77,10 @@ static void send_all(void *arg)
         if (q->offset >= 0) {
             json_object_object_add(data, "offset", json_object_new_int64(q->offset));
         }
-        const char *node = node_of(q->image);
+        char *node = node_of(q->image);
         if (node) {
             json_object_object_add(data, "node-name", json_object_new_string(node));
+            free(node);
         }
         json_object_object_add(data, "fatal", json_object_new_boolean(q->fatal));
         if (q->offset >= 0) {

@@ -23,7 +23,7 @@ static const char help_text[] =
     "  --blockdev [driver=]<driver>[,node-name=<N>][,discard=ignore|unmap]\n"
     "             [,cache.direct=on|off][,cache.no-flush=on|off]\n"
     "             [,read-only=on|off][,filename=<F>][,file=<node>|,file.driver=file,...]\n"
-    "             [,backing=null]          configure a block node (or a JSON object)\n"
+    "             [,backing=<node>|null]   configure a block node (or a JSON object)\n"
     "  --chardev socket,id=<id>,path=<path>[,server=on][,wait=off]\n"
     "                         a unix socket for --monitor\n"
     "  --monitor [chardev=]<id>[,mode=control]\n"

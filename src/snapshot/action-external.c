@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "snapshot/actions.h"
+#include "vdisk/graph.h"
 
 /* The open flags the overlay takes over from the old top: how the handle was opened, not
  * the one-shot check/repair modes. Its backing is attached by hand at commit. */
@@ -53,6 +54,41 @@ static int create_overlay(vd_disk *d, const char *overlay, const char *fmt, vd_e
     return ret;
 }
 
+/* An overlay that is a node already (QMP blockdev-snapshot), with QEMU's refusals. */
+static int prepare_overlay_node(vd_snap_action *s, vd_disk *d, vd_node *top, vd_error **errp)
+{
+    vd_node *ov = NULL;
+    int ret = vd_graph_ref(d->engine, s->act->overlay_node, &ov, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    if (vd_graph_has_claims(ov)) {
+        ret = vd_error_set(errp, VD_ERR_BUSY, EBUSY, "The overlay is already in use");
+    } else if (ov->backing) {
+        ret = vd_error_set(errp, VD_ERR_INVALID, EINVAL, "The overlay already has a backing "
+                           "image");
+    } else if (!ov->drv->is_format || !ov->drv->set_backing) {
+        ret = vd_error_set(errp, VD_ERR_INVALID, EINVAL, "The overlay does not support "
+                           "backing images");
+    } else if (!(ov->open_flags & VD_OPEN_RDWR)) {
+        ret = vd_error_set(errp, VD_ERR_INVALID, EACCES, "Block node is read-only");
+    }
+    for (vd_node *p = top; ret == 0 && p; p = p->backing) {
+        if (p == ov) {
+            ret = vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Making '%s' a backing child of "
+                               "'%s' would create a cycle", top->node_name, ov->node_name);
+        }
+    }
+    if (ret < 0) {
+        vd_node_close(ov);
+        return ret;
+    }
+    s->overlay = ov;
+    s->old_top = vd_disk_new(d->engine, top, false);
+    s->swapped = false;
+    return 0;
+}
+
 static int ext_prepare(vd_txn_action *a, vd_error **errp)
 {
     vd_snap_action *s = a->opaque;
@@ -68,6 +104,14 @@ static int ext_prepare(vd_txn_action *a, vd_error **errp)
     if (top->overlay || !d->owns_node) {
         return vd_error_set(errp, VD_ERR_BUSY, EBUSY, "Node is busy: it is the backing file "
                             "of '%s'", top->overlay ? top->overlay->filename : "another image");
+    }
+    if (s->act->overlay_node) {
+        return prepare_overlay_node(s, d, top, errp);
+    }
+    if (top->registered && s->act->overlay_node_name &&
+        vd_blockdev_exists(d->engine, s->act->overlay_node_name)) {
+        return vd_error_set(errp, VD_ERR_INVALID, EEXIST, "New overlay node-name already "
+                            "in use");
     }
     bool exists = s->act->overlay_exists;
     struct stat st;
@@ -108,6 +152,15 @@ static int ext_commit(vd_txn_action *a, vd_error **errp)
     }
     s->old_flags = top->open_flags;
     top->open_flags &= ~VD_OPEN_RDWR;
+    /* In a graph of named nodes, the old top's own file turns read-only with it, as QEMU
+     * reopens the two (a file other nodes share keeps its mode). */
+    if (top->registered && top->file && top->file->parents &&
+        !top->file->parents->next) {
+        s->old_file_flags = top->file->open_flags;
+        top->file->open_flags &= ~VD_OPEN_RDWR;
+    } else {
+        s->old_file_flags = 0;
+    }
     top->overlay = s->overlay;
     s->overlay->backing = top;
     s->overlay->open_flags &= ~VD_OPEN_NO_BACKING;
@@ -117,6 +170,9 @@ static int ext_commit(vd_txn_action *a, vd_error **errp)
     s->old_top->backing = d->backing;
     d->backing = s->old_top;
     vd_disk_replace_node_locked(d, s->overlay);
+    if (top->registered) {
+        vd_graph_link_overlay(s->overlay, s->act->overlay_node_name);
+    }
     s->swapped = true;
     return 0;
 }
@@ -131,7 +187,11 @@ static int ext_abort(vd_txn_action *a, vd_error **errp)
         d->backing = s->old_top->backing;
         s->old_top->backing = NULL;
         top->open_flags = s->old_flags;
+        if (s->old_file_flags) {
+            top->file->open_flags = s->old_file_flags;
+        }
         top->overlay = NULL;
+        vd_graph_unlink_backing(s->overlay);
         s->overlay->backing = NULL;
         s->swapped = false;
     }
@@ -139,7 +199,7 @@ static int ext_abort(vd_txn_action *a, vd_error **errp)
      * so closing it can only fail on its own empty metadata; the file goes anyway. */
     vd_node_close(s->overlay);
     s->overlay = NULL;
-    if (s->act->overlay_exists) {
+    if (s->act->overlay_exists || s->act->overlay_node) {
         return 0;   /* not ours to remove */
     }
     if (unlink(s->act->overlay) < 0) {

@@ -18,6 +18,7 @@ typedef struct vd_snap_action {
     vd_node *overlay;           /* opened in prepare */
     vd_disk *old_top;           /* handle for the old top, linked into the chain at commit */
     unsigned old_flags;         /* old top's open flags before commit */
+    unsigned old_file_flags;    /* and its file's, which turns read-only with it */
     bool swapped;
 } vd_snap_action;
 

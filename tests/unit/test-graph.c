@@ -103,7 +103,7 @@ static void test_shared_file(void **state)
     /* raw passes its users' permissions through: none yet. */
     add(e, "{\"driver\": \"raw\", \"node-name\": \"r1\", \"file\": \"f0\"}", NULL);
     add(e, "{\"driver\": \"raw\", \"node-name\": \"r2\", \"file\": \"nosuch\"}",
-        "Cannot find device='' nor node-name='nosuch'");
+        "Cannot find device='nosuch' nor node-name='nosuch'");
     add(e, "{\"driver\": \"raw\", \"node-name\": \"q1\", \"file\": \"f0\"}",
         "Duplicate nodes with node-name='q1'");
 
@@ -238,7 +238,7 @@ static void test_engines(void **state)
     assert_true(vd_blockdev_exists(e1, "q1"));
     assert_false(vd_blockdev_exists(e2, "q1"));
     add(e2, "{\"driver\": \"qcow2\", \"node-name\": \"x\", \"file\": \"f0\"}",
-        "Cannot find device='' nor node-name='f0'");
+        "Cannot find device='f0' nor node-name='f0'");
     vd_engine_free(e1);
     vd_engine_free(e2);
 }
