@@ -213,8 +213,9 @@ int vd_set_compression_level(vd_disk *d, int level, vd_error **errp);
  * the known ones; a bad level names the codec's range. */
 #define VD_COMPRESSION_LEVEL_DEFAULT (-1000000)
 int vd_compression_check(const char *type, int level, vd_error **errp);
-/* Last error message of a failed I/O on this handle's thread, or NULL. I/O returns bare
- * -errno for speed; drivers leave a message here when they have one worth showing. */
+/* The message of the newest failed request in this handle's graph, or NULL. I/O returns
+ * bare -errno for speed; drivers leave a message on the node when they have one worth
+ * showing. The text stays valid until the next call on the handle. */
 const char *vd_disk_last_error(vd_disk *d);
 
 /* Block status of [off, off+len) through the whole chain. Fills *st for the longest

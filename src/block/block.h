@@ -218,6 +218,10 @@ struct vd_node {
     bool registered;
     vd_edge *parents;       /* the uses of this node and their permissions, newest first */
     vd_node *graph_next;    /* the engine's registry, newest first */
+    /* The last failed request's message (vd_node_set_error). */
+    pthread_mutex_t err_lock;
+    char *err_msg;
+    uint64_t err_seq;
 };
 
 /* One use of a node: by a parent node as its child ("file", "backing", "image"), or by a
@@ -358,8 +362,11 @@ int64_t vd_filter_allocated_size(vd_node *n);
  * Cheap when no filter is present. */
 void vd_node_event(vd_node *n, const char *name);
 
-/* Per-thread last I/O error message (drivers set it before returning -errno). */
-void vd_set_io_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-const char *vd_get_io_error(void);
+/* What went wrong in a node's last failed request, in words: drivers set it before they
+ * return -errno. It is kept on the node (no thread-local state), stamped with the
+ * engine's sequence, so a handle reports the newest message of its graph. */
+void vd_node_set_error(vd_node *n, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The newest message in n's graph (n and everything under it) into buf; false if none. */
+bool vd_node_get_error(vd_node *n, char *buf, size_t len);
 
 #endif

@@ -109,8 +109,10 @@ bool vd_disk_read_only(const vd_disk *d)
 
 const char *vd_disk_last_error(vd_disk *d)
 {
-    (void)d;
-    return vd_get_io_error();
+    vd_disk_enter(d);
+    bool have = vd_node_get_error(d->node, d->last_error, sizeof(d->last_error));
+    vd_disk_leave(d);
+    return have ? d->last_error : NULL;
 }
 
 /* ---- accounting ------------------------------------------------------------------------ */

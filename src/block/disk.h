@@ -23,6 +23,7 @@ struct vd_disk {
     /* Accounting (vd_disk_get_stats), updated with atomics: no lock on the I/O path. */
     vd_disk_stats stats;
     uint64_t last_done_ns;       /* CLOCK_MONOTONIC of the last finished request; 0: none */
+    char last_error[512];        /* vd_disk_last_error's copy */
 };
 
 /* Handles (disk-drain.c). vd_disk_new makes a handle over n; vd_disk_free frees the handle

@@ -26,6 +26,7 @@ struct vd_engine {
     pthread_mutex_t graph_lock;
     vd_node *graph;          /* registered nodes, newest first */
     unsigned next_auto;      /* for "#blockNNN" */
+    uint64_t err_seq;        /* orders the nodes' error messages (atomic) */
 };
 
 #define VD_ENGINE_ZEROS (4u << 20)

@@ -10,22 +10,51 @@
 #include <string.h>
 
 #include "block/block.h"
+#include "block/engine.h"
 
 #define ZERO_CHUNK (1u << 20)
 
-static __thread char io_error[512];
-
-void vd_set_io_error(const char *fmt, ...)
+void vd_node_set_error(vd_node *n, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(io_error, sizeof(io_error), fmt, ap);
+    char *msg = NULL;
+    if (vasprintf(&msg, fmt, ap) < 0) {
+        msg = NULL;   /* out of memory: the errno alone will have to do */
+    }
     va_end(ap);
+    /* Without an engine (a probe) the order among nodes does not matter. */
+    uint64_t seq = n->engine ? __atomic_add_fetch(&n->engine->err_seq, 1, __ATOMIC_RELAXED)
+                             : 1;
+    pthread_mutex_lock(&n->err_lock);
+    free(n->err_msg);
+    n->err_msg = msg;
+    n->err_seq = msg ? seq : 0;
+    pthread_mutex_unlock(&n->err_lock);
 }
 
-const char *vd_get_io_error(void)
+/* The newest message under n: its sequence, copied into buf (0: none). */
+static uint64_t newest_error(vd_node *n, char *buf, size_t len, uint64_t best)
 {
-    return io_error[0] ? io_error : NULL;
+    if (!n) {
+        return best;
+    }
+    pthread_mutex_lock(&n->err_lock);
+    if (n->err_msg && n->err_seq > best) {
+        best = n->err_seq;
+        snprintf(buf, len, "%s", n->err_msg);
+    }
+    pthread_mutex_unlock(&n->err_lock);
+    best = newest_error(n->file, buf, len, best);
+    return newest_error(n->backing, buf, len, best);
+}
+
+bool vd_node_get_error(vd_node *n, char *buf, size_t len)
+{
+    if (len) {
+        buf[0] = '\0';
+    }
+    return newest_error(n, buf, len, 0) != 0;
 }
 
 /* Format nodes have a fixed virtual size; protocol nodes (files) grow with writes, and
@@ -36,7 +65,7 @@ static int check_range(vd_node *n, uint64_t off, uint64_t len)
         return -EINVAL;
     }
     if (n->drv->is_format && off + len > n->size) {
-        vd_set_io_error("%s: request [%llu, +%llu) is beyond the end of the disk (%llu)",
+        vd_node_set_error(n, "%s: request [%llu, +%llu) is beyond the end of the disk (%llu)",
                         n->filename, (unsigned long long)off, (unsigned long long)len,
                         (unsigned long long)n->size);
         return -EINVAL;
@@ -288,7 +317,7 @@ int vd_node_pwrite_compressed(vd_node *n, const void *buf, uint64_t len, uint64_
         return ret;
     }
     if (!n->drv->pwrite_compressed) {
-        vd_set_io_error("%s: the %s format does not support compressed writes", n->filename,
+        vd_node_set_error(n, "%s: the %s format does not support compressed writes", n->filename,
                         n->drv->name);
         return -ENOTSUP;
     }

@@ -50,6 +50,7 @@ vd_node *vd_node_alloc(vd_engine *e, const vd_driver *drv, const char *filename,
     n->compress_level = VD_COMPRESSION_LEVEL_DEFAULT;
     n->refcnt = 1;
     pthread_mutex_init(&n->rmw_lock, NULL);
+    pthread_mutex_init(&n->err_lock, NULL);
     pthread_mutex_init(&n->drain_lock, NULL);
     pthread_cond_init(&n->drained, NULL);
     if (!n->filename) {
@@ -61,6 +62,8 @@ vd_node *vd_node_alloc(vd_engine *e, const vd_driver *drv, const char *filename,
 void vd_node_release(vd_node *n)
 {
     pthread_mutex_destroy(&n->rmw_lock);
+    pthread_mutex_destroy(&n->err_lock);
+    free(n->err_msg);
     pthread_mutex_destroy(&n->drain_lock);
     pthread_cond_destroy(&n->drained);
     free(n->filename);

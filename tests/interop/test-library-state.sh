@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # The library keeps no state of its own: its objects have no writable data (.data, .bss,
-# .tdata: what an engine owns lives in the engine), and its sources read no environment
-# (the programs map their variables onto vd_engine_settings). One exception is named: the
-# thread-local message of the last failed I/O (src/block/io.c), until requests carry their
-# own errors.
+# thread-local .tdata/.tbss: what an engine owns lives in the engine, a failed request's
+# message on its node), and its sources read no environment (the programs map their
+# variables onto vd_engine_settings).
 . "$(dirname "$0")/../lib.sh"
 vd_init
 need_tool size nm
@@ -23,9 +22,7 @@ fi
 for o in ${objdir:+"$objdir"/*.o}; do
     name=$(basename "$o")
     size -A "$o" | awk -v o="$name" '
-        $1 ~ /^\.(data|bss|tdata)($|\.)/ && $1 !~ /^\.data\.rel\.ro/ && $2 > 0 {
-            print o ": " $1 " " $2 " bytes" }
-        $1 ~ /^\.tbss/ && $2 > 0 && o != "src_block_io.c.o" {
+        $1 ~ /^\.(data|bss|tdata|tbss)($|\.)/ && $1 !~ /^\.data\.rel\.ro/ && $2 > 0 {
             print o ": " $1 " " $2 " bytes" }' >>writable.txt
 done
 if [ -n "$objdir" ]; then

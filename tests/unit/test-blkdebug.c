@@ -117,9 +117,9 @@ static void assert_block(vd_disk *d, uint64_t off, uint8_t v)
     assert_memory_equal(buf, want, BLK);
 }
 
-static void assert_io_error(const char *want)
+static void assert_io_error(vd_disk *d, const char *want)
 {
-    const char *msg = vd_get_io_error();
+    const char *msg = vd_disk_last_error(d);
     assert_non_null(msg);
     if (!strstr(msg, want)) {
         fail_msg("I/O error '%s' does not contain '%s'", msg, want);
@@ -343,7 +343,7 @@ static void test_raw_write(void **state)
         int ret = vd_pwrite(d, buf, BLK, (uint64_t)i * BLK, 0);
         if (i == 2) {
             assert_int_equal(ret, -EIO);
-            assert_io_error("blkdebug: injected EIO on write #2");
+            assert_io_error(d, "blkdebug: injected EIO on write #2");
         } else {
             assert_int_equal(ret, 0);  /* the rule fires once */
         }
@@ -357,6 +357,12 @@ static void test_raw_write(void **state)
     vd_close(d);
 }
 
+static void *last_error_thread(void *arg)
+{
+    const char *msg = vd_disk_last_error(arg);
+    return msg ? strdup(msg) : NULL;
+}
+
 static void test_raw_read(void **state)
 {
     fixture *f = *state;
@@ -364,7 +370,19 @@ static void test_raw_read(void **state)
     vd_disk *d = open_rules(f, "read#2=ENOSPC", f->raw, "raw", 0);
     assert_int_equal(vd_pread(d, buf, BLK, 0), 0);
     assert_int_equal(vd_pread(d, buf, BLK, 0), -ENOSPC);
-    assert_io_error("blkdebug: injected ENOSPC on read #2");
+    assert_io_error(d, "blkdebug: injected ENOSPC on read #2");
+    /* The message belongs to the disk, not to the thread: another handle has none, and
+     * another thread reads this one's. */
+    vd_disk *other = open_plain(f, f->raw, 0);
+    assert_null(vd_disk_last_error(other));
+    vd_close(other);
+    pthread_t t;
+    char *seen = NULL;
+    assert_int_equal(pthread_create(&t, NULL, last_error_thread, d), 0);
+    assert_int_equal(pthread_join(t, (void **)&seen), 0);
+    assert_non_null(seen);
+    assert_non_null(strstr(seen, "blkdebug: injected ENOSPC on read #2"));
+    free(seen);
     assert_int_equal(vd_pread(d, buf, BLK, 0), 0);
     vd_close(d);
 }
@@ -377,7 +395,7 @@ static void test_raw_flush(void **state)
     fill(buf, 7);
     assert_int_equal(vd_pwrite(d, buf, BLK, 0, 0), 0);
     assert_int_equal(vd_flush(d), -EROFS);
-    assert_io_error("injected EROFS on flush #1");
+    assert_io_error(d, "injected EROFS on flush #1");
     assert_int_equal(vd_flush(d), 0);
     /* Nothing is written since that flush: a flush now has nothing to do and is not sent. */
     assert_int_equal(vd_flush(d), 0);
@@ -505,7 +523,7 @@ static void test_event(void **state)
     assert_int_equal(vd_pwrite(d, buf, BLK, 0, 0), 0);
     vd_node_event(d->node, "my_event");
     assert_int_equal(vd_pread(d, buf, BLK, 0), -EACCES);  /* any request: a read here */
-    assert_io_error("injected EACCES on read #1 after event my_event #2");
+    assert_io_error(d, "injected EACCES on read #1 after event my_event #2");
     assert_int_equal(vd_pwrite(d, buf, BLK, 0, 0), 0);
     vd_node_event(d->node, "my_event");
     assert_int_equal(vd_pwrite(d, buf, BLK, 0, 0), 0);  /* fired once */

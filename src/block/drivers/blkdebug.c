@@ -265,10 +265,10 @@ static int account(vd_node *n, rule_op op, unsigned iotype, uint64_t off, uint64
         return qret;  /* as QEMU: the bare errno, no message of ours */
     }
     if (fired.op == OP_EVENT) {
-        vd_set_io_error("blkdebug: injected %s on %s #%" PRIu64 " after event %s #%" PRIu64,
+        vd_node_set_error(n, "blkdebug: injected %s on %s #%" PRIu64 " after event %s #%" PRIu64,
                         errname(fired.err), op_name(op), nth, fired.event, fired.n);
     } else {
-        vd_set_io_error("blkdebug: injected %s on %s #%" PRIu64, errname(fired.err),
+        vd_node_set_error(n, "blkdebug: injected %s on %s #%" PRIu64, errname(fired.err),
                         op_name(op), nth);
     }
     return -fired.err;
@@ -328,8 +328,10 @@ static int blkdebug_truncate(vd_node *n, uint64_t size, bool shrink, const char 
 {
     int ret = account(n, OP_WRITE, BD_IO_WRITE, size, 0);
     if (ret < 0) {
+        char detail[512];
+        vd_node_get_error(n, detail, sizeof(detail));
         return vd_error_set(errp, VD_ERR_IO, -ret, "%s: Could not resize file: %s (%s)",
-                            n->filename, strerror(-ret), vd_get_io_error());
+                            n->filename, strerror(-ret), detail);
     }
     ret = vd_node_truncate(n->file, size, shrink, prealloc, errp);
     n->size = n->file->size;

@@ -15,6 +15,7 @@
 #include "block/logwrites.h"
 
 typedef struct logw_state {
+    vd_node *node;       /* the filter, for its error messages */
     pthread_mutex_t lock;
     int fd;
     uint64_t records;    /* appended so far */
@@ -64,7 +65,7 @@ static int append_locked(logw_state *s, uint32_t type, uint64_t off, uint64_t le
                          uint64_t aux, const void *data)
 {
     if (s->failed) {
-        vd_set_io_error("logwrites: an earlier record could not be written");
+        vd_node_set_error(s->node, "logwrites: an earlier record could not be written");
         return -EIO;
     }
     uint8_t rec[VD_LOGW_RECORD_SIZE] = {0};
@@ -76,7 +77,7 @@ static int append_locked(logw_state *s, uint32_t type, uint64_t off, uint64_t le
     int ret = write_full(s->fd, iov, data ? 2 : 1);
     if (ret < 0) {
         s->failed = true;
-        vd_set_io_error("logwrites: could not append to the log: %s", strerror(-ret));
+        vd_node_set_error(s->node, "logwrites: could not append to the log: %s", strerror(-ret));
         return ret;
     }
     s->records++;
@@ -143,7 +144,10 @@ static int logw_truncate(vd_node *n, uint64_t size, bool shrink, const char *pre
     if (ret == 0) {
         ret = record(n, 0, VD_LOGW_TRUNCATE, n->file->size, 0, NULL);
         if (ret < 0) {
-            vd_error_set(errp, VD_ERR_IO, -ret, "%s: %s", n->filename, vd_get_io_error());
+            char detail[512];
+            vd_error_set(errp, VD_ERR_IO, -ret, "%s: %s", n->filename,
+                         vd_node_get_error(n, detail, sizeof(detail)) ? detail
+                                                                      : strerror(-ret));
         }
     }
     return ret;
@@ -221,6 +225,7 @@ int vd_logwrites_wrap(vd_node *filter, vd_node *child, const char *log, vd_error
     if (!s) {
         return vd_error_set(errp, VD_ERR_NOMEM, ENOMEM, "out of memory");
     }
+    s->node = filter;
     s->fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (s->fd < 0) {
         int err = errno;

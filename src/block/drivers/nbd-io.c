@@ -150,11 +150,11 @@ static int io_error(nbdc_client *c, const char *op, uint64_t len, uint64_t off, 
 {
     if (err == ENOTCONN || err == ESHUTDOWN || err == EPIPE || err == ECONNRESET ||
         nbd_aio_is_dead(c->h) || nbd_aio_is_closed(c->h)) {
-        vd_set_io_error("%s: the connection to the NBD server is lost (%s of %" PRIu64
+        vd_node_set_error(c->node, "%s: the connection to the NBD server is lost (%s of %" PRIu64
                         " bytes at offset %" PRIu64 ")", c->desc, op, len, off);
         return -EIO;
     }
-    vd_set_io_error("%s: %s of %" PRIu64 " bytes at offset %" PRIu64 " failed: %s", c->desc,
+    vd_node_set_error(c->node, "%s: %s of %" PRIu64 " bytes at offset %" PRIu64 " failed: %s", c->desc,
                     op, len, off, strerror(err));
     return -err;
 }
@@ -168,7 +168,7 @@ static int finish(nbdc_client *c, nbdc_wait *w, int64_t cookie, const char *op, 
         /* Not queued; libnbd did not and will not call the callback. */
         err = nbd_get_errno() ? nbd_get_errno() : EIO;
         if (!nbd_aio_is_dead(c->h) && !nbd_aio_is_closed(c->h)) {
-            vd_set_io_error("%s: %s of %" PRIu64 " bytes at offset %" PRIu64 " failed: %s",
+            vd_node_set_error(c->node, "%s: %s of %" PRIu64 " bytes at offset %" PRIu64 " failed: %s",
                             c->desc, op, len, off, nbd_get_error());
             pthread_cond_destroy(&w->cond);
             return -err;
@@ -304,7 +304,7 @@ int nbdc_io_block_status(vd_node *n, uint64_t off, uint64_t len, vd_node_status 
         return ret;
     }
     if (!w.have_extent || w.ext_len == 0) {
-        vd_set_io_error("%s: the server sent no %s extent for offset %" PRIu64, c->desc,
+        vd_node_set_error(c->node, "%s: the server sent no %s extent for offset %" PRIu64, c->desc,
                         c->meta_context, off);
         return -EIO;
     }

@@ -428,6 +428,7 @@ static int nbdc_open(vd_node *n, unsigned flags, vd_error **errp)
         abort();
     }
     c->wake_fd = -1;
+    c->node = n;
     pthread_mutex_init(&c->lock, NULL);
     pthread_cond_init(&c->idle, NULL);
     c->desc = make_desc(&a);

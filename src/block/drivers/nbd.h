@@ -12,6 +12,7 @@
 
 typedef struct nbdc_client {
     struct nbd_handle *h;
+    vd_node *node;           /* for its error messages */
     char *desc;              /* the node's URI-like name, for messages */
     /* What the server offers, read once after the handshake. */
     bool can_fua, can_flush, can_trim, can_zero, can_fast_zero, base_allocation;

@@ -281,8 +281,10 @@ int qcow2_amend(vd_node *node, const vd_opts *opts, vd_error **errp)
     qcow2_drain_locked(s);
     ret = amend_locked(s, &r, errp);
     if (ret < 0 && errp && !*errp) {
+        char detail[512];
         ret = vd_error_set(errp, VD_ERR_IO, -ret, "%s: %s", s->name,
-                           vd_get_io_error() ? vd_get_io_error() : strerror(-ret));
+                           vd_node_get_error(s->node, detail, sizeof(detail))
+                               ? detail : strerror(-ret));
     }
     qcow2_undrain_locked(s);
     pthread_mutex_unlock(&s->lock);

@@ -154,7 +154,7 @@ static int slice_write(qcow2_state *s, qcow2_cache *c, qcow2_slice *sl)
     vd_node_event(s->file, c->is_l2 ? "l2_update" : "refblock_update");
     ret = vd_node_pwrite(s->file, sl->data, c->slice_size, sl->offset, 0);
     if (ret < 0) {
-        vd_set_io_error("%s: could not write %s table slice at 0x%llx: %s", s->name,
+        vd_node_set_error(s->node, "%s: could not write %s table slice at 0x%llx: %s", s->name,
                         c->name, (unsigned long long)sl->offset, strerror(-ret));
         return ret;
     }
@@ -194,7 +194,7 @@ static int obtain_slice(qcow2_state *s, qcow2_cache *c, qcow2_slice **out)
         victim = victim->lru_prev;
     }
     if (!victim) {
-        vd_set_io_error("%s: every %s cache slice is in use", s->name, c->name);
+        vd_node_set_error(s->node, "%s: every %s cache slice is in use", s->name, c->name);
         return -ENOMEM;
     }
     if (victim->dirty) {
@@ -283,7 +283,7 @@ static int cache_get(qcow2_state *s, qcow2_cache *c, uint64_t offset, bool empty
         vd_node_event(s->file, c->is_l2 ? "l2_load" : "refblock_load");
         ret = vd_node_pread(s->file, sl->data, c->slice_size, offset);
         if (ret < 0) {
-            vd_set_io_error("%s: could not read %s table slice at 0x%llx: %s", s->name,
+            vd_node_set_error(s->node, "%s: could not read %s table slice at 0x%llx: %s", s->name,
                             c->name, (unsigned long long)offset, strerror(-ret));
             free(sl->data);
             free(sl);

@@ -99,7 +99,7 @@ int qcow2_write_l1_dirty(qcow2_state *s)
         vd_node_event(s->file, "l1_update");
         int ret = vd_node_pwrite(s->file, buf, len, s->l1_offset + start, 0);
         if (ret < 0) {
-            vd_set_io_error("%s: could not write the L1 table at 0x%" PRIx64 ": %s", s->name,
+            vd_node_set_error(s->node, "%s: could not write the L1 table at 0x%" PRIx64 ": %s", s->name,
                             s->l1_offset + start, strerror(-ret));
             return ret;
         }
@@ -158,7 +158,7 @@ int qcow2_l2_slice(qcow2_state *s, uint64_t gci, bool for_write, qcow2_slice **s
         if (!for_write) {
             return 0;
         }
-        vd_set_io_error("%s: guest offset %#" PRIx64 " is beyond the L1 table", s->name,
+        vd_node_set_error(s->node, "%s: guest offset %#" PRIx64 " is beyond the L1 table", s->name,
                         gci << s->cluster_bits);
         return -EIO;
     }
@@ -522,7 +522,7 @@ int qcow2_l1_install_locked(qcow2_state *s, uint64_t *l1, uint32_t size)
     if (ret < 0) {
         free(dirty);
         qcow2_update_refcount(s, off, clusters * cs, -1, false);
-        vd_set_io_error("%s: could not write a new L1 table: %s", s->name, strerror(-ret));
+        vd_node_set_error(s->node, "%s: could not write a new L1 table: %s", s->name, strerror(-ret));
         return ret;
     }
     uint64_t old_off = s->l1_offset;
@@ -549,7 +549,7 @@ int qcow2_grow_l1_locked(qcow2_state *s, uint64_t min_size, bool exact)
         return 0;
     }
     if (min_size > QCOW2_MAX_L1_BYTES / 8) {
-        vd_set_io_error("%s: the L1 table would exceed %u bytes", s->name, QCOW2_MAX_L1_BYTES);
+        vd_node_set_error(s->node, "%s: the L1 table would exceed %u bytes", s->name, QCOW2_MAX_L1_BYTES);
         return -EFBIG;
     }
     if (!exact) {

@@ -75,7 +75,7 @@ int qcow2_alloc_bytes(qcow2_state *s, uint64_t size, uint64_t *offset)
     }
     if (start + size > (1ull << offset_bits(s->cluster_bits))) {
         qcow2_update_refcount(s, start, size, -1, false);
-        vd_set_io_error("%s: host offset %#" PRIx64 " does not fit in a compressed cluster "
+        vd_node_set_error(s->node, "%s: host offset %#" PRIx64 " does not fit in a compressed cluster "
                         "descriptor", s->name, start);
         return -EFBIG;
     }
@@ -224,7 +224,7 @@ static int batch_write(qcow2_state *s, cwrite *w, size_t n)
             free(bb);
         }
         if (ret < 0) {
-            vd_set_io_error("%s: could not write compressed data at %#" PRIx64 ": %s",
+            vd_node_set_error(s->node, "%s: could not write compressed data at %#" PRIx64 ": %s",
                             s->name, first->host, strerror(-ret));
             return ret;
         }
@@ -283,7 +283,7 @@ static int write_batch(qcow2_state *s, cwrite *w, uint64_t gci, size_t n)
         citem *it = &w->items[i];
         it->allocated = false;
         if (it->clen < 0 && it->clen != -ENOSPC) {
-            vd_set_io_error("%s: could not compress the cluster at guest offset %#" PRIx64
+            vd_node_set_error(s->node, "%s: could not compress the cluster at guest offset %#" PRIx64
                             ": %s", s->name, (gci + i) << s->cluster_bits,
                             strerror((int)-it->clen));
             return (int)it->clen;
@@ -298,7 +298,7 @@ static int write_batch(qcow2_state *s, cwrite *w, uint64_t gci, size_t n)
     } while (qcow2_alloc_wait(s, gci, n));
     if (s->broken) {
         pthread_mutex_unlock(&s->lock);
-        vd_set_io_error("%s: the image is marked corrupt; writes are refused", s->name);
+        vd_node_set_error(s->node, "%s: the image is marked corrupt; writes are refused", s->name);
         return -EIO;
     }
     qcow2_alloc_insert(s, &rec, gci, n);
@@ -341,7 +341,7 @@ static int pad_file(qcow2_state *s)
     int ret = 0;
     int64_t flen = vd_node_file_length(s->file);
     if (s->broken) {
-        vd_set_io_error("%s: the image is marked corrupt; writes are refused", s->name);
+        vd_node_set_error(s->node, "%s: the image is marked corrupt; writes are refused", s->name);
         ret = -EIO;
     } else if (flen < 0) {
         ret = (int)flen;
@@ -350,7 +350,7 @@ static int pad_file(qcow2_state *s)
         uint64_t want = ((uint64_t)flen + 511) & ~511ull;
         ret = vd_node_truncate(s->file, want, false, "off", &err);
         if (ret < 0) {
-            vd_set_io_error("%s: could not pad the image file: %s", s->name,
+            vd_node_set_error(s->node, "%s: could not pad the image file: %s", s->name,
                             err ? vd_error_msg(err) : strerror(-ret));
             vd_error_free(err);
         }
@@ -367,7 +367,7 @@ int qcow2_pwrite_compressed(vd_node *node, const void *buf, uint64_t len, uint64
     uint64_t cs = s->cluster_size;
 
     if (s->h.incompatible_features & QCOW2_INCOMPAT_DATA_FILE) {
-        vd_set_io_error("%s: compressed writes are not supported with an external data file",
+        vd_node_set_error(s->node, "%s: compressed writes are not supported with an external data file",
                         s->name);
         return -ENOTSUP;
     }
@@ -375,20 +375,20 @@ int qcow2_pwrite_compressed(vd_node *node, const void *buf, uint64_t len, uint64
         return pad_file(s);
     }
     if ((off & (cs - 1)) || ((len & (cs - 1)) && off + len != node->size)) {
-        vd_set_io_error("%s: compressed write of %" PRIu64 " bytes at offset %" PRIu64 " is "
+        vd_node_set_error(s->node, "%s: compressed write of %" PRIu64 " bytes at offset %" PRIu64 " is "
                         "not made of whole clusters (cluster size %" PRIu64 ")", s->name, len,
                         off, cs);
         return -EINVAL;
     }
     const vd_codec *codec = vd_codec_by_id(s->h.compression_type);
     if (!codec) {
-        vd_set_io_error("%s: unknown compression type %u", s->name, s->h.compression_type);
+        vd_node_set_error(s->node, "%s: unknown compression type %u", s->name, s->h.compression_type);
         return -ENOTSUP;
     }
     if (level == VD_COMPRESSION_LEVEL_DEFAULT) {
         level = codec->default_level;
     } else if (vd_codec_check_level(codec, level, NULL) < 0) {
-        vd_set_io_error("%s: compression level %d is out of range for %s (%d to %d)", s->name,
+        vd_node_set_error(s->node, "%s: compression level %d is out of range for %s (%d to %d)", s->name,
                         level, codec->name, codec->min_level, codec->max_level);
         return -EINVAL;
     }
@@ -444,7 +444,7 @@ static const vd_codec *image_codec(qcow2_state *s, uint64_t guest_off)
 {
     const vd_codec *codec = vd_codec_by_id(s->h.compression_type);
     if (!codec) {
-        vd_set_io_error("%s: compressed cluster at guest offset 0x%" PRIx64 ": unknown "
+        vd_node_set_error(s->node, "%s: compressed cluster at guest offset 0x%" PRIx64 ": unknown "
                         "compression type %u", s->name, guest_off, s->h.compression_type);
     }
     return codec;
@@ -459,7 +459,7 @@ static int decompress(qcow2_state *s, const vd_codec *codec, const uint8_t *src,
 
 static int decompress_error(qcow2_state *s, uint64_t guest_off, uint64_t host)
 {
-    vd_set_io_error("%s: compressed cluster at guest offset 0x%" PRIx64 " (host offset 0x%"
+    vd_node_set_error(s->node, "%s: compressed cluster at guest offset 0x%" PRIx64 " (host offset 0x%"
                     PRIx64 ") does not decompress to a full cluster", s->name, guest_off, host);
     return -EIO;
 }

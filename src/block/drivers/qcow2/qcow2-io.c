@@ -99,7 +99,7 @@ void qcow2_enter_locked(qcow2_state *s)
 /* The mapping rejects invalid entries; this guards the switch over entry types. */
 static int invalid_entry_error(qcow2_state *s, uint64_t guest_off)
 {
-    vd_set_io_error("%s: invalid cluster entry at guest offset 0x%" PRIx64, s->name,
+    vd_node_set_error(s->node, "%s: invalid cluster entry at guest offset 0x%" PRIx64, s->name,
                     guest_off);
     return -EIO;
 }
@@ -637,7 +637,7 @@ int qcow2_pwrite_locked(qcow2_state *s, const void *buf, uint64_t len, uint64_t 
 {
     const uint8_t *p = buf;
     if (s->broken) {
-        vd_set_io_error("%s: the image is marked corrupt; writes are refused", s->name);
+        vd_node_set_error(s->node, "%s: the image is marked corrupt; writes are refused", s->name);
         return -EIO;
     }
     while (len > 0) {
@@ -751,7 +751,7 @@ int qcow2_pwrite_zeroes(vd_node *node, uint64_t off, uint64_t len, unsigned flag
     qcow2_enter_locked(s);
     if (s->broken) {
         pthread_mutex_unlock(&s->lock);
-        vd_set_io_error("%s: the image is marked corrupt; writes are refused", s->name);
+        vd_node_set_error(s->node, "%s: the image is marked corrupt; writes are refused", s->name);
         return -EIO;
     }
     if (off < a) {
@@ -803,7 +803,7 @@ int qcow2_pdiscard(vd_node *node, uint64_t off, uint64_t len)
     qcow2_enter_locked(s);
     if (s->broken) {
         pthread_mutex_unlock(&s->lock);
-        vd_set_io_error("%s: the image is marked corrupt; writes are refused", s->name);
+        vd_node_set_error(s->node, "%s: the image is marked corrupt; writes are refused", s->name);
         return -EIO;
     }
     uint64_t first = start >> s->cluster_bits;

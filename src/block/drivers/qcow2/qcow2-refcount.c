@@ -164,7 +164,7 @@ static int find_free_run(qcow2_state *s, uint64_t n, uint64_t *start)
 
     while (run_len < n) {
         if (c >= max_cluster) {
-            vd_set_io_error("%s: no room for %" PRIu64 " more clusters below the maximum host "
+            vd_node_set_error(s->node, "%s: no room for %" PRIu64 " more clusters below the maximum host "
                             "offset", s->name, n);
             return -EFBIG;
         }
@@ -216,7 +216,7 @@ static int find_free_run(qcow2_state *s, uint64_t n, uint64_t *start)
 
 static int pwrite_sync_err(qcow2_state *s, const char *what, uint64_t off, int ret)
 {
-    vd_set_io_error("%s: could not write the %s at 0x%" PRIx64 ": %s", s->name, what, off,
+    vd_node_set_error(s->node, "%s: could not write the %s at 0x%" PRIx64 ": %s", s->name, what, off,
                     strerror(-ret));
     return ret;
 }
@@ -289,7 +289,7 @@ static int ensure_refblocks(qcow2_state *s, uint64_t start, uint64_t n, uint64_t
             ne = grown_entries(s, last_bi + 1);
             nt = (ne * 8 + cs - 1) / cs;
             if (nt * cs > QCOW2_MAX_REFTABLE_BYTES) {
-                vd_set_io_error("%s: the refcount table would exceed %u bytes", s->name,
+                vd_node_set_error(s->node, "%s: the refcount table would exceed %u bytes", s->name,
                                 QCOW2_MAX_REFTABLE_BYTES);
                 return -EFBIG;
             }
@@ -305,7 +305,7 @@ static int ensure_refblocks(qcow2_state *s, uint64_t start, uint64_t n, uint64_t
         return 0;
     }
     if (start + k + t > (MAX_HOST_OFFSET >> s->cluster_bits)) {
-        vd_set_io_error("%s: the refcount structures would lie beyond the maximum host "
+        vd_node_set_error(s->node, "%s: the refcount structures would lie beyond the maximum host "
                         "offset", s->name);
         return -EFBIG;
     }
@@ -477,7 +477,7 @@ static int update_refcount(qcow2_state *s, uint64_t offset, uint64_t len, int64_
         if (rb == 0) {
             /* Allocation creates blocks before it counts; anything else only touches
              * clusters that are counted already. */
-            vd_set_io_error("%s: cluster %" PRIu64 " has no refcount block (refcount 0)",
+            vd_node_set_error(s->node, "%s: cluster %" PRIu64 " has no refcount block (refcount 0)",
                             s->name, c);
             ret = -EINVAL;
             break;
@@ -495,7 +495,7 @@ static int update_refcount(qcow2_state *s, uint64_t offset, uint64_t len, int64_
             uint64_t nv;
             if (addend < 0) {
                 if (v < (uint64_t)-addend) {
-                    vd_set_io_error("%s: refcount of cluster %" PRIu64 " would drop below 0",
+                    vd_node_set_error(s->node, "%s: refcount of cluster %" PRIu64 " would drop below 0",
                                     s->name, c);
                     ret = -EINVAL;
                     break;
@@ -503,7 +503,7 @@ static int update_refcount(qcow2_state *s, uint64_t offset, uint64_t len, int64_
                 nv = v - (uint64_t)-addend;
             } else {
                 if (s->refcount_max - v < (uint64_t)addend) {
-                    vd_set_io_error("%s: refcount of cluster %" PRIu64 " would overflow "
+                    vd_node_set_error(s->node, "%s: refcount of cluster %" PRIu64 " would overflow "
                                     "(maximum %" PRIu64 ")", s->name, c, s->refcount_max);
                     ret = -ERANGE;
                     break;
@@ -629,7 +629,7 @@ int qcow2_alloc_clusters_for(qcow2_state *s, uint64_t n, uint64_t *offset, bool 
             return ret;
         }
         if (start + n > (MAX_HOST_OFFSET >> s->cluster_bits)) {
-            vd_set_io_error("%s: no room for %" PRIu64 " clusters below the maximum host "
+            vd_node_set_error(s->node, "%s: no room for %" PRIu64 " clusters below the maximum host "
                             "offset", s->name, n);
             return -EFBIG;
         }

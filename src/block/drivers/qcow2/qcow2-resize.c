@@ -16,9 +16,10 @@ static uint64_t l1_entries_for(const qcow2_state *s, uint64_t size)
 
 static int io_err(qcow2_state *s, int ret, const char *what, vd_error **errp)
 {
-    const char *detail = vd_get_io_error();
+    char detail[512];
+    bool have = vd_node_get_error(s->node, detail, sizeof(detail));
     return vd_error_set(errp, VD_ERR_IO, -ret, "%s: %s: %s", s->name, what,
-                        detail ? detail : strerror(-ret));
+                        have ? detail : strerror(-ret));
 }
 
 /* Shrinks the file to the last cluster in use. */

@@ -53,7 +53,8 @@ typedef struct snap_txn {
 
 static int io_err(qcow2_state *s, int ret, const char *what, vd_error **errp)
 {
-    const char *detail = vd_get_io_error();
+    char buf[512];
+    const char *detail = vd_node_get_error(s->node, buf, sizeof(buf)) ? buf : NULL;
     size_t n = strlen(s->name);
     if (detail && strncmp(detail, s->name, n) == 0 && strncmp(detail + n, ": ", 2) == 0) {
         detail += n + 2;   /* named once is enough */
@@ -159,7 +160,7 @@ static int write_table(qcow2_state *s, const qcow2_snapshot *tab, uint32_t nb, u
     }
     uint64_t bytes = qcow2_snapshots_encoded_len(tab, nb);
     if (bytes > QCOW2_MAX_SNAPSHOT_TABLE_BYTES) {
-        vd_set_io_error("%s: the snapshot table would exceed %u bytes", s->name,
+        vd_node_set_error(s->node, "%s: the snapshot table would exceed %u bytes", s->name,
                         QCOW2_MAX_SNAPSHOT_TABLE_BYTES);
         return -EFBIG;
     }
@@ -175,7 +176,7 @@ static int write_table(qcow2_state *s, const qcow2_snapshot *tab, uint32_t nb, u
         vd_node_event(s->file, "snapshot_table_update");
         ret = vd_node_pwrite(s->file, buf, bytes, where, 0);
         if (ret < 0) {
-            vd_set_io_error("%s: could not write the snapshot table: %s", s->name,
+            vd_node_set_error(s->node, "%s: could not write the snapshot table: %s", s->name,
                             strerror(-ret));
             qcow2_update_refcount(s, where, bytes, -1, false);
         }
@@ -197,7 +198,7 @@ static int write_table_pointer(qcow2_state *s, uint32_t nb, uint64_t off)
     vd_node_event(s->file, "header_update");
     int ret = vd_node_pwrite(s->file, b, sizeof(b), 60, 0);
     if (ret < 0) {
-        vd_set_io_error("%s: could not write the header: %s", s->name, strerror(-ret));
+        vd_node_set_error(s->node, "%s: could not write the header: %s", s->name, strerror(-ret));
         return ret;
     }
     return qcow2_sync(s);
@@ -240,7 +241,7 @@ static int ref_range(qcow2_state *s, uint64_t off, uint64_t len, int64_t addend,
                 return ret;
             }
             if (s->refcount_max - rc < (uint64_t)addend) {
-                vd_set_io_error("%s: cluster %" PRIu64 " would need more than %" PRIu64
+                vd_node_set_error(s->node, "%s: cluster %" PRIu64 " would need more than %" PRIu64
                                 " references (refcount_bits=%u)", s->name, c,
                                 s->refcount_max, 1u << s->refcount_order);
                 return -ERANGE;
@@ -267,7 +268,7 @@ static int tree_refs_punch(qcow2_state *s, const uint64_t *l1, uint32_t l1_size,
             continue;
         }
         if (l2 & (cs - 1)) {
-            vd_set_io_error("%s: L2 table offset %#" PRIx64 " unaligned (L1 index %" PRIu32
+            vd_node_set_error(s->node, "%s: L2 table offset %#" PRIx64 " unaligned (L1 index %" PRIu32
                             ")", s->name, l2, i);
             ret = -EIO;
             break;
@@ -297,7 +298,7 @@ static int tree_refs_punch(qcow2_state *s, const uint64_t *l1, uint32_t l1_size,
                         continue;
                     }
                     if (host & (cs - 1)) {
-                        vd_set_io_error("%s: data cluster offset %#" PRIx64 " unaligned",
+                        vd_node_set_error(s->node, "%s: data cluster offset %#" PRIx64 " unaligned",
                                         s->name, host);
                         ret = -EIO;
                         break;

@@ -19,7 +19,7 @@ int qcow2_sync(qcow2_state *s)
     vd_node_event(s->file, "flush_to_disk");
     int ret = vd_node_flush(s->file);
     if (ret < 0) {
-        vd_set_io_error("%s: could not flush the image file: %s", s->name, strerror(-ret));
+        vd_node_set_error(s->node, "%s: could not flush the image file: %s", s->name, strerror(-ret));
         return ret;
     }
     s->rb_unsynced = false;
@@ -34,7 +34,7 @@ int qcow2_write_header(qcow2_state *s)
     }
     int ret = qcow2_header_encode(&s->h, buf, s->cluster_size);
     if (ret < 0) {
-        vd_set_io_error("%s: the header and its extensions do not fit in one cluster",
+        vd_node_set_error(s->node, "%s: the header and its extensions do not fit in one cluster",
                         s->name);
         free(buf);
         return ret;
@@ -43,7 +43,7 @@ int qcow2_write_header(qcow2_state *s)
     ret = vd_node_pwrite(s->file, buf, s->cluster_size, 0, 0);
     free(buf);
     if (ret < 0) {
-        vd_set_io_error("%s: could not write the header: %s", s->name, strerror(-ret));
+        vd_node_set_error(s->node, "%s: could not write the header: %s", s->name, strerror(-ret));
         return ret;
     }
     return qcow2_sync(s);
@@ -56,7 +56,7 @@ int qcow2_write_incompat(qcow2_state *s, uint64_t bits)
     vd_node_event(s->file, "header_update");
     int ret = vd_node_pwrite(s->file, b, sizeof(b), 72, 0);
     if (ret < 0) {
-        vd_set_io_error("%s: could not write the header: %s", s->name, strerror(-ret));
+        vd_node_set_error(s->node, "%s: could not write the header: %s", s->name, strerror(-ret));
         return ret;
     }
     return qcow2_sync(s);
@@ -87,7 +87,7 @@ int qcow2_mark_clean_locked(qcow2_state *s)
     if (!s->dirty_ours) {
         /* Dirty since before this open and not repaired (check mode): its refcounts may
          * be stale, so the bit must stay until a repair. */
-        vd_set_io_error("%s: the image is dirty and must be repaired first (check -r all)",
+        vd_node_set_error(s->node, "%s: the image is dirty and must be repaired first (check -r all)",
                         s->name);
         return -EBUSY;
     }
@@ -120,10 +120,10 @@ static int signal_corruption(qcow2_state *s, int64_t offset, int64_t size, const
         vd_engine_emit(s->node->engine, &ev);
     }
     if (s->writable) {
-        vd_set_io_error("%s: qcow2: Marking image as corrupt: %s; further corruption events "
+        vd_node_set_error(s->node, "%s: qcow2: Marking image as corrupt: %s; further corruption events "
                         "will be suppressed", s->name, msg);
     } else {
-        vd_set_io_error("%s: qcow2: Image is corrupt: %s", s->name, msg);
+        vd_node_set_error(s->node, "%s: qcow2: Image is corrupt: %s", s->name, msg);
     }
     return -EIO;
 }
@@ -831,7 +831,7 @@ static bool tables_ready(vd_node *node)
     bool ok = s->loaded;
     pthread_mutex_unlock(&s->lock);
     if (!ok) {
-        vd_set_io_error("%s: the image metadata is not loaded (opened for check only)",
+        vd_node_set_error(s->node, "%s: the image metadata is not loaded (opened for check only)",
                         s->name);
     }
     return ok;
