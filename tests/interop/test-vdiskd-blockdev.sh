@@ -3,7 +3,8 @@
 # options: raw with offset and size, qcow2 with its options and a nested blkdebug, null-co,
 # and nbd (a client of qemu-nbd, exported again: a proxy). The same arguments are given to
 # qemu-storage-daemon; each export is read with qemu-img and must hold the same bytes as the
-# other daemon's export of the same node.
+# other daemon's export of the same node, and query-named-block-nodes must show the same
+# graph.
 . "$(dirname "$0")/../lib.sh"
 vd_init
 need_tool qemu-storage-daemon qemu-nbd
@@ -39,6 +40,7 @@ start() {
     for i in 1 2 3 4; do
         args+=(--export "type=nbd,id=x$i,node-name=n$i,name=e$i")
     done
+    args+=(--chardev "socket,id=m0,path=$2.qmp,server=on,wait=off" --monitor chardev=m0)
     "$1" "${args[@]}" >"$2.log" 2>&1 &
     pids+=($!)
     for _ in $(seq 100); do [ -S "$2" ] && break; sleep 0.05; done
@@ -61,6 +63,28 @@ for i in 1 2 3 4; do
     [ -s q.size ] && same_files "node$i/size" q.size v.size ||
         fail "node$i/size" "qemu-storage-daemon's export has no size"
 done
+# The same graph: every node (the children the options nest too), its driver, mode and
+# size, as query-named-block-nodes lists them (automatic names aside). The "file" member
+# is left out: for nodes with options QEMU shows json:{...} in its own key order, or
+# blkdebug::PATH (README, "Where output differs").
+for t in v q; do
+    "$PYTHON" -c '
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from qmp_session import Client
+c = Client(sys.argv[2])
+c.cmd("qmp_capabilities")
+for n in sorted(c.cmd("query-named-block-nodes")["return"],
+                key=lambda n: ("#" if n["node-name"][0] == "#" else n["node-name"],
+                               n["drv"], n["image"].get("virtual-size", 0))):
+    name = "#" if n["node-name"].startswith("#") else n["node-name"]
+    print(name, n["drv"], n["ro"], n["image"].get("virtual-size"))
+c.close()
+' "$VD_TESTS/interop" "$D/$t.sock.qmp" >"graph-$t.txt" 2>&1
+done
+[ "$(grep -c '^n[1-4] ' graph-q.txt)" = 4 ] && same_files graph-as-qsd graph-q.txt graph-v.txt ||
+    fail graph-as-qsd "no node list from qemu-storage-daemon" graph-q.txt
+
 # The proxy (n4) serves what qemu-nbd serves: the qcow2 image's guest data.
 check_ok proxy/compare-with-image "$QEMU_IMG" compare -f raw -F qcow2 \
     "nbd+unix:///e4?socket=$D/v.sock" src.qcow2
