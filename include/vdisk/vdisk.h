@@ -176,6 +176,10 @@ enum {
 uint64_t vd_disk_size(const vd_disk *d);
 const char *vd_disk_filename(const vd_disk *d);
 const char *vd_disk_format(const vd_disk *d);
+/* A backing file name as an image stores it, resolved as QEMU resolves it: relative to the
+ * directory of the image that names it; absolute paths, json: options and other protocols'
+ * names (nbd URIs) as they are. Caller frees. */
+char *vd_backing_path(const char *image, const char *backing);
 /* Whether the handle's top node was opened (or has turned) read-only. */
 bool vd_disk_read_only(const vd_disk *d);
 int vd_pread(vd_disk *d, void *buf, uint64_t len, uint64_t off);

@@ -304,8 +304,6 @@ int vd_node_probe_format(vd_node *file, const char **fmt, vd_error **errp);
  * is always opened read-only. */
 int vd_node_open_backing(vd_node *node, const char *name, const char *format,
                          vd_error **errp);
-/* Resolves a backing name relative to the image that refers to it (caller frees). */
-char *vd_backing_path(const char *image, const char *backing);
 /* Flushes, closes and frees a node and its children. */
 int vd_node_close(vd_node *node);
 

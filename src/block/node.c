@@ -2,7 +2,6 @@
  * backing chain (with loop detection and a depth limit). */
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <limits.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -371,19 +370,14 @@ int vd_node_open(vd_engine *e, const char *filename, const char *format, unsigne
 
 char *vd_backing_path(const char *image, const char *backing)
 {
+    /* Options (json:) and other protocols' names (nbd URIs) name no file to resolve, as
+     * QEMU takes them; a relative name keeps the image's directory as written. */
+    const char *slash = strrchr(image, '/');
     char *r = NULL;
-    /* Options (json:) name no file to resolve, as QEMU takes them. */
-    if (backing[0] == '/' || strchr(image, '/') == NULL || !strncmp(backing, "json:", 5)) {
+    if (backing[0] == '/' || !slash || vd_file_is_other_protocol(backing)) {
         r = strdup(backing);
-    } else {
-        char *copy = strdup(image);
-        if (!copy) {
-            abort();
-        }
-        if (asprintf(&r, "%s/%s", dirname(copy), backing) < 0) {
-            r = NULL;
-        }
-        free(copy);
+    } else if (asprintf(&r, "%.*s%s", (int)(slash - image + 1), image, backing) < 0) {
+        r = NULL;
     }
     if (!r) {
         abort();

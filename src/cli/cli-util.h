@@ -171,9 +171,6 @@ int cli_open(vd_engine *e, const char *filename, const char *fmt, unsigned flags
              vd_disk **out);
 /* Is `fmt` a format the library knows (has an option table)? */
 bool cli_format_known(const char *fmt);
-/* The backing file path as qemu resolves it: relative names are taken relative to the
- * directory of `image`. Caller frees. */
-char *cli_backing_path(const char *image, const char *backing);
 /* After a failed I/O or block status call on d (same thread): prints the driver's note when
  * it is one qemu would also have printed at that point (a "qcow2: ..." corruption event),
  * without the image name the library puts in front. */

@@ -19,7 +19,7 @@
 static bool names_layer(const char *parent_name, const char *name, vd_disk *layer)
 {
     const char *lname = vd_disk_filename(layer);
-    char *rel = cli_backing_path(parent_name, name);
+    char *rel = vd_backing_path(parent_name, name);
     char a[PATH_MAX], b[PATH_MAX];
     bool same = lname && realpath(rel, a) && realpath(lname, b) && !strcmp(a, b);
     free(rel);

@@ -134,7 +134,7 @@ static void print_formatting_line(const char *filename, const char *fmt, const v
 static int probe_backing(vd_engine *e, const char *filename, const char *backing,
                          const char *backing_fmt, uint64_t *size)
 {
-    char *path = cli_backing_path(filename, backing);
+    char *path = vd_backing_path(filename, backing);
     vd_open_opts oo = {.format = backing_fmt, .flags = 0};
     vd_disk *b = NULL;
     vd_error *err = NULL;

@@ -201,7 +201,7 @@ static int collect(vd_engine *e, const char *filename, const char *fmt, bool cha
         name = NULL;
         n++;
         if (en->info.backing_filename) {
-            en->full_backing = cli_backing_path(en->filename, en->info.backing_filename);
+            en->full_backing = vd_backing_path(en->filename, en->info.backing_filename);
         }
         free(cur_fmt);
         cur_fmt = NULL;

@@ -272,7 +272,7 @@ int cmd_rebase(int argc, char **argv)
     if (!unsafe) {
         int new_depth = -1;
         if (new_backing) {
-            char *path = cli_backing_path(filename, out_base);
+            char *path = vd_backing_path(filename, out_base);
             vd_open_opts no = {.format = out_basefmt, .flags = src_flags};
             vd_error *err = NULL;
             new_depth = chain_depth_of(top, path);

@@ -1147,18 +1147,6 @@ static int open_as(vd_engine *e, const char *filename, const char *fmt, unsigned
     return 0;
 }
 
-char *cli_backing_path(const char *image, const char *backing)
-{
-    const char *slash = strrchr(image, '/');
-    if (backing[0] == '/' || !slash || !strncmp(backing, "json:", 5)) {
-        return cli_xstrdup(backing);
-    }
-    size_t plen = (size_t)(slash - image) + 1;
-    char *r = cli_xmalloc(plen + strlen(backing) + 1);
-    memcpy(r, image, plen);
-    strcpy(r + plen, backing);
-    return r;
-}
 
 int cli_chain_length(vd_disk *d)
 {

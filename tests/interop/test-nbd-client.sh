@@ -315,7 +315,7 @@ same_files info-export q.info v.info
 for who in vdisk qemu; do
     "$QEMU_IMG" create -q -f raw "mk-$who.raw" 8M
     rm -f "$D/mk-$who.sock"
-    qemu-nbd -t -f raw -k "$D/mk-$who.sock" "mk-$who.raw" >"mk-$who.log" 2>&1 &
+    qemu-nbd -t -e 3 -f raw -k "$D/mk-$who.sock" "mk-$who.raw" >"mk-$who.log" 2>&1 &
     servers+=($!)
     wait_listen unix "$D/mk-$who.sock"
 done
@@ -340,6 +340,14 @@ sed -e "s|$uq|URI|g" -e 's/^qemu-img: /PROG: /' q.out >q2.out
     pass create-on-export/grow-fails ||
     { cat q2.out >>v2.out; fail create-on-export/grow-fails "exit $vrc (qemu-img $qrc)" v2.out; }
 same_files create-on-export/grow-message q2.out v2.out
+# An overlay backed by an export: the URI is its backing name as it is (not a path relative
+# to the overlay's directory), for create, info and reads, as qemu-img takes it.
+mkdir -p sub
+"$VDISK" create -q -f qcow2 -b "$uq" -F raw sub/ov.qcow2 >ov.out 2>&1 &&
+    "$VDISK" compare -f qcow2 -F raw sub/ov.qcow2 "$uq" >>ov.out 2>&1 &&
+    "$QEMU_IMG" compare -f qcow2 -F raw sub/ov.qcow2 "$uq" >>ov.out 2>&1 &&
+    "$QEMU_IMG" info sub/ov.qcow2 | grep -qF "backing file: $uq" && pass backing-is-export ||
+    fail backing-is-export "an overlay over an NBD export" ov.out
 ls nbd* >/dev/null 2>&1 && fail create-on-export/no-local-file "a local file named like the URI" /dev/null ||
     pass create-on-export/no-local-file
 
