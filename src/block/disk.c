@@ -107,6 +107,14 @@ bool vd_disk_read_only(const vd_disk *d)
     return ro;
 }
 
+bool vd_disk_direct(const vd_disk *d)
+{
+    vd_disk_enter(d);
+    bool direct = (d->node->open_flags & VD_OPEN_NOCACHE) != 0;
+    vd_disk_leave(d);
+    return direct;
+}
+
 const char *vd_disk_last_error(vd_disk *d)
 {
     vd_disk_enter(d);

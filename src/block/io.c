@@ -180,12 +180,18 @@ static int pwrite_body(vd_node *n, const void *buf, uint64_t len, uint64_t off,
     if (!bounce) {
         return -ENOMEM;
     }
+    /* Only the buffer is unaligned: a copy, and nothing to read, so nothing to serialise
+     * (O_DIRECT writes then run side by side). */
+    if (start == off && end == off + len) {
+        memcpy(bounce, buf, len);
+        ret = split_pwrite(n, bounce, len, off, flags);
+        free(bounce);
+        return ret;
+    }
     /* Two unaligned writes into one block must not both read the old block and then
      * overwrite each other's bytes, so the read-modify-write runs under a lock. */
     pthread_mutex_lock(&n->rmw_lock);
-    if (start != off || end != off + len) {
-        ret = split_pread(n, bounce, end - start, start);
-    }
+    ret = split_pread(n, bounce, end - start, start);
     if (ret == 0) {
         memcpy(bounce + (off - start), buf, len);
         ret = split_pwrite(n, bounce, end - start, start, flags);

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Load: 16 clients at once on two `vdisk nbd` exports (8 each, disjoint regions), seeded
+# Load: 16 clients at once on two `vdisk nbd` exports (8 each, disjoint regions; the
+# second opened with O_DIRECT), seeded
 # random writes and reads, every byte checked against a shadow copy during the run and at
 # the end, then qemu-img check clean and each image compared region by region with what the
 # clients last wrote. NBD_LOAD_SECS (default 15); the long mode is NBD_LOAD_SECS=600.
@@ -13,7 +14,11 @@ socks=
 pids=
 for x in a b; do
     "$QEMU_IMG" create -q -f qcow2 "$x.qcow2" 64M
-    "$VDISK" nbd -t -e 0 -f qcow2 -k "$VD_TESTDIR/$x.sock" "$x.qcow2" >"$x.log" 2>&1 &
+    # b is opened with O_DIRECT: its writes run on the workers, a's on the reader.
+    cache=writeback
+    [ "$x" = b ] && cache=none
+    "$VDISK" nbd -t -e 0 -f qcow2 --cache=$cache -k "$VD_TESTDIR/$x.sock" "$x.qcow2" \
+        >"$x.log" 2>&1 &
     pids="$pids $!"
     socks="$socks${socks:+,}$VD_TESTDIR/$x.sock"
 done
