@@ -10,6 +10,9 @@
 #              (qemu-img convert of 2 GiB: 5.3 s into /dev/shm, 1.9 s into ext4)
 #   fio-randwrite / fio-randread  fio's nbd engine, 4 KiB random writes into a fresh 1 GiB
 #              qcow2 export, then random reads of that written image, iodepth 32
+#   fio-direct-randwrite / fio-direct-randread  the same into and from a fully allocated
+#              1 GiB qcow2 (preallocation=full) that both servers open with O_DIRECT
+#              (vdisk nbd --cache=none; qsd cache.direct=on): a VM's disk in steady state
 # vdisk serves with `vdisk nbd -t -e 0` (multi-conn, as qsd's nbd-server-start default).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -28,15 +31,15 @@ command -v fio >/dev/null && fio --enghelp=nbd >/dev/null 2>&1 || have_fio=0
 sock="$BENCH_DIR/nbd.sock"
 srv_pid=
 
-# serve WHO IMAGE: starts the contender's server on $sock; sets $uri.
+# serve WHO IMAGE [direct]: starts the contender's server on $sock; sets $uri.
 serve() {
-    local who=$1 img=$2
+    local who=$1 img=$2 direct=${3:-}
     rm -f "$sock"
     if [ "$who" = vdisk ]; then
-        "$VDISK" nbd -t -e 0 -f qcow2 -k "$sock" "$img" &
+        "$VDISK" nbd -t -e 0 -f qcow2 ${direct:+--cache=none} -k "$sock" "$img" &
         uri="nbd+unix:///?socket=$sock"
     else
-        "$QSD" --blockdev "driver=file,node-name=f0,filename=$img" \
+        "$QSD" --blockdev "driver=file,node-name=f0,filename=$img${direct:+,cache.direct=on}" \
             --blockdev driver=qcow2,node-name=d0,file=f0 \
             --nbd-server "addr.type=unix,addr.path=$sock" \
             --export type=nbd,id=e0,node-name=d0,name=,writable=on &
@@ -88,6 +91,17 @@ if [ $have_fio = 1 ]; then
     bench_case fio-randread time vdisk qemu-storage-daemon 1.0 \
         "fio nbd engine: $((fio_io >> 20)) MiB of 4 KiB random reads, iodepth 32, of that image" \
         "fio --ioengine=nbd --rw=randread --bs=4k --iodepth=32" "$fio_io"
+    bench_case fio-direct-randwrite time vdisk qemu-storage-daemon 1.0 \
+        "fio nbd engine: $((fio_io >> 20)) MiB of 4 KiB random writes, iodepth 32, into an allocated $((fio_size >> 20)) MiB qcow2, O_DIRECT" \
+        "fio --ioengine=nbd --rw=randwrite --bs=4k --iodepth=32 (servers: cache=none)" "$fio_io"
+    bench_case fio-direct-randread time vdisk qemu-storage-daemon 1.0 \
+        "fio nbd engine: $((fio_io >> 20)) MiB of 4 KiB random reads, iodepth 32, of that image, O_DIRECT" \
+        "fio --ioengine=nbd --rw=randread --bs=4k --iodepth=32 (servers: cache=none)" "$fio_io"
+    allocated="$BENCH_CACHE/fio-allocated-$fio_size.qcow2"
+    if [ ! -f "$allocated" ]; then
+        echo "bench: generating $allocated (once; cached)" >&2
+        "$QEMU_IMG" create -q -f qcow2 -o preallocation=full "$allocated" "$fio_size"
+    fi
 else
     bench_note fio-randwrite "fio with the nbd engine is not installed; fio cases skipped"
 fi
@@ -138,6 +152,17 @@ for ((round = 1; round <= BENCH_ROUNDS; round++)); do
             stop
             [ "$round" = 1 ] && { bench_check fio-randwrite "$who" "$out" || true; }
             rm -f "$out"
+            bench_settle
+
+            serve "$who" "$allocated" direct
+            bench_run fio-direct-randwrite "$who" "$round" env uri="$uri" \
+                fio_size="$fio_size" fio_io="$fio_io" \
+                bash -c "$(declare -f fio_job); fio_job randwrite" || true
+            bench_run fio-direct-randread "$who" "$round" env uri="$uri" \
+                fio_size="$fio_size" fio_io="$fio_io" \
+                bash -c "$(declare -f fio_job); fio_job randread" || true
+            stop
+            [ "$round" = 1 ] && { bench_check fio-direct-randwrite "$who" "$allocated" || true; }
             bench_settle
         fi
     done
