@@ -1112,9 +1112,9 @@ void nbd_req_run(nbd_req *r)
     } else if (run(c, r) == DEFERRED) {
         return;   /* a worker sends the reply and finishes the request */
     }
-    nbd_request_done(c->srv, r, bytes);
     free(r->data);
     free(r);
+    nbd_request_done(c->srv, c, bytes);
 }
 
 /* ---- the connection thread -------------------------------------------------------------------- */
@@ -1163,8 +1163,10 @@ static void transmission(nbd_conn *c)
         /* Buffered writes to one file take turns in the kernel anyway: running them here
          * saves two thread switches per request. O_DIRECT writes run side by side in the
          * kernel, so they go to the workers with reads and the rest, where a slow one does
-         * not hold up the requests behind it. Once the connection is closing, what the
-         * socket still holds is dropped unread. */
+         * not hold up the requests behind it. Requests in flight at once are not ordered
+         * against each other (as in QEMU, and as the NBD protocol allows), overlapping
+         * writes included. Once the connection is closing, what the socket still holds is
+         * dropped unread. */
         int ret = r->type == NBD_CMD_WRITE && !c->exp->direct
                       ? nbd_run_now(c->srv, r) : nbd_queue_request(c->srv, r);
         if (ret < 0) {

@@ -44,7 +44,6 @@ typedef struct nbd_req {
     bool reply_only;             /* done; a worker only sends its reply (reply_err) */
     uint32_t reply_err;
     struct nbd_req *next;
-    struct nbd_req *mod_next;    /* in c->modifying while it changes data */
 } nbd_req;
 
 /* Payload bytes a request holds in memory while in flight (its data or its reply). */
@@ -74,9 +73,6 @@ struct nbd_conn {
     /* Requests queued or running (under srv->lock). */
     unsigned inflight;
     uint64_t inflight_bytes;
-    /* Writes, zeroes and trims in flight: a later one that overlaps waits for them, so
-     * what a client sends in order lands in order (disjoint ones run side by side). */
-    nbd_req *modifying;
     /* Set (under srv->lock, read atomically elsewhere) when the server or a hard export
      * removal shuts the socket down: the reader stops, requests not started yet are
      * answered ESHUTDOWN (or dropped once the socket is gone) instead of run. */
@@ -150,9 +146,8 @@ int nbd_queue_request(vd_nbd_server *s, nbd_req *r);
 int nbd_run_now(vd_nbd_server *s, nbd_req *r);
 /* Hands a request already counted as in flight to the workers (no waiting). */
 void nbd_queue_counted(vd_nbd_server *s, nbd_req *r);
-/* Called by a worker when a request is done (its reply sent or given up), before r is
- * freed. */
-void nbd_request_done(vd_nbd_server *s, nbd_req *r, uint32_t bytes);
+/* Called by a worker when a request is done (its reply sent or given up). */
+void nbd_request_done(vd_nbd_server *s, nbd_conn *c, uint32_t bytes);
 
 /* tls.c: a server-side TLS session on fd (handshake done, peer verified when asked). */
 int nbd_tls_start(vd_tls_creds *creds, int fd, int timeout_ms, nbd_tls **out,

@@ -70,56 +70,22 @@ static void enqueue_locked(vd_nbd_server *s, nbd_req *r)
     pthread_cond_signal(&s->q_cond);
 }
 
-static bool modifies(const nbd_req *r)
-{
-    return !r->early_err && (r->type == NBD_CMD_WRITE || r->type == NBD_CMD_WRITE_ZEROES ||
-                             r->type == NBD_CMD_TRIM);
-}
-
-/* Does r change bytes that a request of its connection still in flight changes? */
-static bool overlaps_locked(const nbd_req *r)
-{
-    if (!modifies(r)) {
-        return false;
-    }
-    for (const nbd_req *m = r->c->modifying; m; m = m->mod_next) {
-        if (r->off < m->off + m->len && m->off < r->off + r->len) {
-            return true;
-        }
-    }
-    return false;
-}
-
-/* Waits (lock held) until r may start: its overlapping predecessors are done and, when
- * queueing, the connection has room. Closing ends the wait: the reply could not be sent
- * anyway, and a reader that waits while the server stops would hold up the shutdown. */
-static bool wait_turn_locked(vd_nbd_server *s, nbd_req *r, bool room)
+int nbd_queue_request(vd_nbd_server *s, nbd_req *r)
 {
     nbd_conn *c = r->c;
-    while (!c->closing && (overlaps_locked(r) ||
-                           (room && (c->inflight >= CONN_MAX_INFLIGHT ||
-                                     (c->inflight && c->inflight_bytes + nbd_req_bytes(r) >
-                                                         CONN_MAX_INFLIGHT_BYTES))))) {
+    pthread_mutex_lock(&s->lock);
+    /* Closing ends the wait: the reply could not be sent anyway, and a reader that waits
+     * for room while the server stops would hold up the shutdown. */
+    while (!c->closing && (c->inflight >= CONN_MAX_INFLIGHT ||
+                           (c->inflight && c->inflight_bytes + nbd_req_bytes(r) >
+                                               CONN_MAX_INFLIGHT_BYTES))) {
         pthread_cond_wait(&s->cond, &s->lock);
     }
     if (c->closing) {
-        return false;
-    }
-    if (modifies(r)) {
-        r->mod_next = c->modifying;
-        c->modifying = r;
-    }
-    count_locked(r);
-    return true;
-}
-
-int nbd_queue_request(vd_nbd_server *s, nbd_req *r)
-{
-    pthread_mutex_lock(&s->lock);
-    if (!wait_turn_locked(s, r, true)) {
         pthread_mutex_unlock(&s->lock);
         return -1;
     }
+    count_locked(r);
     enqueue_locked(s, r);
     pthread_mutex_unlock(&s->lock);
     return 0;
@@ -135,26 +101,20 @@ void nbd_queue_counted(vd_nbd_server *s, nbd_req *r)
 int nbd_run_now(vd_nbd_server *s, nbd_req *r)
 {
     pthread_mutex_lock(&s->lock);
-    if (!wait_turn_locked(s, r, false)) {
+    if (r->c->closing) {
         pthread_mutex_unlock(&s->lock);
         return -1;
     }
+    count_locked(r);
     pthread_mutex_unlock(&s->lock);
     r->on_reader = true;
     nbd_req_run(r);
     return 0;
 }
 
-void nbd_request_done(vd_nbd_server *s, nbd_req *r, uint32_t bytes)
+void nbd_request_done(vd_nbd_server *s, nbd_conn *c, uint32_t bytes)
 {
-    nbd_conn *c = r->c;
     pthread_mutex_lock(&s->lock);
-    for (nbd_req **p = &c->modifying; *p; p = &(*p)->mod_next) {
-        if (*p == r) {
-            *p = r->mod_next;
-            break;
-        }
-    }
     c->inflight--;
     c->inflight_bytes -= bytes;
     pthread_cond_broadcast(&s->cond);
