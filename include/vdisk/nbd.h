@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "vdisk/bitmap.h"
 #include "vdisk/vdisk.h"
 
 /* ---- TLS credentials (QEMU's tls-creds-x509 / tls-creds-psk objects) ------------------- */
@@ -83,6 +84,12 @@ typedef struct vd_nbd_export_opts {
     /* Also offer the qemu:allocation-depth meta context (qemu-nbd -A): 0 unallocated,
      * N allocated in the Nth image of the backing chain (1 = the top). */
     bool allocation_depth;
+    /* Bitmaps offered as the meta contexts qemu:dirty-bitmap:NAME (qemu-nbd -B,
+     * block-export-add "bitmaps"), at most 30, acquired by the caller
+     * (vd_bitmap_acquire). Once the export is added it owns them and releases them when it
+     * is gone (after its last client); if the add fails they stay the caller's. */
+    vd_dirty_bitmap *const *bitmaps;
+    size_t nb_bitmaps;
 } vd_nbd_export_opts;
 
 int vd_nbd_export_add(vd_nbd_server *s, const vd_nbd_export_opts *o, vd_error **errp);

@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "vdisk/bitmap.h"
 #include "vdisk/vdisk.h"
 
 /* ---- internal snapshots ---------------------------------------------------------------- */
@@ -75,6 +76,12 @@ typedef enum vd_action_kind {
     VD_ACTION_SNAPSHOT_INTERNAL,        /* QMP blockdev-snapshot-internal-sync */
     VD_ACTION_SNAPSHOT_DELETE_INTERNAL, /* QMP blockdev-snapshot-delete-internal-sync */
     VD_ACTION_SNAPSHOT_EXTERNAL,        /* QMP blockdev-snapshot-sync (creates the file) */
+    VD_ACTION_BITMAP_ADD,               /* QMP block-dirty-bitmap-add, and so on */
+    VD_ACTION_BITMAP_REMOVE,
+    VD_ACTION_BITMAP_CLEAR,
+    VD_ACTION_BITMAP_ENABLE,
+    VD_ACTION_BITMAP_DISABLE,
+    VD_ACTION_BITMAP_MERGE,
 } vd_action_kind;
 
 typedef struct vd_action {
@@ -101,6 +108,15 @@ typedef struct vd_action {
     bool overlay_exists;     /* external: the overlay file exists already (QMP
                               * blockdev-snapshot): it is opened, not created, and kept
                               * on abort; its stored backing name is left as it is */
+    /* Bitmap actions (vdisk/bitmap.h): the bitmap `bitmap` (merge: the target) of node
+     * `node` in engine's graph. `disk` may be NULL, or a handle whose writers the
+     * transaction holds back with the others. Their errors are QEMU's, unprefixed. */
+    vd_engine *engine;
+    const char *node;
+    const char *bitmap;
+    vd_bitmap_add_opts bitmap_opts;     /* add */
+    const vd_bitmap_ref *sources;       /* merge */
+    size_t nb_sources;
 } vd_action;
 
 /* Runs the actions as one all-or-nothing transaction: the disks are drained for its whole

@@ -218,6 +218,12 @@ struct vd_node {
     bool registered;
     vd_edge *parents;       /* the uses of this node and their permissions, newest first */
     vd_node *graph_next;    /* the engine's registry, newest first */
+    /* Dirty bitmaps (dirty-bitmap.c), newest first, under bitmap_lock; the notifier that
+     * marks them joins the node's notifiers with the first bitmap and stays. */
+    pthread_mutex_t bitmap_lock;
+    struct vd_dirty_bitmap *bitmaps;
+    vd_write_notifier bitmap_notifier;
+    bool bitmap_notifier_on;
     /* The last failed request's message (vd_node_set_error). */
     pthread_mutex_t err_lock;
     char *err_msg;
@@ -306,12 +312,17 @@ int vd_node_open_backing(vd_node *node, const char *name, const char *format,
                          vd_error **errp);
 /* Flushes, closes and frees a node and its children. */
 int vd_node_close(vd_node *node);
+/* Drops a reference taken with vd_graph_ref, without a flush. */
+void vd_node_unref(vd_node *node);
+/* Frees the node's dirty bitmaps (dirty-bitmap.c), for vd_node_release. */
+void vd_node_free_bitmaps(vd_node *n);
 
 const vd_driver *vd_driver_find(const char *name);
 
-/* Adds / removes a write notifier. Only while no request is in flight on the node (the
- * caller has drained it, e.g. with vd_disks_drain_begin): requests read the list without a
- * lock. */
+/* Adds / removes a write notifier. Requests read the list without a lock: a notifier may
+ * be removed only while no request is in flight on the node (the caller has drained it,
+ * e.g. with vd_disks_drain_begin). One added while requests are in flight may see their
+ * `after` without their `before` (a dirty bitmap, which only marks, may be added so). */
 void vd_node_add_write_notifier(vd_node *n, vd_write_notifier *nt);
 void vd_node_remove_write_notifier(vd_node *n, vd_write_notifier *nt);
 /* Waits until no request that changes the node's data is in flight. It does not hold back

@@ -50,6 +50,7 @@ vd_node *vd_node_alloc(vd_engine *e, const vd_driver *drv, const char *filename,
     n->refcnt = 1;
     pthread_mutex_init(&n->rmw_lock, NULL);
     pthread_mutex_init(&n->err_lock, NULL);
+    pthread_mutex_init(&n->bitmap_lock, NULL);
     pthread_mutex_init(&n->drain_lock, NULL);
     pthread_cond_init(&n->drained, NULL);
     if (!n->filename) {
@@ -63,6 +64,8 @@ void vd_node_release(vd_node *n)
     pthread_mutex_destroy(&n->rmw_lock);
     pthread_mutex_destroy(&n->err_lock);
     free(n->err_msg);
+    vd_node_free_bitmaps(n);
+    pthread_mutex_destroy(&n->bitmap_lock);
     pthread_mutex_destroy(&n->drain_lock);
     pthread_cond_destroy(&n->drained);
     free(n->filename);
@@ -506,4 +509,9 @@ static int node_close(vd_node *n, bool flush)
 int vd_node_close(vd_node *n)
 {
     return node_close(n, true);
+}
+
+void vd_node_unref(vd_node *n)
+{
+    node_close(n, false);
 }

@@ -5,20 +5,26 @@
 
 #include "block/block.h"
 
+/* Writers of the list take drain_lock; readers walk it without one, so a new notifier is
+ * complete before it is published at the head. */
 void vd_node_add_write_notifier(vd_node *n, vd_write_notifier *nt)
 {
+    pthread_mutex_lock(&n->drain_lock);
     nt->next = n->notifiers;
     __atomic_store_n(&n->notifiers, nt, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&n->drain_lock);
 }
 
 void vd_node_remove_write_notifier(vd_node *n, vd_write_notifier *nt)
 {
+    pthread_mutex_lock(&n->drain_lock);
     for (vd_write_notifier **p = &n->notifiers; *p; p = &(*p)->next) {
         if (*p == nt) {
             __atomic_store_n(p, nt->next, __ATOMIC_RELEASE);
-            return;
+            break;
         }
     }
+    pthread_mutex_unlock(&n->drain_lock);
 }
 
 int vd_write_prepare(vd_node *n, const vd_write_req *req)

@@ -222,6 +222,10 @@ json_object *node_info(const vd_blockdev_info *i)
     json_object_object_add(cache, "writeback", json_object_new_boolean(true));
     json_object_object_add(o, "cache", cache);
     json_object_object_add(o, "file", json_object_new_string(i->filename));
+    json_object *bitmaps = dirty_bitmaps_json(i->node_name);
+    if (bitmaps) {
+        json_object_object_add(o, "dirty-bitmaps", bitmaps);
+    }
     vd_close(d);
     return o;
 }

@@ -168,6 +168,18 @@ static json_object *stats_json(vd_disk *d)
     return s;
 }
 
+/* A storage daemon has nodes but no devices (QEMU's BlockBackends with a name): the
+ * device list is empty, as qemu-storage-daemon's. */
+static int cmd_query_block(qmp_session *qs, json_object *args, json_object **ret,
+                           vd_error **errp)
+{
+    (void)qs;
+    (void)args;
+    (void)errp;
+    *ret = json_object_new_array();
+    return 0;
+}
+
 static const vd_blockdev_info *info_of(const vd_blockdev_info *list, size_t nb,
                                       const char *name)
 {
@@ -414,15 +426,45 @@ int export_add(json_object *args, vd_error **errp)
     if (ret < 0) {
         return ret;
     }
+    bool depth = false;
+    ret = opt_bool(args, "allocation-depth", false, &depth, errp);
+    /* The command line's bitmaps.0=NAME arrives as an object with keys "0", "1"... */
+    json_object *bitmaps = NULL, *list = NULL;
+    if (ret == 0 && json_object_object_get_ex(args, "bitmaps", &bitmaps) &&
+        json_object_is_type(bitmaps, json_type_object)) {
+        list = json_object_new_array();
+        char key[24];
+        json_object *v;
+        for (int i = 0; snprintf(key, sizeof(key), "%d", i),
+                 json_object_object_get_ex(bitmaps, key, &v); i++) {
+            json_object_array_add(list, json_object_get(v));
+        }
+        bitmaps = list;
+    }
+    vd_dirty_bitmap **bms = NULL;
+    size_t nb_bms = 0;
+    if (ret == 0) {
+        ret = export_bitmaps(bitmaps, h->disk, !writable, &bms, &nb_bms, errp);
+    }
+    json_object_put(list);
     const char *name = opt_str(args, "name");
     vd_nbd_export_opts o = {.name = name ? name : node_name,
                             .description = opt_str(args, "description"),
-                            .disk = h->disk, .writable = writable};
-    ret = vd_nbd_export_add(vdiskd.nbd, &o, errp);
+                            .disk = h->disk, .writable = writable,
+                            .allocation_depth = depth, .bitmaps = bms,
+                            .nb_bitmaps = nb_bms};
+    if (ret == 0) {
+        ret = vd_nbd_export_add(vdiskd.nbd, &o, errp);
+    }
     if (ret < 0) {
+        for (size_t i = 0; bms && i < nb_bms; i++) {
+            vd_bitmap_release(bms[i]);
+        }
+        free(bms);
         vd_disk_unclaim(h->disk, claim);
         return ret;
     }
+    free(bms);
     dexport *e = calloc(1, sizeof(*e));
     if (!e || !(e->id = strdup(id)) || !(e->name = strdup(o.name))) {
         abort();
@@ -785,6 +827,10 @@ static int cmd_transaction(qmp_session *qs, json_object *args, json_object **ret
                              "Abort action");
             break;
         }
+        if (bitmap_action_type(type)) {
+            r = bitmap_action(type, data, i, &acts[i], errp);
+            continue;
+        }
         r = snapshot_action(type, data, &acts[i], errp);
         if (r == 0) {
             r = internal_checks(&acts[i], opt_str(data, "device"), errp);
@@ -792,6 +838,9 @@ static int cmd_transaction(qmp_session *qs, json_object *args, json_object **ret
     }
     if (r == 0) {
         r = vd_transaction(acts, n, errp);
+    }
+    for (size_t i = 0; i < n; i++) {
+        bitmap_action_free(&acts[i]);
     }
     free(acts);
     return r;
@@ -828,6 +877,8 @@ static const qmp_arg export_add_args[] = {
     {"description", QMP_STR, true, "NBD description"},
     {"writable", QMP_BOOL, true, "default false"},
     {"writethrough", QMP_BOOL, true, "accepted"},
+    {"allocation-depth", QMP_BOOL, true, "offer qemu:allocation-depth"},
+    {"bitmaps", QMP_ANY, true, "[name | {node, name}]: offered as qemu:dirty-bitmap:NAME"},
     {NULL, 0, false, NULL}};
 static const qmp_arg export_del_args[] = {
     {"id", QMP_STR, false, "export id"},
@@ -856,8 +907,26 @@ static const qmp_arg snap_args[] = {
     {NULL, 0, false, NULL}};
 static const qmp_arg transaction_args[] = {
     {"actions", QMP_ARRAY, false, "[{type, data}]: blockdev-snapshot-internal-sync, "
-                                  "blockdev-snapshot-sync, abort"},
+                                  "blockdev-snapshot-sync, block-dirty-bitmap-add, "
+                                  "-remove, -clear, -enable, -disable, -merge, abort"},
     {"properties", QMP_OBJ, true, "accepted"},
+    {NULL, 0, false, NULL}};
+
+static const qmp_arg bitmap_add_args[] = {
+    {"node", QMP_STR, false, "the node"},
+    {"name", QMP_STR, false, "the bitmap"},
+    {"granularity", QMP_ANY, true, "bytes a bit covers: a power of two, 512 B to 2 GiB"},
+    {"persistent", QMP_BOOL, true, "stored in the image"},
+    {"disabled", QMP_BOOL, true, "starts not recording"},
+    {NULL, 0, false, NULL}};
+static const qmp_arg bitmap_args[] = {
+    {"node", QMP_STR, false, "the node"},
+    {"name", QMP_STR, false, "the bitmap"},
+    {NULL, 0, false, NULL}};
+static const qmp_arg bitmap_merge_args[] = {
+    {"node", QMP_STR, false, "the node"},
+    {"target", QMP_STR, false, "the bitmap merged into"},
+    {"bitmaps", QMP_ARRAY, false, "[name | {node, name}]"},
     {NULL, 0, false, NULL}};
 
 static const qmp_command qmp_commands[] = {
@@ -873,6 +942,8 @@ static const qmp_command qmp_commands[] = {
      "removes a node nothing uses"},
     {"query-named-block-nodes", cmd_query_named_block_nodes, nodes_args, false,
      "every node (BlockDeviceInfo, image info with snapshots)"},
+    {"query-block", cmd_query_block, no_args, false,
+     "devices: none in a storage daemon (its nodes are in query-named-block-nodes)"},
     {"query-blockstats", cmd_query_blockstats, stats_args, false,
      "I/O accounting per node"},
     {"block_resize", cmd_block_resize, resize_args, false, "resizes a node (grow or shrink)"},
@@ -893,6 +964,17 @@ static const qmp_command qmp_commands[] = {
      "external snapshot: creates the overlay file and moves the node onto it"},
     {"blockdev-snapshot", cmd_blockdev_snapshot, snap_args, false,
      "external snapshot onto an existing overlay node (added with backing: null)"},
+    {"block-dirty-bitmap-add", cmd_bitmap_add, bitmap_add_args, false,
+     "adds a dirty bitmap to a node"},
+    {"block-dirty-bitmap-remove", cmd_bitmap_remove, bitmap_args, false, "removes one"},
+    {"block-dirty-bitmap-clear", cmd_bitmap_clear, bitmap_args, false,
+     "marks every bit clean"},
+    {"block-dirty-bitmap-enable", cmd_bitmap_enable, bitmap_args, false,
+     "starts recording writes"},
+    {"block-dirty-bitmap-disable", cmd_bitmap_disable, bitmap_args, false,
+     "stops recording writes"},
+    {"block-dirty-bitmap-merge", cmd_bitmap_merge, bitmap_merge_args, false,
+     "ORs bitmaps into a target"},
     {"transaction", cmd_transaction, transaction_args, false,
      "runs the actions as one all-or-nothing step"},
 };

@@ -10,8 +10,10 @@
 #include <json-c/json.h>
 
 #include "qmp/qmp.h"
+#include "vdisk/bitmap.h"
 #include "vdisk/graph.h"
 #include "vdisk/nbd.h"
+#include "vdisk/snapshot.h"
 #include "vdisk/vdisk.h"
 
 /* A handle vdiskd keeps on a node of the engine's graph: the one its exports, resizes
@@ -78,6 +80,26 @@ int nbd_server_start(json_object *addr, const char *tls_creds, int64_t max_conn,
 int nbd_server_listen(json_object *addr, vd_error **errp);
 int export_add(json_object *args, vd_error **errp);
 void daemon_stop_all(void);
+
+/* bitmap-cmds.c: the block-dirty-bitmap-* commands, the same as transaction actions
+ * (bitmap_action fills a from action number index; bitmap_action_free frees what it
+ * allocated), a node's
+ * dirty-bitmaps for query-named-block-nodes (NULL when it has none), and the bitmaps a
+ * block-export-add names (a list of "name" or {node, name}), acquired. */
+int cmd_bitmap_add(qmp_session *qs, json_object *args, json_object **ret, vd_error **errp);
+int cmd_bitmap_remove(qmp_session *qs, json_object *args, json_object **ret, vd_error **errp);
+int cmd_bitmap_clear(qmp_session *qs, json_object *args, json_object **ret, vd_error **errp);
+int cmd_bitmap_enable(qmp_session *qs, json_object *args, json_object **ret, vd_error **errp);
+int cmd_bitmap_disable(qmp_session *qs, json_object *args, json_object **ret,
+                       vd_error **errp);
+int cmd_bitmap_merge(qmp_session *qs, json_object *args, json_object **ret, vd_error **errp);
+bool bitmap_action_type(const char *type);
+int bitmap_action(const char *type, json_object *data, size_t index, vd_action *a,
+                  vd_error **errp);
+void bitmap_action_free(vd_action *a);
+json_object *dirty_bitmaps_json(const char *node);
+int export_bitmaps(json_object *arr, vd_disk *d, bool read_only, vd_dirty_bitmap ***out,
+                   size_t *nb, vd_error **errp);
 
 /* Helpers for values that may come as JSON types or command-line strings. */
 int opt_bool(json_object *o, const char *key, bool def, bool *out, vd_error **errp);

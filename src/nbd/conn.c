@@ -322,12 +322,19 @@ static int opt_info_go(nbd_conn *c, uint32_t opt, const uint8_t *d, uint32_t len
     return ret;
 }
 
-/* The contexts (NBD_META_* bits) one query names, as QEMU reads it: "base:allocation" and
- * "qemu:allocation-depth" (when the export offers it) exactly; in a LIST, a bare namespace
- * ("base:", "qemu:") names all of its contexts. */
+/* The contexts (bit 1 << id) one query names, as QEMU reads it: "base:allocation",
+ * "qemu:allocation-depth" (when the export offers it) and "qemu:dirty-bitmap:NAME" (a
+ * bitmap it offers) exactly; in a LIST, a bare namespace ("base:", "qemu:") or
+ * "qemu:dirty-bitmap:" names all of those contexts. */
 static unsigned meta_query(const char *q, uint32_t ql, bool list, const nbd_export *e)
 {
+    static const char bm[] = "qemu:dirty-bitmap:";
+    const uint32_t bml = sizeof(bm) - 1;
     unsigned depth = e->allocation_depth ? 1u << NBD_META_ID_ALLOCATION_DEPTH : 0;
+    unsigned all_bitmaps = 0;
+    for (size_t i = 0; i < e->nb_bitmaps; i++) {
+        all_bitmaps |= 1u << (NBD_META_ID_BITMAP0 + i);
+    }
     if (ql == 15 && memcmp(q, "base:allocation", 15) == 0) {
         return 1u << NBD_META_ID_BASE_ALLOCATION;
     }
@@ -338,14 +345,38 @@ static unsigned meta_query(const char *q, uint32_t ql, bool list, const nbd_expo
         return 1u << NBD_META_ID_BASE_ALLOCATION;
     }
     if (list && ql == 5 && memcmp(q, "qemu:", 5) == 0) {
-        return depth;
+        return depth | all_bitmaps;
+    }
+    if (ql >= bml && memcmp(q, bm, bml) == 0) {
+        if (ql == bml) {
+            return list ? all_bitmaps : 0;
+        }
+        for (size_t i = 0; i < e->nb_bitmaps; i++) {
+            const char *name = vd_dirty_bitmap_name(e->bitmaps[i]);
+            if (ql - bml == strlen(name) && memcmp(q + bml, name, ql - bml) == 0) {
+                return 1u << (NBD_META_ID_BITMAP0 + i);
+            }
+        }
     }
     return 0;
 }
 
+/* A context's name: QEMU's for ids 0 and 1, qemu:dirty-bitmap:NAME for a bitmap. */
+static void meta_name(const nbd_export *e, unsigned id, char *buf, size_t len)
+{
+    if (id == NBD_META_ID_BASE_ALLOCATION) {
+        snprintf(buf, len, "base:allocation");
+    } else if (id == NBD_META_ID_ALLOCATION_DEPTH) {
+        snprintf(buf, len, "qemu:allocation-depth");
+    } else {
+        snprintf(buf, len, "qemu:dirty-bitmap:%s",
+                 vd_dirty_bitmap_name(e->bitmaps[id - NBD_META_ID_BITMAP0]));
+    }
+}
+
 static int send_meta_context(nbd_conn *c, uint32_t opt, uint32_t id, const char *name)
 {
-    uint8_t b[4 + 32];
+    uint8_t b[4 + NBD_MAX_STRING];
     size_t nl = strlen(name);
     vd_put_be32(b, id);
     memcpy(b + 4, name, nl);
@@ -407,13 +438,12 @@ static int opt_meta(nbd_conn *c, uint32_t opt, const uint8_t *d, uint32_t len)
         goto out;
     }
     /* QEMU's order and ids; a LIST reply carries id 0. */
-    if (sel & (1u << NBD_META_ID_BASE_ALLOCATION)) {
-        ret = send_meta_context(c, opt, set ? NBD_META_ID_BASE_ALLOCATION : 0,
-                                "base:allocation");
-    }
-    if (ret == 0 && (sel & (1u << NBD_META_ID_ALLOCATION_DEPTH))) {
-        ret = send_meta_context(c, opt, set ? NBD_META_ID_ALLOCATION_DEPTH : 0,
-                                "qemu:allocation-depth");
+    for (unsigned id = 0; id < 32 && ret == 0; id++) {
+        if (sel & (1u << id)) {
+            char cname[NBD_MAX_STRING + 1];
+            meta_name(e, id, cname, sizeof(cname));
+            ret = send_meta_context(c, opt, set ? id : 0, cname);
+        }
     }
     if (ret == 0 && set && sel) {
         c->meta = sel;
@@ -820,6 +850,17 @@ static bool top_hole_reads_zero(nbd_export *e, uint64_t off)
 static int export_status(nbd_export *e, unsigned id, uint64_t off, uint64_t len,
                          uint64_t *plen, uint32_t *val)
 {
+    if (id >= NBD_META_ID_BITMAP0) {
+        /* A dirty run from here, or the clean stretch up to the next one. */
+        vd_dirty_bitmap *b = e->bitmaps[id - NBD_META_ID_BITMAP0];
+        uint64_t from = e->offset + off, end = from + len, start, dlen;
+        if (!vd_dirty_bitmap_next_dirty_area(b, from, end, &start, &dlen)) {
+            start = end;
+        }
+        *val = start == from ? NBD_STATE_DIRTY : 0;
+        *plen = start == from ? dlen : start - from;
+        return 0;
+    }
     vd_extent ext;
     int ret = e->offset ? vd_block_status_top(e->disk, e->offset + off, len, &ext)
                         : vd_block_status(e->disk, off, len, &ext);
@@ -834,7 +875,9 @@ static int export_status(nbd_export *e, unsigned id, uint64_t off, uint64_t len,
         top_hole_reads_zero(e, e->offset + off)) {
         ext.flags |= VD_BS_ZERO;
     }
-    if (id == NBD_META_ID_ALLOCATION_DEPTH) {
+    if (id >= NBD_META_ID_BITMAP0) {
+        /* Checked above for a bitmap. */
+    } else if (id == NBD_META_ID_ALLOCATION_DEPTH) {
         if (ext.flags & VD_BS_ALLOCATED) {
             *val = (uint32_t)ext.depth + 1;
         } else {
@@ -916,11 +959,11 @@ static int build_extents(nbd_conn *c, const nbd_req *r, unsigned id, uint8_t **o
  * chunk is built before the first goes out, so a failure is one plain error reply. */
 static int reply_block_status(nbd_conn *c, const nbd_req *r)
 {
-    uint8_t *bufs[2] = {NULL, NULL};
-    size_t lens[2] = {0, 0};
-    unsigned ids[2], n = 0;
+    uint8_t *bufs[32] = {NULL};
+    size_t lens[32] = {0};
+    unsigned ids[32], n = 0;
     int ret = 0;
-    for (unsigned id = 0; id < 2; id++) {
+    for (unsigned id = 0; id < 32; id++) {
         if (c->meta & (1u << id)) {
             ids[n++] = id;
         }
@@ -929,12 +972,13 @@ static int reply_block_status(nbd_conn *c, const nbd_req *r)
         ret = build_extents(c, r, ids[i], &bufs[i], &lens[i]);
     }
     if (ret < 0) {
-        free(bufs[0]);
-        free(bufs[1]);
+        for (unsigned i = 0; i < n; i++) {
+            free(bufs[i]);
+        }
         return reply_error(c, r, nbd_errno(-ret), ret == -ENOMEM ? "out of memory"
                                                                  : "block status failed");
     }
-    struct iovec iov[2];
+    struct iovec iov[32];
     for (unsigned i = 0; i < n; i++) {
         chunk_header(bufs[i], i + 1 == n ? NBD_REPLY_FLAG_DONE : 0,
                      NBD_REPLY_TYPE_BLOCK_STATUS, r->cookie, (uint32_t)(lens[i] - 20));
@@ -943,8 +987,9 @@ static int reply_block_status(nbd_conn *c, const nbd_req *r)
     pthread_mutex_lock(&c->wlock);
     ret = conn_writev_locked(c, iov, (int)n);
     pthread_mutex_unlock(&c->wlock);
-    free(bufs[0]);
-    free(bufs[1]);
+    for (unsigned i = 0; i < n; i++) {
+        free(bufs[i]);
+    }
     return ret;
 }
 

@@ -21,6 +21,8 @@ typedef struct nbd_export {
     uint32_t min_block;          /* advertised minimum block size */
     uint64_t offset;             /* the export's byte 0 in the disk */
     bool allocation_depth;       /* offers qemu:allocation-depth */
+    vd_dirty_bitmap **bitmaps;   /* offered as qemu:dirty-bitmap:NAME; released at free */
+    size_t nb_bitmaps;
     pthread_mutex_t chain_lock;  /* one look down its backing chain at a time */
     unsigned clients;            /* connections in transmission on it */
     unsigned refs;               /* the registry's + one per connection using it */

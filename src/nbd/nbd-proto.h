@@ -90,6 +90,10 @@
 /* Meta context ids, as QEMU numbers them; bit (1 << id) marks one selected. */
 #define NBD_META_ID_BASE_ALLOCATION 0u
 #define NBD_META_ID_ALLOCATION_DEPTH 1u
+#define NBD_META_ID_BITMAP0 2u          /* qemu:dirty-bitmap:NAME, the export's i-th: 2 + i */
+#define NBD_META_MAX_BITMAPS 30u        /* so that every id has a bit */
+
+#define NBD_STATE_DIRTY (1u << 0)       /* qemu:dirty-bitmap */
 
 #define NBD_STATE_HOLE (1u << 0)
 #define NBD_STATE_ZERO (1u << 1)

@@ -135,6 +135,10 @@ nbd_export *nbd_export_find_locked(vd_nbd_server *s, const char *name)
 
 static void export_free(nbd_export *e)
 {
+    for (size_t i = 0; i < e->nb_bitmaps; i++) {
+        vd_bitmap_release(e->bitmaps[i]);
+    }
+    free(e->bitmaps);
     free(e->name);
     free(e->description);
     pthread_mutex_destroy(&e->chain_lock);
@@ -180,6 +184,10 @@ int vd_nbd_export_add(vd_nbd_server *s, const vd_nbd_export_opts *o, vd_error **
                             " is beyond the end of the disk (%" PRIu64 " bytes)", name,
                             o->offset, vd_disk_size(o->disk));
     }
+    if (o->nb_bitmaps > NBD_META_MAX_BITMAPS) {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "export '%s': more than %u "
+                            "bitmaps", name, NBD_META_MAX_BITMAPS);
+    }
     pthread_mutex_lock(&s->lock);
     if (nbd_export_find_locked(s, name)) {
         pthread_mutex_unlock(&s->lock);
@@ -198,6 +206,14 @@ int vd_nbd_export_add(vd_nbd_server *s, const vd_nbd_export_opts *o, vd_error **
     e->min_block = o->min_block ? o->min_block : 1;
     e->offset = o->offset;
     e->allocation_depth = o->allocation_depth;
+    if (o->nb_bitmaps) {
+        e->bitmaps = calloc(o->nb_bitmaps, sizeof(*e->bitmaps));
+        if (!e->bitmaps) {
+            abort();
+        }
+        memcpy(e->bitmaps, o->bitmaps, o->nb_bitmaps * sizeof(*e->bitmaps));
+        e->nb_bitmaps = o->nb_bitmaps;
+    }
     pthread_mutex_init(&e->chain_lock, NULL);
     e->refs = 1;
     nbd_export **p = &s->exports;

@@ -20,12 +20,16 @@ typedef struct vd_snap_action {
     unsigned old_flags;         /* old top's open flags before commit */
     unsigned old_file_flags;    /* and its file's, which turns read-only with it */
     bool swapped;
+    /* Bitmap actions. */
+    struct vd_bitmap_undo *bitmap_undo;
 } vd_snap_action;
 
 /* Fill a with the ops of an action on s->act->disk (a->opaque = s). */
 void vd_snap_action_internal_create(vd_txn_action *a, vd_snap_action *s);
 void vd_snap_action_internal_delete(vd_txn_action *a, vd_snap_action *s);
 void vd_snap_action_external(vd_txn_action *a, vd_snap_action *s);
+/* The bitmap kinds (action-bitmap.c); s->act->disk may be NULL. */
+void vd_snap_action_bitmap(vd_txn_action *a, vd_snap_action *s);
 
 /* Shared checks: the handle's top is writable (EACCES otherwise). */
 int vd_snap_need_writable(vd_disk *d, const char *what, vd_error **errp);

@@ -22,16 +22,27 @@ static bool same_image(const vd_disk *a, const vd_disk *b)
            strcmp(a->node->realpath, b->node->realpath) == 0;
 }
 
+static bool is_bitmap_action(const vd_action *a)
+{
+    return a->kind >= VD_ACTION_BITMAP_ADD && a->kind <= VD_ACTION_BITMAP_MERGE;
+}
+
 static int check_action(const vd_action *acts, size_t i, vd_error **errp)
 {
     const vd_action *a = &acts[i];
+    if (is_bitmap_action(a)) {
+        /* Several may name one node (QEMU runs them in order); their disk only drains. */
+        return a->engine ? 0 : vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Action %zu of "
+                                            "the transaction has no engine", i + 1);
+    }
     if (!a->disk) {
         return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Action %zu of the transaction has "
                             "no disk", i + 1);
     }
     const char *file = a->disk->node->filename;
     for (size_t j = 0; j < i; j++) {
-        if (acts[j].disk && same_image(acts[j].disk, a->disk)) {
+        if (!is_bitmap_action(&acts[j]) && acts[j].disk &&
+            same_image(acts[j].disk, a->disk)) {
             return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "%s: the image is in more "
                                 "than one action of the transaction", file);
         }
@@ -52,6 +63,8 @@ static int check_action(const vd_action *acts, size_t i, vd_error **errp)
         return 0;
     case VD_ACTION_SNAPSHOT_EXTERNAL:
         return 0;
+    default:
+        break;
     }
     return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "%s: unknown action kind %d", file,
                         (int)a->kind);
@@ -115,6 +128,9 @@ int vd_transaction(const vd_action *acts, size_t n, vd_error **errp)
             break;
         case VD_ACTION_SNAPSHOT_EXTERNAL:
             vd_snap_action_external(&tacts[i], s);
+            break;
+        default:
+            vd_snap_action_bitmap(&tacts[i], s);
             break;
         }
     }

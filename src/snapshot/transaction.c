@@ -25,6 +25,9 @@ int vd_txn_name_error(const char *label, int ret, vd_error **err)
         return vd_error_set(err, VD_ERR_IO, -ret, "%s: %s", label, strerror(-ret));
     }
     size_t len = strlen(label);
+    if (len == 0) {
+        return ret;   /* the action's errors stand as they are */
+    }
     const char *msg = (*err)->msg;
     if (strncmp(msg, label, len) != 0 || strncmp(msg + len, ": ", 2) != 0) {
         vd_error_prepend(err, "%s", label);

@@ -29,7 +29,8 @@ typedef struct vd_txn_ops {
 struct vd_txn_action {
     const vd_txn_ops *ops;
     vd_disk *disk;          /* drained for the whole transaction; NULL: no disk */
-    const char *label;      /* names the action in errors; NULL: the disk's filename */
+    const char *label;      /* names the action in errors; NULL: the disk's filename;
+                             * "": errors are not prefixed (QMP's bitmap actions) */
     bool irreversible;      /* its commit cannot be undone: prepared and committed last */
     void *opaque;           /* the action's own state */
 };

@@ -116,6 +116,18 @@ static void bits_set(vd_hbitmap *hb, uint64_t a, uint64_t b)
     }
 }
 
+/* ORs mask into word i of level 0. */
+static void bits_set_word(vd_hbitmap *hb, uint64_t i, uint64_t mask)
+{
+    uint64_t *w = &hb->words[0][i];
+    uint64_t old = *w;
+    *w |= mask;
+    hb->dirty += (uint64_t)(__builtin_popcountll(*w) - __builtin_popcountll(old));
+    if (!old && *w) {
+        propagate(hb, 0, i, true);
+    }
+}
+
 static void bits_reset(vd_hbitmap *hb, uint64_t a, uint64_t b)
 {
     for (uint64_t i = a / 64; a < b && i <= (b - 1) / 64; i++) {
@@ -180,12 +192,7 @@ bool vd_hbitmap_get(const vd_hbitmap *hb, uint64_t off)
 
 uint64_t vd_hbitmap_count(const vd_hbitmap *hb)
 {
-    uint64_t bytes = hb->dirty << hb->shift;
-    /* The last granule may reach past the end. */
-    if (hb->nbits && (hb->words[0][(hb->nbits - 1) / 64] >> ((hb->nbits - 1) % 64)) & 1) {
-        bytes -= (hb->nbits << hb->shift) - hb->size;
-    }
-    return bytes;
+    return hb->dirty << hb->shift;
 }
 
 /* The first set bit at or after pos on level lvl, or -1. */
@@ -337,4 +344,24 @@ void vd_hbitmap_deserialize(vd_hbitmap *hb, uint64_t first, uint64_t count,
             on = bit;
         }
     }
+}
+
+vd_hbitmap *vd_hbitmap_resized(const vd_hbitmap *hb, uint64_t size)
+{
+    vd_hbitmap *n = vd_hbitmap_new(size, 1ull << hb->shift);
+    if (!n) {
+        return NULL;
+    }
+    /* Whole words first, then the bits of the last partial word. */
+    uint64_t keep = hb->nbits < n->nbits ? hb->nbits : n->nbits;
+    for (uint64_t w = 0; w < keep / 64; w++) {
+        if (hb->words[0][w]) {
+            bits_set_word(n, w, hb->words[0][w]);
+        }
+    }
+    if (keep % 64) {
+        uint64_t w = keep / 64;
+        bits_set_word(n, w, hb->words[0][w] & ((1ull << (keep % 64)) - 1));
+    }
+    return n;
 }

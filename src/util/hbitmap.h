@@ -27,8 +27,8 @@ void vd_hbitmap_reset(vd_hbitmap *hb, uint64_t off, uint64_t len);
 void vd_hbitmap_reset_all(vd_hbitmap *hb);
 bool vd_hbitmap_get(const vd_hbitmap *hb, uint64_t off);
 
-/* Dirty bytes: dirty granules times the granularity, the last one clipped to the size
- * (QEMU's "count"). */
+/* Dirty bytes: dirty granules times the granularity, a last granule that reaches past the
+ * end counted whole (QEMU's "count"). */
 uint64_t vd_hbitmap_count(const vd_hbitmap *hb);
 
 /* The first dirty (next_dirty) or clean (next_zero) byte offset at a granule boundary in
@@ -53,5 +53,10 @@ void vd_hbitmap_serialize(const vd_hbitmap *hb, uint64_t first, uint64_t count,
 void vd_hbitmap_deserialize(vd_hbitmap *hb, uint64_t first, uint64_t count,
                             const uint8_t *buf);
 uint64_t vd_hbitmap_granules(const vd_hbitmap *hb);
+
+/* A new bitmap of the same granularity over size bytes, with hb's bits where both have
+ * granules (a copy when size is hb's; the bits of a grown part are clean); NULL without
+ * memory. */
+vd_hbitmap *vd_hbitmap_resized(const vd_hbitmap *hb, uint64_t size);
 
 #endif

@@ -1,6 +1,7 @@
 /* libFuzzer target for the NBD server: each input is the byte stream one client sends
  * (handshake, options, requests, payloads) on a fresh connection to a server that exports
- * a small writable raw image held in memory (a memfd). Any crash, sanitizer report, leak
+ * a small writable raw image held in memory (a memfd), offering two dirty bitmaps and
+ * qemu:allocation-depth besides base:allocation. Any crash, sanitizer report, leak
  * or hang is a bug. The first 4 input bytes are sent as the client flags, so most inputs
  * get past the greeting.
  *
@@ -18,6 +19,8 @@
 
 #include "fuzz-feed.h"
 #include "nbd/nbd-int.h"
+#include "vdisk/bitmap.h"
+#include "vdisk/graph.h"
 #include "vdisk/nbd.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -35,8 +38,21 @@ static void setup(void)
     }
     char path[64];
     snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-    vd_open_opts o = {.format = "raw", .flags = VD_OPEN_RDWR | VD_OPEN_UNMAP};
-    if (vd_open(engine, path, &o, &disk, NULL) < 0) {
+    /* A named node, so that it can carry dirty bitmaps for the export to offer. */
+    char json[160];
+    snprintf(json, sizeof(json), "{\"driver\": \"raw\", \"node-name\": \"n\", "
+             "\"discard\": \"unmap\", \"file\": {\"driver\": \"file\", "
+             "\"filename\": \"%s\"}}", path);
+    vd_tree *t = NULL;
+    vd_bitmap_add_opts off = {.granularity = 4096, .disabled = true};
+    vd_dirty_bitmap *bms[2];
+    if (vd_tree_parse_json(json, strlen(json), &t, NULL) < 0 ||
+        vd_blockdev_add(engine, t, VD_OPEN_RDWR, NULL) < 0 ||
+        vd_blockdev_open(engine, "n", &disk, NULL) < 0 ||
+        vd_bitmap_add(engine, "n", "dirty", NULL, NULL) < 0 ||
+        vd_bitmap_add(engine, "n", "b0", &off, NULL) < 0 ||
+        vd_bitmap_acquire(disk, NULL, "dirty", false, &bms[0], NULL) < 0 ||
+        vd_bitmap_acquire(disk, NULL, "b0", false, &bms[1], NULL) < 0) {
         abort();
     }
     vd_nbd_server_opts so = {.max_connections = 0};
@@ -44,7 +60,8 @@ static void setup(void)
         abort();
     }
     vd_nbd_export_opts eo = {.name = "", .description = "fuzz", .disk = disk,
-                             .writable = true};
+                             .writable = true, .allocation_depth = true, .bitmaps = bms,
+                             .nb_bitmaps = 2};
     vd_nbd_export_opts eo2 = {.name = "ro", .disk = disk, .writable = false};
     if (vd_nbd_export_add(server, &eo, NULL) < 0 || vd_nbd_export_add(server, &eo2, NULL) < 0) {
         abort();

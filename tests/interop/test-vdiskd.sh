@@ -4,7 +4,8 @@
 # run against vdiskd and against qemu-storage-daemon and compared field by field; malformed
 # and hostile QMP input; socket permissions; SIGTERM; the graph of named nodes (shared
 # children, permission conflicts, blockdev-snapshot onto an export); the command line's --blockdev,
-# --nbd-server and --export forms with qemu-img reading the export.
+# --nbd-server and --export forms with qemu-img reading the export; dirty bitmaps
+# (qmp_bitmaps.py) against qemu-storage-daemon.
 . "$(dirname "$0")/../lib.sh"
 vd_init
 need_tool qemu-storage-daemon
@@ -18,6 +19,7 @@ D=$VD_TESTDIR
 "$PYTHON" "$VD_TESTS/interop/qmp_session.py" external "$VDISKD" qemu-storage-daemon "$D"
 "$PYTHON" "$VD_TESTS/interop/qmp_session.py" events "$VDISKD" qemu-storage-daemon "$D"
 "$PYTHON" "$VD_TESTS/interop/qmp_graph.py" "$VDISKD" qemu-storage-daemon "$D"
+"$PYTHON" "$VD_TESTS/interop/qmp_bitmaps.py" "$VDISKD" qemu-storage-daemon "$D"
 
 # The command line alone: nodes, server and exports, as qemu-storage-daemon takes them.
 "$QEMU_IMG" create -q -f qcow2 cl.qcow2 32M
