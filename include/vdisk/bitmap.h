@@ -55,6 +55,17 @@ int vd_bitmap_list(vd_engine *e, const char *node, vd_bitmap_info **out, size_t 
                    vd_error **errp);
 void vd_bitmap_list_free(vd_bitmap_info *list, size_t nb);
 
+/* The same on the node a handle reads and writes (a tool's image, opened with vd_open):
+ * qemu-img bitmap's verbs. A merge's source is bitmap `source` of src (NULL: d). */
+int vd_disk_bitmap_add(vd_disk *d, const char *name, const vd_bitmap_add_opts *opts,
+                       vd_error **errp);
+int vd_disk_bitmap_remove(vd_disk *d, const char *name, vd_error **errp);
+int vd_disk_bitmap_clear(vd_disk *d, const char *name, vd_error **errp);
+int vd_disk_bitmap_enable(vd_disk *d, const char *name, bool on, vd_error **errp);
+int vd_disk_bitmap_merge(vd_disk *d, const char *target, vd_disk *src, const char *source,
+                         vd_error **errp);
+int vd_disk_bitmap_list(vd_disk *d, vd_bitmap_info **out, size_t *nb, vd_error **errp);
+
 /* ---- users of a bitmap's contents (NBD exports, jobs) -------------------------------- */
 
 typedef struct vd_dirty_bitmap vd_dirty_bitmap;

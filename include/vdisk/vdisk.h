@@ -248,6 +248,14 @@ int vd_block_status_top(vd_disk *d, uint64_t off, uint64_t len, vd_extent *st);
 
 /* ---- information ----------------------------------------------------------------------- */
 
+/* A persistent bitmap stored in an image (qemu-img info's "bitmaps"). */
+typedef struct vd_image_bitmap {
+    char *name;
+    uint64_t granularity;
+    bool in_use;            /* the image is open read-write, or was not closed cleanly */
+    bool autoload;          /* "auto": recording */
+} vd_image_bitmap;
+
 typedef struct vd_image_info {
     char *filename;
     char *format;
@@ -275,6 +283,9 @@ typedef struct vd_image_info {
     bool corrupt;
     bool extended_l2;
     int nb_snapshots;
+    vd_image_bitmap *bitmaps;  /* qcow2 v3: the stored bitmaps (has_bitmaps even if none) */
+    size_t nb_bitmaps;
+    bool has_bitmaps;
 } vd_image_info;
 
 int vd_get_info(vd_disk *d, vd_image_info *info, vd_error **errp);

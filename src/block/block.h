@@ -86,6 +86,11 @@ struct vd_driver {
 
     /* Control ops, all optional. */
     int (*get_info)(vd_node *node, vd_image_info *info, vd_error **errp);
+    /* Persistent dirty bitmaps: may the node store one more (QEMU's refusals)? Removes
+     * one from the image now (none stored of that name: nothing to do). */
+    int (*bitmap_can_store)(vd_node *node, const char *name, uint64_t granularity,
+                            vd_error **errp);
+    int (*bitmap_remove_stored)(vd_node *node, const char *name, vd_error **errp);
     int (*check)(vd_node *node, unsigned fix, const vd_check_hooks *hooks,
                  vd_check_result *res, vd_error **errp);
     int (*amend)(vd_node *node, const vd_opts *opts, vd_error **errp);
@@ -253,6 +258,8 @@ void vd_graph_move_claims(const vd_disk *d, vd_node *old, vd_node *n);
 bool vd_graph_has_claims(vd_node *n);
 void vd_graph_link_overlay(vd_node *overlay, const char *name);
 void vd_graph_unlink_backing(vd_node *overlay);
+/* One more reference to n (dropped with vd_node_unref). */
+void vd_node_ref(vd_node *n);
 /* The node named name in e's registry with one more reference, or -ENOENT with QEMU's
  * "Cannot find device='NAME' nor node-name='NAME'". */
 int vd_graph_ref(vd_engine *e, const char *name, vd_node **out, vd_error **errp);

@@ -48,6 +48,13 @@ void vd_node_free_bitmaps(vd_node *n)
     }
 }
 
+static void bitmap_free(vd_dirty_bitmap *b)
+{
+    vd_hbitmap_free(b->hb);
+    free(b->name);
+    free(b);
+}
+
 /* ---- lookups ---------------------------------------------------------------------------- */
 
 static vd_dirty_bitmap *find_locked(vd_node *n, const char *name)
@@ -94,15 +101,38 @@ static int usable(const vd_dirty_bitmap *b, int check, bool allow_inconsistent,
     return 0;
 }
 
+/* Where a command looks for its bitmap: a node of the engine's graph by name, or the
+ * node of a handle (a tool's image opened with vd_open). */
+typedef struct where {
+    vd_engine *e;
+    const char *node;
+    vd_disk *d;
+} where;
+
+/* The node with a reference; add: with the message QEMU's block-dirty-bitmap-add gives
+ * for a missing node. */
+static int where_ref(const where *w, bool add, vd_node **np, vd_error **errp)
+{
+    if (w->d) {
+        vd_disk_enter(w->d);
+        *np = w->d->node;
+        vd_node_ref(*np);
+        vd_disk_leave(w->d);
+        return 0;
+    }
+    return add ? vd_graph_ref(w->e, w->node ? w->node : "", np, errp)
+               : node_ref(w->e, w->node, np, errp);
+}
+
 /* Looks up node and bitmap and locks the node's bitmaps; on success the caller unlocks and
  * drops the reference (put). */
-static int lookup(vd_engine *e, const char *node, const char *name, vd_node **np,
-                  vd_dirty_bitmap **bp, vd_error **errp)
+static int lookup(const where *w, const char *name, vd_node **np, vd_dirty_bitmap **bp,
+                  vd_error **errp)
 {
     if (!name) {
         return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Bitmap name cannot be NULL");
     }
-    int ret = node_ref(e, node, np, errp);
+    int ret = where_ref(w, false, np, errp);
     if (ret < 0) {
         return ret;
     }
@@ -153,10 +183,15 @@ static int add_checked(vd_node *n, const char *name, const vd_bitmap_add_opts *o
         gran = default_granularity(n);
     }
     if (o->persistent) {
-        /* No format stores bitmaps yet. */
-        return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP, "Can't store persistent "
-                            "bitmaps to %s: Operation not supported",
-                            n->node_name ? n->node_name : n->filename);
+        if (!n->drv->bitmap_can_store) {
+            return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP, "Can't store persistent "
+                                "bitmaps to %s: Operation not supported",
+                                n->node_name ? n->node_name : n->filename);
+        }
+        int ret = n->drv->bitmap_can_store(n, name, gran, errp);
+        if (ret < 0) {
+            return ret;
+        }
     }
     pthread_mutex_lock(&n->bitmap_lock);
     if (find_locked(n, name)) {
@@ -168,8 +203,15 @@ static int add_checked(vd_node *n, const char *name, const vd_bitmap_add_opts *o
         return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Bitmap name too long: %s", name);
     }
     vd_dirty_bitmap *b = calloc(1, sizeof(*b));
-    if (!b || !(b->name = strdup(name)) || !(b->hb = vd_hbitmap_new(n->size, gran))) {
+    if (!b || !(b->name = strdup(name))) {
         abort();
+    }
+    b->hb = vd_hbitmap_new(n->size, gran);
+    if (!b->hb) {
+        pthread_mutex_unlock(&n->bitmap_lock);
+        bitmap_free(b);
+        return vd_error_set(errp, VD_ERR_NOMEM, ENOMEM, "Could not allocate a bitmap of "
+                            "%" PRIu64 " bytes at granularity %" PRIu64, n->size, gran);
     }
     b->node = n;
     b->enabled = !o->disabled;
@@ -185,15 +227,15 @@ static int add_checked(vd_node *n, const char *name, const vd_bitmap_add_opts *o
     return 0;
 }
 
-int vd_bitmap_add(vd_engine *e, const char *node, const char *name,
-                  const vd_bitmap_add_opts *opts, vd_error **errp)
+static int add_at(const where *w, const char *name, const vd_bitmap_add_opts *opts,
+                  vd_error **errp)
 {
     static const vd_bitmap_add_opts defaults;
     if (!name || !*name) {
         return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Bitmap name cannot be empty");
     }
     vd_node *n;
-    int ret = vd_graph_ref(e, node ? node : "", &n, errp);
+    int ret = where_ref(w, true, &n, errp);
     if (ret < 0) {
         return ret;
     }
@@ -214,23 +256,25 @@ static bool unlink_locked(vd_dirty_bitmap *b)
     return false;
 }
 
-static void bitmap_free(vd_dirty_bitmap *b)
-{
-    vd_hbitmap_free(b->hb);
-    free(b->name);
-    free(b);
-}
-
-int vd_bitmap_remove(vd_engine *e, const char *node, const char *name, vd_error **errp)
+static int remove_at(const where *w, const char *name, vd_error **errp)
 {
     vd_node *n;
     vd_dirty_bitmap *b;
-    int ret = lookup(e, node, name, &n, &b, errp);
+    int ret = lookup(w, name, &n, &b, errp);
     if (ret < 0) {
         return ret;
     }
-    /* A bitmap left inconsistent by a crash can still be removed. */
+    /* A bitmap left inconsistent by a crash can still be removed. A stored one leaves
+     * the image first (outside the bitmap lock: writes mark bitmaps under it); busy
+     * keeps others off it meanwhile. */
     ret = usable(b, DEFAULT, true, errp);
+    if (ret == 0 && b->persistent && n->drv->bitmap_remove_stored) {
+        b->busy++;
+        pthread_mutex_unlock(&n->bitmap_lock);
+        ret = n->drv->bitmap_remove_stored(n, b->name, errp);
+        pthread_mutex_lock(&n->bitmap_lock);
+        b->busy--;
+    }
     if (ret == 0) {
         unlink_locked(b);
         bitmap_free(b);
@@ -239,11 +283,11 @@ int vd_bitmap_remove(vd_engine *e, const char *node, const char *name, vd_error 
     return ret;
 }
 
-int vd_bitmap_clear(vd_engine *e, const char *node, const char *name, vd_error **errp)
+static int clear_at(const where *w, const char *name, vd_error **errp)
 {
     vd_node *n;
     vd_dirty_bitmap *b;
-    int ret = lookup(e, node, name, &n, &b, errp);
+    int ret = lookup(w, name, &n, &b, errp);
     if (ret < 0) {
         return ret;
     }
@@ -255,12 +299,11 @@ int vd_bitmap_clear(vd_engine *e, const char *node, const char *name, vd_error *
     return ret;
 }
 
-static int set_enabled(vd_engine *e, const char *node, const char *name, bool on,
-                       vd_error **errp)
+static int set_enabled(const where *w, const char *name, bool on, vd_error **errp)
 {
     vd_node *n;
     vd_dirty_bitmap *b;
-    int ret = lookup(e, node, name, &n, &b, errp);
+    int ret = lookup(w, name, &n, &b, errp);
     if (ret < 0) {
         return ret;
     }
@@ -272,24 +315,14 @@ static int set_enabled(vd_engine *e, const char *node, const char *name, bool on
     return ret;
 }
 
-int vd_bitmap_enable(vd_engine *e, const char *node, const char *name, vd_error **errp)
-{
-    return set_enabled(e, node, name, true, errp);
-}
-
-int vd_bitmap_disable(vd_engine *e, const char *node, const char *name, vd_error **errp)
-{
-    return set_enabled(e, node, name, false, errp);
-}
 
 /* A copy of a merge source, taken under its own node's lock (so that two nodes' locks are
  * never held together). */
-static int source_copy(vd_engine *e, const char *target_node, const vd_bitmap_ref *r,
-                       vd_hbitmap **out, vd_error **errp)
+static int source_copy(const where *w, const char *name, vd_hbitmap **out, vd_error **errp)
 {
     vd_node *n;
     vd_dirty_bitmap *b;
-    int ret = lookup(e, r->node ? r->node : target_node, r->name, &n, &b, errp);
+    int ret = lookup(w, name, &n, &b, errp);
     if (ret < 0) {
         return ret;
     }
@@ -323,12 +356,12 @@ static int merge_locked(vd_dirty_bitmap *b, vd_hbitmap **copies, size_t nb, vd_e
 
 /* The merge: target checks, copies of the sources, then the merge under the target's lock
  * (looked up again: the copies were taken without it). */
-static int merge(vd_engine *e, const char *node, const char *target,
-                 const vd_bitmap_ref *sources, size_t nb, vd_hbitmap **backup, vd_error **errp)
+static int merge(const where *w, const char *target, const where *srcs,
+                 const char *const *names, size_t nb, vd_hbitmap **backup, vd_error **errp)
 {
     vd_node *n;
     vd_dirty_bitmap *b;
-    int ret = lookup(e, node, target, &n, &b, errp);
+    int ret = lookup(w, target, &n, &b, errp);
     if (ret < 0) {
         return ret;
     }
@@ -343,10 +376,10 @@ static int merge(vd_engine *e, const char *node, const char *target,
     }
     size_t got = 0;
     for (; got < nb && ret == 0; got++) {
-        ret = source_copy(e, node, &sources[got], &copies[got], errp);
+        ret = source_copy(&srcs[got], names[got], &copies[got], errp);
     }
     if (ret == 0) {
-        ret = lookup(e, node, target, &n, &b, errp);
+        ret = lookup(w, target, &n, &b, errp);
         if (ret == 0) {
             ret = usable(b, DEFAULT, false, errp);
             if (ret == 0 && backup) {
@@ -365,19 +398,33 @@ static int merge(vd_engine *e, const char *node, const char *target,
     return ret;
 }
 
-int vd_bitmap_merge(vd_engine *e, const char *node, const char *target,
-                    const vd_bitmap_ref *sources, size_t nb_sources, vd_error **errp)
+/* A merge whose sources are named relative to the target's node (vd_bitmap_ref). */
+static int merge_refs(vd_engine *e, const char *node, const char *target,
+                      const vd_bitmap_ref *refs, size_t nb, vd_hbitmap **backup,
+                      vd_error **errp)
 {
-    return merge(e, node, target, sources, nb_sources, NULL, errp);
+    where *srcs = calloc(nb ? nb : 1, sizeof(*srcs));
+    const char **names = calloc(nb ? nb : 1, sizeof(*names));
+    if (!srcs || !names) {
+        abort();
+    }
+    for (size_t i = 0; i < nb; i++) {
+        srcs[i] = (where){e, refs[i].node ? refs[i].node : node, NULL};
+        names[i] = refs[i].name;
+    }
+    where w = {e, node, NULL};
+    int ret = merge(&w, target, srcs, names, nb, backup, errp);
+    free(srcs);
+    free(names);
+    return ret;
 }
 
-int vd_bitmap_list(vd_engine *e, const char *node, vd_bitmap_info **out, size_t *nb,
-                   vd_error **errp)
+static int list_at(const where *w, vd_bitmap_info **out, size_t *nb, vd_error **errp)
 {
     *out = NULL;
     *nb = 0;
     vd_node *n;
-    int ret = vd_graph_ref(e, node ? node : "", &n, errp);
+    int ret = where_ref(w, true, &n, errp);
     if (ret < 0) {
         return ret;
     }
@@ -409,12 +456,124 @@ int vd_bitmap_list(vd_engine *e, const char *node, vd_bitmap_info **out, size_t 
     return 0;
 }
 
+/* ---- the public entry points: by node name, and on a handle's node -------------------- */
+
+int vd_bitmap_add(vd_engine *e, const char *node, const char *name,
+                  const vd_bitmap_add_opts *opts, vd_error **errp)
+{
+    where w = {e, node, NULL};
+    return add_at(&w, name, opts, errp);
+}
+
+int vd_bitmap_remove(vd_engine *e, const char *node, const char *name, vd_error **errp)
+{
+    where w = {e, node, NULL};
+    return remove_at(&w, name, errp);
+}
+
+int vd_bitmap_clear(vd_engine *e, const char *node, const char *name, vd_error **errp)
+{
+    where w = {e, node, NULL};
+    return clear_at(&w, name, errp);
+}
+
+int vd_bitmap_enable(vd_engine *e, const char *node, const char *name, vd_error **errp)
+{
+    where w = {e, node, NULL};
+    return set_enabled(&w, name, true, errp);
+}
+
+int vd_bitmap_disable(vd_engine *e, const char *node, const char *name, vd_error **errp)
+{
+    where w = {e, node, NULL};
+    return set_enabled(&w, name, false, errp);
+}
+
+int vd_bitmap_merge(vd_engine *e, const char *node, const char *target,
+                    const vd_bitmap_ref *sources, size_t nb_sources, vd_error **errp)
+{
+    return merge_refs(e, node, target, sources, nb_sources, NULL, errp);
+}
+
+int vd_bitmap_list(vd_engine *e, const char *node, vd_bitmap_info **out, size_t *nb,
+                   vd_error **errp)
+{
+    where w = {e, node, NULL};
+    return list_at(&w, out, nb, errp);
+}
+
+int vd_disk_bitmap_add(vd_disk *d, const char *name, const vd_bitmap_add_opts *opts,
+                       vd_error **errp)
+{
+    where w = {NULL, NULL, d};
+    return add_at(&w, name, opts, errp);
+}
+
+int vd_disk_bitmap_remove(vd_disk *d, const char *name, vd_error **errp)
+{
+    where w = {NULL, NULL, d};
+    return remove_at(&w, name, errp);
+}
+
+int vd_disk_bitmap_clear(vd_disk *d, const char *name, vd_error **errp)
+{
+    where w = {NULL, NULL, d};
+    return clear_at(&w, name, errp);
+}
+
+int vd_disk_bitmap_enable(vd_disk *d, const char *name, bool on, vd_error **errp)
+{
+    where w = {NULL, NULL, d};
+    return set_enabled(&w, name, on, errp);
+}
+
+int vd_disk_bitmap_merge(vd_disk *d, const char *target, vd_disk *src, const char *source,
+                         vd_error **errp)
+{
+    where w = {NULL, NULL, d}, sw = {NULL, NULL, src ? src : d};
+    return merge(&w, target, &sw, &source, 1, NULL, errp);
+}
+
+int vd_disk_bitmap_list(vd_disk *d, vd_bitmap_info **out, size_t *nb, vd_error **errp)
+{
+    where w = {NULL, NULL, d};
+    return list_at(&w, out, nb, errp);
+}
+
 void vd_bitmap_list_free(vd_bitmap_info *list, size_t nb)
 {
     for (size_t i = 0; list && i < nb; i++) {
         free(list[i].name);
     }
     free(list);
+}
+
+vd_dirty_bitmap *vd_node_bitmap_load(vd_node *n, const char *name, uint64_t granularity,
+                                     bool enabled, bool inconsistent)
+{
+    vd_dirty_bitmap *b = calloc(1, sizeof(*b));
+    if (!b || !(b->name = strdup(name))) {
+        abort();
+    }
+    b->hb = vd_hbitmap_new(n->size, granularity);
+    if (!b->hb) {
+        bitmap_free(b);
+        return NULL;
+    }
+    b->node = n;
+    b->enabled = enabled && !inconsistent;   /* QEMU does not record into one */
+    b->persistent = true;
+    b->inconsistent = inconsistent;
+    pthread_mutex_lock(&n->bitmap_lock);
+    b->next = n->bitmaps;
+    n->bitmaps = b;
+    if (!n->bitmap_notifier_on) {
+        n->bitmap_notifier.after = mark_after;
+        vd_node_add_write_notifier(n, &n->bitmap_notifier);
+        n->bitmap_notifier_on = true;
+    }
+    pthread_mutex_unlock(&n->bitmap_lock);
+    return b;
 }
 
 /* ---- readers ---------------------------------------------------------------------------- */
@@ -508,17 +667,18 @@ int vd_bitmap_action_prepare(const vd_action *a, vd_bitmap_undo **out, vd_error 
     u->act = a;
     vd_node *n;
     vd_dirty_bitmap *b;
+    where w = {a->engine, a->node, NULL};
     int ret;
     switch (a->kind) {
     case VD_ACTION_BITMAP_ADD:
         ret = vd_bitmap_add(a->engine, a->node, a->bitmap, &a->bitmap_opts, errp);
         break;
     case VD_ACTION_BITMAP_MERGE:
-        ret = merge(a->engine, a->node, a->bitmap, a->sources, a->nb_sources, &u->backup,
-                    errp);
+        ret = merge_refs(a->engine, a->node, a->bitmap, a->sources, a->nb_sources,
+                         &u->backup, errp);
         break;
     default:
-        ret = lookup(a->engine, a->node, a->bitmap, &n, &b, errp);
+        ret = lookup(&w, a->bitmap, &n, &b, errp);
         if (ret < 0) {
             break;
         }
@@ -575,8 +735,9 @@ void vd_bitmap_action_abort(vd_bitmap_undo *u)
         return;
     }
     vd_dirty_bitmap *b;
+    where w = {a->engine, a->node, NULL};
     /* The disks are drained and the transaction holds the graph: the bitmap is there. */
-    if (lookup(a->engine, a->node, a->bitmap, &n, &b, NULL) < 0) {
+    if (lookup(&w, a->bitmap, &n, &b, NULL) < 0) {
         return;
     }
     if (u->backup) {

@@ -20,6 +20,11 @@ struct vd_dirty_bitmap {
     vd_dirty_bitmap *next;
 };
 
+/* For format drivers at open: a bitmap the image holds, put on n's list (clean; the
+ * driver fills b->hb unless it is inconsistent); NULL without the memory. */
+vd_dirty_bitmap *vd_node_bitmap_load(vd_node *n, const char *name, uint64_t granularity,
+                                     bool enabled, bool inconsistent);
+
 /* A bitmap action of a transaction: prepare makes the change (the disks are drained),
  * abort undoes it, clean frees what the undo kept (and, for a removal that stood, the
  * bitmap). */

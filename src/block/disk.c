@@ -502,6 +502,10 @@ void vd_image_info_clear(vd_image_info *info)
     free(info->backing_filename);
     free(info->full_backing_filename);
     free(info->backing_format);
+    for (size_t i = 0; i < info->nb_bitmaps; i++) {
+        free(info->bitmaps[i].name);
+    }
+    free(info->bitmaps);
     memset(info, 0, sizeof(*info));
 }
 

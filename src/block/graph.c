@@ -209,6 +209,17 @@ bool vd_graph_release(vd_node *n)
     return last;
 }
 
+void vd_node_ref(vd_node *n)
+{
+    if (!n->engine) {
+        n->refcnt++;
+        return;
+    }
+    pthread_mutex_lock(&n->engine->graph_lock);
+    n->refcnt++;
+    pthread_mutex_unlock(&n->engine->graph_lock);
+}
+
 int vd_graph_ref(vd_engine *e, const char *name, vd_node **out, vd_error **errp)
 {
     vd_node *n = NULL;

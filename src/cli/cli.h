@@ -25,6 +25,7 @@ int cmd_snapshot(int argc, char **argv);
 int cmd_nbd(int argc, char **argv);    /* src/cli/nbd.c: qemu-nbd compatible server */
 int cmd_io(int argc, char **argv);     /* src/cli/io.c: qemu-io compatible */
 int cmd_bench(int argc, char **argv);  /* src/cli/bench.c: qemu-img bench compatible */
+int cmd_bitmap(int argc, char **argv);  /* src/cli/bench.c: qemu-img bench compatible */
 int cmd_dd(int argc, char **argv);     /* src/cli/dd.c: qemu-img dd compatible */
 
 /* "<progname>: " (see cli_progname) + formatted message + newline on stderr. */

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "cli/cli-util.h"
+#include "vdisk/bitmap.h"
 #include "util/zero.h"
 
 #define SECTOR 512
@@ -25,7 +26,7 @@
 #define MAX_WORKERS 16
 
 /* Long options only convert has. */
-enum { OPT_COMPRESSION_LEVEL = 1024, OPT_SALVAGE };
+enum { OPT_COMPRESSION_LEVEL = 1024, OPT_SALVAGE, OPT_BITMAPS, OPT_SKIP_BROKEN };
 
 typedef enum { BLK_DATA, BLK_ZERO, BLK_BACKING_FILE } blk_status;
 
@@ -587,6 +588,7 @@ typedef struct convert_args {
     bool compress, progress, skip_create, target_is_zero;
     bool copy_range;             /* -C: nothing to offload to, but qemu-img's refusals hold */
     bool salvage;
+    bool bitmaps, skip_broken;   /* --bitmaps, --skip-broken-bitmaps */
     int min_sparse;
     bool explicit_min_sparse;
     long num_workers;
@@ -688,13 +690,71 @@ static int target_options(const convert_args *a, const char **backing,
     return 0;
 }
 
+/* --bitmaps: an inconsistent bitmap stops the conversion before the target exists, or is
+ * skipped with a warning (--skip-broken-bitmaps), as in qemu-img. */
+static int check_bitmaps(vd_disk *src, bool skip_broken)
+{
+    vd_bitmap_info *list;
+    size_t nb;
+    if (vd_disk_bitmap_list(src, &list, &nb, NULL) < 0) {
+        return 0;
+    }
+    int ret = 0;
+    for (size_t i = 0; i < nb && ret == 0; i++) {
+        if (!list[i].persistent || !list[i].inconsistent) {
+            continue;
+        }
+        if (skip_broken) {
+            fprintf(stderr, "%s: warning: Skipping inconsistent bitmap '%s'\n",
+                    cli_progname(), list[i].name);
+        } else {
+            cli_error("Cannot copy inconsistent bitmap '%s'", list[i].name);
+            fprintf(stderr, "Try --skip-broken-bitmaps, or use 'qemu-img bitmap --remove' to "
+                    "delete it\n");
+            ret = -1;
+        }
+    }
+    vd_bitmap_list_free(list, nb);
+    return ret;
+}
+
+/* Each persistent bitmap of the source, in the order qemu-img copies them (the source's
+ * newest first), added to the target with its granularity and state and filled by a
+ * merge; the target stores them when it is closed. */
+static int copy_bitmaps(vd_disk *src, vd_disk *dst, bool skip_broken)
+{
+    vd_bitmap_info *list;
+    size_t nb;
+    vd_error *err = NULL;
+    if (vd_disk_bitmap_list(src, &list, &nb, &err) < 0) {
+        cli_report_err(err, NULL);
+        return -EIO;
+    }
+    int ret = 0;
+    for (size_t i = 0; i < nb && ret == 0; i++) {
+        if (!list[i].persistent || (list[i].inconsistent && skip_broken)) {
+            continue;
+        }
+        vd_bitmap_add_opts o = {.granularity = list[i].granularity, .persistent = true,
+                                .disabled = !list[i].recording};
+        if (vd_disk_bitmap_add(dst, list[i].name, &o, &err) < 0 ||
+            vd_disk_bitmap_merge(dst, list[i].name, src, list[i].name, &err) < 0) {
+            cli_report_err(err, "Failed to populate bitmap %s: ", list[i].name);
+            ret = -EIO;
+        }
+    }
+    vd_bitmap_list_free(list, nb);
+    return ret;
+}
+
 int cmd_convert(int argc, char **argv)
 {
     static const struct option long_options[] = {
         {"help", no_argument, NULL, 'h'},
         {"force-share", no_argument, NULL, 'U'},
         {"target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO},
-        {"bitmaps", no_argument, NULL, OPT_FORCE},
+        {"bitmaps", no_argument, NULL, OPT_BITMAPS},
+        {"skip-broken-bitmaps", no_argument, NULL, OPT_SKIP_BROKEN},
         {"compression-level", required_argument, NULL, OPT_COMPRESSION_LEVEL},
         {"salvage", no_argument, NULL, OPT_SALVAGE},
         {NULL, 0, NULL, 0},
@@ -805,8 +865,11 @@ int cmd_convert(int argc, char **argv)
         case OPT_SALVAGE:
             a.salvage = true;
             break;
-        case OPT_FORCE:
-            /* --bitmaps: the library keeps no persistent bitmaps, so there are none. */
+        case OPT_BITMAPS:
+            a.bitmaps = true;
+            break;
+        case OPT_SKIP_BROKEN:
+            a.skip_broken = true;
             break;
         case OPT_COMPRESSION_LEVEL: {
             char *end = NULL;
@@ -851,6 +914,10 @@ int cmd_convert(int argc, char **argv)
 
     int src_num = argc - optind - 1;
     const char *out_filename = src_num >= 1 ? argv[argc - 1] : NULL;
+    if (a.bitmaps && src_num > 1) {
+        cli_error("Copying bitmaps only possible with single source");
+        goto fail_getopt;
+    }
     if (a.options && cli_has_help_option(a.options)) {
         if (cli_read_only_format(a.out_fmt)) {
             cli_error("Format driver '%s' does not support image creation", a.out_fmt);
@@ -916,6 +983,9 @@ int cmd_convert(int argc, char **argv)
         s.total_sectors += s.src_sectors[i];
     }
     if (load_snapshot(&a, &s, vd_disk_filename(s.src[0])) < 0) {
+        goto out;
+    }
+    if (a.bitmaps && check_bitmaps(s.src[0], a.skip_broken) < 0) {
         goto out;
     }
 
@@ -989,6 +1059,16 @@ int cmd_convert(int argc, char **argv)
             goto out;
         }
     }
+    if (a.bitmaps) {
+        vd_image_info info = {0};
+        bool ok = vd_get_info(s.target, &info, NULL) == 0 && info.has_bitmaps;
+        vd_image_info_clear(&info);
+        if (!ok) {
+            cli_error("Format driver '%s' does not support bitmaps",
+                      a.out_fmt ? a.out_fmt : vd_disk_format(s.target));
+            goto out;
+        }
+    }
     if (a.skip_create) {
         int64_t out_sectors = (int64_t)(vd_disk_size(s.target) / SECTOR);
         if (out_sectors < s.total_sectors) {
@@ -1047,6 +1127,9 @@ int cmd_convert(int argc, char **argv)
             cli_error("error while writing at byte %" PRId64 ": %s",
                       s.total_sectors * SECTOR, strerror(-r));
         }
+    }
+    if (r == 0 && a.bitmaps) {
+        r = copy_bitmaps(s.src[0], s.target, a.skip_broken);
     }
     if (r == 0) {
         r = vd_flush(s.target);

@@ -29,6 +29,24 @@ static cli_json *qcow2_specific(const vd_image_info *info)
         cli_json_add_bool(data, "lazy-refcounts", info->lazy_refcounts);
         cli_json_add_bool(data, "corrupt", info->corrupt);
     }
+    if (info->nb_bitmaps) {
+        cli_json *list = cli_json_array();
+        for (size_t i = 0; i < info->nb_bitmaps; i++) {
+            const vd_image_bitmap *b = &info->bitmaps[i];
+            cli_json *bm = cli_json_object(), *flags = cli_json_array();
+            if (b->in_use) {
+                cli_json_add_str(flags, NULL, "in-use");
+            }
+            if (b->autoload) {
+                cli_json_add_str(flags, NULL, "auto");
+            }
+            cli_json_add(bm, "flags", flags);
+            cli_json_add_str(bm, "name", b->name);
+            cli_json_add_int(bm, "granularity", (int64_t)b->granularity);
+            cli_json_add(list, NULL, bm);
+        }
+        cli_json_add(data, "bitmaps", list);
+    }
     cli_json_add_int(data, "refcount-bits", info->refcount_bits);
     cli_json_add_str(data, "compression-type",
                      info->compression_type[0] ? info->compression_type : "zlib");

@@ -992,6 +992,22 @@ static int info_f(io_state *s, int argc, char **argv)
         if (v3) {
             printf("    lazy refcounts: %s\n", info.lazy_refcounts ? "true" : "false");
         }
+        if (info.nb_bitmaps) {
+            printf("    bitmaps:\n");
+        }
+        for (size_t i = 0; i < info.nb_bitmaps; i++) {
+            const vd_image_bitmap *b = &info.bitmaps[i];
+            printf("        [%zu]:\n            flags:\n", i);
+            int k = 0;
+            if (b->in_use) {
+                printf("                [%d]: in-use\n", k++);
+            }
+            if (b->autoload) {
+                printf("                [%d]: auto\n", k++);
+            }
+            printf("            name: %s\n            granularity: %" PRIu64 "\n", b->name,
+                   b->granularity);
+        }
         printf("    refcount bits: %u\n", info.refcount_bits);
         if (v3) {
             printf("    corrupt: %s\n", info.corrupt ? "true" : "false");

@@ -62,6 +62,9 @@ static const char help_text[] =
     "  bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio] [-n] "
     "[--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] "
     "[-t cache] [-w] [-U] filename\n"
+    "  bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)... "
+    "[-b source_file [-F source_fmt]] [-g granularity] [--object objectdef] "
+    "[--image-opts | -f fmt] filename bitmap\n"
     "  check [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-T src_cache] [-U] filename\n"
     "  commit [-q] [-f fmt] [-t cache] [-b base] [-r rate_limit] [-d] [-p] filename\n"
     "  compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2\n"
@@ -185,6 +188,7 @@ typedef struct verb {
 static const verb verbs[] = {
     {"amend", cmd_amend},
     {"bench", cmd_bench},
+    {"bitmap", cmd_bitmap},
     {"check", cmd_check},
     {"commit", cmd_commit},
     {"compare", cmd_compare},

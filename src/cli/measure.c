@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "cli/cli-util.h"
+#include "vdisk/bitmap.h"
 
 /* qemu reports a "bitmaps" size when both the target and the source can hold persistent
  * bitmaps: qcow2 v3 on both sides. */
@@ -28,6 +29,35 @@ static bool reports_bitmaps(const char *out_fmt, const vd_opts *o, vd_disk *src)
     bool v3 = info.is_qcow2 && strcmp(info.compat, "0.10") != 0;
     vd_image_info_clear(&info);
     return v3;
+}
+
+/* What `convert --bitmaps` would store for the source's persistent bitmaps in clusters of
+ * cs bytes, as QEMU reckons it: every bitmap fully allocated, its table, and the
+ * directory. */
+static uint64_t bitmaps_size(vd_disk *src, const vd_opts *o)
+{
+    uint64_t cs = 65536;
+    const char *v = vd_opts_get(o, "cluster_size");
+    if (v && (vd_parse_size(v, &cs) < 0 || cs == 0)) {
+        cs = 65536;
+    }
+    vd_bitmap_info *list;
+    size_t nb;
+    if (vd_disk_bitmap_list(src, &list, &nb, NULL) < 0) {
+        return 0;
+    }
+    uint64_t size = vd_disk_size(src), total = 0, dir = 0;
+    for (size_t i = 0; i < nb; i++) {
+        if (!list[i].persistent) {
+            continue;
+        }
+        uint64_t granules = (size + list[i].granularity - 1) / list[i].granularity;
+        uint64_t clusters = ((granules + 7) / 8 + cs - 1) / cs;
+        total += clusters * cs + (clusters * 8 + cs - 1) / cs * cs;
+        dir += (24 + strlen(list[i].name) + 7) / 8 * 8;
+    }
+    vd_bitmap_list_free(list, nb);
+    return total + (dir + cs - 1) / cs * cs;
 }
 
 int cmd_measure(int argc, char **argv)
@@ -137,12 +167,13 @@ int cmd_measure(int argc, char **argv)
         goto out;
     }
     bool bitmaps = reports_bitmaps(out_fmt, o, src);
+    uint64_t bm_size = bitmaps ? bitmaps_size(src, o) : 0;
     if (json) {
         cli_json *j = cli_json_object();
         cli_json_add_int(j, "required", (int64_t)res.required);
         cli_json_add_int(j, "fully-allocated", (int64_t)res.fully_allocated);
         if (bitmaps) {
-            cli_json_add_int(j, "bitmaps", 0);
+            cli_json_add_int(j, "bitmaps", (int64_t)bm_size);
         }
         cli_json_print(stdout, j);
         cli_json_free(j);
@@ -150,7 +181,7 @@ int cmd_measure(int argc, char **argv)
         printf("required size: %" PRIu64 "\n", res.required);
         printf("fully allocated size: %" PRIu64 "\n", res.fully_allocated);
         if (bitmaps) {
-            printf("bitmaps size: 0\n");
+            printf("bitmaps size: %" PRIu64 "\n", bm_size);
         }
     }
     ret = 0;

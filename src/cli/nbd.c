@@ -52,6 +52,7 @@ static const char nbd_help[] =
     "Exposing part of the image:\n"
     "  -o, --offset=OFFSET       offset into the image\n"
     "  -A, --allocation-depth    expose the allocation depth\n"
+    "  -B, --bitmap=NAME         expose a persistent dirty bitmap\n"
     "\n"
     "General purpose options:\n"
     "  -L, --list                list exports available from another NBD server\n"
@@ -319,6 +320,7 @@ int cmd_nbd(int argc, char **argv)
         {"pid-file", required_argument, NULL, OPT_PID_FILE},
         {"offset", required_argument, NULL, 'o'},
         {"allocation-depth", no_argument, NULL, 'A'},
+        {"bitmap", required_argument, NULL, 'B'},
         {"list", no_argument, NULL, 'L'},
         {NULL, 0, NULL, 0},
     };
@@ -330,6 +332,15 @@ int cmd_nbd(int argc, char **argv)
     bool list = false, per_device = false;
     uint64_t dev_offset = 0;
     unsigned flags = 0;
+    /* -B NAME, as many as given: persistent bitmaps of the image, offered as
+     * qemu:dirty-bitmap:NAME. */
+    const char **bitmap_names = calloc((size_t)argc, sizeof(*bitmap_names));
+    size_t nb_bitmap_names = 0;
+    vd_dirty_bitmap **bitmaps = calloc((size_t)argc + 1, sizeof(*bitmaps));
+    size_t nb_bitmaps = 0;
+    if (!bitmap_names || !bitmaps) {
+        abort();
+    }
     tls_object *objs = NULL;
     size_t nb_objs = 0;
     /* -l: a bare ID_OR_NAME, or (winning over it, as in qemu-nbd) the id and name of the
@@ -340,7 +351,7 @@ int cmd_nbd(int argc, char **argv)
     vd_error *err = NULL;
     int c, status = 1;
 
-    while ((c = getopt_long(argc, argv, ":hVp:b:k:e:tvx:D:f:rl:no:AL", long_options, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":hVp:b:k:e:tvx:D:f:rl:no:AB:L", long_options, NULL)) != -1) {
         switch (c) {
         case 'h':
             printf("Usage: %s [OPTIONS] FILE\n  or:  %s -L [OPTIONS]\n",
@@ -439,6 +450,10 @@ int cmd_nbd(int argc, char **argv)
         }
         case 'A':
             alloc_depth = true;
+            per_device = true;
+            break;
+        case 'B':
+            bitmap_names[nb_bitmap_names++] = optarg;
             per_device = true;
             break;
         case 'L':
@@ -584,10 +599,24 @@ int cmd_nbd(int argc, char **argv)
     /* qemu-nbd restricts an image probed as raw to whole sectors (so that its first
      * sector stays guarded) and advertises that as the minimum block size. */
     bool probed_raw = !fmt && !strcmp(vd_disk_format(d), "raw") && !dev_offset;
+    int ret = 0;
+    for (; nb_bitmaps < nb_bitmap_names && ret == 0; nb_bitmaps++) {
+        ret = vd_bitmap_acquire(d, NULL, bitmap_names[nb_bitmaps], readonly,
+                                &bitmaps[nb_bitmaps], &err);
+    }
+    if (ret < 0) {
+        nb_bitmaps--;   /* the one that failed */
+        cli_report_err(err, "%s", "");
+        goto done;
+    }
     vd_nbd_export_opts eo = {.name = name, .description = desc, .disk = d,
                              .writable = !readonly, .min_block = probed_raw ? 512 : 0,
-                             .offset = dev_offset, .allocation_depth = alloc_depth};
-    int ret = vd_nbd_export_add(srv, &eo, &err);
+                             .offset = dev_offset, .allocation_depth = alloc_depth,
+                             .bitmaps = bitmaps, .nb_bitmaps = nb_bitmaps};
+    ret = vd_nbd_export_add(srv, &eo, &err);
+    if (ret == 0) {
+        nb_bitmaps = 0;   /* the export has them now */
+    }
     if (ret == 0) {
         ret = activated ? vd_nbd_server_listen_fd(srv, SOCKET_ACTIVATION_FD, &err)
               : sock    ? vd_nbd_server_listen_unix(srv, sock, &err)
@@ -608,6 +637,9 @@ int cmd_nbd(int argc, char **argv)
     }
 done:
     vd_nbd_server_free(srv);
+    for (size_t i = 0; i < nb_bitmaps; i++) {
+        vd_bitmap_release(bitmaps[i]);
+    }
     if (d && vd_close(d) < 0) {
         status = 1;
     }
@@ -621,5 +653,7 @@ out:
     free(objs);
     free(sn_id);
     free(sn_name_opt);
+    free(bitmap_names);
+    free(bitmaps);
     return status;
 }

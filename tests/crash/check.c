@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "crash.h"
+#include "vdisk/bitmap.h"
 #include "vdisk/vdisk.h"
 #include "tools/engine-env.h"
 
@@ -171,7 +172,9 @@ static bool allowed_size(const journal *j, const expect *x, uint64_t crash_pos, 
 
 /* Opens the state read-write and checks what it reads. Returns 0 if all is well, 1 if
  * flushed data was lost, -1 on any other failure. */
-static int verify_data(const check_ctx *c, check_totals *t, vd_engine *e)
+/* leak_free: also check (while the image is open, after the repair a read-write open of a
+ * dirty image makes and before its close stores bitmaps) that no leak is left. */
+static int verify_data(const check_ctx *c, check_totals *t, vd_engine *e, bool leak_free)
 {
     vd_open_opts oo = {.format = "qcow2", .flags = VD_OPEN_RDWR | VD_OPEN_UNMAP};
     vd_disk *d = NULL;
@@ -188,6 +191,28 @@ static int verify_data(const check_ctx *c, check_totals *t, vd_engine *e)
     expect_build(c->j, c->crash_pos, &x);
     uint64_t size = vd_disk_size(d);
     bool ok = true;
+    /* A stored bitmap that is not flagged in use claims to know every write: only true
+     * before the first guest operation (the open flags them in use, synced, first) or
+     * once the close has begun storing them. */
+    vd_bitmap_info *bl = NULL;
+    size_t nb_bl = 0;
+    uint64_t first_op = c->j->nb_ops ? c->j->ops[0].start : 0, close_start = UINT64_MAX;
+    for (size_t i = 0; i < c->j->nb_ops; i++) {
+        if (c->j->ops[i].kind == OP_CLOSE) {
+            close_start = c->j->ops[i].start;
+        }
+    }
+    if (vd_disk_bitmap_list(d, &bl, &nb_bl, NULL) == 0) {
+        for (size_t i = 0; ok && i < nb_bl; i++) {
+            if (bl[i].persistent && !bl[i].inconsistent && c->crash_pos > first_op &&
+                c->crash_pos < close_start) {
+                snprintf(why, sizeof(why), "bitmap '%s' is not flagged in use between the "
+                         "first guest write and the close", bl[i].name);
+                ok = false;
+            }
+        }
+        vd_bitmap_list_free(bl, nb_bl);
+    }
     if (!allowed_size(c->j, &x, c->crash_pos, size) || size > x.max_size) {
         snprintf(why, sizeof(why), "the disk has %llu bytes; %llu were flushed",
                  (unsigned long long)size, (unsigned long long)x.base_size);
@@ -223,6 +248,10 @@ static int verify_data(const check_ctx *c, check_totals *t, vd_engine *e)
     }
     free(buf);
     free(x.base);
+    if (ok && leak_free && !run_vd_check(c, t, e, false, false)) {
+        vd_close(d);
+        return -1;
+    }
     if (vd_close(d) < 0 && ok) {
         snprintf(why, sizeof(why), "closing after recovery failed");
         ok = false;
@@ -309,12 +338,13 @@ bool check_state(const check_ctx *c, check_totals *t)
         ok = (!c->qemu_img || run_qemu_img(c, t, "of the crash state", true)) &&
              run_vd_check(c, t, e, true, true);
     }
-    int data = ok ? verify_data(c, t, e) : -1;
-    /* A repaired dirty image must be clean, leaks included, before anything is written
+    /* A repaired dirty image must be clean, leaks included, before anything is written:
+     * checked while verify_data holds it open, before its close stores bitmaps
      * (refcounts that a crash left past the end of the file are outside what any check
      * sees, QEMU's included; a later allocation can turn them into leaks). */
+    int data = ok ? verify_data(c, t, e, dirty) : -1;
     if (data == 0) {
-        data = run_vd_check(c, t, e, false, !dirty) && write_after_recovery(c, t, e) ? 0 : -1;
+        data = run_vd_check(c, t, e, false, true) && write_after_recovery(c, t, e) ? 0 : -1;
     }
     if (data == 0) {
         /* qemu-img costs a process start: after recovery it checks every dirty state

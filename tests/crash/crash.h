@@ -28,7 +28,7 @@ uint64_t rng_below(rng *r, uint64_t n);  /* 0 <= x < n, n > 0 */
 /* ---- workloads (workload.c) ---- */
 typedef enum op_kind {
     OP_WRITE, OP_ZERO, OP_DISCARD, OP_FLUSH, OP_COMPRESS, OP_RESIZE,
-    OP_SNAP_CREATE, OP_SNAP_APPLY, OP_SNAP_DELETE, OP_AMEND, OP_CLOSE,
+    OP_SNAP_CREATE, OP_SNAP_APPLY, OP_SNAP_DELETE, OP_AMEND, OP_BITMAP, OP_CLOSE,
 } op_kind;
 
 /* One guest operation as the journal keeps it. */
@@ -41,7 +41,7 @@ typedef struct gop {
 } gop;
 
 typedef struct workload_cfg {
-    const char *kind;         /* alloc, snap, compress, resize, cow, mixed */
+    const char *kind;         /* alloc, snap, compress, resize, cow, mixed, amend, bitmaps */
     uint32_t cluster_size;
     bool lazy;
     uint64_t seed;

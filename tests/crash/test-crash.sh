@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Crash consistency: every workload (random allocating writes and overwrites, discard and
 # write zeroes, internal snapshots, compressed writes, resize up and down, backing-file COW,
-# refcount width changes (amend); lazy refcounts off and on; clusters of 512 B, 64 KiB and
+# refcount width changes (amend), persistent bitmaps added, removed, changed and stored at
+# close (bitmaps); lazy refcounts off and on; clusters of 512 B, 64 KiB and
 # 2 MiB) is recorded through the
 # logwrites filter and replayed into crash states that crash-test checks (tests/crash/
 # crash.h). Then two proofs that the harness can fail: a test-only switch that writes L2
@@ -95,7 +96,7 @@ else
 fi
 
 names=()
-for kind in alloc snap compress resize cow mixed amend; do
+for kind in alloc snap compress resize cow mixed amend bitmaps; do
     for cs in 512 65536 2097152; do
         for lazy in 0 1; do
             names+=("$kind-$cs-lazy$lazy")

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include "crash.h"
+#include "vdisk/bitmap.h"
 #include "vdisk/snapshot.h"
 #include "vdisk/vdisk.h"
 #include "tools/engine-env.h"
@@ -25,6 +26,8 @@ typedef struct wl {
     uint64_t recent[16];         /* offsets written lately, for overwrites */
     int nb_snaps, snap_seq;
     char snaps[MAX_SNAPS][16];
+    int nb_bitmaps, bitmap_seq;  /* persistent bitmaps: names b0, b1, ... */
+    char bitmaps[MAX_SNAPS][16];
 } wl;
 
 static void *xmalloc(size_t n)
@@ -330,9 +333,87 @@ static int op_amend(wl *w)
     return end_op(w, o, 0, 0);
 }
 
+/* A change to the persistent bitmaps: one added (stored at close), one removed (the image's
+ * directory is rewritten at once when it was stored), cleared, merged, switched on or off.
+ * Refusals (a full set, a name in use) change nothing. */
+static int op_bitmap(wl *w)
+{
+    gop *o = add_op(w, OP_BITMAP, log_len(w));
+    vd_error *err = NULL;
+    int ret = 0;
+    uint64_t what = w->nb_bitmaps ? rng_below(&w->r, 6) : 0;
+    const char *name = w->nb_bitmaps ? w->bitmaps[rng_below(&w->r, (uint64_t)w->nb_bitmaps)]
+                                     : NULL;
+    if (what == 0 && w->nb_bitmaps < MAX_SNAPS) {
+        char *n = w->bitmaps[w->nb_bitmaps];
+        snprintf(n, 16, "b%d", w->bitmap_seq++);
+        vd_bitmap_add_opts bo = {.granularity = 512ull << rng_below(&w->r, 8),
+                                 .persistent = true, .disabled = rng_below(&w->r, 4) == 0};
+        ret = vd_disk_bitmap_add(w->d, n, &bo, &err);
+        w->nb_bitmaps += ret == 0;
+    } else if (what == 1) {
+        ret = vd_disk_bitmap_remove(w->d, name, &err);
+        for (int i = 0; ret == 0 && i < w->nb_bitmaps; i++) {
+            if (w->bitmaps[i] == name) {
+                memmove(w->bitmaps[i], w->bitmaps[w->nb_bitmaps - 1], 16);
+                w->nb_bitmaps--;
+                break;
+            }
+        }
+    } else if (what == 2) {
+        ret = vd_disk_bitmap_clear(w->d, name, &err);
+    } else if (what == 3) {
+        const char *src = w->bitmaps[rng_below(&w->r, (uint64_t)w->nb_bitmaps)];
+        ret = vd_disk_bitmap_merge(w->d, name, NULL, src, &err);
+    } else if (what >= 4) {
+        ret = vd_disk_bitmap_enable(w->d, name, what == 4, &err);
+    }
+    if (ret < 0) {
+        ret = fail("bitmap", vd_error_msg(err));
+        vd_error_free(err);
+        return ret;
+    }
+    return end_op(w, o, 0, 0);
+}
+
+/* The image of a bitmaps workload starts with two stored bitmaps, so that the logged open
+ * flags them in use and the close stores them over their old tables. */
+static int make_stored_bitmaps(wl *w, const char *path)
+{
+    vd_open_opts oo = {.format = "qcow2", .flags = VD_OPEN_RDWR};
+    vd_disk *d = NULL;
+    vd_error *err = NULL;
+    if (vd_open(w->e, path, &oo, &d, &err) < 0) {
+        int r = fail("open for bitmaps", vd_error_msg(err));
+        vd_error_free(err);
+        return r;
+    }
+    int ret = 0;
+    for (int i = 0; i < 2 && ret == 0; i++) {
+        char *n = w->bitmaps[w->nb_bitmaps];
+        snprintf(n, 16, "b%d", w->bitmap_seq++);
+        vd_bitmap_add_opts bo = {.granularity = i ? 4096 : 65536, .persistent = true};
+        ret = vd_disk_bitmap_add(d, n, &bo, &err);
+        w->nb_bitmaps += ret == 0;
+    }
+    uint8_t buf[4096];
+    fill_tags(w, buf, 8, sizeof(buf) / SECTOR);
+    if (ret == 0) {
+        ret = vd_pwrite(d, buf, sizeof(buf), 8 * SECTOR, 0);
+    }
+    if (ret < 0) {
+        fail("bitmaps", err ? vd_error_msg(err) : "write failed");
+        vd_error_free(err);
+    }
+    if (vd_close(d) < 0 && ret == 0) {
+        ret = fail("bitmaps", "close failed");
+    }
+    return ret;
+}
+
 typedef struct weights {
     int write, zero, discard, flush, compress, resize, snap_create, snap_apply, snap_delete;
-    int amend, shrink;
+    int amend, shrink, bitmap;
 } weights;
 
 static weights kind_weights(const char *kind)
@@ -352,6 +433,10 @@ static weights kind_weights(const char *kind)
         return (weights){.write = 50, .zero = 6, .discard = 6, .flush = 10, .compress = 8,
                          .snap_create = 6, .snap_delete = 6, .amend = 8};
     }
+    if (!strcmp(kind, "bitmaps")) {
+        return (weights){.write = 45, .zero = 6, .discard = 6, .flush = 10, .bitmap = 20,
+                         .resize = 3, .snap_create = 5, .snap_delete = 5};
+    }
     if (!strcmp(kind, "mixed")) {
         return (weights){.write = 40, .zero = 6, .discard = 6, .flush = 10, .compress = 15,
                          .resize = 5, .snap_create = 7, .snap_apply = 4, .snap_delete = 7};
@@ -362,7 +447,8 @@ static weights kind_weights(const char *kind)
 static int run_one(wl *w, const weights *wt)
 {
     int total = wt->write + wt->zero + wt->discard + wt->flush + wt->compress + wt->resize +
-                wt->snap_create + wt->snap_apply + wt->snap_delete + wt->amend + wt->shrink;
+                wt->snap_create + wt->snap_apply + wt->snap_delete + wt->amend + wt->shrink +
+                wt->bitmap;
     int x = (int)rng_below(&w->r, (uint64_t)total);
     if ((x -= wt->write) < 0) {
         return op_write(w);
@@ -393,6 +479,9 @@ static int run_one(wl *w, const weights *wt)
     }
     if ((x -= wt->shrink) < 0) {
         return op_shrink(w);
+    }
+    if ((x -= wt->bitmap) < 0) {
+        return op_bitmap(w);
     }
     return op_snapshot(w, OP_SNAP_DELETE);
 }
@@ -493,6 +582,7 @@ int workload_run(const workload_cfg *cfg, journal *j)
         goto out;
     }
     if (create_image(&w, j->image, size, cow ? backing : NULL, cfg->lazy) < 0 ||
+        (!strcmp(cfg->kind, "bitmaps") && make_stored_bitmaps(&w, j->image) < 0) ||
         load_file(j->image, &j->base, &j->base_size) < 0) {
         goto out;
     }

@@ -74,6 +74,15 @@ def make_valid(workdir):
             run(QEMU_IO, "-f", "qcow2", "-c", "write -P 0x%x %dk 1k" % (0x70 + i, i),
                 path, cwd=workdir)
         images.append((name, path))
+    # Persistent bitmaps: one clean and one with bits, so that the directory, a table and
+    # a data cluster are all in the image.
+    for name, opts in (("bitmaps512", "cluster_size=512"), ("bitmaps4k", "cluster_size=4096")):
+        path = os.path.join(workdir, name + ".qcow2")
+        run(QEMU_IMG, "create", "-f", "qcow2", "-o", opts, path, "256k", cwd=workdir)
+        run(QEMU_IMG, "bitmap", "--add", "-g", "512", path, "dirty", cwd=workdir)
+        run(QEMU_IMG, "bitmap", "--add", "--disable", path, "off", cwd=workdir)
+        run(QEMU_IO, "-f", "qcow2", "-c", "write -P 0x63 4k 8k", path, cwd=workdir)
+        images.append((name, path))
     raw = os.path.join(workdir, "data.raw")
     with open(raw, "wb") as f:
         f.write(bytes((i * 7 + (i >> 9)) & 0xff for i in range(20000)))

@@ -218,10 +218,6 @@ int qcow2_truncate_locked(qcow2_state *s, uint64_t size, bool shrink, const char
         return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP,
                             "Can't resize a v2 image which has snapshots");
     }
-    if (s->h.has_bitmaps_ext) {
-        return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP, "%s: resizing an image with "
-                            "persistent bitmaps is not supported yet", s->name);
-    }
     if (l1_entries_for(s, size) > QCOW2_MAX_L1_BYTES / 8) {
         return vd_error_set(errp, VD_ERR_INVALID, EFBIG, "%s: the size %" PRIu64 " needs an "
                             "L1 table larger than %u bytes", s->name, size,

@@ -519,6 +519,7 @@ static void state_free(qcow2_state *s)
     free_tables(s);
     free(s->own_zeros);
     free(s->frees);
+    qcow2_bitmaps_free(s);
     pthread_mutex_destroy(&s->lock);
     pthread_cond_destroy(&s->cond);
     free(s);
@@ -580,10 +581,12 @@ static int qcow2_open(vd_node *node, unsigned flags, vd_error **errp)
             goto fail;
         }
     }
-    /* Autoclear bits name extensions a writer keeps consistent. We do not maintain
-     * persistent bitmaps yet, so after our writes they would be stale: clear their bit
-     * too, and QEMU will ignore (and drop) the bitmaps instead of trusting them. */
-    const uint64_t kept_autoclear = QCOW2_AUTOCLEAR_KNOWN & ~QCOW2_AUTOCLEAR_BITMAPS;
+    /* Autoclear bits name extensions a writer keeps consistent: the ones we do not know
+     * go (QEMU's rule). A bitmaps bit without its extension goes too. */
+    uint64_t kept_autoclear = QCOW2_AUTOCLEAR_KNOWN;
+    if (!s->h.has_bitmaps_ext) {
+        kept_autoclear &= ~QCOW2_AUTOCLEAR_BITMAPS;
+    }
     if (s->writable && (s->h.autoclear_features & ~kept_autoclear)) {
         s->h.autoclear_features &= kept_autoclear;
         ret = qcow2_write_header(s);
@@ -595,6 +598,14 @@ static int qcow2_open(vd_node *node, unsigned flags, vd_error **errp)
     }
     node->size = s->h.size;
     node->request_alignment = 1;
+    if (!s->check_only) {
+        /* Before any write: a read-write open flags the bitmaps in use first. */
+        ret = qcow2_bitmaps_load(s, errp);
+        if (ret < 0) {
+            vd_node_free_bitmaps(node);
+            goto fail;
+        }
+    }
     node->opaque = s;
     set_node_backing_names(s);
     /* A backing given in the options counts even when the image names none (QEMU). */
@@ -619,6 +630,11 @@ static void qcow2_close(vd_node *node)
         return;
     }
     pthread_mutex_lock(&s->lock);
+    if (s->writable && !s->broken && !s->check_only) {
+        /* If this fails they stay flagged in use in the image: inconsistent, never
+         * trusted, for the next reader. */
+        qcow2_bitmaps_store(s);
+    }
     if (s->writable && !s->broken) {
         int ret = qcow2_flush_locked(s);
         if (ret == 0 && s->dirty_ours) {
@@ -651,7 +667,12 @@ static int qcow2_get_info(vd_node *node, vd_image_info *info, vd_error **errp)
     info->corrupt = (s->h.incompatible_features & QCOW2_INCOMPAT_CORRUPT) != 0;
     info->extended_l2 = s->extl2;
     info->nb_snapshots = (int)s->nb_snapshots;
+    uint32_t version = s->h.version;
     pthread_mutex_unlock(&s->lock);
+    if (version >= 3) {
+        info->has_bitmaps = true;
+        return qcow2_bitmaps_info(s, &info->bitmaps, &info->nb_bitmaps);
+    }
     return 0;
 }
 
@@ -885,6 +906,8 @@ const vd_driver vd_qcow2_driver = {
     .block_status = qcow2_block_status_op,
     .truncate = qcow2_truncate,
     .get_info = qcow2_get_info,
+    .bitmap_can_store = qcow2_bitmap_can_store,
+    .bitmap_remove_stored = qcow2_bitmap_remove_stored,
     .check = qcow2_check,
     .amend = qcow2_amend,
     .set_backing = qcow2_set_backing,

@@ -120,6 +120,15 @@ typedef enum qcow2_sc_type {
     QCOW2_SC_INVALID,
 } qcow2_sc_type;
 
+/* A persistent bitmap as the image's directory holds it (qcow2-bitmaps.c). */
+typedef struct qcow2_bm {
+    char *name;
+    uint64_t table_off;
+    uint32_t table_size;
+    uint32_t flags;              /* in use 1, auto 2 */
+    uint8_t gran_bits;
+} qcow2_bm;
+
 struct qcow2_state {
     vd_node *node;
     vd_node *file;
@@ -164,6 +173,11 @@ struct qcow2_state {
     qcow2_range *snap_l1;        /* inactive L1 tables */
     uint32_t nb_snap_l1;
     uint32_t min_snap_extra;     /* smallest extra_data_size of a snapshot */
+
+    /* Persistent bitmaps: the directory as the image holds it now. */
+    qcow2_bm *bms;
+    uint32_t nb_bms;
+    uint64_t bm_dir_off, bm_dir_size;
 
     qcow2_cache *l2_cache;
     qcow2_cache *rb_cache;
@@ -249,6 +263,18 @@ int qcow2_set_backing_locked(qcow2_state *s, const char *backing, const char *fm
 /* The driver's amend op: applies the options of `amend -o` to an image opened read/write;
  * options it does not know or cannot change are refused before anything is written. */
 int qcow2_amend(vd_node *node, const vd_opts *opts, vd_error **errp);
+
+/* qcow2-bitmaps.c: persistent bitmaps. load (at open) makes the image's bitmaps the
+ * node's and, read-write, flags them in use; store (at close, image writable) writes the
+ * node's persistent bitmaps back, no longer in use; info lists the directory as the image
+ * has it. */
+int qcow2_bitmaps_load(qcow2_state *s, vd_error **errp);
+int qcow2_bitmaps_store(qcow2_state *s);
+void qcow2_bitmaps_free(qcow2_state *s);
+int qcow2_bitmaps_info(qcow2_state *s, vd_image_bitmap **out, size_t *nb);
+int qcow2_bitmap_can_store(vd_node *node, const char *name, uint64_t granularity,
+                           vd_error **errp);
+int qcow2_bitmap_remove_stored(vd_node *node, const char *name, vd_error **errp);
 
 /* ---- qcow2-refcount.c ---------------------------------------------------------------- */
 

@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# Persistent dirty bitmaps in qcow2, against qemu-img, qemu-io, qemu-nbd and
+# qemu-storage-daemon: the same bitmap commands and writes applied with vdisk to one image
+# and with QEMU's tools to a copy give the same `info` (JSON) and the same bits, read back
+# by qemu-nbd -B and by vdisk nbd -B; each tool reads and changes the other's bitmaps;
+# `convert --bitmaps`; the refusals, word for word; `vdisk info` and `io -c info` list
+# bitmaps as QEMU does; the daemons (qmp_bitmaps_persist.py): loaded bitmaps, persistent
+# ones added over QMP and stored at quit, removal while open, kill -9 leaving them in use
+# and both daemons then treating them as inconsistent. Every image checks clean.
+. "$(dirname "$0")/../lib.sh"
+vd_init
+need_tool qemu-nbd nbdinfo qemu-storage-daemon
+VDISKD=${VDISKD:-$(dirname "$VDISK")/vdiskd}
+
+# bmap IMG BITMAP SERVER(q|v): the bitmap's extents as nbdinfo reads them from qemu-nbd -B
+# or vdisk nbd -B (read-only export).
+bmap() {
+    local img=$1 bm=$2 srv=$3 sock=$VD_TESTDIR/map.sock pid
+    rm -f "$sock"
+    if [ "$srv" = q ]; then
+        qemu-nbd -r -t -f qcow2 -B "$bm" -k "$sock" "$img" 2>/dev/null &
+    else
+        "$VDISK" nbd -r -t -f qcow2 -B "$bm" -k "$sock" "$img" 2>/dev/null &
+    fi
+    pid=$!
+    for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
+    nbdinfo --map="qemu:dirty-bitmap:$bm" "nbd+unix:///?socket=$sock" 2>&1
+    kill "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+}
+
+# info_json IMG: qemu-img info --output=json without the parts that name the file.
+info_json() {
+    "$QEMU_IMG" info --output=json -U "$1" | grep -v '"filename"\|"actual-size"'
+}
+
+same_bits() {   # NAME IMG1 IMG2 BITMAP...: maps equal via qemu-nbd, and via vdisk nbd
+    local name=$1 a=$2 b=$3 bm ok=1
+    shift 3
+    for bm in "$@"; do
+        bmap "$a" "$bm" q >ma.q
+        bmap "$b" "$bm" q >mb.q
+        bmap "$b" "$bm" v >mb.v
+        bmap "$a" "$bm" v >ma.v
+        if ! grep -q 'dirty\|clean' ma.q; then
+            fail "$name-$bm" "qemu-nbd could not read it" ma.q
+            ok=0
+        elif ! cmp -s ma.q mb.q || ! cmp -s ma.q mb.v || ! cmp -s ma.q ma.v; then
+            { echo "== QEMU's image via qemu-nbd"; cat ma.q; echo "== vdisk's via qemu-nbd";
+              cat mb.q; echo "== vdisk's via vdisk nbd"; cat mb.v;
+              echo "== QEMU's via vdisk nbd"; cat ma.v; } >maps.diff
+            fail "$name-$bm" "bitmap contents differ" maps.diff
+            ok=0
+        fi
+    done
+    [ $ok = 1 ] && pass "$name"
+}
+
+clean() {   # NAME IMG...
+    local name=$1 img
+    shift
+    for img in "$@"; do
+        if ! qemu_check_clean "$img" chk.out || ! grep -q "No errors were found" chk.out ||
+            grep -q "leaked" chk.out; then
+            fail "$name" "qemu-img check $img" chk.out
+            return
+        fi
+    done
+    pass "$name"
+}
+
+# --- the same bitmap commands and writes, each tool on its own copy --------------------------
+"$QEMU_IMG" create -q -f qcow2 q.qcow2 16M
+cp q.qcow2 v.qcow2
+step() {   # "bitmap ARGS" or "io CMD", with IMG standing for the image
+    local kind=$1
+    shift
+    local qa=() va=() x
+    for x in "$@"; do
+        qa+=("${x//IMG/q.qcow2}")
+        va+=("${x//IMG/v.qcow2}")
+    done
+    if [ "$kind" = bitmap ]; then
+        "$QEMU_IMG" bitmap "${qa[@]}" >q.out 2>&1
+        echo "rc=$?" >>q.out
+        "$VDISK" bitmap "${va[@]}" >v.out 2>&1
+        echo "rc=$?" >>v.out
+    else
+        "$QEMU_IO" -f qcow2 -c "$1" q.qcow2 >/dev/null 2>&1
+        "$VDISK" io -f qcow2 -c "$1" v.qcow2 >/dev/null 2>&1
+        return
+    fi
+    # Same words, once the program and image names are set aside (QEMU names the node
+    # it made, #blockNNN; vdisk names the file).
+    sed -i -e 's/^qemu-img: //; s/^vdisk: //; s/#block[0-9]*/NODE/; s/[qv]\.qcow2/NODE/g' \
+        q.out v.out
+    local name="bitmap $*"
+    name=${name:0:72}
+    if cmp -s q.out v.out; then
+        pass "$name"
+    else
+        diff q.out v.out >step.diff
+        fail "$name" "output differs from qemu-img's" step.diff
+    fi
+}
+step bitmap --add IMG b0
+step bitmap --add -g 4096 --disable IMG b1
+step bitmap --add -g 512 IMG b2
+step io "write -P 1 0 4k"
+step io "write -P 2 1M 64k"
+step io "write -z 3M 1M"
+step io "discard 5M 64k"
+step bitmap --enable IMG b1
+step io "write -P 3 2M 512"
+step bitmap --merge b0 IMG b1
+step bitmap --clear IMG b2
+step io "write -P 4 7M 4k"
+step bitmap --add --merge b0 --disable IMG b3
+step bitmap --disable IMG b0
+step io "write -P 5 9M 128k"
+step bitmap --remove IMG b2
+# Refusals.
+step bitmap IMG b0
+step bitmap --add IMG b0
+step bitmap --remove IMG nosuch
+step bitmap --add -g 1000 IMG bx
+step bitmap --add -g 4G IMG bx
+step bitmap -g 4096 --clear IMG b0
+step bitmap --merge nosuch IMG b0
+step bitmap -b IMG --clear IMG b0
+step bitmap -F qcow2 --clear IMG b0
+step bitmap --add IMG
+step bitmap --add "IMG" "$(printf 'x%.0s' $(seq 1024))"
+info_json q.qcow2 >iq.json
+info_json v.qcow2 >iv.json
+same_files info-after-commands iq.json iv.json
+same_bits bits-after-commands q.qcow2 v.qcow2 b0 b1 b3
+clean check-after-commands q.qcow2 v.qcow2
+
+# --- each tool changes the other's image -----------------------------------------------------
+"$QEMU_IMG" bitmap --clear v.qcow2 b1
+"$QEMU_IO" -f qcow2 -c "write -P 6 12M 4k" v.qcow2 >/dev/null
+"$VDISK" bitmap --clear q.qcow2 b1
+"$VDISK" io -f qcow2 -c "write -P 6 12M 4k" q.qcow2 >/dev/null
+same_bits bits-crossed q.qcow2 v.qcow2 b0 b1 b3
+clean check-crossed q.qcow2 v.qcow2
+"$QEMU_IMG" create -q -f qcow2 src.qcow2 16M
+"$QEMU_IMG" bitmap --add -g 8192 src.qcow2 s0
+"$QEMU_IMG" bitmap -b q.qcow2 --merge b1 src.qcow2 s0
+"$VDISK" create -q -f qcow2 vsrc.qcow2 16M
+"$VDISK" bitmap --add -g 8192 vsrc.qcow2 s0
+"$VDISK" bitmap -b q.qcow2 --merge b1 vsrc.qcow2 s0
+same_bits merge-from-another-file src.qcow2 vsrc.qcow2 s0
+
+# --- info and io -c info ---------------------------------------------------------------------
+for o in human json; do
+    "$QEMU_IMG" info --output=$o v.qcow2 >a.out 2>&1
+    "$VDISK" info --output=$o v.qcow2 >b.out 2>&1
+    same_files "info-$o-lists-bitmaps" a.out b.out
+done
+"$QEMU_IO" -c info q.qcow2 >a.out 2>&1
+"$VDISK" io -c info q.qcow2 >b.out 2>&1
+same_files io-info-lists-bitmaps-in-use a.out b.out
+
+# --- convert --bitmaps -----------------------------------------------------------------------
+check_ok convert-bitmaps-qemu "$QEMU_IMG" convert --bitmaps -O qcow2 q.qcow2 cq.qcow2
+check_ok convert-bitmaps-vdisk "$VDISK" convert --bitmaps -O qcow2 q.qcow2 cv.qcow2
+info_json cq.qcow2 >a.out
+info_json cv.qcow2 >b.out
+same_files convert-bitmaps-info a.out b.out
+same_bits convert-bitmaps-bits cq.qcow2 cv.qcow2 b0 b1 b3
+clean convert-bitmaps-check cq.qcow2 cv.qcow2
+for args in "-O raw q.qcow2 X.raw" "-O qcow2 q.qcow2 q.qcow2 X.qcow2" \
+    "-O qcow2 -o compat=0.10 q.qcow2 X.qcow2"; do
+    rm -f X.raw X.qcow2
+    # shellcheck disable=SC2086
+    "$QEMU_IMG" convert --bitmaps $args >a.out 2>&1
+    echo "rc=$? created=$(ls X.* 2>/dev/null)" >>a.out
+    rm -f X.raw X.qcow2
+    # shellcheck disable=SC2086
+    "$VDISK" convert --bitmaps $args >b.out 2>&1
+    echo "rc=$? created=$(ls X.* 2>/dev/null)" >>b.out
+    sed -i 's/^qemu-img: //; s/^vdisk: //' a.out b.out
+    same_files "convert-bitmaps-refused $args" a.out b.out
+done
+
+# --- the daemons ---------------------------------------------------------------------------
+"$PYTHON" "$VD_TESTS/interop/qmp_bitmaps_persist.py" "$VDISKD" qemu-storage-daemon "$VDISK" \
+    "$VD_TESTDIR"
+
+# The command line's export form: bitmaps.0=NAME offers a stored bitmap.
+cp q.qcow2 cl.qcow2
+"$VDISKD" --blockdev driver=file,node-name=f0,filename=cl.qcow2 \
+    --blockdev driver=qcow2,node-name=d0,file=f0 \
+    --nbd-server addr.type=unix,addr.path="$VD_TESTDIR/cl.nbd" \
+    --export type=nbd,id=e0,node-name=d0,name=disk,bitmaps.0=b3 \
+    --pidfile "$VD_TESTDIR/cl.pid" --daemonize >cl.out 2>&1
+if nbdinfo --map=qemu:dirty-bitmap:b3 "nbd+unix:///disk?socket=$VD_TESTDIR/cl.nbd" \
+    >cl.map 2>&1 && grep -q dirty cl.map; then
+    pass cmdline-export-bitmaps
+else
+    fail cmdline-export-bitmaps "no dirty extent read" cl.map
+fi
+[ -s cl.pid ] && kill "$(cat cl.pid)"
+for _ in $(seq 100); do [ -e cl.pid ] || break; sleep 0.05; done
+clean cmdline-export-check cl.qcow2
+vd_finish
