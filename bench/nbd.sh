@@ -13,6 +13,9 @@
 #   fio-direct-randwrite / fio-direct-randread  the same into and from a fully allocated
 #              1 GiB qcow2 (preallocation=full) that both servers open with O_DIRECT
 #              (vdisk nbd --cache=none; qsd cache.direct=on): a VM's disk in steady state
+#   fio-bitmap-randwrite  the direct random writes again into a copy of that image that
+#              holds an enabled persistent dirty bitmap (64 KiB granularity), which both
+#              servers load and mark on every write: what an incremental backup's bitmap costs
 # vdisk serves with `vdisk nbd -t -e 0` (multi-conn, as qsd's nbd-server-start default).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -97,10 +100,19 @@ if [ $have_fio = 1 ]; then
     bench_case fio-direct-randread time vdisk qemu-storage-daemon 1.0 \
         "fio nbd engine: $((fio_io >> 20)) MiB of 4 KiB random reads, iodepth 32, of that image, O_DIRECT" \
         "fio --ioengine=nbd --rw=randread --bs=4k --iodepth=32 (servers: cache=none)" "$fio_io"
+    bench_case fio-bitmap-randwrite time vdisk qemu-storage-daemon 1.0 \
+        "fio nbd engine: $((fio_io >> 20)) MiB of 4 KiB random writes, iodepth 32, into an allocated $((fio_size >> 20)) MiB qcow2 with an enabled persistent dirty bitmap, O_DIRECT" \
+        "fio --ioengine=nbd --rw=randwrite --bs=4k --iodepth=32 (servers: cache=none)" "$fio_io"
     allocated="$BENCH_CACHE/fio-allocated-$fio_size.qcow2"
     if [ ! -f "$allocated" ]; then
         echo "bench: generating $allocated (once; cached)" >&2
         "$QEMU_IMG" create -q -f qcow2 -o preallocation=full "$allocated" "$fio_size"
+    fi
+    with_bitmap="$BENCH_CACHE/fio-allocated-bitmap-$fio_size.qcow2"
+    if [ ! -f "$with_bitmap" ]; then
+        echo "bench: generating $with_bitmap (once; cached)" >&2
+        "$QEMU_IMG" create -q -f qcow2 -o preallocation=full "$with_bitmap" "$fio_size"
+        "$QEMU_IMG" bitmap --add "$with_bitmap" b0
     fi
 else
     bench_note fio-randwrite "fio with the nbd engine is not installed; fio cases skipped"
@@ -163,6 +175,14 @@ for ((round = 1; round <= BENCH_ROUNDS; round++)); do
                 bash -c "$(declare -f fio_job); fio_job randread" || true
             stop
             [ "$round" = 1 ] && { bench_check fio-direct-randwrite "$who" "$allocated" || true; }
+            bench_settle
+
+            serve "$who" "$with_bitmap" direct
+            bench_run fio-bitmap-randwrite "$who" "$round" env uri="$uri" \
+                fio_size="$fio_size" fio_io="$fio_io" \
+                bash -c "$(declare -f fio_job); fio_job randwrite" || true
+            stop
+            [ "$round" = 1 ] && { bench_check fio-bitmap-randwrite "$who" "$with_bitmap" || true; }
             bench_settle
         fi
     done

@@ -152,6 +152,26 @@ clean check-crossed q.qcow2 v.qcow2
 "$VDISK" bitmap -b q.qcow2 --merge b1 vsrc.qcow2 s0
 same_bits merge-from-another-file src.qcow2 vsrc.qcow2 s0
 
+# --- several contexts in one BLOCK_STATUS request, as qemu-nbd answers them ----------------
+for srv in q v; do
+    rm -f "$VD_TESTDIR/ctx.sock"
+    if [ $srv = q ]; then
+        qemu-nbd -r -t -A -B b0 -B b1 -B b3 -f qcow2 -k "$VD_TESTDIR/ctx.sock" q.qcow2 &
+    else
+        "$VDISK" nbd -r -t -A -B b0 -B b1 -B b3 -f qcow2 -k "$VD_TESTDIR/ctx.sock" q.qcow2 &
+    fi
+    pid=$!
+    for _ in $(seq 100); do [ -S "$VD_TESTDIR/ctx.sock" ] && break; sleep 0.05; done
+    "$PYTHON" "$VD_TESTS/interop/nbd_contexts.py" "nbd+unix:///?socket=$VD_TESTDIR/ctx.sock" \
+        base:allocation qemu:allocation-depth qemu:dirty-bitmap:b0 qemu:dirty-bitmap:b1 \
+        qemu:dirty-bitmap:b3 -- 0 16777216 4096 65536 req_one 1048576 100000 \
+        9437184 200000 req_one >ctx.$srv 2>&1
+    kill "$pid"
+    wait "$pid" 2>/dev/null
+done
+grep -q "dirty-bitmap:b0 at 0" ctx.q || fail contexts-in-one-request-ran "no reply" ctx.q
+same_files contexts-in-one-request ctx.q ctx.v
+
 # --- info and io -c info ---------------------------------------------------------------------
 for o in human json; do
     "$QEMU_IMG" info --output=$o v.qcow2 >a.out 2>&1
