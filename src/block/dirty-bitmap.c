@@ -591,6 +591,9 @@ static int acquire_on(vd_node *n, const char *name, bool read_only, vd_dirty_bit
     if (ret == 0) {
         b->busy++;
         *out = b;
+        /* The reader keeps the node: it may be one the export does not otherwise hold
+         * ({node, name}), which blockdev-del must then refuse, not free. */
+        vd_node_ref(n);
     }
     pthread_mutex_unlock(&n->bitmap_lock);
     return ret;
@@ -608,6 +611,10 @@ int vd_bitmap_acquire(vd_disk *d, const char *node, const char *name, bool read_
         }
         ret = acquire_on(n, name, read_only, out, errp);
         vd_node_unref(n);
+        if (ret == -ENOENT) {
+            return vd_error_set(errp, VD_ERR_NOT_FOUND, ENOENT, "Dirty bitmap '%s' not found",
+                                name);
+        }
     } else {
         vd_disk_enter(d);
         ret = -ENOENT;
@@ -628,9 +635,11 @@ int vd_bitmap_acquire(vd_disk *d, const char *node, const char *name, bool read_
 void vd_bitmap_release(vd_dirty_bitmap *b)
 {
     if (b) {
-        pthread_mutex_lock(&b->node->bitmap_lock);
+        vd_node *n = b->node;
+        pthread_mutex_lock(&n->bitmap_lock);
         b->busy--;
-        pthread_mutex_unlock(&b->node->bitmap_lock);
+        pthread_mutex_unlock(&n->bitmap_lock);
+        vd_node_unref(n);
     }
 }
 
@@ -652,6 +661,7 @@ bool vd_dirty_bitmap_next_dirty_area(vd_dirty_bitmap *b, uint64_t off, uint64_t 
 
 struct vd_bitmap_undo {
     const vd_action *act;
+    vd_dirty_bitmap *added;   /* add: the new bitmap, dropped by abort without checks */
     vd_hbitmap *backup;       /* clear, merge: the contents before */
     bool was_enabled;         /* enable, disable */
     vd_dirty_bitmap *removed; /* remove: out of the list until abort or clean */
@@ -672,6 +682,10 @@ int vd_bitmap_action_prepare(const vd_action *a, vd_bitmap_undo **out, vd_error 
     switch (a->kind) {
     case VD_ACTION_BITMAP_ADD:
         ret = vd_bitmap_add(a->engine, a->node, a->bitmap, &a->bitmap_opts, errp);
+        if (ret == 0 && lookup(&w, a->bitmap, &n, &b, NULL) == 0) {
+            u->added = b;
+            put(n);
+        }
         break;
     case VD_ACTION_BITMAP_MERGE:
         ret = merge_refs(a->engine, a->node, a->bitmap, a->sources, a->nb_sources,
@@ -684,6 +698,15 @@ int vd_bitmap_action_prepare(const vd_action *a, vd_bitmap_undo **out, vd_error 
         }
         if (a->kind == VD_ACTION_BITMAP_REMOVE) {
             ret = usable(b, DEFAULT, true, errp);
+            if (ret == 0 && b->persistent && n->drv->bitmap_remove_stored) {
+                /* Out of the image now, as QEMU's action does; an abort keeps the bitmap
+                 * in memory, and the close stores it again. */
+                b->busy++;
+                pthread_mutex_unlock(&n->bitmap_lock);
+                ret = n->drv->bitmap_remove_stored(n, b->name, errp);
+                pthread_mutex_lock(&n->bitmap_lock);
+                b->busy--;
+            }
             if (ret == 0) {
                 for (vd_dirty_bitmap *p = n->bitmaps; p != b; p = p->next) {
                     u->after = p;
@@ -731,7 +754,15 @@ void vd_bitmap_action_abort(vd_bitmap_undo *u)
         return;
     }
     if (a->kind == VD_ACTION_BITMAP_ADD) {
-        vd_bitmap_remove(a->engine, a->node, a->bitmap, NULL);
+        /* Not stored anywhere yet: it just goes, whatever a removal would refuse. */
+        if (u->added) {
+            n = u->added->node;
+            pthread_mutex_lock(&n->bitmap_lock);
+            unlink_locked(u->added);
+            pthread_mutex_unlock(&n->bitmap_lock);
+            bitmap_free(u->added);
+            u->added = NULL;
+        }
         return;
     }
     vd_dirty_bitmap *b;

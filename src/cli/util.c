@@ -144,6 +144,12 @@ static void report_err(vd_error *err, const char *name, const char *prefix_fmt, 
         msg += n + 2;
     }
     fprintf(stderr, "%s\n", msg);
+    /* QEMU's tools print the hint QMP leaves out of an inconsistent bitmap's error. */
+    static const char inconsistent[] = "is inconsistent and cannot be used";
+    size_t ml = strlen(msg), il = sizeof(inconsistent) - 1;
+    if (ml >= il && !strcmp(msg + ml - il, inconsistent)) {
+        fprintf(stderr, "Try block-dirty-bitmap-remove to delete this bitmap from disk\n");
+    }
     vd_error_free(err);
 }
 

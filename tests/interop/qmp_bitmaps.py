@@ -203,8 +203,38 @@ def session(d, tag, daemon):
     return out
 
 
+def held_node(vdiskd, d):
+    """An export that offers another node's bitmap ({node, name}) holds that node:
+    blockdev-del of it is refused until the export goes. (qemu-storage-daemon 7.2 aborts
+    on this sequence, so vdiskd is checked alone.)"""
+    for n in ("x", "y"):
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "%s/h-%s.qcow2" % (d, n),
+                        "1M"], check=True)
+    p = start(daemon_cmd(vdiskd, d, "h"), "%s/h.qmp" % d)
+    c = Client("%s/h.qmp" % d)
+    c.cmd("qmp_capabilities")
+    for name, f in (("X", "x"), ("A", "y")):
+        c.cmd("blockdev-add", driver="qcow2", **{"node-name": name},
+              file={"driver": "file", "filename": "%s/h-%s.qcow2" % (d, f)})
+    c.cmd("block-dirty-bitmap-add", node="X", name="b")
+    c.cmd("nbd-server-start", addr={"type": "unix", "data": {"path": "%s/h.nbd" % d}})
+    r1 = c.cmd("block-export-add", type="nbd", id="e", **{"node-name": "A"}, writable=True,
+               bitmaps=[{"node": "X", "name": "b"}])
+    r2 = c.cmd("blockdev-del", **{"node-name": "X"})
+    c.cmd("block-export-del", id="e")
+    r3 = c.cmd("blockdev-del", **{"node-name": "X"})
+    c.cmd("quit")
+    stop(p)
+    result("return" in r1 and "error" in r2 and "return" in r3 and p.returncode == 0,
+           "bitmaps-export-holds-other-node", "%s %s %s exit %s" % (r1, r2, r3, p.returncode))
+
+
 def main():
     vdiskd, qsd, d = sys.argv[1:4]
+    try:
+        held_node(vdiskd, d)
+    except (OSError, EOFError) as e:
+        result(False, "bitmaps-export-holds-other-node", "vdiskd went away: %r" % e)
     ours = session(d, "v", vdiskd)
     theirs = session(d, "q", qsd)
     ok = True

@@ -86,6 +86,9 @@ def session(binary, d, tag, kill):
         out.append(("writes", r.returncode))
         x("block-dirty-bitmap-remove", node="a", name="b3")
         x("block-dirty-bitmap-remove", node="a", name="p2")
+        # Inside a transaction a stored bitmap leaves the image at once too.
+        x("transaction", actions=[{"type": "block-dirty-bitmap-remove",
+                                   "data": {"node": "a", "name": "b0"}}])
         out.append(("info while open", info(img)))
         out.append(("after writes", node_bitmaps(c)))
         x("block-export-del", id="e")

@@ -204,6 +204,48 @@ for args in "-O raw q.qcow2 X.raw" "-O qcow2 q.qcow2 q.qcow2 X.qcow2" \
     same_files "convert-bitmaps-refused $args" a.out b.out
 done
 
+# --- an open that fails after the bitmaps were flagged in use stores them back ---------------
+"$QEMU_IMG" create -q -f qcow2 ov.qcow2 16M
+"$QEMU_IMG" bitmap --add ov.qcow2 b
+"$QEMU_IMG" rebase -u -b "$VD_TESTDIR/nosuch.qcow2" -F qcow2 ov.qcow2
+"$VDISK" io -c "write 0 4k" ov.qcow2 >/dev/null 2>&1
+if "$QEMU_IMG" info -U ov.qcow2 | grep -q in-use; then
+    fail failed-open-leaves-bitmaps-consistent "the bitmap stayed flagged in use"
+else
+    pass failed-open-leaves-bitmaps-consistent
+fi
+
+# --- resize: refused, in QEMU's words, while a bitmap is inconsistent -----------------------
+"$QEMU_IMG" create -q -f qcow2 rs.qcow2 16M
+"$QEMU_IMG" bitmap --add rs.qcow2 b
+"$VDISK" nbd -t -f qcow2 -k "$VD_TESTDIR/rs.sock" rs.qcow2 &
+pid=$!
+for _ in $(seq 100); do [ -S "$VD_TESTDIR/rs.sock" ] && break; sleep 0.05; done
+kill -9 "$pid"
+wait "$pid" 2>/dev/null
+cp rs.qcow2 rs2.qcow2
+"$QEMU_IMG" resize rs.qcow2 +1M >a.out 2>&1
+echo "rc=$?" >>a.out
+"$VDISK" resize rs2.qcow2 +1M >b.out 2>&1
+echo "rc=$?" >>b.out
+sed -i 's/^qemu-img: //; s/^vdisk: //; s/rs2\?\.qcow2/IMG/g' a.out b.out
+same_files resize-refused-inconsistent a.out b.out
+"$QEMU_IMG" bitmap --remove rs.qcow2 b
+"$QEMU_IMG" bitmap --add -g 512 rs.qcow2 c
+"$VDISK" resize rs.qcow2 +16M >/dev/null && "$VDISK" io -c "write 30M 4k" rs.qcow2 >/dev/null
+bmap rs.qcow2 c q >rs.map
+if grep -q "31457280 *4096 *1 *dirty" rs.map; then
+    pass resize-with-bitmap-grows-it
+else
+    fail resize-with-bitmap-grows-it "the write past the old end is not in the bitmap" rs.map
+fi
+
+# The hint qemu-img adds to an inconsistent bitmap's error.
+"$QEMU_IMG" bitmap --clear rs2.qcow2 b >a.out 2>&1
+"$VDISK" bitmap --clear rs2.qcow2 b >b.out 2>&1
+sed -i 's/^qemu-img: //; s/^vdisk: //' a.out b.out
+same_files bitmap-inconsistent-hint a.out b.out
+
 # --- the daemons ---------------------------------------------------------------------------
 "$PYTHON" "$VD_TESTS/interop/qmp_bitmaps_persist.py" "$VDISKD" qemu-storage-daemon "$VDISK" \
     "$VD_TESTDIR"

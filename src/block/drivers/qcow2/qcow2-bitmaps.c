@@ -111,18 +111,16 @@ static int dir_decode(qcow2_state *s, const uint8_t *buf, uint64_t len, uint32_t
             why = "Bitmap extra data is not supported";
         } else if (elen > len - pos) {
             why = "the bitmap directory ends inside an entry";
-        } else if (b->table_off == 0 || (b->table_off & (s->cluster_size - 1)) ||
+        } else if (b->table_off == 0 || b->table_size == 0 ||
+                   (b->table_off & (s->cluster_size - 1)) ||
                    b->table_size > BITMAP_MAX_TABLE_SIZE ||
                    (uint64_t)b->table_size * s->cluster_size > BITMAP_MAX_PHYS_SIZE ||
                    b->gran_bits < 9 || b->gran_bits > 31 || (b->flags & ~(BM_IN_USE | BM_AUTO)) ||
                    nl == 0 || nl > VD_BITMAP_MAX_NAME || e[16] != BM_TYPE_DIRTY) {
             why = "Bitmap directory entry is invalid";
-        } else if (table_entries(s, s->h.size, b->gran_bits) * s->cluster_size >
-                   BITMAP_MAX_PHYS_SIZE) {
-            why = "Bitmap is too large for the image size";
         } else if (!(b->flags & BM_IN_USE) &&
-                   b->table_size != table_entries(s, s->h.size, b->gran_bits)) {
-            why = "Bitmap table size does not match the image size";
+                   b->table_size < table_entries(s, s->h.size, b->gran_bits)) {
+            why = "Bitmap table is too small for the image size";
         } else {
             b->name = malloc(nl + 1u);
             if (!b->name) {
@@ -367,7 +365,7 @@ static int write_bitmap(qcow2_state *s, vd_hbitmap *hb, qcow2_bm *b)
 /* Writes the header after a change from `old` (s->h is the new one). When the bytes that
  * differ lie in one sector, only that sector is written, so a crash leaves the old header
  * or the new one, never a mix; otherwise the whole header goes out, as QEMU writes it. */
-static int write_header_change(qcow2_state *s, const qcow2_header *old)
+static int write_header_min(qcow2_state *s, const qcow2_header *old)
 {
     qcow2_header o = *old, n = s->h;
     uint8_t *a = calloc(1, s->cluster_size), *b = calloc(1, s->cluster_size);
@@ -391,11 +389,38 @@ static int write_header_change(qcow2_state *s, const qcow2_header *old)
         vd_node_event(s->file, "header_update");
         ret = vd_node_pwrite(s->file, b + sec, SECTOR_SIZE, sec, 0);
         ret = ret < 0 ? ret : qcow2_sync(s);
-    } else if (ret == 0) {
+    } else if (ret == 0 && first <= last) {
         ret = qcow2_write_header(s);
     }
     free(a);
     free(b);
+    return ret;
+}
+
+/* The header after the bitmaps extension changed. Adding or dropping the extension moves
+ * what follows it, usually across a sector boundary (QEMU's feature table ends near 512),
+ * and a torn write of two sectors could pair an extension header with the wrong data. So
+ * the autoclear bit, which lives in the first sector, goes through a safe middle state:
+ * an extension whose bit is clear is ignored by every reader (QEMU included). Adding:
+ * the extension with the bit clear, then the bit. Dropping: the bit, then the extension.
+ * With a backing file name or unknown extensions after it, which would move too, the
+ * header is written in one go, as QEMU does. */
+static int write_header_change(qcow2_state *s, const qcow2_header *old)
+{
+    bool adding = !old->has_bitmaps_ext && s->h.has_bitmaps_ext;
+    bool dropping = old->has_bitmaps_ext && !s->h.has_bitmaps_ext;
+    if ((!adding && !dropping) || s->h.backing_file || s->h.nb_unknown_exts) {
+        return write_header_min(s, old);
+    }
+    qcow2_header target = s->h, mid = adding ? s->h : *old;
+    mid.autoclear_features &= ~QCOW2_AUTOCLEAR_BITMAPS;
+    s->h = mid;
+    int ret = write_header_min(s, old);
+    if (ret == 0) {
+        mid = s->h;
+        s->h = target;
+        ret = write_header_min(s, &mid);
+    }
     return ret;
 }
 
@@ -479,6 +504,11 @@ static vd_dirty_bitmap *node_bitmap(qcow2_state *s, const char *name)
 /* One bitmap's entry, with its bits written out. */
 static int store_one(qcow2_state *s, vd_dirty_bitmap *b, qcow2_bm *e)
 {
+    unsigned bits = (unsigned)__builtin_ctzll(vd_hbitmap_granularity(b->hb));
+    if (table_entries(s, vd_hbitmap_size(b->hb), bits) * s->cluster_size >
+        BITMAP_MAX_PHYS_SIZE) {
+        return -EFBIG;   /* grown past what the format holds: not stored (QEMU's rule) */
+    }
     e->name = vd_xstrdup(b->name);
     e->gran_bits = (uint8_t)__builtin_ctzll(vd_hbitmap_granularity(b->hb));
     e->flags = b->enabled ? BM_AUTO : 0;
@@ -520,6 +550,12 @@ int qcow2_bitmaps_store(qcow2_state *s)
             bms[nb++].name = vd_xstrdup(s->bms[i].name);
         } else if (db) {
             ret = store_one(s, db, &bms[nb]);
+            if (ret == -EFBIG) {
+                /* Kept as it was, in use: never trusted again, but the image opens. */
+                bms[nb] = s->bms[i];
+                bms[nb].name = vd_xstrdup(s->bms[i].name);
+                ret = 0;
+            }
             nb += ret == 0;
         }
     }
@@ -532,6 +568,7 @@ int qcow2_bitmaps_store(qcow2_state *s)
         if (b->persistent && !old) {
             ret = store_one(s, b, &bms[nb]);
             nb += ret == 0;
+            ret = ret == -EFBIG ? 0 : ret;
         }
     }
     pthread_mutex_unlock(&n->bitmap_lock);
@@ -610,6 +647,9 @@ int qcow2_bitmap_can_store(vd_node *node, const char *name, uint64_t granularity
         why = "Too much space will be occupied by the bitmap. Use larger granularity";
     } else if (count >= 65535) {
         why = "Maximum number of persistent bitmaps is already reached";
+    } else if (dir_len(s->bms, s->nb_bms) + round_up(BITMAP_DIR_ENTRY_LEN + strlen(name), 8) >
+               BITMAP_MAX_DIR_SIZE) {
+        why = "Not enough space in the bitmap directory";
     }
     if (why) {
         return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Can't make bitmap '%s' persistent "
@@ -665,6 +705,28 @@ int qcow2_bitmap_remove_stored(vd_node *node, const char *name, vd_error **errp)
                             "image: %s", name, strerror(-ret));
     }
     return 0;
+}
+
+int qcow2_bitmaps_truncate_check(qcow2_state *s, vd_error **errp)
+{
+    vd_node *n = s->node;
+    int ret = 0;
+    pthread_mutex_lock(&n->bitmap_lock);
+    for (uint32_t i = 0; i < s->nb_bms && ret == 0; i++) {
+        vd_dirty_bitmap *b = node_bitmap(s, s->bms[i].name);
+        if (!b) {
+            ret = vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP, "Cannot resize qcow2 with "
+                               "persistent bitmaps that were not loaded");
+        } else if (b->busy) {
+            ret = vd_error_set(errp, VD_ERR_BUSY, EBUSY, "Bitmap '%s' is currently in use "
+                               "by another operation and cannot be used", b->name);
+        } else if (b->inconsistent) {
+            ret = vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Bitmap '%s' is inconsistent "
+                               "and cannot be used", b->name);
+        }
+    }
+    pthread_mutex_unlock(&n->bitmap_lock);
+    return ret;
 }
 
 int qcow2_bitmaps_info(qcow2_state *s, vd_image_bitmap **out, size_t *nb)

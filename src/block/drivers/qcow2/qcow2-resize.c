@@ -218,6 +218,10 @@ int qcow2_truncate_locked(qcow2_state *s, uint64_t size, bool shrink, const char
         return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP,
                             "Can't resize a v2 image which has snapshots");
     }
+    int bret = qcow2_bitmaps_truncate_check(s, errp);
+    if (bret < 0) {
+        return bret;
+    }
     if (l1_entries_for(s, size) > QCOW2_MAX_L1_BYTES / 8) {
         return vd_error_set(errp, VD_ERR_INVALID, EFBIG, "%s: the size %" PRIu64 " needs an "
                             "L1 table larger than %u bytes", s->name, size,

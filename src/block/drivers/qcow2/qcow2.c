@@ -533,6 +533,23 @@ static void set_node_backing_names(qcow2_state *s)
     s->node->backing_format = vd_xstrdup(s->h.backing_format);
 }
 
+/* What a close writes: the persistent bitmaps (if that fails they stay flagged in use in
+ * the image: inconsistent, never trusted, for the next reader), then a flush. */
+static void store_and_flush(qcow2_state *s)
+{
+    pthread_mutex_lock(&s->lock);
+    if (s->writable && !s->broken && !s->check_only) {
+        qcow2_bitmaps_store(s);
+    }
+    if (s->writable && !s->broken) {
+        int ret = qcow2_flush_locked(s);
+        if (ret == 0 && s->dirty_ours) {
+            qcow2_mark_clean_locked(s);
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
 static int qcow2_open(vd_node *node, unsigned flags, vd_error **errp)
 {
     qcow2_state *s = calloc(1, sizeof(*s));
@@ -612,6 +629,10 @@ static int qcow2_open(vd_node *node, unsigned flags, vd_error **errp)
     if (s->h.backing_file || (node->options && vd_tree_get(node->options, "backing"))) {
         ret = vd_node_open_backing(node, s->h.backing_file, s->h.backing_format, errp);
         if (ret < 0) {
+            /* The bitmaps were flagged in use: a failed open stores them back, as QEMU's
+             * close of a half-open image does, or they would come back inconsistent. */
+            store_and_flush(s);
+            vd_node_free_bitmaps(node);
             node->opaque = NULL;
             goto fail;
         }
@@ -629,19 +650,7 @@ static void qcow2_close(vd_node *node)
     if (!s) {
         return;
     }
-    pthread_mutex_lock(&s->lock);
-    if (s->writable && !s->broken && !s->check_only) {
-        /* If this fails they stay flagged in use in the image: inconsistent, never
-         * trusted, for the next reader. */
-        qcow2_bitmaps_store(s);
-    }
-    if (s->writable && !s->broken) {
-        int ret = qcow2_flush_locked(s);
-        if (ret == 0 && s->dirty_ours) {
-            qcow2_mark_clean_locked(s);
-        }
-    }
-    pthread_mutex_unlock(&s->lock);
+    store_and_flush(s);
     state_free(s);
     node->opaque = NULL;
 }

@@ -272,6 +272,8 @@ int qcow2_bitmaps_load(qcow2_state *s, vd_error **errp);
 int qcow2_bitmaps_store(qcow2_state *s);
 void qcow2_bitmaps_free(qcow2_state *s);
 int qcow2_bitmaps_info(qcow2_state *s, vd_image_bitmap **out, size_t *nb);
+/* QEMU's refusals of a resize: a stored bitmap not loaded, busy or inconsistent. */
+int qcow2_bitmaps_truncate_check(qcow2_state *s, vd_error **errp);
 int qcow2_bitmap_can_store(vd_node *node, const char *name, uint64_t granularity,
                            vd_error **errp);
 int qcow2_bitmap_remove_stored(vd_node *node, const char *name, vd_error **errp);
