@@ -37,22 +37,59 @@ static void mark_after(vd_write_notifier *nt, vd_node *n, const vd_write_req *re
     pthread_mutex_unlock(&n->bitmap_lock);
 }
 
-void vd_node_free_bitmaps(vd_node *n)
-{
-    while (n->bitmaps) {
-        vd_dirty_bitmap *b = n->bitmaps;
-        n->bitmaps = b->next;
-        vd_hbitmap_free(b->hb);
-        free(b->name);
-        free(b);
-    }
-}
-
 static void bitmap_free(vd_dirty_bitmap *b)
 {
     vd_hbitmap_free(b->hb);
     free(b->name);
     free(b);
+}
+
+/* A clean bitmap for n, not yet on its list; NULL without the memory for its bits. */
+static vd_dirty_bitmap *bitmap_new(vd_node *n, const char *name, uint64_t granularity)
+{
+    vd_dirty_bitmap *b = calloc(1, sizeof(*b));
+    if (!b || !(b->name = strdup(name))) {
+        abort();
+    }
+    b->node = n;
+    b->hb = vd_hbitmap_new(n->size, granularity);
+    if (!b->hb) {
+        bitmap_free(b);
+        return NULL;
+    }
+    return b;
+}
+
+/* Puts b at the head of its node's list (locked); the node's marking notifier comes with
+ * its first bitmap. */
+static void link_locked(vd_dirty_bitmap *b)
+{
+    vd_node *n = b->node;
+    b->next = n->bitmaps;
+    n->bitmaps = b;
+    if (!n->bitmap_notifier_on) {
+        n->bitmap_notifier.after = mark_after;
+        vd_node_add_write_notifier(n, &n->bitmap_notifier);
+        n->bitmap_notifier_on = true;
+    }
+}
+
+static vd_hbitmap *copy_of(const vd_hbitmap *hb)
+{
+    vd_hbitmap *c = vd_hbitmap_resized(hb, vd_hbitmap_size(hb));
+    if (!c) {
+        abort();
+    }
+    return c;
+}
+
+void vd_node_free_bitmaps(vd_node *n)
+{
+    while (n->bitmaps) {
+        vd_dirty_bitmap *b = n->bitmaps;
+        n->bitmaps = b->next;
+        bitmap_free(b);
+    }
 }
 
 /* ---- lookups ---------------------------------------------------------------------------- */
@@ -202,27 +239,15 @@ static int add_checked(vd_node *n, const char *name, const vd_bitmap_add_opts *o
         pthread_mutex_unlock(&n->bitmap_lock);
         return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Bitmap name too long: %s", name);
     }
-    vd_dirty_bitmap *b = calloc(1, sizeof(*b));
-    if (!b || !(b->name = strdup(name))) {
-        abort();
-    }
-    b->hb = vd_hbitmap_new(n->size, gran);
-    if (!b->hb) {
+    vd_dirty_bitmap *b = bitmap_new(n, name, gran);
+    if (!b) {
         pthread_mutex_unlock(&n->bitmap_lock);
-        bitmap_free(b);
         return vd_error_set(errp, VD_ERR_NOMEM, ENOMEM, "Could not allocate a bitmap of "
                             "%" PRIu64 " bytes at granularity %" PRIu64, n->size, gran);
     }
-    b->node = n;
     b->enabled = !o->disabled;
     b->persistent = o->persistent;
-    b->next = n->bitmaps;
-    n->bitmaps = b;
-    if (!n->bitmap_notifier_on) {
-        n->bitmap_notifier.after = mark_after;
-        vd_node_add_write_notifier(n, &n->bitmap_notifier);
-        n->bitmap_notifier_on = true;
-    }
+    link_locked(b);
     pthread_mutex_unlock(&n->bitmap_lock);
     return 0;
 }
@@ -241,6 +266,22 @@ static int add_at(const where *w, const char *name, const vd_bitmap_add_opts *op
     }
     ret = add_checked(n, name, opts ? opts : &defaults, errp);
     vd_node_unref(n);
+    return ret;
+}
+
+/* A stored bitmap leaves the image (a format's bitmap_remove_stored). Called and
+ * returning with the bitmap lock held; the driver runs without it (writes mark bitmaps
+ * under it, and the image's lock comes first), busy keeping others off b meanwhile. */
+static int remove_stored_locked(vd_node *n, vd_dirty_bitmap *b, vd_error **errp)
+{
+    if (!b->persistent || !n->drv->bitmap_remove_stored) {
+        return 0;
+    }
+    b->busy++;
+    pthread_mutex_unlock(&n->bitmap_lock);
+    int ret = n->drv->bitmap_remove_stored(n, b->name, errp);
+    pthread_mutex_lock(&n->bitmap_lock);
+    b->busy--;
     return ret;
 }
 
@@ -264,16 +305,11 @@ static int remove_at(const where *w, const char *name, vd_error **errp)
     if (ret < 0) {
         return ret;
     }
-    /* A bitmap left inconsistent by a crash can still be removed. A stored one leaves
-     * the image first (outside the bitmap lock: writes mark bitmaps under it); busy
-     * keeps others off it meanwhile. */
+    /* A bitmap left inconsistent by a crash can still be removed; a stored one leaves
+     * the image first. */
     ret = usable(b, DEFAULT, true, errp);
-    if (ret == 0 && b->persistent && n->drv->bitmap_remove_stored) {
-        b->busy++;
-        pthread_mutex_unlock(&n->bitmap_lock);
-        ret = n->drv->bitmap_remove_stored(n, b->name, errp);
-        pthread_mutex_lock(&n->bitmap_lock);
-        b->busy--;
+    if (ret == 0) {
+        ret = remove_stored_locked(n, b, errp);
     }
     if (ret == 0) {
         unlink_locked(b);
@@ -328,10 +364,7 @@ static int source_copy(const where *w, const char *name, vd_hbitmap **out, vd_er
     }
     ret = usable(b, ALLOW_RO, false, errp);
     if (ret == 0) {
-        *out = vd_hbitmap_resized(b->hb, vd_hbitmap_size(b->hb));
-        if (!*out) {
-            abort();
-        }
+        *out = copy_of(b->hb);
     }
     put(n);
     return ret;
@@ -383,7 +416,7 @@ static int merge(const where *w, const char *target, const where *srcs,
         if (ret == 0) {
             ret = usable(b, DEFAULT, false, errp);
             if (ret == 0 && backup) {
-                *backup = vd_hbitmap_resized(b->hb, vd_hbitmap_size(b->hb));
+                *backup = copy_of(b->hb);
             }
             if (ret == 0) {
                 ret = merge_locked(b, copies, nb, errp);
@@ -551,27 +584,15 @@ void vd_bitmap_list_free(vd_bitmap_info *list, size_t nb)
 vd_dirty_bitmap *vd_node_bitmap_load(vd_node *n, const char *name, uint64_t granularity,
                                      bool enabled, bool inconsistent)
 {
-    vd_dirty_bitmap *b = calloc(1, sizeof(*b));
-    if (!b || !(b->name = strdup(name))) {
-        abort();
-    }
-    b->hb = vd_hbitmap_new(n->size, granularity);
-    if (!b->hb) {
-        bitmap_free(b);
+    vd_dirty_bitmap *b = bitmap_new(n, name, granularity);
+    if (!b) {
         return NULL;
     }
-    b->node = n;
     b->enabled = enabled && !inconsistent;   /* QEMU does not record into one */
     b->persistent = true;
     b->inconsistent = inconsistent;
     pthread_mutex_lock(&n->bitmap_lock);
-    b->next = n->bitmaps;
-    n->bitmaps = b;
-    if (!n->bitmap_notifier_on) {
-        n->bitmap_notifier.after = mark_after;
-        vd_node_add_write_notifier(n, &n->bitmap_notifier);
-        n->bitmap_notifier_on = true;
-    }
+    link_locked(b);
     pthread_mutex_unlock(&n->bitmap_lock);
     return b;
 }
@@ -697,15 +718,11 @@ int vd_bitmap_action_prepare(const vd_action *a, vd_bitmap_undo **out, vd_error 
             break;
         }
         if (a->kind == VD_ACTION_BITMAP_REMOVE) {
+            /* Out of the image now, as QEMU's action does; an abort keeps the bitmap in
+             * memory, and the close stores it again. */
             ret = usable(b, DEFAULT, true, errp);
-            if (ret == 0 && b->persistent && n->drv->bitmap_remove_stored) {
-                /* Out of the image now, as QEMU's action does; an abort keeps the bitmap
-                 * in memory, and the close stores it again. */
-                b->busy++;
-                pthread_mutex_unlock(&n->bitmap_lock);
-                ret = n->drv->bitmap_remove_stored(n, b->name, errp);
-                pthread_mutex_lock(&n->bitmap_lock);
-                b->busy--;
+            if (ret == 0) {
+                ret = remove_stored_locked(n, b, errp);
             }
             if (ret == 0) {
                 for (vd_dirty_bitmap *p = n->bitmaps; p != b; p = p->next) {
@@ -717,7 +734,7 @@ int vd_bitmap_action_prepare(const vd_action *a, vd_bitmap_undo **out, vd_error 
         } else if (a->kind == VD_ACTION_BITMAP_CLEAR) {
             ret = usable(b, DEFAULT, false, errp);
             if (ret == 0) {
-                u->backup = vd_hbitmap_resized(b->hb, vd_hbitmap_size(b->hb));
+                u->backup = copy_of(b->hb);
                 vd_hbitmap_reset_all(b->hb);
             }
         } else {

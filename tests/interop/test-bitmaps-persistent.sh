@@ -246,6 +246,51 @@ fi
 sed -i 's/^qemu-img: //; s/^vdisk: //' a.out b.out
 same_files bitmap-inconsistent-hint a.out b.out
 
+# --- a damaged directory or table: both tools refuse the image, vdisk naming what is wrong ---
+corrupt_bitmap() {   # IMG WHAT: patches the first bitmap's entry or table
+    "$PYTHON" - "$1" "$2" <<'PY'
+import struct, sys
+path, what = sys.argv[1], sys.argv[2]
+f = bytearray(open(path, "rb").read())
+pos = struct.unpack(">I", f[100:104])[0]
+while True:
+    t, n = struct.unpack(">II", f[pos:pos + 8])
+    if t == 0x23852875:
+        d = struct.unpack(">Q", f[pos + 24:pos + 32])[0]
+        break
+    pos += 8 + (n + 7) // 8 * 8
+if what == "extra":
+    f[d + 20:d + 24] = struct.pack(">I", 8)
+elif what == "granularity":
+    f[d + 17] = 40
+else:
+    table = struct.unpack(">Q", f[d:d + 8])[0]
+    f[table:table + 8] = struct.pack(">Q", 0x0100000000000002)
+open(path, "wb").write(f)
+PY
+}
+for what in extra granularity table; do
+    "$QEMU_IMG" create -q -f qcow2 bad.qcow2 1M
+    "$QEMU_IMG" bitmap --add bad.qcow2 b
+    "$QEMU_IO" -c "write 0 4k" bad.qcow2 >/dev/null
+    corrupt_bitmap bad.qcow2 $what
+    "$QEMU_IMG" info bad.qcow2 >a.out 2>&1
+    qrc=$?
+    "$VDISK" info bad.qcow2 >b.out 2>&1
+    vrc=$?
+    case $what in
+    extra) want="Bitmap extra data is not supported" ;;
+    granularity) want="Bitmap directory entry is invalid" ;;
+    table) want="invalid bitmap table" ;;
+    esac
+    if [ $qrc != 0 ] && [ $vrc != 0 ] && grep -q "$want" b.out; then
+        pass "corrupt-bitmap-$what-refused"
+    else
+        cat a.out b.out >both.out
+        fail "corrupt-bitmap-$what-refused" "qemu-img exit $qrc, vdisk exit $vrc" both.out
+    fi
+done
+
 # --- the daemons ---------------------------------------------------------------------------
 "$PYTHON" "$VD_TESTS/interop/qmp_bitmaps_persist.py" "$VDISKD" qemu-storage-daemon "$VDISK" \
     "$VD_TESTDIR"

@@ -29,14 +29,30 @@ static uint64_t round_up(uint64_t v, uint64_t a)
     return (v + a - 1) / a * a;
 }
 
+static void bms_free(qcow2_bm *bms, uint32_t nb)
+{
+    for (uint32_t i = 0; bms && i < nb; i++) {
+        free(bms[i].name);
+    }
+    free(bms);
+}
+
 void qcow2_bitmaps_free(qcow2_state *s)
 {
-    for (uint32_t i = 0; i < s->nb_bms; i++) {
-        free(s->bms[i].name);
-    }
-    free(s->bms);
+    bms_free(s->bms, s->nb_bms);
     s->bms = NULL;
     s->nb_bms = 0;
+}
+
+/* Does the image's directory hold a bitmap of this name? */
+static bool stored(const qcow2_state *s, const char *name)
+{
+    for (uint32_t i = 0; i < s->nb_bms; i++) {
+        if (!strcmp(s->bms[i].name, name)) {
+            return true;
+        }
+    }
+    return false;
 }
 
 /* ---- the directory -------------------------------------------------------------------- */
@@ -140,10 +156,7 @@ static int dir_decode(qcow2_state *s, const uint8_t *buf, uint64_t len, uint32_t
         why = "the bitmap directory size does not match its entries";
     }
     if (why) {
-        for (uint32_t j = 0; j < nb; j++) {
-            free(bms[j].name);
-        }
-        free(bms);
+        bms_free(bms, nb);
         return vd_error_set(errp, VD_ERR_CORRUPT, EINVAL, "%s: Could not load bitmaps: %s",
                             s->name, why);
     }
@@ -561,11 +574,7 @@ int qcow2_bitmaps_store(qcow2_state *s)
     }
     /* New ones after them, newest first (QEMU's order). */
     for (vd_dirty_bitmap *b = n->bitmaps; b && ret == 0; b = b->next) {
-        bool old = false;
-        for (uint32_t i = 0; i < s->nb_bms; i++) {
-            old = old || !strcmp(s->bms[i].name, b->name);
-        }
-        if (b->persistent && !old) {
+        if (b->persistent && !stored(s, b->name)) {
             ret = store_one(s, b, &bms[nb]);
             nb += ret == 0;
             ret = ret == -EFBIG ? 0 : ret;
@@ -578,10 +587,7 @@ int qcow2_bitmaps_store(qcow2_state *s)
         same = bms[i].table_off == s->bms[i].table_off && bms[i].flags == s->bms[i].flags;
     }
     if (same) {
-        for (uint32_t i = 0; i < nb; i++) {
-            free(bms[i].name);
-        }
-        free(bms);
+        bms_free(bms, nb);
         return 0;
     }
     qcow2_bm *old = NULL;
@@ -591,10 +597,7 @@ int qcow2_bitmaps_store(qcow2_state *s)
     }
     if (ret < 0) {
         /* The image still points at the old directory; the new clusters leak. */
-        for (uint32_t i = 0; i < nb; i++) {
-            free(bms[i].name);
-        }
-        free(bms);
+        bms_free(bms, nb);
         return ret;
     }
     /* What the old directory reached and the new one does not. */
@@ -606,9 +609,8 @@ int qcow2_bitmaps_store(qcow2_state *s)
         if (!kept) {
             drop_clusters(s, &old[i]);
         }
-        free(old[i].name);
     }
-    free(old);
+    bms_free(old, old_nb);
     return 0;
 }
 
@@ -625,11 +627,7 @@ int qcow2_bitmap_can_store(vd_node *node, const char *name, uint64_t granularity
     uint32_t count = s->nb_bms;
     pthread_mutex_lock(&node->bitmap_lock);
     for (vd_dirty_bitmap *b = node->bitmaps; b; b = b->next) {
-        bool stored = false;
-        for (uint32_t i = 0; i < s->nb_bms; i++) {
-            stored = stored || !strcmp(s->bms[i].name, b->name);
-        }
-        count += b->persistent && !stored;
+        count += b->persistent && !stored(s, b->name);
     }
     pthread_mutex_unlock(&node->bitmap_lock);
     pthread_mutex_unlock(&s->lock);
@@ -686,16 +684,10 @@ int qcow2_bitmap_remove_stored(vd_node *node, const char *name, vd_error **errp)
         ret = bms ? dir_replace(s, bms, nb, &old, &old_nb) : -ENOMEM;
         if (ret == 0) {
             drop_clusters(s, &gone);
-            for (uint32_t i = 0; i < old_nb; i++) {
-                free(old[i].name);
-            }
-            free(old);
+            bms_free(old, old_nb);
             ret = qcow2_flush_locked(s);
         } else {
-            for (uint32_t i = 0; bms && i < nb; i++) {
-                free(bms[i].name);
-            }
-            free(bms);
+            bms_free(bms, nb);
         }
     }
     qcow2_undrain_locked(s);
