@@ -88,6 +88,9 @@ typedef struct vd_engine_settings {
     /* Test aid for tests/crash only: qcow2 writes L2 tables before the refcounts they
      * depend on, with no sync between, so that the harness can show it sees the damage. */
     bool break_write_ordering;
+    /* Test aid for the mirror's tests only: never widen a copy to whole target clusters
+     * (the tests show what goes wrong without it). */
+    bool mirror_no_whole_clusters;
 } vd_engine_settings;
 
 vd_engine *vd_engine_new(void);
@@ -107,6 +110,16 @@ typedef struct vd_event {
     /* The host range at fault (a write that would land on metadata), or -1 when the
      * event names none (QEMU's optional offset and size). */
     int64_t offset, size;
+    /* Job events (JOB_STATUS_CHANGE, BLOCK_JOB_READY, _PENDING, _COMPLETED, _CANCELLED,
+     * _ERROR; vdisk/job.h): the job, its status, its progress (QEMU's len and offset) and
+     * speed, the failure (error, NULL if none), and for BLOCK_JOB_ERROR the operation
+     * ("read"/"write") and action ("report"/"ignore"/"stop"). */
+    const char *job_id, *job_type, *job_status, *job_error, *operation, *action;
+    uint64_t job_len, job_offset, job_speed;
+    /* The event is part of what a call that is still running does (a job's start, or a
+     * verb that waits for the job: finalize, dismiss, vd_jobs_cancel_all), though another
+     * thread reports it: a server sends it with that call's answer. */
+    bool synchronous;
 } vd_event;
 typedef void vd_event_fn(void *opaque, const vd_event *ev);
 /* The handler runs on the thread that found the event, possibly with driver locks held:

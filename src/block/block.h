@@ -223,6 +223,10 @@ struct vd_node {
     bool registered;
     vd_edge *parents;       /* the uses of this node and their permissions, newest first */
     vd_node *graph_next;    /* the engine's registry, newest first */
+    /* A block job's use (src/jobs/): the type of the job whose source this is ("mirror":
+     * no other job or blockdev-del may take it), and whether it is a job's target. */
+    const char *job_blocker;
+    bool job_target;
     /* Dirty bitmaps (dirty-bitmap.c), newest first, under bitmap_lock; the notifier that
      * marks them joins the node's notifiers with the first bitmap and stays. */
     pthread_mutex_t bitmap_lock;
@@ -257,6 +261,12 @@ void vd_graph_move_claims(const vd_disk *d, vd_node *old, vd_node *n);
  * takes the backing away. */
 bool vd_graph_has_claims(vd_node *n);
 void vd_graph_link_overlay(vd_node *overlay, const char *name);
+/* The handles that claim n (its users, a graph change moves them), except one, up to
+ * max of them; has_parents: whether nodes use n as a child too. */
+size_t vd_graph_users(vd_node *n, const vd_disk *except, vd_disk **out, size_t max,
+                      bool *has_parents);
+/* The node's cluster size from its driver's information, or 0 if it has none. */
+uint64_t vd_node_cluster_size(vd_node *n);
 void vd_graph_unlink_backing(vd_node *overlay);
 /* One more reference to n (dropped with vd_node_unref). */
 void vd_node_ref(vd_node *n);
@@ -351,6 +361,10 @@ int vd_node_flush(vd_node *n);
 int vd_node_block_status(vd_node *n, uint64_t off, uint64_t len, vd_node_status *st);
 int vd_node_truncate(vd_node *n, uint64_t size, bool shrink, const char *prealloc,
                      vd_error **errp);
+/* The status of [off, off+len) as a reader of top sees it through its whole backing
+ * chain (vd_block_status on a handle): the longest uniform prefix, and the depth of the
+ * layer that answers. */
+int vd_node_chain_status(vd_node *top, uint64_t off, uint64_t len, vd_extent *st);
 /* Reads through a node that may be shorter than the range: bytes past its size read as
  * zeros (used for backing files smaller than the overlay). */
 int vd_node_pread_zero_pad(vd_node *n, void *buf, uint64_t len, uint64_t off);

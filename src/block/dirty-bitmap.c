@@ -195,16 +195,8 @@ static void put(vd_node *n)
 /* QEMU's default: the cluster size, kept within 4-64 KiB; 64 KiB for a node without. */
 static uint64_t default_granularity(vd_node *n)
 {
-    uint64_t g = 65536;
-    vd_image_info info;
-    memset(&info, 0, sizeof(info));
-    if (n->drv->get_info && n->drv->get_info(n, &info, NULL) == 0 && info.has_cluster_size &&
-        info.cluster_size) {
-        g = info.cluster_size < 4096 ? 4096 : info.cluster_size > 65536 ? 65536
-                                                                        : info.cluster_size;
-    }
-    vd_image_info_clear(&info);
-    return g;
+    uint64_t c = vd_node_cluster_size(n);
+    return !c ? 65536 : c < 4096 ? 4096 : c > 65536 ? 65536 : c;
 }
 
 static int add_checked(vd_node *n, const char *name, const vd_bitmap_add_opts *o,

@@ -406,21 +406,21 @@ int vd_block_status_top(vd_disk *d, uint64_t off, uint64_t len, vd_extent *st)
     return ret;
 }
 
-static int disk_block_status(vd_disk *d, uint64_t off, uint64_t len, vd_extent *st)
+int vd_node_chain_status(vd_node *top, uint64_t off, uint64_t len, vd_extent *st)
 {
     memset(st, 0, sizeof(*st));
-    if (off >= d->node->size || len == 0) {
+    if (off >= top->size || len == 0) {
         return 0;
     }
-    if (len > d->node->size - off) {
-        len = d->node->size - off;
+    if (len > top->size - off) {
+        len = top->size - off;
     }
     int depth = 0;
     vd_node_status prev;
     memset(&prev, 0, sizeof(prev));
     /* A layer is asked through its filters (blkdebug may fail the query); its backing is
      * the one of the format node under them, as QEMU counts layers. */
-    for (vd_node *n = d->node; n; n = vd_node_skip_filters(n)->backing, depth++) {
+    for (vd_node *n = top; n; n = vd_node_skip_filters(n)->backing, depth++) {
         vd_node_status s;
         if (off >= n->size) {
             /* Past the end of a shorter backing file: reads as zeros. QEMU answers with the
@@ -449,6 +449,11 @@ static int disk_block_status(vd_disk *d, uint64_t off, uint64_t len, vd_extent *
         prev = s;
     }
     return -EIO;  /* not reached: the loop returns at the bottom of the chain */
+}
+
+static int disk_block_status(vd_disk *d, uint64_t off, uint64_t len, vd_extent *st)
+{
+    return vd_node_chain_status(d->node, off, len, st);
 }
 
 int vd_block_status(vd_disk *d, uint64_t off, uint64_t len, vd_extent *st)

@@ -5,6 +5,7 @@
 #include <sys/mman.h>
 
 #include "block/engine.h"
+#include "vdisk/job.h"
 
 extern const vd_driver vd_file_driver;
 extern const vd_driver vd_host_device_driver;
@@ -55,6 +56,9 @@ vd_engine *vd_engine_new_with(const vd_engine_settings *settings)
     }
     e->zeros = z;
     pthread_mutex_init(&e->graph_lock, NULL);
+    pthread_mutex_init(&e->job_lock, NULL);
+    pthread_cond_init(&e->job_cond, NULL);
+    e->mirror_no_whole_clusters = st->mirror_no_whole_clusters;
     e->pool = vd_pool_new(st->threads);
     e->codecs = vd_codec_cache_new();
     e->break_write_ordering = st->break_write_ordering;
@@ -70,6 +74,7 @@ void vd_engine_free(vd_engine *e)
     if (!e) {
         return;
     }
+    vd_jobs_cancel_all(e);
     /* The registry's references go; nodes a handle still holds stay until it closes. */
     for (;;) {
         pthread_mutex_lock(&e->graph_lock);
@@ -87,6 +92,8 @@ void vd_engine_free(vd_engine *e)
         vd_node_close(n);
     }
     pthread_mutex_destroy(&e->graph_lock);
+    pthread_mutex_destroy(&e->job_lock);
+    pthread_cond_destroy(&e->job_cond);
     munmap((void *)e->zeros, VD_ENGINE_ZEROS);
     vd_pool_free(e->pool);
     vd_codec_cache_free(e->codecs);

@@ -27,6 +27,13 @@ struct vd_engine {
     vd_node *graph;          /* registered nodes, newest first */
     unsigned next_auto;      /* for "#blockNNN" */
     uint64_t err_seq;        /* orders the nodes' error messages (atomic) */
+    /* Block jobs (src/jobs/): the list, oldest first, and the job threads still alive;
+     * job_lock comes before any job's own lock. */
+    pthread_mutex_t job_lock;
+    pthread_cond_t job_cond;
+    struct vd_job *jobs;
+    unsigned job_threads;
+    bool mirror_no_whole_clusters; /* test aid (vd_engine_settings) */
 };
 
 #define VD_ENGINE_ZEROS (4u << 20)

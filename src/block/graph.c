@@ -331,6 +331,10 @@ bool vd_blockdev_exists(vd_engine *e, const char *node_name)
 /* Why a node cannot go, in QEMU's words and order, or 0. */
 static int del_refusal(vd_node *n, const char *name, vd_error **errp)
 {
+    if (n->job_blocker) {
+        return vd_error_set(errp, VD_ERR_BUSY, EBUSY, "Node '%s' is busy: block device is "
+                            "in use by block job: %s", name, n->job_blocker);
+    }
     for (const vd_edge *u = n->parents; u; u = u->next) {
         if (!u->parent) {
             return vd_error_set(errp, VD_ERR_BUSY, EBUSY, "Node %s is in use", name);
@@ -490,6 +494,29 @@ bool vd_graph_has_claims(vd_node *n)
     }
     pthread_mutex_unlock(&n->engine->graph_lock);
     return found;
+}
+
+size_t vd_graph_users(vd_node *n, const vd_disk *except, vd_disk **out, size_t max,
+                      bool *has_parents)
+{
+    size_t nb = 0;
+    *has_parents = false;
+    pthread_mutex_lock(&n->engine->graph_lock);
+    for (const vd_edge *u = n->parents; u; u = u->next) {
+        if (u->parent) {
+            *has_parents = true;
+            continue;
+        }
+        bool seen = u->owner == except;
+        for (size_t i = 0; i < nb && !seen; i++) {
+            seen = out[i] == u->owner;
+        }
+        if (!seen && nb < max) {
+            out[nb++] = (vd_disk *)u->owner;
+        }
+    }
+    pthread_mutex_unlock(&n->engine->graph_lock);
+    return nb;
 }
 
 void vd_graph_link_overlay(vd_node *overlay, const char *name)

@@ -515,3 +515,15 @@ void vd_node_unref(vd_node *n)
 {
     node_close(n, false);
 }
+
+uint64_t vd_node_cluster_size(vd_node *n)
+{
+    vd_image_info info;
+    memset(&info, 0, sizeof(info));
+    uint64_t c = 0;
+    if (n->drv->get_info && n->drv->get_info(n, &info, NULL) == 0 && info.has_cluster_size) {
+        c = info.cluster_size;
+    }
+    vd_image_info_clear(&info);
+    return c;
+}

@@ -72,11 +72,12 @@ static int cmd_query_commands(qmp_session *qs, json_object *args, json_object **
     (void)args;
     (void)errp;
     *ret = json_object_new_array();
-    for (size_t i = 0; i < vdiskd_commands.nb; i++) {
-        json_object *c = json_object_new_object();
-        json_object_object_add(c, "name",
-                               json_object_new_string(vdiskd_commands.commands[i].name));
-        json_object_array_add(*ret, c);
+    for (const qmp_command_table *t = &vdiskd_commands; t; t = t->next) {
+        for (size_t i = 0; i < t->nb; i++) {
+            json_object *c = json_object_new_object();
+            json_object_object_add(c, "name", json_object_new_string(t->commands[i].name));
+            json_object_array_add(*ret, c);
+        }
     }
     return 0;
 }
@@ -86,6 +87,8 @@ static int cmd_quit(qmp_session *qs, json_object *args, json_object **ret, vd_er
     (void)args;
     (void)ret;
     (void)errp;
+    /* As QEMU's quit, the jobs end first, and their events go before the reply. */
+    vd_jobs_cancel_all(vdiskd.engine);
     qmp_request_quit(qmp_session_server(qs));
     return 0;
 }
@@ -979,5 +982,6 @@ static const qmp_command qmp_commands[] = {
      "runs the actions as one all-or-nothing step"},
 };
 const qmp_command_table vdiskd_commands = {
-    qmp_commands, sizeof(qmp_commands) / sizeof(qmp_commands[0]),
+    qmp_commands, sizeof(qmp_commands) / sizeof(qmp_commands[0]), &job_command_table,
+    daemon_events_after_command,
 };

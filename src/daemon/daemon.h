@@ -12,6 +12,7 @@
 #include "qmp/qmp.h"
 #include "vdisk/bitmap.h"
 #include "vdisk/graph.h"
+#include "vdisk/job.h"
 #include "vdisk/nbd.h"
 #include "vdisk/snapshot.h"
 #include "vdisk/vdisk.h"
@@ -54,6 +55,12 @@ extern daemon_state vdiskd;
  * queue as QMP events. */
 void daemon_on_engine_event(void *opaque, const vd_event *ev);
 void daemon_deliver_events(void);
+/* The delivery thread (events as they come), and the QMP server's after-command hook. */
+int daemon_events_start(void);
+void daemon_events_stop(void);
+void daemon_events_after_command(void);
+/* job-cmds.c: the block job commands, chained to vdiskd_commands. */
+extern const qmp_command_table job_command_table;
 /* vdiskd's QMP commands (commands.c), for its QMP server. */
 extern const qmp_command_table vdiskd_commands;
 /* blockdev.c: blockdev-add from a QMP object or a --blockdev option (values may be

@@ -310,6 +310,10 @@ int main(int argc, char **argv)
         fail_opt("QMP", err);
         goto out;
     }
+    if (daemon_events_start() < 0) {
+        fprintf(stderr, "vdiskd: Could not start the event thread\n");
+        goto out;
+    }
     for (int i = 0; i < nopt; i++) {
         if (apply_option(opts[i], vals[i]) < 0) {
             goto out;
@@ -323,7 +327,11 @@ int main(int argc, char **argv)
         daemon_deliver_events();
     }
 out:
-    /* Commands first, so none runs while the images close. */
+    /* Jobs end first (a signal or a failed start; quit has ended them), their events still
+     * sent; then commands stop, so none runs while the images close. */
+    vd_jobs_cancel_all(vdiskd.engine);
+    daemon_events_stop();
+    daemon_deliver_events();
     qmp_server_free(vdiskd.qmp);
     vdiskd.qmp = NULL;
     daemon_stop_all();

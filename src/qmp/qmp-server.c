@@ -172,9 +172,11 @@ const char *qmp_error_class(const vd_error *err)
 
 static const qmp_command *find_command(const qmp_command_table *t, const char *name)
 {
-    for (size_t i = 0; i < t->nb; i++) {
-        if (strcmp(t->commands[i].name, name) == 0) {
-            return &t->commands[i];
+    for (; t; t = t->next) {
+        for (size_t i = 0; i < t->nb; i++) {
+            if (strcmp(t->commands[i].name, name) == 0) {
+                return &t->commands[i];
+            }
         }
     }
     return NULL;
@@ -317,20 +319,29 @@ static void handle(qmp_session *qs, json_object *req)
     vd_error *err = NULL;
     pthread_mutex_lock(&qs->srv->run_lock);
     int rc = c->handler(qs, args, &ret, &err);
-    pthread_mutex_unlock(&qs->srv->run_lock);
+    if (qs->srv->table->after_command) {
+        qs->srv->table->after_command();
+    }
+    /* The reply goes out before anything else runs, so events that follow the command
+     * (sent as a command runs) come after it. */
     json_object_put(empty);
     if (rc < 0) {
         const char *desc = err ? vd_error_msg(err) : strerror(-rc);
         const char *cls = "GenericError";
         /* A handler marks the class by starting the message with it and a colon. */
-        if (err && strncmp(desc, "DeviceNotFound:", 15) == 0) {
-            cls = "DeviceNotFound";
-            desc += 15;
-            while (*desc == ' ') {
-                desc++;
+        static const char *const classes[] = {"DeviceNotFound", "DeviceNotActive"};
+        for (size_t i = 0; err && i < sizeof(classes) / sizeof(classes[0]); i++) {
+            size_t n = strlen(classes[i]);
+            if (strncmp(desc, classes[i], n) == 0 && desc[n] == ':') {
+                cls = classes[i];
+                desc += n + 1;
+                while (*desc == ' ') {
+                    desc++;
+                }
             }
         }
         send_error(qs, id, cls, desc);
+        pthread_mutex_unlock(&qs->srv->run_lock);
         vd_error_free(err);
         json_object_put(ret);
         return;
@@ -344,6 +355,7 @@ static void handle(qmp_session *qs, json_object *req)
         json_object_object_add(r, "id", json_object_get(id));
     }
     send_json(qs, r);
+    pthread_mutex_unlock(&qs->srv->run_lock);
     json_object_put(r);
 }
 
@@ -677,8 +689,9 @@ void qmp_server_free(qmp_server *s)
 void qmp_print_reference(const qmp_command_table *table)
 {
     printf("| command | arguments | what it does |\n|---|---|---|\n");
-    for (size_t i = 0; i < table->nb; i++) {
-        const qmp_command *c = &table->commands[i];
+    for (const qmp_command_table *t = table; t; t = t->next) {
+    for (size_t i = 0; i < t->nb; i++) {
+        const qmp_command *c = &t->commands[i];
         printf("| `%s` | ", c->name);
         bool any = false;
         for (const qmp_arg *a = c->args; a && a->name; a++) {
@@ -691,5 +704,6 @@ void qmp_print_reference(const qmp_command_table *table)
             any = true;
         }
         printf("%s | %s |\n", any ? "" : "—", c->doc);
+    }
     }
 }

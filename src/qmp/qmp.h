@@ -53,6 +53,11 @@ typedef struct qmp_command {
 typedef struct qmp_command_table {
     const qmp_command *commands;
     size_t nb;
+    /* More commands (a table per source file), searched after these; may be NULL. */
+    const struct qmp_command_table *next;
+    /* Run after each command, before its reply, as the command ran (vdiskd sends the
+     * events the command caused there); may be NULL. */
+    void (*after_command)(void);
 } qmp_command_table;
 
 /* Error classes on the wire: vd_error classes map onto them. */

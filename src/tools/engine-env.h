@@ -20,15 +20,18 @@ static inline unsigned vd_env_count(const char *name, long max)
 
 /* VDISK_THREADS: threads per compression batch, the caller included (1-1024).
  * VDISK_BLKDEBUG_COUNT: a file blkdebug filters append their request counts to (tests).
- * VDISK_TEST_BREAK_ORDERING=1: the crash harness's deliberately wrong write order. */
+ * VDISK_TEST_BREAK_ORDERING=1: the crash harness's deliberately wrong write order.
+ * VDISK_TEST_MIRROR_NO_WHOLE_CLUSTERS=1: the mirror's tests, without whole-cluster copies. */
 static inline vd_engine_settings vd_engine_settings_from_env(void)
 {
     const char *brk = getenv("VDISK_TEST_BREAK_ORDERING");
     const char *count = getenv("VDISK_BLKDEBUG_COUNT");
+    const char *nwc = getenv("VDISK_TEST_MIRROR_NO_WHOLE_CLUSTERS");
     vd_engine_settings s = {
         .threads = vd_env_count("VDISK_THREADS", 1024),
         .blkdebug_count_file = count && *count ? count : NULL,
         .break_write_ordering = brk && !strcmp(brk, "1"),
+        .mirror_no_whole_clusters = nwc && !strcmp(nwc, "1"),
     };
     return s;
 }

@@ -280,9 +280,14 @@ static int blkdebug_pread(vd_node *n, void *buf, uint64_t len, uint64_t off)
     return ret < 0 ? ret : vd_node_pread(n->file, buf, len, off);
 }
 
+static void blkdebug_event(vd_node *n, const char *name);
+
+/* QEMU's block layer announces every write to the node it writes: the filter hears
+ * "pwritev" (or "pwritev_zero") for each request it is given, before it runs. */
 static int blkdebug_pwrite(vd_node *n, const void *buf, uint64_t len, uint64_t off,
                            unsigned flags)
 {
+    blkdebug_event(n, "pwritev");
     int ret = account(n, OP_WRITE, BD_IO_WRITE, off, len);
     return ret < 0 ? ret : vd_node_pwrite(n->file, buf, len, off, flags);
 }
@@ -296,6 +301,7 @@ static int blkdebug_pwrite_zeroes(vd_node *n, uint64_t off, uint64_t len, unsign
     if (len < align) {
         return -ENOTSUP;
     }
+    blkdebug_event(n, "pwritev_zero");
     int ret = account(n, OP_WRITE, BD_IO_WRITE_ZEROES, off, len);
     return ret < 0 ? ret : vd_node_pwrite_zeroes(n->file, off, len, flags);
 }
