@@ -69,6 +69,43 @@ bench_measure() {
         --round "$round" --log "$log" -- "$@"
 }
 
+# A header line of the records (report.py prints them above the tables).
+meta() { printf 'meta\t%s\t%s\n' "$1" "$2" >>"$BENCH_RUNS"; }
+
+# The contender's header line: the build it runs and its source revision, or that the
+# baseline stood in for it ($standin=1: a dry run of the harness).
+bench_meta_contender() {
+    local name=$1 src=$2 baseline=$3 rev
+    if [ "${standin:-0}" = 1 ]; then
+        meta "$name" "**$baseline standing in for $name (dry run of the harness)**"
+    else
+        rev=$(git -C "$REPO" describe --always --dirty 2>/dev/null || echo unknown)
+        meta "$name" "${src#"$REPO"/} (source $rev)"
+    fi
+}
+
+# The header lines every run writes: when, on what machine and file system, how many
+# rounds ($fstype: the file system of $BENCH_DIR).
+bench_meta_machine() {
+    meta date "$(date -u '+%Y-%m-%d %H:%M UTC')"
+    local cpu mem
+    cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
+    mem=$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)
+    meta machine "$(nproc) CPUs ($cpu), $mem RAM, Linux $(uname -r)"
+    meta filesystem "$fstype ($(df -P "$BENCH_DIR" | awk 'NR == 2 { print $1 }')) at $BENCH_DIR"
+    meta rounds "$BENCH_ROUNDS"
+}
+
+# The load average as the run starts, with a warning when the machine is not idle.
+bench_meta_load() {
+    local load
+    load=$(cut -d' ' -f1-3 /proc/loadavg)
+    meta "load average at start" "$load"
+    if awk -v l="${load%% *}" 'BEGIN { exit !(l > 0.5) }'; then
+        echo "bench: the machine is busy (load $load): expect noisy numbers" >&2
+    fi
+}
+
 # bench_order ROUND A B: prints the contenders in this round's order. Rounds alternate who
 # goes first (AB, BA, AB...) so that neither side always runs right after the other's
 # writeback or always finds the caches in the same state.

@@ -69,25 +69,10 @@ vdisk_src=$VDISK
 VDISK=$BENCH_DIR/bin/vdisk
 export VDISK
 : >"$BENCH_RUNS"
-meta() { printf 'meta\t%s\t%s\n' "$1" "$2" >>"$BENCH_RUNS"; }
-src_rev=$(git -C "$REPO" describe --always --dirty 2>/dev/null || echo unknown)
-if [ "$standin" = 1 ]; then
-    meta vdisk "**qemu-img standing in for vdisk (dry run of the harness)**"
-else
-    meta vdisk "${vdisk_src#"$REPO"/} (source $src_rev)"
-fi
+bench_meta_contender vdisk "$vdisk_src" qemu-img
 meta qemu-img "$("$QEMU_IMG" --version | head -1)"
-meta date "$(date -u '+%Y-%m-%d %H:%M UTC')"
-cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
-mem=$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)
-meta machine "$(nproc) CPUs ($cpu), $mem RAM, Linux $(uname -r)"
-meta filesystem "$fstype ($(df -P "$BENCH_DIR" | awk 'NR == 2 { print $1 }')) at $BENCH_DIR"
-meta rounds "$BENCH_ROUNDS"
-load=$(cut -d' ' -f1-3 /proc/loadavg)
-meta "load average at start" "$load"
-if awk -v l="${load%% *}" 'BEGIN { exit !(l > 0.5) }'; then
-    echo "bench: the machine is busy (load $load): expect noisy numbers" >&2
-fi
+bench_meta_machine
+bench_meta_load
 
 start=$SECONDS
 failed=0

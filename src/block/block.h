@@ -165,13 +165,16 @@ typedef struct vd_write_req {
     vd_write_kind kind;
     uint64_t off, len;
     unsigned flags;      /* VD_REQ_* */
+    const void *buf;     /* the data (VD_WRITE, VD_WRITE_COMPRESSED), valid until `after`
+                          * returns; NULL for the other kinds */
 } vd_write_req;
 
 /* Sees every request that changes a node's data, once each, with the range the caller
  * asked for (before the node splits it or aligns it). `before` runs first and may fail the
- * request (nothing is changed then, and `after` is not called); it may do I/O of its own
- * (a copy-before-write filter copies the old data there). `after` runs once the request
- * is done, with its result (a dirty bitmap sets its bits there). Either may be NULL. */
+ * request (nothing is changed then; the notifiers whose `before` already ran get `after`
+ * with that error, the others nothing); it may do I/O of its own (a copy-before-write
+ * filter copies the old data there). `after` runs once the request is done, with its
+ * result (a dirty bitmap sets its bits there). Either may be NULL. */
 typedef struct vd_write_notifier vd_write_notifier;
 struct vd_write_notifier {
     int (*before)(vd_write_notifier *nt, vd_node *n, const vd_write_req *req);

@@ -207,7 +207,7 @@ int vd_node_pwrite(vd_node *n, const void *buf, uint64_t len, uint64_t off, unsi
     if (ret <= 0) {
         return ret;
     }
-    vd_write_req req = {VD_WRITE, off, len, flags};
+    vd_write_req req = {VD_WRITE, off, len, flags, buf};
     ret = vd_write_prepare(n, &req);
     return ret < 0 ? ret : vd_write_finish(n, &req, pwrite_body(n, buf, len, off, flags));
 }
@@ -279,7 +279,7 @@ int vd_node_pwrite_zeroes(vd_node *n, uint64_t off, uint64_t len, unsigned flags
     if (ret <= 0) {
         return ret;
     }
-    vd_write_req req = {VD_WRITE_ZEROES, off, len, flags};
+    vd_write_req req = {VD_WRITE_ZEROES, off, len, flags, NULL};
     ret = vd_write_prepare(n, &req);
     return ret < 0 ? ret : vd_write_finish(n, &req, zeroes_body(n, off, len, flags));
 }
@@ -308,7 +308,7 @@ int vd_node_pdiscard(vd_node *n, uint64_t off, uint64_t len)
     if (ret <= 0) {
         return ret;
     }
-    vd_write_req req = {VD_WRITE_DISCARD, off, len, 0};
+    vd_write_req req = {VD_WRITE_DISCARD, off, len, 0, NULL};
     ret = vd_write_prepare(n, &req);
     return ret < 0 ? ret : vd_write_finish(n, &req, discard_body(n, off, len));
 }
@@ -332,7 +332,7 @@ int vd_node_pwrite_compressed(vd_node *n, const void *buf, uint64_t len, uint64_
     if (len == 0) {
         return n->drv->pwrite_compressed(n, buf, 0, off, level);  /* padding, no data */
     }
-    vd_write_req req = {VD_WRITE_COMPRESSED, off, len, 0};
+    vd_write_req req = {VD_WRITE_COMPRESSED, off, len, 0, buf};
     ret = vd_write_prepare(n, &req);
     return ret < 0 ? ret
                    : vd_write_finish(n, &req, n->drv->pwrite_compressed(n, buf, len, off,
@@ -395,7 +395,7 @@ int vd_node_truncate(vd_node *n, uint64_t size, bool shrink, const char *preallo
     }
     uint64_t old = n->size;
     vd_write_req req = {VD_WRITE_TRUNCATE, old < size ? old : size,
-                        old < size ? size - old : old - size, 0};
+                        old < size ? size - old : old - size, 0, NULL};
     int ret = vd_write_prepare(n, &req);
     if (ret < 0) {
         return vd_error_set(errp, VD_ERR_IO, -ret, "%s: resize refused: %s", n->filename,

@@ -30,11 +30,16 @@ void vd_node_remove_write_notifier(vd_node *n, vd_write_notifier *nt)
 int vd_write_prepare(vd_node *n, const vd_write_req *req)
 {
     __atomic_add_fetch(&n->in_flight, 1, __ATOMIC_ACQ_REL);
-    for (vd_write_notifier *nt = __atomic_load_n(&n->notifiers, __ATOMIC_ACQUIRE); nt;
-         nt = nt->next) {
+    vd_write_notifier *first = __atomic_load_n(&n->notifiers, __ATOMIC_ACQUIRE);
+    for (vd_write_notifier *nt = first; nt; nt = nt->next) {
         int ret = nt->before ? nt->before(nt, n, req) : 0;
         if (ret < 0) {
-            /* Refused before anything changed: over without the `after` calls. */
+            /* Refused before anything changed: the ones that saw `before` see it end. */
+            for (vd_write_notifier *p = first; p != nt; p = p->next) {
+                if (p->before && p->after) {
+                    p->after(p, n, req, ret);
+                }
+            }
             vd_write_finish(n, NULL, 0);
             return ret;
         }

@@ -31,7 +31,9 @@
 #include "vdisk/graph.h"
 
 #define MAX_IN_FLIGHT 16
-#define MAX_IO_BYTES (1u << 20)
+#define PIECE_BYTES (1u << 20)      /* the copies outside the buffer: active ones, the rest */
+#define MAX_OP_BYTES (8u << 20)     /* one copy at most (large writes keep the file system's
+                                     * appending writes few) */
 #define DEFAULT_BUF_SIZE (16u << 20)
 #define IDLE_NS 100000000u            /* a ready job looks at its bitmap this often */
 #define RETRY_NS 10000000u            /* after an ignored error, before copying again */
@@ -39,6 +41,8 @@
 
 typedef struct mirror_op {
     uint64_t off, len;
+    uint8_t *buf;                     /* its part of the job's buffer, or its own */
+    uint64_t slot, slot_len;          /* that part (slot_len 0: its own) */
     struct mirror_op *next;
 } mirror_op;
 
@@ -49,6 +53,8 @@ typedef struct mirror {
     vd_perm_claim *src_claim, *tgt_claim;
     vd_mirror_sync sync;
     uint64_t size, gran, buf_size;
+    uint8_t *arena;                   /* buf_size bytes the copies take their data room from */
+    vd_hbitmap *arena_used;           /* its granules in use (under job.lock) */
     vd_job_on_error on_source_error, on_target_error;
     bool write_blocking, unmap;
     bool zero_target;                 /* the target may hold data of its own */
@@ -64,11 +70,14 @@ typedef struct mirror {
     vd_hbitmap *busy;                 /* granules a copy is running for */
     vd_hbitmap *cow;                  /* target clusters copied whole (NULL: not needed) */
     mirror_op *queue, **queue_tail;
-    unsigned in_flight;               /* operations queued or running, active ones too */
+    unsigned in_flight;               /* the run loop's copies, queued or running */
+    unsigned active_in_flight;        /* writes being copied in write-blocking mode (they
+                                       * do not hold back READY, as in QEMU) */
     uint64_t bytes_in_flight;
     bool workers_stop;
     bool should_complete;
     bool retry_later;
+    struct active_op *active;         /* write-blocking copies of writes in progress */
     uint64_t batch_left;              /* of the buffer's worth sent between rate checks */
     int ret;                          /* the error that fails the job (report) */
     uint64_t cursor;
@@ -83,7 +92,8 @@ static mirror *of(vd_job *job)
 
 /* Copies [off, off+len) from the source (through its chain) to the target: zeros where
  * the source reads zeros, data elsewhere. No lock held. */
-static int copy_range(mirror *m, uint8_t *buf, uint64_t off, uint64_t len, bool *is_read)
+static int copy_range(mirror *m, uint8_t *buf, uint64_t buflen, uint64_t off, uint64_t len,
+                      bool *is_read)
 {
     uint64_t end = off + len;
     while (off < end) {
@@ -102,7 +112,7 @@ static int copy_range(mirror *m, uint8_t *buf, uint64_t off, uint64_t len, bool 
             }
         } else {
             for (uint64_t done = 0; done < n;) {
-                uint64_t k = n - done < MAX_IO_BYTES ? n - done : MAX_IO_BYTES;
+                uint64_t k = n - done < buflen ? n - done : buflen;
                 r = vd_node_pread(m->src, buf, k, off + done);
                 if (r < 0) {
                     *is_read = true;
@@ -187,10 +197,6 @@ static void copy_done(mirror *m, uint64_t off, uint64_t len, int r, bool is_read
 static void *worker(void *arg)
 {
     mirror *m = arg;
-    uint8_t *buf = NULL;
-    if (posix_memalign((void **)&buf, 4096, MAX_IO_BYTES) != 0) {
-        abort();
-    }
     pthread_mutex_lock(&m->job.lock);
     for (;;) {
         while (!m->queue && !m->workers_stop) {
@@ -206,14 +212,40 @@ static void *worker(void *arg)
         }
         pthread_mutex_unlock(&m->job.lock);
         bool is_read = false;
-        int r = copy_range(m, buf, op->off, op->len, &is_read);
+        uint64_t room = op->slot_len ? op->slot_len : op->len;
+        int r = copy_range(m, op->buf, room, op->off, op->len, &is_read);
         pthread_mutex_lock(&m->job.lock);
+        if (op->slot_len) {
+            vd_hbitmap_reset(m->arena_used, op->slot, op->slot_len);
+        } else {
+            free(op->buf);
+        }
         copy_done(m, op->off, op->len, r, is_read);
         free(op);
     }
     pthread_mutex_unlock(&m->job.lock);
-    free(buf);
     return NULL;
+}
+
+/* Room for a copy of len bytes in the buffer (first fit, whole granules), lock held. */
+static bool arena_take(mirror *m, uint64_t len, uint64_t *slot, uint64_t *slot_len)
+{
+    uint64_t need = (len + m->gran - 1) / m->gran * m->gran;
+    for (uint64_t pos = 0; pos + need <= m->buf_size;) {
+        int64_t z = vd_hbitmap_next_zero(m->arena_used, pos, m->buf_size);
+        if (z < 0 || (uint64_t)z + need > m->buf_size) {
+            return false;
+        }
+        int64_t d = vd_hbitmap_next_dirty(m->arena_used, (uint64_t)z, (uint64_t)z + need);
+        if (d < 0) {
+            vd_hbitmap_set(m->arena_used, (uint64_t)z, need);
+            *slot = (uint64_t)z;
+            *slot_len = need;
+            return true;
+        }
+        pos = (uint64_t)d;
+    }
+    return false;
 }
 
 /* Queues the next dirty run for the workers, lock held. false when nothing can go now:
@@ -227,8 +259,10 @@ static bool issue_next(mirror *m)
             return false;
         }
     }
-    uint64_t max = m->buf_size / MAX_IN_FLIGHT > MAX_IO_BYTES ? m->buf_size / MAX_IN_FLIGHT
-                                                               : MAX_IO_BYTES;
+    uint64_t max = m->buf_size / 2 < MAX_OP_BYTES ? m->buf_size / 2 : MAX_OP_BYTES;
+    if (max < m->gran) {
+        max = m->gran;
+    }
     if (len > max) {
         len = max;
     }
@@ -241,12 +275,17 @@ static bool issue_next(mirror *m)
         }
         wlen = (uint64_t)b - wstart;
     }
-    if (m->in_flight > 0 && m->bytes_in_flight + wlen > m->buf_size) {
-        return false;
-    }
     mirror_op *op = calloc(1, sizeof(*op));
     if (!op) {
         abort();
+    }
+    if (arena_take(m, wlen, &op->slot, &op->slot_len)) {
+        op->buf = m->arena + op->slot;
+    } else if (m->in_flight > 0 || wlen <= m->buf_size) {
+        free(op);          /* wait for room */
+        return false;
+    } else if (posix_memalign((void **)&op->buf, 4096, wlen) != 0) {
+        abort();           /* a copy widened past the whole buffer: room of its own */
     }
     op->off = wstart;
     op->len = wlen;
@@ -272,56 +311,130 @@ static bool copying_actively(const mirror *m)
            (m->job.status == VD_JOB_RUNNING || m->job.status == VD_JOB_READY);
 }
 
-/* Write-blocking: the granules of a write go to the target before the write completes to
- * its user. Reading them back from the source (after the write) makes the order of two
- * overlapping writes' copies irrelevant: the later copy reads the newer data. */
-static void copy_actively(mirror *m, uint64_t off, uint64_t len)
+/* Write-blocking, as QEMU's filter does it: before a write reaches the source, the job
+ * waits until no copy runs over its granules and holds them (so none starts: two
+ * overlapping writes go one after the other, and no older copy can land after this one);
+ * once the source has it, the same data goes to the target, and only then does the write
+ * complete to its sender. Writes so copied do not mark the dirty bitmap: new writes never
+ * add to what is left, so the job converges under any write load. */
+typedef struct active_op {
+    const vd_write_req *req;
+    uint64_t s, l;                    /* the granules held (whole target clusters if widened) */
+    bool widened;
+    struct active_op *next;
+} active_op;
+
+static int source_writing(vd_write_notifier *nt, vd_node *n, const vd_write_req *req)
 {
-    uint64_t s = off / m->gran * m->gran;
-    uint64_t e = (off + len + m->gran - 1) / m->gran * m->gran;
-    if (e > m->size) {
-        e = m->size;
+    (void)n;
+    mirror *m = (mirror *)((char *)nt - offsetof(mirror, nt));
+    if (req->kind == VD_WRITE_TRUNCATE || req->off >= m->size) {
+        return 0;
     }
-    uint64_t l = e - s;
-    widen(m, &s, &l);
-    while (vd_hbitmap_next_dirty(m->busy, s, s + l) >= 0) {
-        pthread_cond_wait(&m->job.cond, &m->job.lock);
-        if (!copying_actively(m)) {
-            return;     /* it stays dirty for the run loop */
+    pthread_mutex_lock(&m->job.lock);
+    if (copying_actively(m)) {
+        uint64_t end = req->off + req->len < m->size ? req->off + req->len : m->size;
+        uint64_t s = req->off / m->gran * m->gran;
+        uint64_t e = (end + m->gran - 1) / m->gran * m->gran;
+        uint64_t l = (e < m->size ? e : m->size) - s;
+        uint64_t ws = s, wl = l;
+        widen(m, &ws, &wl);
+        bool ok = true;
+        while (vd_hbitmap_next_dirty(m->busy, ws, ws + wl) >= 0) {
+            pthread_cond_wait(&m->job.cond, &m->job.lock);
+            if (!(ok = copying_actively(m))) {
+                break;
+            }
+        }
+        if (ok) {
+            active_op *op = calloc(1, sizeof(*op));
+            if (!op) {
+                abort();
+            }
+            *op = (active_op){req, ws, wl, ws != s || wl != l, m->active};
+            m->active = op;
+            vd_hbitmap_set(m->busy, ws, wl);
+            m->active_in_flight++;
         }
     }
-    vd_hbitmap_reset(m->dirty, s, l);
-    vd_hbitmap_set(m->busy, s, l);
-    m->in_flight++;
-    m->bytes_in_flight += l;
     pthread_mutex_unlock(&m->job.lock);
+    return 0;
+}
+
+/* The target gets what the source got: the caller's data for a plain write; otherwise (a
+ * write of zeros, a discard, a copy widened to whole clusters) the range as the source
+ * now reads it. */
+static int copy_active(mirror *m, const active_op *op, bool *is_read)
+{
+    const vd_write_req *req = op->req;
+    uint64_t len = req->len < m->size - req->off ? req->len : m->size - req->off;
+    if (!op->widened && req->buf && req->kind == VD_WRITE) {
+        *is_read = false;
+        return vd_node_pwrite(m->target, req->buf, len, req->off, 0);
+    }
     uint8_t *buf = NULL;
-    bool is_read = false;
-    int r = posix_memalign((void **)&buf, 4096, MAX_IO_BYTES) ? -ENOMEM
-                                                               : copy_range(m, buf, s, l,
-                                                                            &is_read);
+    if (posix_memalign((void **)&buf, 4096, PIECE_BYTES) != 0) {
+        return -ENOMEM;
+    }
+    int r = op->widened ? copy_range(m, buf, PIECE_BYTES, op->s, op->l, is_read)
+                        : copy_range(m, buf, PIECE_BYTES, req->off, len, is_read);
     free(buf);
-    pthread_mutex_lock(&m->job.lock);
-    copy_done(m, s, l, r, is_read);
+    return r;
 }
 
 static void source_written(vd_write_notifier *nt, vd_node *n, const vd_write_req *req,
                            int ret)
 {
     (void)n;
-    (void)ret;
     mirror *m = (mirror *)((char *)nt - offsetof(mirror, nt));
     if (req->kind == VD_WRITE_TRUNCATE || req->off >= m->size) {
         return;     /* the job's claim keeps the size; nothing to mark */
     }
     uint64_t len = req->len < m->size - req->off ? req->len : m->size - req->off;
     pthread_mutex_lock(&m->job.lock);
-    vd_hbitmap_set(m->dirty, req->off, len);
-    if (copying_actively(m)) {
-        copy_actively(m, req->off, len);
+    active_op *op = NULL;
+    for (active_op **p = &m->active; *p; p = &(*p)->next) {
+        if ((*p)->req == req) {
+            op = *p;
+            *p = op->next;
+            break;
+        }
+    }
+    if (!op) {
+        vd_hbitmap_set(m->dirty, req->off, len);
+        pthread_cond_broadcast(&m->job.cond);
+        pthread_mutex_unlock(&m->job.lock);
+        return;
+    }
+    int r = ret;
+    bool is_read = false;
+    if (ret >= 0) {
+        pthread_mutex_unlock(&m->job.lock);
+        r = copy_active(m, op, &is_read);
+        pthread_mutex_lock(&m->job.lock);
+    }
+    vd_hbitmap_reset(m->busy, op->s, op->l);
+    m->active_in_flight--;
+    if (r < 0) {
+        /* The source has it, the target may not: copied again later. */
+        vd_hbitmap_set(m->dirty, op->widened ? op->s : req->off, op->widened ? op->l : len);
+        if (ret >= 0) {
+            vd_job_action act = vd_job_error_action(&m->job, is_read ? m->on_source_error
+                                                                     : m->on_target_error,
+                                                    is_read, -r);
+            if (act == VD_JOB_ACT_REPORT && m->ret == 0) {
+                m->ret = r;
+            }
+        }
+        update_progress(m, 0);
+    } else {
+        mark_cow(m, op->widened ? op->s : req->off, op->widened ? op->l : len);
+        /* QEMU counts a write copied so in both the length and the progress. */
+        update_progress(m, len);
     }
     pthread_cond_broadcast(&m->job.cond);
     pthread_mutex_unlock(&m->job.lock);
+    free(op);
 }
 
 /* ---- the run ------------------------------------------------------------------------------ */
@@ -499,7 +612,7 @@ static size_t drain_users(mirror *m, vd_node *n, vd_disk **users)
 static int copy_rest(mirror *m, vd_error **errp)
 {
     uint8_t *buf = NULL;
-    if (posix_memalign((void **)&buf, 4096, MAX_IO_BYTES) != 0) {
+    if (posix_memalign((void **)&buf, 4096, PIECE_BYTES) != 0) {
         abort();
     }
     int r = 0;
@@ -510,7 +623,7 @@ static int copy_rest(mirror *m, vd_error **errp)
         vd_hbitmap_reset(m->dirty, start, len);
         pthread_mutex_unlock(&m->job.lock);
         bool is_read = false;
-        r = copy_range(m, buf, start, len, &is_read);
+        r = copy_range(m, buf, PIECE_BYTES, start, len, &is_read);
         pthread_mutex_lock(&m->job.lock);
         if (r == 0) {
             mark_cow(m, start, len);
@@ -623,6 +736,8 @@ static void mirror_free(vd_job *job)
     vd_hbitmap_free(m->dirty);
     vd_hbitmap_free(m->busy);
     vd_hbitmap_free(m->cow);
+    vd_hbitmap_free(m->arena_used);
+    free(m->arena);
     pthread_cond_destroy(&m->work);
     free(m);
 }
@@ -715,9 +830,13 @@ static int mirror_setup(vd_engine *e, mirror *m, const vd_mirror_opts *o, vd_err
     }
     m->dirty = vd_hbitmap_new(m->size ? m->size : 1, m->gran);
     m->busy = vd_hbitmap_new(m->size ? m->size : 1, m->gran);
-    if (!m->dirty || !m->busy || (m->cow_size && !m->cow)) {
-        return vd_error_set(errp, VD_ERR_NOMEM, ENOMEM, "Could not allocate the dirty "
-                            "bitmap");
+    m->arena_used = vd_hbitmap_new(m->buf_size, m->gran);
+    if (posix_memalign((void **)&m->arena, 4096, m->buf_size) != 0) {
+        m->arena = NULL;
+    }
+    if (!m->dirty || !m->busy || (m->cow_size && !m->cow) || !m->arena_used || !m->arena) {
+        return vd_error_set(errp, VD_ERR_NOMEM, ENOMEM, "Could not allocate the job's "
+                            "bitmaps and buffer");
     }
     m->on_source_error = o->on_source_error;
     m->on_target_error = o->on_target_error;
@@ -768,6 +887,7 @@ int vd_mirror_start(vd_engine *e, const vd_mirror_opts *o, vd_error **errp)
                             "threads");
     }
     /* From here on every write to the source is seen. */
+    m->nt.before = source_writing;
     m->nt.after = source_written;
     vd_node_add_write_notifier(m->src, &m->nt);
     m->notifier_on = true;

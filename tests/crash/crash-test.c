@@ -3,7 +3,7 @@
  *   crash states: N, corruptions: C, leaks: L, lost flushed writes: W
  * and exits 0 when C and W are 0 (with --expect-failure: when either is not).
  *
- *   crash-test --dir DIR [--kind alloc|snap|compress|resize|cow|mixed|amend|bitmaps] [--cluster-size N]
+ *   crash-test --dir DIR [--kind alloc|snap|compress|resize|cow|mixed|amend|bitmaps|mirror] [--cluster-size N]
  *              [--lazy] [--seed S] [--ops N] [--states N] [--qemu-img PATH|none]
  *              [--keep DIR] [--expect-failure] [--ignore-flushes] [--state-dir DIR]
  * --ignore-flushes replays as if no flush had completed: a broken replayer, to show that
@@ -37,7 +37,7 @@ typedef struct run {
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: crash-test --dir DIR [--kind alloc|snap|compress|resize|cow|mixed|amend|bitmaps] "
+    fprintf(stderr, "usage: crash-test --dir DIR [--kind alloc|snap|compress|resize|cow|mixed|amend|bitmaps|mirror] "
             "[--cluster-size N] [--lazy] [--seed S] [--ops N] [--states N] "
             "[--qemu-img PATH|none] [--qemu-io PATH|none] [--keep DIR] [--expect-failure] "
             "[--ignore-flushes] [--state-dir DIR]\n");
@@ -258,7 +258,7 @@ int main(int argc, char **argv)
         }
     }
     static const char *const kinds[] = {"alloc", "snap", "compress", "resize", "cow", "mixed",
-                                        "amend", "bitmaps"};
+                                        "amend", "bitmaps", "mirror"};
     bool kind_ok = false;
     for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
         kind_ok |= !strcmp(R.cfg.kind, kinds[i]);

@@ -41,7 +41,8 @@ typedef struct gop {
 } gop;
 
 typedef struct workload_cfg {
-    const char *kind;         /* alloc, snap, compress, resize, cow, mixed, amend, bitmaps */
+    const char *kind;         /* alloc, snap, compress, resize, cow, mixed, amend, bitmaps,
+                               * mirror */
     uint32_t cluster_size;
     bool lazy;
     uint64_t seed;

@@ -2,7 +2,9 @@
 # Crash consistency: every workload (random allocating writes and overwrites, discard and
 # write zeroes, internal snapshots, compressed writes, resize up and down, backing-file COW,
 # refcount width changes (amend), persistent bitmaps added, removed, changed and stored at
-# close (bitmaps); lazy refcounts off and on; clusters of 512 B, 64 KiB and
+# close (bitmaps), the target of a mirror job while the guest writes its source (mirror:
+# any sector may hold the source's data of any moment, and after job-complete exactly the
+# source's); lazy refcounts off and on; clusters of 512 B, 64 KiB and
 # 2 MiB) is recorded through the
 # logwrites filter and replayed into crash states that crash-test checks (tests/crash/
 # crash.h). Then two proofs that the harness can fail: a test-only switch that writes L2
@@ -102,6 +104,12 @@ for kind in alloc snap compress resize cow mixed amend bitmaps; do
             names+=("$kind-$cs-lazy$lazy")
         done
     done
+done
+# The target of a mirror job (the job makes it without lazy refcounts), written by the
+# job's workers while the guest writes the source; background and write-blocking copies
+# alternate with the seed.
+for cs in 512 65536 2097152; do
+    names+=("mirror-$cs-lazy0")
 done
 
 running=0

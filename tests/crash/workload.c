@@ -6,9 +6,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "crash.h"
 #include "vdisk/bitmap.h"
+#include "vdisk/graph.h"
+#include "vdisk/job.h"
 #include "vdisk/snapshot.h"
 #include "vdisk/vdisk.h"
 #include "tools/engine-env.h"
@@ -565,6 +568,156 @@ static uint64_t disk_size(const workload_cfg *cfg)
     return strcmp(cfg->kind, "resize") && strcmp(cfg->kind, "mixed") ? base : base / 4;
 }
 
+static int add_node(wl *w, const char *json)
+{
+    vd_tree *t = NULL;
+    vd_error *err = NULL;
+    int ret = vd_tree_parse_json(json, strlen(json), &t, &err);
+    if (ret == 0) {
+        ret = vd_blockdev_add(w->e, t, VD_OPEN_RDWR | VD_OPEN_UNMAP, &err);
+    }
+    if (ret < 0) {
+        ret = fail("blockdev-add", vd_error_msg(err));
+        vd_error_free(err);
+    }
+    return ret;
+}
+
+static vd_job_status job_status(vd_engine *e, const char *id)
+{
+    vd_job_info *list = NULL;
+    size_t nb = 0;
+    vd_job_list(e, &list, &nb);
+    vd_job_status st = VD_JOB_NULL;
+    for (size_t i = 0; i < nb; i++) {
+        if (!strcmp(list[i].id, id)) {
+            st = list[i].status;
+        }
+    }
+    vd_job_list_free(list, nb);
+    return st;
+}
+
+static void nap_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* kind "mirror": the recorded image is the target of a mirror job from a tagged source
+ * that the guest writes while the job copies (background, or write-blocking for odd
+ * seeds). The journal holds the source's contents at the start and every guest write as
+ * operations on the target, since any of them may be what a crash leaves in a sector
+ * there, and the job's end (job-complete: the rest copied and flushed) as a flush, after
+ * which the target must read as the source. */
+static int run_mirror(wl *w, uint64_t size)
+{
+    journal *j = w->j;
+    char src[4200], json[9000];
+    snprintf(src, sizeof(src), "%s/source.qcow2", w->cfg->dir);
+    if (make_backing(w, src, size) < 0 || create_image(w, j->image, size, NULL, false) < 0 ||
+        load_file(j->image, &j->base, &j->base_size) < 0) {
+        return -1;
+    }
+    snprintf(json, sizeof(json), "{\"driver\": \"qcow2\", \"node-name\": \"src\", "
+             "\"file\": {\"driver\": \"file\", \"filename\": \"%s\"}}", src);
+    if (add_node(w, json) < 0) {
+        return -1;
+    }
+    snprintf(json, sizeof(json), "{\"driver\": \"qcow2\", \"node-name\": \"tgt\", "
+             "\"filename\": \"logwrites:%s:%s\"}", j->log, j->image);
+    vd_disk *sd = NULL;
+    vd_error *err = NULL;
+    if (add_node(w, json) < 0 || vd_blockdev_open(w->e, "src", &sd, &err) < 0 ||
+        vd_blockdev_open(w->e, "tgt", &w->d, &err) < 0) {
+        vd_close(sd);
+        int r = fail("open", err ? vd_error_msg(err) : "blockdev-add");
+        vd_error_free(err);
+        return r;
+    }
+    uint64_t sectors = size / SECTOR;
+    w->size = size;
+    j->size0 = size;
+    j->vals0 = xmalloc(sectors * sizeof(uint32_t));
+    gop *o = add_op(w, OP_WRITE, log_len(w));
+    o->first = 0;
+    o->count = sectors;
+    o->size_after = size;
+    o->vals = xmalloc(sectors * sizeof(uint32_t));
+    int ret = -1;
+    if (read_tags(w->d, 0, sectors, j->vals0) < 0 || read_tags(sd, 0, sectors, o->vals) < 0) {
+        fail("read", "I/O error");
+        goto out;
+    }
+    vd_mirror_opts mo = {.job_id = "m", .device = "src", .target = "tgt",
+                         .sync = VD_MIRROR_SYNC_FULL, .unmap = true,
+                         .write_blocking = w->cfg->seed & 1, .auto_finalize = true,
+                         .auto_dismiss = true, .speed = (int64_t)size,
+                         .buf_size = 4u * w->cfg->cluster_size};
+    if (vd_mirror_start(w->e, &mo, &err) < 0) {
+        fail("mirror", vd_error_msg(err));
+        vd_error_free(err);
+        goto out;
+    }
+    for (int i = 0; i < w->cfg->ops; i++) {
+        uint64_t first, count;
+        pick_extent(w, max_sectors(w), &first, &count);
+        uint8_t *buf = xmalloc(count * SECTOR);
+        fill_tags(w, buf, first, count);
+        gop *g = add_op(w, OP_WRITE, log_len(w));
+        int r = vd_pwrite(sd, buf, count * SECTOR, first * SECTOR, 0);
+        free(buf);
+        if (r < 0) {
+            fail("write", vd_disk_last_error(sd));
+            goto out;
+        }
+        g->end = log_len(w);
+        g->first = first;
+        g->count = count;
+        g->size_after = size;
+        g->vals = xmalloc(count * sizeof(uint32_t));
+        for (uint64_t k = 0; k < count; k++) {
+            g->vals[k] = w->id;
+        }
+        nap_ms(1 + (long)rng_below(&w->r, 8));   /* spread over the copy */
+    }
+    for (int t = 0; job_status(w->e, "m") != VD_JOB_READY; t++) {
+        if (t > 60000 || job_status(w->e, "m") == VD_JOB_NULL) {
+            fail("mirror", "the job did not get ready");
+            goto out;
+        }
+        nap_ms(1);
+    }
+    if (vd_job_complete(w->e, "m", &err) < 0) {
+        fail("job-complete", vd_error_msg(err));
+        vd_error_free(err);
+        goto out;
+    }
+    while (vd_job_exists(w->e, "m")) {
+        nap_ms(1);
+    }
+    o->end = log_len(w);
+    gop *f = add_op(w, OP_FLUSH, o->end);
+    f->end = o->end;
+    f->size_after = size;
+    /* What the job left must be the source, sector for sector. */
+    uint32_t *a = xmalloc(sectors * sizeof(uint32_t)), *b = xmalloc(sectors * sizeof(uint32_t));
+    ret = read_tags(sd, 0, sectors, a) < 0 || read_tags(w->d, 0, sectors, b) < 0 ? -1 : 0;
+    for (uint64_t k = 0; k < sectors && ret == 0; k++) {
+        if (a[k] != b[k]) {
+            char msg[128];
+            snprintf(msg, sizeof(msg), "the target's sector %llu reads tag %u, the source's %u",
+                     (unsigned long long)k, b[k], a[k]);
+            ret = fail("mirror", msg);
+        }
+    }
+    free(a);
+    free(b);
+out:
+    vd_close(sd);
+    return ret;
+}
+
 int workload_run(const workload_cfg *cfg, journal *j)
 {
     memset(j, 0, sizeof(*j));
@@ -578,6 +731,21 @@ int workload_run(const workload_cfg *cfg, journal *j)
     snprintf(backing, sizeof(backing), "%s/backing.qcow2", cfg->dir);
     bool cow = !strcmp(cfg->kind, "cow");
     int ret = -1;
+    if (!strcmp(cfg->kind, "mirror")) {
+        if (run_mirror(&w, size) < 0) {
+            goto out;
+        }
+        /* The close (the engine's, of the registered target) is journalled like a flush. */
+        vd_close(w.d);
+        w.d = NULL;
+        gop *o = add_op(&w, OP_CLOSE, log_len(&w));
+        o->size_after = w.size;
+        vd_engine_free(w.e);
+        w.e = NULL;
+        o->end = log_len(&w);
+        ret = 0;
+        goto out;
+    }
     if (cow && make_backing(&w, backing, size) < 0) {
         goto out;
     }
@@ -620,7 +788,9 @@ out:
     if (w.d) {
         vd_close(w.d);
     }
-    vd_engine_free(w.e);
+    if (w.e) {
+        vd_engine_free(w.e);
+    }
     j->next_id = w.id + 1;
     return ret;
 }
