@@ -86,6 +86,29 @@ static int mirror_opts(json_object *args, vd_mirror_opts *o, vd_error **errp)
     return 0;
 }
 
+/* vdisk puts no filter node over the source, but a name given for one is checked as QEMU
+ * checks it, so a script that passes a bad one learns it here too. */
+static int filter_name_check(json_object *args, vd_error **errp)
+{
+    const char *f = opt_str(args, "filter-node-name");
+    if (!f) {
+        return 0;
+    }
+    bool ok = (*f >= 'a' && *f <= 'z') || (*f >= 'A' && *f <= 'Z');
+    for (const char *p = f; *p && ok; p++) {
+        ok = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+             *p == '-' || *p == '.' || *p == '_';
+    }
+    if (!ok) {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Invalid node-name: '%s'", f);
+    }
+    if (vd_blockdev_exists(vdiskd.engine, f)) {
+        return vd_error_set(errp, VD_ERR_INVALID, EEXIST, "Duplicate nodes with "
+                            "node-name='%s'", f);
+    }
+    return 0;
+}
+
 static int cmd_blockdev_mirror(qmp_session *qs, json_object *args, json_object **ret,
                                vd_error **errp)
 {
@@ -93,7 +116,7 @@ static int cmd_blockdev_mirror(qmp_session *qs, json_object *args, json_object *
     (void)ret;
     vd_mirror_opts o;
     int r = mirror_opts(args, &o, errp);
-    if (r < 0) {
+    if (r < 0 || (r = filter_name_check(args, errp)) < 0) {
         return r;
     }
     o.target = opt_str(args, "target");
@@ -312,7 +335,7 @@ static int cmd_query_block_jobs(qmp_session *qs, json_object *args, json_object 
     {"copy-mode", QMP_STR, true, "background or write-blocking"},                         \
     {"auto-finalize", QMP_BOOL, true, "default true"},                                    \
     {"auto-dismiss", QMP_BOOL, true, "default true"},                                     \
-    {"filter-node-name", QMP_STR, true, "accepted (vdisk inserts no filter node)"}
+    {"filter-node-name", QMP_STR, true, "checked as QEMU does (vdisk inserts no filter node)"}
 
 static const qmp_arg blockdev_mirror_args[] = {
     MIRROR_ARGS,

@@ -5,7 +5,8 @@
                                        finalize and dismiss, cancels before and after READY,
                                        soft cancel, pause and resume, standby, target errors
                                        under each policy, refused arguments and verbs, sync
-                                       top and none, write-blocking): every reply equal, and
+                                       top and none, write-blocking, quit while jobs
+                                       run): every reply equal, and
                                        each job's events equal, in order; the targets then
                                        compare equal to their sources and check clean
   qmp_mirror.py load VDISKD DIR SIZE   sync=full of a SIZE image while fio writes 4 KiB at
@@ -307,6 +308,8 @@ def s_refusals(dm, d, tag):
         {"replaces": "t2"},
         {"unmap": False},
         {"speed": -1},
+        {"filter-node-name": "src"},
+        {"filter-node-name": "1bad"},
     ]
     for b in bad:
         a = {"job-id": "m1", "device": "src", "target": "tgt", "sync": "full"}
@@ -373,10 +376,28 @@ def s_write_blocking(dm, d, tag):
     return [(src, tgt)]
 
 
+def s_quit(dm, d, tag):
+    src, tgt = images(d, tag)
+    add_qcow2(dm, "src", src)
+    add_qcow2(dm, "tgt", tgt)
+    for name in ("s2", "t2", "s3", "t3"):
+        p = "%s/%s-%s.qcow2" % (d, tag, name)
+        run("qemu-img", "create", "-q", "-f", "qcow2", p, "64M")
+        add_qcow2(dm, name, p)
+    mirror(dm, **{"job-id": "q1", "speed": 1})
+    mirror(dm, **{"job-id": "q2", "device": "s2", "target": "t2"})
+    dm.status("q2", "ready")
+    mirror(dm, **{"job-id": "q3", "device": "s3", "target": "t3", "speed": 1})
+    dm.cmd("job-pause", id="q3")
+    dm.status("q3", "paused")
+    # quit: every job ends, its events sent before the reply
+    return []
+
+
 SESSIONS = [("complete", s_complete), ("manual-finalize", s_manual), ("cancels", s_cancels),
             ("pause-resume", s_pause), ("target-errors", s_errors),
             ("refusals", s_refusals), ("sync-top-none", s_sync),
-            ("write-blocking", s_write_blocking)]
+            ("write-blocking", s_write_blocking), ("quit-with-jobs", s_quit)]
 
 # Members that depend on timing (how far a copy got when a command came).
 TIMING = {"len", "offset", "current-progress", "total-progress", "busy"}
