@@ -74,6 +74,11 @@ int vd_job_finalize(vd_engine *e, const char *id, vd_error **errp);
 int vd_job_dismiss(vd_engine *e, const char *id, vd_error **errp);
 int vd_job_set_speed(vd_engine *e, const char *id, int64_t speed, vd_error **errp);
 
+/* The bitmaps jobs keep on the node named `node` (a mirror's, on its source), as
+ * query-named-block-nodes lists them: anonymous (name NULL), newest job first. */
+#include "vdisk/bitmap.h"
+int vd_job_node_bitmaps(vd_engine *e, const char *node, vd_bitmap_info **out, size_t *nb);
+
 /* Cancels every job and waits until each has ended (a daemon's quit). */
 void vd_jobs_cancel_all(vd_engine *e);
 

@@ -206,33 +206,39 @@ void bitmap_action_free(vd_action *a)
     }
 }
 
+/* Jobs' bitmaps (anonymous: no "name") first, as qemu-storage-daemon lists a mirror's. */
 json_object *dirty_bitmaps_json(const char *node)
 {
-    vd_bitmap_info *list;
-    size_t nb;
+    vd_bitmap_info *list, *jobs;
+    size_t nb, nj;
     if (vd_bitmap_list(vdiskd.engine, node, &list, &nb, NULL) < 0) {
         return NULL;
     }
-    if (nb == 0) {
+    vd_job_node_bitmaps(vdiskd.engine, node, &jobs, &nj);
+    if (nb + nj == 0) {
         vd_bitmap_list_free(list, nb);
+        vd_bitmap_list_free(jobs, nj);
         return NULL;
     }
     json_object *arr = json_object_new_array();
-    for (size_t i = 0; i < nb; i++) {
+    for (size_t k = 0; k < nb + nj; k++) {
+        vd_bitmap_info *b = k < nj ? &jobs[k] : &list[k - nj];
         json_object *o = json_object_new_object();
-        json_object_object_add(o, "name", json_object_new_string(list[i].name));
-        json_object_object_add(o, "recording", json_object_new_boolean(list[i].recording));
-        json_object_object_add(o, "persistent", json_object_new_boolean(list[i].persistent));
-        json_object_object_add(o, "busy", json_object_new_boolean(list[i].busy));
-        json_object_object_add(o, "granularity",
-                               json_object_new_int64((int64_t)list[i].granularity));
-        json_object_object_add(o, "count", json_object_new_int64((int64_t)list[i].count));
-        if (list[i].inconsistent) {
+        if (b->name) {
+            json_object_object_add(o, "name", json_object_new_string(b->name));
+        }
+        json_object_object_add(o, "recording", json_object_new_boolean(b->recording));
+        json_object_object_add(o, "persistent", json_object_new_boolean(b->persistent));
+        json_object_object_add(o, "busy", json_object_new_boolean(b->busy));
+        json_object_object_add(o, "granularity", json_object_new_int64((int64_t)b->granularity));
+        json_object_object_add(o, "count", json_object_new_int64((int64_t)b->count));
+        if (b->inconsistent) {
             json_object_object_add(o, "inconsistent", json_object_new_boolean(true));
         }
         json_object_array_add(arr, o);
     }
     vd_bitmap_list_free(list, nb);
+    vd_bitmap_list_free(jobs, nj);
     return arr;
 }
 

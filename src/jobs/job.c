@@ -694,6 +694,32 @@ void vd_jobs_cancel_all(vd_engine *e)
     pthread_mutex_unlock(&e->job_lock);
 }
 
+int vd_job_node_bitmaps(vd_engine *e, const char *node, vd_bitmap_info **out, size_t *nb)
+{
+    size_t n = 0, cap = 4;
+    vd_bitmap_info *list = calloc(cap, sizeof(*list));
+    if (!list) {
+        abort();
+    }
+    pthread_mutex_lock(&e->job_lock);
+    for (vd_job *j = e->jobs; j; j = j->next) {
+        if (!j->drv->bitmap_info) {
+            continue;
+        }
+        if (n == cap && !(list = realloc(list, (cap *= 2) * sizeof(*list)))) {
+            abort();
+        }
+        memset(&list[n], 0, sizeof(list[n]));
+        pthread_mutex_lock(&j->lock);
+        n += j->drv->bitmap_info(j, node, &list[n]);
+        pthread_mutex_unlock(&j->lock);
+    }
+    pthread_mutex_unlock(&e->job_lock);
+    *out = list;
+    *nb = n;
+    return 0;
+}
+
 int vd_job_list(vd_engine *e, vd_job_info **out, size_t *nb)
 {
     pthread_mutex_lock(&e->job_lock);

@@ -31,6 +31,8 @@ typedef struct vd_job_driver {
     /* Last, either way (no lock): releases nodes and claims. Then free. */
     void (*clean)(vd_job *job);
     void (*free)(vd_job *job);
+    /* Optional, lock held: the job's own bitmap on the named node, if it keeps one. */
+    bool (*bitmap_info)(vd_job *job, const char *node, vd_bitmap_info *info);
 } vd_job_driver;
 
 struct vd_job {

@@ -59,6 +59,7 @@ typedef struct mirror {
     bool write_blocking, unmap;
     bool zero_target;                 /* the target may hold data of its own */
     bool blockers_on;
+    bool job_made;                    /* the core's part exists (vd_job_create) */
     uint64_t cow_size;                /* target cluster size when copies are widened */
     vd_write_notifier nt;
     bool notifier_on;
@@ -73,6 +74,7 @@ typedef struct mirror {
     unsigned in_flight;               /* the run loop's copies, queued or running */
     unsigned active_in_flight;        /* writes being copied in write-blocking mode (they
                                        * do not hold back READY, as in QEMU) */
+    unsigned busy_waiters;            /* writes waiting for a copy over their granules */
     uint64_t bytes_in_flight;
     bool workers_stop;
     bool should_complete;
@@ -328,7 +330,7 @@ static int source_writing(vd_write_notifier *nt, vd_node *n, const vd_write_req 
 {
     (void)n;
     mirror *m = (mirror *)((char *)nt - offsetof(mirror, nt));
-    if (req->kind == VD_WRITE_TRUNCATE || req->off >= m->size) {
+    if (!m->write_blocking || req->kind == VD_WRITE_TRUNCATE || req->off >= m->size) {
         return 0;
     }
     pthread_mutex_lock(&m->job.lock);
@@ -341,7 +343,9 @@ static int source_writing(vd_write_notifier *nt, vd_node *n, const vd_write_req 
         widen(m, &ws, &wl);
         bool ok = true;
         while (vd_hbitmap_next_dirty(m->busy, ws, ws + wl) >= 0) {
+            m->busy_waiters++;
             pthread_cond_wait(&m->job.cond, &m->job.lock);
+            m->busy_waiters--;
             if (!(ok = copying_actively(m))) {
                 break;
             }
@@ -401,8 +405,9 @@ static void source_written(vd_write_notifier *nt, vd_node *n, const vd_write_req
         }
     }
     if (!op) {
+        /* No wake-up: the run loop looks at the bitmap at least every IDLE_NS, and waking
+         * it for each of thousands of writes a second costs more than it gains. */
         vd_hbitmap_set(m->dirty, req->off, len);
-        pthread_cond_broadcast(&m->job.cond);
         pthread_mutex_unlock(&m->job.lock);
         return;
     }
@@ -432,7 +437,9 @@ static void source_written(vd_write_notifier *nt, vd_node *n, const vd_write_req
         /* QEMU counts a write copied so in both the length and the progress. */
         update_progress(m, len);
     }
-    pthread_cond_broadcast(&m->job.cond);
+    if (m->busy_waiters || r < 0) {
+        pthread_cond_broadcast(&m->job.cond);
+    }
     pthread_mutex_unlock(&m->job.lock);
     free(op);
 }
@@ -721,13 +728,21 @@ static void mirror_clean(vd_job *job)
     vd_close(m->src_h);
     vd_close(m->tgt_h);
     m->src_h = m->tgt_h = NULL;
+    /* Out of the job's sight first: a query may be looking at m->src under the lock (which
+     * exists once the job was made). */
+    if (m->job_made) {
+        pthread_mutex_lock(&job->lock);
+    }
     vd_node *nodes[3] = {m->src, m->target, m->replaced};
+    m->src = m->target = m->replaced = NULL;
+    if (m->job_made) {
+        pthread_mutex_unlock(&job->lock);
+    }
     for (int i = 0; i < 3; i++) {
         if (nodes[i]) {
             vd_node_unref(nodes[i]);
         }
     }
-    m->src = m->target = m->replaced = NULL;
 }
 
 static void mirror_free(vd_job *job)
@@ -742,6 +757,20 @@ static void mirror_free(vd_job *job)
     free(m);
 }
 
+/* QEMU's mirror keeps an anonymous dirty bitmap on its source, and lists it there; this
+ * job's is its own, shown the same way (disabled in write-blocking mode, as QEMU's). */
+static bool mirror_bitmap_info(vd_job *job, const char *node, vd_bitmap_info *info)
+{
+    mirror *m = of(job);
+    if (!m->src || !m->src->node_name || strcmp(m->src->node_name, node)) {
+        return false;
+    }
+    info->granularity = m->gran;
+    info->count = vd_hbitmap_count(m->dirty);
+    info->recording = !m->write_blocking;
+    return true;
+}
+
 static const vd_job_driver mirror_driver = {
     .type = "mirror",
     .run = mirror_run,
@@ -750,6 +779,7 @@ static const vd_job_driver mirror_driver = {
     .abort = mirror_abort,
     .clean = mirror_clean,
     .free = mirror_free,
+    .bitmap_info = mirror_bitmap_info,
 };
 
 /* ---- the start ---------------------------------------------------------------------------- */
@@ -866,6 +896,7 @@ int vd_mirror_start(vd_engine *e, const vd_mirror_opts *o, vd_error **errp)
         mirror_free(&m->job);
         return r;
     }
+    m->job_made = true;
     if (o->speed < 0) {
         /* QEMU makes the job before it looks at the speed (created, then null). */
         mirror_clean(&m->job);

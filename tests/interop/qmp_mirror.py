@@ -232,11 +232,23 @@ def s_cancels(dm, d, tag):
     return []
 
 
+def src_bitmaps(dm):
+    """The source's dirty-bitmaps, the job's anonymous one among them (counts vary)."""
+    r = dm.cmd("query-named-block-nodes", flat=True)
+    for n in r.get("return", []):
+        if n["node-name"] == "src":
+            bms = [{k: v for k, v in b.items() if k != "count"}
+                   for b in n.get("dirty-bitmaps", [])]
+            dm.log.append(("reply", "src-dirty-bitmaps", {"bitmaps": bms}))
+
+
 def s_pause(dm, d, tag):
     src, tgt = images(d, tag)
     add_qcow2(dm, "src", src)
     add_qcow2(dm, "tgt", tgt)
+    dm.cmd("block-dirty-bitmap-add", node="src", name="bm0")
     mirror(dm, speed=1)
+    src_bitmaps(dm)
     dm.cmd("job-pause", id="m1")
     dm.status("m1", "paused")
     dm.cmd("job-pause", id="m1")
@@ -254,6 +266,7 @@ def s_pause(dm, d, tag):
     dm.cmd("job-complete", id="m1")
     dm.cmd("block-job-resume", device="m1")
     dm.status("m1", "null")
+    src_bitmaps(dm)
     return [(src, tgt)]
 
 
@@ -370,6 +383,7 @@ def s_write_blocking(dm, d, tag):
     add_qcow2(dm, "src", src)
     add_qcow2(dm, "tgt", tgt)
     mirror(dm, **{"copy-mode": "write-blocking"})
+    src_bitmaps(dm)
     dm.event("BLOCK_JOB_READY")
     dm.cmd("job-complete", id="m1")
     dm.status("m1", "null")
