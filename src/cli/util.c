@@ -7,9 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
 #include "cli/cli-util.h"
+#include "util/iobuf.h"
 #include "tools/engine-env.h"
 
 /* ---- program name ------------------------------------------------------------------------ */
@@ -72,17 +72,10 @@ char *cli_xstrdup(const char *s)
 
 void *cli_alloc_io_buffer(size_t n)
 {
-    /* Buffers of 2 MiB and more start on a huge-page boundary and ask for huge pages: an
-     * O_DIRECT request from physically contiguous memory needs few segments, so the kernel
-     * does not split it into several device requests. */
-    size_t huge = (size_t)2 << 20;
-    void *p = NULL;
-    if (posix_memalign(&p, n >= huge ? huge : 4096, n ? n : 4096) != 0) {
+    void *p = vd_io_buffer_alloc(n);
+    if (!p) {
         fprintf(stderr, "%s: out of memory\n", cli_progname());
         abort();
-    }
-    if (n >= huge) {
-        (void)madvise(p, n & ~(huge - 1), MADV_HUGEPAGE);  /* a hint; failure is harmless */
     }
     return p;
 }

@@ -28,6 +28,7 @@
 #include "jobs/job.h"
 #include "util/common.h"
 #include "util/hbitmap.h"
+#include "util/iobuf.h"
 #include "vdisk/graph.h"
 
 #define MAX_IN_FLIGHT 16
@@ -341,8 +342,11 @@ static int source_writing(vd_write_notifier *nt, vd_node *n, const vd_write_req 
         uint64_t l = (e < m->size ? e : m->size) - s;
         uint64_t ws = s, wl = l;
         widen(m, &ws, &wl);
-        bool ok = true;
-        while (vd_hbitmap_next_dirty(m->busy, ws, ws + wl) >= 0) {
+        /* Granules still to be copied, none of them now: the run loop copies them after
+         * this write, so the write costs the target nothing now (and adds nothing to do). */
+        bool ok = vd_hbitmap_next_zero(m->dirty, s, s + l) >= 0 ||
+                  vd_hbitmap_next_dirty(m->busy, ws, ws + wl) >= 0;
+        while (ok && vd_hbitmap_next_dirty(m->busy, ws, ws + wl) >= 0) {
             m->busy_waiters++;
             pthread_cond_wait(&m->job.cond, &m->job.lock);
             m->busy_waiters--;
@@ -861,9 +865,7 @@ static int mirror_setup(vd_engine *e, mirror *m, const vd_mirror_opts *o, vd_err
     m->dirty = vd_hbitmap_new(m->size ? m->size : 1, m->gran);
     m->busy = vd_hbitmap_new(m->size ? m->size : 1, m->gran);
     m->arena_used = vd_hbitmap_new(m->buf_size, m->gran);
-    if (posix_memalign((void **)&m->arena, 4096, m->buf_size) != 0) {
-        m->arena = NULL;
-    }
+    m->arena = vd_io_buffer_alloc(m->buf_size);
     if (!m->dirty || !m->busy || (m->cow_size && !m->cow) || !m->arena_used || !m->arena) {
         return vd_error_set(errp, VD_ERR_NOMEM, ENOMEM, "Could not allocate the job's "
                             "bitmaps and buffer");
