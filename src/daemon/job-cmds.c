@@ -143,6 +143,10 @@ static int cmd_drive_mirror(qmp_session *qs, json_object *args, json_object **re
         return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Parameter 'mode' does not accept "
                             "value '%s'", mode);
     }
+    /* Before any file is made: a refused job must not have emptied its target. */
+    if (!o.job_id || !*o.job_id) {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Invalid job ID ''");
+    }
     dhandle *h = NULL;
     if ((r = node_handle(o.device, &h, errp)) < 0) {
         return r;
@@ -152,8 +156,11 @@ static int cmd_drive_mirror(qmp_session *qs, json_object *args, json_object **re
         fmt = vd_disk_format(h->disk);
     }
     if (!mode || !strcmp(mode, "absolute-paths")) {
-        if ((r = vd_create(vdiskd.engine, path, fmt, size, NULL, 0, errp)) < 0) {
-            return r;
+        vd_error *err = NULL;
+        if ((r = vd_create(vdiskd.engine, path, fmt, size, NULL, 0, &err)) < 0) {
+            vd_error_free(err);
+            return vd_error_set(errp, VD_ERR_IO, -r, "Could not create '%s': %s", path,
+                                strerror(-r));
         }
         o.target_is_zero = true;
     }

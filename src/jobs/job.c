@@ -280,13 +280,19 @@ static void *job_thread(void *arg)
         emit(job, &ev);
     }
     set_status(job, VD_JOB_CONCLUDED);
-    while (!job->auto_dismiss && !job->dismiss_requested && !job->shutting_down) {
+    /* A dismiss (or a finalize with auto-dismiss) takes the job to null itself. */
+    while (!job->auto_dismiss && job->status != VD_JOB_NULL && !job->shutting_down) {
         pthread_cond_wait(&job->cond, &job->lock);
     }
-    set_status(job, VD_JOB_NULL);
     pthread_mutex_unlock(&job->lock);
 
+    /* Null and off the list in one step, so no query sees a job in the null state. */
     pthread_mutex_lock(&e->job_lock);
+    pthread_mutex_lock(&job->lock);
+    if (job->status != VD_JOB_NULL) {
+        set_status(job, VD_JOB_NULL);
+    }
+    pthread_mutex_unlock(&job->lock);
     if (!job->unlisted) {
         unlist_locked(job);
     }
@@ -537,17 +543,18 @@ static void cancel_locked(vd_job *job, bool force)
     pthread_cond_broadcast(&job->cond);
 }
 
+/* concluded -> null, done by the verb (its caller takes the job off the list). */
+static void dismiss_locked(vd_job *job)
+{
+    set_status(job, VD_JOB_NULL);
+    pthread_cond_broadcast(&job->cond);
+}
+
 static int do_cancel(vd_job *job, void *arg, vd_error **errp)
 {
     bool force = *(bool *)arg;
     if (job->status == VD_JOB_CONCLUDED) {
-        job->dismiss_requested = true;
-        job->callers_waiting++;
-        pthread_cond_broadcast(&job->cond);
-        while (job->status != VD_JOB_NULL) {
-            pthread_cond_wait(&job->cond, &job->lock);
-        }
-        job->callers_waiting--;
+        dismiss_locked(job);
         return 0;
     }
     int ret = verb_check(job, VERB_CANCEL, errp);
@@ -589,6 +596,9 @@ static int do_finalize(vd_job *job, void *arg, vd_error **errp)
         pthread_cond_wait(&job->cond, &job->lock);
     }
     job->callers_waiting--;
+    if (job->status == VD_JOB_CONCLUDED && job->auto_dismiss) {
+        dismiss_locked(job);
+    }
     return 0;
 }
 
@@ -599,13 +609,7 @@ static int do_dismiss(vd_job *job, void *arg, vd_error **errp)
     if (ret < 0) {
         return ret;
     }
-    job->dismiss_requested = true;
-    job->callers_waiting++;
-    pthread_cond_broadcast(&job->cond);
-    while (job->status != VD_JOB_NULL) {
-        pthread_cond_wait(&job->cond, &job->lock);
-    }
-    job->callers_waiting--;
+    dismiss_locked(job);
     return 0;
 }
 

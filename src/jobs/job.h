@@ -54,7 +54,7 @@ struct vd_job {
     bool busy;
     /* Cancelling: a soft cancel (of a ready job) is cancelled without force_cancel. */
     bool cancelled, force_cancel;
-    bool finalize_requested, dismiss_requested, shutting_down;
+    bool finalize_requested, shutting_down;
     bool unlisted;                       /* taken out of the engine's list */
     char *error;                         /* the failure, once it failed */
     const char *io_status;               /* "ok", "failed", "nospace" */

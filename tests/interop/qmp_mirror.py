@@ -29,11 +29,12 @@ import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
 
-from qmp_session import Client, daemon_cmd, result, start, stop
+from qmp_session import daemon_cmd, result, start, stop
 
 MiB = 1 << 20
 
@@ -47,6 +48,23 @@ def qemu_io(path, *cmds, fmt="qcow2"):
     for c in cmds:
         args += ["-c", c]
     return run(*args, path)
+
+
+class Conn:
+    """A QMP connection: the socket, and the events read so far."""
+
+    def __init__(self, path):
+        self.sock = socket.socket(socket.AF_UNIX)
+        for _ in range(200):
+            try:
+                self.sock.connect(path)
+                break
+            except OSError:
+                time.sleep(0.05)
+        self.events = []
+
+    def close(self):
+        self.sock.close()
 
 
 STARTED = []   # every process started, stopped at exit if a check went wrong half-way
@@ -74,10 +92,10 @@ class Daemon:
         if env:
             os.environ.clear()
             os.environ.update(old)
-        self.c = Client(qmp)
+        self.c = Conn(qmp)
         self.buf = b""
-        self.c.read = self._readline     # with timeouts, which the file object cannot do
         self.timeout = 120
+        self.c.greeting = self._readline()
         self.log = []        # ("reply", name, reply) and ("event", event), in order
         self.seen = 0        # events already returned by wait()
         self.cmd("qmp_capabilities")
@@ -97,14 +115,22 @@ class Daemon:
 
     def cmd(self, command, /, **args):
         self.timeout = 120
-        r = self.c.cmd(command, **args)
+        msg = {"execute": command}
+        if args:
+            msg["arguments"] = args
+        self.c.sock.sendall(json.dumps(msg).encode() + b"\n")
+        while True:
+            r = self._readline()
+            if "event" not in r:
+                break
+            self.c.events.append(r)
         self.log.append(("reply", command, r))
         return r
 
     def _pump(self, timeout):
         self.timeout = timeout
         try:
-            m = self.c.read()
+            m = self._readline()
         except TimeoutError:
             return False
         if "event" in m:
@@ -230,6 +256,32 @@ def s_cancels(dm, d, tag):
     dm.cmd("job-dismiss", id="c5")
     dm.cmd("query-named-block-nodes", flat=True)
     return []
+
+
+def s_drive_mirror(dm, d, tag):
+    src, _ = images(d, tag)
+    add_qcow2(dm, "src", src)
+    new = "%s/%s-new.qcow2" % (d, tag)
+    old = "%s/%s-old.qcow2" % (d, tag)
+    run("qemu-img", "create", "-q", "-f", "qcow2", old, "64M")
+    dm.cmd("drive-mirror", **{"job-id": "d1", "device": "src", "target": new,
+                              "format": "qcow2", "sync": "full", "mode": "absolute-paths"})
+    ev = dm.event("BLOCK_JOB_READY")
+    dm.log.append(("reply", "ready-len", {"len": ev["data"]["len"]}))
+    dm.cmd("job-complete", id="d1")
+    dm.status("d1", "null")
+    dm.cmd("drive-mirror", **{"job-id": "d2", "device": "src", "target": old,
+                              "node-name": "old", "sync": "full", "mode": "existing"})
+    ev = dm.event("BLOCK_JOB_READY")
+    dm.log.append(("reply", "ready-len", {"len": ev["data"]["len"]}))
+    dm.cmd("job-complete", id="d2")
+    dm.status("d2", "null")
+    dm.cmd("drive-mirror", **{"device": "src", "target": new, "sync": "full"})
+    dm.cmd("drive-mirror", **{"job-id": "d3", "device": "src", "target": d + "/no/such/x",
+                              "format": "qcow2", "sync": "full"})
+    dm.cmd("drive-mirror", **{"job-id": "d3", "device": "src", "target": d + "/none.qcow2",
+                              "format": "qcow2", "sync": "full", "mode": "existing"})
+    return [(src, new), (src, old)]
 
 
 def src_bitmaps(dm):
@@ -411,7 +463,8 @@ def s_quit(dm, d, tag):
 SESSIONS = [("complete", s_complete), ("manual-finalize", s_manual), ("cancels", s_cancels),
             ("pause-resume", s_pause), ("target-errors", s_errors),
             ("refusals", s_refusals), ("sync-top-none", s_sync),
-            ("write-blocking", s_write_blocking), ("quit-with-jobs", s_quit)]
+            ("write-blocking", s_write_blocking), ("quit-with-jobs", s_quit),
+            ("drive-mirror", s_drive_mirror)]
 
 # Members that depend on timing (how far a copy got when a command came).
 TIMING = {"len", "offset", "current-progress", "total-progress", "busy"}
@@ -425,13 +478,15 @@ def normal(v):
     return v
 
 
-def digest(log, events):
-    """The replies in order, and each job's events in order (a run of equal events, as
-    a failing request repeats them, counted once): what both daemons must agree on."""
+def digest(log, events, sub):
+    """The replies in order (the session's directory named DIR), and each job's events in
+    order (a run of equal events, as a failing request repeats them, counted once): what
+    both daemons must agree on."""
     replies = []
     for kind, name, r in log:
         if name in ("query-named-block-nodes", "blockdev-add"):
             r = {"ok": "return" in r}
+        r = json.loads(json.dumps(r).replace(sub, "DIR"))
         replies.append((name, normal(r)))
     per_job = {}
     for e in events:
@@ -462,7 +517,7 @@ def events_main(vdiskd, qsd, d):
                 pairs[tag] = []
                 dm.log.append(("reply", "exception", {"error": str(e)}))
             rc = dm.quit()
-            got[tag] = digest(dm.log, dm.events())
+            got[tag] = digest(dm.log, dm.events(), sub)
             got[tag + "-rc"] = rc
         (ra, ja), (rb, jb) = got["vd"], got["qsd"]
         why = []
