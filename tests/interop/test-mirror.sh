@@ -3,7 +3,8 @@
 # the same QMP sessions on both daemons give the same replies and, job by job, the same
 # events (complete, manual finalize and dismiss, cancels before and after READY, soft
 # cancel, pause, resume and standby, target write errors under every policy, refused
-# arguments and verbs, sync=top and none, write-blocking, quit while jobs run), and the
+# arguments and verbs, sync=top and none, write-blocking, quit while jobs run, drive-mirror),
+# and the
 # targets compare equal;
 # a sync=full mirror of a MIRROR_SIZE image (default 2 GiB; 512 MiB for the sanitized build)
 # under a fio writer, to a local target and to an NBD target a second vdiskd serves, and in
