@@ -51,7 +51,8 @@ static const qmp_command commands[] = {
     {"refuse", refuse, none, false, ""},
     {"event", event, none, true, ""},
 };
-static const qmp_command_table table = {commands, sizeof(commands) / sizeof(commands[0])};
+static const qmp_command_table table = {commands, sizeof(commands) / sizeof(commands[0]), NULL,
+                                        NULL};
 
 static qmp_server *server;
 

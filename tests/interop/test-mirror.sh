@@ -4,13 +4,12 @@
 # events (complete, manual finalize and dismiss, cancels before and after READY, soft
 # cancel, pause, resume and standby, target write errors under every policy, refused
 # arguments and verbs, sync=top and none, write-blocking, quit while jobs run, drive-mirror),
-# and the
-# targets compare equal;
-# a sync=full mirror of a MIRROR_SIZE image (default 2 GiB; 512 MiB for the sanitized build)
-# under a fio writer, to a local target and to an NBD target a second vdiskd serves, and in
-# write-blocking mode under a writer with no limit; job-complete while the writer runs,
-# with every acknowledged write read back from the target; the seed's whole-cluster case,
-# shown to fail with whole-cluster copies switched off; kill -9 during mirrors.
+# and the targets compare equal; a sync=full mirror of a MIRROR_SIZE image (default 2 GiB;
+# 512 MiB for the sanitized build) under a fio writer, to a local target and to an NBD
+# target a second vdiskd serves, and in write-blocking mode under a writer with no limit;
+# job-complete while the writer runs, with every acknowledged write read back from the
+# target; the seed's whole-cluster case, shown to fail with whole-cluster copies switched
+# off; kill -9 during mirrors.
 . "$(dirname "$0")/../lib.sh"
 vd_init
 need_tool qemu-storage-daemon fio
