@@ -20,7 +20,8 @@
                                        writes land: identical once opened with its backing;
                                        and different when whole-cluster copies are switched off
   qmp_mirror.py crash VDISKD DIR       kill -9 during mirrors: images check clean, the
-                                       persistent bitmap is left inconsistent
+                                       persistent bitmap is left inconsistent; SIGTERM
+                                       during mirrors under a writer: exit 0, images clean
 
 Prints one "PASS name" or "FAIL name: reason" line per check.
 """
@@ -787,6 +788,42 @@ def crash_main(vdiskd, d, rounds=6):
     return ok
 
 
+def term_main(vdiskd, d, rounds=4):
+    """SIGTERM while a mirror copies and fio writes: vdiskd ends the job, stops its
+    exports and exits 0 in bounded time, leaving both images clean (no leak either)."""
+    ok = True
+    src = "%s/term-src.qcow2" % d
+    fill(src, 256 * MiB)
+    for i in range(rounds):
+        tgt = "%s/term-tgt%d.qcow2" % (d, i)
+        run("qemu-img", "create", "-q", "-f", "qcow2", tgt, str(256 * MiB))
+        dm = Daemon(vdiskd, d, "t%d" % i)
+        add_qcow2(dm, "src", src)
+        add_qcow2(dm, "tgt", tgt)
+        uri = export(dm, "src", "src", d, "t%d" % i)
+        w = fio(uri, "--iodepth=16")
+        mirror(dm, **{"copy-mode": "write-blocking" if i % 2 else "background",
+                      "speed": 128 * MiB})
+        time.sleep(0.3 + 0.3 * i)
+        t0 = time.time()
+        dm.p.send_signal(signal.SIGTERM)
+        try:
+            dm.p.wait(timeout=30)
+            rc = dm.p.returncode
+        except subprocess.TimeoutExpired:
+            rc = "still running after 30 s"
+        w.kill()
+        w.wait()
+        dm.c.close()
+        ok &= result(rc == 0, "mirror-sigterm%d-exit" % i, "exit %s after %.1f s" %
+                     (rc, time.time() - t0))
+        for path, what in ((src, "source"), (tgt, "target")):
+            k = run("qemu-img", "check", path, check=False)
+            ok &= result(k.returncode == 0, "mirror-sigterm%d-%s-clean" % (i, what),
+                         k.stdout[-300:] + k.stderr)
+    return ok
+
+
 def main():
     mode = sys.argv[1]
     if mode == "events":
@@ -797,6 +834,7 @@ def main():
         ok = seed_main(sys.argv[2], sys.argv[3])
     elif mode == "crash":
         ok = crash_main(sys.argv[2], sys.argv[3])
+        ok &= term_main(sys.argv[2], sys.argv[3])
     else:
         sys.exit("unknown mode " + mode)
     sys.exit(0 if ok else 1)

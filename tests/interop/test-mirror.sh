@@ -9,7 +9,7 @@
 # target a second vdiskd serves, and in write-blocking mode under a writer with no limit;
 # job-complete while the writer runs, with every acknowledged write read back from the
 # target; the seed's whole-cluster case, shown to fail with whole-cluster copies switched
-# off; kill -9 during mirrors.
+# off; kill -9 during mirrors; SIGTERM during mirrors under a writer (exit 0, clean images).
 . "$(dirname "$0")/../lib.sh"
 vd_init
 need_tool qemu-storage-daemon fio
