@@ -166,14 +166,18 @@ else
         "$VD_TESTDIR/ignore-flushes.out"
 fi
 
-# The harness itself under ASan+UBSan, on the workload that touches every path.
+# The harness itself under ASan+UBSan, on the workload that touches every path and on
+# the mirror's (a job's threads beside the guest's writes, seed 1: write-blocking).
 if [ -x "$bin_asan" ] && [ "${CRASH_LONG:-}" != 1 ]; then
-    states=20 run_workload asan-mixed mixed 65536 0 "$bin_asan"
-    if [ "$(cat "$VD_TESTDIR/asan-mixed.rc")" = 0 ]; then
-        pass "crash/asan-mixed: $(grep '^crash states:' "$VD_TESTDIR/asan-mixed.out")"
-    else
-        fail crash/asan-mixed "crash-test under ASan+UBSan failed" "$VD_TESTDIR/asan-mixed.err"
-    fi
+    for kind in mixed mirror; do
+        states=20 run_workload "asan-$kind" "$kind" 65536 0 "$bin_asan"
+        if [ "$(cat "$VD_TESTDIR/asan-$kind.rc")" = 0 ]; then
+            pass "crash/asan-$kind: $(grep '^crash states:' "$VD_TESTDIR/asan-$kind.out")"
+        else
+            fail "crash/asan-$kind" "crash-test under ASan+UBSan failed" \
+                "$VD_TESTDIR/asan-$kind.err"
+        fi
+    done
 fi
 
 echo "dirty states repaired on open (lazy_refcounts, snapshot windows): $total_dirty"

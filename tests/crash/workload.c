@@ -639,6 +639,8 @@ static int run_mirror(wl *w, uint64_t size)
     w->size = size;
     j->size0 = size;
     j->vals0 = xmalloc(sectors * sizeof(uint32_t));
+    /* By index: add_op moves the journal's array, so no pointer into it outlives a call. */
+    size_t first_op = j->nb_ops;
     gop *o = add_op(w, OP_WRITE, log_len(w));
     o->first = 0;
     o->count = sectors;
@@ -696,9 +698,9 @@ static int run_mirror(wl *w, uint64_t size)
     while (vd_job_exists(w->e, "m")) {
         nap_ms(1);
     }
-    o->end = log_len(w);
-    gop *f = add_op(w, OP_FLUSH, o->end);
-    f->end = o->end;
+    j->ops[first_op].end = log_len(w);
+    gop *f = add_op(w, OP_FLUSH, j->ops[first_op].end);
+    f->end = f->start;
     f->size_after = size;
     /* What the job left must be the source, sector for sector. */
     uint32_t *a = xmalloc(sectors * sizeof(uint32_t)), *b = xmalloc(sectors * sizeof(uint32_t));
