@@ -122,6 +122,9 @@ class Daemon:
         self.c.sock.sendall(json.dumps(msg).encode() + b"\n")
         while True:
             r = self._readline()
+            if "QMP" in r:
+                # qemu-storage-daemon greets twice when it is connected to very early
+                continue
             if "event" not in r:
                 break
             self.c.events.append(r)
