@@ -44,6 +44,11 @@ void vd_error_freep(vd_error **errp);
 void vd_error_propagate(vd_error **errp, vd_error *err);
 const char *vd_error_msg(const vd_error *err);
 
+/* QEMU's rule for identifiers (job ids, "id=" values): a letter, then letters, digits,
+ * '-', '.' or '_'. A node name is such an identifier of at most 31 characters. */
+bool vd_id_wellformed(const char *id);
+bool vd_node_name_valid(const char *name);
+
 /* ---- options: "key=value,key=value" lists (qemu-img -o syntax, ",," escapes a comma) --- */
 
 typedef struct vd_opts vd_opts;

@@ -51,15 +51,6 @@ int vd_json_filename(const char *filename, vd_tree **out, vd_error **errp)
 
 /* QEMU's node-name rule: a letter first, then letters, digits, '-', '.', '_'; at most 31
  * characters. */
-static bool valid_node_name(const char *s)
-{
-    if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z')) || strlen(s) > 31) {
-        return false;
-    }
-    return strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._") ==
-           strlen(s);
-}
-
 /* The options every node takes, applied to flags. */
 static int common_flags(const vd_tree *t, unsigned *flags, vd_error **errp)
 {
@@ -106,7 +97,7 @@ static int common_flags(const vd_tree *t, unsigned *flags, vd_error **errp)
     if (ret < 0) {
         return ret;
     }
-    if (name && !valid_node_name(name)) {
+    if (name && !vd_node_name_valid(name)) {
         return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Invalid node-name: '%s'", name);
     }
     if (discard && strcmp(discard, "ignore") && strcmp(discard, "off") &&

@@ -94,12 +94,7 @@ static int filter_name_check(json_object *args, vd_error **errp)
     if (!f) {
         return 0;
     }
-    bool ok = (*f >= 'a' && *f <= 'z') || (*f >= 'A' && *f <= 'Z');
-    for (const char *p = f; *p && ok; p++) {
-        ok = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-             *p == '-' || *p == '.' || *p == '_';
-    }
-    if (!ok) {
+    if (!vd_id_wellformed(f)) {
         return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Invalid node-name: '%s'", f);
     }
     if (vd_blockdev_exists(vdiskd.engine, f)) {

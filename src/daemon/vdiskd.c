@@ -323,8 +323,8 @@ int main(int argc, char **argv)
         goto out;
     }
     status = 0;
+    /* Events go out from their own thread; this one only waits for a signal or quit. */
     while (!qmp_quit_requested(vdiskd.qmp) && !vd_service_wait(&sv, 100)) {
-        daemon_deliver_events();
     }
 out:
     /* Jobs end first (a signal or a failed start; quit has ended them), their events still

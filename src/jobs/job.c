@@ -122,20 +122,6 @@ static int verb_check(vd_job *job, job_verb v, vd_error **errp)
 
 /* ---- the list ------------------------------------------------------------------------- */
 
-static bool id_valid(const char *id)
-{
-    if (!((*id >= 'a' && *id <= 'z') || (*id >= 'A' && *id <= 'Z'))) {
-        return false;
-    }
-    for (const char *p = id; *p; p++) {
-        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
-              (*p >= '0' && *p <= '9') || *p == '-' || *p == '.' || *p == '_')) {
-            return false;
-        }
-    }
-    return true;
-}
-
 static vd_job *find_locked(vd_engine *e, const char *id)
 {
     for (vd_job *j = e->jobs; j; j = j->next) {
@@ -161,7 +147,7 @@ static void unlist_locked(vd_job *job)
 int vd_job_create(vd_engine *e, vd_job *job, const vd_job_driver *drv, const char *id,
                   bool auto_finalize, bool auto_dismiss, uint64_t speed, vd_error **errp)
 {
-    if (!id_valid(id)) {
+    if (!vd_id_wellformed(id)) {
         return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Invalid job ID '%s'", id);
     }
     pthread_mutex_lock(&e->job_lock);
@@ -266,9 +252,11 @@ static void *job_thread(void *arg)
     if (ret < 0) {
         fail_with(job, ret, NULL);      /* a cancelled job shows "Operation canceled" */
         set_status(job, VD_JOB_ABORTING);
-        pthread_mutex_unlock(&job->lock);
-        job->drv->abort(job);
-        pthread_mutex_lock(&job->lock);
+        if (job->drv->abort) {
+            pthread_mutex_unlock(&job->lock);
+            job->drv->abort(job);
+            pthread_mutex_lock(&job->lock);
+        }
     }
     pthread_mutex_unlock(&job->lock);
     job->drv->clean(job);

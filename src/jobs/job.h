@@ -26,7 +26,7 @@ typedef struct vd_job_driver {
     /* At finalize, after a run that succeeded (no lock): the change the job was for (a
      * mirror's pivot). A failure turns into an abort. */
     int (*prepare)(vd_job *job, vd_error **errp);
-    /* After a failed or cancelled run, or a failed prepare (no lock). */
+    /* After a failed or cancelled run, or a failed prepare (no lock); optional. */
     void (*abort)(vd_job *job);
     /* Last, either way (no lock): releases nodes and claims. Then free. */
     void (*clean)(vd_job *job);

@@ -49,7 +49,7 @@ typedef struct mirror_op {
 
 typedef struct mirror {
     vd_job job;                       /* first: the core's part */
-    vd_node *src, *target, *replaced; /* references the job holds */
+    vd_node *src, *target;            /* references the job holds */
     vd_disk *src_h, *tgt_h;           /* the job's handles: its claims, never its I/O */
     vd_perm_claim *src_claim, *tgt_claim;
     vd_mirror_sync sync;
@@ -699,11 +699,6 @@ static void set_blockers(mirror *m, bool on)
     pthread_mutex_unlock(&m->src->engine->graph_lock);
 }
 
-static void mirror_abort(vd_job *job)
-{
-    (void)job;
-}
-
 static void mirror_clean(vd_job *job)
 {
     mirror *m = of(job);
@@ -737,12 +732,12 @@ static void mirror_clean(vd_job *job)
     if (m->job_made) {
         pthread_mutex_lock(&job->lock);
     }
-    vd_node *nodes[3] = {m->src, m->target, m->replaced};
-    m->src = m->target = m->replaced = NULL;
+    vd_node *nodes[2] = {m->src, m->target};
+    m->src = m->target = NULL;
     if (m->job_made) {
         pthread_mutex_unlock(&job->lock);
     }
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 2; i++) {
         if (nodes[i]) {
             vd_node_unref(nodes[i]);
         }
@@ -780,7 +775,6 @@ static const vd_job_driver mirror_driver = {
     .run = mirror_run,
     .complete = mirror_complete,
     .prepare = mirror_prepare,
-    .abort = mirror_abort,
     .clean = mirror_clean,
     .free = mirror_free,
     .bitmap_info = mirror_bitmap_info,

@@ -383,21 +383,6 @@ static const char *param_item(const char *p, char **key, char **value, bool *fla
     return *p == ',' ? p + 1 : p;
 }
 
-/* QEMU's test for an "id=" value: a letter, then letters, digits, '-', '.' or '_'. */
-static bool id_wellformed(const char *id)
-{
-    if (!((*id >= 'a' && *id <= 'z') || (*id >= 'A' && *id <= 'Z'))) {
-        return false;
-    }
-    for (const char *c = id + 1; *c; c++) {
-        if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
-              (*c >= '0' && *c <= '9') || *c == '-' || *c == '.' || *c == '_')) {
-            return false;
-        }
-    }
-    return true;
-}
-
 int vd_snapshot_param_parse(const char *param, char **id, char **name,
                             void (*warn)(const char *msg, void *opaque), void *opaque,
                             vd_error **errp)
@@ -410,7 +395,7 @@ int vd_snapshot_param_parse(const char *param, char **id, char **name,
     for (const char *p = param; *p;) {
         p = param_item(p, &key, &value, &flag);
         bool is_id = strcmp(key, "id") == 0;
-        bool ok = !is_id || id_wellformed(value);
+        bool ok = !is_id || vd_id_wellformed(value);
         free(key);
         free(value);
         if (!ok) {
