@@ -452,8 +452,8 @@ vd_job_action vd_job_error_action(vd_job *job, vd_job_on_error policy, bool is_r
 /* ---- verbs ------------------------------------------------------------------------------ */
 
 /* Runs fn on the job named id with both locks held. */
-static int with_job(vd_engine *e, const char *id, int (*fn)(vd_job *, void *, vd_error **),
-                    void *arg, vd_error **errp)
+static int with_job(vd_engine *e, const char *id, job_verb verb,
+                    int (*fn)(vd_job *, void *, vd_error **), void *arg, vd_error **errp)
 {
     pthread_mutex_lock(&e->job_lock);
     vd_job *job = find_locked(e, id);
@@ -462,7 +462,10 @@ static int with_job(vd_engine *e, const char *id, int (*fn)(vd_job *, void *, vd
         return vd_error_set(errp, VD_ERR_NOT_FOUND, ENOENT, "Job not found");
     }
     pthread_mutex_lock(&job->lock);
-    int ret = fn(job, arg, errp);
+    int ret = verb_check(job, verb, errp);
+    if (ret == 0) {
+        ret = fn(job, arg, errp);
+    }
     bool gone = job->status == VD_JOB_NULL;
     pthread_mutex_unlock(&job->lock);
     if (gone) {
@@ -475,10 +478,6 @@ static int with_job(vd_engine *e, const char *id, int (*fn)(vd_job *, void *, vd
 static int do_pause(vd_job *job, void *arg, vd_error **errp)
 {
     (void)arg;
-    int ret = verb_check(job, VERB_PAUSE, errp);
-    if (ret < 0) {
-        return ret;
-    }
     if (job->user_paused) {
         return vd_error_set(errp, VD_ERR_GENERIC, EBUSY, "Job is already paused");
     }
@@ -500,10 +499,6 @@ static void resume_locked(vd_job *job)
 static int do_resume(vd_job *job, void *arg, vd_error **errp)
 {
     (void)arg;
-    int ret = verb_check(job, VERB_RESUME, errp);
-    if (ret < 0) {
-        return ret;
-    }
     if (!job->user_paused) {
         return vd_error_set(errp, VD_ERR_GENERIC, EINVAL, "Can't resume a job that was not "
                             "paused");
@@ -540,26 +535,14 @@ static void dismiss_locked(vd_job *job)
 
 static int do_cancel(vd_job *job, void *arg, vd_error **errp)
 {
-    bool force = *(bool *)arg;
-    if (job->status == VD_JOB_CONCLUDED) {
-        dismiss_locked(job);
-        return 0;
-    }
-    int ret = verb_check(job, VERB_CANCEL, errp);
-    if (ret < 0) {
-        return ret;
-    }
-    cancel_locked(job, force);
+    (void)errp;
+    cancel_locked(job, *(bool *)arg);
     return 0;
 }
 
 static int do_complete(vd_job *job, void *arg, vd_error **errp)
 {
     (void)arg;
-    int ret = verb_check(job, VERB_COMPLETE, errp);
-    if (ret < 0) {
-        return ret;
-    }
     if (job->cancelled) {
         return vd_error_set(errp, VD_ERR_GENERIC, EBUSY, "Job '%s' has been cancelled",
                             job->id);
@@ -572,11 +555,8 @@ static int do_complete(vd_job *job, void *arg, vd_error **errp)
 /* Finalize and dismiss are done when they return, as QEMU's are. */
 static int do_finalize(vd_job *job, void *arg, vd_error **errp)
 {
+    (void)errp;
     (void)arg;
-    int ret = verb_check(job, VERB_FINALIZE, errp);
-    if (ret < 0) {
-        return ret;
-    }
     job->finalize_requested = true;
     job->callers_waiting++;
     pthread_cond_broadcast(&job->cond);
@@ -592,21 +572,15 @@ static int do_finalize(vd_job *job, void *arg, vd_error **errp)
 
 static int do_dismiss(vd_job *job, void *arg, vd_error **errp)
 {
+    (void)errp;
     (void)arg;
-    int ret = verb_check(job, VERB_DISMISS, errp);
-    if (ret < 0) {
-        return ret;
-    }
     dismiss_locked(job);
     return 0;
 }
 
 static int do_set_speed(vd_job *job, void *arg, vd_error **errp)
 {
-    int ret = verb_check(job, VERB_SET_SPEED, errp);
-    if (ret < 0) {
-        return ret;
-    }
+    (void)errp;
     job->speed = *(uint64_t *)arg;
     job->rate_next_ns = 0;
     pthread_cond_broadcast(&job->cond);
@@ -615,32 +589,32 @@ static int do_set_speed(vd_job *job, void *arg, vd_error **errp)
 
 int vd_job_pause(vd_engine *e, const char *id, vd_error **errp)
 {
-    return with_job(e, id, do_pause, NULL, errp);
+    return with_job(e, id, VERB_PAUSE, do_pause, NULL, errp);
 }
 
 int vd_job_resume(vd_engine *e, const char *id, vd_error **errp)
 {
-    return with_job(e, id, do_resume, NULL, errp);
+    return with_job(e, id, VERB_RESUME, do_resume, NULL, errp);
 }
 
 int vd_job_cancel(vd_engine *e, const char *id, bool force, vd_error **errp)
 {
-    return with_job(e, id, do_cancel, &force, errp);
+    return with_job(e, id, VERB_CANCEL, do_cancel, &force, errp);
 }
 
 int vd_job_complete(vd_engine *e, const char *id, vd_error **errp)
 {
-    return with_job(e, id, do_complete, NULL, errp);
+    return with_job(e, id, VERB_COMPLETE, do_complete, NULL, errp);
 }
 
 int vd_job_finalize(vd_engine *e, const char *id, vd_error **errp)
 {
-    return with_job(e, id, do_finalize, NULL, errp);
+    return with_job(e, id, VERB_FINALIZE, do_finalize, NULL, errp);
 }
 
 int vd_job_dismiss(vd_engine *e, const char *id, vd_error **errp)
 {
-    return with_job(e, id, do_dismiss, NULL, errp);
+    return with_job(e, id, VERB_DISMISS, do_dismiss, NULL, errp);
 }
 
 int vd_job_set_speed(vd_engine *e, const char *id, int64_t speed, vd_error **errp)
@@ -650,7 +624,7 @@ int vd_job_set_speed(vd_engine *e, const char *id, int64_t speed, vd_error **err
                             "non-negative value");
     }
     uint64_t s = (uint64_t)speed;
-    return with_job(e, id, do_set_speed, &s, errp);
+    return with_job(e, id, VERB_SET_SPEED, do_set_speed, &s, errp);
 }
 
 bool vd_job_exists(vd_engine *e, const char *id)
