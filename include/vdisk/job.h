@@ -112,4 +112,45 @@ typedef struct vd_mirror_opts {
 /* Starts the job (it is running on return), with QEMU's refusals and messages. */
 int vd_mirror_start(vd_engine *e, const vd_mirror_opts *o, vd_error **errp);
 
+/* ---- backup ---------------------------------------------------------------------------- */
+
+typedef enum vd_backup_sync {
+    VD_BACKUP_SYNC_FULL,      /* everything the source reads */
+    VD_BACKUP_SYNC_TOP,       /* what the source's top layer holds */
+    VD_BACKUP_SYNC_NONE,      /* only old data before it is overwritten (fleecing) */
+    VD_BACKUP_SYNC_BITMAP,    /* what a dirty bitmap marks (incremental) */
+} vd_backup_sync;
+
+/* What a backup does to its bitmap at the end (QEMU's BitmapSyncMode): on-success clears
+ * what it copied when it succeeds; always also when it fails; never leaves it. */
+typedef enum vd_bitmap_sync_mode {
+    VD_BITMAP_SYNC_ON_SUCCESS,
+    VD_BITMAP_SYNC_NEVER,
+    VD_BITMAP_SYNC_ALWAYS,
+} vd_bitmap_sync_mode;
+
+/* blockdev-backup's arguments. The target is a named node of the same size; a
+ * copy-before-write filter over the source keeps the point in time the job started at. */
+typedef struct vd_backup_opts {
+    const char *job_id;          /* required */
+    const char *device;          /* the source node */
+    const char *target;          /* the target node */
+    vd_backup_sync sync;
+    const char *bitmap;          /* on the source; NULL: none */
+    bool has_bitmap_mode;
+    vd_bitmap_sync_mode bitmap_mode;
+    bool compress;               /* compressed clusters on the target */
+    int64_t speed;               /* bytes per second, 0: unlimited (< 0: refused) */
+    vd_job_on_error on_source_error, on_target_error;
+    bool auto_finalize, auto_dismiss;
+    const char *filter_node_name; /* the filter's name (NULL: "#blockNNN") */
+    int64_t max_workers;         /* copies in flight (0: 16) */
+    int64_t max_chunk;           /* bytes per copy (0: 1 MiB, at least a cluster) */
+    const char *own_target;      /* the target is this node the job deletes at its end
+                                  * (drive-backup's); NULL: none */
+} vd_backup_opts;
+
+/* Starts a backup job (running on return): QEMU's checks and messages. */
+int vd_backup_start(vd_engine *e, const vd_backup_opts *o, vd_error **errp);
+
 #endif

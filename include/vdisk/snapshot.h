@@ -82,6 +82,7 @@ typedef enum vd_action_kind {
     VD_ACTION_BITMAP_ENABLE,
     VD_ACTION_BITMAP_DISABLE,
     VD_ACTION_BITMAP_MERGE,
+    VD_ACTION_BACKUP,                   /* QMP blockdev-backup (vdisk/job.h) */
 } vd_action_kind;
 
 typedef struct vd_action {
@@ -117,6 +118,10 @@ typedef struct vd_action {
     vd_bitmap_add_opts bitmap_opts;     /* add */
     const vd_bitmap_ref *sources;       /* merge */
     size_t nb_sources;
+    /* Backup: the job to start (`engine` set; `disk` may be NULL, or a handle to hold
+     * back with the others). It is made in prepare, so its point in time is the
+     * transaction's, and started in commit. */
+    const struct vd_backup_opts *backup;
 } vd_action;
 
 /* Runs the actions as one all-or-nothing transaction: the disks are drained for its whole
@@ -126,5 +131,8 @@ typedef struct vd_action {
  * each disk is as it was. The group shares one timestamp. The error names the disk and the
  * cause. */
 int vd_transaction(const vd_action *acts, size_t n, vd_error **errp);
+/* The same with QMP's completion-mode grouped: the jobs the actions start finish
+ * together, and when one fails every other is cancelled. */
+int vd_transaction_grouped(const vd_action *acts, size_t n, bool grouped, vd_error **errp);
 
 #endif

@@ -179,6 +179,9 @@ typedef struct vd_write_notifier vd_write_notifier;
 struct vd_write_notifier {
     int (*before)(vd_write_notifier *nt, vd_node *n, const vd_write_req *req);
     void (*after)(vd_write_notifier *nt, vd_node *n, const vd_write_req *req, int ret);
+    /* Before the node is flushed: what must be durable before the node's writes are (a
+     * copy-before-write target); a failure fails the flush. May be NULL. */
+    int (*flush)(vd_write_notifier *nt, vd_node *n);
     vd_write_notifier *next;
 };
 
@@ -197,6 +200,7 @@ struct vd_node {
     uint64_t max_pdiscard, pdiscard_alignment;
     vd_node *file;          /* child "file" (format drivers) */
     vd_node *backing;       /* child "backing" (NULL if none or not opened) */
+    vd_node *target;        /* child "target" (copy-before-write: where old data goes) */
     char *backing_filename; /* as stored in the image */
     char *backing_format;   /* as stored, or NULL */
     int fd;                 /* protocol file nodes: the file descriptor, else -1 */
@@ -271,6 +275,9 @@ size_t vd_graph_users(vd_node *n, const vd_disk *except, vd_disk **out, size_t m
 /* The node's cluster size from its driver's information, or 0 if it has none. */
 uint64_t vd_node_cluster_size(vd_node *n);
 void vd_graph_unlink_backing(vd_node *overlay);
+/* Registers a filter node made in code (a job's copy-before-write) over registered
+ * children: named (its node_name, or "#blockNNN"), with its uses of them. */
+int vd_graph_register_filter(vd_node *n, vd_error **errp);
 /* One more reference to n (dropped with vd_node_unref). */
 void vd_node_ref(vd_node *n);
 /* The node named name in e's registry with one more reference, or -ENOENT with QEMU's
@@ -353,6 +360,8 @@ void vd_node_drain_writes(vd_node *n);
  * runs `after` and ends it, returning ret. */
 int vd_write_prepare(vd_node *n, const vd_write_req *req);
 int vd_write_finish(vd_node *n, const vd_write_req *req, int ret);
+/* For vd_node_flush: the notifiers' flush hooks, counted in flight like a write. */
+int vd_write_flush_notify(vd_node *n);
 
 /* The generic request path: bounds checks, alignment (read-modify-write), fallbacks. */
 int vd_node_pread(vd_node *n, void *buf, uint64_t len, uint64_t off);

@@ -31,7 +31,7 @@ static void mark_after(vd_write_notifier *nt, vd_node *n, const vd_write_req *re
             vd_hbitmap_free(b->hb);
             b->hb = hb;
         } else if (b->enabled) {
-            vd_hbitmap_set(b->hb, req->off, req->len);
+            vd_hbitmap_set(b->successor ? b->successor : b->hb, req->off, req->len);
         }
     }
     pthread_mutex_unlock(&n->bitmap_lock);
@@ -360,6 +360,59 @@ static int source_copy(const where *w, const char *name, vd_hbitmap **out, vd_er
     }
     put(n);
     return ret;
+}
+
+int vd_bitmap_copy_bits(vd_engine *e, const char *node, const char *name, vd_hbitmap **out,
+                        vd_error **errp)
+{
+    where w = {.e = e, .node = node};
+    return source_copy(&w, name, out, errp);
+}
+
+int vd_bitmap_freeze(vd_node *n, const char *name, bool check_writable,
+                     vd_dirty_bitmap **out, vd_hbitmap **bits, vd_error **errp)
+{
+    pthread_mutex_lock(&n->bitmap_lock);
+    vd_dirty_bitmap *b = find_locked(n, name);
+    int ret = !b ? vd_error_set(errp, VD_ERR_NOT_FOUND, ENOENT, "Bitmap '%s' could not be "
+                                "found", name)
+                 : usable(b, ALLOW_RO, false, errp);
+    if (ret == 0 && check_writable) {
+        ret = usable(b, DEFAULT, false, errp);
+    }
+    if (ret == 0) {
+        b->successor = vd_hbitmap_new(vd_hbitmap_size(b->hb),
+                                      vd_hbitmap_granularity(b->hb));
+        *bits = copy_of(b->hb);
+        if (!b->successor || !*bits) {
+            abort();
+        }
+        b->busy++;
+        vd_node_ref(n);
+        *out = b;
+    }
+    pthread_mutex_unlock(&n->bitmap_lock);
+    return ret;
+}
+
+void vd_bitmap_thaw(vd_dirty_bitmap *b, bool abdicate, const vd_hbitmap *extra)
+{
+    vd_node *n = b->node;
+    pthread_mutex_lock(&n->bitmap_lock);
+    if (abdicate) {
+        vd_hbitmap_free(b->hb);
+        b->hb = b->successor;
+    } else {
+        vd_hbitmap_merge(b->hb, b->successor);
+        vd_hbitmap_free(b->successor);
+    }
+    b->successor = NULL;
+    if (extra) {
+        vd_hbitmap_merge(b->hb, extra);
+    }
+    b->busy--;
+    pthread_mutex_unlock(&n->bitmap_lock);
+    vd_node_unref(n);
 }
 
 /* Merges the sources into b (locked); b is unchanged on failure. */

@@ -17,6 +17,7 @@ struct vd_dirty_bitmap {
     bool persistent;
     bool inconsistent;       /* loaded from an image that was not closed cleanly */
     unsigned busy;           /* readers that acquired it (NBD exports, jobs) */
+    vd_hbitmap *successor;   /* frozen by a backup: what is written meanwhile goes here */
     vd_dirty_bitmap *next;
 };
 
@@ -24,6 +25,21 @@ struct vd_dirty_bitmap {
  * driver fills b->hb unless it is inconsistent); NULL without the memory. */
 vd_dirty_bitmap *vd_node_bitmap_load(vd_node *n, const char *name, uint64_t granularity,
                                      bool enabled, bool inconsistent);
+
+/* A copy of the bits of bitmap `name` on node `node` (QEMU's refusals for an unknown node
+ * or bitmap). */
+int vd_bitmap_copy_bits(vd_engine *e, const char *node, const char *name, vd_hbitmap **out,
+                        vd_error **errp);
+
+/* A backup's use of a bitmap (QEMU's successor): the bitmap is busy and keeps its bits;
+ * what is written meanwhile is recorded beside it (if it records). *bits gets a copy of
+ * its bits. QEMU's refusals: not found, busy, inconsistent, and with check_writable a
+ * read-only persistent one. */
+int vd_bitmap_freeze(vd_node *n, const char *name, bool check_writable,
+                     vd_dirty_bitmap **out, vd_hbitmap **bits, vd_error **errp);
+/* The end of it: abdicate makes the bitmap what was written meanwhile (the backup holds
+ * the rest); otherwise the two are merged. extra, if given, is merged in too. */
+void vd_bitmap_thaw(vd_dirty_bitmap *b, bool abdicate, const vd_hbitmap *extra);
 
 /* A bitmap action of a transaction: prepare makes the change (the disks are drained),
  * abort undoes it, clean frees what the undo kept (and, for a removal that stood, the

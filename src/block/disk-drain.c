@@ -77,3 +77,32 @@ vd_node *vd_disk_replace_node_locked(vd_disk *d, vd_node *n)
     __atomic_store_n(&d->node, n, __ATOMIC_RELEASE);
     return old;
 }
+
+size_t vd_node_users_drain_begin(vd_node *n, const vd_disk *except, vd_disk **users,
+                                 size_t max)
+{
+    vd_disk **again = calloc(max ? max : 1, sizeof(*again));
+    if (!again) {
+        abort();
+    }
+    for (;;) {
+        bool parents;
+        size_t nb = vd_graph_users(n, except, users, max, &parents);
+        vd_disks_drain_begin(users, nb);
+        /* A user that came or went before the drain took hold: again. */
+        size_t nb2 = vd_graph_users(n, except, again, max, &parents);
+        bool same = nb2 == nb;
+        for (size_t i = 0; i < nb && same; i++) {
+            bool found = false;
+            for (size_t j = 0; j < nb2 && !found; j++) {
+                found = again[j] == users[i];
+            }
+            same = found;
+        }
+        if (same) {
+            free(again);
+            return nb;
+        }
+        vd_disks_drain_end(users, nb);
+    }
+}

@@ -41,6 +41,11 @@ void vd_disk_leave(const vd_disk *d);
 void vd_disks_drain_begin(vd_disk **disks, size_t n);
 void vd_disks_drain_end(vd_disk **disks, size_t n);
 
+/* Drains every handle that uses node n (except `except`), up to max of them, into users,
+ * and returns how many; they cannot change while drained. End with vd_disks_drain_end. */
+size_t vd_node_users_drain_begin(vd_node *n, const vd_disk *except, vd_disk **users,
+                                 size_t max);
+
 /* Points the handle at node n instead of its current top and returns the old top. The
  * caller holds the handle drained (vd_disks_drain_begin), so every request of its users
  * runs wholly on the old node or wholly on the new one: what an external snapshot, a

@@ -19,6 +19,8 @@ extern const vd_driver vd_copy_on_read_driver;
 extern const vd_driver vd_compress_driver;
 extern const vd_driver vd_null_aio_driver;
 extern const vd_driver vd_nbd_driver;
+extern const vd_driver vd_cbw_driver;
+extern const vd_driver vd_snapshot_access_driver;
 
 const vd_driver *const vd_drivers[] = {
     &vd_file_driver,
@@ -33,6 +35,8 @@ const vd_driver *const vd_drivers[] = {
     &vd_compress_driver,
     &vd_null_aio_driver,
     &vd_nbd_driver,
+    &vd_cbw_driver,
+    &vd_snapshot_access_driver,
     NULL,
 };
 

@@ -92,7 +92,10 @@ static void child_perms(const vd_node *parent, const char *role, unsigned *perm,
 {
     unsigned p, s;
     cumulative(parent, &p, &s);
-    if (!strcmp(role, "backing")) {
+    if (!strcmp(role, "target")) {
+        p = CR | WR;         /* a copy-before-write target: written by the filter alone */
+        s = CR | WU | RS;
+    } else if (!strcmp(role, "backing")) {
         p &= CR;
         s = ((s & WR) ? WR | RS : 0) | CR | WU;
     } else if (parent->drv->is_format && strcmp(parent->drv->name, "raw")) {
@@ -128,9 +131,9 @@ static vd_edge *edge_of(const vd_node *child, const vd_node *parent)
  * NULL errp it only recomputes (after a use went away: nothing can conflict more). */
 static int refresh(vd_node *n, vd_error **errp)
 {
-    vd_node *kids[2] = {n->file, n->backing};
+    vd_node *kids[3] = {n->file, n->backing, n->target};
     int first = 0;
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < 3; i++) {
         vd_edge *u = edge_of(kids[i], n);
         if (!u) {
             continue;
@@ -192,8 +195,8 @@ bool vd_graph_release(vd_node *n)
     bool last = --n->refcnt == 0;
     if (last) {
         /* Its uses of its children go with it; they may now allow more. */
-        vd_node *kids[2] = {n->file, n->backing};
-        for (int i = 0; i < 2; i++) {
+        vd_node *kids[3] = {n->file, n->backing, n->target};
+        for (int i = 0; i < 3; i++) {
             vd_edge *u = edge_of(kids[i], n);
             if (u) {
                 edge_unlink(kids[i], u);
@@ -260,9 +263,9 @@ static int register_new(vd_engine *e, vd_node *n, vd_error **errp)
     if (n->registered) {
         return 0;
     }
-    vd_node *kids[2] = {n->file, n->backing};
-    const char *roles[2] = {file_role(n), "backing"};
-    for (int i = 0; i < 2; i++) {
+    vd_node *kids[3] = {n->file, n->backing, n->target};
+    const char *roles[3] = {file_role(n), "backing", "target"};
+    for (int i = 0; i < 3; i++) {
         if (!kids[i]) {
             continue;
         }
@@ -317,6 +320,30 @@ int vd_blockdev_add(vd_engine *e, vd_tree *opts, unsigned flags, vd_error **errp
     if (ret < 0) {
         vd_node_close(n);
     }
+    return ret;
+}
+
+int vd_graph_register_filter(vd_node *n, vd_error **errp)
+{
+    vd_engine *e = n->engine;
+    pthread_mutex_lock(&e->graph_lock);
+    int ret = register_new(e, n, errp);
+    if (ret == 0) {
+        ret = refresh(n, errp);
+        if (ret < 0) {
+            vd_node *kids[3] = {n->file, n->backing, n->target};
+            for (int i = 0; i < 3; i++) {
+                vd_edge *u = edge_of(kids[i], n);
+                if (u) {
+                    edge_unlink(kids[i], u);
+                    free(u);
+                    refresh(kids[i], NULL);
+                }
+            }
+            unregister_locked(n);
+        }
+    }
+    pthread_mutex_unlock(&e->graph_lock);
     return ret;
 }
 

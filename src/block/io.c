@@ -344,13 +344,17 @@ int vd_node_flush(vd_node *n)
     if (!(n->open_flags & VD_OPEN_RDWR) || !n->drv->flush) {
         return 0;
     }
+    int ret = vd_write_flush_notify(n);
+    if (ret < 0) {
+        return ret;
+    }
     if (n->drv->is_format) {
         return n->drv->flush(n);   /* its caches decide; its file's flush may be skipped */
     }
     if (!__atomic_exchange_n(&n->unflushed, false, __ATOMIC_ACQ_REL)) {
         return 0;
     }
-    int ret = n->drv->flush(n);
+    ret = n->drv->flush(n);
     if (ret < 0) {
         __atomic_store_n(&n->unflushed, true, __ATOMIC_RELAXED);
     }

@@ -502,6 +502,7 @@ static int node_close(vd_node *n, bool flush)
     }
     node_close(n->backing, false);
     node_close(n->file, false);
+    node_close(n->target, false);
     vd_node_release(n);
     return ret;
 }

@@ -67,6 +67,21 @@ int vd_write_finish(vd_node *n, const vd_write_req *req, int ret)
     return ret;
 }
 
+int vd_write_flush_notify(vd_node *n)
+{
+    if (!__atomic_load_n(&n->notifiers, __ATOMIC_ACQUIRE)) {
+        return 0;
+    }
+    __atomic_add_fetch(&n->in_flight, 1, __ATOMIC_ACQ_REL);
+    int ret = 0;
+    for (vd_write_notifier *nt = __atomic_load_n(&n->notifiers, __ATOMIC_ACQUIRE);
+         nt && ret == 0; nt = nt->next) {
+        ret = nt->flush ? nt->flush(nt, n) : 0;
+    }
+    vd_write_finish(n, NULL, 0);
+    return ret;
+}
+
 void vd_node_drain_writes(vd_node *n)
 {
     pthread_mutex_lock(&n->drain_lock);

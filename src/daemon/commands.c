@@ -815,6 +815,16 @@ static int cmd_transaction(qmp_session *qs, json_object *args, json_object **ret
         abort();
     }
     int r = 0;
+    bool grouped = false;
+    json_object *props = NULL;
+    if (json_object_object_get_ex(args, "properties", &props)) {
+        const char *mode = opt_str(props, "completion-mode");
+        if (mode && strcmp(mode, "individual") && strcmp(mode, "grouped")) {
+            r = vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Parameter 'completion-mode' does "
+                             "not accept value '%s'", mode);
+        }
+        grouped = mode && !strcmp(mode, "grouped");
+    }
     for (size_t i = 0; i < n && r == 0; i++) {
         json_object *act = json_object_array_get_idx(actions, i);
         const char *type = opt_str(act, "type");
@@ -830,6 +840,16 @@ static int cmd_transaction(qmp_session *qs, json_object *args, json_object **ret
                              "Abort action");
             break;
         }
+        if (grouped && !backup_action_type(type)) {
+            /* Only jobs can finish as a group. */
+            r = vd_error_set(errp, VD_ERR_GENERIC, EINVAL, "Action '%s' does not support "
+                             "Transaction property completion-mode = grouped", type);
+            break;
+        }
+        if (backup_action_type(type)) {
+            r = backup_action(type, data, &acts[i], errp);
+            continue;
+        }
         if (bitmap_action_type(type)) {
             r = bitmap_action(type, data, i, &acts[i], errp);
             continue;
@@ -840,10 +860,14 @@ static int cmd_transaction(qmp_session *qs, json_object *args, json_object **ret
         }
     }
     if (r == 0) {
-        r = vd_transaction(acts, n, errp);
+        r = vd_transaction_grouped(acts, n, grouped, errp);
     }
     for (size_t i = 0; i < n; i++) {
+        if (r < 0 && acts[i].backup && acts[i].backup->own_target) {
+            blockdev_del(acts[i].backup->own_target, NULL);
+        }
         bitmap_action_free(&acts[i]);
+        backup_action_free(&acts[i]);
     }
     free(acts);
     return r;
@@ -911,8 +935,9 @@ static const qmp_arg snap_args[] = {
 static const qmp_arg transaction_args[] = {
     {"actions", QMP_ARRAY, false, "[{type, data}]: blockdev-snapshot-internal-sync, "
                                   "blockdev-snapshot-sync, block-dirty-bitmap-add, "
-                                  "-remove, -clear, -enable, -disable, -merge, abort"},
-    {"properties", QMP_OBJ, true, "accepted"},
+                                  "-remove, -clear, -enable, -disable, -merge, "
+                                  "blockdev-backup, drive-backup, abort"},
+    {"properties", QMP_OBJ, true, "{completion-mode: individual | grouped}"},
     {NULL, 0, false, NULL}};
 
 static const qmp_arg bitmap_add_args[] = {

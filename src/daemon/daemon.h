@@ -59,8 +59,22 @@ void daemon_deliver_events(void);
 int daemon_events_start(void);
 void daemon_events_stop(void);
 void daemon_events_after_command(void);
-/* job-cmds.c: the block job commands, chained to vdiskd_commands. */
+/* job-cmds.c: the block job commands, chained to vdiskd_commands, and the argument
+ * helpers the job commands share: an integer (def when absent), one of names (its index),
+ * an on-error policy, and filter-node-name checked as QEMU checks it. */
 extern const qmp_command_table job_command_table;
+int64_t job_int_arg(json_object *args, const char *key, int64_t def);
+int job_enum_arg(json_object *args, const char *key, const char *const *names, int def,
+                 int *out, vd_error **errp);
+int job_on_error_arg(json_object *args, const char *key, vd_job_on_error *out,
+                     vd_error **errp);
+int job_filter_name_check(json_object *args, vd_error **errp);
+/* backup-cmds.c: blockdev-backup and drive-backup, also as transaction actions
+ * (backup_action fills a; backup_action_free frees what it allocated). */
+extern const qmp_command_table backup_command_table;
+bool backup_action_type(const char *type);
+int backup_action(const char *type, json_object *data, vd_action *a, vd_error **errp);
+void backup_action_free(vd_action *a);
 /* vdiskd's QMP commands (commands.c), for its QMP server. */
 extern const qmp_command_table vdiskd_commands;
 /* blockdev.c: blockdev-add from a QMP object or a --blockdev option (values may be

@@ -9,14 +9,14 @@
 #include "daemon/daemon.h"
 #include "vdisk/job.h"
 
-static int64_t int_arg(json_object *args, const char *key, int64_t def)
+int64_t job_int_arg(json_object *args, const char *key, int64_t def)
 {
     json_object *v = NULL;
     return json_object_object_get_ex(args, key, &v) ? json_object_get_int64(v) : def;
 }
 
-static int enum_arg(json_object *args, const char *key, const char *const *names, int def,
-                    int *out, vd_error **errp)
+int job_enum_arg(json_object *args, const char *key, const char *const *names, int def,
+                 int *out, vd_error **errp)
 {
     const char *s = opt_str(args, key);
     *out = def;
@@ -33,12 +33,12 @@ static int enum_arg(json_object *args, const char *key, const char *const *names
                         "'%s'", key, s);
 }
 
-static int on_error_arg(json_object *args, const char *key, vd_job_on_error *out,
-                        vd_error **errp)
+int job_on_error_arg(json_object *args, const char *key, vd_job_on_error *out,
+                     vd_error **errp)
 {
     static const char *const names[] = {"report", "ignore", "enospc", "stop", "auto", NULL};
     int v;
-    int r = enum_arg(args, key, names, VD_JOB_ON_ERROR_REPORT, &v, errp);
+    int r = job_enum_arg(args, key, names, VD_JOB_ON_ERROR_REPORT, &v, errp);
     *out = (vd_job_on_error)v;
     return r;
 }
@@ -53,10 +53,10 @@ static int mirror_opts(json_object *args, vd_mirror_opts *o, vd_error **errp)
     o->job_id = opt_str(args, "job-id");
     o->device = opt_str(args, "device");
     o->replaces = opt_str(args, "replaces");
-    if ((r = enum_arg(args, "sync", syncs, 1, &sync, errp)) < 0 ||
-        (r = enum_arg(args, "copy-mode", modes, 0, &mode, errp)) < 0 ||
-        (r = on_error_arg(args, "on-source-error", &o->on_source_error, errp)) < 0 ||
-        (r = on_error_arg(args, "on-target-error", &o->on_target_error, errp)) < 0 ||
+    if ((r = job_enum_arg(args, "sync", syncs, 1, &sync, errp)) < 0 ||
+        (r = job_enum_arg(args, "copy-mode", modes, 0, &mode, errp)) < 0 ||
+        (r = job_on_error_arg(args, "on-source-error", &o->on_source_error, errp)) < 0 ||
+        (r = job_on_error_arg(args, "on-target-error", &o->on_target_error, errp)) < 0 ||
         (r = opt_bool(args, "auto-finalize", true, &o->auto_finalize, errp)) < 0 ||
         (r = opt_bool(args, "auto-dismiss", true, &o->auto_dismiss, errp)) < 0 ||
         (r = opt_bool(args, "unmap", true, &o->unmap, errp)) < 0) {
@@ -69,9 +69,9 @@ static int mirror_opts(json_object *args, vd_mirror_opts *o, vd_error **errp)
     o->sync = sync == 0 ? VD_MIRROR_SYNC_TOP : sync == 1 ? VD_MIRROR_SYNC_FULL
                                                          : VD_MIRROR_SYNC_NONE;
     o->write_blocking = mode == 1;
-    int64_t speed = int_arg(args, "speed", 0);
-    int64_t gran = int_arg(args, "granularity", 0);
-    int64_t buf = int_arg(args, "buf-size", 0);
+    int64_t speed = job_int_arg(args, "speed", 0);
+    int64_t gran = job_int_arg(args, "granularity", 0);
+    int64_t buf = job_int_arg(args, "buf-size", 0);
     if (gran < 0 || gran > UINT32_MAX) {
         return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Parameter 'granularity' expects "
                             "uint32_t");
@@ -88,7 +88,7 @@ static int mirror_opts(json_object *args, vd_mirror_opts *o, vd_error **errp)
 
 /* vdisk puts no filter node over the source, but a name given for one is checked as QEMU
  * checks it, so a script that passes a bad one learns it here too. */
-static int filter_name_check(json_object *args, vd_error **errp)
+int job_filter_name_check(json_object *args, vd_error **errp)
 {
     const char *f = opt_str(args, "filter-node-name");
     if (!f) {
@@ -111,7 +111,7 @@ static int cmd_blockdev_mirror(qmp_session *qs, json_object *args, json_object *
     (void)ret;
     vd_mirror_opts o;
     int r = mirror_opts(args, &o, errp);
-    if (r < 0 || (r = filter_name_check(args, errp)) < 0) {
+    if (r < 0 || (r = job_filter_name_check(args, errp)) < 0) {
         return r;
     }
     o.target = opt_str(args, "target");
@@ -250,7 +250,7 @@ static int cmd_block_job_set_speed(qmp_session *qs, json_object *args, json_obje
     (void)ret;
     const char *id = opt_str(args, "device");
     int r = legacy_check(id, errp);
-    return r < 0 ? r : vd_job_set_speed(vdiskd.engine, id, int_arg(args, "speed", 0), errp);
+    return r < 0 ? r : vd_job_set_speed(vdiskd.engine, id, job_int_arg(args, "speed", 0), errp);
 }
 
 /* ---- queries ---------------------------------------------------------------------------- */
@@ -392,5 +392,5 @@ static const qmp_command job_commands[] = {
      "every block job (QEMU's BlockJobInfo)"},
 };
 const qmp_command_table job_command_table = {
-    job_commands, sizeof(job_commands) / sizeof(job_commands[0]), NULL, NULL,
+    job_commands, sizeof(job_commands) / sizeof(job_commands[0]), &backup_command_table, NULL,
 };

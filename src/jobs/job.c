@@ -206,6 +206,111 @@ static void yield_first(vd_job *job)
     }
 }
 
+/* ---- groups ----------------------------------------------------------------------------- */
+
+struct vd_job_group {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    unsigned refs;
+    vd_job *members;
+    unsigned nb, finished;
+    bool failed;
+};
+
+vd_job_group *vd_job_group_new(void)
+{
+    vd_job_group *g = calloc(1, sizeof(*g));
+    if (!g) {
+        abort();
+    }
+    pthread_mutex_init(&g->lock, NULL);
+    pthread_cond_init(&g->cond, NULL);
+    g->refs = 1;
+    return g;
+}
+
+void vd_job_group_join(vd_job_group *g, vd_job *job)
+{
+    pthread_mutex_lock(&g->lock);
+    g->refs++;
+    g->nb++;
+    job->group = g;
+    job->group_next = g->members;
+    g->members = job;
+    pthread_mutex_unlock(&g->lock);
+}
+
+void vd_job_group_unref(vd_job_group *g)
+{
+    pthread_mutex_lock(&g->lock);
+    bool last = --g->refs == 0;
+    pthread_mutex_unlock(&g->lock);
+    if (last) {
+        pthread_mutex_destroy(&g->lock);
+        pthread_cond_destroy(&g->cond);
+        free(g);
+    }
+}
+
+/* Leaves the group once its job is over (lock not held). */
+static void group_leave(vd_job *job)
+{
+    vd_job_group *g = job->group;
+    if (!g) {
+        return;
+    }
+    pthread_mutex_lock(&g->lock);
+    for (vd_job **p = &g->members; *p; p = &(*p)->group_next) {
+        if (*p == job) {
+            *p = job->group_next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&g->lock);
+    job->group = NULL;
+    vd_job_group_unref(g);
+}
+
+static void cancel_locked(vd_job *job, bool force);
+static void unpark(vd_job *job);
+
+/* The group's verdict on a job whose run ended with ret (job lock held, and dropped while
+ * it waits for the others): a failure cancels the others; a success waits until every
+ * member succeeded, or turns into a cancel when one failed. */
+static int group_verdict(vd_job *job, int ret)
+{
+    vd_job_group *g = job->group;
+    if (!g) {
+        return ret;
+    }
+    pthread_mutex_unlock(&job->lock);
+    pthread_mutex_lock(&g->lock);
+    if (ret < 0) {
+        if (!g->failed) {
+            g->failed = true;
+            for (vd_job *m = g->members; m; m = m->group_next) {
+                if (m != job) {
+                    pthread_mutex_lock(&m->lock);
+                    cancel_locked(m, true);
+                    pthread_mutex_unlock(&m->lock);
+                }
+            }
+        }
+    } else {
+        g->finished++;
+        while (g->finished < g->nb && !g->failed) {
+            pthread_cond_wait(&g->cond, &g->lock);
+        }
+        if (g->failed) {
+            ret = -ECANCELED;
+        }
+    }
+    pthread_cond_broadcast(&g->cond);
+    pthread_mutex_unlock(&g->lock);
+    pthread_mutex_lock(&job->lock);
+    return ret;
+}
+
 /* ---- the job's thread ---------------------------------------------------------------- */
 
 static void fail_with(vd_job *job, int ret, vd_error *err)
@@ -226,8 +331,14 @@ static void *job_thread(void *arg)
     if (ret == 0 && job->cancelled && job->force_cancel) {
         ret = -ECANCELED;
     }
-    if (ret == 0) {
+    if (ret == 0 && job->group) {
         set_status(job, VD_JOB_WAITING);
+    }
+    ret = group_verdict(job, ret);
+    if (ret == 0) {
+        if (!job->group) {
+            set_status(job, VD_JOB_WAITING);
+        }
         set_status(job, VD_JOB_PENDING);
         if (!job->auto_finalize) {
             emit_type(job, "BLOCK_JOB_PENDING");
@@ -273,6 +384,7 @@ static void *job_thread(void *arg)
         pthread_cond_wait(&job->cond, &job->lock);
     }
     pthread_mutex_unlock(&job->lock);
+    group_leave(job);
 
     /* Null and off the list in one step, so no query sees a job in the null state. */
     pthread_mutex_lock(&e->job_lock);
@@ -289,6 +401,66 @@ static void *job_thread(void *arg)
     pthread_mutex_unlock(&e->job_lock);
     job_free(job);
     return NULL;
+}
+
+void vd_job_hold(vd_job *job)
+{
+    pthread_mutex_lock(&job->lock);
+    job->pause_count++;
+    pthread_mutex_unlock(&job->lock);
+}
+
+void vd_job_release(vd_job *job)
+{
+    pthread_mutex_lock(&job->lock);
+    job->pause_count--;
+    unpark(job);
+    pthread_cond_broadcast(&job->cond);
+    pthread_mutex_unlock(&job->lock);
+}
+
+/* The clean-up of an abandoned job, on a thread of its own. */
+static void *abandon_thread(void *arg)
+{
+    vd_job *job = arg;
+    vd_engine *e = job->engine;
+    if (job->drv->abort) {
+        job->drv->abort(job);
+    }
+    job->drv->clean(job);
+    group_leave(job);
+    pthread_mutex_lock(&e->job_lock);
+    e->job_threads--;
+    pthread_cond_broadcast(&e->job_cond);
+    pthread_mutex_unlock(&e->job_lock);
+    job_free(job);
+    return NULL;
+}
+
+void vd_job_abandon(vd_job *job)
+{
+    vd_engine *e = job->engine;
+    /* Its end shows at once, as the caller's events (QEMU's are before the reply). */
+    pthread_mutex_lock(&e->job_lock);
+    pthread_mutex_lock(&job->lock);
+    job->callers_waiting++;
+    set_status(job, VD_JOB_ABORTING);
+    set_status(job, VD_JOB_CONCLUDED);
+    set_status(job, VD_JOB_NULL);
+    job->callers_waiting--;
+    pthread_mutex_unlock(&job->lock);
+    unlist_locked(job);
+    e->job_threads++;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int r = pthread_create(&job->thread, &attr, abandon_thread, job);
+    pthread_attr_destroy(&attr);
+    pthread_mutex_unlock(&e->job_lock);
+    if (r != 0) {
+        abandon_thread(job);    /* no thread: here, which is safe when nothing holds its
+                                 * disks */
+    }
 }
 
 int vd_job_start(vd_job *job, vd_error **errp)
@@ -366,9 +538,10 @@ void vd_job_pause_point(vd_job *job)
     if (!vd_job_pause_pending(job)) {
         return;
     }
-    yield_first(job);
+    /* Paused, then yielded: a job held from its start shows paused to its starter. */
     job->parked_from = job->status;
     set_status(job, job->status == VD_JOB_READY ? VD_JOB_STANDBY : VD_JOB_PAUSED);
+    yield_first(job);
     job->parked = true;
     job->busy = false;
     while (job->parked) {
@@ -708,7 +881,8 @@ int vd_job_list(vd_engine *e, vd_job_info **out, size_t *nb)
         x->total_progress = j->progress_total;
         x->speed = j->speed;
         x->busy = j->busy;
-        x->paused = j->pause_count > 0 || j->status == VD_JOB_PENDING;
+        x->paused = j->pause_count > 0 ||
+                    (j->status == VD_JOB_PENDING && j->drv->paused_when_pending);
         x->ready = j->status == VD_JOB_READY || j->status == VD_JOB_STANDBY;
         x->auto_finalize = j->auto_finalize;
         x->auto_dismiss = j->auto_dismiss;

@@ -17,6 +17,9 @@ typedef struct vd_job vd_job;
 
 typedef struct vd_job_driver {
     const char *type;                    /* QEMU's JobType name */
+    /* query-block-jobs shows the job paused while it is pending (QEMU's mirror, whose
+     * completion holds a pause; a backup's does not). */
+    bool paused_when_pending;
     /* The work, on the job's thread, called without the lock. 0 when done (or when a
      * soft cancel ended it), -ECANCELED when cancelled, else -errno with job->error set
      * or left to strerror. */
@@ -63,7 +66,22 @@ struct vd_job {
     uint64_t rate_next_ns;               /* the speed limit: when the next send may go */
     pthread_t thread;
     vd_job *next;                        /* in the engine's list, oldest first */
+    /* A grouped transaction's jobs (completion-mode grouped): they finish together, or a
+     * failure cancels the rest. */
+    struct vd_job_group *group;
+    vd_job *group_next;
 };
+
+/* A group of jobs of one transaction. Made with one reference, which the transaction
+ * drops once every job joined (vd_job_group_unref); each member holds one too. */
+typedef struct vd_job_group vd_job_group;
+vd_job_group *vd_job_group_new(void);
+void vd_job_group_join(vd_job_group *g, vd_job *job);
+void vd_job_group_unref(vd_job_group *g);
+/* A created job its transaction gave up: it goes created -> aborting -> concluded -> null
+ * on its own thread (its clean-up may wait for the disks the transaction holds), with no
+ * job event but the status changes. */
+void vd_job_abandon(vd_job *job);
 
 /* Fills the core of a new job (status created, with its event) and puts it on the
  * engine's list: -EINVAL for an id QEMU refuses, -EEXIST for one in use. */
@@ -102,5 +120,14 @@ vd_job_action vd_job_error_action(vd_job *job, vd_job_on_error policy, bool is_r
                                   int err);
 
 uint64_t vd_job_now_ns(void);
+
+/* A backup job made and checked but not started (a transaction's prepare): its filter
+ * already keeps the point in time. Then vd_job_start, or vd_job_abandon. */
+int vd_backup_prepare(vd_engine *e, const vd_backup_opts *o, vd_job_group *group,
+                      vd_job **out, vd_error **errp);
+/* A pause held by the caller, not a user's (a transaction's drained section: the job
+ * it starts pauses at its first pause point and goes on at the release). */
+void vd_job_hold(vd_job *job);
+void vd_job_release(vd_job *job);
 
 #endif

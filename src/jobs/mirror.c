@@ -592,33 +592,6 @@ static void mirror_complete(vd_job *job)
 
 /* ---- the end ---------------------------------------------------------------------------- */
 
-/* The handles that use node n, drained; they do not change while drained. */
-static size_t drain_users(mirror *m, vd_node *n, vd_disk **users)
-{
-    for (;;) {
-        bool parents;
-        size_t nb = vd_graph_users(n, m->src_h, users, MAX_USERS, &parents);
-        vd_disk *sorted[MAX_USERS + 1];
-        memcpy(sorted, users, nb * sizeof(*users));
-        vd_disks_drain_begin(sorted, nb);
-        vd_disk *again[MAX_USERS];
-        size_t nb2 = vd_graph_users(n, m->src_h, again, MAX_USERS, &parents);
-        bool same = nb2 == nb;
-        for (size_t i = 0; i < nb && same; i++) {
-            bool found = false;
-            for (size_t j = 0; j < nb2 && !found; j++) {
-                found = again[j] == users[i];
-            }
-            same = found;
-        }
-        if (same) {
-            memcpy(users, sorted, nb * sizeof(*users));
-            return nb;
-        }
-        vd_disks_drain_end(sorted, nb);
-    }
-}
-
 /* With the source's users drained: nothing is in flight, so the rest is copied here. */
 static int copy_rest(mirror *m, vd_error **errp)
 {
@@ -658,7 +631,7 @@ static void remove_notifier(mirror *m)
         return;
     }
     vd_disk *users[MAX_USERS];
-    size_t nb = drain_users(m, m->src, users);
+    size_t nb = vd_node_users_drain_begin(m->src, m->src_h, users, MAX_USERS);
     vd_node_drain_writes(m->src);
     vd_node_remove_write_notifier(m->src, &m->nt);
     m->notifier_on = false;
@@ -673,7 +646,7 @@ static int mirror_prepare(vd_job *job, vd_error **errp)
         return 0;      /* a soft cancel: the target is a copy, the source stays in use */
     }
     vd_disk *users[MAX_USERS];
-    size_t nb = drain_users(m, m->src, users);
+    size_t nb = vd_node_users_drain_begin(m->src, m->src_h, users, MAX_USERS);
     vd_node_drain_writes(m->src);
     int r = copy_rest(m, errp);
     if (r == 0) {
@@ -772,6 +745,7 @@ static bool mirror_bitmap_info(vd_job *job, const char *node, vd_bitmap_info *in
 
 static const vd_job_driver mirror_driver = {
     .type = "mirror",
+    .paused_when_pending = true,
     .run = mirror_run,
     .complete = mirror_complete,
     .prepare = mirror_prepare,

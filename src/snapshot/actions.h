@@ -22,6 +22,10 @@ typedef struct vd_snap_action {
     bool swapped;
     /* Bitmap actions. */
     struct vd_bitmap_undo *bitmap_undo;
+    /* Backup: the job made in prepare, and the group it joins. */
+    struct vd_job *job;
+    bool started;
+    struct vd_job_group *group;
 } vd_snap_action;
 
 /* Fill a with the ops of an action on s->act->disk (a->opaque = s). */
@@ -30,6 +34,8 @@ void vd_snap_action_internal_delete(vd_txn_action *a, vd_snap_action *s);
 void vd_snap_action_external(vd_txn_action *a, vd_snap_action *s);
 /* The bitmap kinds (action-bitmap.c); s->act->disk may be NULL. */
 void vd_snap_action_bitmap(vd_txn_action *a, vd_snap_action *s);
+/* The backup kind (action-backup.c). */
+void vd_snap_action_backup(vd_txn_action *a, vd_snap_action *s);
 
 /* Shared checks: the handle's top is writable (EACCES otherwise). */
 int vd_snap_need_writable(vd_disk *d, const char *what, vd_error **errp);

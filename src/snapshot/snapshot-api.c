@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "snapshot/actions.h"
+#include "jobs/job.h"
 
 /* Same image in two actions: the driver's two-phase ops hold one pending change per node
  * (a second prepare would not see the first), and an external snapshot moves the handle,
@@ -27,10 +28,16 @@ static bool is_bitmap_action(const vd_action *a)
     return a->kind >= VD_ACTION_BITMAP_ADD && a->kind <= VD_ACTION_BITMAP_MERGE;
 }
 
+/* Actions on the engine's named nodes: several may name one node. */
+static bool is_node_action(const vd_action *a)
+{
+    return is_bitmap_action(a) || a->kind == VD_ACTION_BACKUP;
+}
+
 static int check_action(const vd_action *acts, size_t i, vd_error **errp)
 {
     const vd_action *a = &acts[i];
-    if (is_bitmap_action(a)) {
+    if (is_node_action(a)) {
         /* Several may name one node (QEMU runs them in order); their disk only drains. */
         return a->engine ? 0 : vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Action %zu of "
                                             "the transaction has no engine", i + 1);
@@ -41,7 +48,7 @@ static int check_action(const vd_action *acts, size_t i, vd_error **errp)
     }
     const char *file = a->disk->node->filename;
     for (size_t j = 0; j < i; j++) {
-        if (!is_bitmap_action(&acts[j]) && acts[j].disk &&
+        if (!is_node_action(&acts[j]) && acts[j].disk &&
             same_image(acts[j].disk, a->disk)) {
             return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "%s: the image is in more "
                                 "than one action of the transaction", file);
@@ -87,6 +94,11 @@ static void group_time(uint32_t *sec, uint32_t *nsec, char *name, size_t len)
 
 int vd_transaction(const vd_action *acts, size_t n, vd_error **errp)
 {
+    return vd_transaction_grouped(acts, n, false, errp);
+}
+
+int vd_transaction_grouped(const vd_action *acts, size_t n, bool grouped, vd_error **errp)
+{
     if (n == 0) {
         return 0;
     }
@@ -103,6 +115,7 @@ int vd_transaction(const vd_action *acts, size_t n, vd_error **errp)
     char auto_name[32];
     group_time(&sec, &nsec, auto_name, sizeof(auto_name));
 
+    vd_job_group *group = NULL;
     vd_snap_action *states = calloc(n, sizeof(*states));
     vd_txn_action *tacts = calloc(n, sizeof(*tacts));
     if (!states || !tacts) {
@@ -129,12 +142,22 @@ int vd_transaction(const vd_action *acts, size_t n, vd_error **errp)
         case VD_ACTION_SNAPSHOT_EXTERNAL:
             vd_snap_action_external(&tacts[i], s);
             break;
+        case VD_ACTION_BACKUP:
+            if (grouped && !group) {
+                group = vd_job_group_new();
+            }
+            s->group = group;
+            vd_snap_action_backup(&tacts[i], s);
+            break;
         default:
             vd_snap_action_bitmap(&tacts[i], s);
             break;
         }
     }
     int ret = vd_txn_run(tacts, n, errp);
+    if (group) {
+        vd_job_group_unref(group);
+    }
     free(tacts);
     free(states);
     return ret;
