@@ -58,6 +58,9 @@ static int copy_to_base(vd_disk *top, vd_disk *base, int base_depth, bool base_h
         .above_depth = base_depth,
         /* Unmapping in a base that has its own backing file would uncover that file. */
         .unmap = !base_has_backing,
+        /* The writes go in order and the disk bounds the copy: two workers keep a read
+         * ahead of the write; eight were measured slower on a cold cache. */
+        .workers = 2,
         .in_order = true,
         .progress = commit_progress,
         .opaque = prog,
