@@ -10,8 +10,7 @@
 #include <string.h>
 
 #include "cli/cli-util.h"
-
-#define COMMIT_BUF_SIZE (2u << 20)
+#include "vdisk/copy.h"
 
 /* Does `name` (as the user wrote it) designate `layer`, the backing file of the image
  * called `parent_name`? As in qemu, a relative name is taken relative to the directory of
@@ -41,68 +40,38 @@ static vd_disk *find_base(vd_disk *top, const char *top_name, const char *name, 
     return NULL;
 }
 
-/* Copies every range allocated above depth `base_depth` from the top's view into `base`. */
+static bool commit_progress(void *opaque, uint64_t done, uint64_t total)
+{
+    if (done == 0) {
+        return true;   /* the 0% line is out already */
+    }
+    cli_progress_print(opaque, total ? (float)done / (float)total * 100.f : 0.f, 0);
+    return true;
+}
+
+/* Copies what the layers above depth `base_depth` supply, as the top reads it, into
+ * `base`. Writes go in order, so the base's layout is that of qemu-img's sequential copy. */
 static int copy_to_base(vd_disk *top, vd_disk *base, int base_depth, bool base_has_backing,
                         cli_progress *prog, vd_error **errp)
 {
-    uint64_t size = vd_disk_size(top);
-    uint64_t total = 0, done = 0;
-    vd_extent st;
-    int ret;
-
-    /* First pass: how much there is to copy, for the progress line. */
-    for (uint64_t off = 0; off < size; off += st.length) {
-        ret = vd_block_status(top, off, size - off, &st);
-        if (ret < 0 || st.length == 0) {
-            return vd_error_set(errp, VD_ERR_IO, ret < 0 ? -ret : EIO, "Block job failed: %s",
-                                strerror(ret < 0 ? -ret : EIO));
-        }
-        if ((st.flags & VD_BS_ALLOCATED) && st.depth < base_depth) {
-            total += st.length;
-        }
+    vd_copy_opts o = {
+        .above_depth = base_depth,
+        /* Unmapping in a base that has its own backing file would uncover that file. */
+        .unmap = !base_has_backing,
+        /* The writes go in order and the disk bounds the copy: two workers keep a read
+         * ahead of the write; eight were measured slower on a cold cache. */
+        .workers = 2,
+        .in_order = true,
+        .progress = commit_progress,
+        .opaque = prog,
+    };
+    vd_error *err = NULL;
+    int ret = vd_disk_copy(top, base, 0, vd_disk_size(top), &o, &err);
+    if (ret < 0) {
+        vd_error_free(err);
+        return vd_error_set(errp, VD_ERR_IO, -ret, "Block job failed: %s", strerror(-ret));
     }
-
-    uint8_t *buf = cli_alloc_io_buffer(COMMIT_BUF_SIZE);
-    for (uint64_t off = 0; off < size; off += st.length) {
-        ret = vd_block_status(top, off, size - off, &st);
-        if (ret < 0 || st.length == 0) {
-            ret = ret < 0 ? ret : -EIO;
-            goto fail;
-        }
-        if (!(st.flags & VD_BS_ALLOCATED) || st.depth >= base_depth) {
-            continue;
-        }
-        if (st.flags & VD_BS_ZERO) {
-            /* Unmapping in a base that has its own backing file would uncover that file. */
-            ret = vd_pwrite_zeroes(base, off, st.length, base_has_backing ? 0 : VD_REQ_MAY_UNMAP);
-            if (ret < 0) {
-                goto fail;
-            }
-        } else {
-            for (uint64_t pos = off; pos < off + st.length;) {
-                uint64_t n = off + st.length - pos;
-                if (n > COMMIT_BUF_SIZE) {
-                    n = COMMIT_BUF_SIZE;
-                }
-                ret = vd_pread(top, buf, n, pos);
-                if (ret < 0) {
-                    goto fail;
-                }
-                ret = vd_pwrite(base, buf, n, pos, 0);
-                if (ret < 0) {
-                    goto fail;
-                }
-                pos += n;
-            }
-        }
-        done += st.length;
-        cli_progress_print(prog, total ? (float)done / (float)total * 100.f : 0.f, 0);
-    }
-    free(buf);
     return 0;
-fail:
-    free(buf);
-    return vd_error_set(errp, VD_ERR_IO, -ret, "Block job failed: %s", strerror(-ret));
 }
 
 int cmd_commit(int argc, char **argv)
