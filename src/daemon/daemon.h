@@ -61,6 +61,10 @@ void daemon_events_stop(void);
 void daemon_events_after_command(void);
 /* job-cmds.c: the block job commands, chained to vdiskd_commands. */
 extern const qmp_command_table job_command_table;
+/* The check QEMU makes of a job's filter-node-name (vdisk inserts no filter node). */
+int job_filter_name_check(json_object *args, vd_error **errp);
+/* history-cmds.c: block-commit and block-stream, chained to job_command_table. */
+extern const qmp_command_table history_command_table;
 /* vdiskd's QMP commands (commands.c), for its QMP server. */
 extern const qmp_command_table vdiskd_commands;
 /* blockdev.c: blockdev-add from a QMP object or a --blockdev option (values may be

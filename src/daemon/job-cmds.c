@@ -88,7 +88,7 @@ static int mirror_opts(json_object *args, vd_mirror_opts *o, vd_error **errp)
 
 /* vdisk puts no filter node over the source, but a name given for one is checked as QEMU
  * checks it, so a script that passes a bad one learns it here too. */
-static int filter_name_check(json_object *args, vd_error **errp)
+int job_filter_name_check(json_object *args, vd_error **errp)
 {
     const char *f = opt_str(args, "filter-node-name");
     if (!f) {
@@ -111,7 +111,7 @@ static int cmd_blockdev_mirror(qmp_session *qs, json_object *args, json_object *
     (void)ret;
     vd_mirror_opts o;
     int r = mirror_opts(args, &o, errp);
-    if (r < 0 || (r = filter_name_check(args, errp)) < 0) {
+    if (r < 0 || (r = job_filter_name_check(args, errp)) < 0) {
         return r;
     }
     o.target = opt_str(args, "target");
@@ -392,5 +392,5 @@ static const qmp_command job_commands[] = {
      "every block job (QEMU's BlockJobInfo)"},
 };
 const qmp_command_table job_command_table = {
-    job_commands, sizeof(job_commands) / sizeof(job_commands[0]), NULL, NULL,
+    job_commands, sizeof(job_commands) / sizeof(job_commands[0]), &history_command_table, NULL,
 };

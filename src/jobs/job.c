@@ -708,7 +708,8 @@ int vd_job_list(vd_engine *e, vd_job_info **out, size_t *nb)
         x->total_progress = j->progress_total;
         x->speed = j->speed;
         x->busy = j->busy;
-        x->paused = j->pause_count > 0 || j->status == VD_JOB_PENDING;
+        x->paused = j->pause_count > 0 ||
+                    (j->status == VD_JOB_PENDING && j->drv->paused_when_pending);
         x->ready = j->status == VD_JOB_READY || j->status == VD_JOB_STANDBY;
         x->auto_finalize = j->auto_finalize;
         x->auto_dismiss = j->auto_dismiss;
