@@ -5,8 +5,18 @@
 
 #include "block/block.h"
 
+/* A filter without an op of its own (blkdebug, logwrites) passes the reopen to its
+ * child: its own state does not depend on the mode. */
+static bool passes_through(const vd_node *n)
+{
+    return !n->drv->reopen_rw && !n->drv->is_format && n->file;
+}
+
 static bool can_reopen(const vd_node *n)
 {
+    if (passes_through(n)) {
+        return can_reopen(n->file);
+    }
     return n->drv->reopen_rw && (!n->drv->is_format || (n->file && can_reopen(n->file)));
 }
 
@@ -21,14 +31,21 @@ static void set_rw(vd_node *n, bool rw)
 
 int vd_node_reopen_rw(vd_node *n, bool rw, vd_error **errp)
 {
+    if (((n->open_flags & VD_OPEN_RDWR) != 0) == rw) {
+        return 0;
+    }
     if (!can_reopen(n)) {
         const vd_node *bad = n->drv->reopen_rw && n->file ? n->file : n;
         return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP, "Block format '%s' used by "
                             "node '%s' does not support reopening files", bad->drv->name,
                             bad->node_name ? bad->node_name : "");
     }
-    if (((n->open_flags & VD_OPEN_RDWR) != 0) == rw) {
-        return 0;
+    if (passes_through(n)) {
+        int ret = vd_node_reopen_rw(n->file, rw, errp);
+        if (ret == 0) {
+            set_rw(n, rw);
+        }
+        return ret;
     }
     vd_node *f = n->drv->is_format ? n->file : NULL;
     int ret;

@@ -185,9 +185,8 @@ static int find_nodes(vd_engine *e, const vd_commit_opts *o, vd_node **dev, vd_n
         }
         vd_node_ref(*base);
     } else {
-        if (!(*base = chain_bottom(*top))) {
-            return vd_error_set(errp, VD_ERR_INVALID, ENOENT, "There is no backimg image");
-        }
+        /* With no backing at all top is its own base (refused below as QEMU does). */
+        *base = chain_bottom(*top) ? chain_bottom(*top) : *top;
         vd_node_ref(*base);
     }
     for (vd_node *p = *top; p && p != *base; p = vd_node_skip_filters(p)->backing) {
@@ -197,6 +196,13 @@ static int find_nodes(vd_engine *e, const vd_commit_opts *o, vd_node **dev, vd_n
     }
     if ((r = busy(*base, errp)) < 0) {
         return r;
+    }
+    bool parents;
+    vd_disk *none[1];
+    vd_graph_users(*dev, NULL, none, 0, &parents);
+    if (*top == *dev && parents) {
+        /* An active commit is a mirror, which QEMU starts only from a root node. */
+        return vd_error_set(errp, VD_ERR_GENERIC, EBUSY, "Need a root block node");
     }
     if (*top == *base) {
         return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "cannot commit an image into "

@@ -79,7 +79,7 @@ static void *worker(void *arg)
                 ps->retry = op;
             }
         } else {
-            vd_job_progress(job, op->len, 0);
+            job->progress_current += op->len;
             free(op);
         }
         pthread_cond_broadcast(&job->cond);
@@ -120,7 +120,7 @@ int job_pass_run(const job_pass *p_in)
         }
     }
     pthread_mutex_lock(&job->lock);
-    vd_job_progress(job, 0, p.size);
+    job->progress_total = p.size;
     if (nb == 0) {
         ps.ret = -EAGAIN;
     }
@@ -183,7 +183,7 @@ int job_pass_run(const job_pass *p_in)
                 run_len = 0;
             }
             /* What the pass skips is done too, as QEMU counts it. */
-            vd_job_progress(job, run_start - cursor, 0);
+            job->progress_current += run_start - cursor;
             cursor = run_start;
             if (run_len == 0) {
                 continue;

@@ -249,6 +249,13 @@ static const vd_job_driver stream_driver = {
 
 /* ---- the start: QEMU's checks in QEMU's order --------------------------------------------- */
 
+/* QEMU looks base-node and bottom up as nodes, with no device name. */
+static int not_found(const char *name, vd_error **errp)
+{
+    return vd_error_set(errp, VD_ERR_NOT_FOUND, ENOENT, "Cannot find device='' nor "
+                        "node-name='%s'", name);
+}
+
 static int find_nodes(vd_engine *e, const vd_stream_opts *o, stream_job *st, vd_error **errp)
 {
     if (o->base && o->base_node) {
@@ -277,8 +284,8 @@ static int find_nodes(vd_engine *e, const vd_stream_opts *o, stream_job *st, vd_
         vd_node_ref(st->base);
     }
     if (o->base_node) {
-        if ((r = vd_graph_ref(e, o->base_node, &st->base, errp)) < 0) {
-            return r;
+        if ((r = vd_graph_ref(e, o->base_node, &st->base, NULL)) < 0) {
+            return not_found(o->base_node, errp);
         }
         if (chain_depth(st->device, st->base) <= 0) {
             return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Node '%s' is not a backing "
@@ -287,8 +294,8 @@ static int find_nodes(vd_engine *e, const vd_stream_opts *o, stream_job *st, vd_
     }
     if (o->bottom) {
         vd_node *bottom = NULL;
-        if ((r = vd_graph_ref(e, o->bottom, &bottom, errp)) < 0) {
-            return r;
+        if ((r = vd_graph_ref(e, o->bottom, &bottom, NULL)) < 0) {
+            return not_found(o->bottom, errp);
         }
         bool filter = !bottom->drv->is_format && bottom->file;
         int d = chain_depth(st->device, bottom);
