@@ -14,30 +14,31 @@ QSD=${QSD:-qemu-storage-daemon}
 size=${COMMIT_SIZE:-4G}
 data=${COMMIT_DATA:-1024}     # MiB of random data in the overlay
 mkdir -p "$dir"
-if [ ! -f "$dir/base0.qcow2" ]; then
+if [ ! -f "$dir/ov0.qcow2" ]; then
+    trap 'rm -f "$dir/base0.qcow2" "$dir/ov0.qcow2"' ERR
     qemu-img create -q -f qcow2 "$dir/base0.qcow2" "$size"
-    qemu-io -f qcow2 -c "write -P 0x5a 0 $size" "$dir/base0.qcow2" >/dev/null
+    # qemu-io takes requests under 2 GiB: the base is written 1 GiB at a time.
+    bytes=$(numfmt --from=iec "$size")
+    cmds=()
+    for ((o = 0; o < bytes; o += 1 << 30)); do
+        cmds+=(-c "write -P 0x5a $o $(((bytes - o) < (1 << 30) ? bytes - o : 1 << 30))")
+    done
+    qemu-io -f qcow2 "${cmds[@]}" "$dir/base0.qcow2" >/dev/null
     qemu-img create -q -f qcow2 -b "$dir/base0.qcow2" -F qcow2 "$dir/ov0.qcow2"
     head -c "$((data << 20))" /dev/urandom >"$dir/data.raw"
     # The random data spread over the disk: 1 MiB every 4 MiB.
-    python3 - "$dir" "$data" <<'PY'
-import subprocess, sys
-d, n = sys.argv[1], int(sys.argv[2])
-src = open(d + "/data.raw", "rb")
-p = subprocess.Popen(["qemu-io", "-f", "qcow2", d + "/ov0.qcow2"], stdin=subprocess.PIPE,
-                     stdout=subprocess.DEVNULL)
-for i in range(n):
-    piece = "%s/piece.raw" % d
-    # qemu-io fills a write from a pattern file; one file per write keeps each piece random.
-    with open(piece + str(i % 64), "wb") as f:
-        f.write(src.read(1 << 20))
-    p.stdin.write(("write -s %s %dM 1M\n" % (piece + str(i % 64), i * 4)).encode())
-p.stdin.write(b"quit\n")
-p.stdin.close()
-sys.exit(p.wait())
-PY
-    rm -f "$dir"/piece.raw*
+    # The random data spread over the disk, 1 MiB every 4 MiB, each piece from a file of
+    # its own (qemu-io fills a write from a pattern file).
+    mkdir -p "$dir/pieces"
+    split -b 1M -d -a 5 "$dir/data.raw" "$dir/pieces/p"
+    cmds=()
+    for ((i = 0; i < data; i++)); do
+        cmds+=(-c "write -s $dir/pieces/p$(printf %05d "$i") $((i * 4))M 1M")
+    done
+    qemu-io -f qcow2 "${cmds[@]}" "$dir/ov0.qcow2" >/dev/null
+    rm -rf "$dir/pieces"
     rm -f "$dir/data.raw"
+    trap - ERR
 fi
 declare -A times
 for ((r = 1; r <= rounds; r++)); do
