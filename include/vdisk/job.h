@@ -107,6 +107,10 @@ typedef struct vd_mirror_opts {
     bool target_is_zero;         /* a new target that reads zeros: only what the source
                                   * holds is copied (drive-mirror's new image) */
     bool auto_finalize, auto_dismiss;
+    bool commit;                 /* set by vd_commit_start only: an active commit (job type
+                                  * "commit", the target is a layer of the source's chain
+                                  * below it, reopened read-write; only what lies above it
+                                  * is copied) */
 } vd_mirror_opts;
 
 /* Starts the job (it is running on return), with QEMU's refusals and messages. */
@@ -152,5 +156,40 @@ typedef struct vd_backup_opts {
 
 /* Starts a backup job (running on return): QEMU's checks and messages. */
 int vd_backup_start(vd_engine *e, const vd_backup_opts *o, vd_error **errp);
+
+/* ---- commit and stream ---------------------------------------------------------------- */
+
+/* block-commit's arguments. The layers from top down to (not including) base are merged
+ * into base and drop out of device's chain. With top the active layer (or omitted) this
+ * is an active commit: a mirror of type "commit" that becomes ready and, on job-complete,
+ * moves every user of the active layer onto base. Otherwise the job ends by itself, and
+ * top's overlay then names base (or backing_file) as its backing file. */
+typedef struct vd_commit_opts {
+    const char *job_id;
+    const char *device;          /* the active layer (a node name) */
+    const char *base_node, *base;/* base by node or by file name (not both); neither: the
+                                  * bottom of the chain */
+    const char *top_node, *top;  /* top likewise; neither: the active layer */
+    const char *backing_file;    /* the name the overlay stores; NULL: base's filename */
+    int64_t speed;
+    vd_job_on_error on_error;
+    bool auto_finalize, auto_dismiss;
+} vd_commit_opts;
+int vd_commit_start(vd_engine *e, const vd_commit_opts *o, vd_error **errp);
+
+/* block-stream's arguments: what device's backing layers above base hold is copied into
+ * device (where it has nothing of its own) while it is in use; then device's backing
+ * becomes base (none when NULL), named backing_file or base's filename. bottom instead of
+ * base: the lowest layer streamed. */
+typedef struct vd_stream_opts {
+    const char *job_id;
+    const char *device;
+    const char *base_node, *base, *bottom;
+    const char *backing_file;
+    int64_t speed;
+    vd_job_on_error on_error;
+    bool auto_finalize, auto_dismiss;
+} vd_stream_opts;
+int vd_stream_start(vd_engine *e, const vd_stream_opts *o, vd_error **errp);
 
 #endif

@@ -99,6 +99,13 @@ struct vd_driver {
     int (*make_empty)(vd_node *node, vd_error **errp);
     /* Bytes allocated on the host for this node and its file child. */
     int64_t (*allocated_size)(vd_node *node);
+    /* Switches the open node between read-write (rw) and read-only in place, as a fresh
+     * open in that mode would leave it (a format flags its persistent bitmaps in use,
+     * drops unknown autoclear bits; going read-only stores them and flushes). Called by
+     * vd_node_reopen_rw only, with no write in flight on the node, a format after its
+     * file child became writable and before it becomes read-only again; the core then
+     * updates node->open_flags. Concurrent readers keep working throughout. */
+    int (*reopen_rw)(vd_node *node, bool rw, vd_error **errp);
 
     /* Internal snapshots (format drivers), all optional. The caller (src/snapshot/) has
      * drained the node and keeps it drained from prepare to clean. Two phases, for
@@ -278,6 +285,11 @@ void vd_graph_unlink_backing(vd_node *overlay);
 /* Registers a filter node made in code (a job's copy-before-write) over registered
  * children: named (its node_name, or "#blockNNN"), with its uses of them. */
 int vd_graph_register_filter(vd_node *n, vd_error **errp);
+/* Gives overlay nb (or none) as its backing, with the use that goes with it and a
+ * reference to nb, and returns the old backing, whose reference the caller now holds
+ * (dropping it releases the nodes no one else uses). The caller has drained every reader
+ * of overlay. */
+vd_node *vd_graph_replace_backing(vd_node *overlay, vd_node *nb);
 /* One more reference to n (dropped with vd_node_unref). */
 void vd_node_ref(vd_node *n);
 /* The node named name in e's registry with one more reference, or -ENOENT with QEMU's
@@ -337,6 +349,10 @@ int vd_node_probe_format(vd_node *file, const char **fmt, vd_error **errp);
  * is always opened read-only. */
 int vd_node_open_backing(vd_node *node, const char *name, const char *format,
                          vd_error **errp);
+/* Reopens a format node and its file child read-write (rw) or read-only (reopen.c); a
+ * node already in that mode is left alone. Other drivers are refused with QEMU's
+ * message. The caller keeps writes away while it goes read-only. */
+int vd_node_reopen_rw(vd_node *n, bool rw, vd_error **errp);
 /* Flushes, closes and frees a node and its children. */
 int vd_node_close(vd_node *node);
 /* Drops a reference taken with vd_graph_ref, without a flush. */

@@ -578,6 +578,31 @@ void vd_graph_unlink_backing(vd_node *overlay)
     pthread_mutex_unlock(&e->graph_lock);
 }
 
+vd_node *vd_graph_replace_backing(vd_node *overlay, vd_node *nb)
+{
+    vd_engine *e = overlay->engine;
+    pthread_mutex_lock(&e->graph_lock);
+    vd_node *old = overlay->backing;
+    vd_edge *u = edge_of(old, overlay);
+    if (u) {
+        edge_unlink(old, u);
+        free(u);
+        refresh(old, NULL);
+    }
+    if (old && old->overlay == overlay) {
+        old->overlay = NULL;
+    }
+    overlay->backing = nb;
+    if (nb) {
+        nb->refcnt++;
+        nb->overlay = overlay;
+        add_edge(nb, overlay, "backing");
+    }
+    refresh(overlay, NULL);
+    pthread_mutex_unlock(&e->graph_lock);
+    return old;
+}
+
 /* ---- names -------------------------------------------------------------------------------- */
 
 /* QEMU's test: is a format node's backing other than the one its image names (or none

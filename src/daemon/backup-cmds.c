@@ -248,5 +248,6 @@ static const qmp_command backup_commands[] = {
      "backup job into a file it creates (or an existing one)"},
 };
 const qmp_command_table backup_command_table = {
-    backup_commands, sizeof(backup_commands) / sizeof(backup_commands[0]), NULL, NULL,
+    backup_commands, sizeof(backup_commands) / sizeof(backup_commands[0]),
+    &history_command_table, NULL,
 };

@@ -17,8 +17,8 @@ typedef struct vd_job vd_job;
 
 typedef struct vd_job_driver {
     const char *type;                    /* QEMU's JobType name */
-    /* query-block-jobs shows the job paused while it is pending (QEMU's mirror, whose
-     * completion holds a pause; a backup's does not). */
+    /* query-block-jobs shows it paused while pending (QEMU's mirror: its drained end
+     * holds a pause); other jobs are not. */
     bool paused_when_pending;
     /* The work, on the job's thread, called without the lock. 0 when done (or when a
      * soft cancel ended it), -ECANCELED when cancelled, else -errno with job->error set

@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "block/disk.h"
+#include "jobs/chain.h"
 #include "jobs/job.h"
 #include "util/common.h"
 #include "util/hbitmap.h"
@@ -60,7 +61,10 @@ typedef struct mirror {
     bool write_blocking, unmap;
     bool zero_target;                 /* the target may hold data of its own */
     bool blockers_on;
-    bool job_made;                    /* the core's part exists (vd_job_create) */
+    bool job_made;
+    bool commit;                      /* an active commit: the target is in src's chain */
+    int base_depth;                   /* its depth there */
+    bool base_was_ro;                 /* reopened read-write for the job */                    /* the core's part exists (vd_job_create) */
     uint64_t cow_size;                /* target cluster size when copies are widened */
     vd_write_notifier nt;
     bool notifier_on;
@@ -450,6 +454,27 @@ static void source_written(vd_write_notifier *nt, vd_node *n, const vd_write_req
 
 /* ---- the run ------------------------------------------------------------------------------ */
 
+/* An active commit copies what the layers above its base hold. */
+static int dirty_init_commit(mirror *m)
+{
+    for (uint64_t off = 0; off < m->size;) {
+        vd_extent st;
+        int r = vd_node_chain_status(m->src, off, m->size - off, &st);
+        if (r < 0) {
+            return r;
+        }
+        uint64_t n = st.length ? st.length : m->size - off;
+        if ((st.flags & VD_BS_ALLOCATED) && st.depth < m->base_depth) {
+            pthread_mutex_lock(&m->job.lock);
+            vd_hbitmap_set(m->dirty, off, n);
+            update_progress(m, 0);
+            pthread_mutex_unlock(&m->job.lock);
+        }
+        off += n;
+    }
+    return 0;
+}
+
 /* What is to be copied at the start (QEMU's sync modes). No lock held: the notifier marks
  * concurrent writes meanwhile. A full copy onto a target that may hold data of its own
  * zeroes it first when it can unmap, else copies everything; onto a new one, or with
@@ -462,6 +487,9 @@ static int dirty_init(mirror *m)
     vd_node *top = vd_node_skip_filters(m->src);
     bool top_only = m->sync == VD_MIRROR_SYNC_TOP && top->backing;
     bool all = false;
+    if (m->commit) {
+        return dirty_init_commit(m);
+    }
     if (!top_only && m->zero_target && m->size) {
         all = !(m->target->open_flags & VD_OPEN_UNMAP) ||
               vd_node_pwrite_zeroes(m->target, 0, m->size,
@@ -667,7 +695,7 @@ static int mirror_prepare(vd_job *job, vd_error **errp)
 static void set_blockers(mirror *m, bool on)
 {
     pthread_mutex_lock(&m->src->engine->graph_lock);
-    m->src->job_blocker = on ? "mirror" : NULL;
+    m->src->job_blocker = on ? m->job.drv->type : NULL;
     m->target->job_target = on;
     pthread_mutex_unlock(&m->src->engine->graph_lock);
 }
@@ -743,12 +771,37 @@ static bool mirror_bitmap_info(vd_job *job, const char *node, vd_bitmap_info *in
     return true;
 }
 
+static void mirror_abort(vd_job *job);
+
 static const vd_job_driver mirror_driver = {
     .type = "mirror",
     .paused_when_pending = true,
     .run = mirror_run,
     .complete = mirror_complete,
     .prepare = mirror_prepare,
+    .abort = mirror_abort,
+    .clean = mirror_clean,
+    .free = mirror_free,
+    .bitmap_info = mirror_bitmap_info,
+};
+
+static void mirror_abort(vd_job *job)
+{
+    mirror *m = of(job);
+    if (m->commit && m->base_was_ro) {
+        /* An active commit that did not pivot leaves its base as it found it. */
+        vd_node_reopen_rw(m->target, false, NULL);
+        m->base_was_ro = false;
+    }
+}
+
+static const vd_job_driver commit_driver = {
+    .type = "commit",
+    .paused_when_pending = true,
+    .run = mirror_run,
+    .complete = mirror_complete,
+    .prepare = mirror_prepare,
+    .abort = mirror_abort,
     .clean = mirror_clean,
     .free = mirror_free,
     .bitmap_info = mirror_bitmap_info,
@@ -806,14 +859,29 @@ static int mirror_setup(vd_engine *e, mirror *m, const vd_mirror_opts *o, vd_err
         }
     }
     m->size = m->src->size;
+    if (o->commit) {
+        /* The base of an active commit: written by the job while its overlays read it
+         * (their uses stay; the job owns the layers between), grown if smaller. */
+        m->commit = true;
+        m->base_depth = chain_depth(m->src, m->target);
+        m->base_was_ro = !(m->target->open_flags & VD_OPEN_RDWR);
+        if ((r = vd_node_reopen_rw(m->target, true, errp)) < 0) {
+            m->base_was_ro = false;
+            return r;
+        }
+        if (m->target->size < m->size &&
+            (r = vd_node_truncate(m->target, m->size, false, "off", errp)) < 0) {
+            return r;
+        }
+    }
     /* The job reads the source and lets others do anything but resize it; it writes the
      * target and lets no one else write it. */
     if ((r = vd_blockdev_open(e, o->device, &m->src_h, errp)) < 0 ||
         (r = vd_disk_claim(m->src_h, VD_PERM_CONSISTENT_READ,
                            VD_PERM_ALL & ~VD_PERM_RESIZE, &m->src_claim, errp)) < 0 ||
         (r = vd_blockdev_open(e, o->target, &m->tgt_h, errp)) < 0 ||
-        (r = vd_disk_claim(m->tgt_h, VD_PERM_WRITE, VD_PERM_WRITE_UNCHANGED, &m->tgt_claim,
-                           errp)) < 0) {
+        (!o->commit && (r = vd_disk_claim(m->tgt_h, VD_PERM_WRITE, VD_PERM_WRITE_UNCHANGED,
+                                          &m->tgt_claim, errp)) < 0)) {
         return r;
     }
     m->sync = o->sync;
@@ -857,11 +925,13 @@ int vd_mirror_start(vd_engine *e, const vd_mirror_opts *o, vd_error **errp)
     pthread_cond_init(&m->work, NULL);
     int r = mirror_setup(e, m, o, errp);
     if (r == 0) {
-        r = vd_job_create(e, &m->job, &mirror_driver, o->job_id ? o->job_id : "",
+        r = vd_job_create(e, &m->job, o->commit ? &commit_driver : &mirror_driver,
+                          o->job_id ? o->job_id : "",
                           o->auto_finalize, o->auto_dismiss, o->speed < 0 ? 0 : (uint64_t)o->speed,
                           errp);
     }
     if (r < 0) {
+        mirror_abort(&m->job);
         mirror_clean(&m->job);
         mirror_free(&m->job);
         return r;
@@ -869,6 +939,7 @@ int vd_mirror_start(vd_engine *e, const vd_mirror_opts *o, vd_error **errp)
     m->job_made = true;
     if (o->speed < 0) {
         /* QEMU makes the job before it looks at the speed (created, then null). */
+        mirror_abort(&m->job);
         mirror_clean(&m->job);
         vd_job_discard(&m->job);
         return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Parameter 'speed' expects a "
@@ -882,6 +953,7 @@ int vd_mirror_start(vd_engine *e, const vd_mirror_opts *o, vd_error **errp)
         }
     }
     if (m->nb_workers == 0) {
+        mirror_abort(&m->job);
         mirror_clean(&m->job);
         vd_job_discard(&m->job);
         return vd_error_set(errp, VD_ERR_GENERIC, EAGAIN, "Could not start the job's "
@@ -894,6 +966,7 @@ int vd_mirror_start(vd_engine *e, const vd_mirror_opts *o, vd_error **errp)
     m->notifier_on = true;
     r = vd_job_start(&m->job, errp);
     if (r < 0) {
+        mirror_abort(&m->job);
         mirror_clean(&m->job);
         vd_job_discard(&m->job);
     }

@@ -336,13 +336,37 @@ int64_t vd_node_file_length(vd_node *n)
     return (int64_t)size;
 }
 
+/* A new descriptor in the other mode takes the old one's number (dup2 swaps them in one
+ * step), so a reader on another thread never meets a closed or reused descriptor. */
+static int file_reopen_rw(vd_node *n, bool rw, vd_error **errp)
+{
+    int oflags = O_CLOEXEC | (rw ? O_RDWR : O_RDONLY);
+    if (n->open_flags & VD_OPEN_NOCACHE) {
+        oflags |= O_DIRECT;
+    }
+    int fd = open(n->filename, oflags);
+    if (fd < 0) {
+        int err = errno;
+        return vd_error_set(errp, VD_ERR_IO, err, "Could not reopen '%s': %s", n->filename,
+                            strerror(err));
+    }
+    if (dup2(fd, n->fd) < 0) {
+        int err = errno;
+        close(fd);
+        return vd_error_set(errp, VD_ERR_IO, err, "Could not reopen '%s': %s", n->filename,
+                            strerror(err));
+    }
+    close(fd);
+    return 0;
+}
+
 #define FILE_DRIVER(NAME)                                                                   \
     {                                                                                       \
         .name = NAME, .is_format = false, .runtime_opts = file_runtime_opts,                \
         .open = file_open, .close = file_close, .pread = file_pread, .pwrite = file_pwrite, \
         .pwrite_zeroes = file_pwrite_zeroes, .pdiscard = file_pdiscard,                     \
         .flush = file_flush, .block_status = file_block_status, .truncate = file_truncate,  \
-        .allocated_size = file_allocated_size,                                              \
+        .allocated_size = file_allocated_size, .reopen_rw = file_reopen_rw,                 \
     }
 
 /* QEMU's three names for a host file: file for regular files, host_device and host_cdrom

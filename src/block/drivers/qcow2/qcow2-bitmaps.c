@@ -614,6 +614,23 @@ int qcow2_bitmaps_store(qcow2_state *s)
     return 0;
 }
 
+/* A read-only image becoming writable: its bitmaps are flagged in use, as a read-write
+ * open flags them, before anything is written. One left inconsistent stays as it is. */
+int qcow2_bitmaps_mark_in_use(qcow2_state *s)
+{
+    bool mark = false;
+    pthread_mutex_lock(&s->node->bitmap_lock);
+    for (uint32_t i = 0; i < s->nb_bms; i++) {
+        vd_dirty_bitmap *db = node_bitmap(s, s->bms[i].name);
+        if (db && !db->inconsistent && !(s->bms[i].flags & BM_IN_USE)) {
+            s->bms[i].flags |= BM_IN_USE;
+            mark = true;
+        }
+    }
+    pthread_mutex_unlock(&s->node->bitmap_lock);
+    return mark ? dir_write_in_place(s) : 0;
+}
+
 /* ---- driver ops -------------------------------------------------------------------------- */
 
 int qcow2_bitmap_can_store(vd_node *node, const char *name, uint64_t granularity,

@@ -819,6 +819,63 @@ static int qcow2_set_backing(vd_node *node, const char *backing, const char *fmt
     return ret;
 }
 
+/* Read-write: what a read-write open does to a clean image (unknown autoclear bits go,
+ * bitmaps are flagged in use); read-only: what a close writes (bitmaps stored, flushed,
+ * a dirty bit we set cleared). A corrupt image stays read-only, as QEMU refuses it. */
+static int qcow2_reopen_rw(vd_node *node, bool rw, vd_error **errp)
+{
+    qcow2_state *s = node->opaque;
+    if (s->check_only) {
+        return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP, "%s: opened for a check",
+                            s->name);
+    }
+    pthread_mutex_lock(&s->lock);
+    qcow2_drain_locked(s);
+    int ret = 0;
+    if (rw && !s->writable) {
+        if (s->broken || (s->h.incompatible_features & QCOW2_INCOMPAT_CORRUPT)) {
+            ret = vd_error_set(errp, VD_ERR_CORRUPT, EACCES,
+                               "qcow2: Image is corrupt; cannot be opened read/write");
+            goto out;
+        }
+        s->writable = true;
+        uint64_t kept = QCOW2_AUTOCLEAR_KNOWN;
+        if (!s->h.has_bitmaps_ext) {
+            kept &= ~QCOW2_AUTOCLEAR_BITMAPS;
+        }
+        if (s->h.autoclear_features & ~kept) {
+            s->h.autoclear_features &= kept;
+            ret = qcow2_write_header(s);
+        }
+        if (ret == 0) {
+            ret = qcow2_bitmaps_mark_in_use(s);
+        }
+        if (ret < 0) {
+            s->writable = false;
+            ret = vd_error_set(errp, VD_ERR_IO, -ret, "%s: could not update the header: %s",
+                               s->name, strerror(-ret));
+        }
+    } else if (!rw && s->writable) {
+        if (!s->broken) {
+            qcow2_bitmaps_store(s);
+            ret = qcow2_flush_locked(s);
+            if (ret == 0 && s->dirty_ours) {
+                ret = qcow2_mark_clean_locked(s);
+            }
+        }
+        if (ret < 0) {
+            ret = vd_error_set(errp, VD_ERR_IO, -ret, "%s: could not flush: %s", s->name,
+                               strerror(-ret));
+        } else {
+            s->writable = false;
+        }
+    }
+out:
+    qcow2_undrain_locked(s);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
 static int qcow2_truncate(vd_node *node, uint64_t size, bool shrink, const char *prealloc,
                           vd_error **errp)
 {
@@ -920,6 +977,7 @@ const vd_driver vd_qcow2_driver = {
     .check = qcow2_check,
     .amend = qcow2_amend,
     .set_backing = qcow2_set_backing,
+    .reopen_rw = qcow2_reopen_rw,
     .make_empty = qcow2_make_empty,
     .allocated_size = qcow2_allocated_size,
     .snapshot_list = qcow2_snapshot_list,

@@ -270,6 +270,7 @@ int qcow2_amend(vd_node *node, const vd_opts *opts, vd_error **errp);
  * has it. */
 int qcow2_bitmaps_load(qcow2_state *s, vd_error **errp);
 int qcow2_bitmaps_store(qcow2_state *s);
+int qcow2_bitmaps_mark_in_use(qcow2_state *s);
 void qcow2_bitmaps_free(qcow2_state *s);
 int qcow2_bitmaps_info(qcow2_state *s, vd_image_bitmap **out, size_t *nb);
 /* QEMU's refusals of a resize: a stored bitmap not loaded, busy or inconsistent. */
