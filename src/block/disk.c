@@ -110,7 +110,12 @@ bool vd_disk_read_only(const vd_disk *d)
 bool vd_disk_direct(const vd_disk *d)
 {
     vd_disk_enter(d);
-    bool direct = (d->node->open_flags & VD_OPEN_NOCACHE) != 0;
+    /* Direct anywhere down the file children (a qcow2 node over a cache.direct file):
+     * its writes wait for the device. */
+    bool direct = false;
+    for (const vd_node *n = d->node; n && !direct; n = n->file) {
+        direct = (n->open_flags & VD_OPEN_NOCACHE) != 0;
+    }
     vd_disk_leave(d);
     return direct;
 }

@@ -27,6 +27,9 @@
 #define DEFAULT_CHUNK (1u << 20)
 #define IDLE_NS 10000000u             /* a wait for copies that others hold */
 #define RETRY_NS 10000000u            /* after an ignored error, before copying again */
+/* The target is flushed as the copy goes, every so many bytes, so the flush that ends
+ * the job (a backup is durable when it completes) has little left to write. */
+#define FLUSH_EVERY (256u << 20)
 
 typedef struct backup_op {
     uint64_t off, len;
@@ -53,6 +56,8 @@ typedef struct backup {
     backup_op *queue, **queue_tail;
     unsigned in_flight;
     bool workers_stop, retry_later;
+    uint64_t unflushed;               /* bytes copied since the last flush began */
+    bool flushing;
     uint64_t cursor;
     int ret;
 } backup;
@@ -116,6 +121,16 @@ static void *worker(void *arg)
             }
         } else {
             update_progress(b, op->len);
+            b->unflushed += op->len;
+            if (b->unflushed >= FLUSH_EVERY && !b->flushing) {
+                /* A failure here is left to the last flush, which reports it. */
+                b->flushing = true;
+                b->unflushed = 0;
+                pthread_mutex_unlock(&b->job.lock);
+                (void)vd_node_flush(b->target);
+                pthread_mutex_lock(&b->job.lock);
+                b->flushing = false;
+            }
         }
         pthread_cond_broadcast(&b->job.cond);
         free(op);

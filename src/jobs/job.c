@@ -371,6 +371,11 @@ static void *job_thread(void *arg)
     }
     pthread_mutex_unlock(&job->lock);
     job->drv->clean(job);
+    /* With auto-dismiss, concluded and null (and off the list) are one step, as QEMU's
+     * are: no query sees such a job concluded. */
+    if (job->auto_dismiss) {
+        pthread_mutex_lock(&e->job_lock);
+    }
     pthread_mutex_lock(&job->lock);
     if (ret == -ECANCELED) {
         emit_type(job, "BLOCK_JOB_CANCELLED");
@@ -379,16 +384,17 @@ static void *job_thread(void *arg)
         emit(job, &ev);
     }
     set_status(job, VD_JOB_CONCLUDED);
-    /* A dismiss (or a finalize with auto-dismiss) takes the job to null itself. */
-    while (!job->auto_dismiss && job->status != VD_JOB_NULL && !job->shutting_down) {
-        pthread_cond_wait(&job->cond, &job->lock);
+    if (!job->auto_dismiss) {
+        /* A dismiss takes the job to null itself. */
+        while (job->status != VD_JOB_NULL && !job->shutting_down) {
+            pthread_cond_wait(&job->cond, &job->lock);
+        }
+        pthread_mutex_unlock(&job->lock);
+        /* Null and off the list in one step, so no query sees a job in the null
+         * state. */
+        pthread_mutex_lock(&e->job_lock);
+        pthread_mutex_lock(&job->lock);
     }
-    pthread_mutex_unlock(&job->lock);
-    group_leave(job);
-
-    /* Null and off the list in one step, so no query sees a job in the null state. */
-    pthread_mutex_lock(&e->job_lock);
-    pthread_mutex_lock(&job->lock);
     if (job->status != VD_JOB_NULL) {
         set_status(job, VD_JOB_NULL);
     }
@@ -399,6 +405,7 @@ static void *job_thread(void *arg)
     e->job_threads--;
     pthread_cond_broadcast(&e->job_cond);
     pthread_mutex_unlock(&e->job_lock);
+    group_leave(job);
     job_free(job);
     return NULL;
 }

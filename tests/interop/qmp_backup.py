@@ -74,17 +74,33 @@ def named_bitmaps(dm, node="disk0"):
     return out
 
 
-def wait_end(dm, job):
-    dm.wait(lambda e: e["event"] == "JOB_STATUS_CHANGE" and e["data"]["id"] == job and
-            e["data"]["status"] in ("null", "concluded"))
+def job_end(dm, job, timeout=300, final=("null", "concluded")):
+    """How the newest job of that id ended (its BLOCK_JOB_COMPLETED or _CANCELLED and
+    error), once it reached a final status; other jobs' events, in any order, stay for
+    their own waits."""
+    end = time.time() + timeout
+    while time.time() < end:
+        evs = dm.events()
+        start = 0
+        for k, e in enumerate(evs):
+            if e["event"] == "JOB_STATUS_CHANGE" and e["data"] == {"status": "created",
+                                                                   "id": job}:
+                start = k
+        got = None
+        for e in evs[start:]:
+            if (e["event"] in ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED") and
+                    e["data"].get("device") == job):
+                got = (e["event"], e["data"].get("error"))
+            if (e["event"] == "JOB_STATUS_CHANGE" and e["data"]["id"] == job and
+                    e["data"]["status"] in final):
+                return got
+        dm._pump(0.2)
+    raise TimeoutError("job %s did not end" % job)
 
 
-def base(dm, d, tag, size="64M"):
-    """disk0 (with its export's writers held by the daemon) and an empty target t."""
-    image("%s/a.qcow2" % d, size)
-    add_qcow2(dm, "disk0", "%s/a.qcow2" % d)
-    run("qemu-img", "create", "-q", "-f", "qcow2", "%s/t.qcow2" % d, size)
-    add_qcow2(dm, "t", "%s/t.qcow2" % d)
+def wait_end(dm, job, final="null"):
+    """Until the newest job of that id is null (or concluded, for one kept)."""
+    job_end(dm, job, final=(final,))
 
 
 # ---- the sessions (each runs the same on both daemons) ----------------------------------
@@ -124,7 +140,7 @@ def s_speed_cancel(dm, d, tag):
     dm.cmd("job-resume", id="b1")
     dm.cmd("job-resume", id="b1")
     dm.cmd("job-cancel", id="b1")
-    wait_end(dm, "b1")
+    wait_end(dm, "b1", "concluded")
     dm.cmd("query-jobs")
     dm.cmd("job-dismiss", id="b1")
     dm.cmd("blockdev-del", **{"node-name": "t"})
@@ -237,7 +253,7 @@ def s_errors(dm, d, tag):
                     e["data"] == {"status": "paused", "id": n})
             dm.cmd("query-block-jobs")
             dm.cmd("job-resume", id=n)
-        wait_end(dm, n)
+        wait_end(dm, n, "concluded")
         dm.cmd("query-jobs")
         dm.cmd("job-dismiss", id=n)
     return []
@@ -427,12 +443,479 @@ def compare_sessions(vdiskd, qsd, d, sessions, prefix):
     return ok
 
 
+# ---- a full backup and three incremental ones, under fio --------------------------------
+
+SIZE = 256 * MiB
+
+
+def nbd_uri(d, tag, name):
+    return "nbd+unix:///%s?socket=%s/%s.nbd" % (name, d, tag)
+
+
+def raw_copy(uri, path):
+    run("nbdcopy", uri, path)
+
+
+def dirty_extents(dm, d, tag):
+    """bm0's dirty runs, read through an export of it (then removed: a backup may not use
+    an exported bitmap)."""
+    dm.cmd("block-export-add", type="nbd", id="ebm", **{"node-name": "disk0"}, name="bm",
+           writable=True, bitmaps=["bm0"])
+    out = run("nbdinfo", "--map=qemu:dirty-bitmap:bm0", nbd_uri(d, tag, "bm")).stdout
+    dm.cmd("block-export-del", id="ebm")
+    dm.wait(lambda e: e["event"] == "BLOCK_EXPORT_DELETED")
+    runs = []
+    for line in out.splitlines():
+        f = line.split()
+        if len(f) >= 3 and f[2] == "1":
+            runs.append((int(f[0]), int(f[1])))
+    return runs
+
+
+def widen(runs, unit):
+    """Runs widened to whole units and merged."""
+    out = []
+    for off, ln in runs:
+        s, e = off // unit * unit, -(-(off + ln) // unit) * unit
+        if out and out[-1][1] >= s:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return [(a, b - a) for a, b in out]
+
+
+def data_runs(path):
+    return [(x[0], x[1]) for x in merged_map(path) if x[3]]
+
+
+def chain_run(binary, d, tag):
+    """One daemon's run: returns (per-job events, checks) for the comparison."""
+    checks = []
+    src = image("%s/a.qcow2" % d, str(SIZE), [(0x40 + i, i * 16, 8) for i in range(16)])
+    dm = Daemon(binary, d, tag)
+    add_qcow2(dm, "disk0", src)
+    dm.cmd("nbd-server-start", addr={"type": "unix", "data": {"path": "%s/%s.nbd" % (d, tag)}})
+    dm.cmd("block-export-add", type="nbd", id="e0", **{"node-name": "disk0"}, name="disk0",
+           writable=True)
+    uri = nbd_uri(d, tag, "disk0")
+    targets = []
+    for i in range(4):
+        ref = "%s/ref%d.raw" % (d, i)
+        if i:
+            expect = widen(dirty_extents(dm, d, tag), CLUSTER)
+        raw_copy(uri, ref)
+        tgt = run_create(d, "b%d.qcow2" % i, size=str(SIZE))
+        add_qcow2(dm, "t%d" % i, tgt)
+        job = "b%d" % i
+        args = {"job-id": job, "device": "disk0", "target": "t%d" % i, "speed": 64 * MiB}
+        if i == 0:
+            dm.cmd("transaction", actions=[
+                {"type": "block-dirty-bitmap-add", "data": {"node": "disk0", "name": "bm0"}},
+                {"type": "blockdev-backup", "data": dict(args, sync="full")}])
+        else:
+            dm.cmd("blockdev-backup", sync="incremental", bitmap="bm0", **args)
+        w = fio(uri, "--rate_iops=400", "--bs=4k")
+        shape = dm.cmd("query-jobs").get("return", [])
+        if shape:     # a small incremental may be over already
+            dm.log.append(("reply", "query-jobs-keys", {"return": sorted(shape[0])}))
+        dm.wait(lambda e: e["event"] == "BLOCK_JOB_COMPLETED" and e["data"]["device"] == job,
+                timeout=300)
+        fio_stop(w)
+        wait_end(dm, job)
+        dm.cmd("blockdev-del", **{"node-name": "t%d" % i})
+        named_bitmaps(dm)
+        if i:
+            got = data_runs(tgt)
+            checks.append((got == expect, "backup-chain-%s-incremental-%d" % (tag, i),
+                           "target holds %s, bitmap marked %s" % (got[:6], expect[:6])))
+        targets.append((tgt, ref))
+    dm.quit()
+    # each point in time: the incrementals rebased onto the one before
+    for i, (tgt, ref) in enumerate(targets):
+        if i:
+            run("qemu-img", "rebase", "-u", "-b", targets[i - 1][0], "-F", "qcow2", tgt)
+        c = run("qemu-img", "compare", "-q", "-F", "raw", tgt, ref, check=False)
+        k = run("qemu-img", "check", tgt, check=False)
+        checks.append((c.returncode == 0 and k.returncode == 0,
+                       "backup-chain-%s-restore-%d" % (tag, i),
+                       "compare %d %s; check %d %s" % (c.returncode, c.stdout + c.stderr,
+                                                       k.returncode, k.stdout[-200:])))
+    k = run("qemu-img", "check", src, check=False)
+    checks.append((k.returncode == 0, "backup-chain-%s-source-check" % tag, k.stdout[-300:]))
+    return digest(dm.log, dm.events(), d), checks
+
+
+def chain_main(vdiskd, qsd, d):
+    ok = True
+    got = {}
+    for tag, binary in (("vd", vdiskd), ("qsd", qsd)):
+        sub = "%s/chain-%s" % (d, tag)
+        os.makedirs(sub, exist_ok=True)
+        (replies, jobs), checks = chain_run(binary, sub, tag)
+        got[tag] = (replies, {k: no_drain_pairs(v) for k, v in jobs.items()})
+        for c in checks:
+            ok &= result(*c)
+    # bitmap counts and map shapes differ with the writes fio happened to make: the
+    # replies compared are the command results and query-jobs' keys
+    def keyed(replies):
+        out = [(n, r) for n, r in replies if n in ("transaction", "blockdev-backup",
+                                                   "block-export-del")]
+        keys = [r for n, r in replies if n == "query-jobs-keys"]
+        return out + [k for i, k in enumerate(keys) if k not in keys[:i]]
+    (ra, ja), (rb, jb) = got["vd"], got["qsd"]
+    why = []
+    if keyed(ra) != keyed(rb):
+        why.append("replies %s vs %s" % (keyed(ra), keyed(rb)))
+    for job in sorted(set(ja) | set(jb), key=str):
+        if ja.get(job) != jb.get(job):
+            why.append("events of %s:\n    vdiskd %s\n    qsd    %s" %
+                       (job, ja.get(job), jb.get(job)))
+    return result(not why, "backup-chain-events", "\n  ".join(why[:6])) and ok
+
+
+# ---- one instant over three disks -----------------------------------------------------------
+
+class CounterWriter(threading.Thread):
+    """Writes 1, 2, 3, ... at offset 0 of every disk in turn, each write acknowledged
+    before the next: any instant of the three disks holds n, n or n-1 ... in order."""
+
+    def __init__(self, uris):
+        super().__init__(daemon=True)
+        import nbd
+        self.handles = []
+        for u in uris:
+            h = nbd.NBD()
+            h.connect_uri(u)
+            self.handles.append(h)
+        self.n = 0
+        self.stop = threading.Event()
+        self.error = None
+
+    def run(self):
+        try:
+            while not self.stop.is_set():
+                self.n += 1
+                block = (self.n.to_bytes(8, "big")) * 512
+                for h in self.handles:
+                    h.pwrite(block, 0)
+        except Exception as e:   # reported by the check that reads the counters
+            self.error = e
+
+    def finish(self):
+        self.stop.set()
+        self.join(60)
+        for h in self.handles:
+            h.shutdown()
+
+
+def counter(path):
+    """The counter at offset 0 of an image (qcow2)."""
+    out = run("qemu-io", "-f", "qcow2", "-r", "-c", "read -v 0 8", path).stdout
+    hexes = "".join(out.split("\n")[0].split(":", 1)[1].split()[:8])
+    return int(hexes, 16)
+
+
+def group_main(vdiskd, d):
+    ok = True
+    dm = Daemon(vdiskd, d, "g")
+    dm.cmd("nbd-server-start", addr={"type": "unix", "data": {"path": "%s/g.nbd" % d}})
+    uris = []
+    for i in range(3):
+        image("%s/d%d.qcow2" % (d, i), str(SIZE), [(0x30 + i, 0, 64)])
+        add_qcow2(dm, "d%d" % i, "%s/d%d.qcow2" % (d, i))
+        dm.cmd("block-export-add", type="nbd", id="e%d" % i, **{"node-name": "d%d" % i},
+               name="d%d" % i, writable=True)
+        uris.append(nbd_uri(d, "g", "d%d" % i))
+    for rnd, failing in enumerate((None, 2)):
+        actions = []
+        for i in range(3):
+            tgt = run_create(d, "r%d-t%d.qcow2" % (rnd, i), size=str(SIZE))
+            node = "r%dt%d" % (rnd, i)
+            if i == failing:
+                add_qcow2(dm, node, tgt, {"driver": "blkdebug", "inject-error": [
+                    {"event": "pwritev", "errno": 5, "sector": 100000, "once": False}]})
+            else:
+                add_qcow2(dm, node, tgt)
+            actions.append({"type": "block-dirty-bitmap-add",
+                            "data": {"node": "d%d" % i, "name": "g%d" % rnd}})
+            actions.append({"type": "blockdev-backup", "data": {
+                "job-id": "r%dj%d" % (rnd, i), "device": "d%d" % i, "target": node,
+                "sync": "full", "speed": 64 * MiB}})
+        w = CounterWriter(uris)
+        w.start()
+        time.sleep(0.5)
+        before = w.n - 1
+        # bitmap actions cannot be grouped (QEMU's rule): they go first, on their own
+        dm.cmd("transaction", actions=[a for a in actions
+                                       if a["type"] == "block-dirty-bitmap-add"])
+        r = dm.cmd("transaction", actions=[a for a in actions if a["type"] != "block-dirty-"
+                                           "bitmap-add"], properties={"completion-mode":
+                                                                      "grouped"})
+        ends = {}
+        if "error" in r:
+            w.finish()
+            ok &= result(False, "backup-group-%d-transaction" % rnd, str(r))
+            break
+        for i in range(3):
+            j = "r%dj%d" % (rnd, i)
+            ends[j] = job_end(dm, j)
+        w.finish()
+        left = dm.cmd("query-jobs").get("return")
+        if failing is None:
+            vals = [counter("%s/r%d-t%d.qcow2" % (d, rnd, i)) for i in range(3)]
+            same = vals[0] >= vals[1] >= vals[2] >= vals[0] - 1
+            ok &= result("return" in r and same and w.error is None and vals[2] >= before and
+                         all(v[0] == "BLOCK_JOB_COMPLETED" and not v[1] for v in ends.values()),
+                         "backup-group-one-instant",
+                         "reply %s, counters %s (writer at %d before, %d after, error %s), "
+                         "ends %s" % (r, vals, before, w.n, w.error, ends))
+        else:
+            bad = "r%dj%d" % (rnd, failing)
+            others = [v for j, v in ends.items() if j != bad]
+            ok &= result(ends[bad] == ("BLOCK_JOB_COMPLETED", "Input/output error") and
+                         all(v == ("BLOCK_JOB_CANCELLED", None) for v in others) and
+                         left == [], "backup-group-one-fails-all-end",
+                         "ends %s, jobs left %s" % (ends, left))
+        for i in range(3):
+            dm.cmd("blockdev-del", **{"node-name": "r%dt%d" % (rnd, i)})
+            if i != failing:
+                k = run("qemu-img", "check", "%s/r%d-t%d.qcow2" % (d, rnd, i), check=False)
+                ok &= result(k.returncode == 0, "backup-group-%d-target-%d-check" % (rnd, i),
+                             k.stdout[-300:])
+    rc = dm.quit()
+    for i in range(3):
+        k = run("qemu-img", "check", "%s/d%d.qcow2" % (d, i), check=False)
+        ok &= result(k.returncode == 0 and rc == 0, "backup-group-source-%d-check" % i,
+                     "exit %s, %s" % (rc, k.stdout[-300:]))
+    return ok
+
+
+# ---- fleecing ---------------------------------------------------------------------------------
+
+def fleece_main(vdiskd, d):
+    """QEMU 7.2's fleecing: a backup job with sync=none and a named filter, snapshot-access
+    over the filter exported with a frozen copy of the disk's bitmap, read by nbdcopy and
+    nbdinfo while fio writes into the disk."""
+    ok = True
+    dm = Daemon(vdiskd, d, "f")
+    src = image("%s/a.qcow2" % d, str(SIZE), [(0x50 + i, i * 16, 8) for i in range(16)])
+    add_qcow2(dm, "disk0", src)
+    dm.cmd("nbd-server-start", addr={"type": "unix", "data": {"path": "%s/f.nbd" % d}})
+    dm.cmd("block-export-add", type="nbd", id="e0", **{"node-name": "disk0"}, name="disk0",
+           writable=True)
+    uri = nbd_uri(d, "f", "disk0")
+    dm.cmd("block-dirty-bitmap-add", node="disk0", name="bm0")
+    run("qemu-io", "-f", "raw", "-c", "write -P 0x61 3M 64k", "-c", "write -P 0x62 100M 1M",
+        "-c", "write -P 0x63 200M 4k", uri)
+    expect = dirty_extents(dm, d, "f")
+    ref = "%s/ref.raw" % d
+    raw_copy(uri, ref)
+    tmp = run_create(d, "tmp.qcow2", size=str(SIZE))
+    add_qcow2(dm, "tmp", tmp)
+    r = dm.cmd("transaction", actions=[
+        {"type": "block-dirty-bitmap-add", "data": {"node": "disk0", "name": "fl",
+                                                    "disabled": True}},
+        {"type": "block-dirty-bitmap-merge", "data": {"node": "disk0", "target": "fl",
+                                                      "bitmaps": ["bm0"]}},
+        {"type": "blockdev-backup", "data": {"job-id": "fl", "device": "disk0",
+                                             "target": "tmp", "sync": "none",
+                                             "filter-node-name": "cbw"}}])
+    w = fio(uri, "--rate_iops=2000", "--bs=4k")
+    dm.cmd("blockdev-add", driver="snapshot-access", **{"node-name": "acc"}, file="cbw")
+    dm.cmd("block-export-add", type="nbd", id="es", **{"node-name": "acc"}, name="snap",
+           bitmaps=[{"node": "disk0", "name": "fl"}])
+    snap = nbd_uri(d, "f", "snap")
+    time.sleep(1)                      # the guest has written meanwhile
+    copy = "%s/copy.raw" % d
+    c1 = subprocess.run(["nbdcopy", snap, copy], capture_output=True, text=True)
+    m = run("nbdinfo", "--map=qemu:dirty-bitmap:fl", snap, check=False)
+    running = w.poll() is None
+    fio_stop(w)
+    got = []
+    for line in m.stdout.splitlines():
+        f = line.split()
+        if len(f) >= 3 and f[2] == "1":
+            got.append((int(f[0]), int(f[1])))
+    same = run("cmp", copy, ref, check=False)
+    now = "%s/now.raw" % d
+    raw_copy(uri, now)
+    changed = run("cmp", "-s", now, ref, check=False)
+    ok &= result("return" in r and c1.returncode == 0 and same.returncode == 0 and running,
+                 "backup-fleece-point-in-time",
+                 "transaction %s; nbdcopy %d %s; cmp %s; fio running %s" %
+                 (r, c1.returncode, c1.stderr, same.stdout, running))
+    ok &= result(changed.returncode == 1, "backup-fleece-disk-moved-on",
+                 "cmp of the disk with the start gave %d" % changed.returncode)
+    ok &= result(m.returncode == 0 and got == expect and bool(expect),
+                 "backup-fleece-bitmap-map",
+                 "nbdinfo %s; map %s, bitmap %s" % (m.stderr, got, expect))
+    prog = dm.cmd("query-jobs").get("return", [{}])[0].get("current-progress", 0)
+    ok &= result(prog > 0, "backup-fleece-copied-before-write",
+                 "current-progress %s" % prog)
+    # teardown in QEMU's order
+    dm.cmd("block-export-del", id="es")
+    dm.wait(lambda e: e["event"] == "BLOCK_EXPORT_DELETED")
+    r1 = dm.cmd("blockdev-del", **{"node-name": "acc"})
+    r2 = dm.cmd("job-cancel", id="fl")
+    end = job_end(dm, "fl")
+    r3 = dm.cmd("blockdev-del", **{"node-name": "tmp"})
+    ok &= result(all("return" in x for x in (r1, r2, r3)) and
+                 end == ("BLOCK_JOB_CANCELLED", None), "backup-fleece-teardown",
+                 "%s %s %s %s" % (r1, r2, end, r3))
+    rc = dm.quit()
+    for p in (src, tmp):
+        k = run("qemu-img", "check", p, check=False)
+        ok &= result(k.returncode == 0 and rc == 0, "backup-fleece-check-" +
+                     os.path.basename(p), "exit %s %s" % (rc, k.stdout[-300:]))
+    return ok
+
+
+# ---- a source that fails its reads ----------------------------------------------------------
+
+def source_errors(vdiskd, d):
+    """blkdebug on read_aio (which vdisk's qcow2 announces for its data reads, and this
+    QEMU's does not): on-source-error report, stop and ignore."""
+    ok = True
+    sub = "%s/source-errors" % d
+    os.makedirs(sub, exist_ok=True)
+    dm = Daemon(vdiskd, sub, "se")
+    src = image("%s/a.qcow2" % sub)
+    add_qcow2(dm, "disk0", src, {"driver": "blkdebug", "inject-error": [
+        {"event": "read_aio", "errno": 5, "once": False}]})
+    for policy in ("report", "stop", "ignore"):
+        tgt = run_create(sub, "t-%s.qcow2" % policy)
+        add_qcow2(dm, "t-" + policy, tgt)
+        job = "s-" + policy
+        backup(dm, **{"job-id": job, "target": "t-" + policy, "on-source-error": policy})
+        err = dm.wait(lambda e: e["event"] == "BLOCK_JOB_ERROR" and
+                      e["data"]["device"] == job)["data"]
+        why = [] if err == {"device": job, "operation": "read", "action": policy} else [err]
+        if policy == "stop":
+            dm.status(job, "paused")
+            jobs = dm.cmd("query-block-jobs")["return"]
+            if [j["io-status"] for j in jobs] != ["failed"]:
+                why.append(jobs)
+        if policy != "report":
+            dm.cmd("job-cancel", id=job)
+        end = job_end(dm, job)
+        want = (("BLOCK_JOB_COMPLETED", "Input/output error") if policy == "report"
+                else ("BLOCK_JOB_CANCELLED", None))
+        if end != want:
+            why.append(end)
+        ok &= result(not why, "backup-source-error-%s" % policy, str(why))
+        dm.cmd("blockdev-del", **{"node-name": "t-" + policy})
+        k = run("qemu-img", "check", tgt, check=False)
+        ok &= result(k.returncode == 0, "backup-source-error-%s-target-check" % policy,
+                     k.stdout[-300:])
+    dm.quit()
+    return ok
+
+
+# ---- kill -9 during backups --------------------------------------------------------------------
+
+class SlotWriter(threading.Thread):
+    """Writes 4 KiB slot i (a pattern of i) once each, at random slots, flushing every 16
+    writes: the writes a completed flush covers are acknowledged for good."""
+
+    def __init__(self, uri, slots, seed):
+        super().__init__(daemon=True)
+        import nbd
+        import random
+        self.h = nbd.NBD()
+        self.h.connect_uri(uri)
+        self.order = list(range(slots))
+        random.Random(seed).shuffle(self.order)
+        self.acked = []
+        self.pending = []
+
+    def run(self):
+        try:
+            for i in self.order:
+                self.h.pwrite(i.to_bytes(4, "big") * 1024, i * 4096)
+                self.pending.append(i)
+                if len(self.pending) == 16:
+                    self.h.flush()
+                    self.acked += self.pending
+                    self.pending = []
+                    time.sleep(0.001)
+        except Exception:   # the daemon was killed
+            pass
+
+
+def slots_hold(path, slots, fmt="qcow2"):
+    """The acknowledged slots that do not read back as written."""
+    raw = path + ".raw"
+    run("qemu-img", "convert", "-f", fmt, "-O", "raw", path, raw)
+    bad = []
+    with open(raw, "rb") as f:
+        for i in slots:
+            f.seek(i * 4096)
+            if f.read(4096) != i.to_bytes(4, "big") * 1024:
+                bad.append(i)
+    os.unlink(raw)
+    return bad
+
+
+def crash_main(vdiskd, d, rounds=3):
+    ok = True
+    for rnd in range(rounds):
+        sub = "%s/crash%d" % (d, rnd)
+        os.makedirs(sub, exist_ok=True)
+        dm = Daemon(vdiskd, sub, "c")
+        src = image("%s/a.qcow2" % sub, str(SIZE), [(0x70, 0, 128)])
+        add_qcow2(dm, "disk0", src)
+        tgt = run_create(sub, "t.qcow2", size=str(SIZE))
+        add_qcow2(dm, "t", tgt)
+        dm.cmd("nbd-server-start", addr={"type": "unix",
+                                         "data": {"path": "%s/c.nbd" % sub}})
+        dm.cmd("block-export-add", type="nbd", id="e0", **{"node-name": "disk0"},
+               name="disk0", writable=True)
+        # a quarter of the disk: the filter's copies for it leave the job work to do
+        sync = ("full", "incremental", "full")[rnd]
+        if sync == "incremental":
+            dm.cmd("block-dirty-bitmap-add", node="disk0", name="bm", persistent=True)
+            qemu_io_nbd = ["qemu-io", "-f", "raw", "-c", "write -P 0x71 64M 64M",
+                           nbd_uri(sub, "c", "disk0")]
+            run(*qemu_io_nbd)
+        w = SlotWriter(nbd_uri(sub, "c", "disk0"), SIZE // 4 // 4096, rnd)
+        w.start()
+        args = {"bitmap": "bm"} if sync == "incremental" else {}
+        speed = (4 if sync == "incremental" else 32) * MiB
+        r = backup(dm, sync=sync, speed=speed, compress=rnd == 2, **args)
+        time.sleep(0.7 + 0.3 * rnd)
+        running = dm.cmd("query-jobs").get("return", [])
+        dm.p.kill()
+        dm.p.wait()
+        w.join(30)
+        for path in (src, tgt):
+            k = run("qemu-img", "check", path, check=False)
+            # leaks are allowed (exit 3): corruption is not
+            ok &= result(k.returncode in (0, 3) and "ERROR" not in k.stdout,
+                         "backup-crash-%d-%s-check" % (rnd, os.path.basename(path)),
+                         "check %d %s" % (k.returncode, k.stdout[-400:]))
+        bad = slots_hold(src, w.acked)
+        ok &= result("return" in r and bool(running) and len(w.acked) > 0 and not bad,
+                     "backup-crash-%d-acknowledged-writes" % rnd,
+                     "backup %s, job running %s, %d acknowledged, lost %s" %
+                     (r, running, len(w.acked), bad[:10]))
+    return ok
+
+
 def main():
     mode = sys.argv[1]
     if mode == "events":
         only = os.environ.get("SESSIONS")
         sessions = [x for x in SESSIONS if not only or x[0] in only.split(",")]
         ok = compare_sessions(sys.argv[2], sys.argv[3], sys.argv[4], sessions, "backup")
+    elif mode == "fleece":
+        ok = fleece_main(sys.argv[2], sys.argv[3])
+    elif mode == "crash":
+        ok = crash_main(sys.argv[2], sys.argv[3])
+        ok &= source_errors(sys.argv[2], sys.argv[3])
+    elif mode == "group":
+        ok = group_main(sys.argv[2], sys.argv[3])
+    elif mode == "chain":
+        ok = chain_main(sys.argv[2], sys.argv[3], sys.argv[4])
     else:
         sys.exit("unknown mode " + mode)
     sys.exit(0 if ok else 1)
