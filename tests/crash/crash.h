@@ -12,6 +12,7 @@
 
 #define SECTOR 512u
 #define TAG_GARBAGE UINT32_MAX  /* a sector that is neither zeros nor a whole tagged sector */
+#define CRASH_MAX_FILES 16      /* files in one shared log (VD_LOGW_MAX_FILES) */
 
 /* ---- sector tags (tags.c): every sector a workload writes names its write and place ---- */
 void tag_fill(uint8_t *sector, uint32_t write_id, uint64_t sector_no);
@@ -38,17 +39,29 @@ typedef struct gop {
     uint64_t first, count;    /* sectors whose contents the op may have changed */
     uint32_t *vals;           /* their tags after the op (count entries) */
     uint64_t size_after;      /* the guest size after the op */
+    bool maybe;               /* may have happened any time from start on, and no flush
+                               * made it durable (a job's own copies): its values are
+                               * allowed from then on, never required */
 } gop;
 
 typedef struct workload_cfg {
     const char *kind;         /* alloc, snap, compress, resize, cow, mixed, amend, bitmaps,
-                               * mirror */
+                               * mirror, backup, commit */
     uint32_t cluster_size;
     bool lazy;
     uint64_t seed;
     int ops;
     const char *dir;          /* where the image, its backing and the log live */
+    const char *backup_mode;  /* backup: full, bitmap, full-compress or bitmap-compress;
+                               * NULL: by the seed */
 } workload_cfg;
+
+/* One file of a kind that records several files in one shared log (backup, commit). */
+typedef struct jfile {
+    char name[64];            /* its name in a crash state's directory */
+    uint8_t *base;            /* the file before recording began */
+    uint64_t base_size;
+} jfile;
 
 typedef struct journal {
     uint64_t size0;           /* guest size before the first op */
@@ -60,6 +73,12 @@ typedef struct journal {
     uint8_t *base;            /* the image file before recording began */
     uint64_t base_size;
     uint32_t next_id;         /* the next unused write id (for the checker's own writes) */
+    /* Kinds with several files (0: one, described by base): file k of the log is
+     * files[k], and the ops above describe what the guest reads from files[data_file]. */
+    uint32_t nb_files, data_file;
+    jfile files[CRASH_MAX_FILES];
+    struct journal *target;   /* backup: what the target may hold, as ops on file 1 */
+    const char *job_kind;     /* "backup" or "commit" */
 } journal;
 
 int workload_run(const workload_cfg *cfg, journal *j);
@@ -68,6 +87,8 @@ void journal_free(journal *j);
 /* ---- the log and crash states (replay.c) ---- */
 typedef struct logrec {
     uint32_t type;
+    uint32_t file;            /* which file of a shared log (0 for a log of one file) */
+    uint64_t idx;             /* the record's number among its file's records */
     uint64_t off, len, aux;
     const uint8_t *data;      /* WRITE records: points into the loaded log */
     uint64_t pos;             /* the log's length before this record */
@@ -79,6 +100,8 @@ typedef struct wlog {
     uint64_t init_size;
     logrec *recs;
     size_t nb;
+    uint32_t nb_files;        /* 1 + the highest file number seen */
+    uint64_t per_file[CRASH_MAX_FILES];   /* records of each file */
 } wlog;
 
 int wlog_load(const char *path, wlog *l);
@@ -117,5 +140,18 @@ typedef struct check_ctx {
 
 /* Returns true when the state passed every check. */
 bool check_state(const check_ctx *c, check_totals *t);
+/* qemu-img check (when c->qemu_img) and vdisk's check of c->state_path, leaks allowed and
+ * counted. */
+bool check_image(const check_ctx *c, check_totals *t);
+/* vdisk's check only, leaks allowed (after a job has run on a state). */
+bool check_image_vdisk(const check_ctx *c, check_totals *t);
+void check_fail(const check_ctx *c, const char *why);
+
+/* ---- jobs' workloads and checks (jobs.c, check-jobs.c) ---- */
+typedef struct wl wl;
+int run_backup(wl *w, uint64_t size);
+int run_commit(wl *w, uint64_t size);
+/* A crash state of a job kind, its files in dir: c->state_path is unused. */
+bool check_job_state(const check_ctx *c, const char *dir, check_totals *t);
 
 #endif

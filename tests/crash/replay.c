@@ -46,6 +46,7 @@ int wlog_load(const char *path, wlog *l)
         return -1;
     }
     l->init_size = le(l->buf + 8, 8);
+    l->nb_files = 1;
     size_t cap = 0;
     for (size_t pos = VD_LOGW_HEADER_SIZE; pos < l->buf_len;) {
         const uint8_t *p = l->buf + pos;
@@ -53,8 +54,17 @@ int wlog_load(const char *path, wlog *l)
             fprintf(stderr, "crash-test: %s: truncated record at %zu\n", path, pos);
             return -1;
         }
-        logrec r = {.type = (uint32_t)le(p, 4), .off = le(p + 8, 8), .len = le(p + 16, 8),
-                    .aux = le(p + 24, 8), .pos = pos};
+        logrec r = {.type = (uint32_t)le(p, 4), .file = (uint32_t)le(p + 4, 4),
+                    .off = le(p + 8, 8), .len = le(p + 16, 8), .aux = le(p + 24, 8),
+                    .pos = pos};
+        if (r.file >= VD_LOGW_MAX_FILES) {
+            fprintf(stderr, "crash-test: %s: record of file %u at %zu\n", path, r.file, pos);
+            return -1;
+        }
+        r.idx = l->per_file[r.file]++;
+        if (r.file >= l->nb_files) {
+            l->nb_files = r.file + 1;
+        }
         pos += VD_LOGW_RECORD_SIZE;
         if (r.type == VD_LOGW_WRITE) {
             if (r.len > l->buf_len - pos) {

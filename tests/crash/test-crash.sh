@@ -4,10 +4,11 @@
 # refcount width changes (amend), persistent bitmaps added, removed, changed and stored at
 # close (bitmaps), the target of a mirror job while the guest writes its source (mirror:
 # any sector may hold the source's data of any moment, and after job-complete exactly the
-# source's); lazy refcounts off and on; clusters of 512 B, 64 KiB and
-# 2 MiB) is recorded through the
-# logwrites filter and replayed into crash states that crash-test checks (tests/crash/
-# crash.h). Then two proofs that the harness can fail: a test-only switch that writes L2
+# source's), a backup job's source and target (backup: the copy-before-write rule) and an
+# intermediate commit's chain base <- mid <- top (commit: the chain reads what the guest
+# wrote, and the commit run again from the crash state finishes it); lazy refcounts off
+# and on; clusters of 512 B, 64 KiB and 2 MiB) is recorded through the logwrites filter
+# and replayed into crash states that crash-test checks (tests/crash/crash.h). Then two proofs that the harness can fail: a test-only switch that writes L2
 # entries before the refcounts they depend on must be caught as corruption, and a replay
 # that forgets what flushes made durable must be caught losing flushed writes. Ends with
 #   crash states: N, corruptions: 0, leaks: L, lost flushed writes: 0
@@ -53,6 +54,8 @@ run_workload() {
     local args=(--dir "$dir" --kind "$kind" --cluster-size "$cs" --seed "$seed" --ops "$ops"
         --states "$states" --keep "$keep" --state-dir "$state_dir")
     [ "$lazy" = 1 ] && args+=(--lazy)
+    # A backup's mode is the name's last part (backup-CS-lazy0-MODE); else by the seed.
+    [[ $kind = backup && $name = *-lazy0-* ]] && args+=(--backup-mode "${name##*-lazy0-}")
     "$exe" "${args[@]}" "$@" >"$VD_TESTDIR/$name.out" 2>"$VD_TESTDIR/$name.err"
     echo $? >"$VD_TESTDIR/$name.rc"
     rm -f "$dir"/*.qcow2 "$dir"/writes.log
@@ -111,10 +114,25 @@ done
 for cs in 512 65536 2097152; do
     names+=("mirror-$cs-lazy0")
 done
+# Jobs over several images recorded in one log, a crash state being one moment of them all:
+# a backup (the copy-before-write filter on the source the guest writes; sync=full or
+# bitmap, compressed or not) and an intermediate commit of base <- mid <- top while the
+# guest writes top (then run again from each crash state to its end). Images of 2 MiB
+# clusters cost much more here (32 MiB images copied whole): the long mode only.
+if [ "${CRASH_LONG:-}" = 1 ]; then
+    for cs in 512 65536 2097152; do
+        for mode in full bitmap full-compress bitmap-compress; do
+            names+=("backup-$cs-lazy0-$mode")
+        done
+        names+=("commit-$cs-lazy0")
+    done
+else
+    names+=(backup-65536-lazy0-full-compress commit-65536-lazy0)
+fi
 
 running=0
 for n in "${names[@]}"; do
-    IFS=- read -r kind cs lz <<<"$n"
+    IFS=- read -r kind cs lz _ <<<"$n"
     run_workload "$n" "$kind" "$cs" "${lz#lazy}" &
     running=$((running + 1))
     if [ "$running" -ge "$jobs" ]; then
@@ -167,9 +185,10 @@ else
 fi
 
 # The harness itself under ASan+UBSan, on the workload that touches every path and on
-# the mirror's (a job's threads beside the guest's writes, seed 1: write-blocking).
+# the mirror's and the backup's (a job's threads and the copy-before-write filter beside
+# the guest's writes; seed 1: write-blocking, and sync=bitmap).
 if [ -x "$bin_asan" ] && [ "${CRASH_LONG:-}" != 1 ]; then
-    for kind in mixed mirror; do
+    for kind in mixed mirror backup; do
         states=20 run_workload "asan-$kind" "$kind" 65536 0 "$bin_asan"
         if [ "$(cat "$VD_TESTDIR/asan-$kind.rc")" = 0 ]; then
             pass "crash/asan-$kind: $(grep '^crash states:' "$VD_TESTDIR/asan-$kind.out")"

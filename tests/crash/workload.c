@@ -16,24 +16,9 @@
 #include "vdisk/vdisk.h"
 #include "tools/engine-env.h"
 
-#define MAX_SNAPS 8
+#include "workload.h"
 
-typedef struct wl {
-    const workload_cfg *cfg;
-    journal *j;
-    rng r;
-    vd_engine *e;
-    vd_disk *d;
-    uint64_t size;
-    uint32_t id;                 /* the last write id used */
-    uint64_t recent[16];         /* offsets written lately, for overwrites */
-    int nb_snaps, snap_seq;
-    char snaps[MAX_SNAPS][16];
-    int nb_bitmaps, bitmap_seq;  /* persistent bitmaps: names b0, b1, ... */
-    char bitmaps[MAX_SNAPS][16];
-} wl;
-
-static void *xmalloc(size_t n)
+void *xmalloc(size_t n)
 {
     void *p = malloc(n ? n : 1);
     if (!p) {
@@ -42,20 +27,20 @@ static void *xmalloc(size_t n)
     return p;
 }
 
-static uint64_t log_len(const wl *w)
+uint64_t log_len(const wl *w)
 {
     struct stat st;
     return stat(w->j->log, &st) == 0 ? (uint64_t)st.st_size : 0;
 }
 
-static int fail(const char *what, const char *msg)
+int fail(const char *what, const char *msg)
 {
     fprintf(stderr, "crash-test: workload: %s: %s\n", what, msg);
     return -1;
 }
 
 /* Reads sectors [first, first+count) of d as tags into vals. */
-static int read_tags(vd_disk *d, uint64_t first, uint64_t count, uint32_t *vals)
+int read_tags(vd_disk *d, uint64_t first, uint64_t count, uint32_t *vals)
 {
     const uint64_t batch = 256;
     uint8_t *buf = xmalloc(batch * SECTOR);
@@ -71,7 +56,7 @@ static int read_tags(vd_disk *d, uint64_t first, uint64_t count, uint32_t *vals)
     return ret;
 }
 
-static gop *add_op(wl *w, op_kind kind, uint64_t start)
+gop *add_op(wl *w, op_kind kind, uint64_t start)
 {
     journal *j = w->j;
     j->ops = realloc(j->ops, (j->nb_ops + 1) * sizeof(*j->ops));
@@ -86,7 +71,7 @@ static gop *add_op(wl *w, op_kind kind, uint64_t start)
 }
 
 /* Ends an op: records the log position and what the guest now reads in [first, +count). */
-static int end_op(wl *w, gop *o, uint64_t first, uint64_t count)
+int end_op(wl *w, gop *o, uint64_t first, uint64_t count)
 {
     o->end = log_len(w);
     o->size_after = vd_disk_size(w->d);
@@ -97,7 +82,7 @@ static int end_op(wl *w, gop *o, uint64_t first, uint64_t count)
 }
 
 /* A random extent of 1..max sectors inside the disk; now and then over a recent write. */
-static void pick_extent(wl *w, uint64_t max, uint64_t *first, uint64_t *count)
+void pick_extent(wl *w, uint64_t max, uint64_t *first, uint64_t *count)
 {
     uint64_t sectors = w->size / SECTOR;
     uint64_t n = 1 + rng_below(&w->r, max);
@@ -117,7 +102,7 @@ static void pick_extent(wl *w, uint64_t max, uint64_t *first, uint64_t *count)
     *count = n;
 }
 
-static void fill_tags(wl *w, uint8_t *buf, uint64_t first, uint64_t count)
+void fill_tags(wl *w, uint8_t *buf, uint64_t first, uint64_t count)
 {
     w->id++;
     for (uint64_t i = 0; i < count; i++) {
@@ -141,13 +126,13 @@ static int verify_written(const gop *o, uint32_t id, const char *what)
     return 0;
 }
 
-static uint64_t max_sectors(const wl *w)
+uint64_t max_sectors(const wl *w)
 {
     uint64_t m = 2ull * w->cfg->cluster_size / SECTOR;
     return m < 16 ? 16 : m > 512 ? 512 : m;
 }
 
-static int op_write(wl *w)
+int op_write(wl *w)
 {
     uint64_t first, count;
     pick_extent(w, max_sectors(w), &first, &count);
@@ -178,7 +163,7 @@ static int op_compress(wl *w)
 }
 
 /* Write zeroes or discard over 1..4 clusters, cluster-aligned half of the time. */
-static int op_zero_discard(wl *w, bool discard)
+int op_zero_discard(wl *w, bool discard)
 {
     uint64_t cs = w->cfg->cluster_size / SECTOR, first, count;
     pick_extent(w, 4 * cs, &first, &count);
@@ -202,7 +187,7 @@ static int op_zero_discard(wl *w, bool discard)
     return discard ? 0 : verify_written(o, 0, "write zeroes");
 }
 
-static int op_flush(wl *w, op_kind kind)
+int op_flush(wl *w, op_kind kind)
 {
     gop *o = add_op(w, kind, log_len(w));
     if (vd_flush(w->d) < 0) {
@@ -489,7 +474,7 @@ static int run_one(wl *w, const weights *wt)
     return op_snapshot(w, OP_SNAP_DELETE);
 }
 
-static int create_image(wl *w, const char *path, uint64_t size, const char *backing,
+int create_image(wl *w, const char *path, uint64_t size, const char *backing,
                         bool lazy)
 {
     vd_opts *o = vd_opts_new();
@@ -511,18 +496,14 @@ static int create_image(wl *w, const char *path, uint64_t size, const char *back
     return ret;
 }
 
-/* The backing file of a cow workload: most of the disk written with tags, so that partial
- * writes in the overlay must copy its data. */
-static int make_backing(wl *w, const char *path, uint64_t size)
+/* Writes tags over about tenths/10 of the 64 KiB pieces of the image at path. */
+int fill_image(wl *w, const char *path, uint64_t size, int tenths)
 {
-    if (create_image(w, path, size, NULL, false) < 0) {
-        return -1;
-    }
     vd_open_opts oo = {.format = "qcow2", .flags = VD_OPEN_RDWR};
     vd_disk *d = NULL;
     vd_error *err = NULL;
     if (vd_open(w->e, path, &oo, &d, &err) < 0) {
-        int r = fail("open backing", vd_error_msg(err));
+        int r = fail("open to fill", vd_error_msg(err));
         vd_error_free(err);
         return r;
     }
@@ -530,7 +511,7 @@ static int make_backing(wl *w, const char *path, uint64_t size)
     uint8_t *buf = xmalloc(chunk);
     int ret = 0;
     for (uint64_t off = 0; off < size && ret == 0; off += chunk) {
-        if (rng_below(&w->r, 10) < 7) {
+        if (rng_below(&w->r, 10) < (uint64_t)tenths) {
             fill_tags(w, buf, off / SECTOR, sectors);
             ret = vd_pwrite(d, buf, chunk, off, 0);
         }
@@ -538,12 +519,22 @@ static int make_backing(wl *w, const char *path, uint64_t size)
     free(buf);
     memset(w->recent, 0, sizeof(w->recent));
     if (vd_close(d) < 0 || ret < 0) {
-        return fail("write backing", "I/O error");
+        return fail("fill image", "I/O error");
     }
     return 0;
 }
 
-static int load_file(const char *path, uint8_t **data, uint64_t *size)
+/* The backing file of a cow workload: most of the disk written with tags, so that partial
+ * writes in the overlay must copy its data. */
+int make_backing(wl *w, const char *path, uint64_t size)
+{
+    if (create_image(w, path, size, NULL, false) < 0) {
+        return -1;
+    }
+    return fill_image(w, path, size, 7);
+}
+
+int load_file(const char *path, uint8_t **data, uint64_t *size)
 {
     FILE *f = fopen(path, "rb");
     if (!f) {
@@ -561,6 +552,12 @@ static int load_file(const char *path, uint8_t **data, uint64_t *size)
 
 static uint64_t disk_size(const workload_cfg *cfg)
 {
+    if (!strcmp(cfg->kind, "backup") || !strcmp(cfg->kind, "commit")) {
+        /* Two or three images, and a job copying much of one: kept small. */
+        return cfg->cluster_size <= 4096    ? 2ull << 20
+               : cfg->cluster_size <= 65536 ? 8ull << 20
+                                            : 32ull << 20;
+    }
     uint64_t base = cfg->cluster_size <= 4096 ? 4ull << 20
                   : 32ull << 20;
     /* resize starts small so that growing soon passes what the first L1 cluster and the
@@ -568,7 +565,7 @@ static uint64_t disk_size(const workload_cfg *cfg)
     return strcmp(cfg->kind, "resize") && strcmp(cfg->kind, "mixed") ? base : base / 4;
 }
 
-static int add_node(wl *w, const char *json)
+int add_node(wl *w, const char *json)
 {
     vd_tree *t = NULL;
     vd_error *err = NULL;
@@ -583,7 +580,7 @@ static int add_node(wl *w, const char *json)
     return ret;
 }
 
-static vd_job_status job_status(vd_engine *e, const char *id)
+vd_job_status job_status(vd_engine *e, const char *id)
 {
     vd_job_info *list = NULL;
     size_t nb = 0;
@@ -598,7 +595,7 @@ static vd_job_status job_status(vd_engine *e, const char *id)
     return st;
 }
 
-static void nap_ms(long ms)
+void nap_ms(long ms)
 {
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
     nanosleep(&ts, NULL);
@@ -748,6 +745,10 @@ int workload_run(const workload_cfg *cfg, journal *j)
         ret = 0;
         goto out;
     }
+    if (!strcmp(cfg->kind, "backup") || !strcmp(cfg->kind, "commit")) {
+        ret = !strcmp(cfg->kind, "backup") ? run_backup(&w, size) : run_commit(&w, size);
+        goto out;
+    }
     if (cow && make_backing(&w, backing, size) < 0) {
         goto out;
     }
@@ -799,6 +800,13 @@ out:
 
 void journal_free(journal *j)
 {
+    for (uint32_t f = 0; f < j->nb_files; f++) {
+        free(j->files[f].base);
+    }
+    if (j->target) {
+        journal_free(j->target);
+        free(j->target);
+    }
     for (size_t i = 0; i < j->nb_ops; i++) {
         free(j->ops[i].vals);
     }

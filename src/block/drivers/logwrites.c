@@ -17,8 +17,9 @@
 typedef struct logw_state {
     vd_node *node;       /* the filter, for its error messages */
     pthread_mutex_t lock;
-    int fd;
-    uint64_t records;    /* appended so far */
+    int fd;              /* opened for appending: other files' filters may share the log */
+    uint32_t file;       /* this file's number in a shared log (0: the log's creator) */
+    uint64_t records;    /* appended so far, for this file */
     bool failed;         /* the log is incomplete: every later request fails */
 } logw_state;
 
@@ -70,6 +71,7 @@ static int append_locked(logw_state *s, uint32_t type, uint64_t off, uint64_t le
     }
     uint8_t rec[VD_LOGW_RECORD_SIZE] = {0};
     put_le32(rec, type);
+    put_le32(rec + 4, s->file);
     put_le64(rec + 8, off);
     put_le64(rec + 16, len);
     put_le64(rec + 24, aux);
@@ -214,6 +216,23 @@ int vd_logwrites_parse(const char *spec, char **log, char **path, vd_error **err
     return 0;
 }
 
+/* `LOG#N`: file N of a shared LOG; else 0 (*file_no) and the whole name. */
+static char *shared_log_name(const char *log, uint32_t *file_no)
+{
+    *file_no = 0;
+    const char *hash = strrchr(log, '#');
+    if (hash && hash > log && hash[1]) {
+        char *end;
+        unsigned long n = strtoul(hash + 1, &end, 10);
+        if (*end == '\0' && hash[1] >= '0' && hash[1] <= '9' && n >= 1 &&
+            n < VD_LOGW_MAX_FILES) {
+            *file_no = (uint32_t)n;
+            return strndup(log, (size_t)(hash - log));
+        }
+    }
+    return strdup(log);
+}
+
 int vd_logwrites_wrap(vd_node *filter, vd_node *child, const char *log, vd_error **errp)
 {
     int64_t size = vd_node_file_length(child);
@@ -221,28 +240,45 @@ int vd_logwrites_wrap(vd_node *filter, vd_node *child, const char *log, vd_error
         return vd_error_set(errp, VD_ERR_IO, (int)-size, "logwrites: %s: %s", child->filename,
                             strerror((int)-size));
     }
+    uint32_t file_no;
+    char *name = shared_log_name(log, &file_no);
     logw_state *s = calloc(1, sizeof(*s));
-    if (!s) {
+    if (!s || !name) {
+        free(s);
+        free(name);
         return vd_error_set(errp, VD_ERR_NOMEM, ENOMEM, "out of memory");
     }
     s->node = filter;
-    s->fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    s->file = file_no;
+    /* A shared log's other files append to what file 0 created. */
+    s->fd = open(name, O_WRONLY | O_APPEND | O_CLOEXEC | (file_no ? 0 : O_CREAT | O_TRUNC),
+                 0644);
     if (s->fd < 0) {
         int err = errno;
         free(s);
-        return vd_error_set(errp, VD_ERR_IO, err, "logwrites: could not create log '%s': %s",
-                            log, strerror(err));
+        if (file_no) {
+            vd_error_set(errp, VD_ERR_IO, err, "logwrites: could not open the shared log "
+                         "'%s' (file %u): %s", name, file_no, strerror(err));
+        } else {
+            vd_error_set(errp, VD_ERR_IO, err, "logwrites: could not create log '%s': %s",
+                         name, strerror(err));
+        }
+        free(name);
+        return -err;
     }
-    uint8_t hdr[VD_LOGW_HEADER_SIZE];
-    memcpy(hdr, VD_LOGW_MAGIC, 8);
-    put_le64(hdr + 8, (uint64_t)size);
-    struct iovec iov = {hdr, sizeof(hdr)};
-    int ret = write_full(s->fd, &iov, 1);
-    if (ret < 0) {
-        close(s->fd);
-        free(s);
-        return vd_error_set(errp, VD_ERR_IO, -ret, "logwrites: could not write log '%s': %s",
-                            log, strerror(-ret));
+    free(name);
+    if (file_no == 0) {
+        uint8_t hdr[VD_LOGW_HEADER_SIZE];
+        memcpy(hdr, VD_LOGW_MAGIC, 8);
+        put_le64(hdr + 8, (uint64_t)size);
+        struct iovec iov = {hdr, sizeof(hdr)};
+        int ret = write_full(s->fd, &iov, 1);
+        if (ret < 0) {
+            close(s->fd);
+            free(s);
+            return vd_error_set(errp, VD_ERR_IO, -ret, "logwrites: could not write log "
+                                "'%s': %s", log, strerror(-ret));
+        }
     }
     pthread_mutex_init(&s->lock, NULL);
     filter->opaque = s;
