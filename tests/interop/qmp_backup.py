@@ -103,6 +103,14 @@ def wait_end(dm, job, final="null"):
     job_end(dm, job, final=(final,))
 
 
+def base(dm, d, tag, size="64M"):
+    """disk0 (with its export's writers held by the daemon) and an empty target t."""
+    image("%s/a.qcow2" % d, size)
+    add_qcow2(dm, "disk0", "%s/a.qcow2" % d)
+    run("qemu-img", "create", "-q", "-f", "qcow2", "%s/t.qcow2" % d, size)
+    add_qcow2(dm, "t", "%s/t.qcow2" % d)
+
+
 # ---- the sessions (each runs the same on both daemons) ----------------------------------
 
 def s_full(dm, d, tag):
@@ -145,7 +153,8 @@ def s_speed_cancel(dm, d, tag):
     dm.cmd("job-dismiss", id="b1")
     dm.cmd("blockdev-del", **{"node-name": "t"})
     # a second one finishes at full speed once the limit is lifted
-    backup(dm, **{"job-id": "b2"}, speed=1 * MiB)
+    add_qcow2(dm, "t2", run_create(d, "t2.qcow2"))
+    backup(dm, **{"job-id": "b2", "target": "t2"}, speed=1 * MiB)
     dm.cmd("block-job-set-speed", device="b2", speed=0)
     wait_end(dm, "b2")
     return []
@@ -432,6 +441,9 @@ def compare_sessions(vdiskd, qsd, d, sessions, prefix):
                            (job, ja.get(job), jb.get(job)))
         if got["vd-rc"] != 0:
             why.append("vdiskd exit status %s" % got["vd-rc"])
+        for tag in ("vd", "qsd"):
+            # a session that broke off (a missing event, a bug in it) proves nothing
+            why += ["%s: %s" % (tag, r) for n, r in got[tag][0] if n == "exception"]
         ok &= result(not why, "%s-%s" % (prefix, name), "\n  ".join(why[:6]))
         for src, tgt in pairs.get("vd", []):
             c = run("qemu-img", "compare", "-q", src, tgt, check=False)
