@@ -393,6 +393,11 @@ int vd_node_truncate(vd_node *n, uint64_t size, bool shrink, const char *preallo
  * chain (vd_block_status on a handle): the longest uniform prefix, and the depth of the
  * layer that answers. */
 int vd_node_chain_status(vd_node *top, uint64_t off, uint64_t len, vd_extent *st);
+/* The same, asking only the layers above depth stop_depth (0: all): what none of them
+ * holds comes back unallocated at that depth (a commit into the layer there need not
+ * read it, and a failing base must not fail the question). */
+int vd_node_chain_status_above(vd_node *top, int stop_depth, uint64_t off, uint64_t len,
+                               vd_extent *st);
 /* Reads through a node that may be shorter than the range: bytes past its size read as
  * zeros (used for backing files smaller than the overlay). */
 int vd_node_pread_zero_pad(vd_node *n, void *buf, uint64_t len, uint64_t off);

@@ -87,7 +87,8 @@ static int plan_piece(const vd_copy_spec *s, uint64_t off, uint64_t len, seg_lis
     l->n = 0;
     while (off < end) {
         vd_extent st;
-        int r = vd_node_chain_status(s->src, off, end - off, &st);
+        int r = vd_node_chain_status_above(s->src, s->compared ? 0 : s->above_depth, off,
+                                           end - off, &st);
         if (r < 0) {
             return r;
         }
@@ -283,7 +284,8 @@ int vd_copy_next(const vd_copy_spec *s, uint64_t off, uint64_t end, uint64_t *st
     uint64_t size = s->src->size < end ? s->src->size : end;
     while (off < size) {
         vd_extent st;
-        int r = vd_node_chain_status(s->src, off, size - off, &st);
+        int r = vd_node_chain_status_above(s->src, s->compared ? 0 : s->above_depth, off,
+                                           size - off, &st);
         if (r < 0) {
             return r;
         }

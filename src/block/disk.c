@@ -413,6 +413,12 @@ int vd_block_status_top(vd_disk *d, uint64_t off, uint64_t len, vd_extent *st)
 
 int vd_node_chain_status(vd_node *top, uint64_t off, uint64_t len, vd_extent *st)
 {
+    return vd_node_chain_status_above(top, 0, off, len, st);
+}
+
+int vd_node_chain_status_above(vd_node *top, int stop_depth, uint64_t off, uint64_t len,
+                               vd_extent *st)
+{
     memset(st, 0, sizeof(*st));
     if (off >= top->size || len == 0) {
         return 0;
@@ -427,6 +433,12 @@ int vd_node_chain_status(vd_node *top, uint64_t off, uint64_t len, vd_extent *st
      * the one of the format node under them, as QEMU counts layers. */
     for (vd_node *n = top; n; n = vd_node_skip_filters(n)->backing, depth++) {
         vd_node_status s;
+        if (stop_depth > 0 && depth == stop_depth) {
+            /* Nothing above the stop holds it; the layers below are not asked. */
+            st->length = len;
+            st->depth = depth;
+            return 0;
+        }
         if (off >= n->size) {
             /* Past the end of a shorter backing file: reads as zeros. QEMU answers with the
              * status of the layer above (keeping a preallocated offset) and its depth. */

@@ -371,11 +371,6 @@ static void *job_thread(void *arg)
     }
     pthread_mutex_unlock(&job->lock);
     job->drv->clean(job);
-    /* With auto-dismiss, concluded and null (and off the list) are one step, as QEMU's
-     * are: no query sees such a job concluded. */
-    if (job->auto_dismiss) {
-        pthread_mutex_lock(&e->job_lock);
-    }
     pthread_mutex_lock(&job->lock);
     if (ret == -ECANCELED) {
         emit_type(job, "BLOCK_JOB_CANCELLED");
@@ -384,17 +379,15 @@ static void *job_thread(void *arg)
         emit(job, &ev);
     }
     set_status(job, VD_JOB_CONCLUDED);
-    if (!job->auto_dismiss) {
-        /* A dismiss takes the job to null itself. */
-        while (job->status != VD_JOB_NULL && !job->shutting_down) {
-            pthread_cond_wait(&job->cond, &job->lock);
-        }
-        pthread_mutex_unlock(&job->lock);
-        /* Null and off the list in one step, so no query sees a job in the null
-         * state. */
-        pthread_mutex_lock(&e->job_lock);
-        pthread_mutex_lock(&job->lock);
+    /* A dismiss (or a finalize with auto-dismiss) takes the job to null itself. */
+    while (!job->auto_dismiss && job->status != VD_JOB_NULL && !job->shutting_down) {
+        pthread_cond_wait(&job->cond, &job->lock);
     }
+    pthread_mutex_unlock(&job->lock);
+
+    /* Null and off the list in one step, so no query sees a job in the null state. */
+    pthread_mutex_lock(&e->job_lock);
+    pthread_mutex_lock(&job->lock);
     if (job->status != VD_JOB_NULL) {
         set_status(job, VD_JOB_NULL);
     }
@@ -878,9 +871,14 @@ int vd_job_list(vd_engine *e, vd_job_info **out, size_t *nb)
         abort();
     }
     size_t i = 0;
-    for (vd_job *j = e->jobs; j; j = j->next, i++) {
+    for (vd_job *j = e->jobs; j; j = j->next) {
         pthread_mutex_lock(&j->lock);
-        vd_job_info *x = &list[i];
+        if (j->status == VD_JOB_CONCLUDED && j->auto_dismiss) {
+            /* On its way to null: QEMU's main loop takes it there in the same step. */
+            pthread_mutex_unlock(&j->lock);
+            continue;
+        }
+        vd_job_info *x = &list[i++];
         x->id = vd_xstrdup(j->id);
         x->type = j->drv->type;
         x->status = j->status;
@@ -899,7 +897,7 @@ int vd_job_list(vd_engine *e, vd_job_info **out, size_t *nb)
     }
     pthread_mutex_unlock(&e->job_lock);
     *out = list;
-    *nb = n;
+    *nb = i;
     return 0;
 }
 
