@@ -36,8 +36,8 @@ import sys
 import threading
 import time
 
-from qmp_mirror import (Daemon, MiB, add_qcow2, digest, export, fio, fio_stop, qemu_io,
-                        run, started)
+from qmp_mirror import (Daemon, MiB, add_qcow2, compare_sessions, digest, export, fio,
+                        fio_stop, qemu_io, run)
 from qmp_session import result
 
 CLUSTER = 64 << 10
@@ -407,52 +407,6 @@ def no_drain_pairs(seq):
             continue
         out.append(item)
     return out
-
-
-def compare_sessions(vdiskd, qsd, d, sessions, prefix):
-    ok = True
-    for name, fn in sessions:
-        got, pairs = {}, {}
-        for tag, binary in (("vd", vdiskd), ("qsd", qsd)):
-            sub = "%s/%s-%s" % (d, name, tag)
-            os.makedirs(sub, exist_ok=True)
-            dm = Daemon(binary, sub, tag)
-            try:
-                pairs[tag] = fn(dm, sub, tag)
-                dm._pump(0.5)
-            except Exception as e:  # a missing event: the daemon is stuck
-                pairs[tag] = []
-                dm.log.append(("reply", "exception", {"error": repr(e)}))
-            rc = dm.quit()
-            got[tag] = digest(dm.log, dm.events(), sub)
-            got[tag + "-rc"] = rc
-        (ra, ja), (rb, jb) = got["vd"], got["qsd"]
-        ja = {k: no_drain_pairs(v) for k, v in ja.items()}
-        jb = {k: no_drain_pairs(v) for k, v in jb.items()}
-        why = []
-        for i, (x, y) in enumerate(zip(ra, rb)):
-            if x != y:
-                why.append("reply %d: %s\n    vs %s" % (i, json.dumps(x), json.dumps(y)))
-        if len(ra) != len(rb):
-            why.append("%d vs %d replies" % (len(ra), len(rb)))
-        for job in sorted(set(ja) | set(jb), key=str):
-            if ja.get(job) != jb.get(job):
-                why.append("events of %s:\n    vdiskd %s\n    qsd    %s" %
-                           (job, ja.get(job), jb.get(job)))
-        if got["vd-rc"] != 0:
-            why.append("vdiskd exit status %s" % got["vd-rc"])
-        for tag in ("vd", "qsd"):
-            # a session that broke off (a missing event, a bug in it) proves nothing
-            why += ["%s: %s" % (tag, r) for n, r in got[tag][0] if n == "exception"]
-        ok &= result(not why, "%s-%s" % (prefix, name), "\n  ".join(why[:6]))
-        for src, tgt in pairs.get("vd", []):
-            c = run("qemu-img", "compare", "-q", src, tgt, check=False)
-            k = run("qemu-img", "check", tgt, check=False)
-            ok &= result(c.returncode == 0 and k.returncode == 0,
-                         "%s-data-%s" % (prefix, name),
-                         "compare %d %s, check %d %s" % (c.returncode, c.stdout + c.stderr,
-                                                         k.returncode, k.stdout))
-    return ok
 
 
 # ---- a full backup and three incremental ones, under fio --------------------------------
@@ -918,7 +872,8 @@ def main():
     if mode == "events":
         only = os.environ.get("SESSIONS")
         sessions = [x for x in SESSIONS if not only or x[0] in only.split(",")]
-        ok = compare_sessions(sys.argv[2], sys.argv[3], sys.argv[4], sessions, "backup")
+        ok = compare_sessions(sys.argv[2], sys.argv[3], sys.argv[4], sessions, "backup-%s",
+                              "backup-data-%s", per_job=no_drain_pairs)
     elif mode == "fleece":
         ok = fleece_main(sys.argv[2], sys.argv[3])
     elif mode == "crash":

@@ -545,9 +545,12 @@ def source_errors(vdiskd, d):
     return ok
 
 
-def events_main(vdiskd, qsd, d):
+def compare_sessions(vdiskd, qsd, d, sessions, check_name, data_name, per_job=None):
+    """Runs each session on both daemons and compares them: every reply and each job's
+    events (per_job, if given, normalizes a job's event list first); then the pairs of
+    images a session returns from its vdiskd run must compare equal and check clean."""
     ok = True
-    for name, fn in SESSIONS:
+    for name, fn in sessions:
         got = {}
         pairs = {}
         for tag, binary in (("vd", vdiskd), ("qsd", qsd)):
@@ -559,11 +562,14 @@ def events_main(vdiskd, qsd, d):
                 dm._pump(0.5)
             except Exception as e:  # a missing event: the daemon is stuck
                 pairs[tag] = []
-                dm.log.append(("reply", "exception", {"error": str(e)}))
+                dm.log.append(("reply", "exception", {"error": repr(e)}))
             rc = dm.quit()
             got[tag] = digest(dm.log, dm.events(), sub)
             got[tag + "-rc"] = rc
         (ra, ja), (rb, jb) = got["vd"], got["qsd"]
+        if per_job:
+            ja = {k: per_job(v) for k, v in ja.items()}
+            jb = {k: per_job(v) for k, v in jb.items()}
         why = []
         for i, (x, y) in enumerate(zip(ra, rb)):
             if x != y:
@@ -579,14 +585,18 @@ def events_main(vdiskd, qsd, d):
         for tag in ("vd", "qsd"):
             # a session that broke off (a missing event, a bug in it) proves nothing
             why += ["%s: %s" % (tag, r) for n, r in got[tag][0] if n == "exception"]
-        ok &= result(not why, "mirror-events-%s" % name, "\n  ".join(why[:6]))
+        ok &= result(not why, check_name % name, "\n  ".join(why[:6]))
         for src, tgt in pairs.get("vd", []):
             c = run("qemu-img", "compare", "-q", src, tgt, check=False)
             k = run("qemu-img", "check", tgt, check=False)
-            ok &= result(c.returncode == 0 and k.returncode == 0,
-                         "mirror-data-%s" % name,
+            ok &= result(c.returncode == 0 and k.returncode == 0, data_name % name,
                          "compare %d %s, check %d %s" % (c.returncode, c.stdout + c.stderr,
                                                          k.returncode, k.stdout))
+    return ok
+
+
+def events_main(vdiskd, qsd, d):
+    ok = compare_sessions(vdiskd, qsd, d, SESSIONS, "mirror-events-%s", "mirror-data-%s")
     return source_errors(vdiskd, d) and ok
 
 
