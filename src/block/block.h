@@ -290,6 +290,12 @@ int vd_graph_register_filter(vd_node *n, vd_error **errp);
  * (dropping it releases the nodes no one else uses). The caller has drained every reader
  * of overlay. */
 vd_node *vd_graph_replace_backing(vd_node *overlay, vd_node *nb);
+/* Gives parent nf as its file child (one more reference to nf, with the use that goes
+ * with it) and returns the old file child, whose reference the caller now holds. The
+ * caller keeps every request away from parent meanwhile. */
+vd_node *vd_graph_replace_file(vd_node *parent, vd_node *nf);
+/* Is top a root (no node uses it) with n in the graph below it (or n itself)? */
+bool vd_graph_root_above(vd_node *top, vd_node *n);
 /* One more reference to n (dropped with vd_node_unref). */
 void vd_node_ref(vd_node *n);
 /* The node named name in e's registry with one more reference, or -ENOENT with QEMU's

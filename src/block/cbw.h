@@ -66,6 +66,10 @@ int vd_cbw_copy(vd_cbw *c, void *buf, uint64_t buflen, uint64_t off, uint64_t le
 void vd_cbw_release(vd_cbw *c, uint64_t off, uint64_t len, bool copied);
 /* A copy of what is still to copy (a bitmap-mode=always backup that failed keeps it). */
 vd_hbitmap *vd_cbw_todo_copy(vd_cbw *c);
+/* A new point in time: every cluster is to be copied again before it is overwritten, and
+ * a broken snapshot is whole again (replication's checkpoint, after it emptied the
+ * target). The caller holds every writer of the source still. */
+void vd_cbw_rearm(vd_cbw *c);
 
 /* ---- for snapshot-access ----------------------------------------------------------------- */
 

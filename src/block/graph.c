@@ -93,8 +93,11 @@ static void child_perms(const vd_node *parent, const char *role, unsigned *perm,
     unsigned p, s;
     cumulative(parent, &p, &s);
     if (!strcmp(role, "target")) {
-        p = CR | WR;         /* a copy-before-write target: written by the filter alone */
-        s = CR | WU | RS;
+        /* A copy-before-write target: others may write it (QEMU's rule: the source may
+         * be in the target's backing chain, as replication's hidden disk has it), but
+         * not resize it under the copy. */
+        p = CR | WR;
+        s = VD_PERM_ALL & ~RS;
     } else if (!strcmp(role, "backing")) {
         p &= CR;
         s = ((s & WR) ? WR | RS : 0) | CR | WU;
@@ -601,6 +604,50 @@ vd_node *vd_graph_replace_backing(vd_node *overlay, vd_node *nb)
     refresh(overlay, NULL);
     pthread_mutex_unlock(&e->graph_lock);
     return old;
+}
+
+vd_node *vd_graph_replace_file(vd_node *parent, vd_node *nf)
+{
+    vd_engine *e = parent->engine;
+    pthread_mutex_lock(&e->graph_lock);
+    vd_node *old = parent->file;
+    vd_edge *u = edge_of(old, parent);
+    if (u) {
+        edge_unlink(old, u);
+        free(u);
+        refresh(old, NULL);
+    }
+    parent->file = nf;
+    nf->refcnt++;
+    add_edge(nf, parent, file_role(parent));
+    refresh(parent, NULL);
+    pthread_mutex_unlock(&e->graph_lock);
+    return old;
+}
+
+static bool above_locked(const vd_node *top, const vd_node *n)
+{
+    if (n == top) {
+        return true;
+    }
+    for (const vd_edge *u = n->parents; u; u = u->next) {
+        if (u->parent && above_locked(top, u->parent)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+bool vd_graph_root_above(vd_node *top, vd_node *n)
+{
+    pthread_mutex_lock(&top->engine->graph_lock);
+    bool root = true;
+    for (const vd_edge *u = top->parents; u && root; u = u->next) {
+        root = u->parent == NULL;
+    }
+    bool found = root && above_locked(top, n);
+    pthread_mutex_unlock(&top->engine->graph_lock);
+    return found;
 }
 
 /* ---- names -------------------------------------------------------------------------------- */

@@ -282,6 +282,19 @@ vd_hbitmap *vd_cbw_todo_copy(vd_cbw *c)
     return h;
 }
 
+void vd_cbw_rearm(vd_cbw *c)
+{
+    pthread_mutex_lock(&c->lock);
+    vd_hbitmap_reset_all(c->todo);
+    if (c->access) {
+        vd_hbitmap_merge(c->todo, c->access);
+    } else {
+        vd_hbitmap_set(c->todo, 0, c->size);
+    }
+    c->broken = false;
+    pthread_mutex_unlock(&c->lock);
+}
+
 /* ---- the point in time ----------------------------------------------------------------------- */
 
 /* The run of clusters from cluster-aligned pos up to end that read from one place, with
