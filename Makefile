@@ -2,7 +2,8 @@
 BUILD ?= build
 ASAN_BUILD ?= build-asan
 
-.PHONY: all deps build build-asan run check unit interop fuzz bench clean install-links iotests
+.PHONY: all deps build build-asan run check check-replication unit interop fuzz bench clean \
+	install-links iotests
 
 all: build
 
@@ -29,6 +30,10 @@ run: deps build
 
 check: deps build build-asan
 	@bash tests/run-all.sh
+
+# Block replication's long form: a minute of checkpoints per transport (make check: 8 s).
+check-replication: build
+	@REPL_SECONDS=60 VDISK=$(abspath $(BUILD))/vdisk bash tests/interop/test-replication.sh
 
 bench: deps build
 	@bash bench/run.sh

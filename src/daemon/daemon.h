@@ -77,6 +77,8 @@ int backup_action(const char *type, json_object *data, vd_action *a, vd_error **
 void backup_action_free(vd_action *a);
 /* history-cmds.c: block-commit and block-stream, chained after the backup commands. */
 extern const qmp_command_table history_command_table;
+/* replication-cmds.c: xen-set-replication and the other replication commands. */
+extern const qmp_command_table replication_command_table;
 /* vdiskd's QMP commands (commands.c), for its QMP server. */
 extern const qmp_command_table vdiskd_commands;
 /* blockdev.c: blockdev-add from a QMP object or a --blockdev option (values may be
