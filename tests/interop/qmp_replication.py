@@ -21,7 +21,6 @@
 
 Prints one "PASS name" or "FAIL name: reason" line per check.
 """
-import hashlib
 import os
 import random
 import signal
@@ -51,6 +50,10 @@ def qcow2(path, name=None, **extra):
         o["node-name"] = name
     o.update(extra)
     return o
+
+
+def read_pattern_fifo():
+    return {"node-name": "colo-disk0", "read-pattern": "fifo", "vote-threshold": 1}
 
 
 def free_port():
@@ -98,13 +101,17 @@ class Secondary:
         self.dm.cmd("nbd-server-start", addr=addr)
         self.dm.cmd("block-export-add", type="nbd", id="e-colo1", **{"node-name": "colo1"},
                     name="colo1", writable=True)
+        # docs/block-replication.txt's secondary: a quorum (the VM's disk, top-id) over the
+        # replication node, so that after a failover it can take a new secondary.
         top = {"driver": "replication", "node-name": "rs", "mode": "secondary",
-               "top-id": "rs",
+               "top-id": "colo-disk0",
                "file": qcow2(self.active, "active",
                              backing=qcow2(self.hidden, "hidden", backing="colo1"))}
-        self.add_top = self.dm.cmd("blockdev-add", **top)
-        self.dm.cmd("block-export-add", type="nbd", id="e-top", **{"node-name": "rs"},
-                    name="top", writable=True)
+        self.add_top = [self.dm.cmd("blockdev-add", **top),
+                        self.dm.cmd("blockdev-add", driver="quorum", children=["rs"],
+                                    **read_pattern_fifo())]
+        self.dm.cmd("block-export-add", type="nbd", id="e-top",
+                    **{"node-name": "colo-disk0"}, name="top", writable=True)
         self.transport = transport
 
     def connect(self, name):
@@ -130,27 +137,55 @@ class Primary:
         self.dm = Daemon(vdiskd, d, tag)
         self.sock = "%s/%s.nbd" % (d, tag)
         self.dm.cmd("blockdev-add", **qcow2(self.disk, "disk0"))
-        self.dm.cmd("blockdev-add", driver="quorum", **{"node-name": "colo-disk0",
-                    "read-pattern": "fifo", "vote-threshold": 1}, children=["disk0"])
+        self.dm.cmd("blockdev-add", driver="quorum", children=["disk0"],
+                    **read_pattern_fifo())
         self.dm.cmd("nbd-server-start", addr={"type": "unix", "data": {"path": self.sock}})
         self.dm.cmd("block-export-add", type="nbd", id="e-guest",
                     **{"node-name": "colo-disk0"}, name="guest", writable=True)
 
     def attach(self, sec, n=1):
-        """The NBD client to sec's disk and the replication node over it, as the quorum's
-        second child (QEMU's docs/block-replication.txt)."""
-        r1 = self.dm.cmd("blockdev-add", driver="nbd", **{"node-name": "nbd-client%d" % n},
-                         server=sec.server, export="colo1")
-        r2 = self.dm.cmd("blockdev-add", driver="replication", **{"node-name": "rp%d" % n},
-                         mode="primary", file="nbd-client%d" % n)
-        r3 = self.dm.cmd("x-blockdev-change", parent="colo-disk0", node="rp%d" % n)
-        return ok_reply(r1) and ok_reply(r2) and ok_reply(r3), [r1, r2, r3]
+        return attach(self.dm, sec, n)
 
     def guest(self):
         h = nbd.NBD()
         h.set_export_name("guest")
         h.connect_unix(self.sock)
         return h
+
+
+def attach(dm, sec, n):
+    """The NBD client to sec's disk and the replication node over it, as the quorum's
+    second child (QEMU's docs/block-replication.txt)."""
+    r1 = dm.cmd("blockdev-add", driver="nbd", **{"node-name": "nbd-client%d" % n},
+                server=sec.server, export="colo1")
+    r2 = dm.cmd("blockdev-add", driver="replication", **{"node-name": "rp%d" % n},
+                mode="primary", file="nbd-client%d" % n)
+    r3 = dm.cmd("x-blockdev-change", parent="colo-disk0", node="rp%d" % n)
+    return ok_reply(r1) and ok_reply(r2) and ok_reply(r3), [r1, r2, r3]
+
+
+def resync(dm, sec, n, w, tag):
+    """A new secondary for the quorum colo-disk0 on dm: an NBD client to its disk, a
+    mirror from the quorum while the guest writes, then (the guest held) the mirror
+    cancelled once ready, which leaves its target in sync, and the replication child
+    added over the client (QEMU's COLO docs)."""
+    r = [dm.cmd("blockdev-add", driver="nbd", **{"node-name": "nbd-client%d" % n},
+                server=sec.server, export="colo1")]
+    w.resume()
+    r.append(dm.cmd("blockdev-mirror", **{"job-id": "resync%d" % n}, device="colo-disk0",
+                    target="nbd-client%d" % n, sync="full"))
+    if not all(ok_reply(x) for x in r):
+        return result(False, tag + "-mirror", str(r))
+    dm.wait(lambda e: e["event"] == "BLOCK_JOB_READY", 120)
+    time.sleep(0.5)
+    w.pause()
+    r.append(dm.cmd("block-job-cancel", device="resync%d" % n))
+    end = dm.wait(lambda e: e["event"] in ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"), 60)
+    r.append(dm.cmd("blockdev-add", driver="replication", **{"node-name": "rp%d" % n},
+                    mode="primary", file="nbd-client%d" % n))
+    r.append(dm.cmd("x-blockdev-change", parent="colo-disk0", node="rp%d" % n))
+    return result(all(ok_reply(x) for x in r) and end["event"] == "BLOCK_JOB_COMPLETED",
+                  tag + "-resync", str((r, end)))
 
 
 class Writer(threading.Thread):
@@ -219,23 +254,22 @@ def first_diff(a, b):
 
 
 def checkpoint(p, s):
-    """QEMU's order: the secondary, then the primary."""
-    r1 = s.dm.cmd("xen-colo-do-checkpoint")
-    r2 = p.dm.cmd("xen-colo-do-checkpoint")
+    """QEMU's order: the secondary, then the primary (daemons)."""
+    r1 = s.cmd("xen-colo-do-checkpoint")
+    r2 = p.cmd("xen-colo-do-checkpoint")
     return ok_reply(r1) and ok_reply(r2), (r1, r2)
 
 
 def start_replication(p, s):
-    r1 = s.dm.cmd("xen-set-replication", enable=True, primary=False)
-    r2 = p.dm.cmd("xen-set-replication", enable=True, primary=True)
+    r1 = s.cmd("xen-set-replication", enable=True, primary=False)
+    r2 = p.cmd("xen-set-replication", enable=True, primary=True)
     return ok_reply(r1) and ok_reply(r2), (r1, r2)
 
 
-def run_intervals(p, s, w, sw, seconds, tag):
-    """Writes for about a second, then a checkpoint with both writers held; the tops
-    compared after each. Returns (ok, what the primary held at the last checkpoint)."""
-    g = p.guest()
-    t = s.top_client()
+def run_intervals(p, guest, s, top, w, sw, seconds, tag):
+    """Writes for about a second, then a checkpoint with both writers held; the primary's
+    guest disk and the secondary's top compared after each (p, s: daemons; guest, top:
+    NBD handles). Returns (ok, what the primary held at the last checkpoint)."""
     last = None
     count = 0
     end = time.time() + seconds
@@ -252,17 +286,15 @@ def run_intervals(p, s, w, sw, seconds, tag):
         good, rs = checkpoint(p, s)
         if not good:
             return result(False, tag + "-checkpoint", str(rs)), None
-        prim, top = read_all(g), read_all(t)
+        prim, mirror = read_all(guest), read_all(top)
         count += 1
-        if prim != top:
+        if prim != mirror:
             return result(False, tag + "-equal", "checkpoint %d: first difference at %d"
-                          % (count, first_diff(prim, top))), None
+                          % (count, first_diff(prim, mirror))), None
         if prim != bytes(w.model):
             return result(False, tag + "-model", "checkpoint %d: the primary lost a write "
                           "at %d" % (count, first_diff(prim, bytes(w.model)))), None
         last = prim
-    g.shutdown()
-    t.shutdown()
     return result(count > 0, tag + "-checkpoints", "none ran"), last
 
 
@@ -273,16 +305,18 @@ def colo_main(vdiskd, d, transport, seconds):
     s = Secondary(vdiskd, d, "s-" + transport, transport)
     p = Primary(vdiskd, d, "p-" + transport)
     good, rs = p.attach(s)
-    ok = result(good and ok_reply(s.add_top), tag + "-graph", str(rs))
-    good, rs = start_replication(p, s)
+    ok = result(good and all(ok_reply(x) for x in s.add_top), tag + "-graph",
+                str((rs, s.add_top)))
+    good, rs = start_replication(p.dm, s.dm)
     ok = result(good, tag + "-start", str(rs)) and ok
     if not ok:
         return False
+    guest, top = p.guest(), s.top_client()
     w = Writer(p.guest(), 1)
     sw = Writer(s.top_client(), 2)
     w.start()
     sw.start()
-    good, last = run_intervals(p, s, w, sw, seconds, tag)
+    good, last = run_intervals(p.dm, guest, s.dm, top, w, sw, seconds, tag)
     ok = good and ok
     if last is None:
         return False
@@ -304,38 +338,47 @@ def colo_main(vdiskd, d, transport, seconds):
     r = s.dm.cmd("xen-set-replication", enable=False, primary=False, failover=True)
     took = time.time() - t0
     ok = result(ok_reply(r), tag + "-failover", str(r)) and ok
-    h = s.top_client()
-    top = read_all(h)
-    ok = result(top == last, tag + "-failover-equal",
-                "first difference at %d" % first_diff(top, last)) and ok
-    # It serves as a primary's disk now: a write lands in the secondary disk.
-    h.pwrite(b"\x5a" * 65536, 0)
-    h.flush()
-    h.shutdown()
+    now = read_all(top)
+    ok = result(now == last, tag + "-failover-equal",
+                "first difference at %d" % first_diff(now, last)) and ok
     st = s.dm.cmd("query-xen-replication-status")
     ok = result(st.get("return") == {"error": False}, tag + "-status-after",
                 str(st)) and ok
     nodes = s.dm.cmd("query-named-block-nodes").get("return", [])
     names = sorted(n["node-name"] for n in nodes if not n["node-name"].startswith("#"))
-    ok = result(names == ["colo1", "rs"], tag + "-layers-gone", str(names)) and ok
-    rc = s.dm.quit()
-    ok = result(rc == 0, tag + "-secondary-quit", "status %s" % rc) and ok
-    # The secondary disk holds the last checkpoint (plus the write above), on disk.
-    with open(s.disk + ".raw", "wb") as f:
-        f.truncate(0)
-    run("qemu-img", "convert", "-O", "raw", s.disk, s.disk + ".raw")
-    with open(s.disk + ".raw", "rb") as f:
-        disk = f.read()
-    os.unlink(s.disk + ".raw")
-    want = b"\x5a" * 65536 + last[65536:]
-    ok = result(disk == want, tag + "-disk-equal",
-                "first difference at %d" % first_diff(disk, want)) and ok
+    ok = result(names == ["colo-disk0", "colo1", "rs"], tag + "-layers-gone",
+                str(names)) and ok
+    # The survivor serves as the primary and takes a new secondary: a mirror from its
+    # quorum brings the new disk in sync, then replication restarts.
+    s3 = Secondary(vdiskd, d, "s3-" + transport, transport)
+    w = Writer(s.top_client(), 4, bytearray(now))
+    w.start()
+    ok = resync(s.dm, s3, 9, w, tag + "-new-secondary") and ok
+    good, rs = start_replication(s.dm, s3.dm)
+    ok = result(good, tag + "-restart", str(rs)) and ok
+    top3 = s3.top_client()
+    good, last = run_intervals(s.dm, top, s3.dm, top3, w, None, 3, tag + "-protected")
+    ok = good and ok
+    w.finish()
+    top.shutdown()
+    top3.shutdown()
+    del guest
+    for dm in (s.dm, s3.dm):
+        rc = dm.quit()
+        ok = result(rc == 0, tag + "-quit-" + dm.tag, "status %s" % rc) and ok
+    # The first secondary's disk holds the last checkpoint, and what came after.
+    if last is not None:
+        run("qemu-img", "convert", "-O", "raw", s.disk, s.disk + ".raw")
+        with open(s.disk + ".raw", "rb") as f:
+            disk = f.read()
+        os.unlink(s.disk + ".raw")
+        ok = result(disk == last, tag + "-disk-equal",
+                    "first difference at %d" % first_diff(disk, last)) and ok
     for path, leaks in ((s.disk, False), (s.active, False), (s.hidden, False),
-                        (p.disk, True)):
+                        (s3.disk, False), (p.disk, True)):
         good, out = check_image(path, leaks)
         ok = result(good, tag + "-check-" + os.path.basename(path), out) and ok
-    print("INFO %s: %d checkpoints' worth of writes, failover %.3f s" % (tag, w.writes, took),
-          flush=True)
+    print("INFO %s: failover %.3f s" % (tag, took), flush=True)
     return ok
 
 
@@ -347,11 +390,12 @@ def lost_main(vdiskd, d):
     p = Primary(vdiskd, d, "lp")
     good, rs = p.attach(s)
     ok = result(good, tag + "-graph", str(rs))
-    good, rs = start_replication(p, s)
+    good, rs = start_replication(p.dm, s.dm)
     ok = result(good, tag + "-start", str(rs)) and ok
+    guest, top = p.guest(), s.top_client()
     w = Writer(p.guest(), 11)
     w.start()
-    good, last = run_intervals(p, s, w, None, 3, tag + "-before")
+    good, last = run_intervals(p.dm, guest, s.dm, top, w, None, 3, tag + "-before")
     ok = good and ok
     # The secondary dies while the primary writes.
     w.resume()
@@ -368,8 +412,7 @@ def lost_main(vdiskd, d):
     st = p.dm.cmd("query-xen-replication-status")
     ok = result(st.get("return") == {"error": True, "desc": "I/O error occurred"},
                 tag + "-status", str(st)) and ok
-    g = p.guest()
-    prim = read_all(g)
+    prim = read_all(guest)
     ok = result(prim == bytes(w.model), tag + "-nothing-lost",
                 "first difference at %d" % first_diff(prim, bytes(w.model))) and ok
     # The failed child goes; a new secondary comes, brought in sync by a mirror while the
@@ -379,31 +422,17 @@ def lost_main(vdiskd, d):
          p.dm.cmd("blockdev-del", **{"node-name": "nbd-client1"})]
     ok = result(all(ok_reply(x) for x in r), tag + "-child-removed", str(r)) and ok
     s2 = Secondary(vdiskd, d, "ls2")
-    r = p.dm.cmd("blockdev-add", driver="nbd", **{"node-name": "nbd-client2"},
-                 server=s2.server, export="colo1")
-    w.resume()
-    r2 = p.dm.cmd("blockdev-mirror", **{"job-id": "resync"}, device="colo-disk0",
-                  target="nbd-client2", sync="full")
-    ok = result(ok_reply(r) and ok_reply(r2), tag + "-mirror", str((r, r2))) and ok
-    p.dm.wait(lambda e: e["event"] == "BLOCK_JOB_READY", 120)
-    time.sleep(0.5)
-    w.pause()
-    # QEMU's COLO docs: stop the guest, cancel the ready mirror (the target stays in sync),
-    # add the replication child, start replication.
-    r = p.dm.cmd("block-job-cancel", device="resync")
-    p.dm.wait(lambda e: e["event"] in ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"), 60)
-    r2 = p.dm.cmd("blockdev-add", driver="replication", **{"node-name": "rp2"},
-                  mode="primary", file="nbd-client2")
-    r3 = p.dm.cmd("x-blockdev-change", parent="colo-disk0", node="rp2")
-    good, rs = start_replication(p, s2)
-    ok = result(all(ok_reply(x) for x in (r, r2, r3)) and good, tag + "-restart",
-                str((r, r2, r3, rs))) and ok
-    good, last = run_intervals(p, s2, w, None, 3, tag + "-after")
+    ok = resync(p.dm, s2, 2, w, tag) and ok
+    good, rs = start_replication(p.dm, s2.dm)
+    ok = result(good, tag + "-restart", str(rs)) and ok
+    top2 = s2.top_client()
+    good, last = run_intervals(p.dm, guest, s2.dm, top2, w, None, 3, tag + "-after")
     ok = good and ok
     st = p.dm.cmd("query-xen-replication-status")
     ok = result(st.get("return") == {"error": False}, tag + "-status-after", str(st)) and ok
     w.finish()
-    g.shutdown()
+    guest.shutdown()
+    top2.shutdown()
     for dm in (p.dm, s2.dm):
         rc = dm.quit()
         ok = result(rc == 0, tag + "-quit-" + dm.tag, "status %s" % rc) and ok
@@ -472,7 +501,7 @@ def refusals_main(vdiskd, qsd, d):
     s = Secondary(vdiskd, d, "rs2")
     p = Primary(vdiskd, d, "rp")
     p.attach(s)
-    start_replication(p, s)
+    start_replication(p.dm, s.dm)
     w = Writer(p.guest(), 21)
     w.start()
     w.resume()

@@ -100,7 +100,12 @@ static int repl_open(vd_node *n, unsigned flags, vd_error **errp)
     const char *top_id = NULL;
     /* QEMU opens the child first: a bad child is reported before a bad mode. */
     int r = vd_node_open_child(n, "file", &n->file, errp);
-    if (r < 0 || (r = repl_options(n, &mode, &top_id, errp)) < 0) {
+    if (r < 0) {
+        return r;
+    }
+    if ((r = repl_options(n, &mode, &top_id, errp)) < 0) {
+        vd_node_close(n->file);     /* a filter's child is its own to close */
+        n->file = NULL;
         return r;
     }
     vd_repl *rs = calloc(1, sizeof(*rs));
