@@ -21,6 +21,7 @@ extern const vd_driver vd_null_aio_driver;
 extern const vd_driver vd_nbd_driver;
 extern const vd_driver vd_cbw_driver;
 extern const vd_driver vd_snapshot_access_driver;
+extern const vd_driver vd_quorum_driver;
 
 const vd_driver *const vd_drivers[] = {
     &vd_file_driver,
@@ -37,6 +38,7 @@ const vd_driver *const vd_drivers[] = {
     &vd_nbd_driver,
     &vd_cbw_driver,
     &vd_snapshot_access_driver,
+    &vd_quorum_driver,
     NULL,
 };
 
