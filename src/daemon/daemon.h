@@ -77,6 +77,10 @@ int backup_action(const char *type, json_object *data, vd_action *a, vd_error **
 void backup_action_free(vd_action *a);
 /* history-cmds.c: block-commit and block-stream, chained after the backup commands. */
 extern const qmp_command_table history_command_table;
+/* change-cmds.c: x-blockdev-change, chained after the history commands; and the QMP
+ * schema's checks of a quorum's blockdev-add members (t: the crumpled options). */
+extern const qmp_command_table change_command_table;
+int quorum_options_check(const vd_tree *t, vd_error **errp);
 /* vdiskd's QMP commands (commands.c), for its QMP server. */
 extern const qmp_command_table vdiskd_commands;
 /* blockdev.c: blockdev-add from a QMP object or a --blockdev option (values may be

@@ -97,5 +97,6 @@ static const qmp_command history_commands[] = {
      "stream job: copies backing layers into the top, then drops them from its chain"},
 };
 const qmp_command_table history_command_table = {
-    history_commands, sizeof(history_commands) / sizeof(history_commands[0]), NULL, NULL,
+    history_commands, sizeof(history_commands) / sizeof(history_commands[0]),
+    &change_command_table, NULL,
 };
