@@ -33,6 +33,13 @@ int vd_blockdev_del(vd_engine *e, const char *node_name, vd_error **errp);
 
 bool vd_blockdev_exists(vd_engine *e, const char *node_name);
 
+/* QMP x-blockdev-change: gives the parent node (a quorum) the named node as a new child
+ * (node given), or takes away its child in role `child` ("children.1"); exactly one of
+ * child and node. The new child must have no parent; a removed child goes away unless
+ * something else holds it (vd_blockdev_add, another parent). QEMU's messages. */
+int vd_blockdev_change(vd_engine *e, const char *parent, const char *child, const char *node,
+                       vd_error **errp);
+
 /* A handle on a named node; it keeps the node open until vd_close. It claims nothing
  * until vd_disk_claim. "Cannot find device='NAME' nor node-name='NAME'" if there is
  * none. */

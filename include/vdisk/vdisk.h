@@ -121,6 +121,12 @@ typedef struct vd_event {
      * ("read"/"write") and action ("report"/"ignore"/"stop"). */
     const char *job_id, *job_type, *job_status, *job_error, *operation, *action;
     uint64_t job_len, job_offset, job_speed;
+    /* QUORUM_REPORT_BAD and QUORUM_FAILURE: the node (the quorum's child that failed or
+     * was outvoted, or the quorum that failed), the range in 512-byte sectors (0 and 0 for
+     * a flush), and for a bad report its operation ("read", "write", "flush": `operation`)
+     * and error as strerror words (NULL: the child read data that lost the vote). */
+    const char *node_name, *error;
+    int64_t sector_num, sectors_count;
     /* The event is part of what a call that is still running does (a job's start, or a
      * verb that waits for the job: finalize, dismiss, vd_jobs_cancel_all), though another
      * thread reports it: a server sends it with that call's answer. */

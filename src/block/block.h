@@ -17,6 +17,13 @@ typedef struct vd_node vd_node;
 typedef struct vd_driver vd_driver;
 typedef struct vd_perm_claim vd_edge;
 
+/* One child in a node's list of children beyond the named ones (quorum's "children.N"):
+ * the node, and the role it has there (owned). */
+typedef struct vd_child {
+    vd_node *node;
+    char *role;
+} vd_child;
+
 /* Block status answered by one node for [off, off+len). Besides the public VD_BS_* flags a
  * format driver may set VD_BS_RECURSE: "look at the file for holes too" — qcow2 does this
  * for metadata-preallocated images, whose data clusters may be holes that read as zeros. */
@@ -144,6 +151,22 @@ struct vd_driver {
     int (*vmstate_rw)(vd_node *node, void *buf, uint64_t len, uint64_t pos, bool write,
                       vd_error **errp);
 
+    /* Children added and removed while the node is open (QMP x-blockdev-change, QEMU's
+     * bdrv_add_child / bdrv_del_child), both optional. The core has found both nodes and
+     * checked QEMU's generic refusals (the new child has no parent, the removed one is
+     * node's child in that role); it holds a reference to child for the call. add_child gives the
+     * child a role and attaches it with vd_graph_attach_child, which takes a reference of
+     * its own; del_child detaches it with vd_graph_detach_child and the core then drops
+     * that reference (the child closes when no one else holds one). Each drains the
+     * node's own requests around the change; on failure nothing has changed. */
+    int (*add_child)(vd_node *node, vd_node *child, vd_error **errp);
+    int (*del_child)(vd_node *node, vd_node *child, const char *role, vd_error **errp);
+    /* What the node takes (perm) and shares on a child in its list of children, given
+     * what its own users take and share all together (both in and out). NULL: passed
+     * through as a filter passes them. */
+    void (*child_perms)(const vd_node *node, const char *role, unsigned *perm,
+                        unsigned *shared);
+
     /* Fault injection hook (filter drivers): a named event the format driver above
      * announced on this node (vd_node_event). Optional. */
     void (*event)(vd_node *node, const char *name);
@@ -208,6 +231,11 @@ struct vd_node {
     vd_node *file;          /* child "file" (format drivers) */
     vd_node *backing;       /* child "backing" (NULL if none or not opened) */
     vd_node *target;        /* child "target" (copy-before-write: where old data goes) */
+    /* Children in a list (quorum's), in order. Changed only with the engine's graph lock
+     * held and the driver's requests drained (add_child / del_child), so the driver reads
+     * it under its own request lock, the graph code under the graph lock. */
+    vd_child *children;
+    size_t nb_children;
     char *backing_filename; /* as stored in the image */
     char *backing_format;   /* as stored, or NULL */
     int fd;                 /* protocol file nodes: the file descriptor, else -1 */
@@ -263,6 +291,24 @@ struct vd_perm_claim {
     unsigned perm, shared;
     vd_edge *next;          /* in child->parents */
 };
+
+/* The i-th child slot of n with its role: file, backing, target, then the listed
+ * children; false past the last slot. A slot may be empty (*child NULL). The one way to
+ * visit every child of a node: callers hold the graph lock, or own n alone (open, close). */
+bool vd_node_child_at(const vd_node *n, size_t i, vd_node **child, const char **role);
+#define VD_NODE_NAMED_SLOTS 3   /* file, backing, target: the slots before the list */
+/* Appends child to n's list of children under role (copied); n keeps the reference the
+ * caller passes. For a driver's open, before the node is in the graph. */
+void vd_node_append_child(vd_node *n, vd_node *child, const char *role);
+/* For add_child: appends child (the caller passes no reference: one is taken) to parent's
+ * list under role, with the use that goes with it; refused with QEMU's message, and
+ * nothing changed, when a use conflicts or the link would make a cycle. */
+int vd_graph_attach_child(vd_node *parent, vd_node *child, const char *role,
+                          vd_error **errp);
+/* For del_child: takes the listed child i out of parent's list (the later ones move up
+ * and keep their roles) with its use, and returns it; the reference parent held passes to
+ * the core (see del_child). */
+vd_node *vd_graph_detach_child(vd_node *parent, size_t i);
 
 /* graph.c, for node.c: drops one owner's reference; true when it was the last, and the
  * node is now out of the registry with no uses (the caller closes it). */
@@ -328,6 +374,10 @@ int vd_child_options_check(vd_engine *e, vd_tree *t, const char *key, vd_node **
 /* For filters: opens the child under parent->options' `key` (an object of options) as a
  * node of any kind; the member is taken out of parent->options. */
 int vd_node_open_child(vd_node *parent, const char *key, vd_node **out, vd_error **errp);
+/* The same for a child's options already taken out (t: consumed), an object or a node
+ * name; key names it in messages (e.g. "children.0"). */
+int vd_node_open_child_tree(vd_node *parent, vd_tree *t, const char *key, vd_node **out,
+                            vd_error **errp);
 /* Node allocation for the open paths (node.c, open-tree.c). */
 vd_node *vd_node_alloc(vd_engine *e, const vd_driver *drv, const char *filename,
                        unsigned flags);

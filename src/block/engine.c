@@ -22,6 +22,7 @@ extern const vd_driver vd_nbd_driver;
 extern const vd_driver vd_cbw_driver;
 extern const vd_driver vd_snapshot_access_driver;
 extern const vd_driver vd_replication_driver;
+extern const vd_driver vd_quorum_driver;
 
 const vd_driver *const vd_drivers[] = {
     &vd_file_driver,
@@ -39,6 +40,7 @@ const vd_driver *const vd_drivers[] = {
     &vd_cbw_driver,
     &vd_snapshot_access_driver,
     &vd_replication_driver,
+    &vd_quorum_driver,
     NULL,
 };
 

@@ -82,6 +82,17 @@ static void cumulative(const vd_node *n, unsigned *perm, unsigned *shared)
     }
 }
 
+/* Whether role names one of n's listed children (quorum's "children.N"). */
+static bool listed(const vd_node *n, const char *role)
+{
+    for (size_t i = 0; i < n->nb_children; i++) {
+        if (!strcmp(n->children[i].role, role)) {
+            return true;
+        }
+    }
+    return false;
+}
+
 /* What a parent takes on one child, from what its own users take (QEMU's defaults): a
  * backing file is only read, and others may change it only if the parent's users let
  * others write; a format's file holds metadata, which a writable format writes and
@@ -101,6 +112,8 @@ static void child_perms(const vd_node *parent, const char *role, unsigned *perm,
     } else if (!strcmp(role, "backing")) {
         p &= CR;
         s = ((s & WR) ? WR | RS : 0) | CR | WU;
+    } else if (parent->drv->child_perms && listed(parent, role)) {
+        parent->drv->child_perms(parent, role, &p, &s);
     } else if (parent->drv->is_format && strcmp(parent->drv->name, "raw")) {
         p |= CR | ((parent->open_flags & VD_OPEN_RDWR) ? WR | RS : 0);
         s &= ~(WR | RS);
@@ -115,9 +128,29 @@ static void child_perms(const vd_node *parent, const char *role, unsigned *perm,
     *shared = s;
 }
 
-static const char *file_role(const vd_node *n)
+bool vd_node_child_at(const vd_node *n, size_t i, vd_node **child, const char **role)
 {
-    return strcmp(n->drv->name, "blkdebug") ? "file" : "image";
+    switch (i) {
+    case 0:
+        *child = n->file;
+        *role = strcmp(n->drv->name, "blkdebug") ? "file" : "image";
+        return true;
+    case 1:
+        *child = n->backing;
+        *role = "backing";
+        return true;
+    case 2:
+        *child = n->target;
+        *role = "target";
+        return true;
+    default:
+        if (i - VD_NODE_NAMED_SLOTS >= n->nb_children) {
+            return false;
+        }
+        *child = n->children[i - VD_NODE_NAMED_SLOTS].node;
+        *role = n->children[i - VD_NODE_NAMED_SLOTS].role;
+        return true;
+    }
 }
 
 static vd_edge *edge_of(const vd_node *child, const vd_node *parent)
@@ -130,21 +163,33 @@ static vd_edge *edge_of(const vd_node *child, const vd_node *parent)
     return NULL;
 }
 
+/* The use of child in one role of parent (a quorum may list one node twice). */
+static vd_edge *edge_in_role(const vd_node *child, const vd_node *parent, const char *role)
+{
+    for (vd_edge *u = child ? child->parents : NULL; u; u = u->next) {
+        if (u->parent == parent && !strcmp(u->role, role)) {
+            return u;
+        }
+    }
+    return NULL;
+}
+
 /* Recomputes what n takes on its children and checks their uses, down the graph. With a
  * NULL errp it only recomputes (after a use went away: nothing can conflict more). */
 static int refresh(vd_node *n, vd_error **errp)
 {
-    vd_node *kids[3] = {n->file, n->backing, n->target};
     int first = 0;
-    for (int i = 0; i < 3; i++) {
-        vd_edge *u = edge_of(kids[i], n);
+    vd_node *kid;
+    const char *role;
+    for (size_t i = 0; vd_node_child_at(n, i, &kid, &role); i++) {
+        vd_edge *u = edge_in_role(kid, n, role);
         if (!u) {
             continue;
         }
         child_perms(n, u->role, &u->perm, &u->shared);
-        int ret = check_uses(kids[i], errp);
+        int ret = check_uses(kid, errp);
         if (ret == 0) {
-            ret = refresh(kids[i], errp);
+            ret = refresh(kid, errp);
         }
         if (ret < 0 && errp) {
             return ret;
@@ -160,6 +205,21 @@ static void edge_unlink(vd_node *child, vd_edge *u)
         if (*p == u) {
             *p = u->next;
             return;
+        }
+    }
+}
+
+/* Takes away n's uses of its children (the children may then allow more). */
+static void drop_child_edges(vd_node *n)
+{
+    vd_node *kid;
+    const char *role;
+    for (size_t i = 0; vd_node_child_at(n, i, &kid, &role); i++) {
+        vd_edge *u = edge_in_role(kid, n, role);
+        if (u) {
+            edge_unlink(kid, u);
+            free(u);
+            refresh(kid, NULL);
         }
     }
 }
@@ -197,16 +257,7 @@ bool vd_graph_release(vd_node *n)
     pthread_mutex_lock(&e->graph_lock);
     bool last = --n->refcnt == 0;
     if (last) {
-        /* Its uses of its children go with it; they may now allow more. */
-        vd_node *kids[3] = {n->file, n->backing, n->target};
-        for (int i = 0; i < 3; i++) {
-            vd_edge *u = edge_of(kids[i], n);
-            if (u) {
-                edge_unlink(kids[i], u);
-                free(u);
-                refresh(kids[i], NULL);
-            }
-        }
+        drop_child_edges(n);
         if (n->registered) {
             unregister_locked(n);
         }
@@ -259,25 +310,8 @@ static void add_edge(vd_node *child, vd_node *parent, const char *role)
     child->parents = u;
 }
 
-/* Names and links the nodes of a graph just opened, children first (QEMU names them in
- * that order), down to the registered nodes it shares, which gain a use. */
-static int register_new(vd_engine *e, vd_node *n, vd_error **errp)
+static int register_self(vd_engine *e, vd_node *n, vd_error **errp)
 {
-    if (n->registered) {
-        return 0;
-    }
-    vd_node *kids[3] = {n->file, n->backing, n->target};
-    const char *roles[3] = {file_role(n), "backing", "target"};
-    for (int i = 0; i < 3; i++) {
-        if (!kids[i]) {
-            continue;
-        }
-        int ret = register_new(e, kids[i], errp);
-        if (ret < 0) {
-            return ret;
-        }
-        add_edge(kids[i], n, roles[i]);
-    }
     if (!n->node_name) {
         char name[32];
         snprintf(name, sizeof(name), "#block%03u", e->next_auto++);
@@ -290,6 +324,32 @@ static int register_new(vd_engine *e, vd_node *n, vd_error **errp)
     n->graph_next = e->graph;
     e->graph = n;
     return 0;
+}
+
+/* Names and links the nodes of a graph just opened, down to the registered nodes it
+ * shares, which gain a use. In QEMU's order: a node's file, backing and target before it
+ * (they are open before its driver runs), its listed children after it (its driver opens
+ * them). */
+static int register_new(vd_engine *e, vd_node *n, vd_error **errp)
+{
+    if (n->registered) {
+        return 0;
+    }
+    vd_node *kid;
+    const char *role;
+    int ret = 0;
+    for (size_t i = 0; ret == 0 && vd_node_child_at(n, i, &kid, &role); i++) {
+        if (i == VD_NODE_NAMED_SLOTS) {
+            ret = register_self(e, n, errp);
+        }
+        if (ret == 0 && kid && (ret = register_new(e, kid, errp)) == 0) {
+            add_edge(kid, n, role);
+        }
+    }
+    if (ret == 0 && !n->registered) {
+        ret = register_self(e, n, errp);
+    }
+    return ret;
 }
 
 int vd_blockdev_add(vd_engine *e, vd_tree *opts, unsigned flags, vd_error **errp)
@@ -334,15 +394,7 @@ int vd_graph_register_filter(vd_node *n, vd_error **errp)
     if (ret == 0) {
         ret = refresh(n, errp);
         if (ret < 0) {
-            vd_node *kids[3] = {n->file, n->backing, n->target};
-            for (int i = 0; i < 3; i++) {
-                vd_edge *u = edge_of(kids[i], n);
-                if (u) {
-                    edge_unlink(kids[i], u);
-                    free(u);
-                    refresh(kids[i], NULL);
-                }
-            }
+            drop_child_edges(n);
             unregister_locked(n);
         }
     }
@@ -650,6 +702,154 @@ bool vd_graph_root_above(vd_node *top, vd_node *n)
     return found;
 }
 
+/* ---- children added and removed while open (x-blockdev-change) ------------------------------ */
+
+/* Whether to is from or a node below it. */
+static bool reaches(const vd_node *from, const vd_node *to)
+{
+    if (from == to) {
+        return true;
+    }
+    vd_node *kid;
+    const char *role;
+    for (size_t i = 0; vd_node_child_at(from, i, &kid, &role); i++) {
+        if (kid && reaches(kid, to)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+int vd_graph_attach_child(vd_node *parent, vd_node *child, const char *role,
+                          vd_error **errp)
+{
+    vd_engine *e = parent->engine;
+    pthread_mutex_lock(&e->graph_lock);
+    if (reaches(child, parent)) {
+        pthread_mutex_unlock(&e->graph_lock);
+        return vd_error_set(errp, VD_ERR_GENERIC, EINVAL, "Making '%s' a %s child of '%s' "
+                            "would create a cycle", child->node_name, role, parent->node_name);
+    }
+    vd_node_append_child(parent, child, role);
+    vd_child *c = &parent->children[parent->nb_children - 1];
+    child->refcnt++;
+    add_edge(child, parent, c->role);
+    int ret = refresh(parent, errp);
+    if (ret < 0) {
+        vd_edge *u = edge_in_role(child, parent, c->role);
+        edge_unlink(child, u);
+        free(u);
+        free(c->role);
+        parent->nb_children--;
+        child->refcnt--;
+        refresh(child, NULL);
+    }
+    pthread_mutex_unlock(&e->graph_lock);
+    return ret;
+}
+
+vd_node *vd_graph_detach_child(vd_node *parent, size_t i)
+{
+    vd_engine *e = parent->engine;
+    pthread_mutex_lock(&e->graph_lock);
+    vd_child c = parent->children[i];
+    vd_edge *u = edge_in_role(c.node, parent, c.role);
+    if (u) {
+        edge_unlink(c.node, u);
+        free(u);
+    }
+    memmove(&parent->children[i], &parent->children[i + 1],
+            (parent->nb_children - i - 1) * sizeof(parent->children[0]));
+    parent->nb_children--;
+    refresh(c.node, NULL);
+    pthread_mutex_unlock(&e->graph_lock);
+    free(c.role);
+    return c.node;
+}
+
+/* x-blockdev-change's removal: the child of parent in that role. */
+static int change_del(vd_node *p, const char *name, vd_error **errp)
+{
+    vd_engine *e = p->engine;
+    pthread_mutex_lock(&e->graph_lock);
+    vd_node *c = NULL, *kid;
+    const char *role;
+    for (size_t i = 0; !c && vd_node_child_at(p, i, &kid, &role); i++) {
+        c = kid && !strcmp(role, name) ? kid : NULL;
+    }
+    char *r = c ? vd_xstrdup(role) : NULL;  /* the slot's own copy goes with the slot */
+    int ret = 0;
+    if (!c) {
+        ret = vd_error_set(errp, VD_ERR_GENERIC, ENOENT, "Node '%s' does not have child "
+                           "'%s'", p->node_name, name);
+    } else if (!p->drv->del_child) {
+        ret = vd_error_set(errp, VD_ERR_GENERIC, ENOTSUP, "The node %s does not support "
+                           "removing a child", p->node_name);
+    } else {
+        c->refcnt++;
+    }
+    pthread_mutex_unlock(&e->graph_lock);
+    if (ret < 0) {
+        free(r);
+        return ret;
+    }
+    ret = p->drv->del_child(p, c, r, errp);
+    free(r);
+    vd_node_unref(c);
+    if (ret == 0) {
+        vd_node_close(c);   /* the reference p held: the child goes unless others hold it */
+    }
+    return ret;
+}
+
+/* x-blockdev-change's addition of the named node, which must have no parent. */
+static int change_add(vd_node *p, const char *name, vd_error **errp)
+{
+    vd_engine *e = p->engine;
+    pthread_mutex_lock(&e->graph_lock);
+    vd_node *n = find_locked(e, name);
+    int ret = 0;
+    if (!n) {
+        ret = vd_error_set(errp, VD_ERR_GENERIC, ENOENT, "Node '%s' not found", name);
+    } else if (!p->drv->add_child) {
+        ret = vd_error_set(errp, VD_ERR_GENERIC, ENOTSUP, "The node %s does not support "
+                           "adding a child", p->node_name);
+    } else if (n->parents) {
+        ret = vd_error_set(errp, VD_ERR_GENERIC, EBUSY, "The node %s already has a parent",
+                           n->node_name);
+    } else {
+        n->refcnt++;
+    }
+    pthread_mutex_unlock(&e->graph_lock);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = p->drv->add_child(p, n, errp);
+    vd_node_unref(n);
+    return ret;
+}
+
+int vd_blockdev_change(vd_engine *e, const char *parent, const char *child, const char *node,
+                       vd_error **errp)
+{
+    vd_node *p = NULL;
+    int ret = vd_graph_ref(e, parent, &p, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    if (child && node) {
+        ret = vd_error_set(errp, VD_ERR_GENERIC, EINVAL, "The parameters child and node are "
+                           "in conflict");
+    } else if (!child && !node) {
+        ret = vd_error_set(errp, VD_ERR_GENERIC, EINVAL, "Either child or node must be "
+                           "specified");
+    } else {
+        ret = child ? change_del(p, child, errp) : change_add(p, node, errp);
+    }
+    vd_node_unref(p);
+    return ret;
+}
+
 /* ---- names -------------------------------------------------------------------------------- */
 
 /* QEMU's test: is a format node's backing other than the one its image names (or none
@@ -674,7 +874,7 @@ static bool backing_overridden(const vd_node *n)
 static bool needs_json(const vd_node *n)
 {
     for (; n; n = n->file) {
-        if (backing_overridden(n)) {
+        if (backing_overridden(n) || n->nb_children) {
             return true;
         }
     }
@@ -682,7 +882,8 @@ static bool needs_json(const vd_node *n)
 }
 
 /* The options that say what a graph is (QEMU's json: filenames): driver, file, and a
- * backing where it is not the image's own; keys in QEMU's (alphabetical) order. */
+ * backing where it is not the image's own, or a node's list of children and its driver's
+ * options; keys in QEMU's (alphabetical) order. */
 static vd_tree *graph_tree(const vd_node *n)
 {
     vd_tree *t = vd_tree_new(VD_TREE_OBJECT);
@@ -690,11 +891,24 @@ static vd_tree *graph_tree(const vd_node *n)
         vd_tree_put(t, "backing", n->backing ? graph_tree(n->backing)
                                              : vd_tree_new(VD_TREE_NULL));
     }
+    if (n->nb_children) {
+        vd_tree *list = vd_tree_new(VD_TREE_LIST);
+        for (size_t i = 0; i < n->nb_children; i++) {
+            vd_tree_append(list, graph_tree(n->children[i].node));
+        }
+        vd_tree_put(t, "children", list);
+    }
     vd_tree_put(t, "driver", vd_tree_new_string(n->drv->name));
     if (n->file) {
         vd_tree_put(t, "file", graph_tree(n->file));
-    } else {
+    } else if (!n->nb_children) {
         vd_tree_put(t, "filename", vd_tree_new_string(n->filename));
+    }
+    for (const char *const *k = n->drv->runtime_opts; n->nb_children && k && *k; k++) {
+        const vd_tree *v = strcmp(*k, "children") ? vd_tree_get(n->options, *k) : NULL;
+        if (v) {
+            vd_tree_put(t, *k, vd_tree_clone(v));
+        }
     }
     return t;
 }

@@ -59,8 +59,27 @@ vd_node *vd_node_alloc(vd_engine *e, const vd_driver *drv, const char *filename,
     return n;
 }
 
+void vd_node_append_child(vd_node *n, vd_node *child, const char *role)
+{
+    vd_child *kids = realloc(n->children, (n->nb_children + 1) * sizeof(*kids));
+    if (!kids) {
+        abort();
+    }
+    n->children = kids;
+    kids[n->nb_children].node = child;
+    kids[n->nb_children].role = strdup(role);
+    if (!kids[n->nb_children].role) {
+        abort();
+    }
+    n->nb_children++;
+}
+
 void vd_node_release(vd_node *n)
 {
+    for (size_t i = 0; i < n->nb_children; i++) {
+        free(n->children[i].role);
+    }
+    free(n->children);
     pthread_mutex_destroy(&n->rmw_lock);
     pthread_mutex_destroy(&n->err_lock);
     free(n->err_msg);
@@ -500,9 +519,11 @@ static int node_close(vd_node *n, bool flush)
     if (n->drv->close) {
         n->drv->close(n);
     }
-    node_close(n->backing, false);
-    node_close(n->file, false);
-    node_close(n->target, false);
+    vd_node *child;
+    const char *role;
+    for (size_t i = 0; vd_node_child_at(n, i, &child, &role); i++) {
+        node_close(child, false);
+    }
     vd_node_release(n);
     return ret;
 }

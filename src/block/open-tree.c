@@ -389,6 +389,12 @@ int vd_node_open_child(vd_node *parent, const char *key, vd_node **out, vd_error
         return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "A block device must be specified "
                             "for \"%s\"", key);
     }
+    return vd_node_open_child_tree(parent, t, key, out, errp);
+}
+
+int vd_node_open_child_tree(vd_node *parent, vd_tree *t, const char *key, vd_node **out,
+                            vd_error **errp)
+{
     int ret = vd_child_options_check(parent->engine, t, key, out, errp);
     if (ret != 0) {
         return ret < 0 ? ret : 0;

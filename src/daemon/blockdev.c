@@ -69,6 +69,9 @@ int blockdev_add(json_object *args, vd_error **errp)
         /* The command line's dotted keys (file.driver=...) nest as QMP's objects do. */
         ret = vd_tree_crumple(t, errp);
     }
+    if (ret == 0 && !strcmp(driver, "quorum")) {
+        ret = quorum_options_check(t, errp);
+    }
     if (ret < 0) {
         vd_tree_free(t);
         return ret;

@@ -79,6 +79,10 @@ void backup_action_free(vd_action *a);
 extern const qmp_command_table history_command_table;
 /* replication-cmds.c: xen-set-replication and the other replication commands. */
 extern const qmp_command_table replication_command_table;
+/* change-cmds.c: x-blockdev-change, chained after the history commands; and the QMP
+ * schema's checks of a quorum's blockdev-add members (t: the crumpled options). */
+extern const qmp_command_table change_command_table;
+int quorum_options_check(const vd_tree *t, vd_error **errp);
 /* vdiskd's QMP commands (commands.c), for its QMP server. */
 extern const qmp_command_table vdiskd_commands;
 /* blockdev.c: blockdev-add from a QMP object or a --blockdev option (values may be

@@ -1,12 +1,17 @@
-/* The engine's events as QMP events: BLOCK_IMAGE_CORRUPTED, and the jobs' events. The
- * engine calls the handler on whatever thread found the event, with driver or job locks
- * held, so it only queues a copy. A delivery thread sends the queue as a command would
- * run (one at a time with the commands); the QMP server also sends it after each command,
- * before the reply, so the events a command caused come before its return, as QEMU's do.
- * A corruption event names the node its image belongs to, looked up when it is sent. */
+/* The engine's events as QMP events: BLOCK_IMAGE_CORRUPTED, the jobs' events and the
+ * quorum's. The engine calls the handler on whatever thread found the event, with driver
+ * or job locks held, so it only queues a copy. A delivery thread sends the queue as a
+ * command would run (one at a time with the commands); the QMP server also sends it after
+ * each command, before the reply, so the events a command caused come before its return,
+ * as QEMU's do. A corruption event names the node its image belongs to, looked up when it
+ * is sent. The quorum's events are rate-limited as QEMU's monitor limits them (see
+ * "throttle" below). */
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/time.h>
+#include <time.h>
 
 #include "daemon/daemon.h"
 #include "util/common.h"
@@ -15,7 +20,9 @@ typedef struct queued_event {
     char *type, *image, *msg;
     bool fatal;
     int64_t offset, size;
-    json_object *data;           /* a job event's members, ready */
+    json_object *data;           /* a job or quorum event's members, ready */
+    char *throttle_key;          /* rate-limited events: what they are limited per */
+    struct timeval when;         /* when it happened (sent with a rate-limited event) */
     bool sync;                   /* goes with the answer of the command that runs */
     pthread_t origin;            /* the thread that reported it */
     struct queued_event *next;
@@ -26,6 +33,19 @@ typedef struct queued_event {
  * daemon's memory grow without bound). */
 #define MAX_QUEUED 10000
 
+/* One rate-limited kind of event (QEMU's monitor: at most one a second per key). The
+ * first is sent at once and opens a window of a second; what comes in the window is held
+ * back, the latest replacing the one before, and sent when the window ends, which opens
+ * the next one; a window that ends with nothing held closes the slot. */
+typedef struct throttle_slot {
+    char *key;
+    struct timespec end;         /* CLOCK_MONOTONIC */
+    queued_event *held;
+    struct throttle_slot *next;
+} throttle_slot;
+
+#define THROTTLE_NS 1000000000LL
+
 static struct {
     pthread_mutex_t lock;
     pthread_cond_t cond;
@@ -34,8 +54,9 @@ static struct {
     bool stop;
     bool started;
     pthread_t thread;
+    throttle_slot *slots;        /* under lock */
 } queue = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, &queue.head, 0, false,
-           false, 0};
+           false, 0, NULL};
 
 static json_object *job_event_data(const vd_event *ev)
 {
@@ -65,6 +86,39 @@ static json_object *job_event_data(const vd_event *ev)
     return d;
 }
 
+/* QEMU's members, in the order qemu-storage-daemon 7.2 sends them. */
+static json_object *quorum_event_data(const vd_event *ev)
+{
+    json_object *d = json_object_new_object();
+    bool bad = !strcmp(ev->type, "QUORUM_REPORT_BAD");
+    json_object_object_add(d, bad ? "node-name" : "reference",
+                           json_object_new_string(ev->node_name ? ev->node_name : ""));
+    json_object_object_add(d, "sectors-count", json_object_new_int64(ev->sectors_count));
+    json_object_object_add(d, "sector-num", json_object_new_int64(ev->sector_num));
+    if (bad) {
+        json_object_object_add(d, "type", json_object_new_string(ev->operation));
+        if (ev->error) {
+            json_object_object_add(d, "error", json_object_new_string(ev->error));
+        }
+    }
+    return d;
+}
+
+/* QEMU's monitor limits QUORUM_REPORT_BAD per node-name and QUORUM_FAILURE as a whole
+ * (monitor.c's throttle table and keys); NULL: not limited. */
+static char *throttle_key(const vd_event *ev)
+{
+    char *key = NULL;
+    if (!strcmp(ev->type, "QUORUM_REPORT_BAD")) {
+        if (asprintf(&key, "%s/%s", ev->type, ev->node_name ? ev->node_name : "") < 0) {
+            abort();
+        }
+    } else if (!strcmp(ev->type, "QUORUM_FAILURE")) {
+        key = vd_xstrdup(ev->type);
+    }
+    return key;
+}
+
 void daemon_on_engine_event(void *opaque, const vd_event *ev)
 {
     (void)opaque;
@@ -75,8 +129,12 @@ void daemon_on_engine_event(void *opaque, const vd_event *ev)
     q->type = vd_xstrdup(ev->type);
     q->sync = ev->synchronous;
     q->origin = pthread_self();
+    gettimeofday(&q->when, NULL);
     if (ev->job_id) {
         q->data = job_event_data(ev);
+    } else if (!strncmp(ev->type, "QUORUM_", 7)) {
+        q->data = quorum_event_data(ev);
+        q->throttle_key = throttle_key(ev);
     }
     q->image = vd_xstrdup(ev->image ? ev->image : "");
     q->msg = vd_xstrdup(ev->msg ? ev->msg : "");
@@ -87,6 +145,7 @@ void daemon_on_engine_event(void *opaque, const vd_event *ev)
     if (queue.count >= MAX_QUEUED) {
         pthread_mutex_unlock(&queue.lock);
         json_object_put(q->data);
+        free(q->throttle_key);
         free(q->type);
         free(q->image);
         free(q->msg);
@@ -120,19 +179,131 @@ static char *node_of(const char *image)
 
 static void free_event(queued_event *q)
 {
+    if (!q) {
+        return;
+    }
     json_object_put(q->data);
+    free(q->throttle_key);
     free(q->type);
     free(q->image);
     free(q->msg);
     free(q);
 }
 
+/* ---- throttle ------------------------------------------------------------------------------ */
+
+static struct timespec now_plus(long long ns)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    long long total = (long long)t.tv_nsec + ns;
+    t.tv_sec += (time_t)(total / 1000000000LL);
+    t.tv_nsec = (long)(total % 1000000000LL);
+    return t;
+}
+
+static bool passed(const struct timespec *t)
+{
+    struct timespec now = now_plus(0);
+    return now.tv_sec > t->tv_sec || (now.tv_sec == t->tv_sec && now.tv_nsec >= t->tv_nsec);
+}
+
+/* Whether q goes out now (a new window opens); if not, its slot holds it (and owns it). */
+static bool throttle_admit(queued_event *q)
+{
+    pthread_mutex_lock(&queue.lock);
+    throttle_slot *t = queue.slots;
+    while (t && strcmp(t->key, q->throttle_key)) {
+        t = t->next;
+    }
+    bool now = !t;
+    if (t) {
+        free_event(t->held);
+        t->held = q;
+        q->next = NULL;
+    } else {
+        t = calloc(1, sizeof(*t));
+        if (!t) {
+            abort();
+        }
+        t->key = vd_xstrdup(q->throttle_key);
+        t->end = now_plus(THROTTLE_NS);
+        t->next = queue.slots;
+        queue.slots = t;
+        pthread_cond_signal(&queue.cond);   /* the delivery thread has a new window to end */
+    }
+    pthread_mutex_unlock(&queue.lock);
+    return now;
+}
+
+/* The earliest end of a window, if any. Lock held. */
+static bool throttle_next(struct timespec *out)
+{
+    bool any = false;
+    for (throttle_slot *t = queue.slots; t; t = t->next) {
+        if (!any || t->end.tv_sec < out->tv_sec ||
+            (t->end.tv_sec == out->tv_sec && t->end.tv_nsec < out->tv_nsec)) {
+            *out = t->end;
+            any = true;
+        }
+    }
+    return any;
+}
+
+static void send_one(queued_event *q)
+{
+    if (q->throttle_key) {
+        qmp_event_at(vdiskd.qmp, q->type, json_object_get(q->data), &q->when);
+    } else {
+        qmp_event(vdiskd.qmp, q->type, json_object_get(q->data));
+    }
+}
+
+/* Ends the window that ended first, if its second is over: a held event goes out and
+ * opens the next one. One at a time, so that windows end in the order of their ends. */
+static void throttle_expire(void *arg)
+{
+    (void)arg;
+    queued_event *out = NULL;
+    pthread_mutex_lock(&queue.lock);
+    throttle_slot **first = NULL;
+    for (throttle_slot **p = &queue.slots; *p; p = &(*p)->next) {
+        const struct timespec *e = &(*p)->end;
+        if (!first || e->tv_sec < (*first)->end.tv_sec ||
+            (e->tv_sec == (*first)->end.tv_sec && e->tv_nsec < (*first)->end.tv_nsec)) {
+            first = p;
+        }
+    }
+    throttle_slot *t = first ? *first : NULL;
+    if (t && passed(&t->end)) {
+        if (t->held) {
+            out = t->held;
+            t->held = NULL;
+            t->end = now_plus(THROTTLE_NS);
+        } else {
+            *first = t->next;
+            free(t->key);
+            free(t);
+        }
+    }
+    pthread_mutex_unlock(&queue.lock);
+    if (out) {
+        send_one(out);
+        free_event(out);
+    }
+}
+
+/* ---- sending -------------------------------------------------------------------------------- */
+
 static void send_all(void *arg)
 {
     for (queued_event *q = arg, *next; q; q = next) {
         next = q->next;
+        if (q->throttle_key && !throttle_admit(q)) {
+            continue;
+        }
         if (q->data) {
-            qmp_event(vdiskd.qmp, q->type, json_object_get(q->data));
+            send_one(q);
             free_event(q);
             continue;
         }
@@ -215,12 +386,22 @@ static void *delivery_thread(void *arg)
     (void)arg;
     pthread_mutex_lock(&queue.lock);
     while (!queue.stop) {
-        if (!queue.head) {
-            pthread_cond_wait(&queue.cond, &queue.lock);
+        struct timespec end;
+        bool timed = throttle_next(&end);
+        if (queue.head) {
+            pthread_mutex_unlock(&queue.lock);
+            qmp_run_exclusive(vdiskd.qmp, send_queued, NULL);
+        } else if (timed && passed(&end)) {
+            pthread_mutex_unlock(&queue.lock);
+            qmp_run_exclusive(vdiskd.qmp, throttle_expire, NULL);
+        } else {
+            if (timed) {
+                pthread_cond_clockwait(&queue.cond, &queue.lock, CLOCK_MONOTONIC, &end);
+            } else {
+                pthread_cond_wait(&queue.cond, &queue.lock);
+            }
             continue;
         }
-        pthread_mutex_unlock(&queue.lock);
-        qmp_run_exclusive(vdiskd.qmp, send_queued, NULL);
         pthread_mutex_lock(&queue.lock);
     }
     pthread_mutex_unlock(&queue.lock);
@@ -248,6 +429,14 @@ void daemon_events_stop(void)
     pthread_mutex_unlock(&queue.lock);
     pthread_join(queue.thread, NULL);
     queue.started = false;
+    /* What a window still held is dropped with the daemon, as QEMU's timers are. */
+    while (queue.slots) {
+        throttle_slot *t = queue.slots;
+        queue.slots = t->next;
+        free_event(t->held);
+        free(t->key);
+        free(t);
+    }
 }
 
 void daemon_deliver_events(void)

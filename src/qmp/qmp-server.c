@@ -611,9 +611,15 @@ void qmp_event(qmp_server *s, const char *name, json_object *data)
 {
     struct timeval tv;
     gettimeofday(&tv, NULL);
+    qmp_event_at(s, name, data, &tv);
+}
+
+void qmp_event_at(qmp_server *s, const char *name, json_object *data,
+                  const struct timeval *when)
+{
     json_object *ts = json_object_new_object();
-    json_object_object_add(ts, "seconds", json_object_new_int64(tv.tv_sec));
-    json_object_object_add(ts, "microseconds", json_object_new_int64(tv.tv_usec));
+    json_object_object_add(ts, "seconds", json_object_new_int64(when->tv_sec));
+    json_object_object_add(ts, "microseconds", json_object_new_int64(when->tv_usec));
     json_object *ev = json_object_new_object();
     json_object_object_add(ev, "timestamp", ts);
     json_object_object_add(ev, "event", json_object_new_string(name));

@@ -77,6 +77,11 @@ int qmp_server_listen(qmp_server *s, const char *path, vd_error **errp);
 void qmp_serve_fd(qmp_server *s, int fd);
 /* Sends an event to every client that finished negotiation. data may be NULL. Takes data. */
 void qmp_event(qmp_server *s, const char *name, json_object *data);
+/* The same, stamped with the time it happened rather than now (an event held back by a
+ * rate limit keeps its own time, as QEMU's do). */
+struct timeval;
+void qmp_event_at(qmp_server *s, const char *name, json_object *data,
+                  const struct timeval *when);
 /* Runs fn(arg) as a command runs: one at a time with the commands, so it may use what the
  * handlers use (the daemon's node registry). */
 void qmp_run_exclusive(qmp_server *s, void (*fn)(void *arg), void *arg);
