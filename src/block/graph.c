@@ -671,7 +671,10 @@ vd_node *vd_graph_replace_file(vd_node *parent, vd_node *nf)
     }
     parent->file = nf;
     nf->refcnt++;
-    add_edge(nf, parent, file_role(parent));
+    vd_node *kid;
+    const char *role;
+    vd_node_child_at(parent, 0, &kid, &role);
+    add_edge(nf, parent, role);
     refresh(parent, NULL);
     pthread_mutex_unlock(&e->graph_lock);
     return old;
