@@ -161,9 +161,10 @@ struct vd_driver {
      * node's own requests around the change; on failure nothing has changed. */
     int (*add_child)(vd_node *node, vd_node *child, vd_error **errp);
     int (*del_child)(vd_node *node, vd_node *child, const char *role, vd_error **errp);
-    /* What the node takes (perm) and shares on a child in its list of children, given
-     * what its own users take and share all together (both in and out). NULL: passed
-     * through as a filter passes them. */
+    /* What the node takes (perm) and shares on one of its children (role: "file",
+     * "children.N", ...; not "backing" or "target", whose rules are the graph's), given
+     * what its own users take and share all together (both in and out). NULL: QEMU's
+     * defaults (graph.c). */
     void (*child_perms)(const vd_node *node, const char *role, unsigned *perm,
                         unsigned *shared);
 

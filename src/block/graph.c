@@ -82,17 +82,6 @@ static void cumulative(const vd_node *n, unsigned *perm, unsigned *shared)
     }
 }
 
-/* Whether role names one of n's listed children (quorum's "children.N"). */
-static bool listed(const vd_node *n, const char *role)
-{
-    for (size_t i = 0; i < n->nb_children; i++) {
-        if (!strcmp(n->children[i].role, role)) {
-            return true;
-        }
-    }
-    return false;
-}
-
 /* What a parent takes on one child, from what its own users take (QEMU's defaults): a
  * backing file is only read, and others may change it only if the parent's users let
  * others write; a format's file holds metadata, which a writable format writes and
@@ -112,7 +101,7 @@ static void child_perms(const vd_node *parent, const char *role, unsigned *perm,
     } else if (!strcmp(role, "backing")) {
         p &= CR;
         s = ((s & WR) ? WR | RS : 0) | CR | WU;
-    } else if (parent->drv->child_perms && listed(parent, role)) {
+    } else if (parent->drv->child_perms) {
         parent->drv->child_perms(parent, role, &p, &s);
     } else if (parent->drv->is_format && strcmp(parent->drv->name, "raw")) {
         p |= CR | ((parent->open_flags & VD_OPEN_RDWR) ? WR | RS : 0);
@@ -452,11 +441,10 @@ int vd_blockdev_del(vd_engine *e, const char *node_name, vd_error **errp)
     if (ret < 0) {
         return ret;
     }
-    ret = vd_node_close(n);
-    if (ret < 0) {
-        return vd_error_set(errp, VD_ERR_IO, -ret, "Could not flush '%s': %s", node_name,
-                            strerror(-ret));
-    }
+    /* The node is gone whatever its last flush gives (an NBD client whose server died
+     * cannot flush): QEMU's blockdev-del succeeds then too, and an error would only make
+     * the caller try to delete a node that no longer exists. */
+    vd_node_close(n);
     return 0;
 }
 

@@ -324,9 +324,9 @@ def colo_main(vdiskd, d, transport, seconds):
     ok = result(st.get("return") == {"error": False}, tag + "-status", str(st)) and ok
     # The primary dies mid-write (the secondary's own client is idle from here on).
     sw.finish()
+    writes_before = w.writes
     w.resume()
     time.sleep(0.3 + random.Random(3).random() * 0.4)
-    writes_before = w.writes
     p.dm.p.send_signal(signal.SIGKILL)
     p.dm.p.wait()
     w.finish()

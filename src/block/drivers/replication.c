@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "block/replication.h"
+#include "vdisk/graph.h"
 #include "util/common.h"
 
 extern const vd_driver vd_replication_driver;
@@ -293,6 +294,17 @@ static int repl_block_status(vd_node *n, uint64_t off, uint64_t len, vd_node_sta
     return ret;
 }
 
+/* QEMU's rule: the node writes its child when it is writable, and lets others read and
+ * write it whatever its own users allow (the secondary disk below the active disk takes
+ * the primary's writes while the secondary's quorum lets no one else write). */
+static void repl_child_perms(const vd_node *n, const char *role, unsigned *perm,
+                             unsigned *shared)
+{
+    (void)role;
+    *perm = VD_PERM_CONSISTENT_READ | ((n->open_flags & VD_OPEN_RDWR) ? VD_PERM_WRITE : 0);
+    *shared = VD_PERM_CONSISTENT_READ | VD_PERM_WRITE | VD_PERM_WRITE_UNCHANGED;
+}
+
 const vd_driver vd_replication_driver = {
     .name = "replication",
     .is_format = false,
@@ -306,4 +318,5 @@ const vd_driver vd_replication_driver = {
     .flush = repl_flush,
     .block_status = repl_block_status,
     .allocated_size = vd_filter_allocated_size,
+    .child_perms = repl_child_perms,
 };
