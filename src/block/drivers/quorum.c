@@ -322,6 +322,10 @@ static int quorum_open(vd_node *n, unsigned flags, vd_error **errp)
     pthread_rwlock_init(&s->lock, &attr);
     pthread_rwlockattr_destroy(&attr);
     s->next_index = (unsigned)count;
+    /* Named as QEMU names it, after the children it was opened with (the registry shows
+     * the children it has, as they change). */
+    free(n->filename);
+    n->filename = vd_node_display_name(n);
     n->opaque = s;
     n->size = n->children[0].node->size;
     n->max_transfer = QUORUM_MAX_TRANSFER;
