@@ -187,7 +187,9 @@ def s_change(dm, d, tag):
     ch(node="a4")
     ch(child="children.4")
     ch(node="a4")
-    dm.log.append(("reply", "io", qemu_io(uri, "write -P 0x22 1M 1M", "read -P 0x21 0 1M")))
+    # a discard does nothing: QEMU's quorum has none
+    dm.log.append(("reply", "io", qemu_io(uri, "write -P 0x22 1M 1M", "discard 0 64k",
+                                          "read -P 0x21 0 1M")))
     # the role each child has now, as a permission conflict names it
     for n in ("k0", "a2", "a3", "a4"):
         dm.cmd("block-export-add", type="nbd", id="x-" + n, **{"node-name": n},
