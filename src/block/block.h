@@ -311,6 +311,11 @@ int vd_graph_attach_child(vd_node *parent, vd_node *child, const char *role,
  * the core (see del_child). */
 vd_node *vd_graph_detach_child(vd_node *parent, size_t i);
 
+/* The name a node shows (caller frees): its file's, or json:{...} when its graph is not
+ * what the image files say (a backing given instead of the image's, a list of children).
+ * The caller holds the graph lock or owns n alone. */
+char *vd_node_display_name(const vd_node *n);
+
 /* graph.c, for node.c: drops one owner's reference; true when it was the last, and the
  * node is now out of the registry with no uses (the caller closes it). */
 bool vd_graph_release(vd_node *n);

@@ -904,9 +904,7 @@ static vd_tree *graph_tree(const vd_node *n)
     return t;
 }
 
-/* The name a node shows: its file's, or json:{...} when its graph is not what the image
- * files say. */
-static char *display_name(const vd_node *n)
+char *vd_node_display_name(const vd_node *n)
 {
     if (!needs_json(n)) {
         return vd_xstrdup(n->filename);
@@ -944,7 +942,7 @@ int vd_blockdev_list(vd_engine *e, vd_blockdev_info **out, size_t *nb)
     for (vd_node *n = e->graph; n; n = n->graph_next, i++) {
         list[i].node_name = vd_xstrdup(n->node_name);
         list[i].driver = vd_xstrdup(n->drv->name);
-        list[i].filename = display_name(n);
+        list[i].filename = vd_node_display_name(n);
         list[i].read_only = !(n->open_flags & VD_OPEN_RDWR);
         list[i].direct = (n->open_flags & VD_OPEN_NOCACHE) != 0;
         list[i].no_flush = (n->open_flags & VD_OPEN_NO_FLUSH) != 0;

@@ -134,6 +134,26 @@ int blockdev_del(const char *name, vd_error **errp)
     return vd_blockdev_del(vdiskd.engine, name, errp);
 }
 
+void handles_close_idle_nested(void)
+{
+    vd_blockdev_info *list = NULL;
+    size_t nb = 0;
+    vd_blockdev_list(vdiskd.engine, &list, &nb);
+    for (dhandle **p = &vdiskd.handles, *h; (h = *p);) {
+        const char *name = vd_disk_node_name(h->disk);
+        bool added = false;
+        for (size_t i = 0; name && i < nb; i++) {
+            added |= !strcmp(list[i].node_name, name) && list[i].added;
+        }
+        if (h->users == 0 && !added) {
+            handle_close(h);    /* unlinks h: *p is the next one now */
+        } else {
+            p = &h->next;
+        }
+    }
+    vd_blockdev_list_free(list, nb);
+}
+
 void nodes_close_all(void)
 {
     /* The handles first (they flush); the engine then closes the nodes. */

@@ -103,6 +103,11 @@ static int cmd_blockdev_change(qmp_session *qs, json_object *args, json_object *
 {
     (void)qs;
     (void)ret;
+    /* The daemon keeps a handle on a node it once exported (for its statistics); QEMU's
+     * export takes its reference away with it, so a removed child goes then. */
+    if (opt_str(args, "child")) {
+        handles_close_idle_nested();
+    }
     return vd_blockdev_change(vdiskd.engine, opt_str(args, "parent"), opt_str(args, "child"),
                               opt_str(args, "node"), errp);
 }
@@ -119,6 +124,6 @@ static const qmp_command change_commands[] = {
      "vote-threshold); a removed child goes unless blockdev-add added it"},
 };
 const qmp_command_table change_command_table = {
-    change_commands, sizeof(change_commands) / sizeof(change_commands[0]), &replication_command_table,
-    NULL,
+    change_commands, sizeof(change_commands) / sizeof(change_commands[0]),
+    &replication_command_table, NULL,
 };

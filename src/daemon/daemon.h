@@ -97,6 +97,9 @@ json_object *node_info(const vd_blockdev_info *i);
 /* The handle on a node, if the daemon keeps one (for its statistics). */
 dhandle *handle_of(const char *name);
 void nodes_close_all(void);
+/* Closes the daemon's idle handles on nodes blockdev-add did not add (a node taken out of
+ * its parent must not be kept by a handle QEMU would not have). */
+void handles_close_idle_nested(void);
 
 /* --object tls-creds-x509 / tls-creds-psk (QMP object-add has the same members). */
 int tls_object_add(json_object *args, vd_error **errp);

@@ -25,7 +25,7 @@
 
 static char dir[] = "/tmp/vdisk-test-quorum.XXXXXX";
 
-/* ---- events ------------------------------------------------------------------------------- */
+/* ---- events ------------------------------------------------------------------------------ */
 
 typedef struct seen_event {
     char type[32], node[64], op[16], error[64];
@@ -86,7 +86,7 @@ static void expect_event(int i, const char *type, const char *node, const char *
     assert_int_equal(s->count, count);
 }
 
-/* ---- helpers --------------------------------------------------------------------------------- */
+/* ---- helpers ----------------------------------------------------------------------------- */
 
 static vd_engine *engine(void)
 {
@@ -236,7 +236,7 @@ static void read_expect(vd_disk *d, uint64_t off, uint64_t len, int val)
     free(buf);
 }
 
-/* ---- options --------------------------------------------------------------------------------- */
+/* ---- options ----------------------------------------------------------------------------- */
 
 static void test_options(void **state)
 {
@@ -301,7 +301,7 @@ static void test_options(void **state)
     free_kids(k, 3);
 }
 
-/* ---- reads ------------------------------------------------------------------------------------ */
+/* ---- reads ------------------------------------------------------------------------------- */
 
 static void test_reads(void **state)
 {
@@ -403,7 +403,7 @@ static void test_read_failures(void **state)
     free_kids(g, 2);
 }
 
-/* ---- writes and flushes ---------------------------------------------------------------------- */
+/* ---- writes and flushes ------------------------------------------------------------------ */
 
 static void test_writes(void **state)
 {
@@ -466,7 +466,7 @@ static void test_writes(void **state)
     free_kids(g, 2);
 }
 
-/* ---- repairs and blkverify ---------------------------------------------------------------- */
+/* ---- repairs and blkverify --------------------------------------------------------------- */
 
 static void test_rewrite(void **state)
 {
@@ -518,7 +518,7 @@ static void test_blkverify(void **state)
     free_kids(k, 2);
 }
 
-/* ---- children added and removed --------------------------------------------------------------- */
+/* ---- children added and removed ---------------------------------------------------------- */
 
 static void test_change(void **state)
 {

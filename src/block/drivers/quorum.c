@@ -35,7 +35,7 @@ static const char *const quorum_runtime_opts[] = {
     "blkverify", "children", "read-pattern", "rewrite-corrupted", "vote-threshold", NULL,
 };
 
-/* ---- events ------------------------------------------------------------------------------- */
+/* ---- events ------------------------------------------------------------------------------ */
 
 static void set_sectors(vd_event *ev, uint64_t off, uint64_t len)
 {
@@ -69,7 +69,7 @@ static void report_failure(vd_node *n, uint64_t off, uint64_t len)
     vd_engine_emit(n->engine, &ev);
 }
 
-/* ---- one request on every child ------------------------------------------------------------ */
+/* ---- one request on every child ---------------------------------------------------------- */
 
 typedef enum { OP_READ, OP_WRITE, OP_ZEROES, OP_FLUSH } child_op;
 
@@ -162,7 +162,7 @@ static int error_vote(const child_io *io, size_t nb)
     return best;
 }
 
-/* ---- open and close ------------------------------------------------------------------------- */
+/* ---- open and close ---------------------------------------------------------------------- */
 
 /* The children as a list: given as one, or as an object keyed 0, 1, ... (flattened
  * options); NULL and -EINVAL for anything else. count 0: none given. */
@@ -322,6 +322,10 @@ static int quorum_open(vd_node *n, unsigned flags, vd_error **errp)
     pthread_rwlock_init(&s->lock, &attr);
     pthread_rwlockattr_destroy(&attr);
     s->next_index = (unsigned)count;
+    /* Named as QEMU names it, after the children it was opened with (the registry shows
+     * the children it has, as they change). */
+    free(n->filename);
+    n->filename = vd_node_display_name(n);
     n->opaque = s;
     n->size = n->children[0].node->size;
     n->max_transfer = QUORUM_MAX_TRANSFER;
@@ -335,7 +339,7 @@ static void quorum_close(vd_node *n)
     free(s);
 }
 
-/* ---- reads ------------------------------------------------------------------------------------ */
+/* ---- reads ------------------------------------------------------------------------------- */
 
 static int read_fifo(vd_node *n, void *buf, uint64_t len, uint64_t off)
 {
@@ -471,7 +475,7 @@ static int quorum_pread(vd_node *n, void *buf, uint64_t len, uint64_t off)
     return ret;
 }
 
-/* ---- writes and flushes ------------------------------------------------------------------------ */
+/* ---- writes and flushes ------------------------------------------------------------------ */
 
 static int write_all(vd_node *n, child_op op, const void *buf, uint64_t len, uint64_t off,
                      unsigned flags)
@@ -535,7 +539,7 @@ static int quorum_flush(vd_node *n)
     return ret;
 }
 
-/* ---- status -------------------------------------------------------------------------------------- */
+/* ---- status ------------------------------------------------------------------------------ */
 
 /* Zeros only where every child says so (the shortest such run), data otherwise (the
  * longest run a child reports), as QEMU's quorum answers: children may hold the same data
@@ -582,7 +586,7 @@ static int64_t quorum_allocated_size(vd_node *n)
     return sum;
 }
 
-/* ---- children added and removed ------------------------------------------------------------- */
+/* ---- children added and removed ---------------------------------------------------------- */
 
 static int quorum_add_child(vd_node *n, vd_node *child, vd_error **errp)
 {
