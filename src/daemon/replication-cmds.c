@@ -70,7 +70,7 @@ static const qmp_arg set_args[] = {
 
 static const qmp_command replication_commands[] = {
     {"xen-set-replication", cmd_xen_set_replication, set_args, false,
-     "starts or stops block replication on every replication node (failover: see README)"},
+     "starts or stops block replication on every replication node; failover: a secondary commits its buffers and serves alone"},
     {"xen-colo-do-checkpoint", cmd_xen_colo_do_checkpoint, NULL, false,
      "a replication checkpoint: secondary nodes empty their active and hidden disks"},
     {"query-xen-replication-status", cmd_query_xen_replication_status, NULL, false,
