@@ -3,7 +3,8 @@
  * backup: the target holds the point in time in every cluster the job or the filter had
  * copied and flushed, and nothing but the point in time or zeros anywhere. commit: the
  * chain read through top is the guest's (a commit never changes it), and the commit run
- * again from the crashed state to its end leaves the same contents and top naming base. */
+ * again from the crashed state to its end leaves the same contents and top naming base.
+ * replication has its own file (check-repl.c). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,9 +17,8 @@
 #include "tools/engine-env.h"
 
 /* One file of the state, under its own description. */
-static check_ctx file_ctx(const check_ctx *c, const journal *j, const char *dir,
-                          const char *name, char *path, size_t path_len, char *what,
-                          size_t what_len)
+check_ctx file_ctx(const check_ctx *c, const journal *j, const char *dir, const char *name,
+                   char *path, size_t path_len, char *what, size_t what_len)
 {
     snprintf(path, path_len, "%s/%s", dir, name);
     snprintf(what, what_len, "%s, %s", c->what, name);
@@ -43,9 +43,8 @@ static bool check_backup(const check_ctx *c, const char *dir, check_totals *t)
     return check_state(&g, t) && ok;
 }
 
-/* Tags of every sector the chain through top reads. */
-static int read_chain(vd_engine *e, const char *top, uint32_t **vals, uint64_t *sectors,
-                      char **backing, char *why, size_t why_len)
+int read_chain(vd_engine *e, const char *top, uint32_t **vals, uint64_t *sectors,
+               char **backing, char *why, size_t why_len)
 {
     vd_open_opts oo = {.format = "qcow2"};
     vd_disk *d = NULL;
@@ -85,7 +84,7 @@ static int read_chain(vd_engine *e, const char *top, uint32_t **vals, uint64_t *
     return ret;
 }
 
-static int add_json(vd_engine *e, const char *json, char *why, size_t why_len)
+int add_json(vd_engine *e, const char *json, char *why, size_t why_len)
 {
     vd_tree *tr = NULL;
     vd_error *err = NULL;
@@ -230,8 +229,9 @@ bool check_job_state(const check_ctx *c, const char *dir, check_totals *t)
 {
     /* The per-file checks count states: this is one. */
     check_totals sub = *t;
-    bool ok = !strcmp(c->j->job_kind, "backup") ? check_backup(c, dir, &sub)
-                                                 : check_commit(c, dir, &sub);
+    bool ok = !strcmp(c->j->job_kind, "backup")   ? check_backup(c, dir, &sub)
+              : !strcmp(c->j->job_kind, "commit") ? check_commit(c, dir, &sub)
+                                                  : check_replication(c, dir, &sub);
     t->leaks = sub.leaks;
     t->dirty = sub.dirty;
     t->dirty_qemu = sub.dirty_qemu;

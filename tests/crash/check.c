@@ -102,16 +102,9 @@ static bool run_vd_check(const check_ctx *c, check_totals *t, vd_engine *e, bool
     return ok;
 }
 
-/* What the guest may read at the crash point: the contents as of the last flush that
- * completed before it (base, base_size), plus, per sector, what any operation that had
- * started by then left there (the ops from `extra`). */
-typedef struct expect {
-    uint32_t *base;
-    uint64_t base_size, max_size;
-    size_t extra;
-} expect;
-
-static void expect_build(const journal *j, uint64_t crash_pos, expect *x)
+/* What the guest may read at the crash point (crash.h): base and base_size from the ops
+ * before the last completed flush, the ops from `extra` on adding what they may have left. */
+void expect_build(const journal *j, uint64_t crash_pos, expect *x)
 {
     size_t flushed = 0;   /* ops before the last completed flush */
     for (size_t i = 0; i < j->nb_ops; i++) {
@@ -145,21 +138,35 @@ static void expect_build(const journal *j, uint64_t crash_pos, expect *x)
     x->extra = flushed;
 }
 
-static bool allowed_value(const journal *j, const expect *x, uint64_t crash_pos, uint64_t s,
-                          uint32_t v)
+void expect_free(expect *x)
+{
+    free(x->base);
+    x->base = NULL;
+}
+
+/* A maybe op's values are no longer allowed once the log reached its `until`. */
+static bool superseded(const gop *o, uint64_t crash_pos)
+{
+    return o->maybe && o->until && crash_pos >= o->until;
+}
+
+bool expect_allows(const journal *j, const expect *x, uint64_t crash_pos, uint64_t s,
+                   uint32_t v)
 {
     if (v == x->base[s]) {
         return true;
     }
     for (size_t i = 0; i < x->extra && j->ops[i].start < crash_pos; i++) {
         const gop *o = &j->ops[i];
-        if (o->maybe && s >= o->first && s < o->first + o->count && o->vals[s - o->first] == v) {
+        if (o->maybe && !superseded(o, crash_pos) && s >= o->first &&
+            s < o->first + o->count && o->vals[s - o->first] == v) {
             return true;
         }
     }
     for (size_t i = x->extra; i < j->nb_ops && j->ops[i].start < crash_pos; i++) {
         const gop *o = &j->ops[i];
-        if (s >= o->first && s < o->first + o->count && o->vals[s - o->first] == v) {
+        if (!superseded(o, crash_pos) && s >= o->first && s < o->first + o->count &&
+            o->vals[s - o->first] == v) {
             return true;
         }
     }
@@ -240,7 +247,7 @@ static int verify_data(const check_ctx *c, check_totals *t, vd_engine *e, bool l
         }
         for (uint64_t k = 0; k < n; k++) {
             uint32_t v = tag_decode(buf + k * SECTOR, s + k);
-            if (!allowed_value(c->j, &x, c->crash_pos, s + k, v)) {
+            if (!expect_allows(c->j, &x, c->crash_pos, s + k, v)) {
                 if (!lost++) {
                     first_bad = s + k;
                     bad_val = v;
@@ -256,7 +263,7 @@ static int verify_data(const check_ctx *c, check_totals *t, vd_engine *e, bool l
         ok = false;
     }
     free(buf);
-    free(x.base);
+    expect_free(&x);
     if (ok && leak_free && !run_vd_check(c, t, e, false, false)) {
         vd_close(d);
         return -1;

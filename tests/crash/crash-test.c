@@ -4,7 +4,7 @@
  * and exits 0 when C and W are 0 (with --expect-failure: when either is not).
  *
  *   crash-test --dir DIR [--kind alloc|snap|compress|resize|cow|mixed|amend|bitmaps|mirror|
- *                                backup|commit] [--cluster-size N]
+ *                                backup|commit|replication] [--cluster-size N]
  *              [--lazy] [--seed S] [--ops N] [--states N] [--qemu-img PATH|none]
  *              [--keep DIR] [--expect-failure] [--ignore-flushes] [--state-dir DIR]
  *              [--backup-mode full|bitmap|full-compress|bitmap-compress]
@@ -41,7 +41,7 @@ typedef struct run {
 static void usage(void)
 {
     fprintf(stderr, "usage: crash-test --dir DIR [--kind alloc|snap|compress|resize|cow|mixed|"
-            "amend|bitmaps|mirror|backup|commit] "
+            "amend|bitmaps|mirror|backup|commit|replication] "
             "[--cluster-size N] [--lazy] [--seed S] [--ops N] [--states N] "
             "[--qemu-img PATH|none] [--qemu-io PATH|none] [--keep DIR] [--expect-failure] "
             "[--ignore-flushes] [--state-dir DIR] "
@@ -358,7 +358,8 @@ int main(int argc, char **argv)
         }
     }
     static const char *const kinds[] = {"alloc", "snap", "compress", "resize", "cow", "mixed",
-                                        "amend", "bitmaps", "mirror", "backup", "commit"};
+                                        "amend", "bitmaps", "mirror", "backup", "commit",
+                                        "replication"};
     bool kind_ok = false;
     for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
         kind_ok |= !strcmp(R.cfg.kind, kinds[i]);

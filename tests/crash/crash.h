@@ -18,6 +18,8 @@
 void tag_fill(uint8_t *sector, uint32_t write_id, uint64_t sector_no);
 /* 0 for a zero sector, the write id of a tagged sector at sector_no, else TAG_GARBAGE. */
 uint32_t tag_decode(const uint8_t *sector, uint64_t sector_no);
+/* The write id a tagged sector's header names, wherever it lies (0: not tagged). */
+uint32_t tag_id(const uint8_t *sector);
 
 /* ---- random numbers (seeded, reproducible) ---- */
 typedef struct rng {
@@ -41,12 +43,14 @@ typedef struct gop {
     uint64_t size_after;      /* the guest size after the op */
     bool maybe;               /* may have happened any time from start on, and no flush
                                * made it durable (a job's own copies): its values are
-                               * allowed from then on, never required */
+                               * allowed from then on, never required... */
+    uint64_t until;           /* ...until the log reaches this length, if not 0 (a later
+                               * op, durable by then, covers whatever it wrote) */
 } gop;
 
 typedef struct workload_cfg {
     const char *kind;         /* alloc, snap, compress, resize, cow, mixed, amend, bitmaps,
-                               * mirror, backup, commit */
+                               * mirror, backup, commit, replication */
     uint32_t cluster_size;
     bool lazy;
     uint64_t seed;
@@ -56,12 +60,47 @@ typedef struct workload_cfg {
                                * NULL: by the seed */
 } workload_cfg;
 
-/* One file of a kind that records several files in one shared log (backup, commit). */
+/* One file of a kind that records several files in one shared log (backup, commit,
+ * replication). */
 typedef struct jfile {
     char name[64];            /* its name in a crash state's directory */
     uint8_t *base;            /* the file before recording began */
     uint64_t base_size;
 } jfile;
+
+/* kind "replication" (jobs-repl.c, check-repl.c): what the secondary's view (the chain
+ * active -> hidden -> secondary disk, read through the replication node) may hold. */
+typedef enum repl_kind {
+    RK_CHECKPOINT,            /* vd_replication_start_all (the first) or a checkpoint: the
+                               * view becomes what the secondary disk holds (vals: all of it) */
+    RK_PRIMARY,               /* a write, write zeroes or discard of the secondary disk by
+                               * the primary (vals: what the secondary disk reads after it) */
+    RK_SECONDARY,             /* a write through the replication node (vals: its tags) */
+    RK_PRIMARY_FLUSH,         /* a flush of the secondary disk by the primary */
+    RK_SECONDARY_FLUSH,       /* a flush through the replication node */
+} repl_kind;
+
+typedef struct repl_op {
+    repl_kind kind;
+    uint64_t start, end;      /* the log's length before the op began and after it ended */
+    uint64_t first, count;    /* sectors */
+    uint32_t *vals;
+    /* RK_SECONDARY: it reached the active disk (else the secondary disk, after the
+     * failover's switch). RK_SECONDARY_FLUSH: it surely flushed the active disk. */
+    bool in_active;
+    /* The end of the first flush that made it durable in the layer the view reads it from
+     * (UINT64_MAX: none): RK_PRIMARY, the hidden disk's copy of the old data (a flush of
+     * the secondary disk flushes the hidden disk first); RK_SECONDARY, the write in the
+     * active disk (a flush through the replication node that surely reached it). */
+    uint64_t durable_at;
+} repl_op;
+
+typedef struct repl_journal {
+    repl_op *ops;             /* in the order they started */
+    size_t nb_ops;
+    uint64_t cbw_cluster;     /* the copy-before-write filter's cluster, in sectors */
+    uint64_t failover_start, failover_end;   /* vd_replication_stop_all(failover) */
+} repl_journal;
 
 typedef struct journal {
     uint64_t size0;           /* guest size before the first op */
@@ -78,7 +117,9 @@ typedef struct journal {
     uint32_t nb_files, data_file;
     jfile files[CRASH_MAX_FILES];
     struct journal *target;   /* backup: what the target may hold, as ops on file 1 */
-    const char *job_kind;     /* "backup" or "commit" */
+    repl_journal *repl;       /* replication: the view's history; the ops above are the
+                               * secondary disk's (file 0) */
+    const char *job_kind;     /* "backup", "commit" or "replication" */
 } journal;
 
 int workload_run(const workload_cfg *cfg, journal *j);
@@ -138,6 +179,19 @@ typedef struct check_ctx {
     uint32_t write_id;        /* for the write made after recovery */
 } check_ctx;
 
+/* What a journal allows a sector to read at a crash point: the contents as of the last
+ * flush that completed before it, plus, per sector, what any operation that had started by
+ * then left there (and what a `maybe` op that had started may have left). */
+typedef struct expect {
+    uint32_t *base;
+    uint64_t base_size, max_size;
+    size_t extra;             /* ops from here on add allowed values */
+} expect;
+void expect_build(const journal *j, uint64_t crash_pos, expect *x);
+bool expect_allows(const journal *j, const expect *x, uint64_t crash_pos, uint64_t s,
+                   uint32_t v);
+void expect_free(expect *x);
+
 /* Returns true when the state passed every check. */
 bool check_state(const check_ctx *c, check_totals *t);
 /* qemu-img check (when c->qemu_img) and vdisk's check of c->state_path, leaks allowed and
@@ -151,7 +205,19 @@ void check_fail(const check_ctx *c, const char *why);
 typedef struct wl wl;
 int run_backup(wl *w, uint64_t size);
 int run_commit(wl *w, uint64_t size);
+int run_replication(wl *w, uint64_t size);
 /* A crash state of a job kind, its files in dir: c->state_path is unused. */
 bool check_job_state(const check_ctx *c, const char *dir, check_totals *t);
+bool check_replication(const check_ctx *c, const char *dir, check_totals *t);
+/* Helpers of the job kinds' checks (check-jobs.c). */
+check_ctx file_ctx(const check_ctx *c, const journal *j, const char *dir, const char *name,
+                   char *path, size_t path_len, char *what, size_t what_len);
+/* Tags of every sector of the image top, read through its backing chain; *backing (if
+ * asked) the backing file name top stores. */
+struct vd_engine;
+int read_chain(struct vd_engine *e, const char *top, uint32_t **vals, uint64_t *sectors,
+               char **backing, char *why, size_t why_len);
+/* vd_blockdev_add of a JSON options tree, read-write unless it says otherwise. */
+int add_json(struct vd_engine *e, const char *json, char *why, size_t why_len);
 
 #endif

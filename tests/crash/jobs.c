@@ -14,7 +14,7 @@
 #include "workload.h"
 
 /* Names the next file of the shared log and keeps its contents before recording. */
-static int add_file(wl *w, const char *name)
+int add_file(wl *w, const char *name)
 {
     journal *j = w->j;
     jfile *f = &j->files[j->nb_files++];
@@ -88,7 +88,7 @@ static int guest_op(wl *w)
 
 /* Ends the recording: every handle closed and the engine freed (which flushes and closes
  * the nodes), journalled like a flush on each journal given. */
-static int close_all(wl *w, journal *other)
+int close_all(wl *w, journal *other)
 {
     uint64_t start = log_len(w);
     vd_close(w->d);
@@ -336,7 +336,7 @@ out:
 
 /* ---- commit ------------------------------------------------------------------------------- */
 
-static int create_overlay(wl *w, const char *path, uint64_t size, const char *backing)
+int create_overlay(wl *w, const char *path, uint64_t size, const char *backing)
 {
     vd_opts *o = vd_opts_new();
     char cs[32];

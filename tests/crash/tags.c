@@ -54,6 +54,11 @@ uint32_t tag_decode(const uint8_t *sector, uint64_t sector_no)
     return id;
 }
 
+uint32_t tag_id(const uint8_t *sector)
+{
+    return get32(sector) == TAG_MAGIC ? get32(sector + 4) : 0;
+}
+
 uint64_t rng_next(rng *r)
 {
     /* splitmix64 */

@@ -4,9 +4,14 @@
 # refcount width changes (amend), persistent bitmaps added, removed, changed and stored at
 # close (bitmaps), the target of a mirror job while the guest writes its source (mirror:
 # any sector may hold the source's data of any moment, and after job-complete exactly the
-# source's), a backup job's source and target (backup: the copy-before-write rule) and an
+# source's), a backup job's source and target (backup: the copy-before-write rule), an
 # intermediate commit's chain base <- mid <- top (commit: the chain reads what the guest
-# wrote, and the commit run again from the crash state finishes it); lazy refcounts off
+# wrote, and the commit run again from the crash state finishes it) and COLO block
+# replication's secondary disk <- hidden <- active under the primary's and the secondary's
+# writes, checkpoints and a failover under writes (replication: the secondary disk keeps
+# the primary's flushed writes, the chain reads the secondary's view as copy-before-write
+# and flushes allow, the failover's commit run again gives the secondary disk that view,
+# and once the failover returned the secondary disk alone holds it); lazy refcounts off
 # and on; clusters of 512 B, 64 KiB and 2 MiB) is recorded through the logwrites filter
 # and replayed into crash states that crash-test checks (tests/crash/crash.h). Then two proofs that the harness can fail: a test-only switch that writes L2
 # entries before the refcounts they depend on must be caught as corruption, and a replay
@@ -117,17 +122,19 @@ done
 # Jobs over several images recorded in one log, a crash state being one moment of them all:
 # a backup (the copy-before-write filter on the source the guest writes; sync=full or
 # bitmap, compressed or not) and an intermediate commit of base <- mid <- top while the
-# guest writes top (then run again from each crash state to its end). Images of 2 MiB
-# clusters cost much more here (32 MiB images copied whole): the long mode only.
+# guest writes top (then run again from each crash state to its end), and block
+# replication's three images (tests/crash/check-repl.c). Images of 2 MiB clusters cost
+# much more here (32 MiB images copied whole): the long mode only.
 if [ "${CRASH_LONG:-}" = 1 ]; then
     for cs in 512 65536 2097152; do
         for mode in full bitmap full-compress bitmap-compress; do
             names+=("backup-$cs-lazy0-$mode")
         done
-        names+=("commit-$cs-lazy0")
+        names+=("commit-$cs-lazy0" "replication-$cs-lazy0")
     done
 else
-    names+=(backup-65536-lazy0-full-compress commit-65536-lazy0)
+    names+=(backup-65536-lazy0-full-compress commit-65536-lazy0 replication-512-lazy0
+        replication-65536-lazy0)
 fi
 
 running=0
@@ -185,10 +192,11 @@ else
 fi
 
 # The harness itself under ASan+UBSan, on the workload that touches every path and on
-# the mirror's and the backup's (a job's threads and the copy-before-write filter beside
-# the guest's writes; seed 1: write-blocking, and sync=bitmap).
+# the mirror's, the backup's and replication's (a job's threads and the copy-before-write
+# filter beside the guest's writes; seed 1: write-blocking, and sync=bitmap; a failover
+# beside a writer thread).
 if [ -x "$bin_asan" ] && [ "${CRASH_LONG:-}" != 1 ]; then
-    for kind in mixed mirror backup; do
+    for kind in mixed mirror backup replication; do
         states=20 run_workload "asan-$kind" "$kind" 65536 0 "$bin_asan"
         if [ "$(cat "$VD_TESTDIR/asan-$kind.rc")" = 0 ]; then
             pass "crash/asan-$kind: $(grep '^crash states:' "$VD_TESTDIR/asan-$kind.out")"

@@ -552,7 +552,8 @@ int load_file(const char *path, uint8_t **data, uint64_t *size)
 
 static uint64_t disk_size(const workload_cfg *cfg)
 {
-    if (!strcmp(cfg->kind, "backup") || !strcmp(cfg->kind, "commit")) {
+    if (!strcmp(cfg->kind, "backup") || !strcmp(cfg->kind, "commit") ||
+        !strcmp(cfg->kind, "replication")) {
         /* Two or three images, and a job copying much of one: kept small. */
         return cfg->cluster_size <= 4096    ? 2ull << 20
                : cfg->cluster_size <= 65536 ? 8ull << 20
@@ -745,8 +746,11 @@ int workload_run(const workload_cfg *cfg, journal *j)
         ret = 0;
         goto out;
     }
-    if (!strcmp(cfg->kind, "backup") || !strcmp(cfg->kind, "commit")) {
-        ret = !strcmp(cfg->kind, "backup") ? run_backup(&w, size) : run_commit(&w, size);
+    if (!strcmp(cfg->kind, "backup") || !strcmp(cfg->kind, "commit") ||
+        !strcmp(cfg->kind, "replication")) {
+        ret = !strcmp(cfg->kind, "backup")   ? run_backup(&w, size)
+              : !strcmp(cfg->kind, "commit") ? run_commit(&w, size)
+                                             : run_replication(&w, size);
         goto out;
     }
     if (cow && make_backing(&w, backing, size) < 0) {
@@ -806,6 +810,13 @@ void journal_free(journal *j)
     if (j->target) {
         journal_free(j->target);
         free(j->target);
+    }
+    if (j->repl) {
+        for (size_t i = 0; i < j->repl->nb_ops; i++) {
+            free(j->repl->ops[i].vals);
+        }
+        free(j->repl->ops);
+        free(j->repl);
     }
     for (size_t i = 0; i < j->nb_ops; i++) {
         free(j->ops[i].vals);

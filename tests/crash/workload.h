@@ -47,5 +47,12 @@ int load_file(const char *path, uint8_t **data, uint64_t *size);
 int add_node(wl *w, const char *json);
 vd_job_status job_status(vd_engine *e, const char *id);
 void nap_ms(long ms);
+/* Shared by the job kinds (jobs.c). */
+int add_file(wl *w, const char *name);
+/* A qcow2 image of the workload's cluster size over the backing file name given. */
+int create_overlay(wl *w, const char *path, uint64_t size, const char *backing);
+/* Closes w->d and the engine (which flushes and closes the nodes), journalled like a flush
+ * on w->j and on other (if not NULL). */
+int close_all(wl *w, journal *other);
 
 #endif
