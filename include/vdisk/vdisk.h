@@ -206,7 +206,8 @@ const char *vd_disk_format(const vd_disk *d);
 char *vd_backing_path(const char *image, const char *backing);
 /* Whether the handle's top node was opened (or has turned) read-only. */
 bool vd_disk_read_only(const vd_disk *d);
-/* Whether its image is read and written with O_DIRECT (cache.direct, -t none). */
+/* Whether its requests may wait for a device or a peer: a node below it is read and
+ * written with O_DIRECT (cache.direct, -t none), or is an NBD client. */
 bool vd_disk_direct(const vd_disk *d);
 int vd_pread(vd_disk *d, void *buf, uint64_t len, uint64_t off);
 int vd_pwrite(vd_disk *d, const void *buf, uint64_t len, uint64_t off, unsigned flags);

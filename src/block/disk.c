@@ -107,15 +107,28 @@ bool vd_disk_read_only(const vd_disk *d)
     return ro;
 }
 
+/* Whether a request through n may wait for a device or a peer: a cache.direct node
+ * anywhere below it (a qcow2 node over a cache.direct file), or an NBD client (a quorum's
+ * replication child, a mirror target), through every kind of child. */
+static bool node_waits(const vd_node *n)
+{
+    if ((n->open_flags & VD_OPEN_NOCACHE) || !strcmp(n->drv->name, "nbd")) {
+        return true;
+    }
+    vd_node *kid;
+    const char *role;
+    for (size_t i = 0; vd_node_child_at(n, i, &kid, &role); i++) {
+        if (kid && node_waits(kid)) {
+            return true;
+        }
+    }
+    return false;
+}
+
 bool vd_disk_direct(const vd_disk *d)
 {
     vd_disk_enter(d);
-    /* Direct anywhere down the file children (a qcow2 node over a cache.direct file):
-     * its writes wait for the device. */
-    bool direct = false;
-    for (const vd_node *n = d->node; n && !direct; n = n->file) {
-        direct = (n->open_flags & VD_OPEN_NOCACHE) != 0;
-    }
+    bool direct = node_waits(d->node);
     vd_disk_leave(d);
     return direct;
 }

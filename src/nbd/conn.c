@@ -1207,8 +1207,9 @@ static void transmission(nbd_conn *c)
         }
         /* Buffered writes to one file take turns in the kernel anyway: running them here
          * saves two thread switches per request. O_DIRECT writes run side by side in the
-         * kernel, so they go to the workers with reads and the rest, where a slow one does
-         * not hold up the requests behind it. Requests in flight at once are not ordered
+         * kernel, and writes that reach a peer (an NBD client below: a quorum's replication
+         * child) wait on it, so those go to the workers with reads and the rest, where a
+         * slow one does not hold up the requests behind it. Requests in flight at once are not ordered
          * against each other (as in QEMU, and as the NBD protocol allows), overlapping
          * writes included. Once the connection is closing, what the socket still holds is
          * dropped unread. */
