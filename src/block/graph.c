@@ -188,14 +188,21 @@ static int refresh(vd_node *n, vd_error **errp)
     return first;
 }
 
-static void edge_unlink(vd_node *child, vd_edge *u)
+/* Ends one use of child (u may be NULL: none); what child takes on its own children is
+ * recomputed, since nothing can conflict more once a use went away. */
+static void edge_drop(vd_node *child, vd_edge *u)
 {
+    if (!u) {
+        return;
+    }
     for (vd_edge **p = &child->parents; *p; p = &(*p)->next) {
         if (*p == u) {
             *p = u->next;
-            return;
+            break;
         }
     }
+    free(u);
+    refresh(child, NULL);
 }
 
 /* Takes away n's uses of its children (the children may then allow more). */
@@ -204,12 +211,7 @@ static void drop_child_edges(vd_node *n)
     vd_node *kid;
     const char *role;
     for (size_t i = 0; vd_node_child_at(n, i, &kid, &role); i++) {
-        vd_edge *u = edge_in_role(kid, n, role);
-        if (u) {
-            edge_unlink(kid, u);
-            free(u);
-            refresh(kid, NULL);
-        }
+        edge_drop(kid, edge_in_role(kid, n, role));
     }
 }
 
@@ -501,9 +503,7 @@ int vd_disk_claim(vd_disk *d, unsigned perm, unsigned shared, vd_perm_claim **ou
         }
     }
     if (ret < 0) {
-        edge_unlink(n, u);
-        free(u);
-        refresh(n, NULL);
+        edge_drop(n, u);
     }
     pthread_mutex_unlock(&e->graph_lock);
     vd_disk_leave(d);
@@ -520,10 +520,7 @@ void vd_disk_unclaim(vd_disk *d, vd_perm_claim *c)
     }
     vd_engine *e = d->engine;
     pthread_mutex_lock(&e->graph_lock);
-    vd_node *n = c->child;
-    edge_unlink(n, c);
-    free(c);
-    refresh(n, NULL);
+    edge_drop(c->child, c);
     pthread_mutex_unlock(&e->graph_lock);
 }
 
@@ -612,12 +609,7 @@ void vd_graph_unlink_backing(vd_node *overlay)
         return;
     }
     pthread_mutex_lock(&e->graph_lock);
-    vd_edge *u = edge_of(overlay->backing, overlay);
-    if (u) {
-        edge_unlink(overlay->backing, u);
-        free(u);
-        refresh(overlay->backing, NULL);
-    }
+    edge_drop(overlay->backing, edge_of(overlay->backing, overlay));
     pthread_mutex_unlock(&e->graph_lock);
 }
 
@@ -626,12 +618,7 @@ vd_node *vd_graph_replace_backing(vd_node *overlay, vd_node *nb)
     vd_engine *e = overlay->engine;
     pthread_mutex_lock(&e->graph_lock);
     vd_node *old = overlay->backing;
-    vd_edge *u = edge_of(old, overlay);
-    if (u) {
-        edge_unlink(old, u);
-        free(u);
-        refresh(old, NULL);
-    }
+    edge_drop(old, edge_of(old, overlay));
     if (old && old->overlay == overlay) {
         old->overlay = NULL;
     }
@@ -651,12 +638,7 @@ vd_node *vd_graph_replace_file(vd_node *parent, vd_node *nf)
     vd_engine *e = parent->engine;
     pthread_mutex_lock(&e->graph_lock);
     vd_node *old = parent->file;
-    vd_edge *u = edge_of(old, parent);
-    if (u) {
-        edge_unlink(old, u);
-        free(u);
-        refresh(old, NULL);
-    }
+    edge_drop(old, edge_of(old, parent));
     parent->file = nf;
     nf->refcnt++;
     vd_node *kid;
@@ -727,13 +709,10 @@ int vd_graph_attach_child(vd_node *parent, vd_node *child, const char *role,
     add_edge(child, parent, c->role);
     int ret = refresh(parent, errp);
     if (ret < 0) {
-        vd_edge *u = edge_in_role(child, parent, c->role);
-        edge_unlink(child, u);
-        free(u);
+        edge_drop(child, edge_in_role(child, parent, c->role));
         free(c->role);
         parent->nb_children--;
         child->refcnt--;
-        refresh(child, NULL);
     }
     pthread_mutex_unlock(&e->graph_lock);
     return ret;
@@ -744,15 +723,10 @@ vd_node *vd_graph_detach_child(vd_node *parent, size_t i)
     vd_engine *e = parent->engine;
     pthread_mutex_lock(&e->graph_lock);
     vd_child c = parent->children[i];
-    vd_edge *u = edge_in_role(c.node, parent, c.role);
-    if (u) {
-        edge_unlink(c.node, u);
-        free(u);
-    }
+    edge_drop(c.node, edge_in_role(c.node, parent, c.role));
     memmove(&parent->children[i], &parent->children[i + 1],
             (parent->nb_children - i - 1) * sizeof(parent->children[0]));
     parent->nb_children--;
-    refresh(c.node, NULL);
     pthread_mutex_unlock(&e->graph_lock);
     free(c.role);
     return c.node;

@@ -25,26 +25,30 @@
 #define LIVE_SWEEPS 4             /* copies of what the secondary writes during a failover */
 #define HELD_BYTES (8u << 20)     /* what is left for the copy with its requests held */
 
-/* The replication nodes of the engine, newest first, each with a reference. */
-static size_t collect(vd_engine *e, vd_node **out)
+/* Applies op to every replication node of the engine, newest first, stopping at the
+ * first error (QEMU's replication_*_all). The nodes are held by a reference meanwhile. */
+typedef int (*repl_op)(vd_repl *r, const void *arg, vd_error **errp);
+
+static int for_each_node(vd_engine *e, repl_op op, const void *arg, vd_error **errp)
 {
+    vd_node *nodes[MAX_NODES];
     size_t nb = 0;
     pthread_mutex_lock(&e->graph_lock);
     for (vd_node *n = e->graph; n && nb < MAX_NODES; n = n->graph_next) {
         if (vd_repl_of(n)) {
             n->refcnt++;
-            out[nb++] = n;
+            nodes[nb++] = n;
         }
     }
     pthread_mutex_unlock(&e->graph_lock);
-    return nb;
-}
-
-static void unref_all(vd_node **nodes, size_t nb)
-{
+    int ret = 0;
     for (size_t i = 0; i < nb; i++) {
+        if (ret == 0) {
+            ret = op(vd_repl_of(nodes[i]), arg, errp);
+        }
         vd_node_unref(nodes[i]);
     }
+    return ret;
 }
 
 static repl_stage stage_of(vd_repl *r)
@@ -88,6 +92,14 @@ void repl_secondary_release(vd_repl *r)
     }
 }
 
+/* Empties the active disk, then the hidden disk (the caller holds every request back). */
+static int empty_layers(vd_repl *r, vd_error **errp)
+{
+    vd_node *active = r->node->file;
+    int ret = active->drv->make_empty(active, errp);
+    return ret < 0 ? ret : r->hidden->drv->make_empty(r->hidden, errp);
+}
+
 /* Empties the active and hidden disks with the node's requests and the secondary disk's
  * writers held still, and makes every cluster of the secondary disk to be saved again. */
 static int secondary_checkpoint(vd_repl *r, vd_error **errp)
@@ -97,16 +109,12 @@ static int secondary_checkpoint(vd_repl *r, vd_error **errp)
         return vd_error_set(errp, VD_ERR_GENERIC, EIO, "Backup job was cancelled "
                             "unexpectedly");
     }
-    vd_node *active = r->node->file;
     repl_gate_close(r);
     vd_disk *users[MAX_USERS];
     size_t nb = vd_node_users_drain_begin(r->secondary, NULL, users, MAX_USERS);
     vd_node_drain_writes(r->secondary);
     vd_cbw_rearm(c);
-    int ret = active->drv->make_empty(active, errp);
-    if (ret == 0) {
-        ret = r->hidden->drv->make_empty(r->hidden, errp);
-    }
+    int ret = empty_layers(r, errp);
     vd_disks_drain_end(users, nb);
     repl_gate_open(r);
     if (ret < 0) {
@@ -188,8 +196,9 @@ static int secondary_start(vd_repl *r, vd_error **errp)
     return ret;
 }
 
-static int start_one(vd_repl *r, vd_replication_mode mode, vd_error **errp)
+static int start_one(vd_repl *r, const void *arg, vd_error **errp)
 {
+    vd_replication_mode mode = *(const vd_replication_mode *)arg;
     repl_stage s = stage_of(r);
     if (s == REPL_DONE && r->promoted) {
         return 0;              /* a secondary that failed over serves as a primary's disk */
@@ -211,60 +220,45 @@ static int start_one(vd_repl *r, vd_replication_mode mode, vd_error **errp)
 
 int vd_replication_start_all(vd_engine *e, vd_replication_mode mode, vd_error **errp)
 {
-    vd_node *nodes[MAX_NODES];
-    size_t nb = collect(e, nodes);
-    int ret = 0;
-    for (size_t i = 0; i < nb && ret == 0; i++) {
-        ret = start_one(vd_repl_of(nodes[i]), mode, errp);
+    return for_each_node(e, start_one, &mode, errp);
+}
+
+static int checkpoint_one(vd_repl *r, const void *arg, vd_error **errp)
+{
+    (void)arg;
+    if (r->promoted || r->mode == VD_REPLICATION_PRIMARY) {
+        return 0;              /* nothing to do (QEMU's rule, for both) */
     }
-    unref_all(nodes, nb);
-    return ret;
+    if (stage_of(r) != REPL_RUNNING) {
+        /* QEMU's would empty the layers of a secondary that never started. */
+        return vd_error_set(errp, VD_ERR_GENERIC, EINVAL, "Block replication is not "
+                            "running");
+    }
+    return secondary_checkpoint(r, errp);
 }
 
 int vd_replication_do_checkpoint_all(vd_engine *e, vd_error **errp)
 {
-    vd_node *nodes[MAX_NODES];
-    size_t nb = collect(e, nodes);
-    int ret = 0;
-    for (size_t i = 0; i < nb && ret == 0; i++) {
-        vd_repl *r = vd_repl_of(nodes[i]);
-        repl_stage s = stage_of(r);
-        if (r->promoted || r->mode == VD_REPLICATION_PRIMARY) {
-            continue;          /* nothing to do (QEMU's rule, for both) */
-        }
-        if (s != REPL_RUNNING) {
-            /* QEMU's would empty the layers of a secondary that never started. */
-            ret = vd_error_set(errp, VD_ERR_GENERIC, EINVAL, "Block replication is not "
-                               "running");
-        } else {
-            ret = secondary_checkpoint(r, errp);
-        }
+    return for_each_node(e, checkpoint_one, NULL, errp);
+}
+
+static int error_one(vd_repl *r, const void *arg, vd_error **errp)
+{
+    (void)arg;
+    pthread_mutex_lock(&r->lock);
+    repl_stage s = r->stage;
+    int err = r->error;
+    pthread_mutex_unlock(&r->lock);
+    if (s == REPL_NONE) {
+        return vd_error_set(errp, VD_ERR_GENERIC, EINVAL, "Block replication is not "
+                            "running");
     }
-    unref_all(nodes, nb);
-    return ret;
+    return err ? vd_error_set(errp, VD_ERR_GENERIC, -err, "I/O error occurred") : 0;
 }
 
 int vd_replication_get_error_all(vd_engine *e, vd_error **errp)
 {
-    vd_node *nodes[MAX_NODES];
-    size_t nb = collect(e, nodes);
-    int ret = 0;
-    for (size_t i = 0; i < nb && ret == 0; i++) {
-        vd_repl *r = vd_repl_of(nodes[i]);
-        pthread_mutex_lock(&r->lock);
-        repl_stage s = r->stage;
-        int err = r->error;
-        pthread_mutex_unlock(&r->lock);
-        if (s == REPL_NONE) {
-            ret = vd_error_set(errp, VD_ERR_GENERIC, EINVAL, "Block replication is not "
-                               "running");
-        } else if (err) {
-            ret = vd_error_set(errp, VD_ERR_GENERIC, -err < 0 ? EIO : -err, "I/O error "
-                               "occurred");
-        }
-    }
-    unref_all(nodes, nb);
-    return ret;
+    return for_each_node(e, error_one, NULL, errp);
 }
 
 /* ---- failover ------------------------------------------------------------------------------ */
@@ -376,8 +370,9 @@ static int failover(vd_repl *r, vd_error **errp)
     return ret;
 }
 
-static int stop_one(vd_repl *r, bool do_failover, vd_error **errp)
+static int stop_one(vd_repl *r, const void *arg, vd_error **errp)
 {
+    bool do_failover = *(const bool *)arg;
     repl_stage s = stage_of(r);
     if (r->promoted || s == REPL_FAILOVER) {
         return 0;              /* QEMU's rule: a secondary that failed over ignores it */
@@ -396,12 +391,8 @@ static int stop_one(vd_repl *r, bool do_failover, vd_error **errp)
     r->cbw = NULL;
     vd_node_unref(cbw);
     if (!do_failover) {
-        vd_node *active = r->node->file;
         repl_gate_close(r);
-        int ret = active->drv->make_empty(active, errp);
-        if (ret == 0) {
-            ret = r->hidden->drv->make_empty(r->hidden, errp);
-        }
+        int ret = empty_layers(r, errp);
         repl_gate_open(r);
         set_stage(r, REPL_DONE, ret);
         repl_secondary_release(r);
@@ -425,12 +416,5 @@ static int stop_one(vd_repl *r, bool do_failover, vd_error **errp)
 
 int vd_replication_stop_all(vd_engine *e, bool failover, vd_error **errp)
 {
-    vd_node *nodes[MAX_NODES];
-    size_t nb = collect(e, nodes);
-    int ret = 0;
-    for (size_t i = 0; i < nb && ret == 0; i++) {
-        ret = stop_one(vd_repl_of(nodes[i]), failover, errp);
-    }
-    unref_all(nodes, nb);
-    return ret;
+    return for_each_node(e, stop_one, &failover, errp);
 }

@@ -51,8 +51,9 @@ typedef struct vd_repl {
 vd_repl *vd_repl_of(vd_node *n);
 
 /* The gate every request passes: closed, it holds new requests back and waits until none
- * is in flight, so a checkpoint or a failover changes the layers under no request. */
-void repl_gate_enter(vd_repl *r);
+ * is in flight, so a checkpoint or a failover changes the layers under no request. Entering
+ * gives the stage (and the recorded error, when error is not NULL) under the same lock. */
+repl_stage repl_gate_enter(vd_repl *r, int *error);
 void repl_gate_exit(vd_repl *r);
 void repl_gate_close(vd_repl *r);
 void repl_gate_open(vd_repl *r);

@@ -42,32 +42,6 @@ vd_node *chain_find_file(vd_node *top, const char *name)
     return NULL;
 }
 
-size_t chain_drain_users(vd_node *n, const vd_disk *except, vd_disk **users)
-{
-    for (;;) {
-        bool parents;
-        size_t nb = vd_graph_users(n, except, users, CHAIN_MAX_USERS, &parents);
-        vd_disk *sorted[CHAIN_MAX_USERS];
-        memcpy(sorted, users, nb * sizeof(*users));
-        vd_disks_drain_begin(sorted, nb);
-        vd_disk *again[CHAIN_MAX_USERS];
-        size_t nb2 = vd_graph_users(n, except, again, CHAIN_MAX_USERS, &parents);
-        bool same = nb2 == nb;
-        for (size_t i = 0; i < nb && same; i++) {
-            bool found = false;
-            for (size_t j = 0; j < nb2 && !found; j++) {
-                found = again[j] == users[i];
-            }
-            same = found;
-        }
-        if (same) {
-            memcpy(users, sorted, nb * sizeof(*users));
-            return nb;
-        }
-        vd_disks_drain_end(sorted, nb);
-    }
-}
-
 int chain_set_backing(vd_node *overlay, vd_node *nb, const char *name, vd_error **errp)
 {
     vd_node *img = vd_node_skip_filters(overlay);

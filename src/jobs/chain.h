@@ -16,9 +16,6 @@ int chain_depth(vd_node *top, const vd_node *n);
 vd_node *chain_find_file(vd_node *top, const char *name);
 /* The bottom layer of top's chain, or NULL when top has no backing. */
 vd_node *chain_bottom(vd_node *top);
-/* The handles that use n (except `except`), drained; stable while drained. Pass the same
- * array to vd_disks_drain_end. */
-size_t chain_drain_users(vd_node *n, const vd_disk *except, vd_disk **users);
 /* Makes nb (or none) overlay's backing: the image's backing name becomes name (with nb's
  * format), opening the overlay read-write for the write if it is read-only, then the node
  * links change. The caller has drained overlay's readers. */

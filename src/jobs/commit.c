@@ -67,7 +67,7 @@ static int commit_prepare(vd_job *job, vd_error **errp)
 {
     commit_job *c = of(job);
     vd_disk *users[CHAIN_MAX_USERS];
-    size_t nb = chain_drain_users(c->device, NULL, users);
+    size_t nb = vd_node_users_drain_begin(c->device, NULL, users, CHAIN_MAX_USERS);
     int r = chain_set_backing(c->overlay, c->base, c->backing_name, errp);
     vd_disks_drain_end(users, nb);
     return r;

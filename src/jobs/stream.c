@@ -188,7 +188,7 @@ static int stream_prepare(vd_job *job, vd_error **errp)
 {
     stream_job *st = of(job);
     vd_disk *users[CHAIN_MAX_USERS];
-    size_t nb = chain_drain_users(st->device, NULL, users);
+    size_t nb = vd_node_users_drain_begin(st->device, NULL, users, CHAIN_MAX_USERS);
     int r = chain_set_backing(st->top, st->base, st->backing_name, errp);
     vd_disks_drain_end(users, nb);
     return r;
@@ -206,7 +206,7 @@ static void stream_clean(vd_job *job)
     stream_job *st = of(job);
     if (st->notifier_on) {
         vd_disk *users[CHAIN_MAX_USERS];
-        size_t nb = chain_drain_users(st->device, NULL, users);
+        size_t nb = vd_node_users_drain_begin(st->device, NULL, users, CHAIN_MAX_USERS);
         vd_node_drain_writes(st->device);
         vd_node_remove_write_notifier(st->device, &st->nt);
         st->notifier_on = false;
@@ -379,7 +379,7 @@ int vd_stream_start(vd_engine *e, const vd_stream_opts *o, vd_error **errp)
     st->nt.before = top_writing;
     st->nt.after = top_written;
     vd_disk *users[CHAIN_MAX_USERS];
-    size_t nb = chain_drain_users(st->device, NULL, users);
+    size_t nb = vd_node_users_drain_begin(st->device, NULL, users, CHAIN_MAX_USERS);
     vd_node_drain_writes(st->device);
     vd_node_add_write_notifier(st->device, &st->nt);
     st->notifier_on = true;

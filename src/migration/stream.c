@@ -7,40 +7,7 @@
 #include <isa-l/crc.h>
 
 #include "migration/stream.h"
-
-static void put16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)(v >> 8);
-    p[1] = (uint8_t)v;
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++) {
-        p[i] = (uint8_t)(v >> (24 - 8 * i));
-    }
-}
-
-static void put64(uint8_t *p, uint64_t v)
-{
-    put32(p, (uint32_t)(v >> 32));
-    put32(p + 4, (uint32_t)v);
-}
-
-static uint16_t get16(const uint8_t *p)
-{
-    return (uint16_t)(p[0] << 8 | p[1]);
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-static uint64_t get64(const uint8_t *p)
-{
-    return (uint64_t)get32(p) << 32 | get32(p + 4);
-}
+#include "util/common.h"
 
 /* The standard CRC-32C (Castagnoli; "123456789" gives 0xe3069283). ISA-L's function
  * leaves the initial and final inversions to its caller, and takes an int length: large
@@ -87,35 +54,35 @@ const vd_codec *vd_mig_codec_impl(vd_mig_codec c)
 void vd_mig_hello_encode(const vd_mig_hello *h, uint8_t out[VD_MIG_HELLO_SIZE])
 {
     memset(out, 0, VD_MIG_HELLO_SIZE);
-    put64(out, VD_MIG_MAGIC);
-    put32(out + 8, VD_MIG_VERSION);
-    put32(out + 12, h->flags);
+    vd_put_be64(out, VD_MIG_MAGIC);
+    vd_put_be32(out + 8, VD_MIG_VERSION);
+    vd_put_be32(out + 12, h->flags);
     memcpy(out + 16, h->migration_id, 16);
-    put16(out + 32, h->channel);
-    put16(out + 34, h->nb_channels);
-    put32(out + 44, vd_mig_crc(out, 44));
+    vd_put_be16(out + 32, h->channel);
+    vd_put_be16(out + 34, h->nb_channels);
+    vd_put_be32(out + 44, vd_mig_crc(out, 44));
 }
 
 int vd_mig_hello_decode(const uint8_t in[VD_MIG_HELLO_SIZE], vd_mig_hello *h, vd_error **errp)
 {
-    if (get64(in) != VD_MIG_MAGIC) {
+    if (vd_be64(in) != VD_MIG_MAGIC) {
         return vd_error_set(errp, VD_ERR_INVALID, EPROTO, "not a vdisk migration stream "
                             "(bad magic)");
     }
-    if (get32(in + 44) != vd_mig_crc(in, 44)) {
+    if (vd_be32(in + 44) != vd_mig_crc(in, 44)) {
         return vd_error_set(errp, VD_ERR_INVALID, EPROTO, "migration stream: the channel "
                             "header's checksum does not match");
     }
-    uint32_t version = get32(in + 8);
+    uint32_t version = vd_be32(in + 8);
     if (version != VD_MIG_VERSION) {
         return vd_error_set(errp, VD_ERR_UNSUPPORTED, EPROTO, "migration stream version %"
                             PRIu32 " is not supported (this side speaks %u)", version,
                             VD_MIG_VERSION);
     }
-    h->flags = get32(in + 12);
+    h->flags = vd_be32(in + 12);
     memcpy(h->migration_id, in + 16, 16);
-    h->channel = get16(in + 32);
-    h->nb_channels = get16(in + 34);
+    h->channel = vd_be16(in + 32);
+    h->nb_channels = vd_be16(in + 34);
     if (h->flags) {
         return vd_error_set(errp, VD_ERR_UNSUPPORTED, EPROTO, "migration stream: unknown "
                             "channel flags %#" PRIx32, h->flags);
@@ -138,17 +105,17 @@ int vd_mig_hello_decode(const uint8_t in[VD_MIG_HELLO_SIZE], vd_mig_hello *h, vd
 
 void vd_mig_header_encode(const vd_mig_chunk *c, uint8_t out[VD_MIG_HEADER_SIZE])
 {
-    put32(out, VD_MIG_CHUNK_MAGIC);
+    vd_put_be32(out, VD_MIG_CHUNK_MAGIC);
     out[4] = (uint8_t)c->type;
     out[5] = (uint8_t)c->codec;
-    put16(out + 6, c->disk);
-    put64(out + 8, c->seq);
-    put64(out + 16, c->offset);
-    put64(out + 24, c->length);
-    put32(out + 32, c->payload_len);
-    put32(out + 36, c->data_crc);
-    put32(out + 40, c->pass);
-    put32(out + 44, vd_mig_crc(out, 44));
+    vd_put_be16(out + 6, c->disk);
+    vd_put_be64(out + 8, c->seq);
+    vd_put_be64(out + 16, c->offset);
+    vd_put_be64(out + 24, c->length);
+    vd_put_be32(out + 32, c->payload_len);
+    vd_put_be32(out + 36, c->data_crc);
+    vd_put_be32(out + 40, c->pass);
+    vd_put_be32(out + 44, vd_mig_crc(out, 44));
 }
 
 static const char *type_name(vd_mig_type t)
@@ -211,16 +178,16 @@ static int check_fields(const vd_mig_chunk *c, vd_error **errp)
 int vd_mig_header_decode(const uint8_t in[VD_MIG_HEADER_SIZE], vd_mig_chunk *c,
                          vd_error **errp)
 {
-    if (get32(in) != VD_MIG_CHUNK_MAGIC) {
+    if (vd_be32(in) != VD_MIG_CHUNK_MAGIC) {
         return vd_error_set(errp, VD_ERR_INVALID, EPROTO, "migration stream: a chunk header "
                             "has a bad magic (the stream is out of step)");
     }
-    if (get32(in + 44) != vd_mig_crc(in, 44)) {
+    if (vd_be32(in + 44) != vd_mig_crc(in, 44)) {
         return vd_error_set(errp, VD_ERR_INVALID, EPROTO, "migration stream: a chunk "
                             "header's checksum does not match");
     }
     memset(c, 0, sizeof(*c));
-    c->seq = get64(in + 8);
+    c->seq = vd_be64(in + 8);
     if (in[4] < VD_MIG_DISK || in[4] > VD_MIG_END) {
         return vd_error_set(errp, VD_ERR_INVALID, EPROTO, "migration stream: chunk %" PRIu64
                             " has an unknown type %u", c->seq, in[4]);
@@ -231,12 +198,12 @@ int vd_mig_header_decode(const uint8_t in[VD_MIG_HEADER_SIZE], vd_mig_chunk *c,
                             " has an unknown codec %u", c->seq, in[5]);
     }
     c->codec = (vd_mig_codec)in[5];
-    c->disk = get16(in + 6);
-    c->offset = get64(in + 16);
-    c->length = get64(in + 24);
-    c->payload_len = get32(in + 32);
-    c->data_crc = get32(in + 36);
-    c->pass = get32(in + 40);
+    c->disk = vd_be16(in + 6);
+    c->offset = vd_be64(in + 16);
+    c->length = vd_be64(in + 24);
+    c->payload_len = vd_be32(in + 32);
+    c->data_crc = vd_be32(in + 36);
+    c->pass = vd_be32(in + 40);
     return check_fields(c, errp);
 }
 

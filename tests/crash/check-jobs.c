@@ -99,29 +99,28 @@ int add_json(vd_engine *e, const char *json, char *why, size_t why_len)
     return ret;
 }
 
+int add_layer(vd_engine *e, const char *dir, const char *file, const char *node,
+              const char *backing, bool ro, char *why, size_t why_len)
+{
+    char json[9000], back[160] = "";
+    if (backing) {
+        snprintf(back, sizeof(back), "\"backing\": \"%s\", ", backing);
+    }
+    snprintf(json, sizeof(json), "{\"driver\": \"qcow2\", \"node-name\": \"%s\", "
+             "\"read-only\": %s, %s\"file\": {\"driver\": \"file\", \"filename\": "
+             "\"%s/%s\"}}", node, ro ? "true" : "false", back, dir, file);
+    return add_json(e, json, why, why_len);
+}
+
 /* The commit again, from the state in dir to its end. */
 static int commit_again(const char *dir, char *why, size_t why_len)
 {
     vd_engine_settings st = vd_engine_settings_from_env();
     vd_engine *e = vd_engine_new_with(&st);
-    char json[9000];
     int ret;
-    snprintf(json, sizeof(json), "{\"driver\": \"qcow2\", \"node-name\": \"base\", "
-             "\"read-only\": true, \"file\": {\"driver\": \"file\", \"filename\": "
-             "\"%s/base.qcow2\"}}", dir);
-    if ((ret = add_json(e, json, why, why_len)) < 0) {
-        goto out;
-    }
-    snprintf(json, sizeof(json), "{\"driver\": \"qcow2\", \"node-name\": \"mid\", "
-             "\"read-only\": true, \"backing\": \"base\", \"file\": {\"driver\": \"file\", "
-             "\"filename\": \"%s/mid.qcow2\"}}", dir);
-    if ((ret = add_json(e, json, why, why_len)) < 0) {
-        goto out;
-    }
-    snprintf(json, sizeof(json), "{\"driver\": \"qcow2\", \"node-name\": \"top\", "
-             "\"backing\": \"mid\", \"file\": {\"driver\": \"file\", "
-             "\"filename\": \"%s/top.qcow2\"}}", dir);
-    if ((ret = add_json(e, json, why, why_len)) < 0) {
+    if ((ret = add_layer(e, dir, "base.qcow2", "base", NULL, true, why, why_len)) < 0 ||
+        (ret = add_layer(e, dir, "mid.qcow2", "mid", "base", true, why, why_len)) < 0 ||
+        (ret = add_layer(e, dir, "top.qcow2", "top", "mid", false, why, why_len)) < 0) {
         goto out;
     }
     vd_commit_opts co = {.job_id = "c", .device = "top", .top_node = "mid",

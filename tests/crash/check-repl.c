@@ -156,23 +156,10 @@ static int commit_again(const char *dir, char *why, size_t why_len)
     vd_engine *e = vd_engine_new_with(&st);
     vd_disk *src = NULL, *dst = NULL;
     vd_error *err = NULL;
-    char json[9000];
     int ret;
-    snprintf(json, sizeof(json), "{\"driver\": \"qcow2\", \"node-name\": \"sd\", \"file\": "
-             "{\"driver\": \"file\", \"filename\": \"%s/secondary.qcow2\"}}", dir);
-    if ((ret = add_json(e, json, why, why_len)) < 0) {
-        goto out;
-    }
-    snprintf(json, sizeof(json), "{\"driver\": \"qcow2\", \"node-name\": \"hidden\", "
-             "\"read-only\": true, \"backing\": \"sd\", \"file\": {\"driver\": \"file\", "
-             "\"filename\": \"%s/hidden.qcow2\"}}", dir);
-    if ((ret = add_json(e, json, why, why_len)) < 0) {
-        goto out;
-    }
-    snprintf(json, sizeof(json), "{\"driver\": \"qcow2\", \"node-name\": \"active\", "
-             "\"read-only\": true, \"backing\": \"hidden\", \"file\": {\"driver\": \"file\", "
-             "\"filename\": \"%s/active.qcow2\"}}", dir);
-    if ((ret = add_json(e, json, why, why_len)) < 0) {
+    if ((ret = add_layer(e, dir, "secondary.qcow2", "sd", NULL, false, why, why_len)) < 0 ||
+        (ret = add_layer(e, dir, "hidden.qcow2", "hidden", "sd", true, why, why_len)) < 0 ||
+        (ret = add_layer(e, dir, "active.qcow2", "active", "hidden", true, why, why_len)) < 0) {
         goto out;
     }
     if ((ret = vd_blockdev_open(e, "active", &src, &err)) < 0 ||

@@ -219,5 +219,9 @@ int read_chain(struct vd_engine *e, const char *top, uint32_t **vals, uint64_t *
                char **backing, char *why, size_t why_len);
 /* vd_blockdev_add of a JSON options tree, read-write unless it says otherwise. */
 int add_json(struct vd_engine *e, const char *json, char *why, size_t why_len);
+/* blockdev-add of the qcow2 image dir/file as node `node`, over the named node backing
+ * (NULL: none given), read-only when ro. */
+int add_layer(struct vd_engine *e, const char *dir, const char *file, const char *node,
+              const char *backing, bool ro, char *why, size_t why_len);
 
 #endif

@@ -12,6 +12,7 @@
 
 #include "fuzz-require.h"
 #include "migration/stream.h"
+#include "util/common.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -27,14 +28,6 @@ static vd_codec_ctx *decoder(vd_mig_codec c)
         REQUIRE(ctx[c]);
     }
     return ctx[c];
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)(v >> 24);
-    p[1] = (uint8_t)(v >> 16);
-    p[2] = (uint8_t)(v >> 8);
-    p[3] = (uint8_t)v;
 }
 
 static void refused(vd_error *err)
@@ -61,7 +54,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     data = copy;
     size--;
     if (fix_crcs) {
-        put32(copy + 44, vd_mig_crc(copy, 44));
+        vd_put_be32(copy + 44, vd_mig_crc(copy, 44));
     }
     vd_error *err = NULL;
     vd_mig_hello h;
@@ -77,7 +70,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     while (size - pos >= VD_MIG_HEADER_SIZE) {
         vd_mig_chunk c;
         if (fix_crcs) {
-            put32(copy + pos + 44, vd_mig_crc(copy + pos, 44));
+            vd_put_be32(copy + pos + 44, vd_mig_crc(copy + pos, 44));
         }
         if (vd_mig_header_decode(data + pos, &c, &err) < 0) {
             refused(err);

@@ -242,16 +242,30 @@ static void test_primary_get_error_all(void **state)
 /* ---- secondary -------------------------------------------------------------------------- */
 
 /* The secondary disk formatted with 0x11 and used (as an NBD export would), the buffers
- * empty, and the replication node over them (not started). */
-static void secondary_open(fixture *f)
+ * empty, and the replication node over them (not started). With failing_flush the
+ * secondary disk is raw and every flush of its file fails (a blkdebug filter below it). */
+static void secondary_open_with(fixture *f, bool failing_flush)
 {
     f->e = vd_engine_new();
-    make_image(f->e, s_local, SIZE);
+    if (failing_flush) {
+        /* raw: qcow2 flushes for its own write ordering, which would fail long before. */
+        vd_error *err = NULL;
+        assert_int_equal(vd_create(f->e, s_local, "raw", SIZE, NULL, 0, &err), 0);
+    } else {
+        make_image(f->e, s_local, SIZE);
+    }
     make_image(f->e, s_active, SIZE);
     make_image(f->e, s_hidden, SIZE);
     char json[1024];
-    snprintf(json, sizeof(json), "{\"driver\":\"qcow2\",\"node-name\":\"s-local\","
-             "\"file\":{\"driver\":\"file\",\"filename\":\"%s\"}}", s_local);
+    if (failing_flush) {
+        snprintf(json, sizeof(json), "{\"driver\":\"raw\",\"node-name\":\"s-local\","
+                 "\"file\":{\"driver\":\"blkdebug\",\"inject-error\":[{\"event\":"
+                 "\"none\",\"iotype\":\"flush\",\"errno\":5}],\"image\":{\"driver\":\"file\","
+                 "\"filename\":\"%s\"}}}", s_local);
+    } else {
+        snprintf(json, sizeof(json), "{\"driver\":\"qcow2\",\"node-name\":\"s-local\","
+                 "\"file\":{\"driver\":\"file\",\"filename\":\"%s\"}}", s_local);
+    }
     add(f->e, json, NULL);
     f->local = user(f->e, "s-local", &f->local_claim);
     assert_int_equal(write_pattern(f->local, 0x11, 0, SIZE), 0);
@@ -263,6 +277,11 @@ static void secondary_open(fixture *f)
              s_active, s_hidden);
     add(f->e, json, NULL);
     f->top = user(f->e, "rs", &f->top_claim);
+}
+
+static void secondary_open(fixture *f)
+{
+    secondary_open_with(f, false);
 }
 
 /* Started, then a write from the primary (0x22, second half, on the secondary disk) and
@@ -401,6 +420,30 @@ static void test_secondary_get_error_all(void **state)
     ok(vd_replication_start_all(f.e, VD_REPLICATION_SECONDARY, &err), &err);
     ok(vd_replication_get_error_all(f.e, &err), &err);
     ok(vd_replication_stop_all(f.e, true, &err), &err);
+    fixture_close(&f);
+}
+
+/* A failover whose commit fails (the secondary disk cannot be flushed): the error is
+ * returned and kept, the layers stay and still read the secondary's view, and new writes
+ * follow QEMU's failed-failover rule (what the layers hold is written there, not to the
+ * secondary disk). */
+static void test_failover_fails(void **state)
+{
+    (void)state;
+    fixture f = {0};
+    vd_error *err = NULL;
+    secondary_open_with(&f, true);
+    secondary_start_and_write(&f);
+    expect_error(vd_replication_stop_all(f.e, true, &err), &err,
+                 "Could not commit the active and hidden disks: Input/output error");
+    expect_error(vd_replication_get_error_all(f.e, &err), &err, "I/O error occurred");
+    expect_pattern(f.top, 0x33, 0, HALF);
+    expect_pattern(f.top, 0x11, HALF, HALF);
+    assert_int_equal(write_pattern(f.top, 0x44, 0, 65536), 0);
+    expect_pattern(f.top, 0x44, 0, 65536);
+    expect_pattern(f.local, 0x33, 0, 65536);
+    expect_error(vd_replication_stop_all(f.e, true, &err), &err,
+                 "Block replication is not running");
     fixture_close(&f);
 }
 
@@ -601,6 +644,7 @@ int main(void)
         cmocka_unit_test(test_options),
         cmocka_unit_test(test_wrong_graph),
         cmocka_unit_test(test_failover_under_writes),
+        cmocka_unit_test(test_failover_fails),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     unlink(p_img);

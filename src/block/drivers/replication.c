@@ -21,14 +21,19 @@ vd_repl *vd_repl_of(vd_node *n)
 
 /* ---- the gate ------------------------------------------------------------------------------ */
 
-void repl_gate_enter(vd_repl *r)
+repl_stage repl_gate_enter(vd_repl *r, int *error)
 {
     pthread_mutex_lock(&r->lock);
     while (r->gate_closed) {
         pthread_cond_wait(&r->cond, &r->lock);
     }
     r->in_flight++;
+    repl_stage stage = r->stage;
+    if (error) {
+        *error = r->error;
+    }
     pthread_mutex_unlock(&r->lock);
+    return stage;
 }
 
 void repl_gate_exit(vd_repl *r)
@@ -189,12 +194,8 @@ static int failed_over_write(vd_repl *r, const req *q)
     return 0;
 }
 
-static int primary_write(vd_repl *r, const req *q)
+static int primary_write(vd_repl *r, const req *q, repl_stage stage, int err)
 {
-    pthread_mutex_lock(&r->lock);
-    repl_stage stage = r->stage;
-    int err = r->error;
-    pthread_mutex_unlock(&r->lock);
     if (stage != REPL_RUNNING) {
         return -EIO;
     }
@@ -215,14 +216,12 @@ static int primary_write(vd_repl *r, const req *q)
 static int repl_write(vd_node *n, const req *q)
 {
     vd_repl *r = n->opaque;
-    repl_gate_enter(r);
+    int err = 0;
+    repl_stage stage = repl_gate_enter(r, &err);
     int ret;
     if (r->mode == VD_REPLICATION_PRIMARY) {
-        ret = primary_write(r, q);
+        ret = primary_write(r, q, stage, err);
     } else {
-        pthread_mutex_lock(&r->lock);
-        repl_stage stage = r->stage;
-        pthread_mutex_unlock(&r->lock);
         ret = stage == REPL_NONE              ? -EIO
               : stage == REPL_FAILOVER_FAILED ? failed_over_write(r, q)
                                               : send_to(n->file, q, q->off, q->len);
@@ -255,10 +254,7 @@ static int repl_pread(vd_node *n, void *buf, uint64_t len, uint64_t off)
     if (r->mode == VD_REPLICATION_PRIMARY) {
         return -EIO;            /* the quorum above reads its local child */
     }
-    repl_gate_enter(r);
-    pthread_mutex_lock(&r->lock);
-    repl_stage stage = r->stage;
-    pthread_mutex_unlock(&r->lock);
+    repl_stage stage = repl_gate_enter(r, NULL);
     int ret = stage == REPL_NONE ? -EIO : vd_node_pread(n->file, buf, len, off);
     repl_gate_exit(r);
     return ret;
@@ -267,13 +263,11 @@ static int repl_pread(vd_node *n, void *buf, uint64_t len, uint64_t off)
 static int repl_flush(vd_node *n)
 {
     vd_repl *r = n->opaque;
-    repl_gate_enter(r);
+    int err = 0;
+    repl_stage stage = repl_gate_enter(r, &err);
     int ret = 0;
     if (r->mode == VD_REPLICATION_PRIMARY) {
-        pthread_mutex_lock(&r->lock);
-        bool forward = r->stage == REPL_RUNNING && !r->error;
-        pthread_mutex_unlock(&r->lock);
-        if (forward && (ret = vd_node_flush(n->file)) < 0) {
+        if (stage == REPL_RUNNING && !err && (ret = vd_node_flush(n->file)) < 0) {
             pthread_mutex_lock(&r->lock);
             r->error = r->error ? r->error : ret;
             pthread_mutex_unlock(&r->lock);
@@ -288,7 +282,7 @@ static int repl_flush(vd_node *n)
 static int repl_block_status(vd_node *n, uint64_t off, uint64_t len, vd_node_status *st)
 {
     vd_repl *r = n->opaque;
-    repl_gate_enter(r);
+    repl_gate_enter(r, NULL);
     int ret = vd_filter_block_status(n, off, len, st);
     repl_gate_exit(r);
     return ret;
