@@ -127,6 +127,10 @@ typedef struct vd_event {
      * and error as strerror words (NULL: the child read data that lost the vote). */
     const char *node_name, *error;
     int64_t sector_num, sectors_count;
+    /* MIGRATION: the new status (QEMU's MigrationStatus name); MIGRATION_PASS: the pass
+     * (vdisk/migration.h). */
+    const char *mig_status;
+    uint64_t mig_pass;
     /* The event is part of what a call that is still running does (a job's start, or a
      * verb that waits for the job: finalize, dismiss, vd_jobs_cancel_all), though another
      * thread reports it: a server sends it with that call's answer. */

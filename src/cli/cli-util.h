@@ -9,6 +9,7 @@
 #include <stdio.h>
 
 #include "cli/cli.h"
+#include "vdisk/nbd.h"
 #include "vdisk/tree.h"
 
 #ifndef VDISK_VERSION
@@ -157,6 +158,14 @@ bool cli_take_flag(int *argc, char **argv, const char *flag);
 /* Takes every `--object ARG` (TLS credentials for client connections) out of argv, for the
  * engines cli_engine_new makes. -1 after printing an error. */
 int cli_take_objects(int *argc, char **argv);
+/* One --object of a client's (tls-creds-*,endpoint=client), kept for cli_engine_new. */
+int cli_add_client_object(const char *arg);
+/* One --object of a server's (tls-creds-*,endpoint=server), appended to *objs (nbd.c). */
+typedef struct cli_tls_object {
+    char *id;
+    vd_tls_creds *creds;
+} cli_tls_object;
+int cli_add_server_object(const char *arg, cli_tls_object **objs, size_t *nb);
 /* qemu-img's warning when opening name read-write probes it as raw (display names it). */
 void cli_warn_probed_raw(const char *name, const char *display);
 /* An option list (a=b,c.d=e) as a tree, or NULL after printing the error. */

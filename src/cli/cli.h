@@ -19,6 +19,7 @@ int cmd_compare(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_resize(int argc, char **argv);
 int cmd_commit(int argc, char **argv);
+int cmd_migrate(int argc, char **argv);
 int cmd_rebase(int argc, char **argv);
 int cmd_amend(int argc, char **argv);
 int cmd_snapshot(int argc, char **argv);

@@ -83,6 +83,10 @@ static const char help_text[] =
     "filename\n"
     "  measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [-f fmt] "
     "filename]\n"
+    "  migrate [-q] [-p] [-f fmt] [--node-name=name] [--compress-type=type] "
+    "[--compress-level=level] [--channels=n] [--max-bandwidth=rate] [--tls-creds=id] "
+    "filename uri\n"
+    "  migrate --incoming=uri [-q] [-f fmt] [--node-name=name] [--tls-creds=id] filename\n"
     "  snapshot [-U] [-q] [-f fmt] [-l | -a snapshot | -c snapshot | -d snapshot] filename\n"
     "  snapshot [-q] [-f fmt] (-c [snapshot] | -d snapshot) filename [filename2 [...]]\n"
     "  nbd [-f fmt] [-r] [-t] [-k socket | -p port -b addr] [-x name] [-e shared] "
@@ -199,6 +203,7 @@ static const verb verbs[] = {
     {"io", cmd_io},
     {"map", cmd_map},
     {"measure", cmd_measure},
+    {"migrate", cmd_migrate},
     {"nbd", cmd_nbd},
     {"rebase", cmd_rebase},
     {"resize", cmd_resize},
@@ -227,7 +232,8 @@ static int run_verb(const char *name, int argc, char **argv)
                 cli_set_target_image_opts(cli_take_flag(&argc, argv, "--target-image-opts"));
             }
             /* qemu-nbd's --object is its server's; everyone else's is for clients. */
-            if (strcmp(name, "nbd") && cli_take_objects(&argc, argv) < 0) {
+            if (strcmp(name, "nbd") && strcmp(name, "migrate") &&
+                cli_take_objects(&argc, argv) < 0) {
                 return 1;
             }
             int ret = verbs[i].handler(argc, argv);

@@ -77,14 +77,9 @@ static const char nbd_help[] =
     "                            directsync, unsafe)\n"
     "      --discard=MODE        set discard mode (ignore, unmap)\n";
 
-typedef struct tls_object {
-    char *id;
-    vd_tls_creds *creds;
-} tls_object;
-
 /* --object tls-creds-x509,id=..,dir=..,endpoint=server[,verify-peer=on|off] (or -psk);
  * verify-peer defaults to on, as in QEMU. */
-static int add_object(const char *arg, tls_object **objs, size_t *nb)
+int cli_add_server_object(const char *arg, cli_tls_object **objs, size_t *nb)
 {
     vd_opts *o = vd_opts_new();
     vd_error *err = NULL;
@@ -139,7 +134,7 @@ static int add_object(const char *arg, tls_object **objs, size_t *nb)
         cli_report_err(err, "%s", "");
     }
     if (ret == 0) {
-        tls_object *n = realloc(*objs, (*nb + 1) * sizeof(**objs));
+        cli_tls_object *n = realloc(*objs, (*nb + 1) * sizeof(**objs));
         if (!n) {
             abort();
         }
@@ -341,7 +336,7 @@ int cmd_nbd(int argc, char **argv)
     if (!bitmap_names || !bitmaps) {
         abort();
     }
-    tls_object *objs = NULL;
+    cli_tls_object *objs = NULL;
     size_t nb_objs = 0;
     /* -l: a bare ID_OR_NAME, or (winning over it, as in qemu-nbd) the id and name of the
      * last "snapshot.id=...,snapshot.name=..." given. */
@@ -486,7 +481,7 @@ int cmd_nbd(int argc, char **argv)
         case OPT_DETECT_ZEROES:
             break;   /* accepted: our I/O path has no such choice */
         case OPT_OBJECT:
-            if (add_object(optarg, &objs, &nb_objs) < 0) {
+            if (cli_add_server_object(optarg, &objs, &nb_objs) < 0) {
                 goto out;
             }
             break;

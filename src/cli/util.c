@@ -897,7 +897,7 @@ static char *opt_dup(const vd_opts *o, const char *key)
     return v ? cli_xstrdup(v) : NULL;
 }
 
-static int add_client_object(const char *arg)
+int cli_add_client_object(const char *arg)
 {
     char *copy = cli_xstrdup(arg);
     char *comma = strchr(copy, ',');
@@ -968,7 +968,7 @@ int cli_take_objects(int *argc, char **argv)
             arg = argv[i] + 9;
         }
         if (arg) {
-            if (add_client_object(arg) < 0) {
+            if (cli_add_client_object(arg) < 0) {
                 return -1;
             }
             continue;

@@ -249,5 +249,5 @@ static const qmp_command backup_commands[] = {
 };
 const qmp_command_table backup_command_table = {
     backup_commands, sizeof(backup_commands) / sizeof(backup_commands[0]),
-    &history_command_table, NULL,
+    &history_command_table, NULL,    NULL,
 };

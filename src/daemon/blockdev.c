@@ -279,9 +279,28 @@ int tls_object_add(json_object *args, vd_error **errp)
         return vd_error_set(errp, VD_ERR_INVALID, EEXIST, "attempt to add duplicate "
                             "property '%s' to object (type 'container')", id);
     }
-    if (endpoint && strcmp(endpoint, "server")) {
-        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Expecting TLS credentials with "
-                            "a server endpoint");
+    if (vd_engine_tls_client_creds(vdiskd.engine, id)) {
+        return vd_error_set(errp, VD_ERR_INVALID, EEXIST, "attempt to add duplicate "
+                            "property '%s' to object (type 'container')", id);
+    }
+    if (endpoint && strcmp(endpoint, "server") && strcmp(endpoint, "client")) {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Parameter 'endpoint' does not "
+                            "accept value '%s'", endpoint);
+    }
+    if (endpoint && !strcmp(endpoint, "client")) {
+        /* Client credentials live in the engine: NBD client nodes and migrate use them. */
+        bool psk = !strcmp(type, "tls-creds-psk");
+        if (!psk && strcmp(type, "tls-creds-x509")) {
+            return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Invalid parameter '%s'", type);
+        }
+        bool verify = true;
+        int r = opt_bool(args, "verify-peer", true, &verify, errp);
+        if (r < 0) {
+            return r;
+        }
+        vd_tls_client_creds cc = {.id = id, .psk = psk, .dir = dir, .verify_peer = verify,
+                                  .username = opt_str(args, "username")};
+        return vd_engine_add_tls_client_creds(vdiskd.engine, &cc, errp);
     }
     vd_tls_creds *c = NULL;
     int ret;

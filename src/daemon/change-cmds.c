@@ -125,5 +125,5 @@ static const qmp_command change_commands[] = {
 };
 const qmp_command_table change_command_table = {
     change_commands, sizeof(change_commands) / sizeof(change_commands[0]),
-    &replication_command_table, NULL,
+    &replication_command_table, NULL,    NULL,
 };

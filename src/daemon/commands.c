@@ -344,7 +344,7 @@ static int cmd_nbd_server_start(qmp_session *qs, json_object *args, json_object 
                             opt_int(args, "max-connections", -1), errp);
 }
 
-static void export_deleted(dexport *e)
+void export_deleted(dexport *e)
 {
     if (vdiskd.qmp) {
         json_object *data = json_object_new_object();
@@ -474,6 +474,7 @@ int export_add(json_object *args, vd_error **errp)
     }
     e->h = h;
     e->claim = claim;
+    e->writable = writable;
     h->users++;
     /* Newest first, as qemu-storage-daemon lists them. */
     e->next = vdiskd.exports;
@@ -1008,5 +1009,5 @@ static const qmp_command qmp_commands[] = {
 };
 const qmp_command_table vdiskd_commands = {
     qmp_commands, sizeof(qmp_commands) / sizeof(qmp_commands[0]), &job_command_table,
-    daemon_events_after_command,
+    daemon_events_after_command, migration_before_command,
 };

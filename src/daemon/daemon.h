@@ -13,6 +13,7 @@
 #include "vdisk/bitmap.h"
 #include "vdisk/graph.h"
 #include "vdisk/job.h"
+#include "vdisk/migration.h"
 #include "vdisk/nbd.h"
 #include "vdisk/snapshot.h"
 #include "vdisk/vdisk.h"
@@ -31,6 +32,8 @@ typedef struct dexport {
     char *name;                  /* NBD export name */
     dhandle *h;
     vd_perm_claim *claim;        /* what the export takes on the node */
+    bool writable;
+    bool migrating;              /* its node moves with the outgoing migration */
     struct dexport *next;
 } dexport;
 
@@ -47,6 +50,12 @@ typedef struct daemon_state {
     vd_nbd_server *nbd;
     dexport *exports;
     qmp_server *qmp;
+    /* Migration (migration-cmds.c): QEMU's parameters and capabilities, the outgoing
+     * migration (the last one, until the next starts) and the incoming one. */
+    vd_mig_params mig_params;
+    vd_mig_caps mig_caps;
+    vd_migration *mig_out;
+    vd_mig_incoming *mig_in;
 } daemon_state;
 
 extern daemon_state vdiskd;
@@ -79,6 +88,14 @@ void backup_action_free(vd_action *a);
 extern const qmp_command_table history_command_table;
 /* replication-cmds.c: xen-set-replication and the other replication commands. */
 extern const qmp_command_table replication_command_table;
+/* migration-cmds.c: migrate, migrate-incoming and the other migration commands, chained
+ * after the replication commands; --incoming's start; the end of both sides at exit. */
+extern const qmp_command_table migration_command_table;
+int migration_incoming_start(const char *uri, vd_error **errp);
+/* The QMP server's check before each command: what would change the graph under an
+ * outgoing migration (its nodes' handles and write notifiers) is refused meanwhile. */
+int migration_before_command(const char *name, vd_error **errp);
+void migration_shutdown(void);
 /* change-cmds.c: x-blockdev-change, chained after the history commands; and the QMP
  * schema's checks of a quorum's blockdev-add members (t: the crumpled options). */
 extern const qmp_command_table change_command_table;
@@ -111,6 +128,8 @@ int nbd_server_start(json_object *addr, const char *tls_creds, int64_t max_conn,
 /* Adds an address ({type, path | host, port}, or QMP's {type, data: {...}}). */
 int nbd_server_listen(json_object *addr, vd_error **errp);
 int export_add(json_object *args, vd_error **errp);
+/* An export taken off the list and out of the server: BLOCK_EXPORT_DELETED, then freed. */
+void export_deleted(dexport *e);
 void daemon_stop_all(void);
 
 /* bitmap-cmds.c: the block-dirty-bitmap-* commands, the same as transaction actions

@@ -132,6 +132,12 @@ void daemon_on_engine_event(void *opaque, const vd_event *ev)
     gettimeofday(&q->when, NULL);
     if (ev->job_id) {
         q->data = job_event_data(ev);
+    } else if (!strcmp(ev->type, "MIGRATION")) {
+        q->data = json_object_new_object();
+        json_object_object_add(q->data, "status", json_object_new_string(ev->mig_status));
+    } else if (!strcmp(ev->type, "MIGRATION_PASS")) {
+        q->data = json_object_new_object();
+        json_object_object_add(q->data, "pass", json_object_new_int64((int64_t)ev->mig_pass));
     } else if (!strncmp(ev->type, "QUORUM_", 7)) {
         q->data = quorum_event_data(ev);
         q->throttle_key = throttle_key(ev);

@@ -98,5 +98,5 @@ static const qmp_command history_commands[] = {
 };
 const qmp_command_table history_command_table = {
     history_commands, sizeof(history_commands) / sizeof(history_commands[0]),
-    &change_command_table, NULL,
+    &change_command_table, NULL,    NULL,
 };

@@ -392,5 +392,5 @@ static const qmp_command job_commands[] = {
      "every block job (QEMU's BlockJobInfo)"},
 };
 const qmp_command_table job_command_table = {
-    job_commands, sizeof(job_commands) / sizeof(job_commands[0]), &backup_command_table, NULL,
+    job_commands, sizeof(job_commands) / sizeof(job_commands[0]), &backup_command_table, NULL,    NULL,
 };

@@ -78,5 +78,5 @@ static const qmp_command replication_commands[] = {
 };
 const qmp_command_table replication_command_table = {
     replication_commands, sizeof(replication_commands) / sizeof(replication_commands[0]),
-    NULL, NULL,
+    &migration_command_table, NULL,    NULL,
 };

@@ -38,7 +38,12 @@ static const char help_text[] =
     "  --object tls-creds-x509,id=<id>,dir=<dir>,endpoint=server[,verify-peer=on|off]\n"
     "                         (verify-peer: clients need a certificate; default on)\n"
     "  --object tls-creds-psk,id=<id>,dir=<dir>,endpoint=server\n"
-    "                         TLS credentials for the NBD server\n"
+    "                         TLS credentials for the NBD server and incoming migration\n"
+    "  --object tls-creds-x509,id=<id>,dir=<dir>,endpoint=client[,verify-peer=on|off]\n"
+    "  --object tls-creds-psk,id=<id>,dir=<dir>,endpoint=client[,username=<name>]\n"
+    "                         TLS credentials for NBD client nodes and migrate\n"
+    "  --incoming tcp:<host>:<port> | unix:<path> | defer\n"
+    "                         receive a migration of the nodes of the same names\n"
     "  --pidfile <path>       write process ID to a file after startup\n"
     "  --daemonize            daemonize the process, and have the parent exit once\n"
     "                         startup is complete\n"
@@ -243,6 +248,7 @@ int main(int argc, char **argv)
         {"pidfile", required_argument, NULL, 'p'},
         {"daemonize", no_argument, NULL, 'd'},
         {"qmp-reference", no_argument, NULL, 'r'},
+        {"incoming", required_argument, NULL, 'i'},
         {NULL, 0, NULL, 0},
     };
     /* Options are applied in order once the daemon state exists; first collect them. */
@@ -252,7 +258,7 @@ int main(int argc, char **argv)
         abort();
     }
     int nopt = 0, c;
-    const char *pidfile = NULL;
+    const char *pidfile = NULL, *incoming = NULL;
     bool daemonize = false;
     while ((c = getopt_long(argc, argv, "hV", long_options, NULL)) != -1) {
         switch (c) {
@@ -276,6 +282,9 @@ int main(int argc, char **argv)
             break;
         case 'd':
             daemonize = true;
+            break;
+        case 'i':
+            incoming = optarg;
             break;
         case '?':
             fprintf(stderr, "Try 'vdiskd --help' for more information\n");
@@ -314,10 +323,17 @@ int main(int argc, char **argv)
         fprintf(stderr, "vdiskd: Could not start the event thread\n");
         goto out;
     }
+    vd_mig_params_init(&vdiskd.mig_params);
     for (int i = 0; i < nopt; i++) {
         if (apply_option(opts[i], vals[i]) < 0) {
             goto out;
         }
+    }
+    /* QEMU's -incoming: after the nodes exist; "defer" waits for migrate-incoming. */
+    if (incoming && strcmp(incoming, "defer") &&
+        migration_incoming_start(incoming, &err) < 0) {
+        fail_opt("--incoming", err);
+        goto out;
     }
     if (vd_service_ready(&sv) < 0) {
         goto out;
@@ -330,6 +346,7 @@ out:
     /* Jobs end first (a signal or a failed start; quit has ended them), their events still
      * sent; then commands stop, so none runs while the images close. */
     vd_jobs_cancel_all(vdiskd.engine);
+    migration_shutdown();
     daemon_events_stop();
     daemon_deliver_events();
     qmp_server_free(vdiskd.qmp);

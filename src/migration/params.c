@@ -29,7 +29,7 @@ int vd_mig_params_level(const vd_mig_params *p)
 static const char *const param_names[] = {
     "compress-type", "compress-level", "compress-threads", "decompress-threads",
     "compress-wait-thread", "multifd-channels", "multifd-compression", "multifd-zlib-level",
-    "multifd-zstd-level", "max-bandwidth", "downtime-limit", "tls-creds", NULL,
+    "multifd-zstd-level", "max-bandwidth", "downtime-limit", "tls-creds", "tls-hostname", NULL,
 };
 
 static int type_error(const char *key, const char *want, vd_error **errp)
@@ -56,6 +56,25 @@ static int get_uint(const vd_tree *args, const char *key, uint64_t max, const ch
                             type);
     }
     *out = (uint64_t)i;
+    return 0;
+}
+
+/* A string parameter; null (QEMU's way to reset it) is "". */
+static int get_str(const vd_tree *args, const char *key, char *out, size_t cap,
+                   vd_error **errp)
+{
+    const vd_tree *t = vd_tree_get(args, key);
+    if (!t) {
+        return 0;
+    }
+    const char *s = vd_tree_type_of(t) == VD_TREE_NULL ? "" : vd_tree_string(t);
+    if (!s) {
+        return type_error(key, "string", errp);
+    }
+    if (strlen(s) >= cap) {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Parameter '%s' is too long", key);
+    }
+    snprintf(out, cap, "%s", s);
     return 0;
 }
 
@@ -184,17 +203,10 @@ int vd_mig_params_set(vd_mig_params *p, const vd_tree *args, vd_error **errp)
         }
         n.compress_wait_thread = vd_tree_bool(w);
     }
-    const vd_tree *t = vd_tree_get(args, "tls-creds");
-    if (t) {
-        const char *s = vd_tree_type_of(t) == VD_TREE_NULL ? "" : vd_tree_string(t);
-        if (!s) {
-            return type_error("tls-creds", "string", errp);
-        }
-        if (strlen(s) >= sizeof(n.tls_creds)) {
-            return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Parameter 'tls-creds' is "
-                                "too long");
-        }
-        snprintf(n.tls_creds, sizeof(n.tls_creds), "%s", s);
+    if ((r = get_str(args, "tls-creds", n.tls_creds, sizeof(n.tls_creds), errp)) < 0 ||
+        (r = get_str(args, "tls-hostname", n.tls_hostname, sizeof(n.tls_hostname),
+                     errp)) < 0) {
+        return r;
     }
     if ((r = check(&n, has_level, level, errp)) < 0) {
         return r;
@@ -218,6 +230,7 @@ vd_tree *vd_mig_params_query(const vd_mig_params *p)
     vd_tree_put(t, "compress-wait-thread", vd_tree_new_bool(p->compress_wait_thread));
     vd_tree_put(t, "decompress-threads", vd_tree_new_int(p->decompress_threads));
     vd_tree_put(t, "tls-creds", vd_tree_new_string(p->tls_creds));
+    vd_tree_put(t, "tls-hostname", vd_tree_new_string(p->tls_hostname));
     vd_tree_put(t, "max-bandwidth", vd_tree_new_int((int64_t)p->max_bandwidth));
     vd_tree_put(t, "downtime-limit", vd_tree_new_int((int64_t)p->downtime_limit));
     vd_tree_put(t, "multifd-channels", vd_tree_new_int(p->multifd_channels));
@@ -228,7 +241,8 @@ vd_tree *vd_mig_params_query(const vd_mig_params *p)
     return t;
 }
 
-static const char *const cap_names[] = {"compress", "multifd", "zero-blocks", "events", NULL};
+static const char *const cap_names[] = {"compress", "multifd", "zero-blocks", "events",
+                                        "pause-before-switchover", NULL};
 
 int vd_mig_caps_set(vd_mig_caps *c, const vd_tree *list, vd_error **errp)
 {
@@ -236,7 +250,8 @@ int vd_mig_caps_set(vd_mig_caps *c, const vd_tree *list, vd_error **errp)
         return type_error("capabilities", "array", errp);
     }
     vd_mig_caps n = *c;
-    bool *slot[] = {&n.compress, &n.multifd, &n.zero_blocks, &n.events};
+    bool *slot[] = {&n.compress, &n.multifd, &n.zero_blocks, &n.events,
+                    &n.pause_before_switchover};
     for (size_t i = 0; i < vd_tree_size(list); i++) {
         const vd_tree *e = vd_tree_at(list, i);
         if (vd_tree_type_of(e) != VD_TREE_OBJECT) {
@@ -276,7 +291,8 @@ int vd_mig_caps_set(vd_mig_caps *c, const vd_tree *list, vd_error **errp)
 
 vd_tree *vd_mig_caps_query(const vd_mig_caps *c)
 {
-    const bool on[] = {c->compress, c->multifd, c->zero_blocks, c->events};
+    const bool on[] = {c->compress, c->multifd, c->zero_blocks, c->events,
+                       c->pause_before_switchover};
     vd_tree *l = vd_tree_new(VD_TREE_LIST);
     for (size_t i = 0; cap_names[i]; i++) {
         vd_tree *e = vd_tree_new(VD_TREE_OBJECT);

@@ -121,8 +121,8 @@ void vd_mig_header_encode(const vd_mig_chunk *c, uint8_t out[VD_MIG_HEADER_SIZE]
 static const char *type_name(vd_mig_type t)
 {
     static const char *const names[] = {"?", "disk", "data", "zero", "hole", "sync", "flush",
-                                        "end"};
-    return t >= VD_MIG_DISK && t <= VD_MIG_END ? names[t] : "?";
+                                        "end", "export", "ready", "commit", "error"};
+    return t >= VD_MIG_DISK && t <= VD_MIG_ERROR ? names[t] : "?";
 }
 
 static int bad(vd_error **errp, const vd_mig_chunk *c, const char *what)
@@ -135,7 +135,9 @@ static int bad(vd_error **errp, const vd_mig_chunk *c, const char *what)
 static int check_fields(const vd_mig_chunk *c, vd_error **errp)
 {
     bool marker = c->type == VD_MIG_ZERO || c->type == VD_MIG_HOLE;
-    bool control = c->type >= VD_MIG_SYNC;
+    bool control = c->type == VD_MIG_SYNC || c->type == VD_MIG_FLUSH ||
+                   c->type == VD_MIG_END || c->type == VD_MIG_READY ||
+                   c->type == VD_MIG_COMMIT;
     if (c->type != VD_MIG_DATA && c->codec != VD_MIG_CODEC_NONE) {
         return bad(errp, c, "only data chunks are compressed");
     }
@@ -147,6 +149,21 @@ static int check_fields(const vd_mig_chunk *c, vd_error **errp)
     }
     if (control && (c->disk || c->offset || c->length)) {
         return bad(errp, c, "a control chunk names no range");
+    }
+    if (c->type == VD_MIG_EXPORT) {
+        if (c->length || c->offset & ~(uint64_t)VD_MIG_EXPORT_WRITABLE ||
+            c->payload_len < 2 ||
+            c->payload_len > VD_MIG_MAX_EXPORT_ID + 1 + VD_MIG_MAX_EXPORT_NAME) {
+            return bad(errp, c, "an export chunk carries flags, an id and a name, no range");
+        }
+        return 0;
+    }
+    if (c->type == VD_MIG_ERROR) {
+        if (c->disk || c->offset || c->length || c->payload_len < 1 ||
+            c->payload_len > VD_MIG_MAX_ERROR) {
+            return bad(errp, c, "an error chunk carries a message of 1 to 1024 bytes only");
+        }
+        return 0;
     }
     if (c->type == VD_MIG_DISK) {
         if (c->length || c->payload_len < 1 || c->payload_len > VD_MIG_MAX_NAME) {
@@ -188,7 +205,7 @@ int vd_mig_header_decode(const uint8_t in[VD_MIG_HEADER_SIZE], vd_mig_chunk *c,
     }
     memset(c, 0, sizeof(*c));
     c->seq = vd_be64(in + 8);
-    if (in[4] < VD_MIG_DISK || in[4] > VD_MIG_END) {
+    if (in[4] < VD_MIG_DISK || in[4] > VD_MIG_ERROR) {
         return vd_error_set(errp, VD_ERR_INVALID, EPROTO, "migration stream: chunk %" PRIu64
                             " has an unknown type %u", c->seq, in[4]);
     }
@@ -223,6 +240,9 @@ int vd_mig_chunk_check(const vd_mig_channel *ch, const vd_mig_disks *disks,
     if (c->type == VD_MIG_DISK) {
         return c->disk == disks->nb && disks->nb < VD_MIG_MAX_DISKS
                    ? 0 : bad(errp, c, "disks are announced once each, in order");
+    }
+    if (c->type == VD_MIG_EXPORT && c->disk >= disks->nb) {
+        return bad(errp, c, "it names a disk that was not announced");
     }
     if (c->type == VD_MIG_DATA || c->type == VD_MIG_ZERO || c->type == VD_MIG_HOLE) {
         if (c->disk >= disks->nb) {
@@ -274,9 +294,42 @@ int vd_mig_chunk_accept(vd_mig_channel *ch, vd_mig_disks *disks, const vd_mig_ch
         d->name[c->payload_len] = '\0';
         d->size = c->offset;
     }
-    ch->ended = c->type == VD_MIG_END;
+    if ((c->type == VD_MIG_EXPORT || c->type == VD_MIG_ERROR) &&
+        vd_mig_crc(payload, c->payload_len) != c->data_crc) {
+        return bad(errp, c, "the payload's checksum does not match");
+    }
+    ch->ended = c->type == VD_MIG_END || c->type == VD_MIG_COMMIT;
     ch->next_seq++;
     return 0;
+}
+
+int vd_mig_export_parse(const vd_mig_chunk *c, const uint8_t *payload, char *id, char *name,
+                        vd_error **errp)
+{
+    const uint8_t *nul = memchr(payload, 0, c->payload_len);
+    size_t id_len = nul ? (size_t)(nul - payload) : 0;
+    size_t name_len = nul ? c->payload_len - id_len - 1 : 0;
+    if (!nul || id_len < 1 || id_len > VD_MIG_MAX_EXPORT_ID ||
+        name_len > VD_MIG_MAX_EXPORT_NAME || memchr(nul + 1, 0, name_len)) {
+        return bad(errp, c, "the export's id and name are malformed");
+    }
+    memcpy(id, payload, id_len);
+    id[id_len] = '\0';
+    memcpy(name, nul + 1, name_len);
+    name[name_len] = '\0';
+    if (!vd_id_wellformed(id)) {
+        return bad(errp, c, "the export's id is not a valid id");
+    }
+    return 0;
+}
+
+void vd_mig_error_text(const vd_mig_chunk *c, const uint8_t *payload, char *out)
+{
+    size_t n = c->payload_len > VD_MIG_MAX_ERROR ? VD_MIG_MAX_ERROR : c->payload_len;
+    for (size_t i = 0; i < n; i++) {
+        out[i] = payload[i] >= 0x20 && payload[i] < 0x7f ? (char)payload[i] : '?';
+    }
+    out[n] = '\0';
 }
 
 /* ---- payloads ------------------------------------------------------------------------------- */

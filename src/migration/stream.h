@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "compress/codec.h"
+#include "vdisk/migration.h"
 #include "vdisk/vdisk.h"
 
 #define VD_MIG_MAGIC 0x5644534b4d494752ull /* "VDSKMIGR" */
@@ -37,14 +38,17 @@ typedef enum vd_mig_type {
     VD_MIG_SYNC = 5,    /* the end of a pass on this channel */
     VD_MIG_FLUSH = 6,   /* everything before it is to be made durable */
     VD_MIG_END = 7,     /* the last chunk of the channel */
+    VD_MIG_EXPORT = 8,  /* an export of a disk: offset = flags, payload = "ID\0NAME" */
+    VD_MIG_READY = 9,   /* (receiver to sender) everything is in and durable */
+    VD_MIG_COMMIT = 10, /* the source let go: expose the disks; the last chunk of channel 0 */
+    VD_MIG_ERROR = 11,  /* (receiver to sender) why it gave up: payload = the message */
 } vd_mig_type;
 
-/* Payload codecs: QEMU's compress-type values. */
-typedef enum vd_mig_codec {
-    VD_MIG_CODEC_NONE = 0,
-    VD_MIG_CODEC_ZLIB = 1,
-    VD_MIG_CODEC_ZSTD = 2,
-} vd_mig_codec;
+#define VD_MIG_EXPORT_WRITABLE 1u   /* EXPORT flags */
+#define VD_MIG_MAX_EXPORT_ID 127u
+#define VD_MIG_MAX_EXPORT_NAME 4096u   /* NBD's longest export name */
+#define VD_MIG_MAX_ERROR 1024u
+
 
 typedef struct vd_mig_chunk {
     vd_mig_type type;
@@ -101,6 +105,14 @@ int vd_mig_chunk_check(const vd_mig_channel *ch, const vd_mig_disks *disks,
  * name), and the sequence moves on. */
 int vd_mig_chunk_accept(vd_mig_channel *ch, vd_mig_disks *disks, const vd_mig_chunk *c,
                         const uint8_t *payload, vd_error **errp);
+
+/* An EXPORT chunk's payload (accepted already): its id (QEMU's id rules) and NBD export
+ * name (no NUL inside), copied into id[VD_MIG_MAX_EXPORT_ID + 1] and
+ * name[VD_MIG_MAX_EXPORT_NAME + 1]. */
+int vd_mig_export_parse(const vd_mig_chunk *c, const uint8_t *payload, char *id, char *name,
+                        vd_error **errp);
+/* An ERROR chunk's message, made printable, into out[VD_MIG_MAX_ERROR + 1]. */
+void vd_mig_error_text(const vd_mig_chunk *c, const uint8_t *payload, char *out);
 
 /* Sender: fills c's codec, payload_len and data_crc for data[0..len) and writes the payload
  * into out (cap: at least len bytes): compressed with ctx (NULL: stored) when that is

@@ -318,7 +318,10 @@ static void handle(qmp_session *qs, json_object *req)
     json_object *ret = NULL;
     vd_error *err = NULL;
     pthread_mutex_lock(&qs->srv->run_lock);
-    int rc = c->handler(qs, args, &ret, &err);
+    int rc = qs->srv->table->before_command ? qs->srv->table->before_command(name, &err) : 0;
+    if (rc == 0) {
+        rc = c->handler(qs, args, &ret, &err);
+    }
     if (qs->srv->table->after_command) {
         qs->srv->table->after_command();
     }

@@ -58,6 +58,9 @@ typedef struct qmp_command_table {
     /* Run after each command, before its reply, as the command ran (vdiskd sends the
      * events the command caused there); may be NULL. */
     void (*after_command)(void);
+    /* Run before each command (of the root table): a failure is the command's reply
+     * (vdiskd refuses graph changes while a migration runs); may be NULL. */
+    int (*before_command)(const char *name, vd_error **errp);
 } qmp_command_table;
 
 /* Error classes on the wire: vd_error classes map onto them. */
