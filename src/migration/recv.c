@@ -23,6 +23,7 @@
 #include "vdisk/graph.h"
 
 #define HELLO_MS 10000           /* a connection must say hello within this */
+#define DRAIN_NS 3000000000ull   /* after a failure, how long the source has to hang up */
 
 typedef struct vd_mig_incoming vd_mig_incoming;
 
@@ -77,6 +78,8 @@ struct vd_mig_incoming {
     unsigned arrived;            /* channels at the current SYNC barrier */
     int64_t released;            /* the last pass every channel passed */
     unsigned ended;              /* channels past END */
+    unsigned readers;            /* channel threads still running */
+    uint64_t t_stop;             /* when it stopped */
     bool flushed, committed, stop, finished;
     vd_mig_status status;
     char error[512];
@@ -133,11 +136,9 @@ static void fail_msg(vd_mig_incoming *in, const char *msg)
                           .data_crc = vd_mig_crc((const uint8_t *)msg, len)};
         send_rp(in, &c, msg);
     }
-    for (unsigned i = 0; i < in->nb_ch; i++) {
-        if (in->ch[i].conn) {
-            vd_mig_conn_shutdown(in->ch[i].conn);
-        }
-    }
+    /* The channels are not cut here: closing a socket with unread data resets it, and the
+     * reset would throw away the ERROR before the source reads it. The readers drain what
+     * the source still sends until it hangs up (in_main cuts them after DRAIN_NS). */
 }
 
 static void fail_err(vd_mig_incoming *in, vd_error *err)
@@ -487,9 +488,18 @@ static int handle(rchan *ch, vd_mig_chunk *c, uint8_t **payload, vd_error **errp
     }
 }
 
-static void *chan_main(void *arg)
+/* After a failure: reads and drops what the source still sends until it hangs up. */
+static void drain(rchan *ch)
 {
-    rchan *ch = arg;
+    char buf[65536];
+    vd_error *err = NULL;
+    while (vd_mig_conn_read_or_eof(ch->conn, buf, sizeof(buf), &err) == 1) {
+    }
+    vd_error_free(err);
+}
+
+static void chan_run(rchan *ch)
+{
     vd_mig_incoming *in = ch->in;
     for (;;) {
         vd_mig_chunk c;
@@ -509,12 +519,65 @@ static void *chan_main(void *arg)
             } else {
                 fail_err(in, err);
             }
-            return NULL;
+            drain(ch);
+            return;
         }
         if (r == 1) {
-            return NULL;
+            return;
         }
     }
+}
+
+static void *chan_main(void *arg)
+{
+    rchan *ch = arg;
+    vd_mig_incoming *in = ch->in;
+    chan_run(ch);
+    pthread_mutex_lock(&in->lock);
+    in->readers--;
+    pthread_cond_broadcast(&in->cond);
+    pthread_mutex_unlock(&in->lock);
+    return NULL;
+}
+
+/* Waits for the channel threads; once stopped, a source that does not hang up within
+ * DRAIN_NS is cut off. */
+static void wait_readers(vd_mig_incoming *in)
+{
+    bool cut = false;
+    pthread_mutex_lock(&in->lock);
+    while (in->readers > 0) {
+        if (!in->stop || cut) {
+            pthread_cond_wait(&in->cond, &in->lock);
+            continue;
+        }
+        if (!in->t_stop) {
+            in->t_stop = vd_mig_now_ns();
+        }
+        uint64_t until_ns = in->t_stop + DRAIN_NS;
+        if (vd_mig_now_ns() >= until_ns) {
+            cut = true;
+            pthread_mutex_unlock(&in->lock);
+            for (unsigned i = 0; i < in->nb_ch; i++) {
+                if (in->ch[i].conn) {
+                    vd_mig_conn_shutdown(in->ch[i].conn);
+                }
+            }
+            pthread_mutex_lock(&in->lock);
+            continue;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t left = until_ns - vd_mig_now_ns();
+        ts.tv_sec += (time_t)(left / 1000000000u);
+        ts.tv_nsec += (long)(left % 1000000000u);
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&in->cond, &in->lock, &ts);
+    }
+    pthread_mutex_unlock(&in->lock);
 }
 
 /* ---- taking the channels --------------------------------------------------------------------- */
@@ -691,12 +754,16 @@ static void *in_main(void *arg)
             if (started_workers && pthread_create(&in->ch[i].thread, NULL, chan_main,
                                                   &in->ch[i]) == 0) {
                 in->ch[i].started = true;
+                pthread_mutex_lock(&in->lock);
+                in->readers++;
+                pthread_mutex_unlock(&in->lock);
             } else {
                 fail_msg(in, "Cannot start a migration thread");
                 break;
             }
         }
     }
+    wait_readers(in);
     for (unsigned i = 0; i < in->nb_ch; i++) {
         if (in->ch[i].started) {
             pthread_join(in->ch[i].thread, NULL);

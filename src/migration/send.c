@@ -562,6 +562,16 @@ static void *chan_main(void *arg)
             }
         }
         if (r < 0) {
+            /* A destination that gave up says why on the return path, and then this
+             * channel breaks: its reason, not the broken pipe, is the migration's. */
+            pthread_mutex_lock(&m->lock);
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_sec += 1;
+            while (!m->stop &&
+                   pthread_cond_timedwait(&m->cond, &m->lock, &until) != ETIMEDOUT) {
+            }
+            pthread_mutex_unlock(&m->lock);
             fail_err(m, err);
             err = NULL;
             pthread_mutex_lock(&m->lock);

@@ -107,6 +107,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         REQUIRE(disks.nb <= VD_MIG_MAX_DISKS);
         REQUIRE(disks.nb == 0 || strlen(disks.disk[disks.nb - 1].name) <= VD_MIG_MAX_NAME);
+        if (c.type == VD_MIG_EXPORT) {
+            static char id[VD_MIG_MAX_EXPORT_ID + 1], name[VD_MIG_MAX_EXPORT_NAME + 1];
+            REQUIRE(c.disk < disks.nb);
+            if (vd_mig_export_parse(&c, payload, id, name, &err) < 0) {
+                refused(err);
+                break;
+            }
+            REQUIRE(strlen(id) >= 1 && strlen(id) + 1 + strlen(name) == c.payload_len);
+        } else if (c.type == VD_MIG_ERROR) {
+            static char text[VD_MIG_MAX_ERROR + 1];
+            vd_mig_error_text(&c, payload, text);
+            REQUIRE(strlen(text) == c.payload_len);
+        }
     }
     free(copy);
     return 0;
