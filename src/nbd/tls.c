@@ -14,6 +14,7 @@
 #include <gnutls/x509.h>
 
 #include "nbd/nbd-int.h"
+#include "nbd/tls.h"
 
 struct vd_tls_creds {
     char *id;
@@ -159,6 +160,61 @@ void vd_tls_creds_free(vd_tls_creds *c)
     gnutls_global_deinit();
 }
 
+int tls_server_session_start(vd_tls_creds *creds, int fd, int timeout_ms,
+                             gnutls_session_t *out, vd_error **errp)
+{
+    gnutls_session_t session = NULL;
+    int r = gnutls_init(&session, GNUTLS_SERVER | GNUTLS_NO_SIGNAL);
+    if (r < 0) {
+        return vd_error_set(errp, VD_ERR_GENERIC, EIO, "TLS handshake failed: %s",
+                            gnutls_strerror(r));
+    }
+    if (creds->psk) {
+        r = gnutls_priority_set_direct(session, "NORMAL:+ECDHE-PSK:+DHE-PSK:+PSK", NULL);
+        if (r >= 0) {
+            r = gnutls_credentials_set(session, GNUTLS_CRD_PSK, creds->psk_creds);
+        }
+    } else {
+        r = gnutls_set_default_priority(session);
+        if (r >= 0) {
+            r = gnutls_credentials_set(session, GNUTLS_CRD_CERTIFICATE, creds->x509);
+        }
+        if (r >= 0) {
+            gnutls_certificate_server_set_request(session, creds->verify_peer
+                                                               ? GNUTLS_CERT_REQUIRE
+                                                               : GNUTLS_CERT_IGNORE);
+        }
+    }
+    if (r >= 0) {
+        gnutls_transport_set_int(session, fd);
+        gnutls_handshake_set_timeout(session, timeout_ms > 0 ? (unsigned)timeout_ms : 0);
+        do {
+            r = gnutls_handshake(session);
+        } while (r < 0 && !gnutls_error_is_fatal(r));
+    }
+    if (r >= 0 && !creds->psk && creds->verify_peer) {
+        unsigned status = 0;
+        r = gnutls_certificate_verify_peers2(session, &status);
+        if (r >= 0 && status) {
+            gnutls_datum_t why = {NULL, 0};
+            gnutls_certificate_verification_status_print(status, GNUTLS_CRT_X509, &why, 0);
+            int ret = vd_error_set(errp, VD_ERR_GENERIC, EACCES, "TLS handshake failed: the "
+                                   "client's certificate is not trusted: %s",
+                                   why.data ? (const char *)why.data : "unknown reason");
+            gnutls_free(why.data);
+            gnutls_deinit(session);
+            return ret;
+        }
+    }
+    if (r < 0) {
+        gnutls_deinit(session);
+        return vd_error_set(errp, VD_ERR_GENERIC, r == GNUTLS_E_TIMEDOUT ? ETIMEDOUT : EIO,
+                            "TLS handshake failed: %s", gnutls_strerror(r));
+    }
+    *out = session;
+    return 0;
+}
+
 int nbd_tls_start(vd_tls_creds *creds, int fd, int timeout_ms, nbd_tls **out, char *err,
                   size_t errlen)
 {
@@ -167,45 +223,10 @@ int nbd_tls_start(vd_tls_creds *creds, int fd, int timeout_ms, nbd_tls **out, ch
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    int r = gnutls_init(&t->session, GNUTLS_SERVER);
-    if (r < 0) {
-        free(t);
-        snprintf(err, errlen, "%s", gnutls_strerror(r));
-        return -1;
-    }
-    if (creds->psk) {
-        r = gnutls_priority_set_direct(t->session, "NORMAL:+ECDHE-PSK:+DHE-PSK:+PSK", NULL);
-        if (r >= 0) {
-            r = gnutls_credentials_set(t->session, GNUTLS_CRD_PSK, creds->psk_creds);
-        }
-    } else {
-        r = gnutls_set_default_priority(t->session);
-        if (r >= 0) {
-            r = gnutls_credentials_set(t->session, GNUTLS_CRD_CERTIFICATE, creds->x509);
-        }
-        if (r >= 0) {
-            gnutls_certificate_server_set_request(t->session, creds->verify_peer
-                                                                  ? GNUTLS_CERT_REQUIRE
-                                                                  : GNUTLS_CERT_IGNORE);
-        }
-    }
-    if (r >= 0) {
-        gnutls_transport_set_int(t->session, fd);
-        gnutls_handshake_set_timeout(t->session, (unsigned)timeout_ms);
-        do {
-            r = gnutls_handshake(t->session);
-        } while (r < 0 && !gnutls_error_is_fatal(r));
-    }
-    if (r >= 0 && !creds->psk && creds->verify_peer) {
-        unsigned status = 0;
-        r = gnutls_certificate_verify_peers2(t->session, &status);
-        if (r >= 0 && status) {
-            r = GNUTLS_E_CERTIFICATE_ERROR;
-        }
-    }
-    if (r < 0) {
-        snprintf(err, errlen, "TLS handshake failed: %s", gnutls_strerror(r));
-        gnutls_deinit(t->session);
+    vd_error *e = NULL;
+    if (tls_server_session_start(creds, fd, timeout_ms, &t->session, &e) < 0) {
+        snprintf(err, errlen, "%s", vd_error_msg(e));
+        vd_error_free(e);
         free(t);
         return -1;
     }

@@ -29,8 +29,9 @@ int vd_unix_listen(const char *path, int backlog, vd_error **errp)
         return vd_error_set(errp, VD_ERR_IO, errno, "Failed to create socket: %s",
                             strerror(errno));
     }
-    /* The socket file takes its mode from the umask at bind time. */
-    mode_t old = umask(0077);
+    /* The socket file takes its mode from the umask at bind time: 0600, as documented (a
+     * socket's execute bit means nothing). */
+    mode_t old = umask(0177);
     int ret = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
     int err = errno;
     umask(old);
