@@ -4,6 +4,8 @@
 #   DIR/cli     ca-cert.pem, client-cert.pem, client-key.pem (a client signed by the CA)
 #   DIR/nocert  ca-cert.pem only (a client without a certificate)
 #   DIR/rogue   ca-cert.pem, and a client certificate signed by another CA
+#   DIR/impostor ca-cert.pem, and a client certificate signed by a CA with the test CA's name
+#               but another key (GnuTLS clients offer it, so only verification refuses it)
 # Returns non-zero when certtool fails.
 # shellcheck shell=bash
 
@@ -28,8 +30,9 @@ make_tls_certs() {
     local d=$1 x
     _tls_ca "$d/ca" "vdisk test CA" || return 1
     _tls_ca "$d/otherca" "some other CA" || return 1
-    mkdir -p "$d/srv" "$d/cli" "$d/nocert" "$d/rogue" || return 1
-    for x in srv cli nocert rogue; do
+    _tls_ca "$d/fakeca" "vdisk test CA" || return 1
+    mkdir -p "$d/srv" "$d/cli" "$d/nocert" "$d/rogue" "$d/impostor" || return 1
+    for x in srv cli nocert rogue impostor; do
         cp "$d/ca/ca-cert.pem" "$d/$x/ca-cert.pem" || return 1
     done
     _tls_cert "$d/srv/server" "$d/ca" \
@@ -39,5 +42,7 @@ make_tls_certs() {
         'cn = vdisk test client\ntls_www_client\nencryption_key\nsigning_key\n' || return 1
     _tls_cert "$d/rogue/client" "$d/otherca" \
         'cn = rogue client\ntls_www_client\nencryption_key\nsigning_key\n' || return 1
+    _tls_cert "$d/impostor/client" "$d/fakeca" \
+        'cn = impostor client\ntls_www_client\nencryption_key\nsigning_key\n' || return 1
     rm -f "$d"/*/*.info
 }
