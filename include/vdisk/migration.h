@@ -140,8 +140,9 @@ int vd_migration_continue(vd_migration *m, vd_error **errp);
 void vd_migration_info(vd_migration *m, vd_mig_info *info);
 /* Completed, failed or cancelled. */
 bool vd_migration_finished(vd_migration *m);
-/* Waits for the thread; a completed migration's nodes take writes again once it is freed
- * (QEMU's `cont` on the source). */
+/* Waits for the thread. After a completed migration the source's nodes are read-only
+ * (QEMU inactivates its images); a node whose driver cannot be reopened refuses writes
+ * until the migration is freed. */
 void vd_migration_free(vd_migration *m);
 
 /* The receiving side. The destination has a writable node of the same name and size for

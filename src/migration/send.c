@@ -12,7 +12,7 @@
  * moves within downtime-limit at the rate of the last pass, the nodes' users are drained
  * (held), the last pass and a FLUSH go across, and the destination's READY says all of it
  * is durable there; then the nodes refuse writes, the held users are let go, and COMMIT
- * tells the destination to expose the disks. A failure or cancel before COMMIT removes
+ * tells the destination to expose the disks; the nodes are then reopened read-only. A failure or cancel before COMMIT removes
  * the notifiers and lets the users go on: the source is as it was. */
 #include <errno.h>
 #include <inttypes.h>
@@ -839,9 +839,26 @@ static int switchover(vd_migration *m, uint32_t pass)
     pthread_mutex_lock(&m->lock);
     m->t_end = vd_mig_now_ns();
     pthread_mutex_unlock(&m->lock);
-    /* The source's images are left clean, outside the downtime: nothing writes them now. */
+    /* Outside the downtime, the source's nodes become read-only (QEMU inactivates its
+     * images): their formats store and flush what they hold, and the migration lets go of
+     * them, so they can be deleted. A node that cannot be reopened keeps refusing writes
+     * until the migration is freed. */
     for (size_t i = 0; i < m->nb; i++) {
-        vd_flush(m->disks[i].h);
+        sdisk *d = &m->disks[i];
+        drain_users(d);
+        if (vd_node_reopen_rw(d->node, false, NULL) == 0) {
+            vd_node_remove_write_notifier(d->node, &d->ro);
+            d->ro_on = false;
+        } else {
+            vd_flush(d->h);
+        }
+        undrain_users(d);
+        if (!d->ro_on) {
+            vd_disk_unclaim(d->h, d->claim);
+            d->claim = NULL;
+            vd_close(d->h);
+            d->h = NULL;
+        }
     }
     return 0;
 }
@@ -957,7 +974,7 @@ static void *mig_main(void *arg)
 
 static void free_disk(sdisk *d)
 {
-    if (d->claim) {
+    if (d->claim && d->h) {
         vd_disk_unclaim(d->h, d->claim);
     }
     if (d->h) {
@@ -1223,7 +1240,7 @@ void vd_migration_free(vd_migration *m)
     }
     vd_migration_cancel(m);
     pthread_join(m->thread, NULL);
-    /* The nodes take writes again (QEMU's `cont` on the source after a migration). */
+    /* A node the migration could not make read-only stops refusing writes. */
     for (size_t i = 0; i < m->nb; i++) {
         sdisk *d = &m->disks[i];
         if (d->ro_on) {
