@@ -261,30 +261,46 @@ static void *worker_main(void *arg)
 }
 
 /* Writes reach the disk while they come, so the FLUSH of the switchover (the downtime) has
- * only the last of them to make durable, not the whole disk from the page cache. */
+ * only the last of them to make durable, not the whole disk from the page cache: the
+ * disks are flushed every FLUSH_NS and at the end of every pass. */
+#define FLUSH_NS 500000000ull
 static void *flusher_main(void *arg)
 {
     vd_mig_incoming *in = arg;
+    uint64_t last = vd_mig_now_ns();
+    int64_t seen = -1;
     pthread_mutex_lock(&in->lock);
     while (!in->stop && !in->flushed) {
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_nsec += 500000000;
-        if (until.tv_nsec >= 1000000000) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000;
-        }
-        pthread_cond_timedwait(&in->cond, &in->lock, &until);
-        if (in->stop || in->flushed) {
-            break;
-        }
-        unsigned nb = in->table.nb;
-        bool live = in->released >= 0;
-        pthread_mutex_unlock(&in->lock);
-        for (unsigned i = 0; live && i < nb; i++) {
-            if (in->disks[i].h) {
-                vd_flush(in->disks[i].h);
+        uint64_t now = vd_mig_now_ns();
+        bool due = in->released >= 0 && (in->released != seen || now - last >= FLUSH_NS);
+        if (!due) {
+            uint64_t wait = now - last >= FLUSH_NS ? FLUSH_NS : FLUSH_NS - (now - last);
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_sec += (time_t)(wait / 1000000000u);
+            until.tv_nsec += (long)(wait % 1000000000u);
+            if (until.tv_nsec >= 1000000000L) {
+                until.tv_sec++;
+                until.tv_nsec -= 1000000000L;
             }
+            pthread_cond_timedwait(&in->cond, &in->lock, &until);
+            continue;
+        }
+        bool news = in->released != seen && in->released >= 1;
+        seen = in->released;
+        unsigned nb = in->table.nb;
+        pthread_mutex_unlock(&in->lock);
+        int r = 0;
+        for (unsigned i = 0; i < nb && r == 0; i++) {
+            if (in->disks[i].h) {
+                r = vd_flush(in->disks[i].h);
+            }
+        }
+        last = vd_mig_now_ns();
+        /* Tells the source how far it may count on the destination. */
+        if (news && r == 0) {
+            vd_mig_chunk ready = {.type = VD_MIG_READY, .pass = (uint32_t)seen};
+            send_rp(in, &ready, NULL);
         }
         pthread_mutex_lock(&in->lock);
     }
@@ -455,8 +471,9 @@ static int handle(rchan *ch, vd_mig_chunk *c, uint8_t **payload, vd_error **errp
         }
         pthread_mutex_lock(&in->lock);
         in->flushed = true;
+        uint32_t pass = (uint32_t)in->released;
         pthread_mutex_unlock(&in->lock);
-        vd_mig_chunk ready = {.type = VD_MIG_READY};
+        vd_mig_chunk ready = {.type = VD_MIG_READY, .pass = pass};
         send_rp(in, &ready, NULL);
         return 0;
     }

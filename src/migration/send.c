@@ -111,7 +111,7 @@ struct vd_migration {
     unsigned chans_done;
     bool stop;                   /* cancel or failure: every thread winds down */
     bool cancel, committed, finished, drained;
-    bool ready;                  /* the destination's READY came */
+    int64_t durable;             /* the last pass the destination said is durable (READY) */
     bool go_on;                  /* migrate-continue in pre-switchover */
     vd_mig_status status;
     char error[512];
@@ -298,35 +298,24 @@ static bool next_range(vd_migration *m, unsigned *disk, uint64_t *off, uint64_t 
     return false;
 }
 
-/* The runs of a span to send: all of it in the bulk pass; else the pass's dirty runs, with
- * gaps up to GAP between them sent too (their data is what the destination has already,
- * and fewer, larger chunks cost less and compress better). Calls fn for each. */
-#define GAP (64u << 10)
+/* The runs of a span to send: all of it in the bulk pass, else the pass's dirty runs (a
+ * clean gap between two is not sent again: under random writes it would be most of the
+ * disk). Calls fn for each. */
 static int span_runs(vd_migration *m, slot *s, int (*fn)(slot *s, uint64_t off, uint64_t len))
 {
     sdisk *d = &m->disks[s->disk];
     if (m->bulk) {
         return fn(s, s->off, s->len);
     }
-    uint64_t end = s->off + s->len, run_s = 0, run_e = 0, pos = s->off, st, l;
-    bool have = false;
+    uint64_t end = s->off + s->len, pos = s->off, st, l;
     while (pos < end && vd_hbitmap_next_dirty_area(d->pass, pos, end, &st, &l)) {
-        if (have && st - run_e <= GAP) {
-            run_e = st + l;
-        } else {
-            if (have) {
-                int r = fn(s, run_s, run_e - run_s);
-                if (r < 0) {
-                    return r;
-                }
-            }
-            run_s = st;
-            run_e = st + l;
-            have = true;
+        int r = fn(s, st, l);
+        if (r < 0) {
+            return r;
         }
         pos = st + l;
     }
-    return have ? fn(s, run_s, run_e - run_s) : 0;
+    return 0;
 }
 
 static void add_piece(slot *s, vd_mig_type type, uint64_t off, uint64_t len)
@@ -635,7 +624,9 @@ static void *rp_main(void *arg)
             return NULL;
         }
         pthread_mutex_lock(&m->lock);
-        m->ready = true;
+        if ((int64_t)c.pass > m->durable) {
+            m->durable = c.pass;
+        }
         pthread_cond_broadcast(&m->cond);
         pthread_mutex_unlock(&m->lock);
     }
@@ -810,11 +801,11 @@ static int switchover(vd_migration *m, uint32_t pass)
         return -EIO;
     }
     pthread_mutex_lock(&m->lock);
-    while (!m->ready && !m->stop) {
+    while (m->durable < (int64_t)pass && !m->stop) {
         pthread_cond_wait(&m->cond, &m->lock);
     }
     /* The decision: past this point a cancel comes too late. */
-    bool go = m->ready && !m->stop;
+    bool go = m->durable >= (int64_t)pass && !m->stop;
     m->committed = go;
     pthread_mutex_unlock(&m->lock);
     if (!go) {
@@ -906,12 +897,21 @@ static void *mig_main(void *arg)
             uint64_t dirty = dirty_count(m);
             pthread_mutex_lock(&m->lock);
             uint64_t budget = m->rate / 1000 * m->o.params.downtime_limit;
+            /* Close to the end, wait (writes still flowing) until the destination made
+             * what it has durable, so the switchover's flush finds little to do; then
+             * look again at what was written meanwhile. */
+            if (dirty <= budget) {
+                while (m->durable < (int64_t)pass && !m->stop) {
+                    pthread_cond_wait(&m->cond, &m->lock);
+                }
+                ok = !m->stop;
+            }
             pthread_mutex_unlock(&m->lock);
             pass++;
-            if (dirty <= budget) {
+            if (ok && dirty <= budget && dirty_count(m) <= budget) {
                 break;
             }
-            ok = run_pass(m, pass, false, take_dirty(m));
+            ok = ok && run_pass(m, pass, false, take_dirty(m));
         }
         r = ok ? switchover(m, pass) : -EIO;
         if (r == 0) {
@@ -1089,6 +1089,7 @@ int vd_migration_start(vd_engine *e, const vd_mig_send_opts *o, vd_migration **o
     pthread_mutex_init(&m->rate_lock, NULL);
     pthread_cond_init(&m->cond, NULL);
     m->status = VD_MIG_STATUS_NONE;
+    m->durable = -1;
     int r = vd_mig_uri_parse(o->uri, &m->addr, errp);
     if (r == 0 && o->tls && m->addr.is_unix && !m->o.params.tls_hostname[0] &&
         o->tls->verify_peer && !o->tls->psk) {
