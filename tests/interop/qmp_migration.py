@@ -138,34 +138,35 @@ class Pair:
         r = self.src.cmd("query-migrate")
         return r.get("return", {}) if ok(r) else {"status": "error: " + err(r)}
 
-    def watch_dst(self):
-        """Records any export the destination shows (it must show none before completion)."""
-        if self.dst.alive():
-            try:
-                r = self.dst.cmd("query-block-exports")
-                if ok(r) and r["return"]:
-                    self.dst_exported.append(r["return"])
-            except (OSError, EOFError, TimeoutError, ValueError):
-                pass
+    def dst_exports_now(self):
+        if not self.dst.alive():
+            return []
+        try:
+            r = self.dst.cmd("query-block-exports")
+        except (OSError, EOFError, TimeoutError, ValueError):
+            return []
+        return r["return"] if ok(r) else []
 
-    def wait_end(self, timeout, watch=True, poll=0.1):
-        end = time.time() + timeout
+    def poll(self, watch):
+        """query-migrate; with watch, the destination's exports first: any seen while the
+        source, asked after, was still in setup or active (the switchover not begun) is
+        recorded; the destination may export only once the source is past that."""
+        ex = self.dst_exports_now() if watch else []
         info = self.query()
-        while info.get("status") not in ("completed", "failed", "cancelled") and \
-                time.time() < end:
-            if watch:
-                self.watch_dst()
-            time.sleep(poll)
-            info = self.query()
+        if ex and info.get("status") in ("setup", "active"):
+            self.dst_exported.append(ex)
         return info
 
-    def wait_status(self, pred, timeout, poll=0.05):
+    def wait_end(self, timeout, watch=True, poll=0.1):
+        return self.wait_status(lambda i: i.get("status") in (
+            "completed", "failed", "cancelled"), timeout, poll, watch)
+
+    def wait_status(self, pred, timeout, poll=0.05, watch=True):
         end = time.time() + timeout
-        info = self.query()
+        info = self.poll(watch)
         while not pred(info) and time.time() < end:
-            self.watch_dst()
             time.sleep(poll)
-            info = self.query()
+            info = self.poll(watch)
         return info
 
     def exports(self, d):
@@ -269,7 +270,8 @@ def one_case(a, case):
             pair.src.cmd("migrate-cancel")
         result(st == "completed", name + "-completed", json.dumps(info)[:400])
         result(not pair.dst_exported, name + "-destination-waited",
-               "the destination exported %s before completion" % pair.dst_exported[:1])
+               "the destination exported %s while the source was still active" %
+               pair.dst_exported[:1])
         if st == "completed":
             result(pair.exports(pair.dst) == ["disk0"], name + "-destination-exports",
                    "destination exports %s" % pair.exports(pair.dst))
@@ -412,7 +414,8 @@ def one_fault(a, fault, attempt=0):
             outcome_ok = info.get("status") == "cancelled"
         elif fault == "cancel-device":
             info = pair.wait_status(lambda i: i.get("status") in (
-                "device", "completed", "failed", "cancelled"), a.timeout, poll=0.002)
+                "device", "completed", "failed", "cancelled"), a.timeout, poll=0.002,
+                watch=False)
             seen = info.get("status")
             if seen == "device":
                 pair.src.cmd("migrate-cancel")
@@ -453,6 +456,8 @@ def one_fault(a, fault, attempt=0):
                 info = pair.wait_end(30)
             want = ("cancelled",) if fault == "cancel-active" else ("failed", "cancelled")
             outcome_ok = info.get("status") in want
+        print("    %s: the migration ended %s (%s)" % (fault, info.get("status"),
+                                                   info.get("error-desc", "")), flush=True)
         result(outcome_ok, name + "-ended", json.dumps(info)[:300])
         result(not pair.dst_exported, name + "-destination-never-exported",
                "the destination exported %s" % pair.dst_exported[:1])
