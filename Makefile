@@ -2,7 +2,8 @@
 BUILD ?= build
 ASAN_BUILD ?= build-asan
 
-.PHONY: all deps build build-asan run check check-replication unit interop fuzz bench clean \
+.PHONY: all deps build build-asan run check check-replication check-migration unit interop fuzz \
+	bench clean \
 	install-links iotests
 
 all: build
@@ -34,6 +35,11 @@ check: deps build build-asan
 # Block replication's long form: a minute of checkpoints per transport (make check: 8 s).
 check-replication: build
 	@REPL_SECONDS=60 VDISK=$(abspath $(BUILD))/vdisk bash tests/interop/test-replication.sh
+
+# Live disk migration's long form: a 4 GiB image, every compression x channels x TLS case
+# and every fault (make check: 256 MiB, three cases). Needs root.
+check-migration: build
+	@MIG_FULL=1 VDISK=$(abspath $(BUILD))/vdisk bash tests/interop/test-migration.sh
 
 bench: deps build
 	@bash bench/run.sh

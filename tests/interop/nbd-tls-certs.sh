@@ -6,6 +6,9 @@
 #   DIR/rogue   ca-cert.pem, and a client certificate signed by another CA
 #   DIR/impostor ca-cert.pem, and a client certificate signed by a CA with the test CA's name
 #               but another key (GnuTLS clients offer it, so only verification refuses it)
+# make_tls_server_at DIR NAME ADDR (after make_tls_certs DIR) adds DIR/NAME, a server's
+# --object dir whose certificate names the IP address ADDR (a client connecting to
+# tcp:ADDR:PORT checks the address against it), signed by the same CA.
 # Returns non-zero when certtool fails.
 # shellcheck shell=bash
 
@@ -45,4 +48,13 @@ make_tls_certs() {
     _tls_cert "$d/impostor/client" "$d/fakeca" \
         'cn = impostor client\ntls_www_client\nencryption_key\nsigning_key\n' || return 1
     rm -f "$d"/*/*.info
+}
+
+make_tls_server_at() {
+    local d=$1 name=$2 addr=$3
+    mkdir -p "$d/$name" && cp "$d/ca/ca-cert.pem" "$d/$name/ca-cert.pem" || return 1
+    _tls_cert "$d/$name/server" "$d/ca" \
+        "cn = $addr\\nip_address = $addr\\ntls_www_server\\nencryption_key\\nsigning_key\\n" ||
+        return 1
+    rm -f "$d/$name"/*.info
 }
