@@ -44,15 +44,24 @@ typedef struct vd_mig_params {
     uint64_t downtime_limit;         /* ms, default 300 */
     char tls_creds[128];             /* "": plain */
     char tls_hostname[256];          /* "": the host of the URI */
+    /* auto-converge: once, twice in a row, users wrote more than throttle-trigger-threshold
+     * percent of what a pass sent, their writes are throttled by cpu-throttle-initial
+     * percent of the rate they wrote at, cpu-throttle-increment more each time again, up to
+     * max-cpu-throttle (QEMU throttles vCPUs; for disks, the writes are what to slow). */
+    uint8_t throttle_trigger_threshold;   /* 1..100, default 50 */
+    uint8_t cpu_throttle_initial;         /* 1..99, default 20 */
+    uint8_t cpu_throttle_increment;       /* 1..99, default 10 */
+    uint8_t max_cpu_throttle;             /* cpu-throttle-initial..99, default 99 */
 } vd_mig_params;
 
 /* compress: the chunks are compressed with compress-type (zlib when none is set) on one
  * channel; multifd: multifd-channels channels, compressed with multifd-compression;
  * neither: one channel, nothing compressed (QEMU's rules). zero-blocks: data that reads as
  * zeros goes as a marker. events: MIGRATION and MIGRATION_PASS. pause-before-switchover:
- * the source stops in pre-switchover, users held, until vd_migration_continue. */
+ * the source stops in pre-switchover, users held, until vd_migration_continue.
+ * auto-converge: writes are throttled when passes do not converge (vd_mig_params). */
 typedef struct vd_mig_caps {
-    bool compress, multifd, zero_blocks, events, pause_before_switchover;
+    bool compress, multifd, zero_blocks, events, pause_before_switchover, auto_converge;
 } vd_mig_caps;
 
 void vd_mig_params_init(vd_mig_params *p);
@@ -96,6 +105,7 @@ typedef struct vd_mig_info {
     double mbps;                 /* wire throughput so far, megabits per second */
     uint64_t precopy_bytes, downtime_bytes;  /* wire bytes before and during the downtime */
     uint64_t compressed_chunks, compress_busy, compressed_size, compressed_input;
+    unsigned throttle_pct;       /* auto-converge's throttle now (0: none) */
     char error[512];             /* a failure's reason ("" otherwise) */
 } vd_mig_info;
 

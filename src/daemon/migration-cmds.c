@@ -520,6 +520,9 @@ static json_object *info_json(const vd_mig_info *i, bool source)
                                    : 0));
         json_object_object_add(o, "compression", c);
     }
+    if (source && vdiskd.mig_caps.auto_converge && i->status == VD_MIG_STATUS_ACTIVE) {
+        put_int(o, "cpu-throttle-percentage", i->throttle_pct);
+    }
     if (i->error[0]) {
         json_object_object_add(o, "error-desc", json_object_new_string(i->error));
     }
@@ -589,11 +592,11 @@ static const qmp_command migration_commands[] = {
     {"query-migrate", cmd_query_migrate, NULL, false,
      "status and statistics: {status, setup-time, downtime, total-time, disk: {...}, compression: {...}, error-desc}"},
     {"migrate-set-parameters", cmd_migrate_set_parameters, NULL, true,
-     "compress-type, compress-level, compress-threads, decompress-threads, compress-wait-thread, multifd-channels, multifd-compression, multifd-zlib-level, multifd-zstd-level, max-bandwidth, downtime-limit, tls-creds, tls-hostname"},
+     "compress-type, compress-level, compress-threads, decompress-threads, compress-wait-thread, multifd-channels, multifd-compression, multifd-zlib-level, multifd-zstd-level, max-bandwidth, downtime-limit, tls-creds, tls-hostname, throttle-trigger-threshold, cpu-throttle-initial, cpu-throttle-increment, max-cpu-throttle"},
     {"query-migrate-parameters", cmd_query_migrate_parameters, NULL, false,
      "the migration parameters"},
     {"migrate-set-capabilities", cmd_migrate_set_capabilities, caps_args, false,
-     "compress, multifd, zero-blocks, events, pause-before-switchover"},
+     "compress, multifd, zero-blocks, events, pause-before-switchover, auto-converge"},
     {"query-migrate-capabilities", cmd_query_migrate_capabilities, NULL, false,
      "the migration capabilities"},
 };

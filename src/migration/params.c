@@ -19,6 +19,10 @@ void vd_mig_params_init(vd_mig_params *p)
     p->multifd_channels = 2;
     p->max_bandwidth = 128u << 20;
     p->downtime_limit = 300;
+    p->throttle_trigger_threshold = 50;
+    p->cpu_throttle_initial = 20;
+    p->cpu_throttle_increment = 10;
+    p->max_cpu_throttle = 99;
 }
 
 int vd_mig_params_level(const vd_mig_params *p)
@@ -29,7 +33,9 @@ int vd_mig_params_level(const vd_mig_params *p)
 static const char *const param_names[] = {
     "compress-type", "compress-level", "compress-threads", "decompress-threads",
     "compress-wait-thread", "multifd-channels", "multifd-compression", "multifd-zlib-level",
-    "multifd-zstd-level", "max-bandwidth", "downtime-limit", "tls-creds", "tls-hostname", NULL,
+    "multifd-zstd-level", "max-bandwidth", "downtime-limit", "tls-creds", "tls-hostname",
+    "throttle-trigger-threshold", "cpu-throttle-initial", "cpu-throttle-increment",
+    "max-cpu-throttle", NULL,
 };
 
 static int type_error(const char *key, const char *want, vd_error **errp)
@@ -111,6 +117,20 @@ static int check(const vd_mig_params *p, bool level_given, uint64_t level, vd_er
         return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Parameter 'decompress_threads' "
                             "expects a value between 1 and 255");
     }
+    if (p->throttle_trigger_threshold < 1 || p->throttle_trigger_threshold > 100) {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Parameter "
+                            "'throttle_trigger_threshold' expects an integer in the range of "
+                            "1 to 100");
+    }
+    if (p->cpu_throttle_initial < 1 || p->cpu_throttle_initial > 99) {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Parameter 'cpu_throttle_initial' "
+                            "expects an integer in the range of 1 to 99");
+    }
+    if (p->cpu_throttle_increment < 1 || p->cpu_throttle_increment > 99) {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Parameter "
+                            "'cpu_throttle_increment' expects an integer in the range of 1 "
+                            "to 99");
+    }
     if (p->downtime_limit > VD_MIG_MAX_DOWNTIME_MS) {
         return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Parameter 'downtime_limit' "
                             "expects an integer in the range of 0 to (2000 * 1000) ms");
@@ -118,6 +138,10 @@ static int check(const vd_mig_params *p, bool level_given, uint64_t level, vd_er
     if (p->multifd_channels < 1) {
         return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Parameter 'multifd_channels' "
                             "expects a value between 1 and 255");
+    }
+    if (p->max_cpu_throttle < p->cpu_throttle_initial || p->max_cpu_throttle > 99) {
+        return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Parameter 'max_cpu_throttle' "
+                            "expects an integer in the range of cpu_throttle_initial to 99");
     }
     if (p->zlib_level > 9) {
         return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Parameter 'multifd_zlib_level' "
@@ -180,6 +204,10 @@ int vd_mig_params_set(vd_mig_params *p, const vd_tree *args, vd_error **errp)
         {"multifd-channels", 255, "uint8_t", &n.multifd_channels, NULL},
         {"multifd-zlib-level", 255, "uint8_t", &n.zlib_level, NULL},
         {"multifd-zstd-level", 255, "uint8_t", &n.zstd_level, NULL},
+        {"throttle-trigger-threshold", 255, "uint8_t", &n.throttle_trigger_threshold, NULL},
+        {"cpu-throttle-initial", 255, "uint8_t", &n.cpu_throttle_initial, NULL},
+        {"cpu-throttle-increment", 255, "uint8_t", &n.cpu_throttle_increment, NULL},
+        {"max-cpu-throttle", 255, "uint8_t", &n.max_cpu_throttle, NULL},
         {"max-bandwidth", INT64_MAX, "uint64", NULL, &n.max_bandwidth},
         {"downtime-limit", INT64_MAX, "uint64", NULL, &n.downtime_limit},
     };
@@ -223,17 +251,23 @@ int vd_mig_params_set(vd_mig_params *p, const vd_tree *args, vd_error **errp)
 
 vd_tree *vd_mig_params_query(const vd_mig_params *p)
 {
+    /* QEMU 7.2's order, the seed's compress-type first. */
     vd_tree *t = vd_tree_new(VD_TREE_OBJECT);
     vd_tree_put(t, "compress-type", vd_tree_new_string(vd_mig_codec_name(p->compress_type)));
     vd_tree_put(t, "compress-level", vd_tree_new_int(vd_mig_params_level(p)));
     vd_tree_put(t, "compress-threads", vd_tree_new_int(p->compress_threads));
     vd_tree_put(t, "compress-wait-thread", vd_tree_new_bool(p->compress_wait_thread));
     vd_tree_put(t, "decompress-threads", vd_tree_new_int(p->decompress_threads));
+    vd_tree_put(t, "throttle-trigger-threshold",
+                vd_tree_new_int(p->throttle_trigger_threshold));
+    vd_tree_put(t, "cpu-throttle-initial", vd_tree_new_int(p->cpu_throttle_initial));
+    vd_tree_put(t, "cpu-throttle-increment", vd_tree_new_int(p->cpu_throttle_increment));
     vd_tree_put(t, "tls-creds", vd_tree_new_string(p->tls_creds));
     vd_tree_put(t, "tls-hostname", vd_tree_new_string(p->tls_hostname));
     vd_tree_put(t, "max-bandwidth", vd_tree_new_int((int64_t)p->max_bandwidth));
     vd_tree_put(t, "downtime-limit", vd_tree_new_int((int64_t)p->downtime_limit));
     vd_tree_put(t, "multifd-channels", vd_tree_new_int(p->multifd_channels));
+    vd_tree_put(t, "max-cpu-throttle", vd_tree_new_int(p->max_cpu_throttle));
     vd_tree_put(t, "multifd-compression",
                 vd_tree_new_string(vd_mig_codec_name(p->compress_type)));
     vd_tree_put(t, "multifd-zlib-level", vd_tree_new_int(p->zlib_level));
@@ -242,7 +276,7 @@ vd_tree *vd_mig_params_query(const vd_mig_params *p)
 }
 
 static const char *const cap_names[] = {"compress", "multifd", "zero-blocks", "events",
-                                        "pause-before-switchover", NULL};
+                                        "pause-before-switchover", "auto-converge", NULL};
 
 int vd_mig_caps_set(vd_mig_caps *c, const vd_tree *list, vd_error **errp)
 {
@@ -251,7 +285,7 @@ int vd_mig_caps_set(vd_mig_caps *c, const vd_tree *list, vd_error **errp)
     }
     vd_mig_caps n = *c;
     bool *slot[] = {&n.compress, &n.multifd, &n.zero_blocks, &n.events,
-                    &n.pause_before_switchover};
+                    &n.pause_before_switchover, &n.auto_converge};
     for (size_t i = 0; i < vd_tree_size(list); i++) {
         const vd_tree *e = vd_tree_at(list, i);
         if (vd_tree_type_of(e) != VD_TREE_OBJECT) {
@@ -292,7 +326,7 @@ int vd_mig_caps_set(vd_mig_caps *c, const vd_tree *list, vd_error **errp)
 vd_tree *vd_mig_caps_query(const vd_mig_caps *c)
 {
     const bool on[] = {c->compress, c->multifd, c->zero_blocks, c->events,
-                       c->pause_before_switchover};
+                       c->pause_before_switchover, c->auto_converge};
     vd_tree *l = vd_tree_new(VD_TREE_LIST);
     for (size_t i = 0; cap_names[i]; i++) {
         vd_tree *e = vd_tree_new(VD_TREE_OBJECT);

@@ -127,6 +127,13 @@ struct vd_migration {
     pthread_mutex_t dirty_lock;
     pthread_mutex_t rate_lock;
     uint64_t rate_next_ns;
+    /* auto-converge: the throttle (atomic), the users' write rate it started from, the
+     * passes that wrote too much, and the users' own speed limit (under rate_lock). */
+    unsigned throttle_pct;
+    uint64_t throttle_base;
+    unsigned high_cnt;
+    uint64_t dirty_in_pass;
+    uint64_t throttle_next_ns;
 };
 
 /* ---- status and failure ---------------------------------------------------------------- */
@@ -192,6 +199,60 @@ static void dirty_after(vd_write_notifier *nt, vd_node *n, const vd_write_req *r
     vd_hbitmap_set(d->dirty, req->off, len);
     d->m->dirty_marked += len;
     pthread_mutex_unlock(&d->m->dirty_lock);
+}
+
+/* auto-converge: a user's write waits its turn under the throttled rate (in short sleeps,
+ * so the switchover, which lifts the throttle, never waits long for it). */
+static int throttle_write(vd_write_notifier *nt, vd_node *n, const vd_write_req *req)
+{
+    (void)n;
+    sdisk *d = (sdisk *)((char *)nt - offsetof(sdisk, nt));
+    vd_migration *m = d->m;
+    unsigned pct = __atomic_load_n(&m->throttle_pct, __ATOMIC_ACQUIRE);
+    if (pct == 0) {
+        return 0;
+    }
+    uint64_t cap = m->throttle_base / 100 * (100 - pct);
+    if (cap < 65536) {
+        cap = 65536;
+    }
+    pthread_mutex_lock(&m->rate_lock);
+    uint64_t now = vd_mig_now_ns();
+    if (m->throttle_next_ns < now) {
+        m->throttle_next_ns = now;
+    }
+    uint64_t at = m->throttle_next_ns;
+    m->throttle_next_ns += (req->len ? req->len : 1) * 1000000000ull / cap;
+    pthread_mutex_unlock(&m->rate_lock);
+    while (at > now && __atomic_load_n(&m->throttle_pct, __ATOMIC_ACQUIRE)) {
+        uint64_t ns = at - now > 10000000u ? 10000000u : at - now;
+        struct timespec ts = {0, (long)ns};
+        nanosleep(&ts, NULL);
+        now = vd_mig_now_ns();
+    }
+    return 0;
+}
+
+/* QEMU's trigger: twice (not necessarily in a row) a pass's users wrote more than
+ * throttle-trigger-threshold percent of what it sent: throttle, or throttle harder. */
+static void auto_converge(vd_migration *m, uint64_t dirtied, uint64_t sent)
+{
+    const vd_mig_params *p = &m->o.params;
+    if (!m->o.caps.auto_converge ||
+        dirtied * 100 <= (uint64_t)p->throttle_trigger_threshold * sent ||
+        ++m->high_cnt < 2) {
+        return;
+    }
+    m->high_cnt = 0;
+    unsigned pct = __atomic_load_n(&m->throttle_pct, __ATOMIC_ACQUIRE);
+    if (pct == 0) {
+        m->throttle_base = m->dirty_rate;
+        pct = p->cpu_throttle_initial;
+    } else {
+        pct = pct + p->cpu_throttle_increment > p->max_cpu_throttle
+                  ? p->max_cpu_throttle : pct + p->cpu_throttle_increment;
+    }
+    __atomic_store_n(&m->throttle_pct, pct, __ATOMIC_RELEASE);
 }
 
 /* After the commit the destination owns the disk: the source takes no more writes. */
@@ -618,7 +679,7 @@ static void *rp_main(void *arg)
             if (quiet) {
                 vd_error_free(err);
             } else {
-                vd_error_prepend(&err, "Return path: ");
+                vd_error_prepend(&err, "Return path");
                 fail_err(m, err);
             }
             return NULL;
@@ -734,11 +795,12 @@ static bool run_pass(vd_migration *m, uint32_t pass, bool bulk, uint64_t size)
     if (m->pass_data >= CHUNK && ns > 0) {
         m->rate = (uint64_t)((double)m->pass_data * 1e9 / (double)ns);
     }
+    pthread_mutex_lock(&m->dirty_lock);
+    m->dirty_in_pass = m->dirty_marked;
     if (ns > 0) {
-        pthread_mutex_lock(&m->dirty_lock);
         m->dirty_rate = (uint64_t)((double)m->dirty_marked * 1e9 / (double)ns);
-        pthread_mutex_unlock(&m->dirty_lock);
     }
+    pthread_mutex_unlock(&m->dirty_lock);
     bool ok = !m->stop;
     pthread_mutex_unlock(&m->lock);
     return ok;
@@ -766,6 +828,8 @@ static int switchover(vd_migration *m, uint32_t pass)
     m->wire_precopy = __atomic_load_n(&m->wire, __ATOMIC_RELAXED);
     m->t_down = vd_mig_now_ns();
     pthread_mutex_unlock(&m->lock);
+    /* The throttle's sleepers go on (the drain waits for them), held from here on. */
+    __atomic_store_n(&m->throttle_pct, 0, __ATOMIC_RELEASE);
     for (size_t i = 0; i < m->nb; i++) {
         drain_users(&m->disks[i]);
     }
@@ -896,6 +960,7 @@ static void *mig_main(void *arg)
         while (ok) {
             uint64_t dirty = dirty_count(m);
             pthread_mutex_lock(&m->lock);
+            auto_converge(m, m->dirty_in_pass, m->pass_data);
             uint64_t budget = m->rate / 1000 * m->o.params.downtime_limit;
             /* Close to the end, wait (writes still flowing) until the destination made
              * what it has durable, so the switchover's flush finds little to do; then
@@ -922,6 +987,7 @@ static void *mig_main(void *arg)
         }
     }
     /* The end: a failure or a cancel leaves the source as it was. */
+    __atomic_store_n(&m->throttle_pct, 0, __ATOMIC_RELEASE);
     if (r < 0) {
         shutdown_all(m);
     }
@@ -1022,6 +1088,7 @@ static void mig_free(vd_migration *m)
 static int open_disk(vd_migration *m, sdisk *d, const vd_mig_disk_opts *o, vd_error **errp)
 {
     d->m = m;
+    d->nt.before = throttle_write;
     d->nt.after = dirty_after;
     d->ro.before = refuse_write;
     int r = vd_blockdev_open(m->e, o->node_name, &d->h, errp);
@@ -1222,6 +1289,7 @@ void vd_migration_info(vd_migration *m, vd_mig_info *info)
     info->compress_busy = m->compress_busy;
     info->compressed_size = m->compressed_size;
     info->compressed_input = m->compressed_input;
+    info->throttle_pct = __atomic_load_n(&m->throttle_pct, __ATOMIC_ACQUIRE);
     snprintf(info->error, sizeof(info->error), "%s", m->error);
     pthread_mutex_unlock(&m->lock);
 }

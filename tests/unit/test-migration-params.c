@@ -61,9 +61,12 @@ static void test_defaults(void **state)
     vd_mig_params_init(&p);
     expect_query(&p, "{\"compress-type\": \"none\", \"compress-level\": 1, "
                  "\"compress-threads\": 8, \"compress-wait-thread\": true, "
-                 "\"decompress-threads\": 2, \"tls-creds\": \"\", \"max-bandwidth\": 134217728, "
-                 "\"downtime-limit\": 300, \"multifd-channels\": 2, \"multifd-compression\": "
-                 "\"none\", \"multifd-zlib-level\": 1, \"multifd-zstd-level\": 1}");
+                 "\"decompress-threads\": 2, \"throttle-trigger-threshold\": 50, "
+                 "\"cpu-throttle-initial\": 20, \"cpu-throttle-increment\": 10, "
+                 "\"tls-creds\": \"\", \"tls-hostname\": \"\", \"max-bandwidth\": 134217728, "
+                 "\"downtime-limit\": 300, \"multifd-channels\": 2, \"max-cpu-throttle\": 99, "
+                 "\"multifd-compression\": \"none\", \"multifd-zlib-level\": 1, "
+                 "\"multifd-zstd-level\": 1}");
 }
 
 static void test_levels_per_type(void **state)
@@ -143,6 +146,26 @@ static void test_qemu_checks(void **state)
     assert_false(p.compress_wait_thread);
     set_ok(&p, "{\"tls-creds\": null}");
     assert_string_equal(p.tls_creds, "");
+    set_ok(&p, "{\"tls-hostname\": \"dst.example\"}");
+    assert_string_equal(p.tls_hostname, "dst.example");
+    /* auto-converge's parameters, QEMU's ranges and words. */
+    set_refused(&p, "{\"throttle-trigger-threshold\": 0}",
+                "Parameter 'throttle_trigger_threshold' expects an integer in the range of 1 "
+                "to 100");
+    set_refused(&p, "{\"throttle-trigger-threshold\": 101}",
+                "Parameter 'throttle_trigger_threshold' expects an integer in the range of 1 "
+                "to 100");
+    set_refused(&p, "{\"cpu-throttle-initial\": 100}",
+                "Parameter 'cpu_throttle_initial' expects an integer in the range of 1 to 99");
+    set_refused(&p, "{\"cpu-throttle-increment\": 0}",
+                "Parameter 'cpu_throttle_increment' expects an integer in the range of 1 to 99");
+    set_refused(&p, "{\"cpu-throttle-initial\": 50, \"max-cpu-throttle\": 40}",
+                "Parameter 'max_cpu_throttle' expects an integer in the range of "
+                "cpu_throttle_initial to 99");
+    set_ok(&p, "{\"cpu-throttle-initial\": 30, \"cpu-throttle-increment\": 20, "
+           "\"max-cpu-throttle\": 90, \"throttle-trigger-threshold\": 40}");
+    assert_int_equal(p.cpu_throttle_initial, 30);
+    assert_int_equal(p.max_cpu_throttle, 90);
 }
 
 static void test_capabilities(void **state)
@@ -172,7 +195,9 @@ static void test_capabilities(void **state)
     char *s = vd_tree_to_json(q);
     assert_string_equal(s, "[{\"capability\": \"compress\", \"state\": false}, {\"capability\": "
                         "\"multifd\", \"state\": true}, {\"capability\": \"zero-blocks\", "
-                        "\"state\": true}, {\"capability\": \"events\", \"state\": false}]");
+                        "\"state\": true}, {\"capability\": \"events\", \"state\": false}, "
+                        "{\"capability\": \"pause-before-switchover\", \"state\": false}, "
+                        "{\"capability\": \"auto-converge\", \"state\": false}]");
     free(s);
     vd_tree_free(q);
 }

@@ -150,6 +150,7 @@ static int teardown(void **state)
 typedef struct writer {
     pthread_t t;
     bool stop;
+    uint64_t region;           /* bytes from 0 it writes into (0: the whole disk) */
     unsigned seq;
     unsigned refused;          /* writes the source refused (after the commit: EPERM) */
 } writer;
@@ -161,7 +162,8 @@ static void *writer_main(void *arg)
     unsigned r = 12345;
     while (!__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE)) {
         r = r * 1103515245u + 12345u;
-        uint64_t off = (uint64_t)(r >> 8) % (SIZE / BLOCK) * BLOCK;
+        uint64_t span = w->region ? w->region : SIZE;
+        uint64_t off = (uint64_t)(r >> 8) % (span / BLOCK) * BLOCK;
         memset(buf, (int)(w->seq % 251) + 1, sizeof(buf));
         memcpy(buf, &w->seq, sizeof(w->seq));
         int ret = vd_pwrite(src.user, buf, BLOCK, off, 0);
@@ -178,10 +180,16 @@ static void *writer_main(void *arg)
     return NULL;
 }
 
-static void writer_start(writer *w)
+static void writer_start_in(writer *w, uint64_t region)
 {
     memset(w, 0, sizeof(*w));
+    w->region = region;
     assert_int_equal(pthread_create(&w->t, NULL, writer_main, w), 0);
+}
+
+static void writer_start(writer *w)
+{
+    writer_start_in(w, 0);
 }
 
 static void writer_stop(writer *w)
@@ -238,8 +246,8 @@ static vd_mig_incoming *incoming(const char *path, exports_seen *seen)
     return in;
 }
 
-static vd_migration *outgoing(const char *path, vd_mig_codec codec, unsigned channels,
-                              uint64_t bandwidth, bool pause)
+static vd_migration *outgoing_with(const char *path, vd_mig_codec codec, unsigned channels,
+                                   uint64_t bandwidth, bool pause, bool converge)
 {
     static const vd_mig_export ex = {"e0", "disk0", true};
     static const vd_mig_disk_opts disk = {"disk0", &ex, 1};
@@ -252,13 +260,21 @@ static vd_migration *outgoing(const char *path, vd_mig_codec codec, unsigned cha
     o.params.multifd_channels = (uint8_t)channels;
     o.params.max_bandwidth = bandwidth;
     o.caps = (vd_mig_caps){.multifd = true, .zero_blocks = true, .events = true,
-                           .pause_before_switchover = pause};
+                           .pause_before_switchover = pause, .auto_converge = converge};
+    o.params.cpu_throttle_initial = 50;
+    o.params.cpu_throttle_increment = 49;
     vd_migration *m = NULL;
     vd_error *err = NULL;
     if (vd_migration_start(src.e, &o, &m, &err) < 0) {
         fail_msg("migrate: %s", vd_error_msg(err));
     }
     return m;
+}
+
+static vd_migration *outgoing(const char *path, vd_mig_codec codec, unsigned channels,
+                              uint64_t bandwidth, bool pause)
+{
+    return outgoing_with(path, codec, channels, bandwidth, pause, false);
 }
 
 static vd_mig_status wait_out(vd_migration *m, vd_mig_info *i)
@@ -463,6 +479,38 @@ static void test_continue(void **state)
     teardown(state);
 }
 
+/* A writer as fast as it can go over 4 MiB against a 4 MiB/s link: passes never shrink
+ * until auto-converge throttles it; then the migration completes, every acknowledged
+ * write there. */
+static void test_auto_converge(void **state)
+{
+    assert_int_equal(setup(state), 0);
+    exports_seen seen = {0};
+    vd_mig_incoming *in = incoming(sock, &seen);
+    writer w;
+    writer_start_in(&w, 4u << 20);
+    vd_migration *m = outgoing_with(sock, VD_MIG_CODEC_NONE, 2, 4u << 20, false, true);
+    vd_mig_info i, j;
+    unsigned most = 0;
+    for (int k = 0; k < 6000 && !vd_migration_finished(m); k++) {
+        vd_migration_info(m, &i);
+        most = i.throttle_pct > most ? i.throttle_pct : most;
+        sleep_ms(10);
+    }
+    assert_int_equal(wait_out(m, &i), VD_MIG_STATUS_COMPLETED);
+    assert_true(most >= 50);
+    assert_int_equal(i.throttle_pct, 0);
+    while (__atomic_load_n(&w.refused, __ATOMIC_ACQUIRE) == 0) {
+        sleep_ms(1);
+    }
+    writer_stop(&w);
+    assert_int_equal(wait_in(in, &j), VD_MIG_STATUS_COMPLETED);
+    expect_equal(dst.user, shadow);
+    vd_migration_free(m);
+    vd_mig_incoming_free(in);
+    teardown(state);
+}
+
 /* ---- a proxy that corrupts one byte ------------------------------------------------------- */
 
 typedef struct proxy {
@@ -661,6 +709,7 @@ int main(void)
         cmocka_unit_test(test_cancel_active),
         cmocka_unit_test(test_cancel_pre_switchover),
         cmocka_unit_test(test_continue),
+        cmocka_unit_test(test_auto_converge),
         cmocka_unit_test(test_corrupt_data),
         cmocka_unit_test(test_corrupt_header),
         cmocka_unit_test(test_destination_refuses_export),
