@@ -275,7 +275,9 @@ class Run:
 
     def migrate_setup(self):
         a = self.a
-        caps = [{"capability": c, "state": True} for c in ("events", "multifd", "zero-blocks")]
+        names = ("events", "multifd", "zero-blocks") + (("auto-converge",)
+                                                         if a.auto_converge else ())
+        caps = [{"capability": c, "state": True} for c in names]
         params = {"multifd-channels": a.channels, "multifd-compression": a.compress,
                   "max-bandwidth": 0, "downtime-limit": 300}
         if a.compress == "zstd":
@@ -398,6 +400,7 @@ class Run:
         cpu = self.info.get("cpu_src", 0.0) + self.info.get("cpu_dst", 0.0)
         rec = dict(case=a.case, who=a.who, round=a.round, status=status, secs=secs,
                    link=a.link, load=a.load, compress=a.compress, channels=a.channels,
+                   auto_converge=a.auto_converge,
                    size=a.size, why=why, **self.info)
         with open(a.runs, "a") as out:
             for case in [a.case] + a.also_case:
@@ -425,7 +428,8 @@ def fmt_num(v, fmt="%.0f"):
 def variant(r):
     if r["who"] != "vdiskd":
         return "QSD mirror"
-    return "vdisk %s x%d" % (r["compress"], r["channels"])
+    return "vdisk %s x%d%s" % (r["compress"], r["channels"],
+                               " auto-converge" if r.get("auto_converge") else "")
 
 
 def section(runs_path, out_path):
@@ -511,6 +515,7 @@ def main():
     ap.add_argument("--load", required=True, choices=["fio", "idle"])
     ap.add_argument("--compress", default="none", choices=["zstd", "zlib", "none"])
     ap.add_argument("--channels", type=int, default=1)
+    ap.add_argument("--auto-converge", action="store_true")
     ap.add_argument("--also-case", action="append", default=[])
     ap.add_argument("--timeout", type=float, default=600)
     a = ap.parse_args()

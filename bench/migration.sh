@@ -10,7 +10,8 @@
 #   ways    qemu-storage-daemon: blockdev-mirror sync=full copy-mode=write-blocking to an
 #           nbd node on the destination's export, READY, the export deleted, complete;
 #           vdiskd: migrate, multifd, compression zstd (channels 4 and 1), zlib and none
-#           (channels 4), levels 1, zero-blocks, downtime-limit 300 ms
+#           (channels 4), levels 1, zero-blocks, downtime-limit 300 ms; a way ending in
+#           "ac" (zstd4ac) adds the auto-converge capability
 #   loads   fio: 5,000 random 4 KiB writes a second (ioengine=nbd, iodepth 8, half
 #           compressible, refilled) into the source's export during the run; idle: none
 #   links   1gbit and 200mbit (tbf, both directions)
@@ -149,7 +150,10 @@ mig_run() {
             [ "$w" != qsd ] && chosen "$link" "$load" "$w" && also+=(--also-case "mig-$link-$load-$w")
         done
     else
-        opts=(--compress "${way%[0-9]}" --channels "${way##*[a-z]}")
+        # WAY: codec and channels, "ac" at the end for the auto-converge capability.
+        local base=${way%ac}
+        opts=(--compress "${base%[0-9]}" --channels "${base##*[a-z]}")
+        [ "$base" = "$way" ] || opts+=(--auto-converge)
     fi
     bench_failed "$case" "$who" && return 1
     local log="$BENCH_DIR/logs/$case.$who.r$round.log"

@@ -133,7 +133,13 @@ struct vd_migration {
     uint64_t throttle_base;
     unsigned high_cnt;
     uint64_t dirty_in_pass;
+    uint64_t wire_in_pass;       /* bytes on the wire during the last pass */
     uint64_t throttle_next_ns;
+    /* The switchover's fixed cost, learnt from the passes: how long after a pass's end
+     * its READY came (the destination's flush and a round trip). */
+    uint64_t pass_end_ns;
+    uint32_t pass_ended;
+    uint64_t ready_delay_ns;
 };
 
 /* ---- status and failure ---------------------------------------------------------------- */
@@ -688,6 +694,9 @@ static void *rp_main(void *arg)
         if ((int64_t)c.pass > m->durable) {
             m->durable = c.pass;
         }
+        if (c.pass == m->pass_ended && m->pass_end_ns) {
+            m->ready_delay_ns = vd_mig_now_ns() - m->pass_end_ns;
+        }
         pthread_cond_broadcast(&m->cond);
         pthread_mutex_unlock(&m->lock);
     }
@@ -781,6 +790,7 @@ static bool run_pass(vd_migration *m, uint32_t pass, bool bulk, uint64_t size)
     m->pass_left = size;
     m->pass_open = true;
     uint64_t t0 = vd_mig_now_ns();
+    uint64_t wire0 = __atomic_load_n(&m->wire, __ATOMIC_RELAXED);
     if (m->o.caps.events) {
         vd_mig_emit_pass(m->e, pass);
     }
@@ -789,7 +799,10 @@ static bool run_pass(vd_migration *m, uint32_t pass, bool bulk, uint64_t size)
         pthread_cond_wait(&m->cond, &m->lock);
     }
     m->pass_open = false;
-    uint64_t ns = vd_mig_now_ns() - t0;
+    m->pass_end_ns = vd_mig_now_ns();
+    m->pass_ended = pass;
+    m->wire_in_pass = __atomic_load_n(&m->wire, __ATOMIC_RELAXED) - wire0;
+    uint64_t ns = m->pass_end_ns - t0;
     /* The rate at which data moves (markers cost next to nothing); a pass too small to
      * time says little about the link: keep the last rate. */
     if (m->pass_data >= CHUNK && ns > 0) {
@@ -960,8 +973,14 @@ static void *mig_main(void *arg)
         while (ok) {
             uint64_t dirty = dirty_count(m);
             pthread_mutex_lock(&m->lock);
-            auto_converge(m, m->dirty_in_pass, m->pass_data);
-            uint64_t budget = m->rate / 1000 * m->o.params.downtime_limit;
+            /* QEMU compares what was dirtied with what went on the wire. */
+            auto_converge(m, m->dirty_in_pass, m->wire_in_pass);
+            /* What the last pass may hold: what moves within downtime-limit once the
+             * switchover's fixed cost is paid (at least a quarter of the limit). */
+            uint64_t limit = m->o.params.downtime_limit;
+            uint64_t fixed = m->ready_delay_ns / 1000000u;
+            uint64_t ms = fixed < limit - limit / 4 ? limit - fixed : limit / 4;
+            uint64_t budget = m->rate / 1000 * ms;
             /* Close to the end, wait (writes still flowing) until the destination made
              * what it has durable, so the switchover's flush finds little to do; then
              * look again at what was written meanwhile. */
