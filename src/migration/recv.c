@@ -7,6 +7,7 @@
  * lets the disks be exposed. Anything wrong ends it with ERROR sent back, the nodes left
  * claimed by no one and never exposed. */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
@@ -45,6 +46,7 @@ typedef struct rchan {
     vd_mig_conn *conn;
     vd_mig_channel st;
     uint32_t next_sync;          /* the pass whose SYNC is due next */
+    bool dirty;                  /* data queued since its last SYNC */
     pthread_t thread;
     bool started;
 } rchan;
@@ -60,6 +62,7 @@ struct vd_mig_incoming {
     vd_mig_incoming_opts o;
     vd_mig_addr addr;
     int listen_fd;
+    int wake[2];                 /* a pipe: vd_mig_incoming_free wakes the accept loop */
     pthread_t thread;
     rchan *ch;
     unsigned nb_ch;
@@ -233,6 +236,12 @@ static void *worker_main(void *arg)
         vd_error *err = NULL;
         uint64_t skipped = 0;
         int r = apply(in, w, ctx, buf, &skipped, &err);
+        if (r < 0) {
+            /* Failed before the chunk stops counting as outstanding: otherwise the SYNC
+             * barrier could pass in between, and a FLUSH and COMMIT that follow complete
+             * the migration without this chunk's data. */
+            fail_err(in, err);
+        }
         pthread_mutex_lock(&in->lock);
         if (r == 0) {
             if (w->c.type == VD_MIG_DATA) {
@@ -246,11 +255,6 @@ static void *worker_main(void *arg)
         pthread_cond_broadcast(&in->cond);
         free(w->payload);
         free(w);
-        if (r < 0) {
-            pthread_mutex_unlock(&in->lock);
-            fail_err(in, err);
-            pthread_mutex_lock(&in->lock);
-        }
     }
     pthread_mutex_unlock(&in->lock);
     for (int i = 0; i < 3; i++) {
@@ -340,7 +344,8 @@ static int add_export(vd_mig_incoming *in, const vd_mig_chunk *c, const uint8_t 
     }
     vd_mig_export x = {.id = id, .name = name, .writable = c->offset & VD_MIG_EXPORT_WRITABLE};
     rdisk *d = &in->disks[c->disk];
-    for (unsigned i = 0; i <= c->disk; i++) {
+    /* Every disk's: exports may be announced for the disks in any order. */
+    for (unsigned i = 0; i < in->table.nb; i++) {
         for (size_t k = 0; k < in->disks[i].nb_exports; k++) {
             if (!strcmp(in->disks[i].exports[k].id, id) ||
                 !strcmp(in->disks[i].exports[k].name, name)) {
@@ -362,22 +367,38 @@ static int add_export(vd_mig_incoming *in, const vd_mig_chunk *c, const uint8_t 
     return 0;
 }
 
-/* SYNC p: every channel and every queued write of pass p is done before anyone goes on. */
-static int barrier(vd_mig_incoming *in, uint32_t pass)
+static int protocol(vd_error **errp, const vd_mig_chunk *c, const char *what)
+{
+    return vd_error_set(errp, VD_ERR_INVALID, EPROTO, "migration stream: chunk %" PRIu64
+                        ": %s", c->seq, what);
+}
+
+/* SYNC p: every channel and every queued write of pass p is done before anyone goes on.
+ * A channel that ended, or channel 0 once it flushed, syncs no more: waiting for them
+ * would wait while nobody reads the channels, so that is the source's error. */
+static int barrier(vd_mig_incoming *in, const vd_mig_chunk *c, vd_error **errp)
 {
     pthread_mutex_lock(&in->lock);
     in->arrived++;
-    while (!in->stop && in->released < (int64_t)pass) {
+    bool never = false;
+    while (!in->stop && in->released < (int64_t)c->pass) {
         if (in->arrived == in->nb_ch && in->outstanding == 0) {
             in->arrived = 0;
-            in->released = pass;
+            in->released = c->pass;
             pthread_cond_broadcast(&in->cond);
+            break;
+        }
+        if (in->ended > 0 || in->flushed) {
+            never = true;
             break;
         }
         pthread_cond_wait(&in->cond, &in->lock);
     }
     int r = in->stop ? -ECANCELED : 0;
     pthread_mutex_unlock(&in->lock);
+    if (never) {
+        return protocol(errp, c, "a pass ends after another channel's last pass");
+    }
     return r;
 }
 
@@ -393,12 +414,6 @@ static int flush_disks(vd_mig_incoming *in, vd_error **errp)
     return 0;
 }
 
-static int protocol(vd_error **errp, const vd_mig_chunk *c, const char *what)
-{
-    return vd_error_set(errp, VD_ERR_INVALID, EPROTO, "migration stream: chunk %" PRIu64
-                        ": %s", c->seq, what);
-}
-
 /* One chunk of channel ch; 1 when the channel is done. */
 static int handle(rchan *ch, vd_mig_chunk *c, uint8_t **payload, vd_error **errp)
 {
@@ -409,9 +424,14 @@ static int handle(rchan *ch, vd_mig_chunk *c, uint8_t **payload, vd_error **errp
         r = vd_mig_chunk_accept(&ch->st, &in->table, c, *payload, errp);
     }
     bool announced = ch->next_sync > 0;
+    bool flushed = in->flushed;
     pthread_mutex_unlock(&in->lock);
     if (r < 0) {
         return r;
+    }
+    /* READY went out: what channel 0 sends after the flush would not be durable. */
+    if (ch->index == 0 && flushed && c->type != VD_MIG_COMMIT) {
+        return protocol(errp, c, "only a commit follows the flush");
     }
     switch (c->type) {
     case VD_MIG_DISK:
@@ -431,6 +451,7 @@ static int handle(rchan *ch, vd_mig_chunk *c, uint8_t **payload, vd_error **errp
         if (!announced || c->pass != ch->next_sync) {
             return protocol(errp, c, "data outside its pass");
         }
+        ch->dirty = true;
         work *w = calloc(1, sizeof(*w));
         if (!w) {
             abort();
@@ -461,9 +482,11 @@ static int handle(rchan *ch, vd_mig_chunk *c, uint8_t **payload, vd_error **errp
             return protocol(errp, c, "passes end in order");
         }
         ch->next_sync++;
-        return barrier(in, c->pass);
+        ch->dirty = false;
+        return barrier(in, c, errp);
     case VD_MIG_FLUSH: {
-        if (ch->index != 0 || !announced) {
+        /* After the SYNC that ends the last pass: every write before it is on the disks. */
+        if (ch->index != 0 || !announced || ch->dirty) {
             return protocol(errp, c, "a flush comes on channel 0 after a pass");
         }
         if ((r = flush_disks(in, errp)) < 0) {
@@ -472,6 +495,7 @@ static int handle(rchan *ch, vd_mig_chunk *c, uint8_t **payload, vd_error **errp
         pthread_mutex_lock(&in->lock);
         in->flushed = true;
         uint32_t pass = (uint32_t)in->released;
+        pthread_cond_broadcast(&in->cond);   /* a channel waiting at a barrier waits in vain */
         pthread_mutex_unlock(&in->lock);
         vd_mig_chunk ready = {.type = VD_MIG_READY, .pass = pass};
         send_rp(in, &ready, NULL);
@@ -480,6 +504,10 @@ static int handle(rchan *ch, vd_mig_chunk *c, uint8_t **payload, vd_error **errp
     case VD_MIG_END:
         if (ch->index == 0) {
             return protocol(errp, c, "channel 0 ends with a commit");
+        }
+        /* Its data must go through a last barrier before the flush. */
+        if (ch->dirty) {
+            return protocol(errp, c, "a channel ends right after the SYNC of its last pass");
         }
         pthread_mutex_lock(&in->lock);
         in->ended++;
@@ -496,6 +524,16 @@ static int handle(rchan *ch, vd_mig_chunk *c, uint8_t **payload, vd_error **errp
             pthread_cond_wait(&in->cond, &in->lock);
         }
         r = in->stop ? -ECANCELED : 0;
+        /* Every channel ended after the same last pass as channel 0, whose barrier wrote
+         * all of it before the flush; a channel that stopped a pass short left it unsynced. */
+        bool same = true;
+        for (unsigned i = 1; r == 0 && i < in->nb_ch; i++) {
+            same = same && in->ch[i].next_sync == ch->next_sync;
+        }
+        if (r == 0 && !same) {
+            pthread_mutex_unlock(&in->lock);
+            return protocol(errp, c, "the channels ended after different passes");
+        }
         in->committed = r == 0;
         pthread_cond_broadcast(&in->cond);
         pthread_mutex_unlock(&in->lock);
@@ -599,31 +637,31 @@ static void wait_readers(vd_mig_incoming *in)
 
 /* ---- taking the channels --------------------------------------------------------------------- */
 
-/* A connection that says nothing is cut off after HELLO_MS: the transport has no read
- * timeout, so a watchdog thread shuts it down unless the hello came first. */
+/* A connection that says nothing is cut off after HELLO_MS, or at once when the incoming
+ * migration is stopped (vd_mig_incoming_free must not wait for a silent peer): the
+ * transport has no read timeout, so a watchdog thread shuts it down unless the hello came
+ * first. It waits on the migration's lock and condition, which a stop broadcasts. */
 typedef struct watchdog {
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
+    vd_mig_incoming *in;
     vd_mig_conn *conn;
-    bool done;
+    bool done;                   /* under in->lock */
 } watchdog;
 
 static void *watchdog_main(void *arg)
 {
     watchdog *w = arg;
+    vd_mig_incoming *in = w->in;
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
     until.tv_sec += HELLO_MS / 1000;
-    pthread_mutex_lock(&w->lock);
+    pthread_mutex_lock(&in->lock);
     while (!w->done) {
-        if (pthread_cond_timedwait(&w->cond, &w->lock, &until) == ETIMEDOUT) {
-            if (w->conn) {
-                vd_mig_conn_shutdown(w->conn);
-            }
+        if (in->stop || pthread_cond_timedwait(&in->cond, &in->lock, &until) == ETIMEDOUT) {
+            vd_mig_conn_shutdown(w->conn);
             break;
         }
     }
-    pthread_mutex_unlock(&w->lock);
+    pthread_mutex_unlock(&in->lock);
     return NULL;
 }
 
@@ -639,21 +677,17 @@ static int take_channel(vd_mig_incoming *in, int fd)
     uint8_t buf[VD_MIG_HELLO_SIZE];
     vd_mig_hello h;
     if (r == 0) {
-        watchdog w = {.conn = conn};
-        pthread_mutex_init(&w.lock, NULL);
-        pthread_cond_init(&w.cond, NULL);
+        watchdog w = {.in = in, .conn = conn};
         pthread_t t;
         bool dog = pthread_create(&t, NULL, watchdog_main, &w) == 0;
         r = vd_mig_conn_read(conn, buf, sizeof(buf), &err);
         if (dog) {
-            pthread_mutex_lock(&w.lock);
+            pthread_mutex_lock(&in->lock);
             w.done = true;
-            pthread_cond_signal(&w.cond);
-            pthread_mutex_unlock(&w.lock);
+            pthread_cond_broadcast(&in->cond);
+            pthread_mutex_unlock(&in->lock);
             pthread_join(t, NULL);
         }
-        pthread_mutex_destroy(&w.lock);
-        pthread_cond_destroy(&w.cond);
     }
     if (r == 0) {
         r = vd_mig_hello_decode(buf, &h, &err);
@@ -674,6 +708,8 @@ static int take_channel(vd_mig_incoming *in, int fd)
         vd_error_free(err);
         return 1;
     }
+    /* Under the lock: vd_mig_incoming_free reads the channels from another thread. */
+    pthread_mutex_lock(&in->lock);
     if (!in->nb_ch) {
         in->ch = calloc(h.nb_channels, sizeof(*in->ch));
         if (!in->ch) {
@@ -686,6 +722,7 @@ static int take_channel(vd_mig_incoming *in, int fd)
     ch->in = in;
     ch->index = h.channel;
     ch->conn = conn;
+    pthread_mutex_unlock(&in->lock);
     return 0;
 }
 
@@ -708,8 +745,10 @@ static int accept_all(vd_mig_incoming *in, vd_error **errp)
             return vd_error_set(errp, VD_ERR_IO, ETIMEDOUT, "migration: %u of %u channels "
                                 "connected; the others never came", have, in->nb_ch);
         }
-        struct pollfd p = {.fd = in->listen_fd, .events = POLLIN};
-        if (poll(&p, 1, 200) <= 0) {
+        /* The wake pipe ends the wait at once when the migration is stopped. */
+        struct pollfd p[2] = {{.fd = in->listen_fd, .events = POLLIN},
+                              {.fd = in->wake[0], .events = POLLIN}};
+        if (poll(p, 2, 200) <= 0 || !(p[0].revents & POLLIN)) {
             continue;
         }
         int fd = accept4(in->listen_fd, NULL, NULL, SOCK_CLOEXEC);
@@ -848,6 +887,7 @@ int vd_mig_incoming_start(vd_engine *e, const vd_mig_incoming_opts *o, vd_mig_in
     in->o = *o;
     in->o.uri = NULL;
     in->listen_fd = -1;
+    in->wake[0] = in->wake[1] = -1;
     in->released = -1;
     in->tail = &in->head;
     pthread_mutex_init(&in->lock, NULL);
@@ -859,6 +899,9 @@ int vd_mig_incoming_start(vd_engine *e, const vd_mig_incoming_opts *o, vd_mig_in
         abort();
     }
     int r = vd_mig_uri_parse(o->uri, &in->addr, errp);
+    if (r == 0 && pipe2(in->wake, O_CLOEXEC | O_NONBLOCK) < 0) {
+        r = vd_error_set(errp, VD_ERR_IO, errno, "Cannot create a pipe: %s", strerror(errno));
+    }
     if (r == 0) {
         r = in->listen_fd = vd_mig_listen(&in->addr, errp);
     }
@@ -873,6 +916,10 @@ int vd_mig_incoming_start(vd_engine *e, const vd_mig_incoming_opts *o, vd_mig_in
     if (r < 0) {
         if (in->listen_fd >= 0) {
             close(in->listen_fd);
+        }
+        if (in->wake[0] >= 0) {
+            close(in->wake[0]);
+            close(in->wake[1]);
         }
         vd_mig_addr_clear(&in->addr);
         free(in->workers);
@@ -921,12 +968,16 @@ void vd_mig_incoming_free(vd_mig_incoming *in)
         snprintf(in->error, sizeof(in->error), "The incoming migration was stopped");
     }
     pthread_cond_broadcast(&in->cond);
-    pthread_mutex_unlock(&in->lock);
+    /* The channels taken so far; the accept loop may be adding one (under the lock). */
     for (unsigned i = 0; i < in->nb_ch; i++) {
         if (in->ch[i].conn) {
             vd_mig_conn_shutdown(in->ch[i].conn);
         }
     }
+    pthread_mutex_unlock(&in->lock);
+    /* Wakes the accept loop (a pipe full already wakes it just as well). */
+    ssize_t n = write(in->wake[1], "", 1);
+    (void)n;
     pthread_join(in->thread, NULL);
     for (unsigned i = 0; i < in->nb_ch; i++) {
         vd_mig_conn_free(in->ch[i].conn);
@@ -939,6 +990,8 @@ void vd_mig_incoming_free(vd_mig_incoming *in)
         free(in->disks[i].exports);
     }
     vd_mig_addr_clear(&in->addr);
+    close(in->wake[0]);
+    close(in->wake[1]);
     free(in->ch);
     free(in->workers);
     pthread_mutex_destroy(&in->lock);

@@ -52,7 +52,7 @@ static const qmp_command commands[] = {
     {"event", event, none, true, ""},
 };
 static const qmp_command_table table = {commands, sizeof(commands) / sizeof(commands[0]), NULL,
-                                        NULL};
+                                        NULL, NULL};
 
 static qmp_server *server;
 

@@ -40,6 +40,7 @@ targets=(
     "json 65536 $target_time"
     "nbd-uri 4096 $target_time"
     "migration-stream 65536 $target_time"
+    "migration-recv 65536 $target_time"
 )
 
 selected() {

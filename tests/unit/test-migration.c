@@ -692,6 +692,34 @@ static void test_start_refusals(void **state)
     teardown(state);
 }
 
+/* A stopped incoming migration ends at once, though a connection says nothing (its hello
+ * would have HELLO_MS, 10 s) or nothing connected at all. */
+static uint64_t now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000u + (uint64_t)t.tv_nsec / 1000000u;
+}
+
+static void test_incoming_free_promptly(void **state)
+{
+    assert_int_equal(setup(state), 0);
+    exports_seen seen = {0};
+    vd_mig_incoming *in = incoming(sock, &seen);
+    int fd = unix_connect(sock);
+    sleep_ms(50);                /* the accept loop is reading its hello */
+    uint64_t t0 = now_ms();
+    vd_mig_incoming_free(in);
+    assert_true(now_ms() - t0 < 1000);
+    close(fd);
+    in = incoming(sock, &seen);
+    sleep_ms(50);                /* the accept loop waits in poll */
+    t0 = now_ms();
+    vd_mig_incoming_free(in);
+    assert_true(now_ms() - t0 < 100);
+    teardown(state);
+}
+
 int main(void)
 {
     if (!mkdtemp(dir)) {
@@ -715,6 +743,7 @@ int main(void)
         cmocka_unit_test(test_destination_refuses_export),
         cmocka_unit_test(test_destination_size),
         cmocka_unit_test(test_start_refusals),
+        cmocka_unit_test(test_incoming_free_promptly),
     };
     int r = cmocka_run_group_tests(tests, NULL, NULL);
     unlink(sock);
