@@ -17,7 +17,10 @@ veth pair (tests/interop/netns-pair.sh; test-migration.sh makes it).
         the link capped at 200 Mbit/s so the migration is in flight; a writer (libnbd)
         keeps writing seeded blocks into the source's export and remembers every write it
         got acknowledged. Faults: link-down (both veth ends down), link-gone (the veth pair
-        deleted), dest-killed (kill -9 of the destination by pid), cancel-setup (the
+        deleted), dest-killed (kill -9 of the destination by pid), corrupt-chunk (the
+        source migrates through a proxy on the destination's host that flips one byte 3 MiB
+        into channel 0: the destination's checks refuse it and its reason, "migration
+        stream: ...", reaches the source's error-desc), cancel-setup (the
         destination stopped with SIGSTOP so the TLS handshake cannot finish, then
         migrate-cancel), cancel-active, cancel-device (migrate-cancel once query-migrate
         says device). After each: the migration ended failed or cancelled (a cut link that
@@ -48,8 +51,9 @@ NETNS_PAIR = os.path.join(HERE, "netns-pair.sh")
 ADDR_B = "198.18.0.2"
 MIG_URI = "tcp:%s:4444" % ADDR_B
 BLOCK = 4096
-FAULTS = ("link-down", "link-gone", "dest-killed", "cancel-setup", "cancel-active",
-          "cancel-device")
+FAULTS = ("link-down", "link-gone", "dest-killed", "corrupt-chunk", "cancel-setup",
+          "cancel-active", "cancel-device")
+PROXY_URI = "tcp:%s:4445" % ADDR_B
 
 
 def np(action, np_id, *args):
@@ -383,7 +387,7 @@ def one_fault(a, fault, attempt=0):
     name = "migration-fault-" + fault
     tag = "f-" + fault
     src, dst = fresh(a, tag)
-    pair = w = None
+    pair = w = proxy = None
     exp = None
     try:
         np("shape", a.np_id, "200mbit")
@@ -400,7 +404,15 @@ def one_fault(a, fault, attempt=0):
         time.sleep(0.5)
         if fault == "cancel-setup":
             os.kill(pair.dst.p.pid, signal.SIGSTOP)
-        r = pair.src.cmd("migrate", uri=MIG_URI)
+        uri = MIG_URI
+        if fault == "corrupt-chunk":
+            # One byte flipped 3 MiB into channel 0, on the destination's side of the link.
+            proxy = subprocess.Popen(["ip", "netns", "exec", a.ns_b, sys.executable,
+                                      os.path.join(HERE, "mig_corrupt_proxy.py"), ADDR_B,
+                                      "4445", ADDR_B, "4444", str(3 << 20)])
+            time.sleep(0.5)
+            uri = PROXY_URI
+        r = pair.src.cmd("migrate", uri=uri)
         if not result(ok(r), name + "-migrate", err(r)):
             return
         if fault == "cancel-setup":
@@ -435,6 +447,11 @@ def one_fault(a, fault, attempt=0):
             # A cancel in the device phase may lose the race and complete; either way
             # the outcome must be whole. Completed is judged as the matrix judges it.
             outcome_ok = info.get("status") == "cancelled"
+        elif fault == "corrupt-chunk":
+            info = pair.wait_end(60)
+            desc = info.get("error-desc", "")
+            outcome_ok = (info.get("status") == "failed" and
+                          desc.startswith("The destination failed: migration stream: "))
         else:
             info = pair.wait_status(lambda i: i.get("status") == "active" and
                                     (i.get("disk") or {}).get("transferred", 0) > 8 << 20,
@@ -481,6 +498,9 @@ def one_fault(a, fault, attempt=0):
     except (OSError, EOFError, TimeoutError, ValueError, KeyError) as e:
         result(False, name, "%s: %s (did a daemon die?)" % (type(e).__name__, e))
     finally:
+        if proxy:
+            proxy.kill()
+            proxy.wait()
         if w:
             w.stop()
         if pair:
