@@ -132,8 +132,10 @@ for link in $links; do
     for load in $loads; do
         for way in $ways; do
             [ "$way" != qsd ] && chosen "$link" "$load" "$way" || continue
+            base=${way%ac} ac=
+            [ "$base" = "$way" ] || ac=" auto-converge"
             bench_case "mig-$link-$load-$way" time vdiskd qemu-storage-daemon - \
-                "migration at $link, load $load: vdisk ${way%[0-9]} x${way##*[a-z]} vs QSD mirror" \
+                "migration at $link, load $load: vdisk ${base%[0-9]} x${base##*[a-z]}$ac vs QSD mirror" \
                 "bench/migration.py run --link $link --load $load (see the header)" "$size"
         done
     done
