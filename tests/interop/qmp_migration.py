@@ -17,7 +17,10 @@ veth pair (tests/interop/netns-pair.sh; test-migration.sh makes it).
         the link capped at 200 Mbit/s so the migration is in flight; a writer (libnbd)
         keeps writing seeded blocks into the source's export and remembers every write it
         got acknowledged. Faults: link-down (both veth ends down), link-gone (the veth pair
-        deleted), dest-killed (kill -9 of the destination by pid), corrupt-chunk (the
+        deleted), dest-killed (kill -9 of the destination by pid), dest-sigterm (SIGTERM:
+        the destination exits 0 within 10 s), source-sigterm (SIGTERM to the source: it
+        exits 0 within 10 s, its image holds every acknowledged write, the destination
+        fails and never exports), corrupt-chunk (the
         source migrates through a proxy on the destination's host that flips one byte 3 MiB
         into channel 0: the destination's checks refuse it and its reason, "migration
         stream: ...", reaches the source's error-desc), cancel-setup (the
@@ -51,8 +54,9 @@ NETNS_PAIR = os.path.join(HERE, "netns-pair.sh")
 ADDR_B = "198.18.0.2"
 MIG_URI = "tcp:%s:4444" % ADDR_B
 BLOCK = 4096
-FAULTS = ("link-down", "link-gone", "dest-killed", "corrupt-chunk", "cancel-setup",
-          "cancel-active", "cancel-device")
+FAULTS = ("link-down", "link-gone", "dest-killed", "dest-sigterm", "source-sigterm",
+          "corrupt-chunk", "cancel-setup", "cancel-active", "cancel-device")
+STOP_SECS = 10   # a daemon told SIGTERM in a migration exits within this
 PROXY_URI = "tcp:%s:4445" % ADDR_B
 
 
@@ -371,7 +375,7 @@ def serves(pair, name):
                   name + "-source-serves", (c.stdout + c.stderr)[-300:])
 
 
-def expected_image(a, tag, w):
+def expected_image(a, tag, w, served=True):
     """RAW with the acknowledged writes and serves()'s 64 KiB of 0xa5 at 0 on top."""
     exp = os.path.join(a.dir, "%s-expected.raw" % tag)
     run("cp", "--sparse=always", a.raw, exp)
@@ -379,9 +383,83 @@ def expected_image(a, tag, w):
         for blk, seq in w.acked.items():
             f.seek(blk * BLOCK)
             f.write(block_data(w.seed, seq))
-        f.seek(0)
-        f.write(b"\xa5" * 65536)
+        if served:
+            f.seek(0)
+            f.write(b"\xa5" * 65536)
     return exp
+
+
+def sigterm(d, name):
+    """SIGTERM to a daemon in a migration: it must exit 0 within STOP_SECS."""
+    t0 = time.time()
+    os.kill(d.p.pid, signal.SIGTERM)
+    try:
+        rc = d.p.wait(timeout=STOP_SECS + 20)
+    except subprocess.TimeoutExpired:
+        d.kill9()
+        rc = None
+    secs = time.time() - t0
+    return result(rc == 0 and secs <= STOP_SECS, name,
+                  "exit status %s after %.1f s" % (rc, secs))
+
+
+def source_sigterm(a):
+    """The source told SIGTERM mid-migration: it stops in bounded time with its image
+    whole (every acknowledged write), the destination gives up and never exports."""
+    fault = "source-sigterm"
+    name = "migration-fault-" + fault
+    tag = "f-" + fault
+    src, dst = fresh(a, tag)
+    pair = w = None
+    exp = None
+    try:
+        np("shape", a.np_id, "200mbit")
+        pair = Pair(a, tag, False, src, dst)
+        good, why = pair.setup("zstd", 2)
+        if not result(good, name + "-setup", why):
+            return
+        w = Writer(pair.sock, a.size, 1000 + FAULTS.index(fault), 1000)
+        w.start()
+        time.sleep(0.5)
+        r = pair.src.cmd("migrate", uri=MIG_URI)
+        if not result(ok(r), name + "-migrate", err(r)):
+            return
+        info = pair.wait_status(lambda i: i.get("status") == "active" and
+                                (i.get("disk") or {}).get("transferred", 0) > 8 << 20, 60)
+        if not result(info.get("status") == "active", name + "-in-flight",
+                      json.dumps(info)[:300]):
+            return
+        sigterm(pair.src, name + "-source-exit")
+        w.stop()     # its connection went with the source: errors are expected now
+        d = pair.dst.cmd("query-migrate").get("return", {})
+        for _ in range(300):
+            if d.get("status") in ("failed", "completed"):
+                break
+            time.sleep(0.1)
+            d = pair.dst.cmd("query-migrate").get("return", {})
+        result(d.get("status") == "failed", name + "-destination-failed", json.dumps(d)[:300])
+        result(not pair.dst_exported and pair.exports(pair.dst) == [],
+               name + "-destination-never-exported", "exports %s" % pair.exports(pair.dst))
+        pair.stop()
+        pair = None
+        exp = expected_image(a, tag, w, served=False)
+        c = run("qemu-img", "compare", "-f", "raw", "-F", "qcow2", exp, src, check=False)
+        result(c.returncode == 0, name + "-nothing-lost",
+               "%d acknowledged writes; %s" % (len(w.acked), (c.stdout + c.stderr).strip()[:300]))
+        k = run("qemu-img", "check", src, check=False)
+        result(k.returncode == 0, name + "-source-clean", k.stdout[-300:])
+        w = None
+    except (OSError, EOFError, TimeoutError, ValueError, KeyError) as e:
+        result(False, name, "%s: %s (did a daemon die?)" % (type(e).__name__, e))
+    finally:
+        if w:
+            w.stop()
+        if pair:
+            pair.stop()
+        np("heal", a.np_id)
+        cleanup_files(src, dst)
+        if exp:
+            cleanup_files(exp)
 
 
 def one_fault(a, fault, attempt=0):
@@ -466,6 +544,8 @@ def one_fault(a, fault, attempt=0):
                 np("drop", a.np_id)
             elif fault == "dest-killed":
                 pair.dst.kill9()
+            elif fault == "dest-sigterm":
+                sigterm(pair.dst, name + "-destination-exit")
             else:
                 pair.src.cmd("migrate-cancel")
             info = pair.wait_end(20 if fault.startswith("link") else 30)
@@ -522,7 +602,10 @@ def faults(a, names):
             result(False, "migration-fault-" + f, why)
         return
     for f in names:
-        one_fault(a, f)
+        if f == "source-sigterm":
+            source_sigterm(a)
+        else:
+            one_fault(a, f)
     np("shape", a.np_id, "off")
 
 

@@ -4,9 +4,10 @@
 # image (bench/mkfs-image.sh) and fio writing into the source during the migration: the
 # destination ends byte-equal to the source and both check clean, for multifd compression
 # none/zlib/zstd x channels 1/4 x plain/TLS; then the faults (link down, link gone,
-# destination killed, a chunk corrupted on the way, migrate-cancel in setup, active and
-# device): the source keeps serving, no acknowledged write is lost, the destination never
-# exports the disk.
+# destination killed, destination or source told SIGTERM, a chunk corrupted on the way,
+# migrate-cancel in setup, active and device): the source keeps serving (or, told to stop,
+# stops within 10 s), no acknowledged write is lost, the destination never exports the
+# disk.
 # Short form (make check): MIG_SIZE 256M, cases zstd-4-tls none-1-plain zlib-4-plain, every
 # fault. MIG_FULL=1: MIG_SIZE 4G and all twelve cases. MIG_CASES / MIG_FAULTS choose others
 # ("" for none). Needs root for the namespaces (exit 77 otherwise).
@@ -39,7 +40,8 @@ else
     size=${MIG_SIZE:-256M}
     cases=${MIG_CASES-zstd-4-tls none-1-plain zlib-4-plain}
 fi
-faults=${MIG_FAULTS-link-down link-gone dest-killed corrupt-chunk cancel-setup cancel-active cancel-device}
+faults=${MIG_FAULTS-link-down link-gone dest-killed dest-sigterm source-sigterm corrupt-chunk cancel-setup cancel-active
+    cancel-device}
 bytes=$(numfmt --from=iec "$size") || { fail migration-setup "MIG_SIZE=$size"; vd_finish; }
 
 if ! np_up; then
