@@ -171,6 +171,12 @@ typedef struct vd_mig_incoming_opts {
     /* At commit, the disks complete and flushed: make the exports. */
     int (*make_export)(void *opaque, const char *node, const vd_mig_export *ex,
                        vd_error **errp);
+    /* Called right after the flush that made every pass through `pass` durable on the
+     * disks, before READY(pass) goes back to the source (docs/migration-stream.md), on one
+     * of the incoming side's threads; nothing else may be done there. For tests that
+     * record when the destination promised durability (tests/crash/migration.c). May be
+     * NULL. */
+    void (*durable)(void *opaque, uint32_t pass);
     void *opaque;
 } vd_mig_incoming_opts;
 /* Listens on the URI (refusing what cannot be listened on) and waits for the source on a

@@ -303,6 +303,9 @@ static void *flusher_main(void *arg)
         last = vd_mig_now_ns();
         /* Tells the source how far it may count on the destination. */
         if (news && r == 0) {
+            if (in->o.durable) {
+                in->o.durable(in->o.opaque, (uint32_t)seen);
+            }
             vd_mig_chunk ready = {.type = VD_MIG_READY, .pass = (uint32_t)seen};
             send_rp(in, &ready, NULL);
         }
@@ -497,6 +500,9 @@ static int handle(rchan *ch, vd_mig_chunk *c, uint8_t **payload, vd_error **errp
         uint32_t pass = (uint32_t)in->released;
         pthread_cond_broadcast(&in->cond);   /* a channel waiting at a barrier waits in vain */
         pthread_mutex_unlock(&in->lock);
+        if (in->o.durable) {
+            in->o.durable(in->o.opaque, pass);
+        }
         vd_mig_chunk ready = {.type = VD_MIG_READY, .pass = pass};
         send_rp(in, &ready, NULL);
         return 0;

@@ -279,7 +279,7 @@ static int verify_data(const check_ctx *c, check_totals *t, vd_engine *e, bool l
 }
 
 /* The recovered image must take a new write and read it back. */
-static bool write_after_recovery(const check_ctx *c, check_totals *t, vd_engine *e)
+bool write_after_recovery(const check_ctx *c, check_totals *t, vd_engine *e)
 {
     vd_open_opts oo = {.format = "qcow2", .flags = VD_OPEN_RDWR | VD_OPEN_UNMAP};
     vd_disk *d = NULL;

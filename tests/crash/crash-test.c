@@ -4,7 +4,7 @@
  * and exits 0 when C and W are 0 (with --expect-failure: when either is not).
  *
  *   crash-test --dir DIR [--kind alloc|snap|compress|resize|cow|mixed|amend|bitmaps|mirror|
- *                                backup|commit|replication] [--cluster-size N]
+ *                                backup|commit|replication|migration] [--cluster-size N]
  *              [--lazy] [--seed S] [--ops N] [--states N] [--qemu-img PATH|none]
  *              [--keep DIR] [--expect-failure] [--ignore-flushes] [--state-dir DIR]
  *              [--backup-mode full|bitmap|full-compress|bitmap-compress]
@@ -41,7 +41,7 @@ typedef struct run {
 static void usage(void)
 {
     fprintf(stderr, "usage: crash-test --dir DIR [--kind alloc|snap|compress|resize|cow|mixed|"
-            "amend|bitmaps|mirror|backup|commit|replication] "
+            "amend|bitmaps|mirror|backup|commit|replication|migration] "
             "[--cluster-size N] [--lazy] [--seed S] [--ops N] [--states N] "
             "[--qemu-img PATH|none] [--qemu-io PATH|none] [--keep DIR] [--expect-failure] "
             "[--ignore-flushes] [--state-dir DIR] "
@@ -134,7 +134,9 @@ static void one_state(run *R, const memfile *m, const logrec **u, size_t nu, siz
         check_ctx c = {.j = &R->j, .state_path = R->state, .qemu_img = R->qemu_img,
                        .qemu_io = R->qemu_io, .crash_pos = crash_pos, .what = what,
                        .write_id = R->j.next_id};
-        ok = R->j.nb_files ? check_job_state(&c, R->state, &R->t) : check_state(&c, &R->t);
+        ok = R->j.mig        ? check_migration(&c, &R->t)
+             : R->j.nb_files ? check_job_state(&c, R->state, &R->t)
+                             : check_state(&c, &R->t);
     }
     /* The checks changed the files (repair, a write, a job): a failing state is rebuilt to
      * keep. */
@@ -262,8 +264,33 @@ static cand *choose(run *R, size_t *count)
         c[n++] = (cand){subset_points[rng_below(&R->r, nsp)], V_SUBSET};
     }
     free(subset_points);
+    /* A migration's promises begin at its READYs: the first point at or after each one,
+     * and the end, are always among the states. */
+    if (R->j.mig) {
+        const mig_journal *m = R->j.mig;
+        c = realloc(c, (n + m->nb_ready + 1) * sizeof(*c));
+        if (!c) {
+            abort();
+        }
+        for (size_t i = 0; i < m->nb_ready; i++) {
+            size_t p = 0;
+            while (p < nrec && R->l.recs[p].pos < m->ready[i].pos) {
+                p++;
+            }
+            c[n++] = (cand){p, V_PREFIX};
+        }
+        c[n++] = (cand){nrec, V_PREFIX};
+    }
     qsort(c, n, sizeof(*c), cmp_cand);
-    *count = n;
+    /* The same prefix state twice would be checked twice. */
+    size_t kept = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (kept && c[i].variant == V_PREFIX && !cmp_cand(&c[i], &c[kept - 1])) {
+            continue;
+        }
+        c[kept++] = c[i];
+    }
+    *count = kept;
     return c;
 }
 
@@ -359,7 +386,7 @@ int main(int argc, char **argv)
     }
     static const char *const kinds[] = {"alloc", "snap", "compress", "resize", "cow", "mixed",
                                         "amend", "bitmaps", "mirror", "backup", "commit",
-                                        "replication"};
+                                        "replication", "migration"};
     bool kind_ok = false;
     for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
         kind_ok |= !strcmp(R.cfg.kind, kinds[i]);

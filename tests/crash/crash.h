@@ -12,6 +12,7 @@
 
 #define SECTOR 512u
 #define TAG_GARBAGE UINT32_MAX  /* a sector that is neither zeros nor a whole tagged sector */
+#define TAG_RANDOM 0x40000000u  /* in a write id: pseudo-random (incompressible) sectors */
 #define CRASH_MAX_FILES 16      /* files in one shared log (VD_LOGW_MAX_FILES) */
 
 /* ---- sector tags (tags.c): every sector a workload writes names its write and place ---- */
@@ -50,7 +51,7 @@ typedef struct gop {
 
 typedef struct workload_cfg {
     const char *kind;         /* alloc, snap, compress, resize, cow, mixed, amend, bitmaps,
-                               * mirror, backup, commit, replication */
+                               * mirror, backup, commit, replication, migration */
     uint32_t cluster_size;
     bool lazy;
     uint64_t seed;
@@ -102,6 +103,34 @@ typedef struct repl_journal {
     uint64_t failover_start, failover_end;   /* vd_replication_stop_all(failover) */
 } repl_journal;
 
+/* kind "migration" (migration.c, check-mig.c): the destination of a live migration, what
+ * the source held and what its writer wrote meanwhile. "Order" values come from one
+ * counter that the writer (after each write returned) and the source's MIGRATION_PASS
+ * events (before the pass's chunks are read) step atomically, so they order the two. */
+typedef struct mig_write {
+    uint64_t first, count;    /* sectors */
+    uint32_t val;             /* their tag (0: write zeroes) */
+    uint64_t done;            /* the order once it had returned (successful writes only) */
+} mig_write;
+
+typedef struct mig_ready {
+    uint32_t pass;
+    uint64_t pos;             /* the log's length right after the flush that preceded
+                               * READY(pass) (the receiver's durable callback) */
+} mig_ready;
+
+typedef struct mig_journal {
+    uint32_t *src0;           /* the source's tags before the migration began */
+    uint32_t *final;          /* the source's tags once it completed */
+    mig_write *writes;        /* the writer's, in order (one thread, one at a time) */
+    size_t nb_writes;
+    uint64_t *pass_order;     /* [p], 1 <= p <= nb_passes: the order at pass p's event */
+    uint32_t nb_passes;       /* the last one is the switchover's */
+    mig_ready *ready;         /* in the order they were sent */
+    size_t nb_ready;
+    uint64_t final_pos;       /* the first READY of the last pass (UINT64_MAX: none) */
+} mig_journal;
+
 typedef struct journal {
     uint64_t size0;           /* guest size before the first op */
     uint32_t *vals0;          /* tags of every sector before the first op */
@@ -120,6 +149,7 @@ typedef struct journal {
     repl_journal *repl;       /* replication: the view's history; the ops above are the
                                * secondary disk's (file 0) */
     const char *job_kind;     /* "backup", "commit" or "replication" */
+    mig_journal *mig;         /* migration: the ops above are unused */
 } journal;
 
 int workload_run(const workload_cfg *cfg, journal *j);
@@ -200,6 +230,9 @@ bool check_image(const check_ctx *c, check_totals *t);
 /* vdisk's check only, leaks allowed (after a job has run on a state). */
 bool check_image_vdisk(const check_ctx *c, check_totals *t);
 void check_fail(const check_ctx *c, const char *why);
+/* The state, reopened read-write, takes a new write (c->write_id) and reads it back. */
+struct vd_engine;
+bool write_after_recovery(const check_ctx *c, check_totals *t, struct vd_engine *e);
 
 /* ---- jobs' workloads and checks (jobs.c, check-jobs.c) ---- */
 typedef struct wl wl;
@@ -209,6 +242,9 @@ int run_replication(wl *w, uint64_t size);
 /* A crash state of a job kind, its files in dir: c->state_path is unused. */
 bool check_job_state(const check_ctx *c, const char *dir, check_totals *t);
 bool check_replication(const check_ctx *c, const char *dir, check_totals *t);
+/* ---- a live migration's destination (migration.c, check-mig.c) ---- */
+int run_migration(wl *w, uint64_t size);
+bool check_migration(const check_ctx *c, check_totals *t);
 /* Helpers of the job kinds' checks (check-jobs.c). */
 check_ctx file_ctx(const check_ctx *c, const journal *j, const char *dir, const char *name,
                    char *path, size_t path_len, char *what, size_t what_len);

@@ -11,11 +11,16 @@
 # writes, checkpoints and a failover under writes (replication: the secondary disk keeps
 # the primary's flushed writes, the chain reads the secondary's view as copy-before-write
 # and flushes allow, the failover's commit run again gives the secondary disk that view,
-# and once the failover returned the secondary disk alone holds it); lazy refcounts off
+# and once the failover returned the secondary disk alone holds it), the destination of a
+# live migration under a writer on the source (migration: what each READY promised is
+# durable, and from the switchover's READY on exactly the source's final contents;
+# tests/crash/check-mig.c); lazy refcounts off
 # and on; clusters of 512 B, 64 KiB and 2 MiB) is recorded through the logwrites filter
-# and replayed into crash states that crash-test checks (tests/crash/crash.h). Then two proofs that the harness can fail: a test-only switch that writes L2
-# entries before the refcounts they depend on must be caught as corruption, and a replay
-# that forgets what flushes made durable must be caught losing flushed writes. Ends with
+# and replayed into crash states that crash-test checks (tests/crash/crash.h). Then proofs
+# that the harness can fail: a test-only switch that writes L2 entries before the refcounts
+# they depend on must be caught as corruption, and a replay that forgets what flushes made
+# durable must be caught losing flushed writes, on a guest's workload and on a migration's
+# READYs. Ends with
 #   crash states: N, corruptions: 0, leaks: L, lost flushed writes: 0
 #
 #   CRASH_LONG=1        the long mode: ~2,800 states per workload, 100,000+ in all
@@ -136,6 +141,12 @@ else
     names+=(backup-65536-lazy0-full-compress commit-65536-lazy0 replication-512-lazy0
         replication-65536-lazy0)
 fi
+# A live migration into a recorded destination while a writer writes the source (channels
+# and codec by the seed and the cluster size: seed 1 gives 1 channel zlib at 512 B, 4
+# channels zstd at 64 KiB, 1 channel zlib at 2 MiB).
+for cs in 512 65536 2097152; do
+    names+=("migration-$cs-lazy0")
+done
 
 running=0
 for n in "${names[@]}"; do
@@ -190,13 +201,25 @@ else
     fail crash/lost-writes-are-caught "dropping flushed writes went unnoticed" \
         "$VD_TESTDIR/ignore-flushes.out"
 fi
+# ...and the same replay of a migration, whose READYs then promise what a crash can lose.
+states=60 run_workload ignore-flushes-migration migration 65536 0 "$bin" --ignore-flushes \
+    --expect-failure
+if [ "$(cat "$VD_TESTDIR/ignore-flushes-migration.rc")" = 0 ] &&
+    ! grep -q 'lost flushed writes: 0$' "$VD_TESTDIR/ignore-flushes-migration.out"; then
+    pass "crash/migration-lost-writes-are-caught: $(grep '^crash states:' \
+        "$VD_TESTDIR/ignore-flushes-migration.out")"
+else
+    fail crash/migration-lost-writes-are-caught \
+        "a migration's lost durable writes went unnoticed" \
+        "$VD_TESTDIR/ignore-flushes-migration.out"
+fi
 
 # The harness itself under ASan+UBSan, on the workload that touches every path and on
-# the mirror's, the backup's and replication's (a job's threads and the copy-before-write
-# filter beside the guest's writes; seed 1: write-blocking, and sync=bitmap; a failover
-# beside a writer thread).
+# the mirror's, the backup's, replication's and the migration's (a job's threads and the
+# copy-before-write filter beside the guest's writes; seed 1: write-blocking, and
+# sync=bitmap; a failover beside a writer thread; both sides of a migration, 4 channels).
 if [ -x "$bin_asan" ] && [ "${CRASH_LONG:-}" != 1 ]; then
-    for kind in mixed mirror backup replication; do
+    for kind in mixed mirror backup replication migration; do
         states=20 run_workload "asan-$kind" "$kind" 65536 0 "$bin_asan"
         if [ "$(cat "$VD_TESTDIR/asan-$kind.rc")" = 0 ]; then
             pass "crash/asan-$kind: $(grep '^crash states:' "$VD_TESTDIR/asan-$kind.out")"

@@ -553,7 +553,7 @@ int load_file(const char *path, uint8_t **data, uint64_t *size)
 static uint64_t disk_size(const workload_cfg *cfg)
 {
     if (!strcmp(cfg->kind, "backup") || !strcmp(cfg->kind, "commit") ||
-        !strcmp(cfg->kind, "replication")) {
+        !strcmp(cfg->kind, "replication") || !strcmp(cfg->kind, "migration")) {
         /* Two or three images, and a job copying much of one: kept small. */
         return cfg->cluster_size <= 4096    ? 2ull << 20
                : cfg->cluster_size <= 65536 ? 8ull << 20
@@ -747,10 +747,11 @@ int workload_run(const workload_cfg *cfg, journal *j)
         goto out;
     }
     if (!strcmp(cfg->kind, "backup") || !strcmp(cfg->kind, "commit") ||
-        !strcmp(cfg->kind, "replication")) {
-        ret = !strcmp(cfg->kind, "backup")   ? run_backup(&w, size)
-              : !strcmp(cfg->kind, "commit") ? run_commit(&w, size)
-                                             : run_replication(&w, size);
+        !strcmp(cfg->kind, "replication") || !strcmp(cfg->kind, "migration")) {
+        ret = !strcmp(cfg->kind, "backup")        ? run_backup(&w, size)
+              : !strcmp(cfg->kind, "commit")      ? run_commit(&w, size)
+              : !strcmp(cfg->kind, "replication") ? run_replication(&w, size)
+                                                  : run_migration(&w, size);
         goto out;
     }
     if (cow && make_backing(&w, backing, size) < 0) {
@@ -810,6 +811,14 @@ void journal_free(journal *j)
     if (j->target) {
         journal_free(j->target);
         free(j->target);
+    }
+    if (j->mig) {
+        free(j->mig->src0);
+        free(j->mig->final);
+        free(j->mig->writes);
+        free(j->mig->pass_order);
+        free(j->mig->ready);
+        free(j->mig);
     }
     if (j->repl) {
         for (size_t i = 0; i < j->repl->nb_ops; i++) {
