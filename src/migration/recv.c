@@ -91,6 +91,8 @@ struct vd_mig_incoming {
 
     pthread_mutex_t send_lock;   /* the return path: READY, ERROR */
     uint64_t rp_seq;
+    bool rp_ready_sent;
+    uint32_t rp_ready_pass;
     bool error_sent;
 };
 
@@ -104,10 +106,17 @@ static void set_status_locked(vd_mig_incoming *in, vd_mig_status s)
     }
 }
 
+/* The flusher and the switchover's FLUSH both say READY: a pass lower than one already
+ * said durable is old news, not sent (the passes the source sees never go back). */
 static void send_rp(vd_mig_incoming *in, vd_mig_chunk *c, const void *payload)
 {
     pthread_mutex_lock(&in->send_lock);
-    if (in->nb_ch && in->ch[0].conn && !in->error_sent) {
+    bool stale = c->type == VD_MIG_READY && in->rp_ready_sent && c->pass < in->rp_ready_pass;
+    if (c->type == VD_MIG_READY && !stale) {
+        in->rp_ready_sent = true;
+        in->rp_ready_pass = c->pass;
+    }
+    if (in->nb_ch && in->ch[0].conn && !in->error_sent && !stale) {
         vd_error *err = NULL;
         vd_mig_chunk_send(in->ch[0].conn, c, &in->rp_seq, payload, NULL, &err);
         vd_error_free(err);

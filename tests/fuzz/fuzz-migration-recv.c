@@ -316,16 +316,18 @@ static uint8_t *recv_all(int fd, size_t *len)
     return buf;
 }
 
-/* The return path: chunks in sequence, READY at most once, then at most one ERROR, nothing
- * after it. Returns what it held. */
+/* The return path: chunks in sequence, READYs (one per pass made durable, and the
+ * switchover's) with passes that never go back, then at most one ERROR, nothing after it.
+ * Returns what it held. */
 typedef struct return_path {
     bool ready, error;
+    uint32_t pass;                     /* the last READY's */
     char text[VD_MIG_MAX_ERROR + 1];   /* the ERROR's */
 } return_path;
 
 static return_path check_return_path(const uint8_t *p, size_t len)
 {
-    return_path rp = {false, false, ""};
+    return_path rp = {false, false, 0, ""};
     uint64_t seq = 0;
     while (len > 0) {
         REQUIRE(len >= VD_MIG_HEADER_SIZE);
@@ -340,8 +342,9 @@ static return_path check_return_path(const uint8_t *p, size_t len)
         REQUIRE(c.payload_len <= len - VD_MIG_HEADER_SIZE);
         const uint8_t *payload = p + VD_MIG_HEADER_SIZE;
         if (c.type == VD_MIG_READY) {
-            REQUIRE(!rp.ready && c.payload_len == 0);
+            REQUIRE(c.payload_len == 0 && (!rp.ready || c.pass >= rp.pass));
             rp.ready = true;
+            rp.pass = c.pass;
         } else {
             REQUIRE(c.type == VD_MIG_ERROR);
             REQUIRE(c.payload_len > 0 && vd_mig_crc(payload, c.payload_len) == c.data_crc);
