@@ -798,13 +798,25 @@ static void release_disks(vd_mig_incoming *in)
     }
 }
 
+/* No more channels: the listening socket goes, and with it a unix socket's file (a stale
+ * one would take the next receiver's connections into the void). */
+static void stop_listening(vd_mig_incoming *in)
+{
+    if (in->listen_fd >= 0) {
+        close(in->listen_fd);
+        in->listen_fd = -1;
+        if (in->addr.is_unix) {
+            unlink(in->addr.path);
+        }
+    }
+}
+
 static void *in_main(void *arg)
 {
     vd_mig_incoming *in = arg;
     vd_error *err = NULL;
     int r = accept_all(in, &err);
-    close(in->listen_fd);
-    in->listen_fd = -1;
+    stop_listening(in);
     if (r < 0) {
         if (err) {
             fail_err(in, err);
@@ -929,9 +941,7 @@ int vd_mig_incoming_start(vd_engine *e, const vd_mig_incoming_opts *o, vd_mig_in
                                "thread");
     }
     if (r < 0) {
-        if (in->listen_fd >= 0) {
-            close(in->listen_fd);
-        }
+        stop_listening(in);
         if (in->wake[0] >= 0) {
             close(in->wake[0]);
             close(in->wake[1]);

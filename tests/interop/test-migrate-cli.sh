@@ -27,6 +27,7 @@ migrate_files() {
     local name=$1 uri=$2
     shift 2
     rm -f dst.qcow2 recv.out send.out
+    case $uri in unix:*) rm -f "${uri#unix:}" ;; esac
     "$QEMU_IMG" create -q -f qcow2 dst.qcow2 64M
     vd_with_timeout 60 "$VDISK" migrate --incoming="$uri" "${RECV_OPTS[@]}" dst.qcow2 \
         >recv.out 2>&1 &
