@@ -8,6 +8,9 @@ pkgs=(
     zlib1g-dev libzstd-dev libisal-dev libdeflate-dev libjson-c-dev libcmocka-dev
     libgnutls28-dev libnbd-dev gnutls-bin qemu-system-common fio
     qemu-utils libnbd-bin python3 python3-libnbd time valgrind
+    # Ceph RBD: librbd for the rbd driver, a one-node test cluster (tests/ceph/ceph-cluster.sh)
+    # and QEMU's rbd driver as the oracle. No ceph-mgr: RBD I/O does not need it.
+    ceph-mon ceph-osd ceph-common librbd-dev librados-dev qemu-block-extra
 )
 
 missing=()
