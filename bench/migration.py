@@ -204,7 +204,8 @@ class Run:
     def start_fio(self):
         if os.path.exists(self.fio_out):
             os.unlink(self.fio_out)
-        argv = ["fio", "--name=guest", "--ioengine=nbd",
+        # --thread: one process, so stopping fio stops its job (a forked job outlives it).
+        argv = ["fio", "--name=guest", "--thread", "--ioengine=nbd",
                 "--uri=nbd+unix:///disk0?socket=%s" % self.sock, "--rw=randwrite", "--bs=4k",
                 "--iodepth=8", "--rate_iops=5000", "--size=%d" % self.a.size,
                 "--time_based", "--runtime=%d" % int(self.a.timeout + 60),

@@ -218,7 +218,9 @@ def probe(a):
 
 
 def fio_start(sock, size, runtime):
-    argv = ["fio", "--name=guest", "--ioengine=nbd",
+    # --thread: a job is a thread of the one fio process, so killing it stops the job too
+    # (a forked job would live on, spinning on its dead connection).
+    argv = ["fio", "--name=guest", "--thread", "--ioengine=nbd",
             "--uri=nbd+unix:///disk0?socket=%s" % sock, "--rw=randwrite", "--bs=4k",
             "--iodepth=8", "--rate_iops=5000", "--size=%d" % size, "--time_based",
             "--runtime=%d" % runtime, "--buffer_compress_percentage=50", "--refill_buffers",
