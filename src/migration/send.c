@@ -207,6 +207,38 @@ static void dirty_after(vd_write_notifier *nt, vd_node *n, const vd_write_req *r
     pthread_mutex_unlock(&d->m->dirty_lock);
 }
 
+static bool throttled(vd_migration *m)
+{
+    return __atomic_load_n(&m->throttle_pct, __ATOMIC_ACQUIRE) != 0;
+}
+
+static bool running(vd_migration *m)
+{
+    return !__atomic_load_n(&m->stop, __ATOMIC_RELAXED);
+}
+
+/* A token bucket under rate_lock: charges bytes at rate bytes a second against *next_ns
+ * and sleeps until its turn, in 10 ms slices, while waiting(m) holds. Both the migration's
+ * max-bandwidth and auto-converge's hold on the users' writes use it. */
+static void pace(vd_migration *m, uint64_t *next_ns, uint64_t bytes, uint64_t rate,
+                 bool (*waiting)(vd_migration *m))
+{
+    pthread_mutex_lock(&m->rate_lock);
+    uint64_t now = vd_mig_now_ns();
+    if (*next_ns < now) {
+        *next_ns = now;
+    }
+    uint64_t at = *next_ns;
+    *next_ns += bytes * 1000000000ull / rate;
+    pthread_mutex_unlock(&m->rate_lock);
+    while (at > now && waiting(m)) {
+        uint64_t ns = at - now > 10000000u ? 10000000u : at - now;
+        struct timespec ts = {0, (long)ns};
+        nanosleep(&ts, NULL);
+        now = vd_mig_now_ns();
+    }
+}
+
 /* auto-converge: a user's write waits its turn under the throttled rate (in short sleeps,
  * so the switchover, which lifts the throttle, never waits long for it). */
 static int throttle_write(vd_write_notifier *nt, vd_node *n, const vd_write_req *req)
@@ -219,23 +251,8 @@ static int throttle_write(vd_write_notifier *nt, vd_node *n, const vd_write_req 
         return 0;
     }
     uint64_t cap = m->throttle_base / 100 * (100 - pct);
-    if (cap < 65536) {
-        cap = 65536;
-    }
-    pthread_mutex_lock(&m->rate_lock);
-    uint64_t now = vd_mig_now_ns();
-    if (m->throttle_next_ns < now) {
-        m->throttle_next_ns = now;
-    }
-    uint64_t at = m->throttle_next_ns;
-    m->throttle_next_ns += (req->len ? req->len : 1) * 1000000000ull / cap;
-    pthread_mutex_unlock(&m->rate_lock);
-    while (at > now && __atomic_load_n(&m->throttle_pct, __ATOMIC_ACQUIRE)) {
-        uint64_t ns = at - now > 10000000u ? 10000000u : at - now;
-        struct timespec ts = {0, (long)ns};
-        nanosleep(&ts, NULL);
-        now = vd_mig_now_ns();
-    }
+    pace(m, &m->throttle_next_ns, req->len ? req->len : 1, cap < 65536 ? 65536 : cap,
+         throttled);
     return 0;
 }
 
@@ -510,25 +527,8 @@ static void encode_slot(void *arg, size_t i)
 static void rate_wait(vd_migration *m, uint64_t bytes)
 {
     uint64_t bw = m->o.params.max_bandwidth;
-    if (bw == 0 || m->last_pass) {
-        return;
-    }
-    pthread_mutex_lock(&m->rate_lock);
-    uint64_t now = vd_mig_now_ns();
-    if (m->rate_next_ns < now) {
-        m->rate_next_ns = now;
-    }
-    uint64_t at = m->rate_next_ns;
-    m->rate_next_ns += bytes * 1000000000ull / bw;
-    pthread_mutex_unlock(&m->rate_lock);
-    while (at > now) {
-        uint64_t ns = at - now > 50000000u ? 50000000u : at - now;
-        struct timespec ts = {0, (long)ns};
-        nanosleep(&ts, NULL);
-        if (__atomic_load_n(&m->stop, __ATOMIC_RELAXED)) {
-            return;
-        }
-        now = vd_mig_now_ns();
+    if (bw != 0 && !m->last_pass) {
+        pace(m, &m->rate_next_ns, bytes, bw, running);
     }
 }
 

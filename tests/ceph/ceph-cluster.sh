@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A one-node Ceph test cluster (1 mon + 1 BlueStore OSD on a sparse file, loopback only,
 # cephx on) that lives entirely under one directory, for the RBD tests. The recipe and its
-# pitfalls are in ../shared/research/ceph.md.
+# pitfalls are in docs/ceph-test-cluster.md.
 #
 #   tests/ceph/ceph-cluster.sh start DIR    # prints the CEPH_CONF path once pool rbd works
 #   tests/ceph/ceph-cluster.sh status DIR   # exit 0 when its daemons run and the mon answers
