@@ -39,6 +39,7 @@ targets=(
     "blkdebug-config 4096 $target_time"
     "json 65536 $target_time"
     "nbd-uri 4096 $target_time"
+    "rbd-filename 4096 $target_time"
     "migration-stream 65536 $target_time"
     "migration-recv 65536 $target_time"
 )
