@@ -398,6 +398,10 @@ typedef struct vd_create_option {
     const char *def;   /* default as printed by qemu-img, or NULL */
 } vd_create_option;
 const vd_create_option *vd_create_options(const char *fmt, size_t *count);
+/* The same for an image created at filename: a protocol there may bring options of its own
+ * (raw on rbd: takes cluster_size, the RBD object size). filename may be NULL. */
+const vd_create_option *vd_create_options_for(const char *fmt, const char *filename,
+                                              size_t *count);
 
 /* Space needed to convert to fmt with opts: required = the size with the given
  * preallocation for a source whose allocated map is src (or an empty one of `size` when

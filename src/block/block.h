@@ -49,6 +49,9 @@ typedef struct vd_snap_params {
 struct vd_driver {
     const char *name;
     bool is_format;       /* a format driver needs a `file` child */
+    /* QEMU checks this driver's options against its QAPI schema, so an unknown one is
+     * "Parameter 'X' is unexpected" (rbd) rather than "... doesn't support the option". */
+    bool qapi_options;
     /* The options of its own that .open reads from node->options (besides the ones every
      * node takes, see open-tree.c); any other key is refused before .open runs. */
     const char *const *runtime_opts;
@@ -396,6 +399,9 @@ bool vd_file_create_option(const char *key);
 /* Creates (or empties) the host file of a new image and applies those options (opts may
  * be NULL: the defaults). */
 int vd_file_create(const char *filename, const vd_opts *opts, vd_error **errp);
+/* Creates the RBD image an rbd: filename names, of size bytes (cluster_size in opts: its
+ * object size); QEMU's "Unknown protocol 'rbd'" when vdisk was built without librbd. */
+int vd_rbd_create(const char *filename, uint64_t size, const vd_opts *opts, vd_error **errp);
 /* True for a name another protocol driver owns (nbd URIs, json:): no file to create or
  * remove. */
 bool vd_file_is_other_protocol(const char *filename);

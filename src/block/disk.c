@@ -654,8 +654,25 @@ int vd_create(vd_engine *e, const char *filename, const char *fmt, uint64_t size
     return drv->create(e, vd_strip_file_prefix(filename), size, opts, flags, errp);
 }
 
+/* A raw image on RBD takes the protocol's options instead of a host file's (QEMU merges
+ * the format's and the protocol's lists): the object size. */
+static const vd_create_option raw_on_rbd_options[] = {
+    {"cluster_size", "size", "RBD object size", NULL},
+    {"size", "size", "Virtual disk size", NULL},
+};
+
 const vd_create_option *vd_create_options(const char *fmt, size_t *count)
 {
+    return vd_create_options_for(fmt, NULL, count);
+}
+
+const vd_create_option *vd_create_options_for(const char *fmt, const char *filename,
+                                              size_t *count)
+{
+    if (fmt && filename && !strcmp(fmt, "raw") && !strncmp(filename, "rbd:", 4)) {
+        *count = sizeof(raw_on_rbd_options) / sizeof(raw_on_rbd_options[0]);
+        return raw_on_rbd_options;
+    }
     const vd_driver *drv = fmt ? vd_driver_find(fmt) : NULL;
     if (!drv || !drv->is_format) {
         *count = 0;

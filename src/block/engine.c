@@ -23,6 +23,9 @@ extern const vd_driver vd_cbw_driver;
 extern const vd_driver vd_snapshot_access_driver;
 extern const vd_driver vd_replication_driver;
 extern const vd_driver vd_quorum_driver;
+#ifdef VD_HAVE_RBD
+extern const vd_driver vd_rbd_driver;
+#endif
 
 const vd_driver *const vd_drivers[] = {
     &vd_file_driver,
@@ -41,6 +44,9 @@ const vd_driver *const vd_drivers[] = {
     &vd_snapshot_access_driver,
     &vd_replication_driver,
     &vd_quorum_driver,
+#ifdef VD_HAVE_RBD
+    &vd_rbd_driver,
+#endif
     NULL,
 };
 

@@ -14,6 +14,7 @@
 #include "block/engine.h"
 #include "block/logwrites.h"
 #include "block/drivers/nbd-uri.h"
+#include "block/drivers/rbd-filename.h"
 
 #define VD_MAX_CHAIN_DEPTH 256
 #define VD_PROBE_BYTES 2048
@@ -190,6 +191,17 @@ int vd_node_open_file(vd_engine *e, const char *filename, unsigned flags, vd_nod
             vd_tree *t = NULL;
             int ret = vd_nbd_filename_options(filename, &t, errp);
             return ret < 0 ? ret : vd_node_open_tree_protocol(e, t, flags, out, errp);
+        }
+        if (vd_rbd_filename_prefix(filename)) {
+            vd_tree *t = NULL;
+            int ret = vd_rbd_filename_options(filename, &t, errp);
+            if (ret == 0 && (ret = vd_node_open_tree_protocol(e, t, flags, out, errp)) == 0) {
+                free((*out)->filename);  /* named as the user named it */
+                if (!((*out)->filename = strdup(filename))) {
+                    abort();
+                }
+            }
+            return ret;
         }
         if (!strncmp(filename, "json:", 5)) {
             vd_tree *t = NULL;

@@ -129,6 +129,10 @@ static int check_unknown(const vd_driver *drv, const vd_tree *t, const char *con
     for (size_t i = 0; i < vd_tree_size(t); i++) {
         const char *k = vd_tree_key(t, i);
         if (!in_list(common_opts, k) && !in_list(drv->runtime_opts, k) && !in_list(extra, k)) {
+            if (drv->qapi_options) {
+                return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Parameter '%s' is "
+                                    "unexpected", k);
+            }
             return vd_error_set(errp, VD_ERR_INVALID, EINVAL, drv->is_format
                                 ? "Block format '%s' does not support the option '%s'"
                                 : "Block protocol '%s' doesn't support the option '%s'",

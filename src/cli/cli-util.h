@@ -82,6 +82,9 @@ bool cli_has_help_option(const char *list);
 /* One entry of a format's option table, with the type the CLI needs to check values. */
 typedef enum { CLI_OPT_STR, CLI_OPT_BOOL, CLI_OPT_SIZE, CLI_OPT_NUM } cli_opt_type;
 
+/* Names the image that options parsed from now on will create: a protocol there (rbd:)
+ * may take options of its own. */
+void cli_set_option_target(const char *filename);
 /* Parses an option list ("k=v,k2,k3=a,,b") into `o`. A bare key means "on". Every key must be
  * in the format's option table (vd_create_options) unless `allowed` is given, in which case
  * the key must be in that NULL-terminated list too; values are checked by type. Errors are

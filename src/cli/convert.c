@@ -991,6 +991,7 @@ int cmd_convert(int argc, char **argv)
 
     const char *backing = a.out_base, *backing_fmt = a.out_basefmt;
     if (!a.skip_create) {
+        cli_set_option_target(out_filename);
         if (target_options(&a, &backing, &backing_fmt, &o)) {
             goto out;
         }

@@ -46,6 +46,7 @@ static const line_opt qcow2_line[] = {
 
 static const line_opt raw_line[] = {
     {"size", NULL},
+    {"cluster_size", NULL},  /* on RBD: the object size */
     {"preallocation", NULL},
     {"nocow", NULL},
     {"extent_size_hint", NULL},
@@ -180,6 +181,7 @@ static int img_create(const char *filename, const char *fmt, const char *base,
     int ret = 1;
     uint64_t size = img_size < 0 ? UINT64_MAX : (uint64_t)img_size;
 
+    cli_set_option_target(filename);
     if (options && cli_parse_options(fmt, options, NULL, false, prefix, o) < 0) {
         goto out;
     }

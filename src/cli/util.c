@@ -267,10 +267,18 @@ bool cli_has_help_option(const char *list)
     return found;
 }
 
+/* The image the options being parsed will create (its protocol may add options). */
+static const char *option_target;
+
+void cli_set_option_target(const char *filename)
+{
+    option_target = filename;
+}
+
 static const vd_create_option *find_option(const char *fmt, const char *key)
 {
     size_t n = 0;
-    const vd_create_option *t = vd_create_options(fmt, &n);
+    const vd_create_option *t = vd_create_options_for(fmt, option_target, &n);
     for (size_t i = 0; t && i < n; i++) {
         if (!strcmp(t[i].name, key)) {
             return &t[i];
@@ -463,7 +471,7 @@ int cli_print_option_help_extra(const char *fmt, const char *filename,
                                 const vd_create_option *extra, size_t nb_extra)
 {
     size_t n = 0;
-    const vd_create_option *t = vd_create_options(fmt, &n);
+    const vd_create_option *t = vd_create_options_for(fmt, filename, &n);
     if (!t) {
         cli_error("Unknown file format '%s'", fmt);
         return 1;

@@ -13,6 +13,7 @@
 
 #include "block/block.h"
 #include "block/drivers/nbd-uri.h"
+#include "block/drivers/rbd-filename.h"
 
 /* Buffered writes to one file serialise in the kernel (the inode lock, where waiters
  * spin); taking turns here lets them sleep instead, leaving the CPU to the rest of the
@@ -384,7 +385,8 @@ bool vd_file_create_option(const char *key)
 
 bool vd_file_is_other_protocol(const char *filename)
 {
-    return vd_nbd_filename_prefix(filename) || !strncmp(filename, "json:", 5);
+    return vd_nbd_filename_prefix(filename) || vd_rbd_filename_prefix(filename) ||
+           !strncmp(filename, "json:", 5);
 }
 
 /* A name the file protocol does not own (nbd://..., json:...): QEMU's simple create, which
@@ -409,6 +411,9 @@ static int create_on_protocol(const char *filename, vd_error **errp)
 
 int vd_file_create(const char *filename, const vd_opts *opts, vd_error **errp)
 {
+    if (vd_rbd_filename_prefix(filename)) {
+        return vd_rbd_create(filename, 0, opts, errp);  /* empty: the format sizes it */
+    }
     if (vd_file_is_other_protocol(filename)) {
         return create_on_protocol(filename, errp);
     }

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "block/block.h"
+#include "block/drivers/rbd-filename.h"
 
 /* QEMU's raw options: the disk is the file's bytes [offset, offset + size). */
 typedef struct raw_state {
@@ -136,6 +137,77 @@ static int64_t raw_allocated_size(vd_node *n)
     return n->file->drv->allocated_size(n->file);
 }
 
+/* Internal snapshots and the image details belong to the protocol (an RBD image's
+ * snapshots and object size), as QEMU falls back to a raw node's file child. A file has
+ * neither: the refusals then name raw, as before. */
+static int no_snapshots(vd_node *n, vd_error **errp)
+{
+    return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP, "Block format '%s' does not "
+                        "support internal snapshots", n->drv->name);
+}
+
+static int raw_get_info(vd_node *n, vd_image_info *info, vd_error **errp)
+{
+    return n->file->drv->get_info ? n->file->drv->get_info(n->file, info, errp) : 0;
+}
+
+static int raw_snapshot_list(vd_node *n, vd_snapshot_info **out, size_t *nb, vd_error **errp)
+{
+    if (!n->file->drv->snapshot_list) {
+        *out = NULL;
+        *nb = 0;
+        return 0;
+    }
+    return n->file->drv->snapshot_list(n->file, out, nb, errp);
+}
+
+static int raw_snapshot_create_prepare(vd_node *n, const vd_snap_params *p, void **txn,
+                                       vd_error **errp)
+{
+    const vd_driver *d = n->file->drv;
+    return d->snapshot_create_prepare && d->snapshot_commit
+               ? d->snapshot_create_prepare(n->file, p, txn, errp) : no_snapshots(n, errp);
+}
+
+static int raw_snapshot_delete_prepare(vd_node *n, const char *id, const char *name,
+                                       void **txn, vd_error **errp)
+{
+    const vd_driver *d = n->file->drv;
+    return d->snapshot_delete_prepare && d->snapshot_commit
+               ? d->snapshot_delete_prepare(n->file, id, name, txn, errp)
+               : no_snapshots(n, errp);
+}
+
+/* Only reached after a prepare above succeeded, so the file's driver has them. */
+static int raw_snapshot_commit(vd_node *n, void *txn, vd_error **errp)
+{
+    return n->file->drv->snapshot_commit(n->file, txn, errp);
+}
+
+static int raw_snapshot_abort(vd_node *n, void *txn, vd_error **errp)
+{
+    return n->file->drv->snapshot_abort(n->file, txn, errp);
+}
+
+static void raw_snapshot_clean(vd_node *n, void *txn)
+{
+    n->file->drv->snapshot_clean(n->file, txn);
+}
+
+static int raw_snapshot_apply(vd_node *n, const char *id_or_name, vd_error **errp)
+{
+    if (!n->file->drv->snapshot_apply) {
+        return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP, "%s: Block format '%s' does "
+                            "not support internal snapshots", n->filename, n->drv->name);
+    }
+    int ret = n->file->drv->snapshot_apply(n->file, id_or_name, errp);
+    const raw_state *s = n->opaque;
+    if (ret == 0 && !(s && s->has_size)) {
+        n->size = n->file->size - base(n);  /* a snapshot of another size came back */
+    }
+    return ret;
+}
+
 static const vd_create_option raw_options[] = {
     {"size", "size", "Virtual disk size", NULL},
     {"preallocation", "str", "Preallocation mode (allowed values: off, falloc, full)", "off"},
@@ -149,7 +221,8 @@ static int raw_create(vd_engine *e, const char *filename, uint64_t size, const v
     (void)flags;
     for (size_t i = 0; i < vd_opts_count(opts); i++) {
         const char *k = vd_opts_key(opts, i);
-        if (strcmp(k, "size") && strcmp(k, "preallocation") && !vd_file_create_option(k)) {
+        if (strcmp(k, "size") && strcmp(k, "preallocation") && !vd_file_create_option(k) &&
+            !(vd_rbd_filename_prefix(filename) && !strcmp(k, "cluster_size"))) {
             return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Invalid parameter '%s'", k);
         }
     }
@@ -183,8 +256,8 @@ static int raw_create(vd_engine *e, const char *filename, uint64_t size, const v
         return ret;
     }
     ret = vd_node_truncate(file, size, false, prealloc, errp);
-    if (ret == 0 && size > 0 && !strcmp(prealloc, "off")) {
-        /* Like qemu-img, allocate the first block so later alignment probing of the file
+    if (ret == 0 && size > 0 && !strcmp(prealloc, "off") && !vd_rbd_filename_prefix(filename)) {
+        /* Like qemu-img, allocate the first block of a file so later alignment probing
          * finds real storage there (and `info` shows the same disk size). */
         static const char zeros[4096];
         uint64_t n = size < sizeof(zeros) ? size : sizeof(zeros);
@@ -239,6 +312,14 @@ const vd_driver vd_raw_driver = {
     .block_status = raw_block_status,
     .truncate = raw_truncate,
     .allocated_size = raw_allocated_size,
+    .get_info = raw_get_info,
+    .snapshot_list = raw_snapshot_list,
+    .snapshot_create_prepare = raw_snapshot_create_prepare,
+    .snapshot_delete_prepare = raw_snapshot_delete_prepare,
+    .snapshot_commit = raw_snapshot_commit,
+    .snapshot_abort = raw_snapshot_abort,
+    .snapshot_clean = raw_snapshot_clean,
+    .snapshot_apply = raw_snapshot_apply,
     .create = raw_create,
     .create_options = raw_options,
     .nb_create_options = sizeof(raw_options) / sizeof(raw_options[0]),
