@@ -75,7 +75,7 @@ for s in tests/crash/test-crash.sh tests/interop/test-differential.sh \
     [ -f "$s" ] && add_job "$(basename "$(dirname "$s")")/$(basename "$s")" \
         "timeout -k 10 $script_timeout bash $s"
 done
-for s in tests/interop/test-*.sh tests/crash/test-*.sh; do
+for s in tests/interop/test-*.sh tests/crash/test-*.sh tests/ceph/test-*.sh; do
     [ -f "$s" ] || continue
     case " ${names[*]} " in *" $(basename "$(dirname "$s")")/$(basename "$s") "*) continue ;; esac
     add_job "$(basename "$(dirname "$s")")/$(basename "$s")" \
@@ -84,7 +84,7 @@ done
 # The interop scripts again with the ASan+UBSan vdisk, so the whole suite runs sanitized
 # (those that run the ASan vdisk themselves already are not repeated).
 if [ -x "$VDISK_ASAN" ] || [ -f "$ASAN_BUILD/build.ninja" ]; then
-    for s in tests/interop/test-*.sh; do
+    for s in tests/interop/test-*.sh tests/ceph/test-rbd.sh; do
         [ -f "$s" ] || continue
         grep -q 'VDISK_ASAN' "$s" && continue
         # The differential test's 10,000 operations per image are the normal pass's job;

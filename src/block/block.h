@@ -52,6 +52,9 @@ struct vd_driver {
     /* QEMU checks this driver's options against its QAPI schema, so an unknown one is
      * "Parameter 'X' is unexpected" (rbd) rather than "... doesn't support the option". */
     bool qapi_options;
+    /* Requests wait for a peer over the network (nbd, rbd): callers keep many in flight
+     * rather than running them one by one (see vd_disk_direct). */
+    bool remote;
     /* The options of its own that .open reads from node->options (besides the ones every
      * node takes, see open-tree.c); any other key is refused before .open runs. */
     const char *const *runtime_opts;

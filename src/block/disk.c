@@ -108,11 +108,11 @@ bool vd_disk_read_only(const vd_disk *d)
 }
 
 /* Whether a request through n may wait for a device or a peer: a cache.direct node
- * anywhere below it (a qcow2 node over a cache.direct file), or an NBD client (a quorum's
- * replication child, a mirror target), through every kind of child. */
+ * anywhere below it (a qcow2 node over a cache.direct file), or a network client (NBD: a
+ * quorum's replication child, a mirror target; RBD), through every kind of child. */
 static bool node_waits(const vd_node *n)
 {
-    if ((n->open_flags & VD_OPEN_NOCACHE) || !strcmp(n->drv->name, "nbd")) {
+    if ((n->open_flags & VD_OPEN_NOCACHE) || n->drv->remote) {
         return true;
     }
     vd_node *kid;

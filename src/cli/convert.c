@@ -534,6 +534,28 @@ static void *convert_worker(void *opaque)
     return NULL;
 }
 
+/* A raw image in an object store (RBD: raw with an object size) is written a network round
+ * trip per request, and the order of the writes means nothing to its layout: many
+ * requests of whole objects go out at once, in any order (qemu-img's -m 16 -W, chosen
+ * for the user unless -m or -W says otherwise). */
+static void object_store_defaults(convert_state *s)
+{
+    vd_image_info info = {0};
+    bool objects = vd_get_info(s->target, &info, NULL) == 0 && info.format &&
+                   !strcmp(info.format, "raw") && info.has_cluster_size &&
+                   info.cluster_size >= SECTOR;
+    uint64_t object = objects ? info.cluster_size : 0;
+    vd_image_info_clear(&info);
+    if (!objects) {
+        return;
+    }
+    s->wr_in_order = false;
+    s->num_workers = MAX_WORKERS;
+    int64_t n = (int64_t)(object / SECTOR);
+    s->buf_sectors = n < IO_BUF_SECTORS ? IO_BUF_SECTORS : n > 2 * IO_BUF_SECTORS
+                                                          ? 2 * IO_BUF_SECTORS : n;
+}
+
 static int convert_do_copy(convert_state *s)
 {
     /* First pass: how much will be written, for the progress line. */
@@ -593,6 +615,7 @@ typedef struct convert_args {
     bool explicit_min_sparse;
     long num_workers;
     bool wr_in_order;
+    bool parallel_given;    /* -m or -W: the user chose how the writes go out */
     bool quiet;
     const char *level_arg;  /* --compression-level, as given */
     int level;
@@ -844,10 +867,12 @@ int cmd_convert(int argc, char **argv)
                           "between 1 and %d", MAX_WORKERS);
                 goto fail_getopt;
             }
+            a.parallel_given = true;
             break;
         }
         case 'W':
             a.wr_in_order = false;
+            a.parallel_given = true;
             break;
         case 'U':
             /* Images are not locked, so there is nothing to share. */
@@ -1117,6 +1142,10 @@ int cmd_convert(int argc, char **argv)
         if (s.buf_sectors < s.cluster_sectors) {
             s.buf_sectors = s.cluster_sectors;
         }
+    }
+
+    if (!a.compress && !a.parallel_given) {
+        object_store_defaults(&s);
     }
 
     int r = convert_do_copy(&s);

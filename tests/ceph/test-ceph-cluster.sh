@@ -5,9 +5,8 @@
 # write + read with a pattern check) works against it; the librbd async probe
 # (build/tests/rbd-probe, when built) passes; stop leaves no daemon and no directory, and
 # runs twice; a start killed halfway leaves nothing behind either.
-# Needs root and the Ceph packages (exit 77 otherwise). Not in `make check` yet: when the
-# rbd driver lands, run-all.sh gets `add_job ceph/test-ceph-cluster.sh "timeout -k 10
-# $script_timeout bash tests/ceph/test-ceph-cluster.sh"` beside the interop jobs.
+# Needs root and the Ceph packages (exit 77 otherwise). The rbd driver's own tests are
+# tests/ceph/test-rbd.sh.
 . "$(dirname "$0")/../lib.sh"
 vd_init
 [ "$(id -u)" = 0 ] || { echo "SKIP: the Ceph test cluster needs root"; exit 77; }

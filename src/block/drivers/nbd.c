@@ -496,6 +496,7 @@ static int64_t nbdc_allocated_size(vd_node *n)
 const vd_driver vd_nbd_driver = {
     .name = "nbd",
     .is_format = false,
+    .remote = true,
     .runtime_opts = nbdc_runtime_opts,
     .open = nbdc_open,
     .close = nbdc_close_node,

@@ -225,6 +225,15 @@ static int rbdd_connect(rbdd_state *s, const rbdd_opts *o, unsigned flags, vd_er
          * fine when the options say where the monitors are. */
         (void)rados_conf_read_file(s->cluster, NULL);
     }
+    /* librbd's cache is the node's write-back cache: off when the user asked for none,
+     * and with cache=unsafe too: librbd writes through until the first flush, which then
+     * never comes, so the cache would only add a copy (the settings in the filename,
+     * applied next, may say otherwise). */
+    bool cache = !(flags & (VD_OPEN_NOCACHE | VD_OPEN_NO_FLUSH));
+    ret = rados_conf_set(s->cluster, "rbd_cache", cache ? "true" : "false");
+    if (ret < 0) {
+        return fail(errp, ret, "error setting the Ceph configuration", NULL);
+    }
     for (size_t i = 0; o->pairs && i < vd_tree_size(o->pairs); i += 2) {
         const char *name = vd_tree_string(vd_tree_at(o->pairs, i));
         ret = rados_conf_set(s->cluster, name, vd_tree_string(vd_tree_at(o->pairs, i + 1)));
@@ -232,9 +241,7 @@ static int rbdd_connect(rbdd_state *s, const rbdd_opts *o, unsigned flags, vd_er
             return fail(errp, ret, "invalid conf option ", name);
         }
     }
-    /* librbd's cache is the node's write-back cache: off when the user asked for none. */
-    ret = rados_conf_set(s->cluster, "rbd_cache", (flags & VD_OPEN_NOCACHE) ? "false" : "true");
-    if (ret == 0 && o->mon_host) {
+    if (o->mon_host) {
         ret = rados_conf_set(s->cluster, "mon_host", o->mon_host);
     }
     if (ret == 0 && o->auth_required) {
@@ -471,6 +478,7 @@ const vd_driver vd_rbd_driver = {
     .name = "rbd",
     .is_format = false,
     .qapi_options = true,
+    .remote = true,
     .runtime_opts = rbdd_runtime_opts,
     .open = rbdd_open,
     .close = rbdd_close,
