@@ -7,7 +7,8 @@
 #   tests/ceph/ceph-cluster.sh status DIR   # exit 0 when its daemons run and the mon answers
 #   tests/ceph/ceph-cluster.sh stop DIR     # stops DIR's daemons (by pid file), removes DIR
 #
-# Sourced, it defines ceph_cluster_start/status/stop DIR; start also exports CEPH_CONF.
+# Sourced, it defines ceph_cluster_start/status/stop DIR (start also exports CEPH_CONF)
+# and ceph_cluster_need_tests, which skips a test script (exit 77) that cannot run here.
 # DIR holds ceph.conf, keyring, mon.a/, osd.0/ (BlueStore `block`, sparse), log/ and run/
 # (pid files, admin sockets); a marker file, .vdisk-ceph-cluster, guards the rm -rf.
 # start on a running cluster only re-proves it; start on a stale DIR clears it first; a
@@ -282,6 +283,20 @@ ceph_cluster_start() {
     [ "$rc" -eq 0 ] || return "$rc"
     export CEPH_CONF=$d/ceph.conf
     echo "$CEPH_CONF"
+}
+
+# For test scripts: the cluster needs root and the Ceph packages, and the comparisons need
+# QEMU's rbd driver; without them the script is skipped (exit 77).
+ceph_cluster_need_tests() {
+    [ "$(id -u)" = 0 ] || { echo "SKIP: the Ceph test cluster needs root"; exit 77; }
+    local t
+    for t in ceph-mon ceph-osd ceph rbd ceph-authtool monmaptool; do
+        command -v "$t" >/dev/null 2>&1 || { echo "SKIP: $t not installed"; exit 77; }
+    done
+    if ! ls /usr/lib/*/qemu/block-rbd.so >/dev/null 2>&1; then
+        echo "SKIP: QEMU's rbd driver (qemu-block-extra) not installed"
+        exit 77
+    fi
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then

@@ -15,9 +15,12 @@
   (break-lock=on) and serves the first's acknowledged data; the dead owner is blocklisted.
   A frozen owner (SIGSTOP) whose lock is broken gets nothing more into the image when it
   wakes: its writes fail, the new owner's data stays.
+- transactions: internal snapshots of two RBD nodes in one QMP transaction, both or
+  neither (a name clash on one); deleted by blockdev-snapshot-delete-internal-sync.
 
 Prints one "PASS name" or "FAIL name: reason" line per check.
 """
+import json
 import os
 import random
 import re
@@ -27,8 +30,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "interop"))
-from qmp_mirror import Daemon, STARTED, export, fio_stop, run, started  # noqa: E402
-from qmp_session import result  # noqa: E402
+from qmp_mirror import Daemon, export, fio_stop, run, started  # noqa: E402
+from qmp_session import result, stop  # noqa: E402
 
 MiB = 1 << 20
 
@@ -253,11 +256,7 @@ def locks(c):
                  "fence-nothing-landed", q.stdout + q.stderr)
     t0 = time.time()
     f.send_signal(signal.SIGTERM)
-    try:
-        f.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        f.kill()
-        f.wait()
+    stop(f)   # waits 10 s, then kills
     ok &= result(time.time() - t0 < 10 and f.returncode is not None and f.returncode >= 0,
                  "fence-old-owner-stops", "exit %s after %.1f s" % (f.returncode,
                                                                    time.time() - t0))
@@ -269,19 +268,48 @@ def locks(c):
     return ok
 
 
+def snap_names(image):
+    out = rbd("snap", "ls", "--format", "json", "rbd/" + image).stdout
+    return sorted(x["name"] for x in json.loads(out or "[]"))
+
+
+def transactions(c):
+    """QMP transactions over two RBD nodes: both snapshots or neither."""
+    ok = True
+    for img in ("tx1", "tx2"):
+        rbd("create", "--size", "16M", "rbd/" + img)
+    dm = Daemon(c.vdiskd, c.d, "tx")
+    for img in ("tx1", "tx2"):
+        dm.cmd("blockdev-add", **c.node(img, img))
+    acts = [{"type": "blockdev-snapshot-internal-sync",
+             "data": {"device": img, "name": "t1"}} for img in ("tx1", "tx2")]
+    r = dm.cmd("transaction", actions=acts)
+    ok &= result("return" in r and snap_names("tx1") == ["t1"] and snap_names("tx2") == ["t1"],
+                 "rbd-transaction-both", "%s %s %s" % (r, snap_names("tx1"), snap_names("tx2")))
+    rbd("snap", "create", "rbd/tx2@t2")
+    acts = [{"type": "blockdev-snapshot-internal-sync",
+             "data": {"device": img, "name": "t2"}} for img in ("tx1", "tx2")]
+    r = dm.cmd("transaction", actions=acts)
+    ok &= result("error" in r and snap_names("tx1") == ["t1"], "rbd-transaction-none",
+                 "%s %s" % (r, snap_names("tx1")))
+    r = [dm.cmd("blockdev-snapshot-delete-internal-sync", device=img, name="t1")
+         for img in ("tx1", "tx2")]
+    ok &= result(all("return" in x for x in r) and snap_names("tx1") == [] and
+                 snap_names("tx2") == ["t2"], "rbd-snapshot-delete-qmp",
+                 "%s %s %s" % (r, snap_names("tx1"), snap_names("tx2")))
+    dm.quit()
+    return ok
+
+
 def main():
     c = Ctx(*sys.argv[1:4])
     ok = True
-    for step in (locks, export_mirror, sigterm_under_load):
+    for step in (locks, transactions, export_mirror, sigterm_under_load):
         try:
             ok &= step(c)
         except Exception as e:  # a step that breaks half-way fails, the others still run
             ok &= result(False, step.__name__, "%s: %s" % (type(e).__name__, e))
-    for p in STARTED:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-    return 0 if ok else 1
+    return 0 if ok else 1   # qmp_mirror's exit hook stops what is still running
 
 
 if __name__ == "__main__":

@@ -9,13 +9,8 @@
 # tests/ceph/test-rbd.sh.
 . "$(dirname "$0")/../lib.sh"
 vd_init
-[ "$(id -u)" = 0 ] || { echo "SKIP: the Ceph test cluster needs root"; exit 77; }
-need_tool ceph-mon ceph-osd ceph rbd ceph-authtool monmaptool
-if ! ls /usr/lib/*/qemu/block-rbd.so >/dev/null 2>&1; then
-    echo "SKIP: QEMU's rbd driver (qemu-block-extra) not installed"
-    exit 77
-fi
 . "$VD_TESTS/ceph/ceph-cluster.sh"
+ceph_cluster_need_tests
 : "${RBD_PROBE:=$VD_REPO/build/tests/rbd-probe}"
 
 dir=$VD_TESTDIR/ceph

@@ -16,17 +16,13 @@
 # (exit 77 otherwise).
 . "$(dirname "$0")/../lib.sh"
 vd_init
-[ "$(id -u)" = 0 ] || { echo "SKIP: the Ceph test cluster needs root"; exit 77; }
-need_tool ceph-mon ceph-osd ceph rbd ceph-authtool monmaptool
-if ! ls /usr/lib/*/qemu/block-rbd.so >/dev/null 2>&1; then
-    echo "SKIP: QEMU's rbd driver (qemu-block-extra) not installed"
-    exit 77
-fi
-if ! "$VDISK" create -f raw rbd:x/y:conf=/nonexistent 1M 2>&1 | grep -q 'conf file'; then
-    echo "SKIP: vdisk was built without librbd"
-    exit 77
-fi
 . "$VD_TESTS/ceph/ceph-cluster.sh"
+ceph_cluster_need_tests
+# Ceph is installed, so a vdisk without the rbd driver is a broken build, not a skip.
+if ! "$VDISK" create -f raw rbd:x/y:conf=/nonexistent 1M 2>&1 | grep -q 'conf file'; then
+    fail rbd-driver-built "vdisk has no rbd driver: meson found no librbd/librados"
+    vd_finish
+fi
 
 # The cluster lives beside the binaries under test (the build directory), one per build.
 dir=${RBD_CLUSTER_DIR:-$(cd "$(dirname "$VDISK")" && pwd)/ceph-test-rbd}

@@ -16,6 +16,17 @@ static int finish(rbd_completion_t c)
     return r < 0 ? (int)r : 0;
 }
 
+/* The end of every request: issued is what the rbd_aio_* call returned (it refused the
+ * request, or c now tracks it). */
+static int await(rbd_completion_t c, int issued)
+{
+    if (issued < 0) {
+        rbd_aio_release(c);
+        return issued;
+    }
+    return finish(c);
+}
+
 static int new_completion(rbd_completion_t *c)
 {
     return rbd_aio_create_completion(NULL, NULL, c);
@@ -76,8 +87,7 @@ int rbdd_pread(vd_node *n, void *buf, uint64_t len, uint64_t off)
     rbd_completion_t c;
     int ret = new_completion(&c);
     if (ret == 0) {
-        ret = rbd_aio_read(s->image, off, len, buf, c);
-        ret = ret < 0 ? (rbd_aio_release(c), ret) : finish(c);
+        ret = await(c, rbd_aio_read(s->image, off, len, buf, c));
     }
     return ret < 0 ? io_error(n, "error reading", ret) : 0;
 }
@@ -91,13 +101,14 @@ int rbdd_flush(vd_node *n)
     rbd_completion_t c;
     int ret = new_completion(&c);
     if (ret == 0) {
-        ret = rbd_aio_flush(s->image, c);
-        ret = ret < 0 ? (rbd_aio_release(c), ret) : finish(c);
+        ret = await(c, rbd_aio_flush(s->image, c));
     }
     return ret < 0 ? io_error(n, "error flushing", ret) : 0;
 }
 
-int rbdd_pwrite(vd_node *n, const void *buf, uint64_t len, uint64_t off, unsigned flags)
+/* A write of buf, or of zeroes when buf is NULL. */
+static int write_or_zero(vd_node *n, const void *buf, uint64_t len, uint64_t off,
+                         unsigned flags)
 {
     rbdd_state *s = n->opaque;
     int ret = grow_to(n, off + len);
@@ -107,37 +118,29 @@ int rbdd_pwrite(vd_node *n, const void *buf, uint64_t len, uint64_t off, unsigne
     rbd_completion_t c;
     ret = new_completion(&c);
     if (ret == 0) {
-        ret = rbd_aio_write(s->image, off, len, buf, c);
-        ret = ret < 0 ? (rbd_aio_release(c), ret) : finish(c);
+        /* librbd decides whether zeroes deallocate (an object that does not exist stays
+         * so), as with QEMU 7.2: thick provisioning would allocate objects QEMU leaves
+         * out. */
+        ret = await(c, buf ? rbd_aio_write(s->image, off, len, buf, c)
+                           : rbd_aio_write_zeroes(s->image, off, len, c, 0, 0));
+    }
+    if (!buf && (ret == -ENOTSUP || ret == -EOPNOTSUPP)) {
+        return -ENOTSUP;
     }
     if (ret < 0) {
-        return io_error(n, "error writing", ret);
+        return io_error(n, buf ? "error writing" : "error zeroing", ret);
     }
     return (flags & VD_REQ_FUA) ? rbdd_flush(n) : 0;
 }
 
+int rbdd_pwrite(vd_node *n, const void *buf, uint64_t len, uint64_t off, unsigned flags)
+{
+    return write_or_zero(n, buf, len, off, flags);
+}
+
 int rbdd_pwrite_zeroes(vd_node *n, uint64_t off, uint64_t len, unsigned flags)
 {
-    rbdd_state *s = n->opaque;
-    int ret = grow_to(n, off + len);
-    if (ret < 0) {
-        return ret;
-    }
-    /* librbd decides whether zeroes deallocate (an object that does not exist stays so),
-     * as with QEMU 7.2: thick provisioning would allocate objects QEMU leaves out. */
-    rbd_completion_t c;
-    ret = new_completion(&c);
-    if (ret == 0) {
-        ret = rbd_aio_write_zeroes(s->image, off, len, c, 0, 0);
-        ret = ret < 0 ? (rbd_aio_release(c), ret) : finish(c);
-    }
-    if (ret == -ENOTSUP || ret == -EOPNOTSUPP) {
-        return -ENOTSUP;
-    }
-    if (ret < 0) {
-        return io_error(n, "error zeroing", ret);
-    }
-    return (flags & VD_REQ_FUA) ? rbdd_flush(n) : 0;
+    return write_or_zero(n, NULL, len, off, flags);
 }
 
 int rbdd_pdiscard(vd_node *n, uint64_t off, uint64_t len)
@@ -153,8 +156,7 @@ int rbdd_pdiscard(vd_node *n, uint64_t off, uint64_t len)
     rbd_completion_t c;
     int ret = new_completion(&c);
     if (ret == 0) {
-        ret = rbd_aio_discard(s->image, off, len, c);
-        ret = ret < 0 ? (rbd_aio_release(c), ret) : finish(c);
+        ret = await(c, rbd_aio_discard(s->image, off, len, c));
     }
     return ret < 0 ? io_error(n, "error discarding", ret) : 0;
 }

@@ -25,8 +25,8 @@ typedef struct rbdd_snap_txn {
     bool committed;
 } rbdd_snap_txn;
 
-/* The image's snapshots (caller frees with rbd_snap_list_end and free). */
-static int list(rbdd_state *s, rbd_snap_info_t **out, int *nb)
+/* The image's snapshots (caller frees with list_free). */
+static int list(rbdd_state *s, rbd_snap_info_t **out, int *nb, vd_error **errp)
 {
     int max = 16;
     for (;;) {
@@ -42,7 +42,8 @@ static int list(rbdd_state *s, rbd_snap_info_t **out, int *nb)
         }
         free(snaps);
         if (r != -ERANGE || max > (1 << 20)) {
-            return r;
+            return vd_error_set(errp, VD_ERR_IO, -r, "error listing snapshots of %s: %s",
+                                s->desc, strerror(-r));
         }
     }
 }
@@ -58,21 +59,25 @@ static bool parked_name(const char *name)
     return !strncmp(name, DELETING_PREFIX, strlen(DELETING_PREFIX));
 }
 
-static int exists(rbdd_state *s, const char *name, bool *found, vd_error **errp)
+/* 0 if the image has a snapshot of that name (one being deleted does not count), -ENOENT
+ * (no error set) if not, another -errno with the error set if the list failed. */
+static int lookup(rbdd_state *s, const char *name, vd_error **errp)
 {
+    if (parked_name(name)) {
+        return -ENOENT;
+    }
     rbd_snap_info_t *snaps;
     int nb;
-    int ret = list(s, &snaps, &nb);
+    int ret = list(s, &snaps, &nb, errp);
     if (ret < 0) {
-        return vd_error_set(errp, VD_ERR_IO, -ret, "error listing snapshots of %s: %s",
-                            s->desc, strerror(-ret));
+        return ret;
     }
-    *found = false;
-    for (int i = 0; i < nb && !*found; i++) {
-        *found = !strcmp(snaps[i].name, name);
+    ret = -ENOENT;
+    for (int i = 0; i < nb && ret; i++) {
+        ret = strcmp(snaps[i].name, name) ? -ENOENT : 0;
     }
     list_free(snaps);
-    return 0;
+    return ret;
 }
 
 int rbdd_snapshot_list(vd_node *n, vd_snapshot_info **out, size_t *nbp, vd_error **errp)
@@ -80,10 +85,9 @@ int rbdd_snapshot_list(vd_node *n, vd_snapshot_info **out, size_t *nbp, vd_error
     rbdd_state *s = n->opaque;
     rbd_snap_info_t *snaps;
     int nb;
-    int ret = list(s, &snaps, &nb);
+    int ret = list(s, &snaps, &nb, errp);
     if (ret < 0) {
-        return vd_error_set(errp, VD_ERR_IO, -ret, "error listing snapshots of %s: %s",
-                            s->desc, strerror(-ret));
+        return ret;
     }
     vd_snapshot_info *v = calloc((size_t)nb + 1, sizeof(*v));
     if (!v) {
@@ -141,11 +145,11 @@ int rbdd_snapshot_create_prepare(vd_node *n, const vd_snap_params *p, void **txn
         return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "snapshot names starting with "
                             "'%s' are vdisk's own", DELETING_PREFIX);
     }
-    bool found;
-    int ret = exists(s, p->name, &found, errp);
-    if (ret < 0) {
+    int ret = lookup(s, p->name, errp);
+    if (ret < 0 && ret != -ENOENT) {
         return ret;
     }
+    bool found = ret == 0;
     if (found && !p->replace) {
         return vd_error_set(errp, VD_ERR_INVALID, EEXIST, "Snapshot with name '%s' already "
                             "exists", p->name);
@@ -166,14 +170,13 @@ int rbdd_snapshot_delete_prepare(vd_node *n, const char *id, const char *name, v
                             n->filename);
     }
     const char *want = name ? name : id;
-    bool found = false;
-    int ret = parked_name(want) ? 0 : exists(s, want, &found, errp);
-    if (ret < 0) {
-        return ret;
-    }
-    if (!found) {
+    int ret = lookup(s, want, errp);
+    if (ret == -ENOENT) {
         return vd_error_set(errp, VD_ERR_NOT_FOUND, ENOENT, "%s: snapshot not found",
                             n->filename);
+    }
+    if (ret < 0) {
+        return ret;
     }
     int prot = 0;
     if (rbd_snap_is_protected(s->image, want, &prot) == 0 && prot) {
@@ -249,14 +252,13 @@ void rbdd_snapshot_clean(vd_node *n, void *txn)
 int rbdd_snapshot_apply(vd_node *n, const char *id_or_name, vd_error **errp)
 {
     rbdd_state *s = n->opaque;
-    bool found = false;
-    int ret = parked_name(id_or_name) ? 0 : exists(s, id_or_name, &found, errp);
-    if (ret < 0) {
-        return ret;
-    }
-    if (!found) {
+    int ret = lookup(s, id_or_name, errp);
+    if (ret == -ENOENT) {
         return vd_error_set(errp, VD_ERR_NOT_FOUND, ENOENT, "%s: Failed to load snapshot: %s",
                             n->filename, strerror(ENOENT));
+    }
+    if (ret < 0) {
+        return ret;
     }
     ret = rbd_snap_rollback(s->image, id_or_name);
     if (ret < 0) {
