@@ -25,6 +25,11 @@ for d in json.load(sys.stdin):
     if d["name"] != "cmocka":
         for a in d["link_args"]:
             print(a)')
+# librbd and librados come from find_library (no pkg-config file), which the list above
+# does not carry: link them when the library was built with the rbd driver.
+if nm "$out/libvdisk.a" 2>/dev/null | grep ' U rbd_open$' >/dev/null; then
+    libs+=(-lrbd -lrados)
+fi
 
 for src in tests/fuzz/fuzz-*.c; do
     name=$(basename "$src" .c)
