@@ -22,17 +22,13 @@ import statistics
 import subprocess
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import mirror  # noqa: E402  (the mirror bench's process helpers)
+
 
 def proc_cpu(pid):
     """User + system CPU seconds of a process (all its threads), 0 when it is gone."""
-    if not pid:
-        return 0.0
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
+    return mirror.proc_cpu(pid) if pid else 0.0
 
 
 def fio_json(path):
