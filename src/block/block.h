@@ -402,9 +402,10 @@ bool vd_file_create_option(const char *key);
 /* Creates (or empties) the host file of a new image and applies those options (opts may
  * be NULL: the defaults). */
 int vd_file_create(const char *filename, const vd_opts *opts, vd_error **errp);
-/* Creates the RBD image an rbd: filename names, of size bytes (cluster_size in opts: its
- * object size); QEMU's "Unknown protocol 'rbd'" when vdisk was built without librbd. */
-int vd_rbd_create(const char *filename, uint64_t size, const vd_opts *opts, vd_error **errp);
+/* Creates the empty RBD image an rbd: filename names (the format on it sizes it;
+ * cluster_size in opts: its object size); QEMU's "Unknown protocol 'rbd'" when vdisk was
+ * built without librbd. */
+int vd_rbd_create(const char *filename, const vd_opts *opts, vd_error **errp);
 /* True for a name another protocol driver owns (nbd URIs, json:): no file to create or
  * remove. */
 bool vd_file_is_other_protocol(const char *filename);

@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "block/disk.h"
+#include "block/drivers/rbd-filename.h"
 #include "compress/codec.h"
 
 static vd_disk *disk_wrap(vd_engine *e, vd_node *n, bool owns)
@@ -669,7 +670,7 @@ const vd_create_option *vd_create_options(const char *fmt, size_t *count)
 const vd_create_option *vd_create_options_for(const char *fmt, const char *filename,
                                               size_t *count)
 {
-    if (fmt && filename && !strcmp(fmt, "raw") && !strncmp(filename, "rbd:", 4)) {
+    if (fmt && filename && !strcmp(fmt, "raw") && vd_rbd_filename_prefix(filename)) {
         *count = sizeof(raw_on_rbd_options) / sizeof(raw_on_rbd_options[0]);
         return raw_on_rbd_options;
     }

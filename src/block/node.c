@@ -193,15 +193,12 @@ int vd_node_open_file(vd_engine *e, const char *filename, unsigned flags, vd_nod
             return ret < 0 ? ret : vd_node_open_tree_protocol(e, t, flags, out, errp);
         }
         if (vd_rbd_filename_prefix(filename)) {
-            vd_tree *t = NULL;
-            int ret = vd_rbd_filename_options(filename, &t, errp);
-            if (ret == 0 && (ret = vd_node_open_tree_protocol(e, t, flags, out, errp)) == 0) {
-                free((*out)->filename);  /* named as the user named it */
-                if (!((*out)->filename = strdup(filename))) {
-                    abort();
-                }
-            }
-            return ret;
+            /* The driver parses its filename option itself (json: names carry one too),
+             * and the node keeps the name as the user gave it. */
+            vd_tree *t = vd_tree_new(VD_TREE_OBJECT);
+            vd_tree_put(t, "driver", vd_tree_new_string("rbd"));
+            vd_tree_put(t, "filename", vd_tree_new_string(filename));
+            return vd_node_open_tree_protocol(e, t, flags, out, errp);
         }
         if (!strncmp(filename, "json:", 5)) {
             vd_tree *t = NULL;

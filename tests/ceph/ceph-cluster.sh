@@ -88,6 +88,22 @@ ceph_cluster_status() {
     return 0
 }
 
+# _cc_signal_wait SIG TENTHS PID...: sends SIG to the pids, waits up to TENTHS tenths of a
+# second for them to exit, and prints those still running.
+_cc_signal_wait() {
+    local sig=$1 tenths=$2 p
+    shift 2
+    local pids="$*"
+    # shellcheck disable=SC2086
+    kill "-$sig" $pids 2>/dev/null
+    for _ in $(seq 1 "$tenths"); do
+        pids=$(for p in $pids; do kill -0 "$p" 2>/dev/null && echo "$p"; done)
+        [ -z "$pids" ] && break
+        sleep 0.1
+    done
+    printf '%s' "$pids"
+}
+
 ceph_cluster_stop() {
     local d=${1:?usage: ceph_cluster_stop DIR} pids p
     [ -e "$d" ] || return 0
@@ -97,22 +113,11 @@ ceph_cluster_stop() {
     fi
     pids=$(_cc_pids "$d")
     if [ -n "$pids" ]; then
-        # shellcheck disable=SC2086
-        kill -TERM $pids 2>/dev/null
-        for _ in $(seq 1 300); do
-            pids=$(for p in $pids; do kill -0 "$p" 2>/dev/null && echo "$p"; done)
-            [ -z "$pids" ] && break
-            sleep 0.1
-        done
+        pids=$(_cc_signal_wait TERM 300 $pids)
         if [ -n "$pids" ]; then
             _cc_log "$d: pids ${pids//$'\n'/ } ignored SIGTERM for 30 s; SIGKILL"
             # shellcheck disable=SC2086
-            kill -KILL $pids 2>/dev/null
-            for _ in $(seq 1 50); do
-                pids=$(for p in $pids; do kill -0 "$p" 2>/dev/null && echo "$p"; done)
-                [ -z "$pids" ] && break
-                sleep 0.1
-            done
+            _cc_signal_wait KILL 50 $pids >/dev/null
         fi
     fi
     rm -rf "$d"

@@ -412,7 +412,7 @@ static int create_on_protocol(const char *filename, vd_error **errp)
 int vd_file_create(const char *filename, const vd_opts *opts, vd_error **errp)
 {
     if (vd_rbd_filename_prefix(filename)) {
-        return vd_rbd_create(filename, 0, opts, errp);  /* empty: the format sizes it */
+        return vd_rbd_create(filename, opts, errp);
     }
     if (vd_file_is_other_protocol(filename)) {
         return create_on_protocol(filename, errp);

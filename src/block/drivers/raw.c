@@ -219,10 +219,16 @@ static int raw_create(vd_engine *e, const char *filename, uint64_t size, const v
                       unsigned flags, vd_error **errp)
 {
     (void)flags;
+    /* The options of a raw image at filename: raw's, or the protocol's there (RBD). */
+    size_t nb_known = 0;
+    const vd_create_option *known = vd_create_options_for("raw", filename, &nb_known);
     for (size_t i = 0; i < vd_opts_count(opts); i++) {
         const char *k = vd_opts_key(opts, i);
-        if (strcmp(k, "size") && strcmp(k, "preallocation") && !vd_file_create_option(k) &&
-            !(vd_rbd_filename_prefix(filename) && !strcmp(k, "cluster_size"))) {
+        size_t j = 0;
+        while (j < nb_known && strcmp(known[j].name, k)) {
+            j++;
+        }
+        if (j == nb_known) {
             return vd_error_set(errp, VD_ERR_INVALID, EINVAL, "Invalid parameter '%s'", k);
         }
     }

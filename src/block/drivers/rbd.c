@@ -503,7 +503,7 @@ const vd_driver vd_rbd_driver = {
 
 /* ---- creating images ------------------------------------------------------------------ */
 
-int vd_rbd_create(const char *filename, uint64_t size, const vd_opts *opts, vd_error **errp)
+int vd_rbd_create(const char *filename, const vd_opts *opts, vd_error **errp)
 {
     vd_tree *t = NULL;
     int ret = vd_rbd_filename_options(filename, &t, errp);
@@ -533,7 +533,7 @@ int vd_rbd_create(const char *filename, uint64_t size, const vd_opts *opts, vd_e
         while (obj && (1ull << order) < obj) {
             order++;
         }
-        ret = rbd_create(s.io, o.image, size, &order);
+        ret = rbd_create(s.io, o.image, 0, &order);
         if (ret < 0) {
             fail(errp, ret, "error rbd create", NULL);
         }
@@ -550,10 +550,9 @@ int vd_rbd_create(const char *filename, uint64_t size, const vd_opts *opts, vd_e
 
 #include "block/block.h"
 
-int vd_rbd_create(const char *filename, uint64_t size, const vd_opts *opts, vd_error **errp)
+int vd_rbd_create(const char *filename, const vd_opts *opts, vd_error **errp)
 {
     (void)filename;
-    (void)size;
     (void)opts;
     return vd_error_set(errp, VD_ERR_UNSUPPORTED, ENOTSUP, "Unknown protocol 'rbd'");
 }
